@@ -1,0 +1,66 @@
+"""Checks shared by every adapter, so they agree on what is a bad argument and a conflict."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from nexus.eventlog._errors import ConcurrencyError, EventLogArgumentError
+from nexus.eventlog._port import ANY, NO_STREAM, STREAM_EXISTS
+from nexus.proto import CloudEvent
+
+_json = msgspec.json.Encoder()
+
+
+def check_append(stream_id: str, events: Sequence[CloudEvent], expected_version: int) -> None:
+    """Raise EventLogArgumentError for arguments no adapter accepts."""
+    if not isinstance(stream_id, str) or not stream_id.strip():
+        raise EventLogArgumentError("stream_id must be a non-empty string")
+    if len(stream_id) > 256:
+        raise EventLogArgumentError(f"stream_id is {len(stream_id)} characters long; the limit is 256")
+    if not events:
+        raise EventLogArgumentError("an append needs at least one event")
+    if not isinstance(expected_version, int) or (
+        expected_version < 0 and expected_version not in (ANY, NO_STREAM, STREAM_EXISTS)
+    ):
+        raise EventLogArgumentError(
+            f"expected_version {expected_version!r} is neither a version (>= 0) nor ANY, NO_STREAM or STREAM_EXISTS"
+        )
+    seen: set[str] = set()
+    for index, event in enumerate(events):
+        if not isinstance(event, CloudEvent):
+            raise EventLogArgumentError(f"events[{index}] is a {type(event).__name__}, not a CloudEvent")
+        if event.id in seen:
+            raise EventLogArgumentError(f"events[{index}]: id {event.id!r} appears twice in the batch")
+        seen.add(event.id)
+        try:
+            _json.encode(event.data)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise EventLogArgumentError(
+                f"events[{index}] ({event.id}): data is not JSON-serialisable: {exc}"
+            ) from None
+
+
+def check_expected(stream_id: str, expected_version: int, actual: int) -> None:
+    """Raise ConcurrencyError unless a stream at ``actual`` satisfies ``expected_version``."""
+    if expected_version == ANY:
+        return
+    if expected_version in (NO_STREAM, 0):
+        ok = actual == 0
+    elif expected_version == STREAM_EXISTS:
+        ok = actual > 0
+    else:
+        ok = actual == expected_version
+    if not ok:
+        raise ConcurrencyError(stream_id, expected_version, actual)
+
+
+def check_position(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 0:
+        raise EventLogArgumentError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise EventLogArgumentError(f"limit must be None or an integer >= 0, got {limit!r}")

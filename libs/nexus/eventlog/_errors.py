@@ -1,0 +1,50 @@
+"""The event log's one error hierarchy: callers never see a driver's exceptions."""
+
+from __future__ import annotations
+
+
+class EventLogError(Exception):
+    """Base of every error the event log raises."""
+
+
+class EventLogArgumentError(EventLogError, ValueError):
+    """A call's arguments are wrong (empty stream id, negative position, data that is not JSON)."""
+
+
+class ConcurrencyError(EventLogError):
+    """The stream's version is not the one the append expected; nothing was written."""
+
+    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r}: expected version {_describe(expected)}, but it is at {actual}"
+        )
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+
+class DuplicateEventError(EventLogError):
+    """An event id is already stored with different content (or in another stream)."""
+
+    def __init__(self, event_id: str, reason: str) -> None:
+        super().__init__(f"event {event_id!r} is already stored with different content: {reason}")
+        self.event_id = event_id
+        self.reason = reason
+
+
+class EventLogUnavailableError(EventLogError):
+    """The backing store cannot be reached or failed; the operation may be retried."""
+
+
+class EventLogClosedError(EventLogError):
+    """The log was closed."""
+
+
+def _describe(expected: int) -> str:
+    from nexus.eventlog._port import ANY, NO_STREAM, STREAM_EXISTS
+
+    return {
+        ANY: "ANY",
+        NO_STREAM: "NO_STREAM (the stream must not exist)",
+        STREAM_EXISTS: "STREAM_EXISTS",
+    }.get(expected, str(expected))

@@ -1,0 +1,137 @@
+"""``memory://``: the in-process adapter. It defines the semantics the others must match."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+
+from nexus.eventlog._common import check_append, check_expected, check_limit, check_position
+from nexus.eventlog._errors import DuplicateEventError, EventLogArgumentError, EventLogClosedError
+from nexus.eventlog._port import ANY, GENESIS_HASH, EventLog
+from nexus.eventlog.chain import same_content, seal
+from nexus.proto import CloudEvent
+
+
+class MemoryEventLog(EventLog):
+    """All events in a list; appends are atomic because they never yield to the event loop."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._events: list[CloudEvent] = []
+        self._streams: dict[str, list[CloudEvent]] = {}
+        self._by_id: dict[str, CloudEvent] = {}
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EventLogClosedError("the event log is closed")
+
+    async def append(
+        self, stream_id: str, events: Sequence[CloudEvent], expected_version: int = ANY
+    ) -> list[CloudEvent]:
+        self._check_open()
+        check_append(stream_id, events, expected_version)
+        stored = self._already_stored(stream_id, events)
+        if stored is not None:
+            return stored
+        stream = self._streams.get(stream_id, [])
+        check_expected(stream_id, expected_version, len(stream))
+        prevhash = stream[-1].hash if stream else GENESIS_HASH
+        out: list[CloudEvent] = []
+        for offset, event in enumerate(events):
+            placed = seal(
+                event,
+                stream_id=stream_id,
+                version=len(stream) + offset + 1,
+                position=len(self._events) + offset + 1,
+                prevhash=prevhash,  # type: ignore[arg-type]
+            )
+            prevhash = placed.hash
+            out.append(placed)
+        self._streams.setdefault(stream_id, []).extend(out)
+        self._events.extend(out)
+        for event in out:
+            self._by_id[event.id] = event
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return out
+
+    def _already_stored(self, stream_id: str, events: Sequence[CloudEvent]) -> list[CloudEvent] | None:
+        """The stored records when the whole batch is a retry; None when none is stored."""
+        found = [self._by_id.get(e.id) for e in events]
+        if not any(found):
+            return None
+        for event, stored in zip(events, found, strict=True):
+            if stored is None:
+                raise DuplicateEventError(
+                    found[0].id if found[0] else event.id,  # type: ignore[union-attr]
+                    "part of the batch is stored and part is not",
+                )
+            if stored.streamid != stream_id:
+                raise DuplicateEventError(event.id, f"it is stored in stream {stored.streamid!r}")
+            difference = same_content(stored, event)
+            if difference:
+                raise DuplicateEventError(event.id, difference)
+        return found  # type: ignore[return-value]
+
+    async def read_stream(
+        self, stream_id: str, from_version: int = 1, limit: int | None = None
+    ) -> list[CloudEvent]:
+        self._check_open()
+        check_position("from_version", from_version)
+        check_limit(limit)
+        events = self._streams.get(stream_id, [])
+        start = max(from_version, 1) - 1
+        end = None if limit is None else start + limit
+        return events[start:end]
+
+    async def read_all(
+        self, from_position: int = 0, limit: int | None = None, types: Iterable[str] | None = None
+    ) -> list[CloudEvent]:
+        self._check_open()
+        check_position("from_position", from_position)
+        check_limit(limit)
+        start = max(from_position, 1) - 1
+        if types is None:
+            end = None if limit is None else start + limit
+            return self._events[start:end]
+        wanted = set(types)
+        if isinstance(types, str):
+            raise EventLogArgumentError("types must be a collection of type names, not one string")
+        out: list[CloudEvent] = []
+        for event in self._events[start:]:
+            if event.type in wanted:
+                out.append(event)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    async def head(self) -> int:
+        self._check_open()
+        return len(self._events)
+
+    async def stream_version(self, stream_id: str) -> int:
+        self._check_open()
+        return len(self._streams.get(stream_id, ()))
+
+    async def get_event(self, event_id: str) -> CloudEvent | None:
+        self._check_open()
+        return self._by_id.get(event_id)
+
+    async def subscribe(self, from_position: int = 0) -> AsyncIterator[CloudEvent]:  # type: ignore[override]
+        check_position("from_position", from_position)
+        position = max(from_position, 1)
+        while True:
+            self._check_open()
+            changed = self._changed
+            batch = self._events[position - 1 :]
+            for event in batch:
+                yield event
+            position += len(batch)
+            if not batch:
+                await changed.wait()
+
+    async def close(self) -> None:
+        self._closed = True
+        self._changed.set()

@@ -1,0 +1,200 @@
+"""The CloudEvents 1.0 envelope (structured JSON mode) with the Nexus extensions."""
+
+from __future__ import annotations
+
+import os
+import re
+import time as _time
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+SPECVERSION = "1.0"
+
+# RFC 3339 date-time: full date, 'T', time with optional fraction, and a zone ('Z' or offset).
+_RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+
+_PATTERN_WORDS = {
+    "[Tt]": "an RFC 3339 date-time",
+    "[0-9a-f]{64}": "a sha256 digest (64 lower-case hex digits)",
+}
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+Rfc3339 = Annotated[str, msgspec.Meta(pattern=_RFC3339)]
+Hex64 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Version = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class CloudEvent(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """One event: a CloudEvents 1.0 envelope in structured JSON mode.
+
+    The required attributes have no default; the Nexus extensions are optional and omitted
+    from the JSON when unset. ``streamid``, ``streamversion``, ``position``, ``prevhash`` and
+    ``hash`` are assigned by the event log when the event is appended.
+    """
+
+    specversion: Literal["1.0"]
+    """CloudEvents specification version; always ``"1.0"``."""
+    id: NonEmpty
+    """Unique id of the event (UUIDv7 for events Nexus creates); with ``source`` it identifies it."""
+    source: NonEmpty
+    """Producer of the event, e.g. ``nexus/workflow`` or an external system's URI."""
+    type: NonEmpty
+    """Event type, e.g. ``nexus.workflow.execution.completed``."""
+    time: Rfc3339
+    """When the occurrence happened, RFC 3339."""
+    datacontenttype: NonEmpty
+    """Media type of ``data``; Nexus writes ``application/json``."""
+    data: Any
+    """The event payload (any JSON value); typed by the Struct registered for ``type``."""
+    subject: str | None = None
+    """CloudEvents ``subject``: what the event is about within the source (optional)."""
+    dataschema: str | None = None
+    """URI of the schema ``data`` adheres to (optional)."""
+    streamid: str | None = None
+    """Stream (aggregate) the event belongs to, e.g. ``execution-0192…``."""
+    streamversion: Version | None = None
+    """1-based version of the event within its stream."""
+    position: Version | None = None
+    """Global, strictly increasing position in the log."""
+    correlationid: str | None = None
+    """Id shared by every event of one logical operation."""
+    causationid: str | None = None
+    """Id of the event or command that caused this one."""
+    traceparent: str | None = None
+    """W3C trace context of the operation that produced the event."""
+    prevhash: Hex64 | None = None
+    """``hash`` of the previous event of the same stream (64 zeros for the first)."""
+    hash: Hex64 | None = None
+    """sha256 of this event's canonical encoding (``hash`` itself left out), hex."""
+    extevent: str | None = None
+    """For events ingested from ``nexus.ext.<source>.<event>``: the ``<event>`` token, so the
+    relay republishes them on ``nexus.evt.ext.<source>.<event>``."""
+
+
+class EnvelopeError(ValueError):
+    """A message is not a valid Nexus CloudEvent, or its data does not match its type's Struct.
+
+    Attributes:
+        field: JSON path of the offending attribute (``$`` for the whole message).
+        reason: What is wrong with it, in words.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"invalid event: {field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    @classmethod
+    def from_msgspec(cls, exc: msgspec.MsgspecError, prefix: str = "$") -> EnvelopeError:
+        """Translate a msgspec error message into (field, reason)."""
+        text = str(exc)
+        match = re.match(r"^(?P<reason>.*?)(?: - at `(?P<path>[^`]*)`)?$", text, re.S)
+        reason = match.group("reason") if match else text
+        path = (match.group("path") if match else None) or "$"
+        missing = re.match(r"Object missing required field `([^`]+)`", reason)
+        if missing:
+            path = f"{path}.{missing.group(1)}"
+        for pattern, words in _PATTERN_WORDS.items():
+            if pattern in reason:
+                reason = reason.split(" matching regex")[0] + f" that is {words}"
+        if reason.startswith("Invalid enum value") and path.endswith(".specversion"):
+            reason += " (Nexus speaks CloudEvents specversion '1.0')"
+        if prefix != "$":
+            path = prefix + path[1:]
+        return cls(path, reason)
+
+
+_decoder = msgspec.json.Decoder(CloudEvent)
+_batch_decoder = msgspec.json.Decoder(list[CloudEvent])
+_encoder = msgspec.json.Encoder()
+_canonical_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def decode_event(payload: bytes | str) -> CloudEvent:
+    """Decode one structured-mode CloudEvent.
+
+    Raises:
+        EnvelopeError: naming the field and the reason (bad JSON, a missing or mistyped
+            attribute, a ``specversion`` other than 1.0, an ill-formed ``time``).
+    """
+    try:
+        return _decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        if isinstance(exc, msgspec.ValidationError):
+            raise EnvelopeError.from_msgspec(exc) from None
+        raise EnvelopeError("$", f"not valid JSON: {exc}") from None
+
+
+def decode_events(payload: bytes | str) -> list[CloudEvent]:
+    """Decode a JSON array of CloudEvents (the CloudEvents batch format)."""
+    try:
+        return _batch_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        if isinstance(exc, msgspec.ValidationError):
+            raise EnvelopeError.from_msgspec(exc) from None
+        raise EnvelopeError("$", f"not valid JSON: {exc}") from None
+
+
+def encode_event(event: CloudEvent) -> bytes:
+    """Encode an event as structured-mode CloudEvents JSON."""
+    return _encoder.encode(event)
+
+
+def canonical_bytes(event: CloudEvent) -> bytes:
+    """The canonical encoding that ``hash`` covers: sorted keys, no ``hash`` attribute."""
+    if event.hash is not None:
+        event = msgspec.structs.replace(event, hash=None)
+    return _canonical_encoder.encode(event)
+
+
+def now_rfc3339() -> str:
+    """The current UTC time, RFC 3339 with microseconds."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def new_event_id() -> str:
+    """A UUIDv7 (RFC 9562): time-ordered, 74 random bits."""
+    ms = _time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_event(
+    type: str,
+    data: Any,
+    *,
+    source: str,
+    id: str | None = None,
+    time: str | None = None,
+    subject: str | None = None,
+    correlationid: str | None = None,
+    causationid: str | None = None,
+    traceparent: str | None = None,
+) -> CloudEvent:
+    """Build a new event ready to append; the log assigns stream, version, position and hashes.
+
+    ``data`` may be a msgspec Struct (it is converted to plain JSON values) or any JSON value.
+    """
+    if isinstance(data, msgspec.Struct):
+        data = msgspec.to_builtins(data)
+    return CloudEvent(
+        specversion=SPECVERSION,
+        id=id or new_event_id(),
+        source=source,
+        type=type,
+        time=time or now_rfc3339(),
+        datacontenttype="application/json",
+        data=data,
+        subject=subject,
+        correlationid=correlationid,
+        causationid=causationid,
+        traceparent=traceparent,
+    )

@@ -1,0 +1,41 @@
+"""Events of the platform itself: credentials, log seals."""
+
+from __future__ import annotations
+
+import msgspec
+from nexus.proto._catalog import event_type
+
+
+@event_type("nexus.platform.key.issued")
+class KeyIssued(msgspec.Struct, frozen=True, kw_only=True):
+    """An API key (for a client) or a worker token was issued. Only its hash is recorded."""
+
+    key_id: str
+    """Public identifier of the key (the part before the secret)."""
+    kind: str
+    """``client`` (API key) or ``worker`` (worker token)."""
+    owner: str
+    """Client or worker name the key belongs to."""
+    hash: str
+    """sha256 of the secret, hex; the secret itself is shown once and never stored."""
+    scopes: list[str] = []
+    """Optional scopes limiting what the key may do."""
+
+
+@event_type("nexus.platform.key.revoked")
+class KeyRevoked(msgspec.Struct, frozen=True, kw_only=True):
+    """A key or token was revoked; from this event on it is refused everywhere."""
+
+    key_id: str
+    reason: str = ""
+
+
+@event_type("nexus.platform.log.sealed")
+class LogSealed(msgspec.Struct, frozen=True, kw_only=True):
+    """A seal: the Merkle root over the event hashes of positions ``from_position``..``to_position``."""
+
+    from_position: int
+    to_position: int
+    merkle_root: str
+    algorithm: str = "sha256"
+    count: int = 0

@@ -1,0 +1,3 @@
+"""Events produced by the studio service."""
+
+from __future__ import annotations
