@@ -37,9 +37,7 @@ def check_append(stream_id: str, events: Sequence[CloudEvent], expected_version:
         try:
             _json.encode(event.data)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise EventLogArgumentError(
-                f"events[{index}] ({event.id}): data is not JSON-serialisable: {exc}"
-            ) from None
+            raise EventLogArgumentError(f"events[{index}] ({event.id}): data is not JSON-serialisable: {exc}") from None
 
 
 def check_expected(stream_id: str, expected_version: int, actual: int) -> None:

@@ -15,9 +15,7 @@ class ConcurrencyError(EventLogError):
     """The stream's version is not the one the append expected; nothing was written."""
 
     def __init__(self, stream_id: str, expected: int, actual: int) -> None:
-        super().__init__(
-            f"stream {stream_id!r}: expected version {_describe(expected)}, but it is at {actual}"
-        )
+        super().__init__(f"stream {stream_id!r}: expected version {_describe(expected)}, but it is at {actual}")
         self.stream_id = stream_id
         self.expected = expected
         self.actual = actual

@@ -47,9 +47,7 @@ class EventLog(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def read_stream(
-        self, stream_id: str, from_version: int = 1, limit: int | None = None
-    ) -> list[CloudEvent]:
+    async def read_stream(self, stream_id: str, from_version: int = 1, limit: int | None = None) -> list[CloudEvent]:
         """The events of one stream from ``from_version`` (inclusive), in version order."""
 
     @abc.abstractmethod

@@ -75,9 +75,7 @@ class MemoryEventLog(EventLog):
                 raise DuplicateEventError(event.id, difference)
         return found  # type: ignore[return-value]
 
-    async def read_stream(
-        self, stream_id: str, from_version: int = 1, limit: int | None = None
-    ) -> list[CloudEvent]:
+    async def read_stream(self, stream_id: str, from_version: int = 1, limit: int | None = None) -> list[CloudEvent]:
         self._check_open()
         check_position("from_version", from_version)
         check_limit(limit)

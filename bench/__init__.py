@@ -1,0 +1,1 @@
+"""Nexus benchmarks: ``make bench`` (``python -m bench``). Never timed tests."""

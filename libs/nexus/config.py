@@ -1,0 +1,76 @@
+"""Platform settings shared by every service and the command line, read from the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting has a value Nexus cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class PlatformSettings:
+    """What every Nexus process needs to find the platform (ARCHITECTURE.md, "Configuration")."""
+
+    data_dir: Path
+    """``NEXUS_DATA_DIR``: where the embedded defaults keep their files (default ``./.nexus``)."""
+    event_log_url: str
+    """``NEXUS_EVENT_LOG_URL``: ``sqlite:///PATH`` (default, under the data dir), ``mongodb://…``, ``memory://``."""
+    raw_url: str
+    """``NEXUS_RAW_URL``: ``file://PATH`` (default, under the data dir), ``memory://``, ``mongodb://…``."""
+    nats_url: str | None
+    """``NEXUS_NATS_URL``: an existing NATS server; unset starts the embedded one."""
+    nats_port: int
+    """``NEXUS_NATS_PORT``: port of the embedded nats-server (default 4222)."""
+    nats_sync: str
+    """``NEXUS_NATS_SYNC``: ``default`` (JetStream fsyncs lazily) or ``always``."""
+    host: str
+    """``NEXUS_HOST``: the address HTTP servers bind (default 127.0.0.1)."""
+    log_level: str
+    """``NEXUS_LOG_LEVEL``: debug, info, warning, error (default info)."""
+    otel_exporter: str
+    """``NEXUS_OTEL_EXPORTER``: none, console, otlp (default none)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PlatformSettings:
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("NEXUS_DATA_DIR") or "./.nexus").expanduser()
+        absolute = data_dir.resolve()
+        nats_sync = env.get("NEXUS_NATS_SYNC", "default").lower()
+        if nats_sync not in ("default", "always"):
+            raise ConfigError(f"NEXUS_NATS_SYNC={nats_sync!r}: use 'default' or 'always'")
+        otel = env.get("NEXUS_OTEL_EXPORTER", "none").lower()
+        if otel not in ("none", "console", "otlp"):
+            raise ConfigError(f"NEXUS_OTEL_EXPORTER={otel!r}: use 'none', 'console' or 'otlp'")
+        level = env.get("NEXUS_LOG_LEVEL", "info").lower()
+        if level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"NEXUS_LOG_LEVEL={level!r}: use debug, info, warning or error")
+        return cls(
+            data_dir=data_dir,
+            event_log_url=env.get("NEXUS_EVENT_LOG_URL") or f"sqlite:///{absolute / 'events.db'}",
+            raw_url=env.get("NEXUS_RAW_URL") or f"file://{absolute / 'raw'}",
+            nats_url=env.get("NEXUS_NATS_URL") or None,
+            nats_port=port_from_env(env, "NEXUS_NATS_PORT", 4222),
+            nats_sync=nats_sync,
+            host=env.get("NEXUS_HOST", "127.0.0.1"),
+            log_level=level,
+            otel_exporter=otel,
+        )
+
+
+def port_from_env(env: Mapping[str, str], name: str, default: int) -> int:
+    """An integer port from ``env[name]`` (0 picks a free one), with a clear error otherwise."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{name}={port} is out of range (0-65535)")
+    return port
