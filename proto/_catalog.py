@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import msgspec
+
 from nexus.proto._envelope import CloudEvent, EnvelopeError
 
 S = TypeVar("S", bound=type[msgspec.Struct])

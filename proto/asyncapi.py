@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import yaml
+
 from nexus.proto import CATALOG, CloudEvent, evt_subject
 
 DOCUMENT = Path(__file__).with_name("asyncapi.yaml")
@@ -26,9 +27,7 @@ def build() -> dict[str, Any]:
     """The AsyncAPI document as plain data, deterministic for a given catalogue."""
     types = list(CATALOG)
     structs = [CATALOG.struct_for(t) for t in types]
-    (envelope_schema,), components = msgspec.json.schema_components(
-        [CloudEvent], ref_template="#/components/schemas/{name}"
-    )
+    _, components = msgspec.json.schema_components([CloudEvent], ref_template="#/components/schemas/{name}")
     _, data_components = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     schemas = {**components, **data_components}
     channels: dict[str, Any] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+
 from nexus.proto._catalog import event_type
 
 
