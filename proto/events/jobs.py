@@ -1,0 +1,117 @@
+"""Events of the workflow service's job API, presigned uploads, triggers and phases (seeds 000, 001)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from nexus.proto._catalog import event_type
+
+
+@event_type("nexus.workflow.job.initiated")
+class JobInitiated(msgspec.Struct, frozen=True, kw_only=True):
+    """A job was initiated (``POST /job/initiate``); it has no execution until it is executed."""
+
+    job_id: str
+    """The ``jobExecutionId`` handed to the client."""
+    workflow_id: str
+    """Workflow the job will run."""
+    title: str = ""
+    description: str = ""
+    key_id: str = ""
+    """Id of the API key that initiated it (empty when the caller had no key id)."""
+
+
+@event_type("nexus.workflow.job.executed")
+class JobExecuted(msgspec.Struct, frozen=True, kw_only=True):
+    """A job's payload was accepted and its execution started (``POST /job/execute``)."""
+
+    job_id: str
+    workflow_id: str
+    execution_id: str
+    """Execution the engine started; the job's status and results are read from it."""
+    input: dict[str, Any] = {}
+    """The workflow input built from the ``jobPayloadSchemaInstance``."""
+
+
+@event_type("nexus.workflow.upload.issued")
+class UploadIssued(msgspec.Struct, frozen=True, kw_only=True):
+    """A presigned upload URL was issued (``POST /job/file/upload``)."""
+
+    upload_id: str
+    file_extension: str
+    max_bytes: int
+    """Largest body the URL accepts."""
+    expires_at: float
+    """Unix time after which the URL is refused."""
+    job_id: str = ""
+
+
+@event_type("nexus.workflow.upload.completed")
+class UploadCompleted(msgspec.Struct, frozen=True, kw_only=True):
+    """A presigned URL was used: the file is stored in Raw and the URL cannot be used again."""
+
+    upload_id: str
+    raw_ref: str
+    """Where Raw keeps the file (``open_raw``-style reference)."""
+    size: int
+    sha256: str
+    file_url: str
+    """The URL a job payload passes for this file (``file`` and ``array_files`` fields)."""
+    content_type: str = "application/octet-stream"
+
+
+@event_type("nexus.workflow.trigger.registered")
+class TriggerRegistered(msgspec.Struct, frozen=True, kw_only=True):
+    """A trigger binds an event type and a condition to a workflow start (registering again replaces it)."""
+
+    trigger_id: str
+    event_type: str
+    """CloudEvents ``type`` that fires it; for external events also ``ext.<source>.<event>``."""
+    workflow_id: str
+    input_map: dict[str, Any] = {}
+    """Workflow input field → JSONPath over the triggering event (``$.data.…``), or a literal."""
+    condition: str = ""
+    """Expression over JSONPath values of the event; empty means always."""
+    priority: int = 50
+    active: bool = True
+
+
+@event_type("nexus.workflow.trigger.removed")
+class TriggerRemoved(msgspec.Struct, frozen=True, kw_only=True):
+    """A trigger was removed; events after this one no longer fire it."""
+
+    trigger_id: str
+
+
+@event_type("nexus.workflow.trigger.fired")
+class TriggerFired(msgspec.Struct, frozen=True, kw_only=True):
+    """A trigger matched an event and started a workflow (once per triggering event)."""
+
+    trigger_id: str
+    event_id: str
+    """Id of the triggering event, also the start's idempotency key."""
+    workflow_id: str
+    execution_id: str
+
+
+@event_type("nexus.workflow.phase.triggered")
+class PhaseTriggered(msgspec.Struct, frozen=True, kw_only=True):
+    """A phase of the seven-phase pipeline was triggered (``POST /api/v1/workflow/phase/{n}``)."""
+
+    phase: int
+    user_id: str
+    sync_id: str = ""
+    metadata: dict[str, Any] = {}
+    """Everything else the caller sent (seller id, matches, claim, payout…)."""
+
+
+@event_type("nexus.workflow.phase.completed")
+class PhaseCompleted(msgspec.Struct, frozen=True, kw_only=True):
+    """A phase's work finished; its ``result`` is what the next phase receives."""
+
+    phase: int
+    user_id: str
+    execution_id: str
+    sync_id: str = ""
+    result: dict[str, Any] = {}
