@@ -1,0 +1,55 @@
+"""The Python client of the workflow service's job API (seed 000).
+
+It does a user's whole flow: fetch the workflow's ``jobPayloadSchema``, initiate a job, upload
+files through presigned URLs, map a record's fields to the schema's types, execute, monitor
+(Server-Sent Events, polling as fallback), and fetch results and the audit trail::
+
+    async with JobClient("http://127.0.0.1:8082", key) as client:
+        outcome = await client.trigger("anomaly_review", anomaly, mapping={"workflow_input_a": "title"})
+        final = await client.monitor(outcome.job_id)
+        results = await client.results(outcome.job_id)
+
+The payload typing functions are shared with the service, so both sides agree on every type.
+"""
+
+from nexus.client._jobs import (
+    FINAL_STATUSES,
+    BatchResult,
+    JobApiError,
+    JobClient,
+    TriggerResult,
+    parse_sse,
+)
+from nexus.client._payload import (
+    JOB_TYPES,
+    PayloadError,
+    PayloadField,
+    build_instance,
+    check_instance,
+    check_value,
+    coerce,
+    is_date,
+    job_payload_schema,
+    job_type,
+    schema_from_json,
+)
+
+__all__ = [
+    "FINAL_STATUSES",
+    "JOB_TYPES",
+    "BatchResult",
+    "JobApiError",
+    "JobClient",
+    "PayloadError",
+    "PayloadField",
+    "TriggerResult",
+    "build_instance",
+    "check_instance",
+    "check_value",
+    "coerce",
+    "is_date",
+    "job_payload_schema",
+    "job_type",
+    "parse_sse",
+    "schema_from_json",
+]
