@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nexus.proto import CloudEvent
@@ -15,6 +15,14 @@ class BusError(Exception):
 
 class BusUnavailableError(BusError):
     """The NATS server cannot be reached or did not answer in time."""
+
+
+class BusTimeoutError(BusUnavailableError):
+    """A publish acknowledgement or a command's reply did not arrive in time."""
+
+
+class StreamConfigError(BusError):
+    """A Nexus stream exists with settings that cannot be updated in place; the message says what to do."""
 
 
 class RetryableError(Exception):
@@ -33,6 +41,16 @@ class PublishAck:
     seq: int
     duplicate: bool = False
     """True when JetStream recognised the ``Nats-Msg-Id`` and stored nothing new."""
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """One message for ``Bus.publish_many``."""
+
+    subject: str
+    payload: bytes
+    msg_id: str | None = None
+    headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,14 @@ class Bus(abc.ABC):
     async def publish_event(self, event: CloudEvent) -> PublishAck:
         """Publish a stored event on ``subject_for(event)`` with ``Nats-Msg-Id`` = event id and its traceparent."""
 
+    async def publish_many(self, messages: Sequence[OutboundMessage]) -> list[PublishAck]:
+        """Publish several messages, pipelined where the adapter can, and wait for every ack (in order)."""
+        return [await self.publish(m.subject, m.payload, msg_id=m.msg_id, headers=m.headers) for m in messages]
+
+    async def publish_events(self, events: Sequence[CloudEvent]) -> list[PublishAck]:
+        """``publish_event`` for several events, pipelined where the adapter can; acks in order."""
+        return [await self.publish_event(event) for event in events]
+
     @abc.abstractmethod
     async def request(
         self, subject: str, payload: bytes, *, timeout: float = 5.0, headers: Mapping[str, str] | None = None
@@ -110,8 +136,19 @@ class Bus(abc.ABC):
         """Send a command and wait for the handler's reply."""
 
     @abc.abstractmethod
-    async def consume(self, spec: ConsumerSpec, handler: Handler) -> Consumer:
-        """Start a durable consumer running ``handler`` for each message."""
+    async def consume(
+        self, spec: ConsumerSpec, handler: Handler, *, flush: Callable[[], Awaitable[None]] | None = None
+    ) -> Consumer:
+        """Start a durable consumer running ``handler`` for each message.
+
+        Args:
+            spec: the durable consumer.
+            handler: called once per delivery (see ``Handler``).
+            flush: when given, acks are held back until ``flush()`` returns; it runs whenever the
+                consumer has no more messages at hand, or after ``spec.batch`` of them. Owners
+                persist their state there, so one write covers a batch and a crash before it
+                means the batch is delivered again rather than lost.
+        """
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -1,0 +1,153 @@
+"""What a consumer does with one delivery: run the handler, decide ack / retry / dead letter.
+
+Shared by every adapter, so the JetStream and in-memory buses cannot disagree on semantics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import msgspec
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from nexus.bus._metrics import CONSUMER_PROCESSED, DEAD_LETTERS
+from nexus.bus._port import ConsumerSpec, Delivery, Handler, PoisonMessageError, RetryableError
+from nexus.proto import EnvelopeError, dlq_subject
+
+logger = logging.getLogger("nexus.bus")
+
+REPLY_HEADER = "Nexus-Reply-To"
+"""JetStream messages carry no core reply subject; a command's reply inbox travels in this header."""
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+# Exceptions that can never succeed on a retry: dead-letter at once.
+_POISON = (PoisonMessageError, EnvelopeError, msgspec.MsgspecError)
+_MAX_REASON = 1000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The decision for one delivery."""
+
+    kind: str
+    """``ack``, ``retry`` or ``dead_letter``."""
+    reply: bytes | None = None
+    delay: float = 0.0
+    error: str = ""
+    reason: str = ""
+
+
+def backoff_for(spec: ConsumerSpec, num_delivered: int) -> float:
+    if not spec.backoff_seconds:
+        return 0.0
+    return spec.backoff_seconds[min(max(num_delivered, 1), len(spec.backoff_seconds)) - 1]
+
+
+async def run_handler(spec: ConsumerSpec, handler: Handler, delivery: Delivery, tracer: trace.Tracer) -> Outcome:
+    """Run ``handler`` once inside a "consume" span that continues the producer's trace."""
+    if delivery.num_delivered > spec.max_deliver:
+        # The server allows one delivery more than max_deliver so that a message whose last
+        # attempt died with the process is still dead-lettered instead of silently dropped.
+        return Outcome(
+            "dead_letter",
+            error="MaxDeliveriesExceeded",
+            reason=f"delivered {delivery.num_delivered} times; max_deliver is {spec.max_deliver}",
+        )
+    parent = propagate.extract(delivery.headers) if "traceparent" in delivery.headers else None
+    span = tracer.start_span(
+        "consume",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.destination.name": delivery.subject,
+            "messaging.consumer.group.name": spec.name,
+        },
+    )
+    with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+        try:
+            result = await handler(delivery)
+        except RetryableError as exc:
+            return _failed(spec, delivery, span, exc, retryable=True)
+        except _POISON as exc:
+            span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+            return Outcome("dead_letter", error=type(exc).__name__, reason=str(exc) or type(exc).__name__)
+        except Exception as exc:
+            logger.warning(
+                "consumer %s: handler failed on %s (delivery %d): %r",
+                spec.name,
+                delivery.subject,
+                delivery.num_delivered,
+                exc,
+            )
+            return _failed(spec, delivery, span, exc, retryable=False)
+    return Outcome("ack", reply=result)
+
+
+def _failed(spec: ConsumerSpec, delivery: Delivery, span: trace.Span, exc: Exception, *, retryable: bool) -> Outcome:
+    span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if delivery.num_delivered >= spec.max_deliver:
+        return Outcome(
+            "dead_letter",
+            error="MaxDeliveriesExceeded",
+            reason=f"failed {delivery.num_delivered} times (max_deliver {spec.max_deliver}); last error {reason}",
+        )
+    return Outcome("retry", delay=backoff_for(spec, delivery.num_delivered), error=type(exc).__name__, reason=reason)
+
+
+def header_value(text: str) -> str:
+    """A single-line header value: NATS headers cannot hold CR or LF."""
+    value = " ".join(text.split())
+    return value[:_MAX_REASON]
+
+
+def dead_letter_headers(spec: ConsumerSpec, delivery: Delivery, stream: str, outcome: Outcome) -> dict[str, str]:
+    """The original headers plus the reason; a fresh Nats-Msg-Id so the DLQ stream keeps one per consumer."""
+    headers = {k: v for k, v in delivery.headers.items() if k != MSG_ID_HEADER}
+    original_id = delivery.headers.get(MSG_ID_HEADER)
+    if original_id:
+        headers["Nexus-Original-Msg-Id"] = original_id
+    headers.update(
+        {
+            MSG_ID_HEADER: f"dlq:{spec.name}:{stream}:{delivery.stream_seq}",
+            "Nexus-Error": outcome.error,
+            "Nexus-Error-Reason": header_value(outcome.reason),
+            "Nexus-Consumer": spec.name,
+            "Nexus-Deliveries": str(delivery.num_delivered),
+            "Nexus-Original-Subject": delivery.subject,
+            "Nexus-Original-Stream": stream,
+            "Nexus-Original-Seq": str(delivery.stream_seq),
+        }
+    )
+    return headers
+
+
+def count(spec: ConsumerSpec, outcome: Outcome) -> None:
+    CONSUMER_PROCESSED.labels(spec.name, outcome.kind).inc()
+    if outcome.kind == "dead_letter":
+        DEAD_LETTERS.labels(spec.name).inc()
+        logger.warning("consumer %s: dead-lettered a message: %s: %s", spec.name, outcome.error, outcome.reason)
+
+
+def dlq_subject_for(spec: ConsumerSpec) -> str:
+    return dlq_subject(spec.name)
+
+
+def publish_span(tracer: trace.Tracer, subject: str, parent: Mapping[str, str] | None) -> trace.Span:
+    """A "publish" span, child of ``parent`` (a header dict holding a traceparent) or of the current span."""
+    context = propagate.extract(parent) if parent else None
+    return tracer.start_span(
+        "publish",
+        context=context,
+        kind=SpanKind.PRODUCER,
+        attributes={"messaging.system": "nats", "messaging.destination.name": subject},
+    )
+
+
+def inject(span: trace.Span, headers: dict[str, str]) -> None:
+    """Write the span's W3C trace context into ``headers`` (nothing when there is no valid context)."""
+    propagate.inject(headers, context=trace.set_span_in_context(span))

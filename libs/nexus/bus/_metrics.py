@@ -1,0 +1,39 @@
+"""Prometheus metrics of the bus, the relay and the ingest (default registry, no ids as labels)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+PUBLISHED = Counter("nexus_bus_published_total", "Messages published to JetStream and acknowledged.", ["stream"])
+CONSUMER_PROCESSED = Counter(
+    "nexus_consumer_processed_total",
+    "Messages a durable consumer finished with, by outcome (ack, retry, dead_letter).",
+    ["consumer", "outcome"],
+)
+CONSUMER_LAG = Gauge(
+    "nexus_consumer_lag_messages",
+    "Messages still pending for a durable consumer, as JetStream last reported.",
+    ["consumer"],
+)
+DEAD_LETTERS = Counter("nexus_dead_letters_total", "Messages a consumer sent to its dead-letter subject.", ["consumer"])
+EVENT_GAPS_FILLED = Counter(
+    "nexus_consumer_gap_events_total",
+    "Events an event consumer read from the log to fill a gap in a stream.",
+    ["consumer"],
+)
+EVENT_DUPLICATES = Counter(
+    "nexus_consumer_duplicate_events_total",
+    "Redelivered or re-published events an event consumer skipped.",
+    ["consumer"],
+)
+RELAY_PUBLISHED = Counter("nexus_relay_published_total", "Events the relay published and JetStream acknowledged.")
+RELAY_DUPLICATES = Counter(
+    "nexus_relay_duplicates_total", "Events the relay re-published that JetStream already held (de-duplicated)."
+)
+RELAY_LAG = Gauge("nexus_relay_lag_events", "Events appended to the log and not yet relayed.")
+RELAY_POSITION = Gauge("nexus_relay_checkpoint_position", "Log position up to which every event is relayed.")
+RELAY_LEADER = Gauge("nexus_relay_leader", "1 while this relay replica holds the lease and relays, else 0.")
+INGESTED = Counter(
+    "nexus_ingest_processed_total", "External messages the ingest finished with, by outcome.", ["outcome"]
+)
+COMMANDS = Counter("nexus_commands_processed_total", "Commands a service handled, by outcome.", ["service", "outcome"])
