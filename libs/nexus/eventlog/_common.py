@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import msgspec
 
-from nexus.eventlog._errors import ConcurrencyError, EventLogArgumentError
+from nexus.eventlog._errors import ConcurrencyError, DuplicateEventError, EventLogArgumentError
 from nexus.eventlog._port import ANY, NO_STREAM, STREAM_EXISTS
+from nexus.eventlog.chain import same_content
 from nexus.proto import CloudEvent
 
 _json = msgspec.json.Encoder()
@@ -62,3 +63,45 @@ def check_position(name: str, value: int) -> None:
 def check_limit(limit: int | None) -> None:
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise EventLogArgumentError(f"limit must be None or an integer >= 0, got {limit!r}")
+
+
+def match_stored(
+    stream_id: str, events: Sequence[CloudEvent], found: Sequence[CloudEvent | None]
+) -> list[CloudEvent] | None:
+    """Decide what an append means given which of its ids are already stored.
+
+    ``found[i]`` is the stored event with ``events[i].id``, or None. Returns None when none is
+    stored (a new append), the stored records when the whole batch is a retry of one already
+    stored in ``stream_id`` with the same content.
+
+    Raises:
+        DuplicateEventError: part of the batch is stored, an id is stored in another stream,
+            or with other content.
+    """
+    if not any(found):
+        return None
+    first = next(f for f in found if f is not None)
+    for event, stored in zip(events, found, strict=True):
+        if stored is None:
+            raise DuplicateEventError(first.id, "part of the batch is stored and part is not")
+        if stored.streamid != stream_id:
+            raise DuplicateEventError(event.id, f"it is stored in stream {stored.streamid!r}")
+        difference = same_content(stored, event)
+        if difference:
+            raise DuplicateEventError(event.id, difference)
+    return list(found)  # type: ignore[arg-type]
+
+
+def check_types(types: object) -> frozenset[str] | None:
+    """The set of wanted types, or None for all; a lone string is refused (a common slip)."""
+    if types is None:
+        return None
+    if isinstance(types, str | bytes):
+        raise EventLogArgumentError("types must be a collection of type names, not one string")
+    try:
+        wanted = frozenset(types)  # type: ignore[arg-type]
+    except TypeError:
+        raise EventLogArgumentError(f"types must be a collection of type names, got {types!r}") from None
+    if not all(isinstance(t, str) for t in wanted):
+        raise EventLogArgumentError("types must contain only strings")
+    return wanted

@@ -23,6 +23,24 @@ def seal(event: CloudEvent, *, stream_id: str, version: int, position: int, prev
     return msgspec.structs.replace(placed, hash=event_hash(placed))
 
 
+def seal_encoded(
+    event: CloudEvent, *, stream_id: str, version: int, position: int, prevhash: str
+) -> tuple[CloudEvent, bytes]:
+    """``seal``, plus the stored event's JSON, built from the bytes the hash was computed over.
+
+    Adapters that store JSON use this to encode each event once: the canonical bytes are
+    hashed, then ``hash`` is spliced in before the closing brace (JSON objects are unordered,
+    so the result decodes to exactly the sealed event).
+    """
+    placed = msgspec.structs.replace(
+        event, streamid=stream_id, streamversion=version, position=position, prevhash=prevhash, hash=None
+    )
+    canonical = canonical_bytes(placed)
+    digest = hashlib.sha256(canonical).hexdigest()
+    body = b'%b,"hash":"%b"}' % (canonical[:-1], digest.encode())
+    return msgspec.structs.replace(placed, hash=digest), body
+
+
 def same_content(stored: CloudEvent, new: CloudEvent) -> str | None:
     """None when ``new`` is a retry of ``stored``; otherwise which attribute differs."""
     for field in ("type", "source", "data", "subject", "datacontenttype", "time"):
@@ -31,4 +49,4 @@ def same_content(stored: CloudEvent, new: CloudEvent) -> str | None:
     return None
 
 
-__all__ = ["GENESIS_HASH", "event_hash", "same_content", "seal"]
+__all__ = ["GENESIS_HASH", "event_hash", "same_content", "seal", "seal_encoded"]

@@ -5,10 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 
-from nexus.eventlog._common import check_append, check_expected, check_limit, check_position
-from nexus.eventlog._errors import DuplicateEventError, EventLogArgumentError, EventLogClosedError
+from nexus.eventlog import chain
+from nexus.eventlog._common import (
+    check_append,
+    check_expected,
+    check_limit,
+    check_position,
+    check_types,
+    match_stored,
+)
+from nexus.eventlog._errors import EventLogClosedError
 from nexus.eventlog._port import ANY, GENESIS_HASH, EventLog
-from nexus.eventlog.chain import same_content, seal
 from nexus.proto import CloudEvent
 
 
@@ -40,7 +47,8 @@ class MemoryEventLog(EventLog):
         prevhash = stream[-1].hash if stream else GENESIS_HASH
         out: list[CloudEvent] = []
         for offset, event in enumerate(events):
-            placed = seal(
+            # Looked up on the module so a test can inject a failure in the middle of a batch.
+            placed = chain.seal(
                 event,
                 stream_id=stream_id,
                 version=len(stream) + offset + 1,
@@ -59,21 +67,7 @@ class MemoryEventLog(EventLog):
 
     def _already_stored(self, stream_id: str, events: Sequence[CloudEvent]) -> list[CloudEvent] | None:
         """The stored records when the whole batch is a retry; None when none is stored."""
-        found = [self._by_id.get(e.id) for e in events]
-        if not any(found):
-            return None
-        for event, stored in zip(events, found, strict=True):
-            if stored is None:
-                raise DuplicateEventError(
-                    found[0].id if found[0] else event.id,  # type: ignore[union-attr]
-                    "part of the batch is stored and part is not",
-                )
-            if stored.streamid != stream_id:
-                raise DuplicateEventError(event.id, f"it is stored in stream {stored.streamid!r}")
-            difference = same_content(stored, event)
-            if difference:
-                raise DuplicateEventError(event.id, difference)
-        return found  # type: ignore[return-value]
+        return match_stored(stream_id, events, [self._by_id.get(e.id) for e in events])
 
     async def read_stream(self, stream_id: str, from_version: int = 1, limit: int | None = None) -> list[CloudEvent]:
         self._check_open()
@@ -90,13 +84,11 @@ class MemoryEventLog(EventLog):
         self._check_open()
         check_position("from_position", from_position)
         check_limit(limit)
+        wanted = check_types(types)
         start = max(from_position, 1) - 1
-        if types is None:
+        if wanted is None:
             end = None if limit is None else start + limit
             return self._events[start:end]
-        wanted = set(types)
-        if isinstance(types, str):
-            raise EventLogArgumentError("types must be a collection of type names, not one string")
         out: list[CloudEvent] = []
         for event in self._events[start:]:
             if event.type in wanted:

@@ -1,0 +1,636 @@
+"""``sqlite:///PATH``: the embedded event log, one file in WAL mode.
+
+Layout: one ``events`` table keyed by position, with the stream id, version, event id and
+type as indexed columns beside each event's JSON body (one BLOB, decoded a page at a time),
+and a ``schema_version`` table for migrations.
+
+Writes go through ONE writer thread that owns the only writing connection. Callers queue
+their appends; the writer drains the queue and commits everything pending in one transaction
+(group commit), each append inside its own SAVEPOINT so a ConcurrencyError or
+DuplicateEventError fails that append alone. With ``synchronous=FULL`` every transaction is
+one fsync, so concurrent callers share it instead of queueing behind each other's.
+
+Reads run on a small pool of threads, each with its own read-only connection, so a large
+page never blocks the event loop and never waits for the writer (WAL readers see the last
+committed snapshot).
+
+URL: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, with optional query
+parameters ``synchronous`` (``FULL`` by default, or ``NORMAL``, ``EXTRA``, ``OFF``) and
+``busy_timeout`` (milliseconds another process may hold the write lock, 5000 by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import queue
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import msgspec
+
+from nexus.eventlog import chain
+from nexus.eventlog._codec import decode_bodies
+from nexus.eventlog._common import (
+    check_append,
+    check_expected,
+    check_limit,
+    check_position,
+    check_types,
+    match_stored,
+)
+from nexus.eventlog._errors import (
+    ConcurrencyError,
+    EventLogArgumentError,
+    EventLogClosedError,
+    EventLogError,
+    EventLogUnavailableError,
+)
+from nexus.eventlog._port import ANY, GENESIS_HASH, EventLog
+from nexus.proto import CloudEvent
+
+SCHEMA_VERSION: Final = 1
+"""The layout this module writes; a file from a newer Nexus is refused, not misread."""
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS events (
+        position INTEGER PRIMARY KEY,
+        stream_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        event_id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        body BLOB NOT NULL
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_stream_version ON events (stream_id, version)",
+    "CREATE INDEX IF NOT EXISTS events_type_position ON events (type, position)",
+)
+
+_INSERT = "INSERT INTO events (position, stream_id, version, event_id, type, body) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_ROWS = 100
+_INSERT_MANY = "INSERT INTO events (position, stream_id, version, event_id, type, body) VALUES " + ",".join(
+    ["(?, ?, ?, ?, ?, ?)"] * _INSERT_ROWS
+)
+_SYNCHRONOUS = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
+_READ_THREADS = 4
+_MAX_EVENTS_PER_TRANSACTION = 50_000
+"""The writer stops draining the queue here, so one transaction's fsync never waits on a huge backlog."""
+_STREAM_CACHE_SIZE = 100_000
+_EXTERNAL_POLL_S = 1.0
+"""How often an idle subscriber looks for events another process appended to the same file."""
+_SUBSCRIBE_PAGE = 1000
+
+_T = TypeVar("_T")
+
+
+class _LastHash(msgspec.Struct):
+    hash: str
+
+
+_last_hash_decoder = msgspec.json.Decoder(_LastHash)
+
+
+@dataclass(frozen=True)
+class SqliteOptions:
+    """What the URL says about the file and how to write it."""
+
+    path: str
+    """The database file."""
+    synchronous: str = "FULL"
+    """``PRAGMA synchronous``: FULL (default: a commit survives power loss), NORMAL, EXTRA or OFF."""
+    busy_timeout_ms: int = 5000
+    """How long to wait for another process's write lock before failing."""
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteOptions:
+        """Parse ``sqlite:///relative.db`` / ``sqlite:////absolute.db?synchronous=NORMAL``.
+
+        Raises:
+            EventLogArgumentError: not a sqlite URL, no path, or an unknown or bad parameter.
+        """
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "sqlite":
+            raise EventLogArgumentError(f"{url!r} is not a sqlite:// URL")
+        if parts.netloc:
+            raise EventLogArgumentError(
+                f"{url!r}: a sqlite URL has no host; write sqlite:///relative.db or sqlite:////absolute/path.db"
+            )
+        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+        if not path:
+            raise EventLogArgumentError(f"{url!r} names no database file (sqlite:///PATH)")
+        if path == ":memory:" or "mode=memory" in parts.query:
+            raise EventLogArgumentError("an in-memory SQLite log cannot be shared by its connections; use memory://")
+        synchronous, busy_timeout_ms = "FULL", 5000
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "synchronous":
+                synchronous = value.upper()
+                if synchronous not in _SYNCHRONOUS:
+                    raise EventLogArgumentError(f"{url!r}: synchronous={value!r}; use one of {', '.join(_SYNCHRONOUS)}")
+            elif key == "busy_timeout":
+                if not value.isdigit():
+                    raise EventLogArgumentError(f"{url!r}: busy_timeout={value!r} is not a number of milliseconds")
+                busy_timeout_ms = int(value)
+            else:
+                raise EventLogArgumentError(f"{url!r}: unknown parameter {key!r} (known: synchronous, busy_timeout)")
+        return cls(path=path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+
+
+@dataclass
+class _Append:
+    """One caller's append, queued for the writer thread."""
+
+    stream_id: str
+    events: Sequence[CloudEvent]
+    expected_version: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[CloudEvent]]
+
+
+@dataclass
+class _Call:
+    """Work that needs the writer's connection (it belongs to the writer thread alone)."""
+
+    work: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+_STOP: Final = object()
+_Outcome = tuple[_Append, list[CloudEvent] | None, BaseException | None]
+"""An append with its stored records or its error."""
+
+
+class SqliteEventLog(EventLog):
+    """The event log in one SQLite file; open it with ``await SqliteEventLog.open(url)``."""
+
+    def __init__(self, url: str, options: SqliteOptions, writer: sqlite3.Connection) -> None:
+        self.url = url
+        self.options = options
+        self._con = writer
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._submit_lock = threading.Lock()
+        self._closed = False
+        # State below belongs to the writer thread only.
+        self._streams: dict[str, tuple[int, str]] = {}
+        self._next_position: int | None = None
+        self._data_version = writer.execute("PRAGMA data_version").fetchone()[0]
+        self._transactions = 0
+        self._appends = 0
+        # Readers.
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._executor = concurrent.futures.ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="nexus-eventlog-read")
+        # Subscribers waiting for a commit.
+        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters_lock = threading.Lock()
+        self._writer = threading.Thread(target=self._write_loop, name="nexus-eventlog-writer", daemon=True)
+        self._writer.start()
+
+    @classmethod
+    async def open(cls, url: str) -> SqliteEventLog:
+        """Open (creating if needed) the log file named by ``url``.
+
+        Raises:
+            EventLogArgumentError: the URL is malformed.
+            EventLogUnavailableError: the file cannot be opened, is not a Nexus log, or was
+                written by a newer schema.
+        """
+        options = SqliteOptions.from_url(url)
+        writer = await asyncio.to_thread(_open_writer, options)
+        return cls(url, options, writer)
+
+    # ---- statistics -------------------------------------------------------------------
+
+    @property
+    def transactions(self) -> int:
+        """Write transactions committed since open (each is one fsync under synchronous=FULL)."""
+        return self._transactions
+
+    @property
+    def appends(self) -> int:
+        """Appends settled by those transactions; ``appends / transactions`` is the group size."""
+        return self._appends
+
+    # ---- writing ----------------------------------------------------------------------
+
+    async def append(
+        self, stream_id: str, events: Sequence[CloudEvent], expected_version: int = ANY
+    ) -> list[CloudEvent]:
+        self._check_open()
+        check_append(stream_id, events, expected_version)
+        loop = asyncio.get_running_loop()
+        request = _Append(stream_id, list(events), expected_version, loop, loop.create_future())
+        with self._submit_lock:
+            # Under the lock so no append can slip in behind close()'s stop marker and hang.
+            self._check_open()
+            self._queue.put(request)
+        # If the caller is cancelled here the append may still be committed, as with any store.
+        return await request.future
+
+    def _write_loop(self) -> None:
+        stop = False
+        while not stop:
+            group: list[_Append] = []
+            size = 0
+            item = self._queue.get()
+            while True:
+                if item is _STOP:
+                    stop = True
+                    break
+                if isinstance(item, _Call):
+                    self._run_call(item)
+                else:
+                    group.append(item)
+                    size += len(item.events)
+                if size >= _MAX_EVENTS_PER_TRANSACTION:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if group:
+                outcomes = self._commit_group(group)
+                self._settle(outcomes)
+                self._wake_subscribers()
+
+    def _run_call(self, call: _Call) -> None:
+        result, error = None, None
+        try:
+            result = call.work(self._con)
+        except sqlite3.Error as exc:
+            error = EventLogUnavailableError(f"the event log store failed: {exc}")
+        with contextlib.suppress(RuntimeError):
+            call.loop.call_soon_threadsafe(_resolve, call.future, result, error)
+
+    async def pragmas(self) -> dict[str, Any]:
+        """The writing connection's ``journal_mode``, ``synchronous`` (as a name) and ``busy_timeout``."""
+
+        def work(con: sqlite3.Connection) -> dict[str, Any]:
+            synchronous = con.execute("PRAGMA synchronous").fetchone()[0]
+            return {
+                "journal_mode": con.execute("PRAGMA journal_mode").fetchone()[0],
+                "synchronous": {v: k for k, v in _SYNCHRONOUS.items()}.get(synchronous, str(synchronous)),
+                "busy_timeout": con.execute("PRAGMA busy_timeout").fetchone()[0],
+            }
+
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        call = _Call(work, loop, loop.create_future())
+        with self._submit_lock:
+            self._check_open()
+            self._queue.put(call)
+        return await call.future  # type: ignore[no-any-return]
+
+    def _commit_group(self, group: list[_Append]) -> list[_Outcome]:
+        """Commit every append of ``group`` that succeeds in one transaction."""
+        con = self._con
+        outcomes: list[_Outcome] = []
+        pending: dict[str, tuple[int, str]] = {}
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                self._notice_other_writers()
+                for request in group:
+                    if request.future.cancelled():
+                        continue
+                    con.execute("SAVEPOINT append")
+                    next_position = self._next_position
+                    before = pending.get(request.stream_id)
+                    try:
+                        stored = self._apply(request, pending)
+                    except Exception as exc:
+                        con.execute("ROLLBACK TO append")
+                        con.execute("RELEASE append")
+                        self._next_position = next_position
+                        if before is None:
+                            pending.pop(request.stream_id, None)
+                        else:
+                            pending[request.stream_id] = before
+                        outcomes.append((request, None, _translate(exc)))
+                    else:
+                        con.execute("RELEASE append")
+                        outcomes.append((request, stored, None))
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            # The transaction as a whole failed: nothing of the group is stored, and verdicts
+            # reached against its uncommitted state no longer hold, so every append fails.
+            self._streams.clear()
+            self._next_position = None
+            failure = _translate(exc)
+            if not isinstance(failure, EventLogUnavailableError):
+                failure = EventLogUnavailableError(f"the write transaction failed: {exc}")
+            return [(request, None, failure) for request in group]
+        self._transactions += 1
+        self._appends += len(outcomes)
+        for stream_id, state in pending.items():
+            # Re-inserting moves the stream to the young end, so eviction drops idle streams first.
+            self._streams.pop(stream_id, None)
+            self._streams[stream_id] = state
+        while len(self._streams) > _STREAM_CACHE_SIZE:
+            del self._streams[next(iter(self._streams))]
+        return outcomes
+
+    def _notice_other_writers(self) -> None:
+        """Drop cached stream state if another connection (another process) wrote the file."""
+        data_version = self._con.execute("PRAGMA data_version").fetchone()[0]
+        if data_version != self._data_version:
+            self._data_version = data_version
+            self._streams.clear()
+            self._next_position = None
+        if self._next_position is None:
+            self._next_position = self._con.execute("SELECT coalesce(max(position), 0) + 1 FROM events").fetchone()[0]
+
+    def _stream_state(self, stream_id: str, pending: dict[str, tuple[int, str]]) -> tuple[int, str]:
+        state = pending.get(stream_id) or self._streams.get(stream_id)
+        if state is None:
+            row = self._con.execute(
+                "SELECT version, body FROM events WHERE stream_id = ? ORDER BY version DESC LIMIT 1", (stream_id,)
+            ).fetchone()
+            state = (0, GENESIS_HASH) if row is None else (row[0], _last_hash_decoder.decode(row[1]).hash)
+        return state
+
+    def _apply(self, request: _Append, pending: dict[str, tuple[int, str]]) -> list[CloudEvent]:
+        """Write one append inside the open savepoint; the stored records are returned."""
+        stream_id, events = request.stream_id, request.events
+        version, prevhash = self._stream_state(stream_id, pending)
+        try:
+            check_expected(stream_id, request.expected_version, version)
+        except ConcurrencyError:
+            # A retry of an append that already went through is answered, not refused.
+            stored = self._lookup_stored(stream_id, events)
+            if stored is not None:
+                return stored
+            raise
+        position = self._next_position
+        assert position is not None
+        rows = []
+        out = []
+        seal = chain.seal_encoded  # looked up per append so a test can inject a failure
+        for offset, event in enumerate(events, 1):
+            sealed, body = seal(
+                event, stream_id=stream_id, version=version + offset, position=position, prevhash=prevhash
+            )
+            rows.append((position, stream_id, version + offset, event.id, event.type, body))
+            out.append(sealed)
+            prevhash = sealed.hash  # type: ignore[assignment]
+            position += 1
+        try:
+            _insert(self._con, rows)
+        except sqlite3.IntegrityError:
+            # Most likely an id that is already stored: undo the rows written so far and
+            # decide between "a retry" and "a different event under a used id".
+            self._con.execute("ROLLBACK TO append")
+            stored = self._lookup_stored(stream_id, events)
+            if stored is not None:
+                return stored
+            raise
+        self._next_position = position
+        pending[stream_id] = (version + len(events), prevhash)
+        return out
+
+    def _lookup_stored(self, stream_id: str, events: Sequence[CloudEvent]) -> list[CloudEvent] | None:
+        by_id: dict[str, CloudEvent] = {}
+        ids = [e.id for e in events]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = self._con.execute(
+                f"SELECT body FROM events WHERE event_id IN ({','.join('?' * len(chunk))})", chunk
+            ).fetchall()
+            for event in decode_bodies([r[0] for r in rows]):
+                by_id[event.id] = event
+        return match_stored(stream_id, events, [by_id.get(i) for i in ids])
+
+    def _settle(self, outcomes: list[_Outcome]) -> None:
+        for request, stored, error in outcomes:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is already closed
+                request.loop.call_soon_threadsafe(_resolve, request.future, stored, error)
+
+    # ---- reading ----------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        if con is None:
+            con = _connect(self.options)
+            con.execute("PRAGMA query_only = ON")
+            self._local.con = con
+            with self._readers_lock:
+                self._readers.append(con)
+        return con
+
+    async def _read(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        self._check_open()
+
+        def run() -> _T:
+            try:
+                return work(self._reader())
+            except sqlite3.Error as exc:
+                raise EventLogUnavailableError(f"reading the event log failed: {exc}") from None
+
+        try:
+            future = self._executor.submit(run)
+        except RuntimeError:  # the executor was shut down by close()
+            raise EventLogClosedError("the event log is closed") from None
+        return await asyncio.wrap_future(future)
+
+    async def read_stream(self, stream_id: str, from_version: int = 1, limit: int | None = None) -> list[CloudEvent]:
+        check_position("from_version", from_version)
+        check_limit(limit)
+
+        def work(con: sqlite3.Connection) -> list[CloudEvent]:
+            rows = con.execute(
+                "SELECT body FROM events WHERE stream_id = ? AND version >= ? ORDER BY version LIMIT ?",
+                (stream_id, from_version, -1 if limit is None else limit),
+            ).fetchall()
+            return decode_bodies([r[0] for r in rows])
+
+        return await self._read(work)
+
+    async def read_all(
+        self, from_position: int = 0, limit: int | None = None, types: Iterable[str] | None = None
+    ) -> list[CloudEvent]:
+        check_position("from_position", from_position)
+        check_limit(limit)
+        wanted = check_types(types)
+        if wanted is not None and not wanted:
+            return []
+        # One single-statement read is one snapshot, and the one writer assigns positions in
+        # commit order, so a page never has a hole that a later commit could fill.
+        if wanted is None:
+            sql, args = (
+                "SELECT body FROM events WHERE position >= ? ORDER BY position LIMIT ?",
+                (from_position, -1 if limit is None else limit),
+            )
+        else:
+            sql = (
+                f"SELECT body FROM events WHERE position >= ? AND type IN ({','.join('?' * len(wanted))}) "
+                "ORDER BY position LIMIT ?"
+            )
+            args = (from_position, *sorted(wanted), -1 if limit is None else limit)
+
+        def work(con: sqlite3.Connection) -> list[CloudEvent]:
+            return decode_bodies([r[0] for r in con.execute(sql, args).fetchall()])
+
+        return await self._read(work)
+
+    async def head(self) -> int:
+        return await self._read(lambda con: con.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0])
+
+    async def stream_version(self, stream_id: str) -> int:
+        return await self._read(
+            lambda con: con.execute(
+                "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
+            ).fetchone()[0]
+        )
+
+    async def get_event(self, event_id: str) -> CloudEvent | None:
+        def work(con: sqlite3.Connection) -> CloudEvent | None:
+            row = con.execute("SELECT body FROM events WHERE event_id = ?", (event_id,)).fetchone()
+            return None if row is None else decode_bodies([row[0]])[0]
+
+        return await self._read(work)
+
+    async def subscribe(self, from_position: int = 0) -> AsyncIterator[CloudEvent]:  # type: ignore[override]
+        check_position("from_position", from_position)
+        position = max(from_position, 1)
+        while True:
+            self._check_open()
+            # Registered before reading, so a commit between the read and the wait wakes us.
+            waiter = self._add_waiter()
+            try:
+                batch = await self.read_all(position, _SUBSCRIBE_PAGE)
+                if batch:
+                    for event in batch:
+                        yield event
+                    position = batch[-1].position + 1  # type: ignore[operator]
+                    continue
+                # Another process may append to the same file: look again now and then.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_EXTERNAL_POLL_S):
+                        await asyncio.shield(waiter)
+            finally:
+                self._drop_waiter(waiter)
+
+    def _add_waiter(self) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._waiters_lock:
+            self._waiters.append(waiter)
+        return waiter
+
+    def _drop_waiter(self, waiter: asyncio.Future[None]) -> None:
+        with self._waiters_lock, contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+    def _wake_subscribers(self) -> None:
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            with contextlib.suppress(RuntimeError):
+                waiter.get_loop().call_soon_threadsafe(_resolve, waiter, None, None)
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EventLogClosedError("the event log is closed")
+
+    async def close(self) -> None:
+        """Finish the appends already queued, then release the file."""
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        await asyncio.to_thread(self._writer.join)
+        self._wake_subscribers()
+        await asyncio.to_thread(self._executor.shutdown, True)
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for con in [*readers, self._con]:
+            con.close()
+
+
+def _insert(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert rows _INSERT_ROWS at a time: one multi-row statement binds faster than executemany."""
+    full = len(rows) - len(rows) % _INSERT_ROWS
+    if full:
+        flat = list(itertools.chain.from_iterable(rows[:full]))
+        width = _INSERT_ROWS * 6
+        for start in range(0, len(flat), width):
+            con.execute(_INSERT_MANY, flat[start : start + width])
+    if full < len(rows):
+        con.executemany(_INSERT, rows[full:])
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """The log's own errors pass through; SQLite's become EventLogUnavailableError."""
+    if isinstance(exc, EventLogError):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        return EventLogUnavailableError(f"the event log store refused the append: {exc}")
+    return exc
+
+
+def _connect(options: SqliteOptions) -> sqlite3.Connection:
+    # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE, SAVEPOINT).
+    con = sqlite3.connect(
+        options.path, isolation_level=None, check_same_thread=False, timeout=options.busy_timeout_ms / 1000
+    )
+    con.execute(f"PRAGMA busy_timeout = {options.busy_timeout_ms}")
+    return con
+
+
+def _open_writer(options: SqliteOptions) -> sqlite3.Connection:
+    try:
+        Path(options.path).parent.mkdir(parents=True, exist_ok=True)
+        con = _connect(options)
+    except (OSError, sqlite3.Error) as exc:
+        raise EventLogUnavailableError(f"cannot open the event log file {options.path!r}: {exc}") from None
+    try:
+        mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise EventLogUnavailableError(f"{options.path!r}: SQLite refused WAL mode (it reports {mode!r})")
+        con.execute(f"PRAGMA synchronous = {options.synchronous}")
+        # A big page cache keeps a large batch's index pages in memory until the commit.
+        con.execute("PRAGMA cache_size = -65536")
+        con.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA:
+            con.execute(statement)
+        row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+        if row[0] is None:
+            con.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] > SCHEMA_VERSION:
+            raise EventLogUnavailableError(
+                f"{options.path!r} has event log schema version {row[0]}; this Nexus reads up to {SCHEMA_VERSION}"
+            )
+        con.execute("COMMIT")
+    except sqlite3.Error as exc:
+        con.close()
+        raise EventLogUnavailableError(f"{options.path!r} is not a usable event log: {exc}") from None
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+__all__ = ["SCHEMA_VERSION", "SqliteEventLog", "SqliteOptions"]

@@ -1,0 +1,203 @@
+"""The contract on the SQLite adapter, and what only SQLite has: the file, WAL, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+from eventlog_contract import EventLogContract, ev, evs
+
+from nexus.eventlog import (
+    GENESIS_HASH,
+    ConcurrencyError,
+    EventLog,
+    EventLogArgumentError,
+    EventLogUnavailableError,
+    event_hash,
+    open_event_log,
+)
+from nexus.eventlog.sqlite import SCHEMA_VERSION, SqliteEventLog
+
+
+def url_for(tmp_path: Path, query: str = "") -> str:
+    return f"sqlite:///{tmp_path / 'events.db'}{query}"
+
+
+class TestSqliteEventLog(EventLogContract):
+    async def make_log(self, tmp_path: Path) -> EventLog:
+        log = await open_event_log(url_for(tmp_path))
+        assert isinstance(log, SqliteEventLog)
+        return log
+
+
+async def open_sqlite(tmp_path: Path, query: str = "") -> SqliteEventLog:
+    log = await open_event_log(url_for(tmp_path, query))
+    assert isinstance(log, SqliteEventLog)
+    return log
+
+
+async def test_reopen_keeps_events_versions_and_the_chain(tmp_path: Path) -> None:
+    log = await open_sqlite(tmp_path)
+    first = await log.append("s", evs(3))
+    await log.append("t", evs(1))
+    await log.close()
+    # A new process sees everything, and appends continue the versions, positions and chain.
+    log = await open_sqlite(tmp_path)
+    try:
+        assert await log.read_all() == [*first, *(await log.read_stream("t"))]
+        assert await log.head() == 4
+        with pytest.raises(ConcurrencyError):
+            await log.append("s", evs(1), 2)
+        [more] = await log.append("s", evs(1), 3)
+        assert (more.position, more.streamversion, more.prevhash) == (5, 4, first[-1].hash)
+        assert more.hash == event_hash(more)
+        # A retry of an event stored before the reopen is still recognised.
+        assert await log.append("s", first, 0) == first
+    finally:
+        await log.close()
+
+
+async def test_wal_and_synchronous_full_by_default(tmp_path: Path) -> None:
+    log = await open_sqlite(tmp_path)
+    try:
+        pragmas = await log.pragmas()
+        assert pragmas["journal_mode"] == "wal"
+        assert pragmas["synchronous"] == "FULL"
+        await log.append("s", evs(1))
+        assert (tmp_path / "events.db-wal").exists()
+    finally:
+        await log.close()
+
+
+async def test_synchronous_from_the_url(tmp_path: Path) -> None:
+    log = await open_sqlite(tmp_path, "?synchronous=normal&busy_timeout=1234")
+    try:
+        pragmas = await log.pragmas()
+        assert (pragmas["synchronous"], pragmas["busy_timeout"]) == ("NORMAL", 1234)
+    finally:
+        await log.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("sqlite:///x.db?synchronous=sometimes", "synchronous"),
+        ("sqlite:///x.db?journal=delete", "unknown parameter"),
+        ("sqlite:///x.db?busy_timeout=soon", "busy_timeout"),
+        ("sqlite://host/x.db", "no host"),
+        ("sqlite:///", "no database file"),
+        ("sqlite:///:memory:", "memory://"),
+        ("postgres://x", "unknown scheme"),
+    ],
+)
+async def test_bad_urls(url: str, complaint: str) -> None:
+    with pytest.raises(EventLogArgumentError, match=complaint):
+        await open_event_log(url)
+
+
+async def test_group_commit_batches_concurrent_appends(tmp_path: Path) -> None:
+    log = await open_sqlite(tmp_path)
+    try:
+        await log.append("warm-up", evs(1))
+        transactions, appends = log.transactions, log.appends
+        # 64 callers append at once; the writer commits them in far fewer transactions.
+        results = await asyncio.gather(*(log.append(f"s{i}", [ev(n=i)]) for i in range(64)))
+        assert sorted(r[0].position for r in results) == list(range(2, 66))
+        assert log.appends - appends == 64
+        assert log.transactions - transactions < 64 / 2
+    finally:
+        await log.close()
+
+
+async def test_one_failing_append_does_not_fail_its_group(tmp_path: Path) -> None:
+    log = await open_sqlite(tmp_path)
+    try:
+        await log.append("contended", evs(1))
+        stale = log.append("contended", evs(2), 0)  # fails: the stream exists
+        fine = [log.append(f"s{i}", evs(2)) for i in range(10)]
+        results = await asyncio.gather(stale, *fine, return_exceptions=True)
+        assert isinstance(results[0], ConcurrencyError)
+        assert all(isinstance(r, list) for r in results[1:])
+        # Positions are dense: the refused append took none.
+        assert [e.position for e in await log.read_all()] == list(range(1, 22))
+    finally:
+        await log.close()
+
+
+async def test_a_store_failure_midway_through_a_batch_rolls_back_only_that_append(tmp_path: Path) -> None:
+    log = await open_sqlite(tmp_path)
+    await log.close()
+    # A trigger makes SQLite itself refuse the third row of a batch (a real failure mid-insert).
+    with sqlite3.connect(tmp_path / "events.db") as con:
+        con.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.type = 'nexus.test.refused' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the store'); END"
+        )
+    con.close()
+    log = await open_sqlite(tmp_path)
+    try:
+        before = await log.append("s", evs(2))
+        batch = [*evs(2), ev("nexus.test.refused"), *evs(2)]
+        results = await asyncio.gather(
+            log.append("s", batch, 2), log.append("neighbour", evs(3)), return_exceptions=True
+        )
+        assert isinstance(results[0], EventLogUnavailableError)
+        assert "refused by the store" in str(results[0])
+        assert isinstance(results[1], list)
+        assert await log.stream_version("s") == 2
+        assert await log.read_stream("s") == before
+        assert [await log.get_event(e.id) for e in batch] == [None] * len(batch)
+        # The stream carries on from version 2 with the chain intact.
+        [after] = await log.append("s", evs(1), 2)
+        assert (after.streamversion, after.prevhash) == (3, before[-1].hash)
+        assert [e.position for e in await log.read_all()] == list(range(1, 7))
+    finally:
+        await log.close()
+
+
+async def test_two_logs_on_one_file_keep_versions_right(tmp_path: Path) -> None:
+    # Another process writing the same file must not be hidden by the writer's cached state.
+    one, two = await open_sqlite(tmp_path), await open_sqlite(tmp_path)
+    try:
+        await one.append("s", evs(1))
+        await two.append("s", evs(1), 1)
+        with pytest.raises(ConcurrencyError):
+            await one.append("s", evs(1), 1)
+        [third] = await one.append("s", evs(1), 2)
+        assert (third.position, third.streamversion) == (3, 3)
+        stream = await two.read_stream("s")
+        assert [e.prevhash for e in stream] == [GENESIS_HASH, stream[0].hash, stream[1].hash]
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_schema_version_is_recorded_and_a_newer_one_refused(tmp_path: Path) -> None:
+    log = await open_sqlite(tmp_path)
+    await log.close()
+    with sqlite3.connect(tmp_path / "events.db") as con:
+        assert con.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        con.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    con.close()
+    with pytest.raises(EventLogUnavailableError, match="schema version"):
+        await open_sqlite(tmp_path)
+
+
+async def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "events.db").write_bytes(b"this is not a database, just text" * 100)
+    with pytest.raises(EventLogUnavailableError):
+        await open_sqlite(tmp_path)
+
+
+async def test_a_page_of_many_events_decodes_in_order(tmp_path: Path) -> None:
+    log = await open_sqlite(tmp_path)
+    try:
+        stored = []
+        for i in range(4):
+            stored += await log.append(f"s{i}", evs(1234))
+        batches = [batch async for batch in log.iter_all(0, batch_size=1000)]
+        assert [e for b in batches for e in b] == stored
+    finally:
+        await log.close()
