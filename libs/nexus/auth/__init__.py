@@ -1,0 +1,72 @@
+"""Authentication: API keys, worker tokens and the bootstrap admin, all recorded in the log.
+
+Keys and tokens are random, shown once and stored only as hashes. Issuing or revoking one
+appends an event to stream ``keys``; each service folds that stream into its own KeyView and
+checks secrets against it, so no service asks another whether a key is valid::
+
+    keys = KeyView(log)
+    issued = await issue_key(log, "client", "acme")      # issued.secret: show it once
+    assert (await keys.verify(issued.secret)).owner == "acme"
+    await revoke_key(log, issued.info.key_id)
+    assert await keys.verify(issued.secret) is None
+
+Routes are guarded with ``require_api_key(keys)`` and ``require_worker(keys)``.
+"""
+
+from nexus.auth._keys import (
+    KEY_ISSUED,
+    KEY_REVOKED,
+    KEYS_STREAM,
+    KINDS,
+    IssuedKey,
+    KeyInfo,
+    KeyKind,
+    KeyManagementError,
+    KeyRecord,
+    KeyView,
+    UnknownKeyError,
+    hash_secret,
+    issue_key,
+    parse_secret,
+    revoke_key,
+)
+from nexus.auth._middleware import API_KEY_HEADERS, require_api_key, require_worker
+from nexus.auth._passwords import (
+    ADMIN_PASSWORD_SET,
+    ADMIN_STREAM,
+    AdminCredentials,
+    AdminPasswordSet,
+    ensure_admin,
+    hash_password,
+    load_admin,
+    verify_password,
+)
+
+__all__ = [
+    "ADMIN_PASSWORD_SET",
+    "ADMIN_STREAM",
+    "API_KEY_HEADERS",
+    "KEYS_STREAM",
+    "KEY_ISSUED",
+    "KEY_REVOKED",
+    "KINDS",
+    "AdminCredentials",
+    "AdminPasswordSet",
+    "IssuedKey",
+    "KeyInfo",
+    "KeyKind",
+    "KeyManagementError",
+    "KeyRecord",
+    "KeyView",
+    "UnknownKeyError",
+    "ensure_admin",
+    "hash_password",
+    "hash_secret",
+    "issue_key",
+    "load_admin",
+    "parse_secret",
+    "require_api_key",
+    "require_worker",
+    "revoke_key",
+    "verify_password",
+]

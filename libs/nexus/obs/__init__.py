@@ -1,0 +1,41 @@
+"""Observability: Prometheus metrics, OpenTelemetry tracing and JSON logs for every process.
+
+A service gets all three from ``nexus.runtime``; use this package directly to add a metric
+(declare it in the default registry: it then appears on the service's ``/metrics``), to open a
+span (``opentelemetry.trace.get_tracer(__name__)``), or to log (``logging.getLogger(__name__)``
+with ``extra={"event_id": ...}`` where an event is concerned).
+"""
+
+from nexus.obs._eventlog import InstrumentedEventLog
+from nexus.obs._logging import REDACTED, SECRET_FIELDS, JsonFormatter, RedactSecretsFilter, redact, setup_logging
+from nexus.obs._metrics import (
+    EVENT_LOG_APPEND_DURATION,
+    EVENT_LOG_APPENDS,
+    EVENTS_APPENDED,
+    HTTP_REQUEST_DURATION,
+    HTTP_REQUESTS,
+    SERVICE_RESTARTS,
+    render_metrics,
+)
+from nexus.obs._tracing import EXPORTERS, current_traceparent, extract_context, setup_tracing
+
+__all__ = [
+    "EVENTS_APPENDED",
+    "EVENT_LOG_APPENDS",
+    "EVENT_LOG_APPEND_DURATION",
+    "EXPORTERS",
+    "HTTP_REQUESTS",
+    "HTTP_REQUEST_DURATION",
+    "REDACTED",
+    "SECRET_FIELDS",
+    "SERVICE_RESTARTS",
+    "InstrumentedEventLog",
+    "JsonFormatter",
+    "RedactSecretsFilter",
+    "current_traceparent",
+    "extract_context",
+    "redact",
+    "render_metrics",
+    "setup_logging",
+    "setup_tracing",
+]

@@ -1,0 +1,71 @@
+"""OpenTelemetry tracing: one TracerProvider per process, chosen by ``NEXUS_OTEL_EXPORTER``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from nexus.config import ConfigError
+
+EXPORTERS = ("none", "console", "otlp")
+"""Accepted values of ``NEXUS_OTEL_EXPORTER``."""
+
+_propagator = TraceContextTextMapPropagator()
+
+
+def setup_tracing(
+    service_name: str, exporter: str | SpanExporter = "none", *, set_global: bool = True
+) -> TracerProvider:
+    """Create the process's TracerProvider and (by default) install it as the global one.
+
+    Args:
+        service_name: Recorded as the ``service.name`` resource attribute (``nexus-kam``, …).
+        exporter: ``none`` (spans are created, so trace ids reach the logs, but not exported),
+            ``console`` (JSON spans on stderr, for local debugging), ``otlp`` (OTLP over HTTP;
+            the endpoint comes from the standard ``OTEL_EXPORTER_OTLP_*`` variables), or a
+            SpanExporter instance (tests pass an in-memory one).
+        set_global: Install it with ``trace.set_tracer_provider``. OpenTelemetry allows that
+            once per process, so tests that build several providers pass False.
+
+    Returns:
+        The provider; call ``shutdown()`` on it at exit to flush pending spans.
+    """
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if isinstance(exporter, str):
+        name = exporter.lower()
+        if name not in EXPORTERS:
+            raise ConfigError(f"NEXUS_OTEL_EXPORTER={exporter!r}: use 'none', 'console' or 'otlp'")
+        span_exporter: SpanExporter | None
+        if name == "console":
+            span_exporter = ConsoleSpanExporter(service_name=service_name)
+        elif name == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            span_exporter = OTLPSpanExporter()
+        else:
+            span_exporter = None
+    else:
+        span_exporter = exporter
+    if span_exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    if set_global:
+        trace.set_tracer_provider(provider)
+    return provider
+
+
+def extract_context(headers: Mapping[str, str]) -> Context:
+    """The trace context carried by W3C ``traceparent``/``tracestate`` headers (empty if none)."""
+    return _propagator.extract(carrier=dict(headers.items()))
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span, to stamp on events and NATS headers."""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    return carrier.get("traceparent")

@@ -1,0 +1,200 @@
+"""HTTP plumbing shared by every service: JSON errors, body decoding, metrics and tracing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+
+from nexus.obs import HTTP_REQUEST_DURATION, HTTP_REQUESTS, extract_context
+
+logger = logging.getLogger("nexus.runtime.http")
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+UNMATCHED_ROUTE = "unmatched"
+"""The ``route`` label of requests no route matched (404s): paths never become labels."""
+
+# Paths polled by orchestrators and Prometheus: counted, but not traced (they would drown the
+# traces that matter).
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+_encoder = msgspec.json.Encoder()
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The body of every error response."""
+
+    error: str
+    """A stable, machine-readable code: ``bad_request``, ``not_found``, ``payload_too_large``…"""
+    message: str
+    """What went wrong, in words meant for the caller."""
+    trace_id: str | None = None
+    """The request's trace id (500s only), to find the server-side log line."""
+
+
+def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response encoded with msgspec (Structs, dataclasses, dicts, lists…)."""
+    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json", headers=headers)
+
+
+def error_response(status: int, error: str, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
+    """An ErrorBody response."""
+    return json_response(ErrorBody(error=error, message=message), status=status, headers=headers)
+
+
+class HTTPError(Exception):
+    """Raise from a handler to answer with an ErrorBody: ``raise HTTPError(404, "no job 42")``.
+
+    Args:
+        status: HTTP status code (4xx or 5xx).
+        message: What went wrong, for the caller.
+        error: Machine-readable code (default derived from the status: ``not_found``…).
+    """
+
+    def __init__(self, status: int, message: str, *, error: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error = error or _error_code(status)
+
+
+async def read_json(request: web.Request, type_: type[T]) -> T:
+    """Decode the request body as JSON into ``type_`` (a msgspec Struct, ``dict``, ``list[...]``…).
+
+    Raises:
+        HTTPRequestEntityTooLarge: the body exceeds the service's ``max_body_bytes`` (413).
+        HTTPBadRequest: the body is empty, not JSON, or does not match ``type_``; the message
+            names the offending field (400).
+    """
+    raw = await request.read()
+    if not raw.strip():
+        raise HTTPError(400, "the request body is empty; send a JSON document", error="bad_json") from None
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except msgspec.ValidationError as exc:
+        message = f"the request body does not match the expected schema: {exc}"
+        raise HTTPError(400, message, error="invalid_body") from None
+    except msgspec.DecodeError as exc:
+        raise HTTPError(400, f"the request body is not valid JSON: {exc}", error="bad_json") from None
+
+
+def _error_code(status: int) -> str:
+    known = {
+        400: "bad_request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        409: "conflict",
+        413: "payload_too_large",
+        415: "unsupported_media_type",
+        422: "unprocessable",
+        429: "too_many_requests",
+        503: "unavailable",
+    }
+    return known.get(status, "internal" if status >= 500 else "error")
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route's template (``/v1/jobs/{id}``), or ``unmatched``: never the raw path."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return UNMATCHED_ROUTE
+    return resource.canonical
+
+
+def _http_message(exc: web.HTTPException, request: web.Request, max_body: int) -> str:
+    if exc.status == 404:
+        return f"no route for {request.path}"
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        suffix = f"; allowed: {allowed}" if allowed else ""
+        return f"method {request.method} is not allowed on {request.path}{suffix}"
+    if exc.status == 413:
+        return f"the request body is larger than the limit of {max_body} bytes"
+    return exc.text or exc.reason
+
+
+def error_middleware(max_body_bytes: int) -> Any:
+    """Turn every error into an ErrorBody with a clear message; 500s never leak internals.
+
+    Bodies whose declared ``Content-Length`` exceeds ``max_body_bytes`` are refused with 413
+    before the handler runs; chunked bodies hit the same limit when the handler reads them.
+    """
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if request.content_length is not None and request.content_length > max_body_bytes:
+                raise web.HTTPRequestEntityTooLarge(max_size=max_body_bytes, actual_size=request.content_length)
+            return await handler(request)
+        except HTTPError as exc:
+            return error_response(exc.status, exc.error, exc.message)
+        except web.HTTPException as exc:
+            if exc.status < 400 or exc.content_type == "application/json":
+                raise
+            headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+            return error_response(
+                exc.status, _error_code(exc.status), _http_message(exc, request, max_body_bytes), headers=headers
+            )
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception:
+            context = trace.get_current_span().get_span_context()
+            trace_id = format(context.trace_id, "032x") if context.is_valid else None
+            logger.exception("unhandled error in %s %s", request.method, route_template(request))
+            body = ErrorBody(error="internal", message="internal server error", trace_id=trace_id)
+            return json_response(body, status=500)
+
+    return errors
+
+
+def observe_middleware(tracer: trace.Tracer) -> Any:
+    """Count and time every request by route template and status; trace it as a SERVER span.
+
+    The span continues the caller's trace when the request carries a W3C ``traceparent``.
+    """
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = route_template(request)
+        started = time.perf_counter()
+        status = 500
+        try:
+            if request.path in _UNTRACED:
+                response = await handler(request)
+            else:
+                with tracer.start_as_current_span(
+                    f"{request.method} {route}",
+                    context=extract_context(request.headers),
+                    kind=SpanKind.SERVER,
+                    attributes={"http.request.method": request.method, "http.route": route, "url.path": request.path},
+                ) as span:
+                    try:
+                        response = await handler(request)
+                    except web.HTTPException as exc:
+                        span.set_attribute("http.response.status_code", exc.status)
+                        raise
+                    span.set_attribute("http.response.status_code", response.status)
+                    if response.status >= 500:
+                        span.set_status(StatusCode.ERROR)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            labels = {"method": request.method, "route": route, "status": str(status)}
+            HTTP_REQUESTS.labels(**labels).inc()
+            HTTP_REQUEST_DURATION.labels(**labels).observe(time.perf_counter() - started)
+
+    return observe

@@ -1,0 +1,85 @@
+"""Settings every service shares, read from the environment into a frozen dataclass."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Self
+
+from nexus.config import ConfigError, PlatformSettings, port_from_env
+
+DEFAULT_PORTS: Mapping[str, int] = {"kam": 8081, "workflow": 8082, "granulator": 8083, "studio": 8084}
+"""Each service's HTTP port when ``NEXUS_<NAME>_PORT`` is unset."""
+
+SERVICES: tuple[str, ...] = tuple(DEFAULT_PORTS)
+"""The four services, in the order ``nexus up`` starts them."""
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+def port_variable(name: str) -> str:
+    """The variable that sets a service's port: ``kam`` → ``NEXUS_KAM_PORT``."""
+    return f"NEXUS_{name.upper()}_PORT"
+
+
+def _positive_number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSettings:
+    """What the runtime needs to run one service. Services subclass it to add their own fields."""
+
+    name: str
+    """Service name: ``kam``, ``workflow``, ``granulator``, ``studio`` (or another for tests)."""
+    host: str
+    """``NEXUS_HOST``: address the HTTP server binds (default 127.0.0.1)."""
+    port: int
+    """``NEXUS_<NAME>_PORT``: HTTP port (defaults in DEFAULT_PORTS; 0 picks a free one)."""
+    platform: PlatformSettings
+    """Data dir, event log, NATS, Raw, logging and tracing settings."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """``NEXUS_MAX_BODY_BYTES``: larger request bodies get 413 (default 1 MiB)."""
+    shutdown_timeout: float = 3.0
+    """``NEXUS_SHUTDOWN_TIMEOUT``: seconds in-flight requests get to finish after SIGTERM."""
+    restarts: int = 0
+    """``NEXUS_RESTARTS``: set by the supervisor, how often it restarted this service (a metric)."""
+
+    @classmethod
+    def from_env(cls, name: str, env: Mapping[str, str] | None = None, **extra: Any) -> Self:
+        """Read the shared settings of service ``name`` from ``env`` (default ``os.environ``).
+
+        Args:
+            name: The service name; selects ``NEXUS_<NAME>_PORT``.
+            env: The environment to read.
+            **extra: Values of the fields a subclass adds.
+
+        Raises:
+            ConfigError: a variable has a value Nexus cannot use (the message names it).
+        """
+        env = os.environ if env is None else env
+        platform = PlatformSettings.from_env(env)
+        max_body = _positive_number(env, "NEXUS_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
+        restarts = env.get("NEXUS_RESTARTS", "0")
+        if not restarts.isdigit():
+            raise ConfigError(f"NEXUS_RESTARTS={restarts!r} is not a count")
+        return cls(
+            name=name,
+            host=platform.host,
+            port=port_from_env(env, port_variable(name), DEFAULT_PORTS.get(name, 0)),
+            platform=platform,
+            max_body_bytes=int(max_body),
+            shutdown_timeout=_positive_number(env, "NEXUS_SHUTDOWN_TIMEOUT", 3.0),
+            restarts=int(restarts),
+            **extra,
+        )
