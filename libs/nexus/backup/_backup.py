@@ -1,0 +1,188 @@
+"""Backups: the log as JSON lines, the Raw blobs as files, and a manifest over both.
+
+Layout of a backup directory::
+
+    manifest.json        proof manifest over every other file (sha256 each, Merkle root)
+    events.jsonl         every stored envelope, one per line, in position order
+    raw-index.json       each blob's key and content type
+    raw/<key>            each blob's bytes
+
+``restore_backup`` verifies the manifest before it writes anything, and restores into an
+empty log and Raw store only (unless forced). Events are appended stream run by stream run
+with their original ids, in position order, so an empty log assigns them the same
+positions and hashes again; the restore checks that it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from nexus.eventlog import EventLog
+from nexus.proof import FileSource, Manifest, ManifestVerification, manifest_of, verify_manifest
+from nexus.proto import CloudEvent, decode_event, encode_event
+from nexus.raw import RawBackend, check_key
+
+MANIFEST = "manifest.json"
+EVENTS = "events.jsonl"
+RAW_INDEX = "raw-index.json"
+RAW_DIR = "raw"
+
+
+class BackupError(Exception):
+    """A backup cannot be written, or a restore was refused; nothing was changed by a refusal."""
+
+
+class BackupSummary(msgspec.Struct, frozen=True):
+    directory: str
+    events: int
+    blobs: int
+    manifest_root: str
+
+
+async def create_backup(log: EventLog, raw: RawBackend, directory: str | os.PathLike[str]) -> BackupSummary:
+    """Write the log, the blobs and a manifest into ``directory`` (created; must be empty).
+
+    Raises:
+        BackupError: the directory exists and is not empty.
+    """
+    target = Path(directory)
+    if await asyncio.to_thread(_non_empty, target):
+        raise BackupError(f"{target} is not empty; choose a new directory for the backup")
+    await asyncio.to_thread((target / RAW_DIR).mkdir, parents=True, exist_ok=True)
+    head = await log.head()
+    count = 0
+    out = await asyncio.to_thread(open, target / EVENTS, "wb")
+    try:
+        async for batch in log.iter_all(1):
+            lines = [encode_event(e) + b"\n" for e in batch if (e.position or 0) <= head]
+            await asyncio.to_thread(out.writelines, lines)
+            count += len(lines)
+            if batch and (batch[-1].position or 0) >= head:
+                break
+        await asyncio.to_thread(_flush, out)
+    finally:
+        out.close()
+    index = []
+    for key in await raw.list_all():
+        data = await raw.retrieve(key)
+        stat = await raw.stat(key)
+        path = target / RAW_DIR / key
+        await asyncio.to_thread(_write, path, data)
+        index.append({"key": key, "content_type": stat.content_type})
+    await asyncio.to_thread(_write, target / RAW_INDEX, json.dumps(index, indent=1, sort_keys=True).encode())
+    manifest = await manifest_of(FileSource(target, exclude={MANIFEST}))
+    await asyncio.to_thread(_write, target / MANIFEST, manifest.to_json())
+    return BackupSummary(str(target), count, len(index), manifest.root)
+
+
+async def verify_backup(directory: str | os.PathLike[str]) -> ManifestVerification:
+    """Check a backup directory against its manifest (missing, changed or extra files).
+
+    Raises:
+        BackupError: there is no readable manifest.
+    """
+    target = Path(directory)
+    try:
+        manifest = Manifest.from_json(await asyncio.to_thread((target / MANIFEST).read_bytes))
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"{target / MANIFEST} cannot be read: {exc}") from None
+    return await verify_manifest(manifest, FileSource(target, exclude={MANIFEST}))
+
+
+async def restore_backup(
+    directory: str | os.PathLike[str],
+    log: EventLog,
+    raw: RawBackend,
+    *,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> BackupSummary:
+    """Restore a backup into ``log`` and ``raw`` after verifying it.
+
+    Args:
+        force: Restore into a non-empty log or store: events already there (same id and
+            content) are skipped, others are appended after them (new positions), blobs are
+            overwritten.
+
+    Raises:
+        BackupError: the manifest does not match the files (nothing was written), or the
+            target is not empty and ``force`` is not set (nothing was written), or the log
+            assigned other hashes than the backup recorded.
+    """
+    target = Path(directory)
+    verification = await verify_backup(target)
+    if not verification.valid:
+        raise BackupError(
+            f"the backup in {target} does not match its manifest; nothing was restored:\n  "
+            + "\n  ".join(verification.errors)
+        )
+    manifest = Manifest.from_json(await asyncio.to_thread((target / MANIFEST).read_bytes))
+    if not force:
+        head = await log.head()
+        blobs = (await raw.list(limit=1)).keys
+        if head or blobs:
+            raise BackupError(
+                f"the target is not empty (log head {head}, {'some' if blobs else 'no'} blobs); "
+                "restore into an empty log and Raw store, or pass --force to merge into it"
+            )
+    lines = (await asyncio.to_thread((target / EVENTS).read_bytes)).splitlines()
+    events = [decode_event(line) for line in lines if line.strip()]
+    restored = 0
+    empty_log = (await log.head()) == 0
+    for run in _stream_runs(events):
+        stream = run[0].streamid or ""
+        fresh = [_unplaced(e) for e in run]
+        stored = await log.append(stream, fresh)
+        if empty_log and not force:
+            for original, now in zip(run, stored, strict=True):
+                if (original.position, original.hash) != (now.position, now.hash):
+                    raise BackupError(
+                        f"event {original.id} was restored at position {now.position} with hash {now.hash}, "
+                        f"but the backup recorded position {original.position} and hash {original.hash}"
+                    )
+        restored += len(run)
+        if progress is not None:
+            progress(restored)
+    index = json.loads(await asyncio.to_thread((target / RAW_INDEX).read_bytes))
+    for item in index:
+        data = await asyncio.to_thread((target / RAW_DIR / check_key(item["key"])).read_bytes)
+        await raw.store(item["key"], data, item.get("content_type") or "application/octet-stream")
+    return BackupSummary(str(target), restored, len(index), manifest.root)
+
+
+def _stream_runs(events: list[CloudEvent]) -> list[list[CloudEvent]]:
+    """Consecutive events of the same stream, so each run is one atomic append in order."""
+    runs: list[list[CloudEvent]] = []
+    for event in events:
+        if runs and runs[-1][0].streamid == event.streamid:
+            runs[-1].append(event)
+        else:
+            runs.append([event])
+    return runs
+
+
+def _unplaced(event: CloudEvent) -> CloudEvent:
+    return msgspec.structs.replace(event, streamid=None, streamversion=None, position=None, prevhash=None, hash=None)
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _non_empty(path: Path) -> bool:
+    return path.exists() and any(path.iterdir())
+
+
+def _flush(fh: object) -> None:
+    fh.flush()  # type: ignore[attr-defined]
+    os.fsync(fh.fileno())  # type: ignore[attr-defined]

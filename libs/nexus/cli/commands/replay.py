@@ -1,0 +1,120 @@
+"""``nexus replay [--verify]``: rebuild projections' views from the log; check determinism."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from nexus.replay import CheckpointStore, ProjectionRunner, ReplayProgress, load_projection, registered, replay
+from nexus.replay._platform import ProgressLine, open_platform
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "replay",
+        help="rebuild views from the event log (resuming from checkpoints in Raw); --verify checks determinism",
+    )
+    parser.add_argument(
+        "--projection",
+        "-p",
+        action="append",
+        dest="projections",
+        metavar="NAME",
+        help="a registered projection or package.module:Class (repeatable; default: every registered one)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="rebuild from position 0 and compare the digest with the live one (latest checkpoint in Raw)",
+    )
+    parser.add_argument("--from-scratch", action="store_true", help="ignore checkpoints and start at position 0")
+    parser.add_argument("--to", dest="to_position", type=int, default=None, help="stop at this position")
+    parser.add_argument("--checkpoint-every", type=int, default=100_000, help="events between checkpoints")
+    parser.add_argument("--expect-digest", default=None, help="with --verify: the digest a live projection reports")
+    parser.add_argument("--at", dest="at_position", type=int, default=None, help="with --expect-digest: its position")
+    parser.set_defaults(func=_run)
+
+
+def _progress(label: str) -> tuple[ProgressLine, object]:
+    bar = ProgressLine(label)
+
+    def report(p: ReplayProgress) -> None:
+        bar.update(p.position, p.target, p.rate, p.remaining_seconds)
+
+    return bar, report
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        projections = [load_projection(s) for s in args.projections] if args.projections else registered()
+    except LookupError as exc:
+        print(f"nexus replay: {exc}", file=sys.stderr)
+        return 2
+    if args.expect_digest and (args.at_position is None or len(projections) != 1):
+        print("nexus replay: --expect-digest needs --at POSITION and exactly one --projection", file=sys.stderr)
+        return 2
+    return asyncio.run(_verify(args, projections) if args.verify else _rebuild(args, projections))
+
+
+async def _rebuild(args: argparse.Namespace, projections: list) -> int:  # type: ignore[type-arg]
+    async with open_platform() as (log, raw):
+        for projection in projections:
+            bar, report = _progress(f"replay {projection.name}")
+            try:
+                _, result = await replay(
+                    log,
+                    projection,
+                    checkpoints=CheckpointStore(raw, projection.name),
+                    resume=not args.from_scratch,
+                    to_position=args.to_position,
+                    checkpoint_every=args.checkpoint_every,
+                    progress=report,  # type: ignore[arg-type]
+                )
+            finally:
+                bar.close()
+            start = f"checkpoint {result.resumed_from}" if result.resumed_from else "position 0"
+            print(
+                f"{result.projection}: {result.events_read:,} events from {start} to {result.position} "
+                f"in {result.elapsed:.2f}s ({result.events_per_second:,.0f} events/s), digest {result.digest}"
+            )
+    return 0
+
+
+async def _verify(args: argparse.Namespace, projections: list) -> int:  # type: ignore[type-arg]
+    failures = 0
+    async with open_platform() as (log, raw):
+        for projection in projections:
+            store = CheckpointStore(raw, projection.name)
+            if args.expect_digest:
+                live_digest, live_position, origin = args.expect_digest, args.at_position, "the given digest"
+            else:
+                live = await store.latest()
+                if live is not None and live.projection_version == projection.version:
+                    live_digest, live_position = live.digest, live.position
+                    origin = f"the live checkpoint at position {live.position}"
+                else:
+                    live_digest, live_position, origin = None, args.to_position, "a second independent replay"
+            bar, report = _progress(f"verify {projection.name}")
+            try:
+                _, rebuilt = await replay(
+                    log,
+                    ProjectionRunner(type(projection)()),
+                    resume=False,
+                    to_position=live_position,
+                    progress=report,  # type: ignore[arg-type]
+                )
+                if live_digest is None:
+                    _, again = await replay(log, ProjectionRunner(type(projection)()), to_position=rebuilt.position)
+                    live_digest = again.digest
+            finally:
+                bar.close()
+            same = rebuilt.digest == live_digest
+            failures += not same
+            verdict = "OK" if same else "MISMATCH"
+            print(
+                f"{verdict} {projection.name}: rebuilt {rebuilt.events_read:,} events to position {rebuilt.position} "
+                f"({rebuilt.events_per_second:,.0f} events/s), digest {rebuilt.digest}; compared with {origin}"
+                + ("" if same else f" whose digest is {live_digest}")
+            )
+    return 1 if failures else 0
