@@ -1,0 +1,273 @@
+"""The outbox relay: every event of the log is published on ``nexus.evt.>``, exactly once by id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+
+from nats.errors import Error as NatsError
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from nexus.bus._metrics import RELAY_DUPLICATES, RELAY_LAG, RELAY_LEADER, RELAY_POSITION, RELAY_PUBLISHED
+from nexus.bus._port import BusError
+from nexus.bus.jetstream import JetStreamBus
+from nexus.eventlog import EventLog, EventLogError
+from nexus.proto import STREAM_EVT, CloudEvent
+
+logger = logging.getLogger("nexus.relay")
+
+RELAY_BUCKET = "nexus_relay"
+"""KV bucket holding the relay's checkpoint (key ``checkpoint``: the last relayed position)."""
+LEASE_BUCKET = "nexus_relay_lease"
+"""KV bucket holding the relay lease (key ``leader``); its TTL makes a dead leader's lease lapse."""
+
+# How far back from the end of NEXUS_EVT to look for the last relayed event, past messages
+# that did not come from the relay (anything can be published on nexus.evt.>).
+_SCAN_BACK = 256
+
+
+async def _bucket(bus: JetStreamBus, name: str, ttl: float | None = None) -> KeyValue:
+    try:
+        return await bus.js.key_value(name)
+    except BucketNotFoundError:
+        config = KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE, ttl=ttl)
+        return await bus.js.create_key_value(config)
+
+
+async def last_relayed_position(bus: JetStreamBus) -> int:
+    """The log position of the last relayed event NEXUS_EVT holds (0 when it holds none)."""
+    info = await bus.js.stream_info(STREAM_EVT)
+    last, first = info.state.last_seq, info.state.first_seq
+    for seq in range(last, max(first, last - _SCAN_BACK) - 1, -1):
+        if seq <= 0:
+            break
+        try:
+            msg = await bus.js.get_msg(STREAM_EVT, seq)
+        except NotFoundError:
+            continue  # deleted
+        position = (msg.headers or {}).get("Nexus-Position")
+        if position and position.isdigit():
+            return int(position)
+    return 0
+
+
+class Lease:
+    """Leadership among relay replicas: a key in a KV bucket whose entries expire after ``ttl``.
+
+    The holder renews it every ``ttl / 3``; a replica that cannot renew (another one took it
+    over after a pause longer than the TTL) stops relaying at once.
+    """
+
+    def __init__(self, kv: KeyValue, owner: str, ttl: float) -> None:
+        self.kv = kv
+        self.owner = owner.encode()
+        self.ttl = ttl
+        self._revision: int | None = None
+
+    @classmethod
+    async def open(cls, bus: JetStreamBus, owner: str, ttl: float = 3.0) -> Lease:
+        return cls(await _bucket(bus, LEASE_BUCKET, ttl=ttl), owner, ttl)
+
+    @property
+    def held(self) -> bool:
+        return self._revision is not None
+
+    async def try_acquire(self) -> bool:
+        try:
+            self._revision = await self.kv.create("leader", self.owner)
+        except KeyWrongLastSequenceError:
+            self._revision = None
+        return self.held
+
+    async def renew(self) -> bool:
+        if self._revision is None:
+            return False
+        try:
+            self._revision = await self.kv.update("leader", self.owner, last=self._revision)
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            self._revision = None
+        return self.held
+
+    async def release(self) -> None:
+        if self._revision is not None:
+            with contextlib.suppress(NatsError, BusError, KeyWrongLastSequenceError):
+                await self.kv.purge("leader")
+            self._revision = None
+
+
+class Relay:
+    """Tails the log and publishes each event on ``subject_for(event)`` with Nats-Msg-Id = event id.
+
+    It resumes after the last event NEXUS_EVT actually holds, so a tail JetStream lost in an
+    OS crash (it fsyncs lazily) is published again; when the stream holds no relayed event it
+    resumes from its checkpoint in the ``nexus_relay`` KV bucket. The checkpoint moves only
+    after JetStream acknowledged the events before it.
+
+    With ``lease=True`` replicas elect one leader through a KV lease; the others stand by and
+    take over within the lease TTL when the leader dies.
+
+    Args:
+        log: the event log (the outbox).
+        bus: a connected JetStreamBus.
+        batch: events published per pipelined batch.
+        lease: elect a leader among replicas (default True).
+        lease_ttl: seconds after which a dead leader's lease lapses.
+        owner: this replica's name in the lease (default host:pid).
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        bus: JetStreamBus,
+        *,
+        batch: int = 1000,
+        lease: bool = True,
+        lease_ttl: float = 3.0,
+        owner: str | None = None,
+    ) -> None:
+        self.log = log
+        self.bus = bus
+        self.batch = batch
+        self.use_lease = lease
+        self.lease_ttl = lease_ttl
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.position = 0
+        """The last log position relayed and acknowledged."""
+        self._lease: Lease | None = None
+        self._kv: KeyValue | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._progress = asyncio.Condition()
+
+    @property
+    def is_leader(self) -> bool:
+        return not self.use_lease or (self._lease is not None and self._lease.held)
+
+    async def start(self) -> None:
+        """Start relaying (or standing by) in a background task."""
+        self._kv = await _bucket(self.bus, RELAY_BUCKET)
+        if self.use_lease:
+            self._lease = await Lease.open(self.bus, self.owner, self.lease_ttl)
+        self._task = asyncio.create_task(self.run(), name="nexus-relay")
+
+    async def stop(self) -> None:
+        """Stop relaying; events already acknowledged are checkpointed, the lease is released."""
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._lease is not None:
+            await self._lease.release()
+        RELAY_LEADER.set(0)
+
+    async def wait_relayed(self, position: int) -> None:
+        """Return once every event up to ``position`` is relayed (for tests and start-up ordering)."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.position >= position)
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            if self._lease is not None and not await self._lease.try_acquire():
+                await self._pause(self.lease_ttl / 3)
+                continue
+            RELAY_LEADER.set(1)
+            logger.info("relay %s: leading", self.owner)
+            relaying = asyncio.create_task(self._relay())
+            try:
+                await self._hold_lease(relaying)
+            finally:
+                relaying.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relaying
+                RELAY_LEADER.set(0)
+            if relaying.done() and not relaying.cancelled() and relaying.exception() is not None:
+                logger.warning("relay %s: stopped relaying: %r", self.owner, relaying.exception())
+                await self._pause(0.5)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _hold_lease(self, relaying: asyncio.Task[None]) -> None:
+        """Renew the lease while relaying; return when it is lost, relaying ended, or stop()."""
+        while not self._stop.is_set() and not relaying.done():
+            stopped = asyncio.ensure_future(self._stop.wait())
+            done, _ = await asyncio.wait({relaying, stopped}, timeout=self.lease_ttl / 3)
+            stopped.cancel()
+            if done:
+                return
+            if self._lease is not None:
+                try:
+                    renewed = await self._lease.renew()
+                except (NatsError, TimeoutError) as exc:
+                    logger.warning("relay %s: cannot renew the lease: %r", self.owner, exc)
+                    renewed = False
+                if not renewed:
+                    logger.warning("relay %s: lost the lease", self.owner)
+                    return
+
+    async def resume_position(self) -> int:
+        """Where relaying resumes: the last relayed event JetStream holds, else the checkpoint."""
+        held = await last_relayed_position(self.bus)
+        if held:
+            return held
+        assert self._kv is not None
+        try:
+            entry = await self._kv.get("checkpoint")
+        except KeyNotFoundError:
+            return 0
+        return int(entry.value or b"0")
+
+    async def _relay(self) -> None:
+        self.position = await self.resume_position()
+        logger.info("relay %s: resuming after position %d", self.owner, self.position)
+        await self._set_position(self.position, save=False)
+        async for batch in self._batches(self.position + 1):
+            acks = await self.bus.publish_events(batch)
+            duplicates = sum(1 for ack in acks if ack.duplicate)
+            RELAY_PUBLISHED.inc(len(acks) - duplicates)
+            RELAY_DUPLICATES.inc(duplicates)
+            await self._set_position(batch[-1].position or self.position, save=True)
+
+    async def _batches(self, from_position: int) -> AsyncIterator[list[CloudEvent]]:
+        """Batches of committed events: as many as are at hand, up to ``batch``, waiting for new ones."""
+        queue: asyncio.Queue[CloudEvent] = asyncio.Queue(maxsize=self.batch * 4)
+
+        async def tail() -> None:
+            async for event in self.log.subscribe(from_position):
+                await queue.put(event)
+
+        reader = asyncio.create_task(tail(), name="nexus-relay-tail")
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    reader.result()  # the tail failed: raise its error
+                    return
+                batch = [getter.result()]
+                while len(batch) < self.batch and not queue.empty():
+                    batch.append(queue.get_nowait())
+                yield batch
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _set_position(self, position: int, *, save: bool) -> None:
+        if save and self._kv is not None:
+            await self._kv.put("checkpoint", str(position).encode())
+        async with self._progress:
+            self.position = position
+            self._progress.notify_all()
+        RELAY_POSITION.set(position)
+        with contextlib.suppress(EventLogError):
+            RELAY_LAG.set(max(await self.log.head() - position, 0))
