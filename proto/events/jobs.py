@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+
 from nexus.proto._catalog import event_type
 
 
@@ -19,7 +20,9 @@ class JobInitiated(msgspec.Struct, frozen=True, kw_only=True):
     title: str = ""
     description: str = ""
     key_id: str = ""
-    """Id of the API key that initiated it (empty when the caller had no key id)."""
+    """Id of the API key that initiated it."""
+    owner: str = ""
+    """Owner of that key: only keys of the same owner may read or execute the job."""
 
 
 @event_type("nexus.workflow.job.executed")
@@ -104,14 +107,3 @@ class PhaseTriggered(msgspec.Struct, frozen=True, kw_only=True):
     sync_id: str = ""
     metadata: dict[str, Any] = {}
     """Everything else the caller sent (seller id, matches, claim, payout…)."""
-
-
-@event_type("nexus.workflow.phase.completed")
-class PhaseCompleted(msgspec.Struct, frozen=True, kw_only=True):
-    """A phase's work finished; its ``result`` is what the next phase receives."""
-
-    phase: int
-    user_id: str
-    execution_id: str
-    sync_id: str = ""
-    result: dict[str, Any] = {}

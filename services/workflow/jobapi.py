@@ -1,0 +1,492 @@
+"""The job API of seed 000: paths, fields and status strings as a client written from it expects.
+
+::
+
+    GET  /workflow/{workflowId}      → {jobPayloadSchema: {field: {type, required}}}
+    POST /job/initiate               {workflowId, title, description} → {jobExecutionId}
+    POST /job/execute                {jobExecutionId, jobPayloadSchemaInstance} → {success, message}
+    GET  /job/{id}/status            → {status: "IN PROGRESS" | "COMPLETED" | "FAILED"}
+    GET  /job/{id}/results           → {results, data}
+    GET  /job/{id}/audit             → {auditTrail}, read from the event log
+    GET  /job/{id}/monitor           → Server-Sent Events until a final status
+    POST /job/batch                  {workflowId, jobs: [...]} → {total, successful, failed, results}
+
+(``POST /job/file/upload`` and the presigned ``PUT`` live in ``uploads.py``.)
+
+A job is stream ``job-<jobExecutionId>`` of the log: ``job.initiated``, then ``job.executed``
+naming the execution the engine started. Every request carries an API key (``x-service-key``),
+checked against the KeyView folded from the log; a job can be read and executed only with a key
+of the owner that initiated it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from nexus.auth import KeyInfo, KeyView, require_api_key
+from nexus.client import PayloadError, PayloadField, check_instance, job_payload_schema
+from nexus.eventlog import ConcurrencyError, EventLog
+from nexus.proto import CloudEvent, new_event, new_event_id
+from nexus.proto.events.jobs import JobExecuted, JobInitiated
+from nexus.services.workflow.context import FINAL_STATUSES, WorkflowContext
+from nexus.services.workflow.errors import InactiveWorkflowError, InputValidationError, UnknownWorkflowError
+
+__all__ = [
+    "JOB_EXECUTED",
+    "JOB_INITIATED",
+    "KEY_VIEW",
+    "JobApiSettings",
+    "JobRecord",
+    "install",
+    "job_status",
+    "key_view",
+    "load_job",
+]
+
+SOURCE = "nexus/workflow"
+JOB_INITIATED = "nexus.workflow.job.initiated"
+JOB_EXECUTED = "nexus.workflow.job.executed"
+IN_PROGRESS, COMPLETED, FAILED = "IN PROGRESS", "COMPLETED", "FAILED"
+
+KEY_VIEW = web.AppKey("nexus.workflow.key_view", KeyView)
+"""The app's KeyView (shared by every job, upload, trigger and phase route)."""
+
+
+@dataclass(frozen=True)
+class JobApiSettings:
+    """Settings of the job API, from the environment."""
+
+    public_url: str | None
+    """``NEXUS_WORKFLOW_PUBLIC_URL``: base of the URLs handed out (presigned uploads, files);
+    unset: the URL the request came in on."""
+    sse_keepalive_seconds: float
+    """``NEXUS_JOB_SSE_KEEPALIVE``: seconds between keep-alive comments on SSE streams (default 15)."""
+    batch_limit: int
+    """``NEXUS_JOB_BATCH_LIMIT``: most jobs in one ``POST /job/batch`` (default 500)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> JobApiSettings:
+        env = os.environ if env is None else env
+        try:
+            keepalive = float(env.get("NEXUS_JOB_SSE_KEEPALIVE", "15"))
+            limit = int(env.get("NEXUS_JOB_BATCH_LIMIT", "500"))
+        except ValueError as exc:
+            raise ValueError(f"NEXUS_JOB_SSE_KEEPALIVE / NEXUS_JOB_BATCH_LIMIT: {exc}") from None
+        if keepalive <= 0 or limit <= 0:
+            raise ValueError("NEXUS_JOB_SSE_KEEPALIVE and NEXUS_JOB_BATCH_LIMIT must be positive")
+        return cls(
+            public_url=(env.get("NEXUS_WORKFLOW_PUBLIC_URL") or "").rstrip("/") or None,
+            sse_keepalive_seconds=keepalive,
+            batch_limit=limit,
+        )
+
+
+SETTINGS = web.AppKey("nexus.workflow.job_settings", JobApiSettings)
+
+
+def key_view(app: web.Application, ctx: WorkflowContext) -> KeyView:
+    """The app's KeyView, created on first use (every module guards its routes with it)."""
+    if KEY_VIEW not in app:
+        app[KEY_VIEW] = KeyView(ctx.log)
+    return app[KEY_VIEW]
+
+
+def job_settings(app: web.Application) -> JobApiSettings:
+    if SETTINGS not in app:
+        app[SETTINGS] = JobApiSettings.from_env()
+    return app[SETTINGS]
+
+
+def base_url(request: web.Request) -> str:
+    """Where clients reach this service: the configured public URL or the request's origin."""
+    configured = job_settings(request.app).public_url
+    return configured or str(request.url.origin())
+
+
+def fail(status: int, message: str, **extra: Any) -> web.HTTPException:
+    """An error in seed 000's shape: ``{"success": false, "error": message}``."""
+    body = json.dumps({"success": False, "error": message, **extra})
+    cls = {
+        400: web.HTTPBadRequest,
+        403: web.HTTPForbidden,
+        404: web.HTTPNotFound,
+        409: web.HTTPConflict,
+        410: web.HTTPGone,
+        413: web.HTTPRequestEntityTooLarge,
+    }.get(status, web.HTTPInternalServerError)
+    if cls is web.HTTPRequestEntityTooLarge:
+        return web.HTTPRequestEntityTooLarge(
+            max_size=extra.get("max_bytes", 0),
+            actual_size=extra.get("size", 0),
+            text=body,
+            content_type="application/json",
+        )
+    return cls(text=body, content_type="application/json")
+
+
+async def read_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, or a 400 saying what is wrong with it."""
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise fail(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise fail(400, "the body must be a JSON object")
+    return body
+
+
+def required_str(body: Mapping[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise fail(400, f"{name} is required and must be a non-empty string")
+    return value
+
+
+# --- jobs as streams in the log ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job folded from stream ``job-<id>``."""
+
+    job_id: str
+    workflow_id: str
+    title: str
+    description: str
+    owner: str
+    execution_id: str | None
+    events: list[CloudEvent]
+
+
+def job_stream(job_id: str) -> str:
+    return f"job-{job_id}"
+
+
+async def load_job(log: EventLog, job_id: str) -> JobRecord | None:
+    """The job's record from the log, or None when no job has this id."""
+    events = await log.read_stream(job_stream(job_id))
+    if not events or events[0].type != JOB_INITIATED:
+        return None
+    initiated = msgspec.convert(events[0].data, JobInitiated)
+    execution_id = None
+    for event in events[1:]:
+        if event.type == JOB_EXECUTED:
+            execution_id = msgspec.convert(event.data, JobExecuted).execution_id
+    return JobRecord(
+        job_id=job_id,
+        workflow_id=initiated.workflow_id,
+        title=initiated.title,
+        description=initiated.description,
+        owner=initiated.owner,
+        execution_id=execution_id,
+        events=events,
+    )
+
+
+def job_status(execution_status: str | None) -> str:
+    """Seed 000's status string for an engine status: COMPLETED, FAILED, or IN PROGRESS."""
+    if execution_status == "COMPLETED":
+        return COMPLETED
+    if execution_status in FINAL_STATUSES:
+        return FAILED
+    return IN_PROGRESS
+
+
+def _field(state: Any, *names: str) -> Any:
+    for name in names:
+        if hasattr(state, name):
+            return getattr(state, name)
+    return None
+
+
+def state_json(state: Any) -> dict[str, Any]:
+    """The parts of an ExecutionState a job client sees."""
+    if state is None:
+        return {}
+    if isinstance(state, msgspec.Struct):
+        return msgspec.to_builtins(state)
+    if hasattr(state, "to_json"):
+        return state.to_json()
+    return {k: v for k, v in vars(state).items() if not k.startswith("_")}
+
+
+async def _job_for(request: web.Request, ctx: WorkflowContext, job_id: str | None = None) -> JobRecord:
+    job_id = job_id or request.match_info["id"]
+    job = await load_job(ctx.log, job_id)
+    if job is None:
+        raise fail(404, f"no job with jobExecutionId {job_id!r}")
+    auth: KeyInfo = request["auth"]
+    if job.owner and job.owner != auth.owner:
+        raise fail(403, f"job {job_id!r} belongs to another client")
+    return job
+
+
+async def _state(ctx: WorkflowContext, execution_id: str) -> Any:
+    state = ctx.engine.get(execution_id)
+    if state is None:
+        state = await ctx.engine.load(execution_id)
+    return state
+
+
+def status_body(job: JobRecord, state: Any) -> dict[str, Any]:
+    """The body of ``/status`` and of each ``/monitor`` update."""
+    body: dict[str, Any] = {"jobExecutionId": job.job_id, "workflowId": job.workflow_id}
+    if job.execution_id is None or state is None:
+        body.update(status=IN_PROGRESS, stage="initiated", executionId=job.execution_id)
+        return body
+    status = state.status
+    body.update(
+        status=job_status(status),
+        executionStatus=status,
+        executionId=job.execution_id,
+        currentStep=_field(state, "current_step"),
+    )
+    error = _field(state, "error")
+    if error:
+        body["error"] = error
+    if status == "COMPLETED":
+        body["results"] = _field(state, "output")
+    return body
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+class JobApi:
+    """The job routes over one WorkflowContext."""
+
+    def __init__(self, ctx: WorkflowContext) -> None:
+        self.ctx = ctx
+
+    def _payload_schema(self, workflow_id: str) -> tuple[Any, dict[str, PayloadField]]:
+        workflow = self.ctx.registry.get_workflow(workflow_id)
+        if workflow is None:
+            raise fail(404, f"workflow {workflow_id!r} is not registered")
+        schema_id = getattr(workflow, "input_schema_id", None)
+        definition: Mapping[str, Any] = {"type": "object", "properties": {}}
+        if schema_id:
+            schema = self.ctx.registry.get_schema(schema_id)
+            if schema is None:
+                raise fail(404, f"input schema {schema_id!r} of workflow {workflow_id!r} is not registered")
+            definition = schema.definition
+        try:
+            return workflow, job_payload_schema(definition)
+        except PayloadError as exc:
+            raise fail(400, f"workflow {workflow_id!r} cannot take a job payload: {exc}") from None
+
+    async def get_workflow(self, request: web.Request) -> web.Response:
+        workflow_id = request.match_info["workflowId"]
+        workflow, fields = self._payload_schema(workflow_id)
+        return web.json_response(
+            {
+                "workflowId": workflow_id,
+                "name": getattr(workflow, "name", workflow_id),
+                "description": getattr(workflow, "description", ""),
+                "version": getattr(workflow, "version", None),
+                "jobPayloadSchema": {name: f.as_json() for name, f in fields.items()},
+            }
+        )
+
+    async def _initiate(self, auth: KeyInfo, workflow_id: str, title: str, description: str) -> str:
+        self._payload_schema(workflow_id)
+        job_id = new_event_id()
+        data = JobInitiated(
+            job_id=job_id,
+            workflow_id=workflow_id,
+            title=title,
+            description=description,
+            key_id=auth.key_id,
+            owner=auth.owner,
+        )
+        event = new_event(JOB_INITIATED, data, source=SOURCE, subject=job_id, correlationid=job_id)
+        await self.ctx.log.append(job_stream(job_id), [event], expected_version=0)
+        return job_id
+
+    async def initiate(self, request: web.Request) -> web.Response:
+        body = await read_body(request)
+        workflow_id = required_str(body, "workflowId")
+        title, description = body.get("title", ""), body.get("description", "")
+        if not isinstance(title, str) or not isinstance(description, str):
+            raise fail(400, "title and description must be strings")
+        job_id = await self._initiate(request["auth"], workflow_id, title, description)
+        return web.json_response({"success": True, "jobExecutionId": job_id})
+
+    async def _execute(self, job: JobRecord, instance: Any) -> str:
+        """Check the payload and start the execution; returns its id (idempotent per job)."""
+        _, fields = self._payload_schema(job.workflow_id)
+        try:
+            workflow_input = check_instance(fields, instance)
+        except PayloadError as exc:
+            raise fail(400, str(exc), problems=exc.as_json()["problems"]) from None
+        if job.execution_id is not None:
+            return job.execution_id
+        try:
+            execution_id = await self.ctx.engine.start(
+                job.workflow_id,
+                workflow_input,
+                idempotency_key=f"job:{job.job_id}",
+                correlation_id=job.job_id,
+                causation_id=job.events[0].id,
+                trigger={"kind": "job", "job_id": job.job_id},
+            )
+        except InputValidationError as exc:
+            raise fail(400, str(exc), problems=[{"field": p, "reason": m} for p, m in exc.problems]) from None
+        except (UnknownWorkflowError, InactiveWorkflowError) as exc:
+            raise fail(409, str(exc)) from None
+        data = JobExecuted(
+            job_id=job.job_id, workflow_id=job.workflow_id, execution_id=execution_id, input=workflow_input
+        )
+        event = new_event(JOB_EXECUTED, data, source=SOURCE, subject=job.job_id, correlationid=job.job_id)
+        with contextlib.suppress(ConcurrencyError):
+            # A concurrent execute of the same job got the same execution (same idempotency key).
+            await self.ctx.log.append(job_stream(job.job_id), [event], expected_version=len(job.events))
+        return execution_id
+
+    async def execute(self, request: web.Request) -> web.Response:
+        body = await read_body(request)
+        job_id = required_str(body, "jobExecutionId")
+        if "jobPayloadSchemaInstance" not in body:
+            raise fail(400, "jobPayloadSchemaInstance is required")
+        job = await _job_for(request, self.ctx, job_id)
+        already = job.execution_id is not None
+        execution_id = await self._execute(job, body["jobPayloadSchemaInstance"])
+        message = f"job {job_id} {'was already' if already else 'is'} executing as execution {execution_id}"
+        return web.json_response({"success": True, "message": message, "executionId": execution_id})
+
+    async def status(self, request: web.Request) -> web.Response:
+        job = await _job_for(request, self.ctx)
+        state = await _state(self.ctx, job.execution_id) if job.execution_id else None
+        return web.json_response(status_body(job, state))
+
+    async def results(self, request: web.Request) -> web.Response:
+        job = await _job_for(request, self.ctx)
+        state = await _state(self.ctx, job.execution_id) if job.execution_id else None
+        body = status_body(job, state)
+        if body["status"] == IN_PROGRESS:
+            raise fail(409, f"job {job.job_id} is still in progress; wait for COMPLETED or FAILED", status=IN_PROGRESS)
+        full = state_json(state)
+        body["results"] = _field(state, "output")
+        body["data"] = {"steps": full.get("steps", full.get("step_outputs")), "execution": full}
+        return web.json_response(body)
+
+    async def audit(self, request: web.Request) -> web.Response:
+        job = await _job_for(request, self.ctx)
+        events = list(job.events)
+        if job.execution_id:
+            events += await self.ctx.engine.history(job.execution_id)
+        events.sort(key=lambda e: e.position or 0)
+        trail = [
+            {
+                "id": e.id,
+                "time": e.time,
+                "type": e.type,
+                "stream": e.streamid,
+                "version": e.streamversion,
+                "position": e.position,
+                "hash": e.hash,
+                "data": e.data,
+            }
+            for e in events
+        ]
+        return web.json_response({"jobExecutionId": job.job_id, "auditTrail": trail})
+
+    async def monitor(self, request: web.Request) -> web.StreamResponse:
+        job = await _job_for(request, self.ctx)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        await response.prepare(request)
+        keepalive = job_settings(request.app).sse_keepalive_seconds
+        sent: str | None = None
+
+        async def send(body: dict[str, Any]) -> None:
+            nonlocal sent
+            text = json.dumps(body, default=str)
+            if text != sent:
+                sent = text
+                await response.write(f"data: {text}\n\n".encode())
+
+        # Before the job is executed there is no execution to watch: look at the job's stream.
+        while job.execution_id is None:
+            await send(status_body(job, None))
+            await asyncio.sleep(min(0.25, keepalive))
+            refreshed = await load_job(self.ctx.log, job.job_id)
+            job = refreshed or job
+        states = self.ctx.engine.watch(job.execution_id).__aiter__()
+        while True:
+            try:
+                state = await asyncio.wait_for(states.__anext__(), keepalive)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            except StopAsyncIteration:
+                break
+            body = status_body(job, state)
+            await send(body)
+            if body["status"] != IN_PROGRESS:
+                break
+        await response.write_eof()
+        return response
+
+    async def batch(self, request: web.Request) -> web.Response:
+        body = await read_body(request)
+        workflow_id = required_str(body, "workflowId")
+        jobs = body.get("jobs")
+        if not isinstance(jobs, list) or not jobs:
+            raise fail(400, "jobs is required: a non-empty array of {title, description, jobPayloadSchemaInstance}")
+        limit = job_settings(request.app).batch_limit
+        if len(jobs) > limit:
+            raise fail(400, f"jobs has {len(jobs)} items; at most {limit} per batch")
+        self._payload_schema(workflow_id)
+        auth: KeyInfo = request["auth"]
+
+        async def one(item: Any) -> dict[str, Any]:
+            job_id = None
+            try:
+                if not isinstance(item, dict) or "jobPayloadSchemaInstance" not in item:
+                    raise fail(400, "each job is an object with jobPayloadSchemaInstance")
+                job_id = await self._initiate(
+                    auth, workflow_id, str(item.get("title", "")), str(item.get("description", ""))
+                )
+                job = await load_job(self.ctx.log, job_id)
+                assert job is not None
+                await self._execute(job, item["jobPayloadSchemaInstance"])
+                return {"success": True, "jobId": job_id}
+            except web.HTTPException as exc:
+                out: dict[str, Any] = {"success": False, "error": json.loads(exc.text or "{}").get("error", exc.reason)}
+                if job_id:
+                    out["jobId"] = job_id
+                return out
+
+        settled = await asyncio.gather(*(one(item) for item in jobs), return_exceptions=True)
+        results = [
+            r if isinstance(r, dict) else {"success": False, "error": f"{type(r).__name__}: {r}"} for r in settled
+        ]
+        ok = sum(1 for r in results if r["success"])
+        return web.json_response(
+            {"total": len(results), "successful": ok, "failed": len(results) - ok, "results": results}
+        )
+
+
+def install(app: web.Application, ctx: WorkflowContext) -> None:
+    """Add the job routes to the workflow service's app."""
+    api = JobApi(ctx)
+    guard = require_api_key(key_view(app, ctx))
+    job_settings(app)
+    app.router.add_get("/workflow/{workflowId}", guard(api.get_workflow))
+    app.router.add_post("/job/initiate", guard(api.initiate))
+    app.router.add_post("/job/execute", guard(api.execute))
+    app.router.add_post("/job/batch", guard(api.batch))
+    app.router.add_get("/job/{id}/status", guard(api.status))
+    app.router.add_get("/job/{id}/results", guard(api.results))
+    app.router.add_get("/job/{id}/audit", guard(api.audit))
+    app.router.add_get("/job/{id}/monitor", guard(api.monitor))

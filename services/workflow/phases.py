@@ -1,0 +1,155 @@
+"""Seed 001's seven-phase pipeline, run by the platform instead of a bespoke orchestrator.
+
+``POST /api/v1/workflow/phase/{n}`` (n = 1…7, with ``user_id`` and optional ``sync_id`` and any
+other metadata) records ``nexus.workflow.phase.triggered`` in stream ``phases-<user_id>``. The
+bundled triggers (``bundled/phases/triggers``) turn that event into a start of workflow
+``phase_<n>``, and each ``phase_<n>``'s completion into a start of ``phase_<n+1>``; each phase's
+one step asks the integrations service (``NEXUS_SERVICE_INTEGRATIONS``) to do the phase's work.
+
+What seed 001 lists as future enhancements is what the platform does anyway:
+
+- retries of phase transitions: each phase step has a retry policy (connection errors, 5xx, 429);
+- a central phase audit log: ``GET /api/v1/workflow/phases/{user_id}/audit`` reads the log;
+- mirroring to external integrations: every event is published on ``nexus.evt.>`` by the relay;
+- transition metrics: the service's ``/metrics`` (``live.py`` counts phase transitions).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+
+from nexus.auth import require_api_key
+from nexus.proto import new_event
+from nexus.proto.events.jobs import PhaseTriggered
+from nexus.services.workflow.context import WorkflowContext
+from nexus.services.workflow.jobapi import key_view
+
+__all__ = ["PHASES", "PHASES_DIR", "PHASE_TRIGGERED", "install", "parse_phase", "phase_of_workflow"]
+
+logger = logging.getLogger("nexus.workflow.phases")
+
+PHASES_DIR: Final = Path(__file__).parent / "bundled" / "phases"
+PHASE_TRIGGERED: Final = "nexus.workflow.phase.triggered"
+PHASES: Final = {
+    1: "Zero-Friction Onboarding",
+    2: "Autonomous Money Discovery",
+    3: "Intelligent Evidence Ecosystem",
+    4: "Predictive Refund Orchestration",
+    5: "Autonomous Recovery Pipeline",
+    6: "Continuous Learning Brain",
+    7: "Hyper-Transparency Layer",
+}
+"""Phase number → name, as seed 001 lists them."""
+INTEGRATIONS_SERVICE: Final = "integrations"
+_USER = re.compile(r"^[A-Za-z0-9_\-.@:]{1,200}$")
+
+
+def phases_stream(user_id: str) -> str:
+    return f"phases-{user_id}"
+
+
+def phase_of_workflow(workflow_id: str) -> int | None:
+    """The phase a workflow id runs (``phase_4`` → 4), or None."""
+    match = re.fullmatch(r"phase_([1-7])", workflow_id or "")
+    return int(match.group(1)) if match else None
+
+
+def parse_phase(text: str) -> int:
+    """The phase number of a path segment.
+
+    Raises:
+        ValueError: naming the value, when it is not an integer from 1 to 7.
+    """
+    if not re.fullmatch(r"[1-7]", text or ""):
+        raise ValueError(f"phaseNumber must be an integer from 1 to 7, got {text!r}")
+    return int(text)
+
+
+def _bad(message: str) -> web.Response:
+    return web.json_response({"success": False, "error": message}, status=400)
+
+
+def install(app: web.Application, ctx: WorkflowContext, *, directory: Path = PHASES_DIR) -> None:
+    """Add the phase routes; register the phase workflows and triggers at start-up.
+
+    The phase workflows need the integrations service; without ``NEXUS_SERVICE_INTEGRATIONS``
+    they are not registered (and the phase route says so when called).
+    """
+    guard = require_api_key(key_view(app, ctx))
+    ready: dict[str, Any] = {"registered": False, "reason": "the phase workflows are not registered yet"}
+
+    async def trigger_phase(request: web.Request) -> web.Response:
+        try:
+            phase = parse_phase(request.match_info["n"])
+        except ValueError as exc:
+            return _bad(str(exc))
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _bad("the body must be a JSON object with user_id")
+        if not isinstance(body, dict):
+            return _bad("the body must be a JSON object with user_id")
+        user_id = body.get("user_id")
+        if not isinstance(user_id, str) or not _USER.match(user_id):
+            return _bad("user_id is required: 1-200 letters, digits or _ - . @ :")
+        sync_id = body.get("sync_id", "")
+        if not isinstance(sync_id, str):
+            return _bad("sync_id must be a string")
+        if not ready["registered"]:
+            return web.json_response({"success": False, "error": ready["reason"]}, status=503)
+        metadata = {k: v for k, v in body.items() if k not in ("user_id", "sync_id")}
+        data = PhaseTriggered(phase=phase, user_id=user_id, sync_id=sync_id, metadata=metadata)
+        event = new_event(
+            PHASE_TRIGGERED, data, source="nexus/workflow", subject=user_id, correlationid=sync_id or None
+        )
+        [stored] = await ctx.log.append(phases_stream(user_id), [event])
+        return web.json_response(
+            {"success": True, "phase": phase, "name": PHASES[phase], "eventId": stored.id}, status=202
+        )
+
+    async def audit(request: web.Request) -> web.Response:
+        user_id = request.match_info["user_id"]
+        events = list(await ctx.log.read_stream(phases_stream(user_id)))
+        executions: list[dict[str, Any]] = []
+        for n in PHASES:
+            for state in ctx.engine.list(workflow_id=f"phase_{n}", limit=10_000):
+                if isinstance(state.input, dict) and state.input.get("user_id") == user_id:
+                    history = await ctx.engine.history(state.execution_id)
+                    events.extend(history)
+                    executions.append({"phase": n, "execution_id": state.execution_id, "status": state.status})
+        events.sort(key=lambda e: e.position or 0)
+        trail = [
+            {"id": e.id, "time": e.time, "type": e.type, "stream": e.streamid, "position": e.position, "data": e.data}
+            for e in events
+        ]
+        return web.json_response({"user_id": user_id, "executions": executions, "auditTrail": trail})
+
+    app.router.add_post("/api/v1/workflow/phase/{n}", guard(trigger_phase))
+    app.router.add_get("/api/v1/workflow/phases/{user_id}/audit", guard(audit))
+
+    async def register(app: web.Application) -> Any:
+        services = getattr(ctx.settings, "services", {}) or {}
+        if INTEGRATIONS_SERVICE not in services:
+            ready["reason"] = (
+                "the seven-phase pipeline needs the integrations service: set NEXUS_SERVICE_INTEGRATIONS to its URL"
+            )
+            logger.info("phase workflows not registered: NEXUS_SERVICE_INTEGRATIONS is not set")
+        else:
+            await ctx.registry.register_directory(directory)  # type: ignore[attr-defined]
+            from nexus.services.workflow.triggers import TRIGGER_ENGINE
+
+            if TRIGGER_ENGINE in app:
+                await app[TRIGGER_ENGINE].load_directory(directory / "triggers")
+                ready["registered"] = True
+            else:
+                ready["reason"] = "the phase pipeline needs the trigger module"
+        yield
+
+    # Runs after the trigger module's start-up (install order: triggers, then phases).
+    app.cleanup_ctx.append(register)
