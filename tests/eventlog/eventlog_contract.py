@@ -22,9 +22,9 @@ from nexus.eventlog import (
     EventLog,
     EventLogArgumentError,
     EventLogClosedError,
+    chain,
     event_hash,
 )
-from nexus.eventlog import chain
 from nexus.proto import CloudEvent, new_event
 
 
@@ -36,9 +36,9 @@ def evs(count: int, type_: str = "nexus.test.happened") -> list[CloudEvent]:
     return [new_event(type_, {"n": i}, source="nexus/test") for i in range(count)]
 
 
-async def take(iterator: AsyncIterator[CloudEvent], count: int, timeout: float = 10.0) -> list[CloudEvent]:
+async def take(iterator: AsyncIterator[CloudEvent], count: int, within: float = 10.0) -> list[CloudEvent]:
     out: list[CloudEvent] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         async for event in iterator:
             out.append(event)
             if len(out) == count:
@@ -247,7 +247,7 @@ class EventLogContract(abc.ABC):
                 await log.append(f"writer-{n}", [ev(n=i)])
 
         async with contextlib.aclosing(log.subscribe()) as tail:
-            reader = asyncio.ensure_future(take(tail, total, timeout=30))
+            reader = asyncio.ensure_future(take(tail, total, within=30))
             await asyncio.gather(*(writer(n) for n in range(writers)))
             got = await reader
         assert [e.position for e in got] == list(range(1, total + 1))
