@@ -90,7 +90,7 @@ async def _up(platform: PlatformSettings, services: dict[str, ServiceSettings], 
         )
         for name, s in services.items()
     ]
-    children.append(ChildSpec(name="relay", argv=[sys.executable, "-m", "nexus.runtime.relay"], env=env))
+    children.append(ChildSpec(name="relay", argv=[sys.executable, "-m", "nexus.relay"], env=env))
     supervisor = Supervisor(children)
     supervisor.start()
     status = 0

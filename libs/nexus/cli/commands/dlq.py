@@ -1,0 +1,133 @@
+"""``nexus dlq list|redrive``: inspect dead letters and send them back to their original subject."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
+
+from nexus.bus import BusError
+from nexus.bus.jetstream import JetStreamBus
+from nexus.cli.commands.streams import connect
+from nexus.config import PlatformSettings
+from nexus.proto import DLQ_PREFIX, STREAM_DLQ, dlq_subject
+
+# Headers the bus adds when it dead-letters a message; a redriven message goes out without them.
+_DEAD_LETTER_HEADERS = frozenset(
+    {
+        "Nats-Msg-Id",
+        "Nexus-Error",
+        "Nexus-Error-Reason",
+        "Nexus-Consumer",
+        "Nexus-Deliveries",
+        "Nexus-Original-Subject",
+        "Nexus-Original-Stream",
+        "Nexus-Original-Seq",
+        "Nexus-Original-Msg-Id",
+    }
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("dlq", help="list or redrive dead letters (stream NEXUS_DLQ)")
+    sub = parser.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    listing = sub.add_parser("list", help="show the dead letters with their consumer and reason")
+    listing.add_argument("--consumer", metavar="NAME", help="only the dead letters of this consumer")
+    listing.set_defaults(func=_list)
+    redrive = sub.add_parser("redrive", help="republish dead letters to their original subject and remove them")
+    redrive.add_argument("--consumer", metavar="NAME", help="only the dead letters of this consumer")
+    redrive.set_defaults(func=_redrive)
+
+
+async def dead_letters(bus: JetStreamBus, consumer: str | None = None) -> AsyncIterator[RawStreamMsg]:
+    """Every message in NEXUS_DLQ (of one consumer's subject when given), in stream order."""
+    subject = dlq_subject(consumer) if consumer else f"{DLQ_PREFIX}.>"
+    seq = 1
+    while True:
+        try:
+            message = await bus.js.get_msg(STREAM_DLQ, seq, subject=subject, next=True)
+        except NotFoundError:
+            return
+        yield message
+        seq = (message.seq or seq) + 1
+
+
+async def redrive(bus: JetStreamBus, consumer: str | None = None) -> tuple[int, list[str]]:
+    """Republish dead letters to their original subject, then delete them from NEXUS_DLQ.
+
+    Returns:
+        How many were redriven, and a line per message that could not be (kept in the DLQ).
+    """
+    count = 0
+    problems: list[str] = []
+    async for message in dead_letters(bus, consumer):
+        headers = dict(message.headers or {})
+        original = headers.get("Nexus-Original-Subject")
+        if not original:
+            problems.append(f"seq {message.seq}: no Nexus-Original-Subject header; left in {STREAM_DLQ}")
+            continue
+        outgoing = {k: v for k, v in headers.items() if k not in _DEAD_LETTER_HEADERS}
+        # A fresh id per dead letter: redriving again after an interruption is de-duplicated,
+        # while the original id (still inside JetStream's window) would be dropped as a duplicate.
+        await bus.publish(original, message.data or b"", msg_id=f"redrive:{message.seq}", headers=outgoing)
+        await bus.js.delete_msg(STREAM_DLQ, message.seq)  # type: ignore[arg-type]
+        count += 1
+    return count, problems
+
+
+def _list(args: argparse.Namespace) -> int:
+    async def show(bus: JetStreamBus) -> int:
+        rows = [("SEQ", "CONSUMER", "ORIGINAL SUBJECT", "DELIVERIES", "ERROR", "REASON")]
+        async for message in dead_letters(bus, args.consumer):
+            headers = message.headers or {}
+            rows.append(
+                (
+                    str(message.seq),
+                    headers.get("Nexus-Consumer", (message.subject or "").removeprefix(f"{DLQ_PREFIX}.")),
+                    headers.get("Nexus-Original-Subject", "?"),
+                    headers.get("Nexus-Deliveries", "?"),
+                    headers.get("Nexus-Error", ""),
+                    headers.get("Nexus-Error-Reason", ""),
+                )
+            )
+        if len(rows) == 1:
+            print("no dead letters" + (f" for consumer {args.consumer}" if args.consumer else ""))
+            return 0
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
+        return 0
+
+    return _with_bus(show)
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    async def send(bus: JetStreamBus) -> int:
+        count, problems = await redrive(bus, args.consumer)
+        for line in problems:
+            print(f"nexus dlq: {line}", file=sys.stderr)
+        print(f"redrove {count} dead letter{'s' if count != 1 else ''}")
+        return 1 if problems else 0
+
+    return _with_bus(send)
+
+
+def _with_bus(action: Callable[[JetStreamBus], Awaitable[int]]) -> int:
+    platform = PlatformSettings.from_env()
+
+    async def main() -> int:
+        try:
+            bus = await connect(platform)
+        except BusError as exc:
+            print(f"nexus dlq: {exc} (is Nexus running? start it with `nexus up`)", file=sys.stderr)
+            return 1
+        try:
+            return await action(bus)
+        finally:
+            await bus.close()
+
+    return asyncio.run(main())

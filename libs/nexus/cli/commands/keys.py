@@ -1,0 +1,63 @@
+"""``nexus keys create|revoke``: issue and revoke API keys and worker tokens (recorded in the log)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from nexus.auth import UnknownKeyError, issue_key, revoke_key
+from nexus.config import PlatformSettings
+from nexus.eventlog import open_event_log
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("keys", help="issue and revoke API keys and worker tokens")
+    sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = sub.add_parser("create", help="issue a client API key or a worker token (printed once)")
+    who = create.add_mutually_exclusive_group(required=True)
+    who.add_argument("--client", metavar="NAME", help="issue an API key for client NAME")
+    who.add_argument("--worker", metavar="NAME", help="issue a worker token for worker NAME")
+    create.add_argument("--scope", action="append", default=[], metavar="SCOPE", help="limit the key (repeatable)")
+    create.set_defaults(func=_create)
+    revoke = sub.add_parser("revoke", help="revoke a key or token by its id; every service refuses it from then on")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    revoke.add_argument("--reason", default="", help="recorded with the revocation")
+    revoke.set_defaults(func=_revoke)
+
+
+def _create(args: argparse.Namespace) -> int:
+    kind, owner = ("client", args.client) if args.client else ("worker", args.worker)
+
+    async def create() -> int:
+        log = await open_event_log(PlatformSettings.from_env().event_log_url)
+        try:
+            issued = await issue_key(log, kind, owner, scopes=tuple(args.scope), source="nexus/cli")
+        except ValueError as exc:
+            print(f"nexus keys: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            await log.close()
+        what = "API key" if kind == "client" else "worker token"
+        print(f"{what} for {owner!r} (key id {issued.info.key_id}):")
+        print(issued.secret)
+        print("It is shown once and only its hash is kept: store it now.", file=sys.stderr)
+        return 0
+
+    return asyncio.run(create())
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    async def revoke() -> int:
+        log = await open_event_log(PlatformSettings.from_env().event_log_url)
+        try:
+            await revoke_key(log, args.key_id, reason=args.reason, source="nexus/cli")
+        except UnknownKeyError as exc:
+            print(f"nexus keys: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await log.close()
+        print(f"revoked key {args.key_id}")
+        return 0
+
+    return asyncio.run(revoke())

@@ -1,0 +1,95 @@
+"""``nexus streams``: the state of the JetStream streams and their consumers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from nexus.bus import BusError
+from nexus.bus.jetstream import JetStreamBus
+from nexus.config import PlatformSettings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "streams",
+        help="JetStream state: streams, messages, bytes, consumers",
+        description="Connects to NEXUS_NATS_URL, else to the embedded server on NEXUS_NATS_PORT (nexus up).",
+    )
+    parser.set_defaults(func=_streams)
+
+
+def nats_url(platform: PlatformSettings) -> str:
+    """The NATS server to inspect: ``NEXUS_NATS_URL``, else the embedded one ``nexus up`` runs."""
+    return platform.nats_url or f"nats://127.0.0.1:{platform.nats_port}"
+
+
+async def connect(platform: PlatformSettings) -> JetStreamBus:
+    """A bus on the running platform's NATS, without touching its stream configuration."""
+    return await JetStreamBus.connect(nats_url(platform), name="nexus-cli", connect_timeout=3.0, ensure_streams=False)
+
+
+def human_bytes(size: int) -> str:
+    """``1536`` → ``1.5 KiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _streams(args: argparse.Namespace) -> int:
+    platform = PlatformSettings.from_env()
+
+    async def show() -> int:
+        try:
+            bus = await connect(platform)
+        except BusError as exc:
+            print(f"nexus streams: {exc} (is Nexus running? start it with `nexus up`)", file=sys.stderr)
+            return 1
+        try:
+            streams = sorted(await bus.js.streams_info(), key=lambda s: s.config.name or "")
+            rows = [("STREAM", "MESSAGES", "BYTES", "CONSUMERS", "SUBJECTS")]
+            for info in streams:
+                rows.append(
+                    (
+                        info.config.name or "",
+                        str(info.state.messages),
+                        human_bytes(info.state.bytes),
+                        str(info.state.consumer_count),
+                        " ".join(info.config.subjects or []),
+                    )
+                )
+            _print_table(rows)
+            consumer_rows = [("STREAM", "CONSUMER", "PENDING", "ACK PENDING", "REDELIVERED", "FILTER")]
+            for info in streams:
+                for consumer in sorted(await bus.js.consumers_info(info.config.name or ""), key=lambda c: c.name):
+                    filters = consumer.config.filter_subjects or (
+                        [consumer.config.filter_subject] if consumer.config.filter_subject else []
+                    )
+                    consumer_rows.append(
+                        (
+                            info.config.name or "",
+                            consumer.name,
+                            str(consumer.num_pending or 0),
+                            str(consumer.num_ack_pending or 0),
+                            str(consumer.num_redelivered or 0),
+                            " ".join(filters),
+                        )
+                    )
+            if len(consumer_rows) > 1:
+                print()
+                _print_table(consumer_rows)
+        finally:
+            await bus.close()
+        return 0
+
+    return asyncio.run(show())
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
