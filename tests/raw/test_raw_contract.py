@@ -46,7 +46,7 @@ class RawContract:
 
     async def test_missing_keys(self, raw: RawBackend) -> None:
         for call in (raw.retrieve, raw.stat, raw.delete):
-            with pytest.raises(RawNotFoundError, match="non-existent.txt"):
+            with pytest.raises(RawNotFoundError, match=r"non-existent\.txt"):
                 await call("non-existent.txt")
 
     async def test_delete(self, raw: RawBackend) -> None:
