@@ -131,7 +131,12 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def request(
-        self, subject: str, payload: bytes, *, timeout: float = 5.0, headers: Mapping[str, str] | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - a deadline per call, part of the API
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
         """Send a command and wait for the handler's reply."""
 

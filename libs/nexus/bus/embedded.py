@@ -180,7 +180,7 @@ class EmbeddedNats:
         last = tail.strip().splitlines()[-1] if tail.strip() else "no output"
         return EmbeddedNatsError(f"nats-server exited with status {self._process.returncode}: {last}")  # type: ignore[union-attr]
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - grace period before SIGKILL
         """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Safe to call twice."""
         process, self._process = self._process, None
         self._url = None

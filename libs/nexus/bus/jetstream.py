@@ -45,6 +45,7 @@ from nexus.bus._port import (
     PublishAck,
     StreamConfigError,
 )
+from nexus.bus._subjects import matches_any
 from nexus.proto import STREAM_CMD, STREAM_DLQ, STREAM_EVT, STREAM_EXT, CloudEvent, encode_event, subject_for
 
 __all__ = ["NEXUS_STREAMS", "JetStreamBus", "StreamSpec"]
@@ -271,7 +272,9 @@ class JetStreamBus(Bus):
                 f"back up its messages and delete it (nats stream rm {spec.name}); Nexus recreates it at start-up"
             )
         updated = StreamConfig.from_response(current.as_dict())
-        updated.subjects = sorted(set(current.subjects or []) | set(spec.subjects))
+        # Subjects ours cover are dropped: JetStream refuses overlapping subjects in one stream.
+        kept = [s for s in current.subjects or [] if not matches_any(spec.subjects, s)]
+        updated.subjects = sorted(set(kept) | set(spec.subjects))
         updated.duplicate_window = spec.duplicate_window
         try:
             await self.js.update_stream(updated)
@@ -336,7 +339,7 @@ class JetStreamBus(Bus):
     async def _collect(self, futures: list[asyncio.Future[PublishAck]]) -> list[PublishAck]:
         if not futures:
             return []
-        done, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
+        _, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
         if pending:
             for future in pending:
                 self._pipeline.abandon(future)
@@ -351,7 +354,12 @@ class JetStreamBus(Bus):
     # -- request / reply -------------------------------------------------------------------
 
     async def request(
-        self, subject: str, payload: bytes, *, timeout: float = 5.0, headers: Mapping[str, str] | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - a deadline per call, part of the API
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
         self._check_open()
         token = str(next(self._reply_tokens))
@@ -384,10 +392,10 @@ class JetStreamBus(Bus):
         self._consumers.append(consumer)
         return consumer
 
-    async def api(self, subject: str, request: Mapping[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
+    async def api(self, subject: str, request: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """One JetStream API call (``$JS.API.…``) with a JSON body; errors become BusError."""
         try:
-            msg = await self.nc.request(subject, json.dumps(request or {}).encode(), timeout=timeout)
+            msg = await self.nc.request(subject, json.dumps(request or {}).encode(), timeout=5.0)
         except (NatsError, TimeoutError) as exc:
             raise BusUnavailableError(f"JetStream did not answer {subject}: {exc!r}") from exc
         response: dict[str, Any] = json.loads(msg.data)

@@ -152,8 +152,13 @@ class MemoryBus(Bus):
                 span.end()
         return acks
 
-    async def request(  # noqa: ASYNC109 - the port's signature
-        self, subject: str, payload: bytes, *, timeout: float = 5.0, headers: Mapping[str, str] | None = None
+    async def request(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - a deadline per call, part of the API
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
         self._check_open()
         token = f"_INBOX.memory.{next(self._reply_tokens)}"

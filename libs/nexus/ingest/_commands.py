@@ -96,7 +96,14 @@ class CommandRouter:
 
 
 async def send_command(
-    bus: Bus, service: str, verb: str, data: Any, *, source: str, timeout: float = 5.0, **attributes: Any
+    bus: Bus,
+    service: str,
+    verb: str,
+    data: Any,
+    *,
+    source: str,
+    timeout: float = 5.0,  # noqa: ASYNC109 - a deadline per call, part of the API
+    **attributes: Any,
 ) -> dict[str, Any]:
     """Send a command and return the decoded reply (``accepted`` plus the handler's result or error).
 
