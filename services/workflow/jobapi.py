@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from nexus.auth import KeyInfo, KeyView, require_api_key
+from nexus.auth import API_KEY_HEADERS, KeyInfo, KeyView
 from nexus.client import PayloadError, PayloadField, check_instance, job_payload_schema
 from nexus.eventlog import ConcurrencyError, EventLog
 from nexus.proto import CloudEvent, new_event, new_event_id
@@ -41,6 +42,7 @@ from nexus.services.workflow.context import FINAL_STATUSES, WorkflowContext
 from nexus.services.workflow.errors import InactiveWorkflowError, InputValidationError, UnknownWorkflowError
 
 __all__ = [
+    "AUTH",
     "JOB_EXECUTED",
     "JOB_INITIATED",
     "KEY_VIEW",
@@ -50,8 +52,10 @@ __all__ = [
     "job_status",
     "key_view",
     "load_job",
+    "require_key",
 ]
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SOURCE = "nexus/workflow"
 JOB_INITIATED = "nexus.workflow.job.initiated"
 JOB_EXECUTED = "nexus.workflow.job.executed"
@@ -91,6 +95,36 @@ class JobApiSettings:
 
 
 SETTINGS = web.AppKey("nexus.workflow.job_settings", JobApiSettings)
+AUTH = web.RequestKey("nexus.workflow.auth", KeyInfo)
+"""The caller's key, set by ``require_key`` before a guarded handler runs."""
+
+
+def require_key(view: KeyView) -> Callable[[Handler], Handler]:
+    """Guard a handler with a client API key (``x-service-key`` or ``X-API-Key``), checked against
+    the KeyView folded from the log: missing, unknown or revoked → 401; a worker token → 403."""
+
+    def guard(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            secret = next((request.headers[h] for h in API_KEY_HEADERS if h in request.headers), "")
+            if not secret:
+                raise _unauthorized(401, "an API key is required: send it in x-service-key")
+            info = await view.verify(secret)
+            if info is None:
+                raise _unauthorized(401, "the API key is not valid or was revoked")
+            if info.kind != "client":
+                raise _unauthorized(403, "a worker token cannot call client routes")
+            request[AUTH] = info
+            return await handler(request)
+
+        return guarded
+
+    return guard
+
+
+def _unauthorized(status: int, message: str) -> web.HTTPException:
+    cls = web.HTTPUnauthorized if status == 401 else web.HTTPForbidden
+    return cls(text=json.dumps({"success": False, "error": message}), content_type="application/json")
 
 
 def key_view(app: web.Application, ctx: WorkflowContext) -> KeyView:
@@ -224,7 +258,7 @@ async def _job_for(request: web.Request, ctx: WorkflowContext, job_id: str | Non
     job = await load_job(ctx.log, job_id)
     if job is None:
         raise fail(404, f"no job with jobExecutionId {job_id!r}")
-    auth: KeyInfo = request["auth"]
+    auth: KeyInfo = request[AUTH]
     if job.owner and job.owner != auth.owner:
         raise fail(403, f"job {job_id!r} belongs to another client")
     return job
@@ -317,7 +351,7 @@ class JobApi:
         title, description = body.get("title", ""), body.get("description", "")
         if not isinstance(title, str) or not isinstance(description, str):
             raise fail(400, "title and description must be strings")
-        job_id = await self._initiate(request["auth"], workflow_id, title, description)
+        job_id = await self._initiate(request[AUTH], workflow_id, title, description)
         return web.json_response({"success": True, "jobExecutionId": job_id})
 
     async def _execute(self, job: JobRecord, instance: Any) -> str:
@@ -447,7 +481,7 @@ class JobApi:
         if len(jobs) > limit:
             raise fail(400, f"jobs has {len(jobs)} items; at most {limit} per batch")
         self._payload_schema(workflow_id)
-        auth: KeyInfo = request["auth"]
+        auth: KeyInfo = request[AUTH]
 
         async def one(item: Any) -> dict[str, Any]:
             job_id = None
@@ -480,7 +514,7 @@ class JobApi:
 def install(app: web.Application, ctx: WorkflowContext) -> None:
     """Add the job routes to the workflow service's app."""
     api = JobApi(ctx)
-    guard = require_api_key(key_view(app, ctx))
+    guard = require_key(key_view(app, ctx))
     job_settings(app)
     app.router.add_get("/workflow/{workflowId}", guard(api.get_workflow))
     app.router.add_post("/job/initiate", guard(api.initiate))

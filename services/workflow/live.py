@@ -21,10 +21,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from prometheus_client import Counter
 
-from nexus.auth import require_api_key
 from nexus.proto import CloudEvent
 from nexus.services.workflow.context import WorkflowContext
-from nexus.services.workflow.jobapi import job_settings, key_view
+from nexus.services.workflow.jobapi import job_settings, key_view, require_key
 
 __all__ = ["TRANSITIONS", "UserHub", "install", "update_of"]
 
@@ -130,7 +129,8 @@ def install(app: web.Application, ctx: WorkflowContext) -> None:
     """Add ``/users/{user_id}/updates`` (SSE) and ``/users/{user_id}/ws`` (WebSocket)."""
     hub = UserHub()
     app[HUB] = hub
-    guard = require_api_key(key_view(app, ctx))
+    job_settings(app)
+    guard = require_key(key_view(app, ctx))
 
     async def sse(request: web.Request) -> web.StreamResponse:
         user_id = request.match_info["user_id"]

@@ -24,11 +24,10 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from nexus.auth import require_api_key
 from nexus.proto import new_event
 from nexus.proto.events.jobs import PhaseTriggered
 from nexus.services.workflow.context import WorkflowContext
-from nexus.services.workflow.jobapi import key_view
+from nexus.services.workflow.jobapi import key_view, require_key
 
 __all__ = ["PHASES", "PHASES_DIR", "PHASE_TRIGGERED", "install", "parse_phase", "phase_of_workflow"]
 
@@ -81,7 +80,7 @@ def install(app: web.Application, ctx: WorkflowContext, *, directory: Path = PHA
     The phase workflows need the integrations service; without ``NEXUS_SERVICE_INTEGRATIONS``
     they are not registered (and the phase route says so when called).
     """
-    guard = require_api_key(key_view(app, ctx))
+    guard = require_key(key_view(app, ctx))
     ready: dict[str, Any] = {"registered": False, "reason": "the phase workflows are not registered yet"}
 
     async def trigger_phase(request: web.Request) -> web.Response:

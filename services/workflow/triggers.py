@@ -37,7 +37,6 @@ import msgspec
 import yaml
 from aiohttp import web
 
-from nexus.auth import require_api_key
 from nexus.bus import ConsumerSpec, Delivery, PoisonMessageError, RetryableError
 from nexus.eventlog import ConcurrencyError, EventLog
 from nexus.proto import STREAM_EVT, CloudEvent, EnvelopeError, decode_event, new_event
@@ -50,7 +49,7 @@ from nexus.services.workflow.errors import (
     UnknownWorkflowError,
 )
 from nexus.services.workflow.expressions import Condition, Mapping_, compile_condition, compile_mapping
-from nexus.services.workflow.jobapi import key_view
+from nexus.services.workflow.jobapi import key_view, require_key
 
 __all__ = ["TRIGGERS_STREAM", "Trigger", "TriggerEngine", "TriggerError", "install", "parse_trigger"]
 
@@ -375,7 +374,7 @@ def install(app: web.Application, ctx: WorkflowContext, *, bundled: Path | None 
     """Add the trigger routes and the background evaluation of triggers."""
     engine = TriggerEngine(ctx)
     app[TRIGGER_ENGINE] = engine
-    guard = require_api_key(key_view(app, ctx))
+    guard = require_key(key_view(app, ctx))
 
     async def register(request: web.Request) -> web.Response:
         text = await request.text()

@@ -24,13 +24,12 @@ from urllib.parse import urlencode
 import msgspec
 from aiohttp import web
 
-from nexus.auth import require_api_key
 from nexus.eventlog import ConcurrencyError
 from nexus.proto import new_event
 from nexus.proto.events.jobs import UploadCompleted, UploadIssued
 from nexus.raw import RawBackend
 from nexus.services.workflow.context import WorkflowContext
-from nexus.services.workflow.jobapi import base_url, key_view, read_body
+from nexus.services.workflow.jobapi import base_url, job_settings, key_view, read_body, require_key
 
 UPLOAD_STREAM_PREFIX = "upload-"
 _EXTENSION = re.compile(r"^[A-Za-z0-9]{1,16}$")
@@ -322,8 +321,9 @@ def install(app: web.Application, ctx: WorkflowContext, *, presigner: Presigner 
         max_bytes = int(env.get("NEXUS_UPLOAD_MAX_BYTES", str(50 * 1024 * 1024)))
         presigner = Presigner(signing_key_from_env(env), ttl_seconds=ttl, max_bytes=max_bytes)
     app[PRESIGNER] = presigner
+    job_settings(app)
     uploads = Uploads(ctx, presigner)
-    guard = require_api_key(key_view(app, ctx))
+    guard = require_key(key_view(app, ctx))
     app.router.add_post("/job/file/upload", guard(uploads.issue))
     # No API key on these two: the signature in the URL is the authority (seed 000, step 4).
     app.router.add_put("/job/file/upload/{name}", uploads.put)

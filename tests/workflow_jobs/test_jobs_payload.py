@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+
 from nexus.client import (
     JOB_TYPES,
     PayloadError,
@@ -193,9 +194,7 @@ def test_a_record_is_mapped_and_converted_to_the_schema_types() -> None:
         "modalities": ("seismic", "environmental"),
         "verified": False,
     }
-    instance = build_instance(
-        schema, anomaly, {"confidence": "score", "seen_at": "timestamp", "metadata": "location"}
-    )
+    instance = build_instance(schema, anomaly, {"confidence": "score", "seen_at": "timestamp", "metadata": "location"})
     assert instance["confidence"] == {"value": 0.95, "type": "float"}
     assert instance["seen_at"] == {"value": "2025-11-19T10:00:00Z", "type": "date"}
     assert instance["modalities"] == {"value": ["seismic", "environmental"], "type": "array"}
