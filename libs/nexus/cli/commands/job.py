@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     submit.add_argument("--title", help="the job's title (default: the record's title)")
     submit.add_argument("--description", help="the job's description (default: the record's description)")
     submit.add_argument(
-        "--url", help="the workflow service (default NEXUS_WORKFLOW_URL or 127.0.0.1:NEXUS_WORKFLOW_PORT)"
+        "--url", help="workflow service URL (default NEXUS_WORKFLOW_URL, else 127.0.0.1:NEXUS_WORKFLOW_PORT)"
     )
     submit.add_argument("--no-wait", action="store_true", help="print the job id and return without monitoring")
     submit.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the job (default 300)")
