@@ -96,7 +96,7 @@ async def verify_log(
                     problems.append(
                         LogProblem(pos, stream, f"position {pos} repeats or goes back (expected {expected})")
                     )
-            expected = max(expected, pos) + 1
+            expected = max(expected, pos + 1)
             hashes[pos] = event.hash or ""
             await _check_event(log, event, tails, problems)
             if event.type == SEAL_TYPE and stream == SEAL_STREAM:
