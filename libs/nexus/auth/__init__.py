@@ -30,7 +30,7 @@ from nexus.auth._keys import (
     parse_secret,
     revoke_key,
 )
-from nexus.auth._middleware import API_KEY_HEADERS, require_api_key, require_worker
+from nexus.auth._middleware import API_KEY_HEADERS, AUTH, WORKER_ID, require_api_key, require_worker
 from nexus.auth._passwords import (
     ADMIN_PASSWORD_SET,
     ADMIN_STREAM,
@@ -46,10 +46,12 @@ __all__ = [
     "ADMIN_PASSWORD_SET",
     "ADMIN_STREAM",
     "API_KEY_HEADERS",
+    "AUTH",
     "KEYS_STREAM",
     "KEY_ISSUED",
     "KEY_REVOKED",
     "KINDS",
+    "WORKER_ID",
     "AdminCredentials",
     "AdminPasswordSet",
     "IssuedKey",

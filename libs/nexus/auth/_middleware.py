@@ -12,6 +12,11 @@ from nexus.auth._keys import KeyInfo, KeyView
 HandlerT = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Guard = Callable[[HandlerT], HandlerT]
 
+AUTH: web.RequestKey[KeyInfo] = web.RequestKey("nexus_auth", KeyInfo)
+"""``request[AUTH]``: the KeyInfo of the caller of a guarded handler."""
+WORKER_ID: web.RequestKey[str] = web.RequestKey("nexus_worker_id", str)
+"""``request[WORKER_ID]``: the ``X-Worker-ID`` of the caller of a worker route."""
+
 API_KEY_HEADERS = ("x-service-key", "X-API-Key")
 """Headers a client's API key may come in (case-insensitive)."""
 
@@ -29,14 +34,14 @@ def _refuse(status: int, error: str, message: str, *, bearer: bool = False) -> w
 def require_api_key(view: KeyView) -> Guard:
     """Guard a handler with a client API key from ``x-service-key`` or ``X-API-Key``.
 
-    The handler finds the caller in ``request["auth"]`` (a KeyInfo). A missing, unknown or
+    The handler finds the caller in ``request[AUTH]`` (a KeyInfo). A missing, unknown or
     revoked key is refused with 401; a worker token is refused with 403 (it is not a client key).
 
     Example::
 
         @require_api_key(keys)
         async def create_request(request: web.Request) -> web.Response:
-            owner = request["auth"].owner
+            owner = request[AUTH].owner
     """
 
     def guard(handler: HandlerT) -> HandlerT:
@@ -50,7 +55,7 @@ def require_api_key(view: KeyView) -> Guard:
                 raise _refuse(401, "unauthorized", "the API key is not valid or was revoked")
             if info.kind != "client":
                 raise _refuse(403, "forbidden", "a worker token cannot call client routes")
-            request["auth"] = info
+            request[AUTH] = info
             return await handler(request)
 
         return guarded
@@ -61,8 +66,8 @@ def require_api_key(view: KeyView) -> Guard:
 def require_worker(view: KeyView) -> Guard:
     """Guard a handler with ``Authorization: Bearer <worker token>`` and ``X-Worker-ID``.
 
-    The handler finds the token's KeyInfo in ``request["auth"]`` and the worker id in
-    ``request["worker_id"]``. Missing header, unknown or revoked token: 401. A client API key
+    The handler finds the token's KeyInfo in ``request[AUTH]`` and the worker id in
+    ``request[WORKER_ID]``. Missing header, unknown or revoked token: 401. A client API key
     presented as the bearer token: 403.
     """
 
@@ -81,8 +86,8 @@ def require_worker(view: KeyView) -> Guard:
                 raise _refuse(401, "unauthorized", "the worker token is not valid or was revoked", bearer=True)
             if info.kind != "worker":
                 raise _refuse(403, "forbidden", "a client API key cannot call worker routes")
-            request["auth"] = info
-            request["worker_id"] = worker_id
+            request[AUTH] = info
+            request[WORKER_ID] = worker_id
             return await handler(request)
 
         return guarded

@@ -179,7 +179,7 @@ class Service:
             responses: Other outcomes, ``{404: "No such job"}`` (ErrorBody bodies).
             tags: OpenAPI tags.
             auth: ``"client"`` guards the route with an API key, ``"worker"`` with a worker
-                token (see ``nexus.auth``); the caller's KeyInfo is in ``request["auth"]``.
+                token (see ``nexus.auth``); the caller's KeyInfo is in ``request[nexus.auth.AUTH]``.
             content_type: Media type of a non-JSON answer.
             query: Query parameters, ``{name: description}``.
         """
