@@ -144,6 +144,8 @@ class Relay:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._progress = asyncio.Condition()
+        self.leading = asyncio.Event()
+        """Set while this replica holds the lease and relays."""
 
     @property
     def is_leader(self) -> bool:
@@ -178,6 +180,7 @@ class Relay:
                 await self._pause(self.lease_ttl / 3)
                 continue
             RELAY_LEADER.set(1)
+            self.leading.set()
             logger.info("relay %s: leading", self.owner)
             relaying = asyncio.create_task(self._relay())
             try:
@@ -187,6 +190,7 @@ class Relay:
                 with contextlib.suppress(asyncio.CancelledError):
                     await relaying
                 RELAY_LEADER.set(0)
+                self.leading.clear()
             if relaying.done() and not relaying.cancelled() and relaying.exception() is not None:
                 logger.warning("relay %s: stopped relaying: %r", self.owner, relaying.exception())
                 await self._pause(0.5)
