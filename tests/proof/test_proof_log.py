@@ -138,7 +138,8 @@ async def test_sqlite_inserted_event(db: Path) -> None:
         template = decode_event(body(con, 4))
         forged = msgspec.structs.replace(template, id="forged-1", position=13, data={"s": 0, "n": -1})
         con.execute(
-            "INSERT INTO events (position, stream_id, version, event_id, type, body) VALUES (13, 'order-0', 99, ?, ?, ?)",
+            "INSERT INTO events (position, stream_id, version, event_id, type, body) "
+            "VALUES (13, 'order-0', 99, ?, ?, ?)",
             (forged.id, forged.type, encode_event(forged)),
         )
     report = await verify_file(db)
