@@ -406,7 +406,9 @@ class JobApi:
         state = await _state(self.ctx, job.execution_id) if job.execution_id else None
         body = status_body(job, state)
         if body["status"] == IN_PROGRESS:
-            raise fail(409, f"job {job.job_id} is still in progress; wait for COMPLETED or FAILED", status=IN_PROGRESS)
+            raise fail(
+                409, f"job {job.job_id} is still in progress; wait for COMPLETED or FAILED", jobStatus=IN_PROGRESS
+            )
         full = state_json(state)
         body["results"] = _field(state, "output")
         body["data"] = {"steps": full.get("steps", full.get("step_outputs")), "execution": full}

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
 from nexus.auth import issue_key
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.raw import open_raw
@@ -114,7 +115,7 @@ async def test_an_expired_url_is_refused(service) -> None:
 
 
 async def test_a_file_over_the_limit_is_refused_whatever_content_length_says(service) -> None:
-    base, key, _clock, log, raw = service
+    base, key, _clock, _log, raw = service
     async with aiohttp.ClientSession() as session:
         grant = await _grant(session, base, key)
         async with session.put(grant["presignedUrl"], data=b"x" * 1001) as resp:

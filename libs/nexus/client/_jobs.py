@@ -271,7 +271,7 @@ class JobClient:
                     await _notify(on_update, update)
                     if update.get("status") in FINAL_STATUSES:
                         return update
-            except (JobApiError, aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as exc:
+            except (TimeoutError, JobApiError, aiohttp.ClientError, json.JSONDecodeError) as exc:
                 if isinstance(exc, JobApiError) and exc.status in (401, 403, 404):
                     raise
                 # The stream broke off or is not offered: the status endpoint tells the same story.

@@ -102,8 +102,9 @@ def job_type(prop: Mapping[str, Any]) -> str:
         if isinstance(items, Mapping) and _is_file(items):
             return "array_files"
         return "array"
-    raise ValueError(f"type {prop.get('type')!r} has no job payload type (use string, number, integer, "
-                     "boolean, object or array)")
+    raise ValueError(
+        f"type {prop.get('type')!r} has no job payload type (use string, number, integer, boolean, object or array)"
+    )
 
 
 def job_payload_schema(input_schema: Mapping[str, Any]) -> dict[str, PayloadField]:
