@@ -166,12 +166,14 @@ async def test_follow_checkpoints_live_and_replay_verifies_it() -> None:
     store = CheckpointStore(raw, Items.name)
     runner = ProjectionRunner(Items())
     stop = asyncio.Event()
-    task = asyncio.create_task(follow(log, runner, checkpoints=store, checkpoint_every=5, stop=stop))
+    head = 24  # 12 operations, each one item event and one noise event
+    caught_up = lambda r: r.position >= head and stop.set()  # noqa: E731
+    task = asyncio.create_task(
+        follow(log, runner, checkpoints=store, checkpoint_every=5, stop=stop, on_applied=caught_up)
+    )
     await write_ops(log, [("change", k % 4, k) for k in range(12)])
-    while runner.position < await log.head():
-        await asyncio.sleep(0.01)
-    stop.set()
-    await task
+    await asyncio.wait_for(task, 30)
+    assert await log.head() == head
     live = await store.latest()
     assert live is not None and live.position == await log.head()
     _, rebuilt = await replay(log, Items(), resume=False, to_position=live.position)
