@@ -1,15 +1,7 @@
-"""``python -m nexus.services.workflow``: the service on the runtime with the platform endpoints only.
+"""``python -m nexus.services.workflow``: run the workflow service."""
 
-A minimal entry point so that ``nexus up`` runs all four services; the workflow service's own
-composition root replaces it.
-"""
+from nexus.runtime import run
+from nexus.services.workflow.bootstrap import bootstrap
+from nexus.services.workflow.settings import load_settings
 
-from nexus.runtime import Service, ServiceSettings, open_adapters, run
-
-
-async def bootstrap(settings: ServiceSettings) -> Service:
-    adapters = await open_adapters(settings)
-    return Service(settings, log=adapters.log, bus=adapters.bus, title="Nexus workflow")
-
-
-raise SystemExit(run(bootstrap, lambda: ServiceSettings.from_env("workflow")))
+raise SystemExit(run(bootstrap, load_settings))

@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from aiohttp import web
+
 if TYPE_CHECKING:
     import logging
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from nexus.services.workflow.handlers import ExecutionState
     from nexus.services.workflow.settings import WorkflowSettings
 
-__all__ = ["FINAL_STATUSES", "STATUSES", "Engine", "Registry", "TransitionCallback", "WorkflowContext"]
+__all__ = ["CTX_KEY", "FINAL_STATUSES", "STATUSES", "Engine", "Registry", "TransitionCallback", "WorkflowContext"]
 
 STATUSES = ("QUEUED", "RUNNING", "COMPENSATING", "COMPLETED", "FAILED", "COMPENSATED", "CANCELLED", "TIMED_OUT")
 """Every status an execution can have."""
@@ -175,3 +177,7 @@ class WorkflowContext:
     """Read models over the log (the executions view; Atlas collections when available)."""
     logger: logging.Logger | None = None
     """The service's structured logger."""
+
+
+CTX_KEY: web.AppKey[WorkflowContext] = web.AppKey("nexus_workflow_ctx", WorkflowContext)
+"""``request.app[CTX_KEY]`` is the service's WorkflowContext."""

@@ -1,0 +1,408 @@
+"""HTTP routes of the workflow engine: definitions, schemas, executions and the queue.
+
+Errors are JSON: ``{"error", "message"}``, plus ``"problems": [{"path", "message"}]`` when a
+definition or an input is refused (400), naming every field at fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from nexus.bus import Delivery, PoisonMessageError
+from nexus.proto import EnvelopeError, decode_event
+from nexus.runtime import HTTPError, Service, json_response
+from nexus.services.workflow.context import FINAL_STATUSES, STATUSES, WorkflowContext
+from nexus.services.workflow.definitions import load_document
+from nexus.services.workflow.errors import (
+    DefinitionError,
+    InactiveWorkflowError,
+    ProblemsError,
+    UnknownExecutionError,
+    UnknownWorkflowError,
+)
+
+__all__ = ["OPTIONAL_MODULES", "install", "install_optional"]
+
+logger = logging.getLogger("nexus.workflow.api")
+
+OPTIONAL_MODULES = ("jobapi", "uploads", "triggers", "phases", "live")
+"""Modules of the service that add routes of their own when present (``install(app, ctx)``)."""
+
+
+class Problem(msgspec.Struct, frozen=True):
+    path: str
+    message: str
+
+
+class ProblemsBody(msgspec.Struct, frozen=True, kw_only=True):
+    """A 400 answer for a refused definition or input: every problem, by path."""
+
+    error: str
+    message: str
+    problems: list[Problem]
+
+
+class StartExecution(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /executions``."""
+
+    workflow_id: str
+    """The workflow to run (its latest version)."""
+    input: Any = None
+    """The input; checked against the workflow's input schema."""
+    priority: int = 50
+    """0-100; higher starts first."""
+    idempotency_key: str | None = None
+    """The same key returns the same execution."""
+    correlation_id: str | None = None
+
+
+class Accepted(msgspec.Struct, frozen=True, kw_only=True):
+    """``202``: the execution is queued (durably)."""
+
+    id: str
+    status: str
+    workflow_id: str
+
+
+def _problems(exc: ProblemsError, code: str) -> web.Response:
+    body = ProblemsBody(
+        error=code,
+        message=str(exc),
+        problems=[Problem(path, message) for path, message in exc.problems],
+    )
+    return json_response(body, status=400)
+
+
+async def _document(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        raise HTTPError(400, "the request body is empty; send a YAML or JSON definition", error="bad_request")
+    return load_document(raw)
+
+
+def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPError(400, f"query parameter {name}={raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise HTTPError(400, f"query parameter {name}={value} must be between {lo} and {hi}")
+    return value
+
+
+def install(service: Service, ctx: WorkflowContext) -> None:
+    """Add the engine's routes and commands to ``service``."""
+    engine = ctx.engine
+    registry = ctx.registry
+
+    # -- definitions ----------------------------------------------------------------------
+
+    @service.route(
+        "POST",
+        "/workflows",
+        summary="Register a workflow (YAML or JSON); a new version each time",
+        status=201,
+        responses={400: "The definition is refused; every problem is listed by path"},
+        tags=["workflows"],
+    )
+    async def post_workflow(request: web.Request) -> web.Response:
+        try:
+            workflow = await registry.register_workflow(await _document(request), source="api")
+        except DefinitionError as exc:
+            return _problems(exc, "invalid_definition")
+        return json_response(workflow.to_json(), status=201)
+
+    @service.route("GET", "/workflows", summary="The latest version of every workflow", tags=["workflows"])
+    async def list_workflows(request: web.Request) -> web.Response:
+        return json_response({"workflows": [w.to_json() for w in registry.list_workflows()]})
+
+    @service.route(
+        "GET",
+        "/workflows/{workflow_id}",
+        summary="A workflow (latest version, or ?version=N)",
+        responses={404: "No such workflow or version"},
+        query={"version": "a version number (default: the latest)"},
+        tags=["workflows"],
+    )
+    async def get_workflow(request: web.Request) -> web.Response:
+        workflow_id = request.match_info["workflow_id"]
+        version = _int_query(request, "version", 0, 0, 1_000_000) or None
+        workflow = registry.get_workflow(workflow_id, version)
+        if workflow is None:
+            raise HTTPError(404, str(UnknownWorkflowError(workflow_id, version)))
+        body = workflow.to_json()
+        body["versions"] = len(registry.workflow_versions(workflow_id))  # type: ignore[attr-defined]
+        return json_response(body)
+
+    @service.route(
+        "POST",
+        "/schemas",
+        summary="Register a JSON schema (seed 004 format, YAML or JSON)",
+        status=201,
+        responses={400: "The schema is refused; every problem is listed by path"},
+        tags=["schemas"],
+    )
+    async def post_schema(request: web.Request) -> web.Response:
+        try:
+            schema = await registry.register_schema(await _document(request), source="api")
+        except DefinitionError as exc:
+            return _problems(exc, "invalid_schema")
+        return json_response(schema.to_json(), status=201)
+
+    @service.route("GET", "/schemas", summary="Every registered schema", tags=["schemas"])
+    async def list_schemas(request: web.Request) -> web.Response:
+        return json_response({"schemas": [s.to_json() for s in registry.list_schemas()]})
+
+    @service.route(
+        "GET", "/schemas/{schema_id}", summary="A schema", responses={404: "No such schema"}, tags=["schemas"]
+    )
+    async def get_schema(request: web.Request) -> web.Response:
+        schema = registry.get_schema(request.match_info["schema_id"])
+        if schema is None:
+            raise HTTPError(404, f"schema {request.match_info['schema_id']!r} is not registered")
+        return json_response(schema.to_json())
+
+    # -- executions -----------------------------------------------------------------------
+
+    @service.route(
+        "POST",
+        "/executions",
+        summary="Start an execution (queued durably; 202 with its id)",
+        request=StartExecution,
+        response=Accepted,
+        status=202,
+        responses={400: "Bad body or input (every field at fault is named)", 404: "No such workflow"},
+        tags=["executions"],
+    )
+    async def post_execution(request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = msgspec.json.decode(raw or b"null", type=StartExecution)
+        except msgspec.ValidationError as exc:
+            error = EnvelopeError.from_msgspec(exc)
+            return json_response(
+                ProblemsBody(error="bad_request", message=str(exc), problems=[Problem(error.field, error.reason)]),
+                status=400,
+            )
+        except msgspec.DecodeError as exc:
+            raise HTTPError(400, f"the body is not JSON: {exc}", error="bad_json") from None
+        try:
+            execution_id = await engine.start(
+                body.workflow_id,
+                body.input,
+                priority=body.priority,
+                idempotency_key=body.idempotency_key,
+                correlation_id=body.correlation_id,
+            )
+        except ProblemsError as exc:
+            return _problems(exc, "invalid_input")
+        except UnknownWorkflowError as exc:
+            raise HTTPError(404, str(exc)) from None
+        except InactiveWorkflowError as exc:
+            raise HTTPError(409, str(exc), error="inactive") from None
+        state = engine.get(execution_id)
+        status = state.status if state else "QUEUED"
+        return json_response(
+            Accepted(id=execution_id, status=status, workflow_id=body.workflow_id),
+            status=202,
+            headers={"Location": f"/executions/{execution_id}"},
+        )
+
+    @service.route(
+        "GET",
+        "/executions",
+        summary="Executions, newest first",
+        query={
+            "status": f"one of {', '.join(STATUSES)}",
+            "workflow_id": "only this workflow's",
+            "limit": "1-1000 (default 50)",
+            "offset": "how many to skip (default 0)",
+        },
+        tags=["executions"],
+    )
+    async def list_executions(request: web.Request) -> web.Response:
+        status = request.query.get("status") or None
+        if status is not None and status.upper() not in STATUSES:
+            raise HTTPError(400, f"status={status!r} is not one of {', '.join(STATUSES)}")
+        limit = _int_query(request, "limit", 50, 1, 1000)
+        offset = _int_query(request, "offset", 0, 0, 10**9)
+        states = engine.list(
+            status=status.upper() if status else None,
+            workflow_id=request.query.get("workflow_id") or None,
+            limit=limit,
+            offset=offset,
+        )
+        return json_response({"executions": [s.to_json() for s in states], "limit": limit, "offset": offset})
+
+    async def _state(execution_id: str) -> Any:
+        state = engine.get(execution_id) or await engine.load(execution_id)
+        if state is None:
+            raise HTTPError(404, str(UnknownExecutionError(execution_id)))
+        return state
+
+    @service.route(
+        "GET",
+        "/executions/{execution_id}",
+        summary="An execution: status, current step, outputs, error, timings",
+        responses={404: "No such execution"},
+        tags=["executions"],
+    )
+    async def get_execution(request: web.Request) -> web.Response:
+        return json_response((await _state(request.match_info["execution_id"])).to_json())
+
+    @service.route(
+        "GET",
+        "/executions/{execution_id}/events",
+        summary="The execution's history: every event of stream execution-<id>",
+        responses={404: "No such execution"},
+        tags=["executions"],
+    )
+    async def get_events(request: web.Request) -> web.Response:
+        events = await engine.history(request.match_info["execution_id"])
+        if not events:
+            raise HTTPError(404, str(UnknownExecutionError(request.match_info["execution_id"])))
+        return json_response({"events": events})
+
+    @service.route(
+        "POST",
+        "/executions/{execution_id}/cancel",
+        summary="Cancel an execution (compensations of completed steps run; final status CANCELLED)",
+        status=202,
+        responses={404: "No such execution"},
+        tags=["executions"],
+    )
+    async def cancel_execution(request: web.Request) -> web.Response:
+        reason = "cancelled"
+        raw = await request.read()
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                raise HTTPError(400, "the body is not JSON", error="bad_json") from None
+            if isinstance(body, dict) and isinstance(body.get("reason"), str):
+                reason = body["reason"]
+        try:
+            state = await engine.cancel(request.match_info["execution_id"], reason)
+        except UnknownExecutionError as exc:
+            raise HTTPError(404, str(exc)) from None
+        return json_response(state.to_json(), status=202)
+
+    @service.route(
+        "GET",
+        "/executions/{execution_id}/stream",
+        summary="Server-Sent Events: the state after each transition, until a final one",
+        content_type="text/event-stream",
+        responses={404: "No such execution"},
+        tags=["executions"],
+    )
+    async def stream_execution(request: web.Request) -> web.StreamResponse:
+        execution_id = request.match_info["execution_id"]
+        await _state(execution_id)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        await response.prepare(request)
+        states = engine.watch(execution_id).__aiter__()
+        try:
+            while True:
+                try:
+                    state = await asyncio.wait_for(states.__anext__(), 15.0)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                except StopAsyncIteration:
+                    break
+                payload = msgspec.json.encode(state.to_json())
+                event = "final" if state.status in FINAL_STATUSES else "state"
+                await response.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (state.version, event.encode(), payload))
+                if state.status in FINAL_STATUSES:
+                    break
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        finally:
+            await states.aclose()  # type: ignore[attr-defined]
+        await response.write_eof()
+        return response
+
+    @service.route("GET", "/queue/stats", summary="The queue and this replica's load", tags=["executions"])
+    async def queue_stats(request: web.Request) -> web.Response:
+        return json_response(engine.queue_stats())  # type: ignore[attr-defined]
+
+    # -- commands -------------------------------------------------------------------------
+
+    @service.command("start")
+    async def start_command(delivery: Delivery) -> bytes:
+        """``nexus.cmd.workflow.start``: {workflow_id, input, priority, idempotency_key} as a CloudEvent's data
+        (or bare JSON). Without a key, the message's id is the key, so a redelivery starts nothing new."""
+        data, message_id = _command_data(delivery)
+        try:
+            execution_id = await engine.start(
+                str(data.get("workflow_id", "")),
+                data.get("input"),
+                priority=data.get("priority", 50),
+                idempotency_key=data.get("idempotency_key") or message_id,
+                correlation_id=data.get("correlation_id"),
+                causation_id=message_id,
+                trigger=data.get("trigger"),
+            )
+        except (ProblemsError, UnknownWorkflowError, InactiveWorkflowError) as exc:
+            raise PoisonMessageError(str(exc)) from None
+        return msgspec.json.encode({"id": execution_id})
+
+    @service.command("register")
+    async def register_command(delivery: Delivery) -> bytes:
+        """``nexus.cmd.workflow.register``: {kind: workflow|schema, document} (document: YAML/JSON text or object)."""
+        data, _ = _command_data(delivery)
+        document = data.get("document", data)
+        try:
+            if data.get("kind") == "schema":
+                item: Any = await registry.register_schema(document, source="command")
+            else:
+                item = await registry.register_workflow(document, source="command")
+        except DefinitionError as exc:
+            raise PoisonMessageError(str(exc)) from None
+        return msgspec.json.encode({"id": item.id, "version": item.version})
+
+
+def _command_data(delivery: Delivery) -> tuple[dict[str, Any], str | None]:
+    """A command's data: a CloudEvent's ``data`` (and its id), or a bare JSON object."""
+    try:
+        event = decode_event(delivery.data)
+    except EnvelopeError:
+        try:
+            data = json.loads(delivery.data)
+        except ValueError:
+            raise PoisonMessageError("the command is neither a CloudEvent nor a JSON object") from None
+        if not isinstance(data, dict):
+            raise PoisonMessageError("the command's body must be a JSON object") from None
+        return data, delivery.headers.get("Nats-Msg-Id")
+    if not isinstance(event.data, dict):
+        raise PoisonMessageError("the command's data must be a JSON object")
+    return event.data, event.id
+
+
+def install_optional(app: web.Application, ctx: WorkflowContext) -> list[str]:
+    """Call ``install(app, ctx)`` of each optional module that exists; returns their names."""
+    installed = []
+    for name in OPTIONAL_MODULES:
+        try:
+            module = importlib.import_module(f"nexus.services.workflow.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"nexus.services.workflow.{name}":
+                continue
+            raise
+        install_fn = getattr(module, "install", None)
+        if install_fn is not None:
+            install_fn(app, ctx)
+            installed.append(name)
+    return installed

@@ -1,0 +1,101 @@
+"""The workflow service's composition root."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nexus.bus import Bus
+from nexus.eventlog import EventLog
+from nexus.runtime import Service, open_adapters
+from nexus.services.workflow import api
+from nexus.services.workflow.context import CTX_KEY, WorkflowContext
+from nexus.services.workflow.engine import WorkflowEngine
+from nexus.services.workflow.registry import WorkflowRegistry
+from nexus.services.workflow.settings import WorkflowSettings
+from nexus.services.workflow.view import ExecutionView
+
+__all__ = ["bootstrap"]
+
+logger = logging.getLogger("nexus.workflow")
+
+
+async def bootstrap(
+    settings: WorkflowSettings,
+    *,
+    log: EventLog | None = None,
+    bus: Bus | None = None,
+    raw: Any = None,
+    optional_modules: bool = True,
+) -> Service:
+    """Build the workflow service from its settings; adapters are opened unless injected.
+
+    At start it folds the log (definitions, executions, replica heartbeats), registers the
+    bundled definitions that changed, follows the log, and starts driving executions: those
+    left unfinished by an earlier run of this replica first.
+
+    Args:
+        settings: The service's settings.
+        log: An event log to use instead of opening ``NEXUS_EVENT_LOG_URL``.
+        bus: A bus to use instead of connecting to NATS.
+        raw: A Raw store to use instead of opening ``NEXUS_RAW_URL``.
+        optional_modules: Install the job API, uploads, triggers, phases and live updates when present.
+    """
+    adapters = await open_adapters(settings, log=log, bus=bus, raw=raw, need_raw=True)
+    service = Service(
+        settings,
+        log=adapters.log,
+        bus=adapters.bus,
+        raw=adapters.raw,
+        title="Nexus workflow",
+        description="YAML workflows run as durable, event-sourced executions.",
+    )
+    registry = WorkflowRegistry(service.log, settings.services)
+    view = ExecutionView(service.log)
+    view.add_listener(registry.apply)
+    engine = WorkflowEngine(
+        service.log,
+        registry,
+        view,
+        services=settings.services,
+        bus=service.bus,
+        replica_id=settings.replica_id,
+        concurrency=settings.concurrency,
+        lease_seconds=settings.lease_seconds,
+        http_connections=settings.http_connections,
+    )
+    ctx = WorkflowContext(
+        settings=settings,
+        log=service.log,
+        bus=service.bus,
+        raw=service.raw,
+        engine=engine,
+        registry=registry,
+        views=view,
+        logger=logger,
+    )
+    service.app[CTX_KEY] = ctx
+
+    @service.on_startup
+    async def load(_service: Service) -> None:
+        await view.load()
+        for directory in settings.bundled_dirs:
+            names = await registry.register_directory(directory)
+            logger.info("bundled definitions from %s: %s", directory, ", ".join(names) or "none")
+
+    api.install(service, ctx)
+    if optional_modules:
+        installed = api.install_optional(service.app, ctx)
+        logger.info("workflow modules installed: %s", ", ".join(installed) or "none")
+
+    @service.on_startup
+    async def run_engine(_service: Service) -> None:
+        view.start_tail()
+        await engine.start_processing()
+
+    @service.on_shutdown
+    async def stop_engine(_service: Service) -> None:
+        await engine.stop_processing()
+        await view.stop()
+
+    return service

@@ -1,0 +1,944 @@
+"""The workflow engine: durable executions driven from the event log.
+
+How an execution runs:
+
+1. ``start`` validates the input and appends ``execution.queued`` to stream ``execution-<id>``
+   (expected version 0, so one idempotency key makes one execution). The log is the durable
+   queue: every replica folds it into its view and sees the QUEUED executions.
+2. A replica's dispatcher takes the highest-priority QUEUED execution (then the oldest) when it
+   has capacity (``NEXUS_WORKFLOW_CONCURRENCY``) and the workflow is under its
+   ``max_concurrent``, and claims it by appending ``execution.claimed`` at the version it saw.
+   Two replicas racing for one execution cannot both win: the loser's append fails.
+3. The owner drives it: each step attempt is recorded (``step.started``) before its request is
+   sent, and its result (``step.completed`` / ``step.retrying`` with the due time /
+   ``step.failed``) is appended, batched with the next step's start. Every append carries the
+   version the owner last saw, so a replica that lost ownership stops at its next append.
+4. Replicas beat a heartbeat into the log. Executions of a replica silent for the lease time
+   are claimed by another; a replica restarted under the same id claims its own at once. A step
+   started and never finished is sent again with the same idempotency key; back-off waits and
+   deadlines are instants stored in events, so they survive restarts.
+
+Priority semantics: strict within what a replica sees of the queue (its view of the log), so a
+higher-priority execution starts before every lower-priority one that is still waiting when a
+slot frees. Replicas share one queue; with several of them, each picks the best it sees, so
+two executions of adjacent priority may start in either order within one fold's latency.
+``max_concurrent`` counts RUNNING and COMPENSATING executions across replicas as each replica's
+view sees them; two replicas claiming at the same instant can exceed it by one each, briefly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from nexus.bus import Bus
+from nexus.eventlog import ConcurrencyError, EventLog
+from nexus.proto import CloudEvent, cmd_subject, encode_event, new_event
+from nexus.proto.events import workflow as ev
+from nexus.services.workflow.context import TransitionCallback
+from nexus.services.workflow.definitions import StepDefinition, WorkflowDefinition
+from nexus.services.workflow.errors import (
+    InactiveWorkflowError,
+    InputValidationError,
+    UnknownExecutionError,
+    UnknownWorkflowError,
+)
+from nexus.services.workflow.handlers import (
+    Action,
+    ExecutionState,
+    apply,
+    context_of,
+    final_status,
+    fold,
+    next_action,
+    parse_time,
+    stream_id,
+    time_after,
+)
+from nexus.services.workflow.registry import WorkflowRegistry
+from nexus.services.workflow.steps import Outcome, call_http, fill_endpoint, traceparent_for
+from nexus.services.workflow.view import ExecutionView
+
+__all__ = ["EngineStats", "WorkflowEngine"]
+
+logger = logging.getLogger("nexus.workflow.engine")
+
+SOURCE = "nexus/workflow"
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c1b5e-8f7a-4c55-9a43-4b1f6f0e2d11")
+_T = "nexus.workflow."
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class EngineStats:
+    """Counters and latencies the benchmark and /queue/stats read."""
+
+    claimed: int = 0
+    lost_races: int = 0
+    takeovers: int = 0
+    attempts: int = 0
+    transitions: int = 0
+    dispatch_ms: list[float] = field(default_factory=list)
+    """Step ready → request sent, per attempt (the last 100,000)."""
+
+    def record_dispatch(self, ms: float) -> None:
+        self.dispatch_ms.append(ms)
+        if len(self.dispatch_ms) > 100_000:
+            del self.dispatch_ms[:50_000]
+
+
+class _LostOwnership(Exception):
+    """Another replica appended to the execution; this one stops driving it."""
+
+
+class WorkflowEngine:
+    """Starts and drives executions (implements ``context.Engine``).
+
+    Args:
+        log: The event log.
+        registry: Workflow and schema definitions.
+        view: The executions view (shared with the API).
+        services: Base URL of every service ``api_call`` steps may name.
+        bus: For ``task`` steps (commands on ``nexus.cmd.<service>.<command>``); None disables them.
+        replica_id: This replica's name.
+        concurrency: Executions this replica drives at once.
+        lease_seconds: Silence after which another replica takes a replica's executions over.
+        http_connections: Connection pool size of the step client.
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        registry: WorkflowRegistry,
+        view: ExecutionView,
+        *,
+        services: Mapping[str, str],
+        bus: Bus | None = None,
+        replica_id: str = "",
+        concurrency: int = 256,
+        lease_seconds: float = 10.0,
+        http_connections: int = 200,
+    ) -> None:
+        self.log = log
+        self.registry = registry
+        self.view = view
+        self.services = dict(services)
+        self.bus = bus
+        self.replica_id = replica_id or f"replica-{os.urandom(4).hex()}"
+        self.incarnation = os.urandom(8).hex()
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.http_connections = http_connections
+        self.stats = EngineStats()
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._random = random.Random()
+        self._slot_freed = asyncio.Event()
+        self._running = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start_processing(self) -> None:
+        """Start the dispatcher, the heartbeat and the take-over sweeper (the view must be loaded)."""
+        if self._running:
+            return
+        self._running = True
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.http_connections, limit_per_host=self.http_connections),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        self.view.on_transition(self._on_transition)
+        await self._heartbeat_once()
+        self._tasks = [
+            asyncio.create_task(self._dispatch_loop(), name="workflow-dispatch"),
+            asyncio.create_task(self._heartbeat_loop(), name="workflow-heartbeat"),
+            asyncio.create_task(self._sweep_loop(), name="workflow-sweep"),
+        ]
+
+    async def stop_processing(self) -> None:
+        """Stop taking work and stop the drivers (their executions resume on the next start or elsewhere)."""
+        self._running = False
+        for task in [*self._tasks, *self._drivers.values()]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._drivers.values(), return_exceptions=True)
+        self._tasks.clear()
+        self._drivers.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def running_here(self) -> int:
+        """Executions this replica is driving now."""
+        return len(self._drivers)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def _workflow_for_start(self, workflow_id: str) -> WorkflowDefinition:
+        workflow = self.registry.get_workflow(workflow_id)
+        if workflow is None:
+            raise UnknownWorkflowError(workflow_id)
+        if not workflow.active:
+            raise InactiveWorkflowError(workflow_id)
+        return workflow
+
+    def validate_input(self, workflow: WorkflowDefinition, input: Any) -> None:
+        """Raise InputValidationError when ``input`` fails the workflow's input schema."""
+        if workflow.input_schema_id:
+            schema = self.registry.get_schema(workflow.input_schema_id)
+            if schema is None:
+                raise InputValidationError([("$", f"input schema {workflow.input_schema_id!r} is not registered")])
+            problems = schema.errors(input, "$.input")
+            if problems:
+                raise InputValidationError(problems)
+
+    async def start(
+        self,
+        workflow_id: str,
+        input: Any,
+        *,
+        priority: int = 50,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        trigger: Mapping[str, Any] | None = None,
+    ) -> str:
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
+            raise InputValidationError([("$.priority", f"must be an integer from 0 to 100, got {priority!r}")])
+        workflow = self._workflow_for_start(workflow_id)
+        self.validate_input(workflow, input)
+        if idempotency_key:
+            execution_id = str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{workflow_id}\x00{idempotency_key}"))
+            if execution_id in self.view.states:
+                return execution_id
+        else:
+            execution_id = str(uuid.UUID(new_event(_T + "x", None, source=SOURCE).id))
+        event = new_event(
+            _T + "execution.queued",
+            ev.ExecutionQueued(
+                execution_id=execution_id,
+                workflow_id=workflow.id,
+                workflow_version=workflow.version,
+                input=input,
+                priority=priority,
+                idempotency_key=idempotency_key,
+                provider_id=workflow.provider_id,
+                trigger=dict(trigger) if trigger else None,
+            ),
+            source=SOURCE,
+            subject=execution_id,
+            correlationid=correlation_id or execution_id,
+            causationid=causation_id,
+        )
+        try:
+            stored = await self.log.append(stream_id(execution_id), [event], expected_version=0)
+        except ConcurrencyError:
+            return execution_id  # the same idempotency key: that execution already exists
+        self.view.apply_stored(stored)
+        return execution_id
+
+    def get(self, execution_id: str) -> ExecutionState | None:
+        return self.view.get(execution_id)
+
+    async def load(self, execution_id: str) -> ExecutionState | None:
+        return fold(await self.log.read_stream(stream_id(execution_id)))
+
+    async def history(self, execution_id: str) -> list[CloudEvent]:
+        return await self.log.read_stream(stream_id(execution_id))
+
+    async def cancel(self, execution_id: str, reason: str = "cancelled") -> ExecutionState:
+        for _ in range(20):
+            events = await self.log.read_stream(stream_id(execution_id))
+            state = fold(events)
+            if state is None:
+                raise UnknownExecutionError(execution_id)
+            if state.final or state.cancel_requested:
+                return state
+            if state.status == "QUEUED":
+                # Not started: nothing to compensate; it ends here.
+                to_append = [
+                    self._event(state, "execution.cancel_requested", ev.ExecutionCancelRequested, reason=reason),
+                    self._event(
+                        state,
+                        "execution.cancelled",
+                        ev.ExecutionCancelled,
+                        workflow_id=state.workflow_id,
+                        reason=reason,
+                    ),
+                ]
+            else:
+                to_append = [
+                    self._event(state, "execution.cancel_requested", ev.ExecutionCancelRequested, reason=reason)
+                ]
+            try:
+                stored = await self.log.append(stream_id(execution_id), to_append, expected_version=state.version)
+            except ConcurrencyError:
+                continue
+            new_state = self.view.apply_stored(stored) or fold([*events, *stored])
+            wake = self._wake.get(execution_id)
+            if wake is not None:
+                wake.set()
+            assert new_state is not None
+            return new_state
+        raise RuntimeError(f"execution {execution_id} changes too fast to cancel; try again")
+
+    def list(
+        self, status: str | None = None, workflow_id: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[ExecutionState]:
+        return self.view.list(status=status, workflow_id=workflow_id, limit=limit, offset=offset)
+
+    def watch(self, execution_id: str) -> AsyncIterator[ExecutionState]:
+        return self.view.watch(execution_id)
+
+    def on_transition(self, callback: TransitionCallback) -> Callable[[], None]:
+        return self.view.on_transition(callback)
+
+    def queue_stats(self) -> dict[str, Any]:
+        """What the queue and this replica are doing (``GET /queue/stats``)."""
+        queued = self.view.queued()
+        by_priority: dict[int, int] = {}
+        for state in queued:
+            by_priority[state.priority] = by_priority.get(state.priority, 0) + 1
+        now = time.time()
+        return {
+            "queued": len(queued),
+            "queued_by_priority": {str(p): n for p, n in sorted(by_priority.items(), reverse=True)},
+            "next": [s.execution_id for s in queued[:10]],
+            "statuses": self.view.counts(),
+            "active_by_workflow": {w: n for w, n in self.view.active_by_workflow.items() if n},
+            "replica": {
+                "id": self.replica_id,
+                "incarnation": self.incarnation,
+                "running": self.running_here,
+                "concurrency": self.concurrency,
+                "lease_seconds": self.lease_seconds,
+            },
+            "replicas": {
+                rid: {"last_heartbeat_seconds_ago": round(now - at, 3), "alive": now - at < self.lease_seconds}
+                for rid, (_inc, at) in sorted(self.view.heartbeats.items())
+            },
+            "stats": {
+                "claimed": self.stats.claimed,
+                "lost_races": self.stats.lost_races,
+                "takeovers": self.stats.takeovers,
+                "attempts": self.stats.attempts,
+                "transitions": self.stats.transitions,
+            },
+        }
+
+    # -- dispatching --------------------------------------------------------------------------
+
+    def _on_transition(self, state: ExecutionState, event: CloudEvent) -> None:
+        if event.type == _T + "execution.cancel_requested":
+            wake = self._wake.get(state.execution_id)
+            if wake is not None:
+                wake.set()
+        # Another replica claimed one of ours: stop driving it.
+        if event.type == _T + "execution.claimed" and state.execution_id in self._drivers:
+            if state.owner != self.replica_id or state.incarnation != self.incarnation:
+                self._drivers[state.execution_id].cancel()
+
+    def _admissible(self, state: ExecutionState) -> bool:
+        workflow = self.registry.get_workflow(state.workflow_id, state.workflow_version)
+        limit = workflow.max_concurrent if workflow else None
+        return limit is None or self.view.active_by_workflow[state.workflow_id] < limit
+
+    async def _dispatch_loop(self) -> None:
+        while self._running:
+            if len(self._drivers) >= self.concurrency:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            state = self.view.pop_queued(self._admissible)
+            if state is None:
+                self.view.queue_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self.view.queue_changed.wait()
+                continue
+            if state.execution_id in self._drivers:
+                continue
+            self._spawn(state, takeover=False)
+            # Let the driver append its claim before the next pick, so counts stay right.
+            await asyncio.sleep(0)
+
+    def _spawn(self, state: ExecutionState, *, takeover: bool) -> None:
+        task = asyncio.create_task(self._drive(state, takeover), name=f"execution-{state.execution_id}")
+        self._drivers[state.execution_id] = task
+
+        def done(_t: asyncio.Task[None], execution_id: str = state.execution_id) -> None:
+            if self._drivers.get(execution_id) is _t:
+                del self._drivers[execution_id]
+            self._wake.pop(execution_id, None)
+            self._slot_freed.set()
+            self.view.queue_changed.set()
+
+        task.add_done_callback(done)
+
+    async def _heartbeat_once(self) -> None:
+        event = new_event(
+            _T + "replica.heartbeat",
+            ev.ReplicaHeartbeat(
+                replica_id=self.replica_id,
+                incarnation=self.incarnation,
+                lease_seconds=self.lease_seconds,
+                running=self.running_here,
+            ),
+            source=SOURCE,
+        )
+        stored = await self.log.append(f"workflow-replica-{self.replica_id}", [event])
+        for e in stored:
+            self.view.observe(e)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await self._heartbeat_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("heartbeat failed")
+
+    def orphans(self, now: float | None = None) -> list[ExecutionState]:
+        """Unfinished executions this replica should take over: its own from an earlier
+        incarnation, and those of replicas silent for the lease time."""
+        now = time.time() if now is None else now
+        out = []
+        for state in self.view.states.values():
+            if state.status not in ("RUNNING", "COMPENSATING") or state.execution_id in self._drivers:
+                continue
+            if state.owner == self.replica_id:
+                # Ours from an earlier incarnation, or ours and its driver stopped on an error.
+                out.append(state)
+                continue
+            beat = self.view.heartbeats.get(state.owner or "")
+            if beat is None or now - beat[1] > self.lease_seconds:
+                out.append(state)
+        return out
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                for state in self.orphans():
+                    if len(self._drivers) >= self.concurrency:
+                        break
+                    self._spawn(state, takeover=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("the take-over sweep failed")
+            await asyncio.sleep(min(1.0, self.lease_seconds / 4))
+
+    # -- driving ------------------------------------------------------------------------------
+
+    def _event(self, state: ExecutionState, kind: str, struct: type[msgspec.Struct], **data: Any) -> CloudEvent:
+        return new_event(
+            _T + kind,
+            struct(execution_id=state.execution_id, **data),
+            source=SOURCE,
+            subject=state.execution_id,
+            correlationid=state.correlation_id or state.execution_id,
+        )
+
+    async def _drive(self, state: ExecutionState, takeover: bool) -> None:
+        driver = _Driver(self, state)
+        try:
+            await driver.run(takeover)
+        except _LostOwnership:
+            self.stats.lost_races += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The sweeper drives it again (a fresh claim makes the retry visible in the history).
+            logger.exception("driving execution %s failed; it resumes on the next sweep", state.execution_id)
+            await asyncio.sleep(1)
+
+
+class _Driver:
+    """Drives one execution; every transition goes through ``stage`` and ``flush``."""
+
+    def __init__(self, engine: WorkflowEngine, state: ExecutionState) -> None:
+        self.engine = engine
+        self.state = state
+        self.committed = state.version
+        self.pending: list[CloudEvent] = []
+        self.execution_id = state.execution_id
+        self.stream = stream_id(state.execution_id)
+        self.wake = asyncio.Event()
+        engine._wake[state.execution_id] = self.wake
+        self.workflow: WorkflowDefinition | None = None
+        self.traceparent = traceparent_for(state.execution_id)
+        self.ready_at = time.perf_counter()
+
+    def stage(self, kind: str, struct: type[msgspec.Struct], **data: Any) -> None:
+        event = self.engine._event(self.state, kind, struct, **data)
+        self.pending.append(event)
+        self.state = apply(self.state, event)
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        events, self.pending = self.pending, []
+        while True:
+            try:
+                stored = await self.engine.log.append(self.stream, events, expected_version=self.committed)
+                break
+            except ConcurrencyError:
+                # Someone else appended: a cancel request (go on) or a take-over (stop).
+                latest = await self.engine.view.refresh(self.execution_id) or fold(
+                    await self.engine.log.read_stream(self.stream)
+                )
+                if (
+                    latest is None
+                    or latest.owner != self.engine.replica_id
+                    or latest.incarnation != self.engine.incarnation
+                    or latest.final
+                ):
+                    raise _LostOwnership from None
+                rebased = latest
+                for event in events:
+                    rebased = apply(rebased, event)
+                self.state = rebased
+                self.committed = latest.version
+        self.committed = stored[-1].streamversion or self.committed + len(stored)
+        self.engine.stats.transitions += len(stored)
+        self.engine.view.apply_stored(stored)
+
+    async def run(self, takeover: bool) -> None:
+        engine = self.engine
+        state = self.state
+        self.workflow = engine.registry.get_workflow(state.workflow_id, state.workflow_version)
+        if self.workflow is None:
+            raise UnknownWorkflowError(state.workflow_id, state.workflow_version)
+        deadline = None
+        if state.status == "QUEUED" and self.workflow.timeout_seconds:
+            deadline = time_after(_now(), self.workflow.timeout_seconds)
+        self.stage(
+            "execution.claimed",
+            ev.ExecutionClaimed,
+            owner=engine.replica_id,
+            incarnation=engine.incarnation,
+            deadline=deadline,
+            previous_owner=state.owner,
+        )
+        if takeover or self.workflow.max_concurrent is not None:
+            # A take-over is claimed at once, so the previous owner learns it has lost before we
+            # act; so is a limited workflow's start, so the dispatcher counts it before the next pick.
+            await self.flush()
+            engine.stats.takeovers += 1
+        else:
+            engine.stats.claimed += 1
+        self.ready_at = time.perf_counter()
+        while True:
+            action = next_action(self.state, self.workflow, _now())
+            if action.kind == "none":
+                await self.flush()
+                return
+            await self.perform(action)
+            if self.state.final:
+                await self.flush()
+                return
+
+    async def perform(self, action: Action) -> None:
+        workflow = self.workflow
+        assert workflow is not None
+        if action.kind == "sleep":
+            await self.flush()
+            await self.sleep_until(action.until)
+            return
+        if action.kind == "compensate":
+            self.begin_compensation(action)
+            return
+        if action.kind == "final":
+            self.finish_compensation()
+            return
+        if action.kind == "finish":
+            self.complete()
+            return
+        step = action.step
+        assert step is not None
+        context = context_of(self.state, workflow)
+        if action.kind == "run" and not action.compensation and action.attempt == 1 and step.condition is not None:
+            try:
+                holds = step.condition.evaluate(context)
+            except Exception as exc:  # a condition over odd data is the step's failure, not a crash
+                self.stage(
+                    "step.failed",
+                    ev.StepFailed,
+                    step_id=step.id,
+                    attempt=0,
+                    error=f"condition {step.condition.text!r} cannot be evaluated: {exc}",
+                    on_failure=step.on_failure,
+                )
+                return
+            if not holds:
+                self.stage(
+                    "step.skipped", ev.StepSkipped, step_id=step.id, reason=f"condition false: {step.condition.text}"
+                )
+                return
+        await self.attempt(step, action, context)
+
+    # -- one attempt --------------------------------------------------------------------------
+
+    async def attempt(self, step: StepDefinition, action: Action, context: dict[str, Any]) -> None:
+        comp = step.compensation if action.compensation else None
+        key = f"{self.execution_id}:{step.id}" + (":compensate" if action.compensation else "")
+        mapping = comp.input_map if comp is not None else step.input_map
+        try:
+            request = mapping.evaluate(context) if mapping is not None else None
+        except Exception as exc:
+            self.fail_attempt(step, action, f"input_map cannot be evaluated: {exc}", retryable=False)
+            return
+        started_data: dict[str, Any] = {}
+        step_type = comp.type if comp is not None else step.type
+        if step_type in ("wait_event", "task") and action.kind == "run":
+            timeout = comp.timeout_seconds if comp is not None else step.timeout_seconds
+            started_data["wait_until"] = time_after(_now(), timeout)
+            started_data["after_position"] = self.engine.view.position
+        if action.kind == "run":
+            self.stage(
+                "step.started",
+                ev.StepStarted,
+                step_id=step.id,
+                attempt=action.attempt,
+                idempotency_key=key,
+                compensation=action.compensation,
+                request=request,
+                **started_data,
+            )
+        await self.flush()
+        self.engine.stats.attempts += 1
+        began = time.perf_counter()
+        if step_type == "api_call":
+            outcome = await self.run_api_call(step, comp, request, key)
+        elif step_type == "task":
+            outcome = await self.run_task(step, comp, request, key, action)
+        else:
+            outcome = await self.run_wait(step, context)
+        if outcome.interrupted:
+            await self.adopt_latest()
+            return
+        if outcome.sent_at:
+            self.engine.stats.record_dispatch((outcome.sent_at - self.ready_at) * 1000)
+        duration = (time.perf_counter() - began) * 1000
+        self.ready_at = time.perf_counter()
+        if outcome.ok:
+            result = outcome.result
+            if not action.compensation and step.output_map is not None:
+                try:
+                    result = step.output_map.evaluate(result)
+                except Exception as exc:
+                    self.fail_attempt(step, action, f"output_map cannot be evaluated: {exc}", retryable=False)
+                    return
+            self.stage(
+                "step.completed",
+                ev.StepCompleted,
+                step_id=step.id,
+                attempt=action.attempt,
+                output=result,
+                duration_ms=round(duration, 3),
+                compensation=action.compensation,
+            )
+            return
+        self.fail_attempt(step, action, outcome.error, retryable=outcome.retryable)
+
+    def fail_attempt(self, step: StepDefinition, action: Action, error: str, *, retryable: bool) -> None:
+        policy = step.compensation.retry if action.compensation and step.compensation else step.retry
+        if retryable and action.attempt < policy.max_attempts:
+            delay = policy.delay_ms(action.attempt, self.engine._random.random()) / 1000
+            self.stage(
+                "step.retrying",
+                ev.StepRetrying,
+                step_id=step.id,
+                attempt=action.attempt,
+                error=error,
+                retry_at=time_after(_now(), delay),
+                compensation=action.compensation,
+            )
+            return
+        if retryable:
+            error = f"{error} (gave up after {action.attempt} attempts)"
+        self.stage(
+            "step.failed",
+            ev.StepFailed,
+            step_id=step.id,
+            attempt=action.attempt,
+            error=error,
+            on_failure="fail" if action.compensation else step.on_failure,
+            compensation=action.compensation,
+        )
+
+    async def run_api_call(self, step: StepDefinition, comp: Any, request: Any, key: str) -> Outcome:
+        service = comp.service if comp is not None else step.service
+        base = self.engine.services.get(service)
+        if base is None:
+            return Outcome(False, error=f"service {service!r} has no URL (set NEXUS_SERVICE_{service.upper()})")
+        endpoint, missing = fill_endpoint(
+            comp.endpoint if comp is not None else step.endpoint, request, self.state.input
+        )
+        if missing:
+            return Outcome(False, error=f"endpoint placeholders without a value: {', '.join(missing)}")
+        method = comp.method if comp is not None else step.method
+        timeout = comp.timeout_seconds if comp is not None else step.timeout_seconds
+        assert self.engine._session is not None
+        return await call_http(
+            self.engine._session,
+            method,
+            base + endpoint,
+            request,
+            idempotency_key=key,
+            traceparent=self.traceparent,
+            timeout=timeout,
+        )
+
+    def _wait_bounds(self, step: StepDefinition, comp: Any) -> tuple[datetime, int]:
+        s = self.state.steps[step.id]
+        timeout = comp.timeout_seconds if comp is not None else step.timeout_seconds
+        until = parse_time(s.wait_until) if s.wait_until else datetime.fromtimestamp(time.time() + timeout, UTC)
+        if self.state.deadline:
+            until = min(until, parse_time(self.state.deadline))
+        return until, s.after_position or 0
+
+    async def _wait_event(
+        self, event_type: str, predicate: Callable[[CloudEvent], bool], until: datetime, after: int
+    ) -> CloudEvent | None:
+        """The first event of ``event_type`` after position ``after`` that matches, or None at ``until``."""
+        view = self.engine.view
+        future = view.wait_for(event_type, lambda e: (e.position or 0) > after and predicate(e))
+        try:
+            # Events appended before the waiter was registered (also before a restart) are in the log.
+            async for batch in self.engine.log.iter_all(after + 1, types=[event_type]):
+                for event in batch:
+                    if predicate(event):
+                        return event
+            remaining = (until - _now()).total_seconds()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    return await asyncio.shield(future)
+            return None
+        finally:
+            future.cancel()
+
+    async def run_task(self, step: StepDefinition, comp: Any, request: Any, key: str, action: Action) -> Outcome:
+        bus = self.engine.bus
+        if bus is None:
+            return Outcome(False, error="task steps need the bus, and this service runs without one")
+        service = comp.service if comp is not None else step.service
+        command = comp.command if comp is not None else step.command
+        until, after = self._wait_bounds(step, comp)
+        command_event = new_event(
+            f"nexus.{service}.task.{command}",
+            {"execution_id": self.execution_id, "step_id": step.id, "idempotency_key": key, "input": request},
+            source=SOURCE,
+            subject=key,
+            correlationid=self.state.correlation_id or self.execution_id,
+            traceparent=self.traceparent,
+        )
+        sent = time.perf_counter()
+        try:
+            await bus.publish(
+                cmd_subject(service, command),
+                encode_event(command_event),
+                msg_id=f"{key}:{action.attempt}",
+                headers={"Idempotency-Key": key, "traceparent": self.traceparent},
+            )
+        except Exception as exc:
+            return Outcome(False, error=f"cannot send {cmd_subject(service, command)}: {exc}", retryable=True)
+        result = await self._wait_event_any(
+            (_T + "task.completed", _T + "task.failed"),
+            lambda e: isinstance(e.data, dict) and e.data.get("idempotency_key") == key,
+            until,
+            after,
+        )
+        if result is None:
+            return Outcome(False, error=f"no result for {key} by {until.isoformat()}", retryable=True, sent_at=sent)
+        if result.type == _T + "task.completed":
+            return Outcome(True, result=result.data.get("output"), sent_at=sent)
+        return Outcome(
+            False,
+            error=str(result.data.get("error") or "the worker failed"),
+            retryable=bool(result.data.get("retryable")),
+            sent_at=sent,
+        )
+
+    async def _wait_event_any(
+        self, types: tuple[str, ...], predicate: Callable[[CloudEvent], bool], until: datetime, after: int
+    ) -> CloudEvent | None:
+        tasks = [asyncio.create_task(self._wait_event(t, predicate, until, after)) for t in types]
+        try:
+            for finished in asyncio.as_completed(tasks):
+                event = await finished
+                if event is not None:
+                    return event
+            return None
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def run_wait(self, step: StepDefinition, context: dict[str, Any]) -> Outcome:
+        until, after = self._wait_bounds(step, None)
+        match = step.match
+
+        def predicate(event: CloudEvent) -> bool:
+            if match is None:
+                return True
+            return match.evaluate({**context, "event": msgspec.to_builtins(event)})
+
+        waiting = asyncio.create_task(self._wait_event(step.event, predicate, until, after))
+        woken = asyncio.create_task(self.wake.wait())
+        try:
+            done, _ = await asyncio.wait({waiting, woken}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting in done:
+                event = waiting.result()
+                if event is None:
+                    return Outcome(False, error=f"no {step.event} event matched by {until.isoformat()}")
+                return Outcome(True, result=msgspec.to_builtins(event))
+            # Cancelled: the wait ends without a result (nothing was sent); the caller re-decides.
+            return Outcome(False, error="interrupted", interrupted=True)
+        finally:
+            waiting.cancel()
+            woken.cancel()
+
+    # -- waits and ends -----------------------------------------------------------------------
+
+    async def sleep_until(self, until: datetime | None) -> None:
+        if until is None:
+            return
+        deadline = parse_time(self.state.deadline) if self.state.deadline else None
+        if deadline is not None and deadline < until:
+            until = deadline
+        remaining = (until - _now()).total_seconds()
+        if remaining > 0:
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self.wake.wait()
+        await self.adopt_latest()
+
+    async def adopt_latest(self) -> None:
+        """Take in what others appended meanwhile (a cancel request), or stop if we lost the execution."""
+        latest = self.engine.view.get(self.execution_id)
+        if latest is not None and latest.version > self.state.version:
+            if latest.owner != self.engine.replica_id or latest.incarnation != self.engine.incarnation:
+                raise _LostOwnership
+            self.state = latest
+            self.committed = latest.version
+
+    def begin_compensation(self, action: Action) -> None:
+        state = self.state
+        error = state.error or ""
+        if action.reason == "timed_out":
+            error = error or f"execution passed its deadline {state.deadline}"
+        if not action.plan:
+            self.end(action.reason, error)
+            return
+        self.stage(
+            "execution.compensating",
+            ev.ExecutionCompensating,
+            reason=action.reason,
+            error=error,
+            steps=list(action.plan),
+        )
+
+    def finish_compensation(self) -> None:
+        status = final_status(self.state)
+        failed = [sid for sid in self.state.compensation_plan if self.state.steps[sid].compensation_status == "failed"]
+        error = self.state.error or ""
+        if failed:
+            error = f"{error}; compensation failed for {', '.join(failed)}".lstrip("; ")
+        reason = {"CANCELLED": "cancelled", "TIMED_OUT": "timed_out"}.get(status, "failed")
+        self.end(reason, error, compensated=status == "COMPENSATED")
+
+    def end(self, reason: str, error: str, *, compensated: bool = False) -> None:
+        state = self.state
+        if reason == "cancelled":
+            self.stage(
+                "execution.cancelled",
+                ev.ExecutionCancelled,
+                workflow_id=state.workflow_id,
+                reason=state.cancel_requested or "cancelled",
+            )
+        elif reason == "timed_out":
+            self.stage(
+                "execution.timed_out",
+                ev.ExecutionTimedOut,
+                workflow_id=state.workflow_id,
+                deadline=state.deadline or "",
+            )
+        elif compensated:
+            self.stage(
+                "execution.compensated",
+                ev.ExecutionCompensated,
+                workflow_id=state.workflow_id,
+                error=error,
+                step_id=state.failed_step,
+            )
+        else:
+            self.stage(
+                "execution.failed",
+                ev.ExecutionFailed,
+                workflow_id=state.workflow_id,
+                error=error or "failed",
+                step_id=state.failed_step,
+            )
+
+    def complete(self) -> None:
+        workflow = self.workflow
+        assert workflow is not None
+        state = self.state
+        if workflow.output is not None:
+            try:
+                output = workflow.output.evaluate(context_of(state, workflow))
+            except Exception as exc:
+                self._output_failed(f"output cannot be evaluated: {exc}")
+                return
+        else:
+            output = None
+            for step in workflow.steps:
+                if state.steps.get(step.id) and state.steps[step.id].status == "completed":
+                    output = state.steps[step.id].output
+        if workflow.output_schema_id:
+            schema = self.engine.registry.get_schema(workflow.output_schema_id)
+            problems = (
+                [("$", f"output schema {workflow.output_schema_id!r} is not registered")]
+                if schema is None
+                else schema.errors(output, "$.output")
+            )
+            if problems:
+                self._output_failed("output fails its schema: " + "; ".join(f"{p}: {m}" for p, m in problems))
+                return
+        self.stage("execution.completed", ev.ExecutionCompleted, workflow_id=state.workflow_id, output=output)
+
+    def _output_failed(self, error: str) -> None:
+        from nexus.services.workflow.handlers import compensation_plan
+
+        workflow = self.workflow
+        assert workflow is not None
+        self.state = _with_error(self.state, error)
+        self.begin_compensation(Action("compensate", reason="failed", plan=compensation_plan(self.state, workflow)))
+
+
+def _with_error(state: ExecutionState, error: str) -> ExecutionState:
+    import dataclasses
+
+    return dataclasses.replace(state, error=error)

@@ -1,0 +1,460 @@
+"""Expressions in workflow definitions: JSONPath values, ``{$.path}`` templates and conditions.
+
+JSONPath is RFC 9535, evaluated by the ``python-jsonpath`` library in strict mode. A mapping
+value (``input_map``, ``output_map``) is evaluated recursively:
+
+- a string that starts with ``$`` is a JSONPath: a singular path (no wildcard, slice, filter or
+  descendant) gives its one value, or None when nothing matches; any other path gives the list
+  of every match;
+- a string that embeds ``{$.path}`` is a template: each placeholder becomes the value's text
+  (strings as they are, everything else as JSON); ``{{`` and ``}}`` stand for literal braces;
+- a string that starts with ``$$`` is the literal text after the first ``$``;
+- mappings and lists are evaluated element by element; other values are literals.
+
+A condition is a small expression language, parsed by a tokenizer and a recursive-descent
+parser (never ``eval``)::
+
+    expr       := or
+    or         := and (("or" | "||") and)*
+    and        := not (("and" | "&&") not)*
+    not        := ("not" | "!") not | comparison
+    comparison := operand (("==" | "!=" | "<" | "<=" | ">" | ">=" | "in") operand)?
+    operand    := JSONPATH | NUMBER | STRING | true | false | null | "[" literals "]" | "(" expr ")"
+
+Comparisons follow RFC 9535's filter semantics: ``==`` is deep equality (``1 == 1.0``, but
+``true != 1``); ordering compares two numbers or two strings and is false otherwise; ``a in b``
+is membership in a list or a substring test on strings. A lone operand is true when it is not
+null, false, 0, an empty string, list or object.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import jsonpath
+from jsonpath.segments import JSONPathChildSegment
+
+from nexus.services.workflow.errors import ExpressionError
+
+__all__ = [
+    "Condition",
+    "Mapping_",
+    "compile_condition",
+    "compile_mapping",
+    "compile_path",
+    "path_references",
+    "template_paths",
+]
+
+_ENV = jsonpath.JSONPathEnvironment(strict=True)
+_TEMPLATE = re.compile(r"\{(\$[^{}]*)\}")
+
+
+@lru_cache(maxsize=4096)
+def compile_path(text: str) -> jsonpath.JSONPath:
+    """Compile a JSONPath (cached).
+
+    Raises:
+        ExpressionError: the path is malformed (the message says where).
+    """
+    try:
+        path = _ENV.compile(text)
+    except jsonpath.JSONPathError as exc:
+        first = str(exc).splitlines()[0]
+        raise ExpressionError(f"malformed JSONPath {text!r}: {first}") from None
+    if not isinstance(path, jsonpath.JSONPath):
+        # A compound query (union or intersection) is not RFC 9535.
+        raise ExpressionError(f"malformed JSONPath {text!r}: not a single RFC 9535 query")
+    return path
+
+
+def path_references(text: str) -> tuple[str, ...]:
+    """The leading member names of a JSONPath (``$.steps.a.output`` → ``("steps", "a", "output")``).
+
+    Stops at the first segment that is not a single name, so callers can check what a path
+    refers to (``$.steps.<id>``) without evaluating it.
+    """
+    names: list[str] = []
+    for segment in compile_path(text).segments:
+        if not isinstance(segment, JSONPathChildSegment) or len(segment.selectors) != 1:
+            break
+        name = getattr(segment.selectors[0], "name", None)
+        if not isinstance(name, str):
+            break
+        names.append(name)
+    return tuple(names)
+
+
+def _query(path: jsonpath.JSONPath, data: Any) -> Any:
+    matches = path.findall(data)
+    if path.singular_query():
+        return matches[0] if matches else None
+    return matches
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def template_paths(text: str) -> list[str]:
+    """The JSONPaths embedded as ``{$...}`` in a template string."""
+    return _TEMPLATE.findall(text.replace("{{", "").replace("}}", ""))
+
+
+Evaluator = Callable[[Any], Any]
+
+
+def _compile_value(value: Any, where: str, problems: list[tuple[str, str]], paths: list[tuple[str, str]]) -> Evaluator:
+    if isinstance(value, str):
+        if value.startswith("$$"):
+            literal = value[1:]
+            return lambda _data: literal
+        if value.startswith("$"):
+            try:
+                path = compile_path(value.strip())
+            except ExpressionError as exc:
+                problems.append((where, str(exc)))
+                return lambda _data: None
+            paths.append((where, value.strip()))
+            return lambda data: _query(path, data)
+        if "{$" in value:
+            pieces: list[Any] = []
+            position = 0
+            protected = value.replace("{{", "\x00").replace("}}", "\x01")
+            for match in _TEMPLATE.finditer(protected):
+                pieces.append(protected[position : match.start()].replace("\x00", "{").replace("\x01", "}"))
+                try:
+                    pieces.append(compile_path(match.group(1).strip()))
+                    paths.append((where, match.group(1).strip()))
+                except ExpressionError as exc:
+                    problems.append((where, str(exc)))
+                    pieces.append("")
+                position = match.end()
+            pieces.append(protected[position:].replace("\x00", "{").replace("\x01", "}"))
+
+            def render(data: Any) -> str:
+                return "".join(p if isinstance(p, str) else _text(_query(p, data)) for p in pieces)
+
+            return render
+        return lambda _data: value
+    if isinstance(value, Mapping):
+        items = [(str(k), _compile_value(v, f"{where}.{k}", problems, paths)) for k, v in value.items()]
+        return lambda data: {k: f(data) for k, f in items}
+    if isinstance(value, list):
+        elements = [_compile_value(v, f"{where}[{i}]", problems, paths) for i, v in enumerate(value)]
+        return lambda data: [f(data) for f in elements]
+    return lambda _data: value
+
+
+@dataclass(frozen=True)
+class Mapping_:
+    """A compiled ``input_map`` / ``output_map`` (or any value with paths and templates)."""
+
+    evaluate: Evaluator
+    """Evaluate against a JSON document (the execution context, or a response body)."""
+    paths: tuple[tuple[str, str], ...]
+    """Every (where, JSONPath) it reads, for reference checks."""
+
+
+def compile_mapping(value: Any, where: str = "$") -> Mapping_:
+    """Compile a mapping value.
+
+    Raises:
+        ExpressionError: with every malformed path, one per line ("where: message").
+    """
+    problems: list[tuple[str, str]] = []
+    paths: list[tuple[str, str]] = []
+    evaluate = _compile_value(value, where, problems, paths)
+    if problems:
+        error = ExpressionError("\n".join(f"{w}: {m}" for w, m in problems))
+        error.problems = problems  # type: ignore[attr-defined]
+        error.paths = paths  # type: ignore[attr-defined]
+        raise error
+    return Mapping_(evaluate, tuple(paths))
+
+
+# --- conditions -------------------------------------------------------------------------------
+
+_KEYWORDS = {"and", "or", "not", "in", "true", "false", "null"}
+_OPERATORS = ("==", "!=", "<=", ">=", "&&", "||", "<", ">", "!", "(", ")", "[", "]", ",")
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_WORD = re.compile(r"[A-Za-z_]+")
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str  # "path", "number", "string", "word", "op", "end"
+    value: Any
+    column: int
+
+
+def _scan_path(text: str, start: int) -> int:
+    """End of a JSONPath starting at ``start``: brackets and quotes balanced, then whitespace or an operator."""
+    depth = 0
+    quote: str | None = None
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 2
+                continue
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[(":
+            depth += 1
+        elif ch in "])":
+            if depth == 0:
+                break
+            depth -= 1
+        elif depth == 0 and (ch.isspace() or ch in "=!<>&|,"):
+            break
+        i += 1
+    return i
+
+
+def _tokenize(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+            continue
+        if ch == "$":
+            end = _scan_path(text, i)
+            tokens.append(_Token("path", text[i:end], i))
+            i = end
+            continue
+        if ch in "'\"":
+            j = i + 1
+            out: list[str] = []
+            while j < len(text) and text[j] != ch:
+                if text[j] == "\\" and j + 1 < len(text):
+                    j += 1
+                out.append(text[j])
+                j += 1
+            if j >= len(text):
+                raise ExpressionError(f"unterminated string starting at column {i + 1}")
+            tokens.append(_Token("string", "".join(out), i))
+            i = j + 1
+            continue
+        number = _NUMBER.match(text, i)
+        if number and (ch != "-" or not tokens or tokens[-1].kind == "op"):
+            literal = number.group()
+            tokens.append(_Token("number", float(literal) if any(c in literal for c in ".eE") else int(literal), i))
+            i = number.end()
+            continue
+        word = _WORD.match(text, i)
+        if word:
+            if word.group() not in _KEYWORDS:
+                raise ExpressionError(
+                    f"unknown word {word.group()!r} at column {i + 1} "
+                    "(use and, or, not, in, true, false, null, quoted strings or $-paths)"
+                )
+            tokens.append(_Token("word", word.group(), i))
+            i = word.end()
+            continue
+        for op in _OPERATORS:
+            if text.startswith(op, i):
+                tokens.append(_Token("op", op, i))
+                i += len(op)
+                break
+        else:
+            raise ExpressionError(f"unexpected character {ch!r} at column {i + 1}")
+    tokens.append(_Token("end", None, len(text)))
+    return tokens
+
+
+Node = Callable[[Any], Any]
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens = _tokenize(text)
+        self.at = 0
+        self.paths: list[str] = []
+
+    def peek(self) -> _Token:
+        return self.tokens[self.at]
+
+    def take(self) -> _Token:
+        token = self.tokens[self.at]
+        self.at += 1
+        return token
+
+    def accept(self, *values: str) -> bool:
+        token = self.peek()
+        if token.kind in ("op", "word") and token.value in values:
+            self.at += 1
+            return True
+        return False
+
+    def fail(self, message: str) -> ExpressionError:
+        token = self.peek()
+        found = "the end" if token.kind == "end" else repr(str(token.value))
+        return ExpressionError(f"{message} at column {token.column + 1}, found {found}")
+
+    def parse(self) -> Node:
+        node = self.parse_or()
+        if self.peek().kind != "end":
+            raise self.fail("expected the end of the condition")
+        return node
+
+    def parse_or(self) -> Node:
+        left = self.parse_and()
+        while self.accept("or", "||"):
+            right = self.parse_and()
+            left = (lambda a, b: lambda d: _truthy(a(d)) or _truthy(b(d)))(left, right)
+        return left
+
+    def parse_and(self) -> Node:
+        left = self.parse_not()
+        while self.accept("and", "&&"):
+            right = self.parse_not()
+            left = (lambda a, b: lambda d: _truthy(a(d)) and _truthy(b(d)))(left, right)
+        return left
+
+    def parse_not(self) -> Node:
+        if self.accept("not", "!"):
+            inner = self.parse_not()
+            return lambda d: not _truthy(inner(d))
+        return self.parse_comparison()
+
+    def parse_comparison(self) -> Node:
+        left = self.parse_operand()
+        token = self.peek()
+        if token.kind in ("op", "word") and token.value in ("==", "!=", "<", "<=", ">", ">=", "in"):
+            self.take()
+            right = self.parse_operand()
+            compare = _COMPARE[token.value]
+            return lambda d: compare(left(d), right(d))
+        return left
+
+    def parse_operand(self) -> Node:
+        token = self.take()
+        if token.kind == "path":
+            try:
+                path = compile_path(token.value)
+            except ExpressionError as exc:
+                raise ExpressionError(f"{exc} (column {token.column + 1})") from None
+            self.paths.append(token.value)
+            return lambda d: _query(path, d)
+        if token.kind in ("number", "string"):
+            value = token.value
+            return lambda _d: value
+        if token.kind == "word" and token.value in ("true", "false", "null"):
+            constant = {"true": True, "false": False, "null": None}[token.value]
+            return lambda _d: constant
+        if token.kind == "op" and token.value == "(":
+            inner = self.parse_or()
+            if not self.accept(")"):
+                raise self.fail("expected ')'")
+            return inner
+        if token.kind == "op" and token.value == "[":
+            items: list[Node] = []
+            if not self.accept("]"):
+                while True:
+                    items.append(self.parse_operand())
+                    if self.accept("]"):
+                        break
+                    if not self.accept(","):
+                        raise self.fail("expected ',' or ']' in a list")
+            return lambda d: [item(d) for item in items]
+        self.at -= 1
+        raise self.fail("expected a value (a $-path, number, string, true, false, null, list or '(')")
+
+
+def _truthy(value: Any) -> bool:
+    if value is None or value is False:
+        return False
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value != 0
+    if isinstance(value, str | list | dict):
+        return len(value) > 0
+    return True
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if _is_number(a) and _is_number(b):
+        return bool(a == b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _ordered(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    def compare(a: Any, b: Any) -> bool:
+        if (_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str)):
+            return op(a, b)
+        return False
+
+    return compare
+
+
+def _contains(a: Any, b: Any) -> bool:
+    if isinstance(b, list):
+        return any(_equal(a, item) for item in b)
+    if isinstance(b, str) and isinstance(a, str):
+        return a in b
+    if isinstance(b, dict) and isinstance(a, str):
+        return a in b
+    return False
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "==": _equal,
+    "!=": lambda a, b: not _equal(a, b),
+    "<": _ordered(lambda a, b: a < b),
+    "<=": _ordered(lambda a, b: a <= b),
+    ">": _ordered(lambda a, b: a > b),
+    ">=": _ordered(lambda a, b: a >= b),
+    "in": _contains,
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A compiled condition."""
+
+    text: str
+    """The source text."""
+    paths: tuple[str, ...]
+    """Every JSONPath it reads."""
+    _node: Node
+
+    def evaluate(self, data: Any) -> bool:
+        """Whether the condition holds for ``data`` (the execution context)."""
+        return _truthy(self._node(data))
+
+
+@lru_cache(maxsize=1024)
+def compile_condition(text: str) -> Condition:
+    """Parse a condition.
+
+    Raises:
+        ExpressionError: the condition is malformed (the message says where and why).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ExpressionError("a condition must be a non-empty string")
+    parser = _Parser(text)
+    node = parser.parse()
+    return Condition(text, tuple(parser.paths), node)

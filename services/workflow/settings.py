@@ -1,0 +1,117 @@
+"""The workflow service's settings, read from the environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nexus.config import ConfigError, port_from_env
+from nexus.runtime import DEFAULT_PORTS, ServiceSettings, port_variable
+
+__all__ = ["BUNDLED_DIR", "WorkflowSettings", "load_settings", "service_urls"]
+
+BUNDLED_DIR = Path(__file__).with_name("bundled")
+"""The workflows and schemas that ship with Nexus (seed 004's examples)."""
+
+
+def service_urls(env: Mapping[str, str], host: str = "127.0.0.1") -> dict[str, str]:
+    """The base URL of every service an ``api_call`` step may name.
+
+    The four platform services at their ``NEXUS_<NAME>_PORT``; ``core`` (seed 004's content
+    service) is the granulator unless ``NEXUS_SERVICE_CORE`` names another; every
+    ``NEXUS_SERVICE_<NAME>=URL`` adds (or overrides) ``<name>``.
+    """
+    target = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    urls = {
+        name: f"http://{target}:{port_from_env(env, port_variable(name), default)}"
+        for name, default in DEFAULT_PORTS.items()
+    }
+    urls["core"] = urls["granulator"]
+    for key, value in env.items():
+        if key.startswith("NEXUS_SERVICE_") and value:
+            name = key[len("NEXUS_SERVICE_") :].lower()
+            if not value.startswith(("http://", "https://")):
+                raise ConfigError(f"{key}={value!r} must be an http:// or https:// base URL")
+            urls[name] = value.rstrip("/")
+    return urls
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={value} must be greater than 0")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkflowSettings(ServiceSettings):
+    """Settings of the workflow service (the shared ones plus the engine's)."""
+
+    concurrency: int = 256
+    """``NEXUS_WORKFLOW_CONCURRENCY``: executions this replica drives at once (the rest wait queued)."""
+    replica_id: str = ""
+    """``NEXUS_WORKFLOW_REPLICA_ID``: this replica's name (default ``<hostname>-<port>``). A replica
+    restarted under the same name takes its own executions back at once instead of waiting for
+    their lease to lapse."""
+    lease_seconds: float = 10.0
+    """``NEXUS_WORKFLOW_LEASE_SECONDS``: how long a silent replica keeps its executions before
+    another takes them over."""
+    bundled_dirs: tuple[Path, ...] = (BUNDLED_DIR,)
+    """``NEXUS_WORKFLOW_BUNDLED``: directories (``:``-separated) whose ``schemas/*.yaml`` and
+    ``workflows/*.yaml`` are registered at start; ``none`` registers nothing."""
+    services: Mapping[str, str] = field(default_factory=dict)
+    """Base URL of each service ``api_call`` steps may name (see ``service_urls``)."""
+    http_connections: int = 200
+    """``NEXUS_WORKFLOW_HTTP_CONNECTIONS``: open connections the step client may hold."""
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
+    """Read the workflow service's settings.
+
+    Raises:
+        ConfigError: a variable has a value the service cannot use (the message names it).
+    """
+    env = os.environ if env is None else env
+    port = port_from_env(env, port_variable("workflow"), DEFAULT_PORTS["workflow"])
+    bundled_raw = env.get("NEXUS_WORKFLOW_BUNDLED")
+    if bundled_raw is None or bundled_raw == "":
+        bundled: tuple[Path, ...] = (BUNDLED_DIR,)
+    elif bundled_raw.lower() == "none":
+        bundled = ()
+    else:
+        bundled = tuple(Path(p).expanduser() for p in bundled_raw.split(":") if p)
+    replica = env.get("NEXUS_WORKFLOW_REPLICA_ID") or (
+        f"{socket.gethostname()}-{port}" if port else f"{socket.gethostname()}-{os.urandom(4).hex()}"
+    )
+    return WorkflowSettings.from_env(
+        "workflow",
+        env,
+        concurrency=_int(env, "NEXUS_WORKFLOW_CONCURRENCY", 256),
+        replica_id=replica,
+        lease_seconds=_float(env, "NEXUS_WORKFLOW_LEASE_SECONDS", 10.0),
+        bundled_dirs=bundled,
+        services=service_urls(env, env.get("NEXUS_HOST", "127.0.0.1")),
+        http_connections=_int(env, "NEXUS_WORKFLOW_HTTP_CONNECTIONS", 200),
+    )

@@ -1,0 +1,168 @@
+"""Fixtures of the workflow engine tests: a stub HTTP service that counts requests and effects per
+Idempotency-Key, and the workflow service itself on a memory (or SQLite) log and a memory bus."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from nexus.bus.memory import MemoryBus
+from nexus.eventlog import EventLog
+from nexus.eventlog.memory import MemoryEventLog
+from nexus.runtime import Service
+from nexus.services.workflow.bootstrap import bootstrap
+from nexus.services.workflow.context import CTX_KEY
+from nexus.services.workflow.settings import load_settings
+
+
+@dataclass
+class Stub:
+    """A service steps call. Paths:
+
+    ``/echo``: answers ``{"echo": body}``; ``/effect``: applies an effect once per Idempotency-Key
+    (a retried key gets the first answer back); ``/flaky/{n}``: 503 for the first n requests of a
+    key, then like ``/effect``; ``/status/{code}``: answers that status; ``/slow/{ms}``: waits, then
+    like ``/effect``; ``/blobs/{blob_id}``: a GET answering the blob; ``/hold``: waits until released.
+    """
+
+    url: str = ""
+    requests: Counter[str] = field(default_factory=Counter)
+    """Requests per Idempotency-Key."""
+    effects: Counter[str] = field(default_factory=Counter)
+    """Effects applied per Idempotency-Key (exactly-once means 1 each)."""
+    answers: dict[str, Any] = field(default_factory=dict)
+    log: list[dict[str, Any]] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def effect(self, key: str, body: Any, path: str) -> Any:
+        if key not in self.answers:
+            self.effects[key] += 1
+            self.answers[key] = {"applied": key, "body": body, "path": path, "n": len(self.answers) + 1}
+        return self.answers[key]
+
+
+async def _stub_app(stub: Stub) -> web.Application:
+    async def handle(request: web.Request) -> web.Response:
+        key = request.headers.get("Idempotency-Key", "")
+        stub.requests[key] += 1
+        raw = await request.read()
+        body = json.loads(raw) if raw else None
+        path = request.path
+        stub.log.append(
+            {
+                "path": path,
+                "method": request.method,
+                "key": key,
+                "body": body,
+                "traceparent": request.headers.get("traceparent"),
+            }
+        )
+        parts = path.strip("/").split("/")
+        if parts[0] == "echo":
+            return web.json_response({"echo": body})
+        if parts[0] == "effect":
+            return web.json_response(stub.effect(key, body, path))
+        if parts[0] == "flaky":
+            if stub.requests[key] <= int(parts[1]):
+                return web.json_response({"error": "busy"}, status=503)
+            return web.json_response(stub.effect(key, body, path))
+        if parts[0] == "status":
+            return web.json_response({"error": f"status {parts[1]}"}, status=int(parts[1]))
+        if parts[0] == "slow":
+            await asyncio.sleep(int(parts[1]) / 1000)
+            return web.json_response(stub.effect(key, body, path))
+        if parts[0] == "hold":
+            await stub.release.wait()
+            return web.json_response(stub.effect(key, body, path))
+        if parts[0] == "blobs" and request.method == "GET":
+            return web.json_response({"content": f"text of {parts[1]}", "metadata": {"chapter_number": 3}})
+        return web.json_response({"error": "no such stub path"}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[Stub]:
+    """The stub service on a free port."""
+    state = Stub()
+    runner = web.AppRunner(await _stub_app(state))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    state.url = f"http://127.0.0.1:{port}"
+    yield state
+    state.release.set()
+    await runner.cleanup()
+
+
+@dataclass
+class Running:
+    """A started workflow service and a client for it."""
+
+    service: Service
+    http: aiohttp.ClientSession
+    url: str
+
+    @property
+    def ctx(self) -> Any:
+        return self.service.app[CTX_KEY]
+
+    async def post(self, path: str, body: Any = None, *, data: Any = None) -> tuple[int, Any]:
+        async with self.http.post(self.url + path, json=body if data is None else None, data=data) as r:
+            return r.status, await r.json()
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with self.http.get(self.url + path) as r:
+            return r.status, await r.json()
+
+    async def wait_final(self, execution_id: str, timeout: float = 10.0) -> Any:
+        async with asyncio.timeout(timeout):
+            async for state in self.ctx.engine.watch(execution_id):
+                if state.final:
+                    return state
+        return None
+
+
+ServiceFactory = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def workflow_service(tmp_path: Path, stub: Stub) -> AsyncIterator[ServiceFactory]:
+    """Start workflow services (several may share one log: replicas) with the stub as service ``stub``."""
+    started: list[Running] = []
+
+    async def start(log: EventLog | None = None, **env: str) -> Running:
+        environment = {
+            "NEXUS_WORKFLOW_PORT": "0",
+            "NEXUS_DATA_DIR": str(tmp_path),
+            "NEXUS_WORKFLOW_BUNDLED": "none",
+            "NEXUS_SERVICE_STUB": stub.url,
+            "NEXUS_WORKFLOW_LEASE_SECONDS": "2",
+            **env,
+        }
+        settings = load_settings(environment)
+        bus = MemoryBus()
+        await bus.ensure_streams()
+        service = await bootstrap(settings, log=log or MemoryEventLog(), bus=bus, raw=object(), optional_modules=False)
+        await service.start()
+        http = aiohttp.ClientSession()
+        running = Running(service, http, f"http://127.0.0.1:{service.port}")
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.http.close()
+        await running.service.stop()
