@@ -1,0 +1,62 @@
+"""``nexus streams`` and ``nexus dlq list|redrive`` against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import pytest
+
+from nexus.bus.embedded import EmbeddedNats
+from nexus.bus.jetstream import JetStreamBus
+from nexus.cli.commands.dlq import dead_letters, redrive
+from nexus.proto import STREAM_DLQ, STREAM_EVT
+
+pytestmark = pytest.mark.nats
+
+
+async def nexus(*args: str, nats_url: str) -> tuple[int, str]:
+    env = {**os.environ, "NEXUS_NATS_URL": nats_url}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nexus.cli.main", *args, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 20)
+    return process.returncode or 0, out.decode()
+
+
+async def test_dead_letters_are_listed_and_redriven_to_their_original_subject(embedded_nats: EmbeddedNats) -> None:
+    bus = await JetStreamBus.connect(embedded_nats.url)
+    try:
+        # Two dead letters of two consumers, as the bus writes them.
+        for consumer, subject in (("kam-costs", "nexus.evt.kam.cost.recorded"), ("studio-deltas", "nexus.evt.x.y.z")):
+            await bus.publish(
+                f"nexus.dlq.{consumer}",
+                b'{"n": 1}',
+                headers={
+                    "Nexus-Error": "EnvelopeError",
+                    "Nexus-Error-Reason": "invalid event: $.id: missing",
+                    "Nexus-Consumer": consumer,
+                    "Nexus-Original-Subject": subject,
+                    "Nexus-Deliveries": "1",
+                    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                },
+            )
+        status, listing = await nexus("dlq", "list", "--consumer", "kam-costs", nats_url=embedded_nats.url)
+        assert status == 0 and "kam-costs" in listing and "studio-deltas" not in listing
+        assert "nexus.evt.kam.cost.recorded" in listing and "invalid event" in listing
+        status, streams = await nexus("streams", nats_url=embedded_nats.url)
+        assert status == 0
+        [dlq_row] = [line for line in streams.splitlines() if line.startswith(STREAM_DLQ)]
+        assert dlq_row.split()[1] == "2"
+
+        count, problems = await redrive(bus, "kam-costs")
+        assert (count, problems) == (1, [])
+        remaining = [m.headers["Nexus-Consumer"] async for m in dead_letters(bus)]  # type: ignore[index]
+        assert remaining == ["studio-deltas"]
+        redriven = await bus.js.get_last_msg(STREAM_EVT, "nexus.evt.kam.cost.recorded")
+        assert redriven.data == b'{"n": 1}'
+        assert redriven.headers is not None and "Nexus-Error" not in redriven.headers
+        assert redriven.headers["traceparent"].startswith("00-4bf92f35")
+    finally:
+        await bus.close()
