@@ -1,0 +1,256 @@
+"""Event log (SQLite adapter): append throughput, group commit, and replay.
+
+The peer is the ``eventsourcing`` library's SQLite application recorder, measured in the same
+run on the same workloads: its appends are ``insert_events`` of ``StoredEvent``s carrying the
+same JSON bodies, its replay is ``select_notifications`` pages (rows only: it does not decode
+the bodies, so the replay ratio favours the peer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from pathlib import Path
+
+from bench._harness import Context, Row, median_rate, target_row
+from nexus.eventlog.sqlite import SqliteEventLog
+from nexus.proto import CloudEvent, encode_event, new_event
+
+SUITE = "eventlog"
+_NOTE = "about 400 bytes of event JSON"
+
+
+def _events(count: int) -> list[CloudEvent]:
+    # About 400 bytes once encoded as the caller hands it over (the log adds ~250 of its own).
+    return [
+        new_event(
+            "nexus.bench.order.placed",
+            {
+                "order": i,
+                "customer": f"customer-{i % 1000:05d}",
+                "lines": [{"sku": "sku-1", "qty": 2}],
+                "note": "x" * 60,
+            },
+            source="nexus/bench",
+            correlationid=str(uuid.uuid4()),
+        )
+        for i in range(count)
+    ]
+
+
+def _peer(ratio_of: float, peer: float) -> str:
+    return f"eventsourcing {peer:,.0f} (x{ratio_of / peer:.1f})"
+
+
+class _Peer:
+    """eventsourcing's SQLite application recorder on its own file."""
+
+    def __init__(self, path: Path) -> None:
+        from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+
+        self.datastore = SQLiteDatastore(str(path), pool_size=20, max_overflow=20)
+        self.recorder = SQLiteApplicationRecorder(self.datastore)
+        self.recorder.create_table()
+
+    def insert(self, bodies: list[bytes]) -> None:
+        from eventsourcing.persistence import StoredEvent
+
+        originator = uuid.uuid4()
+        self.recorder.insert_events(
+            [
+                StoredEvent(originator_id=originator, originator_version=v, topic="nexus.bench:OrderPlaced", state=b)
+                for v, b in enumerate(bodies, 1)
+            ]
+        )
+
+    def replay(self, page: int = 5000) -> int:
+        count, start = 0, 1
+        while True:
+            rows = self.recorder.select_notifications(start, page)
+            if not rows:
+                return count
+            count += len(rows)
+            start = rows[-1].id + 1
+
+    def close(self) -> None:
+        self.datastore.close()
+
+
+async def _appends(ctx: Context, synchronous: str) -> dict[str, float]:
+    rates: dict[str, float] = {}
+    log = await SqliteEventLog.open(f"sqlite:///{ctx.workdir / f'append-{synchronous}.db'}?synchronous={synchronous}")
+    streams = itertools.count()
+    try:
+        for batch in (1, 100, 1000):
+            total = ctx.scale({1: 3000, 100: 50_000, 1000: 200_000}[batch], {1: 300, 100: 5000, 1000: 20_000}[batch])
+
+            # Built before the clock starts: the figure is the log's, not new_event's.
+            prepared = [_events(total) for _ in range(ctx.repeats)]
+
+            async def work(batch: int = batch, total: int = total, prepared: list[list[CloudEvent]] = prepared) -> int:
+                events = prepared.pop()
+                for start in range(0, total, batch):
+                    await log.append(f"order-{next(streams)}", events[start : start + batch])
+                return total
+
+            rates[f"batch={batch}"] = await median_rate(work, ctx.repeats)
+
+        per_writer = ctx.scale(2000, 200)
+
+        prepared = [_events(16 * per_writer) for _ in range(ctx.repeats)]
+
+        async def concurrent() -> int:
+            events = prepared.pop()
+
+            async def writer(n: int) -> None:
+                stream = f"writer-{next(streams)}"
+                for event in events[n * per_writer : (n + 1) * per_writer]:
+                    await log.append(stream, [event])
+
+            await asyncio.gather(*(writer(n) for n in range(16)))
+            return 16 * per_writer
+
+        before = (log.transactions, log.appends)
+        rates["concurrent"] = await median_rate(concurrent, ctx.repeats)
+        rates["group"] = (log.appends - before[1]) / max(1, log.transactions - before[0])
+    finally:
+        await log.close()
+    return rates
+
+
+async def _peer_appends(ctx: Context) -> dict[str, float]:
+    peer = _Peer(ctx.workdir / "peer-append.db")
+    rates: dict[str, float] = {}
+    try:
+        for batch in (1, 100, 1000):
+            total = ctx.scale({1: 3000, 100: 50_000, 1000: 200_000}[batch], {1: 300, 100: 5000, 1000: 20_000}[batch])
+
+            bodies_per_run = [[encode_event(e) for e in _events(total)] for _ in range(ctx.repeats)]
+
+            async def work(batch: int = batch, total: int = total, runs: list[list[bytes]] = bodies_per_run) -> int:
+                bodies = runs.pop()
+
+                def run() -> None:
+                    for start in range(0, total, batch):
+                        peer.insert(bodies[start : start + batch])
+
+                await asyncio.to_thread(run)
+                return total
+
+            rates[f"batch={batch}"] = await median_rate(work, ctx.repeats)
+
+        per_writer = ctx.scale(2000, 200)
+
+        prepared_bodies = [[encode_event(e) for e in _events(16 * per_writer)] for _ in range(ctx.repeats)]
+
+        async def concurrent() -> int:
+            bodies = prepared_bodies.pop()
+
+            def writer(n: int) -> None:
+                for body in bodies[n * per_writer : (n + 1) * per_writer]:
+                    peer.insert([body])
+
+            await asyncio.gather(*(asyncio.to_thread(writer, n) for n in range(16)))
+            return 16 * per_writer
+
+        rates["concurrent"] = await median_rate(concurrent, ctx.repeats)
+    finally:
+        peer.close()
+    return rates
+
+
+async def _replay(ctx: Context, total: int) -> tuple[float, float]:
+    log = await SqliteEventLog.open(f"sqlite:///{ctx.workdir / 'replay.db'}?synchronous=NORMAL")
+    peer = _Peer(ctx.workdir / "peer-replay.db")
+    try:
+        template = _events(1000)
+        for start in range(0, total, 1000):
+            # Fresh ids per batch: the log would rightly treat the same ids as a retry.
+            fresh = [
+                CloudEvent(**{**{f: getattr(e, f) for f in e.__struct_fields__}, "id": str(uuid.uuid4())})
+                for e in template
+            ]
+            stored = await log.append(f"order-{start}", fresh)
+            await asyncio.to_thread(peer.insert, [encode_event(e) for e in stored])
+
+        async def ours() -> int:
+            count = 0
+            async for batch in log.iter_all(0, batch_size=5000):
+                count += len(batch)
+            assert count == total, count
+            return count
+
+        async def theirs() -> int:
+            return await asyncio.to_thread(peer.replay)
+
+        return await median_rate(ours, ctx.repeats), await median_rate(theirs, ctx.repeats)
+    finally:
+        await log.close()
+        peer.close()
+
+
+async def run(ctx: Context) -> list[Row]:
+    rows: list[Row] = []
+    peer = await _peer_appends(ctx)
+    for synchronous in ("FULL", "NORMAL"):
+        ours = await _appends(ctx, synchronous)
+        full = synchronous == "FULL"
+        for batch in (1, 100, 1000):
+            key = f"batch={batch}"
+            rows.append(
+                target_row(
+                    SUITE,
+                    f"append {key} sync={synchronous}",
+                    ours[key],
+                    "events/s",
+                    at_least=100_000 if full and batch == 1000 else None,
+                    peer=_peer(ours[key], peer[key]),
+                    note=_NOTE,
+                )
+            )
+        rows.append(
+            target_row(
+                SUITE,
+                f"append 16 concurrent single-event appenders sync={synchronous}",
+                ours["concurrent"],
+                "events/s",
+                at_least=20_000 if full else None,
+                peer=_peer(ours["concurrent"], peer["concurrent"]),
+                note=f"group commit: {ours['group']:.1f} appends per transaction",
+            )
+        )
+        if full:
+            rows.append(
+                target_row(
+                    SUITE,
+                    "append batch=1000 sync=FULL, ratio to eventsourcing",
+                    ours["batch=1000"] / peer["batch=1000"],
+                    "x",
+                    at_least=10,
+                )
+            )
+            rows.append(
+                target_row(
+                    SUITE,
+                    "append 16 concurrent sync=FULL, ratio to eventsourcing",
+                    ours["concurrent"] / peer["concurrent"],
+                    "x",
+                    at_least=10,
+                )
+            )
+    total = ctx.scale(1_000_000, 50_000)
+    ours_replay, peer_replay = await _replay(ctx, total)
+    rows.append(
+        target_row(
+            SUITE,
+            f"replay iter_all from 0 over {total:,} events into envelopes",
+            ours_replay,
+            "events/s",
+            at_least=250_000,
+            peer=_peer(ours_replay, peer_replay),
+            note="peer reads rows without decoding them",
+        )
+    )
+    rows.append(target_row(SUITE, "replay, ratio to eventsourcing", ours_replay / peer_replay, "x", at_least=7))
+    return rows
