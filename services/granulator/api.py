@@ -1,0 +1,228 @@
+"""HTTP routes and NATS commands of the granulator: decode, call the worker, encode.
+
+HTTP (worker token and ``X-Worker-ID`` on every route): ``POST /api/handshake``,
+``POST /api/process``, ``POST /api/acknowledge``, ``POST /generate`` and
+``GET /api/handshakes/{handshake_id}``.
+
+NATS (``nexus.cmd.granulator.<verb>``, a CloudEvent whose data are the call's body, answered
+through ``Bus.request``): ``handshake``, ``process``, ``acknowledge``, ``granulate`` (all three
+in one call) and ``generate``. NATS is the trust boundary for commands: who may publish on
+``nexus.cmd.granulator.>`` is the NATS account's permissions; the worker id is the command's
+``source``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from nexus.auth import WORKER_ID
+from nexus.bus import ConsumerSpec
+from nexus.ingest import CommandRejected, CommandRouter
+from nexus.proto import STREAM_CMD, CloudEvent, cmd_subject
+from nexus.runtime import Service, json_response
+from nexus.services.granulator import handlers
+from nexus.services.granulator.model import (
+    AcknowledgeRequest,
+    ExpandRequest,
+    ExpandResult,
+    GranulatorError,
+    HandshakeRequest,
+    InvalidRequestError,
+    ProcessRequest,
+)
+from nexus.services.granulator.worker import Granulator
+
+__all__ = ["COMMAND_VERBS", "install"]
+
+COMMAND_VERBS = ("handshake", "process", "acknowledge", "granulate", "generate")
+
+_ERRORS = {
+    400: "Malformed body (the message names the field)",
+    401: "Missing, unknown or revoked worker token, or no X-Worker-ID",
+    403: "A client API key on a worker route",
+}
+
+
+class ErrorAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The body of a granulator error."""
+
+    error: str
+    message: str
+    retryable: bool = False
+
+
+def _error(exc: GranulatorError) -> web.Response:
+    headers = {"Retry-After": "1"} if exc.retryable else None
+    return json_response(
+        ErrorAnswer(error=exc.code, message=exc.message, retryable=exc.retryable), status=exc.status, headers=headers
+    )
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        raise InvalidRequestError("$: the request body is empty; send a JSON object")
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(f"$: the body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError(f"$: expected a JSON object, got {type(body).__name__}")
+    return body
+
+
+def install(service: Service, worker: Granulator) -> None:
+    """Declare the granulator's routes and command consumers on ``service``."""
+
+    def guarded(call: Callable[[web.Request], Awaitable[Any]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            try:
+                return json_response(await call(request))
+            except GranulatorError as exc:
+                return _error(exc)
+
+        handler.__doc__ = call.__doc__
+        return handler
+
+    @service.route(
+        "POST",
+        "/api/handshake",
+        summary="Offer a job: accepted with a handshake id and an estimate, or rejected with a reason",
+        request=HandshakeRequest,
+        responses=_ERRORS,
+        auth="worker",
+        tags=["protocol"],
+    )
+    @guarded
+    async def handshake(request: web.Request) -> Any:
+        """Validates stage, input and requirements (memory_mb, timeout_ms); the execution id comes in the body or
+        ``X-Execution-ID``. A rejection (over capacity, requirement out of bounds, unknown structure type) is a
+        200 answer with ``accepted: false``, ``code`` and ``reason``."""
+        return await worker.handshake(
+            await _body(request),
+            worker_id=request[WORKER_ID],
+            execution_id=request.headers.get("X-Execution-ID", "").strip(),
+        )
+
+    @service.route(
+        "POST",
+        "/api/process",
+        summary="Generate the structure of an accepted handshake (idempotent)",
+        request=ProcessRequest,
+        responses={
+            **_ERRORS,
+            404: "No such handshake for this execution",
+            409: "Rejected, closed, or being processed by another replica",
+            502: "The generator answered with something that is not a structure (not retryable)",
+            503: "The generator or Raw is unavailable (retryable)",
+            504: "The job exceeded the handshake's timeout_ms (retryable)",
+        },
+        auth="worker",
+        tags=["protocol"],
+    )
+    @guarded
+    async def process(request: web.Request) -> Any:
+        """``data_ref`` is a ``raw://`` reference to a JSON object, an inline object, or absent (the handshake's
+        input). The output is inline under 1 KB, otherwise ``output_ref`` is a ``raw://`` reference."""
+        return await worker.process(await _body(request), worker_id=request[WORKER_ID])
+
+    @service.route(
+        "POST",
+        "/api/acknowledge",
+        summary="Close a handshake and release its capacity (idempotent)",
+        request=AcknowledgeRequest,
+        responses={**_ERRORS, 404: "No such handshake for this execution", 409: "The handshake was rejected"},
+        auth="worker",
+        tags=["protocol"],
+    )
+    @guarded
+    async def acknowledge(request: web.Request) -> Any:
+        return await worker.acknowledge(await _body(request), worker_id=request[WORKER_ID])
+
+    @service.route(
+        "GET",
+        "/api/handshakes/{handshake_id}",
+        summary="A handshake's state folded from the log",
+        responses={**_ERRORS, 404: "No such handshake"},
+        auth="worker",
+        tags=["protocol"],
+    )
+    @guarded
+    async def get_handshake(request: web.Request) -> Any:
+        handshake_id = request.match_info["handshake_id"]
+        events = await worker.log.read_stream(handlers.stream_id(handshake_id))
+        state = handlers.fold(events)
+        if state is None:
+            from nexus.services.granulator.model import UnknownHandshakeError
+
+            raise UnknownHandshakeError(f"no handshake {handshake_id!r}")
+        return {
+            "handshake_id": state.handshake_id,
+            "execution_id": state.execution_id,
+            "status": state.status,
+            "replica_id": state.replica_id,
+            "progress": state.progress,
+            "validations": msgspec.to_builtins(state.validations),
+            "events": [{"type": e.type, "time": e.time, "data": e.data} for e in events],
+        }
+
+    @service.route(
+        "POST",
+        "/generate",
+        summary="Expand a text with the configured generator (the `core` service of seed 004)",
+        request=ExpandRequest,
+        response=ExpandResult,
+        responses={**_ERRORS, 502: "Malformed generator output", 503: "Generator unavailable (retryable)"},
+        auth="worker",
+        tags=["generation"],
+    )
+    @guarded
+    async def generate(request: web.Request) -> Any:
+        """Body: ``prompt`` (required), ``model``, ``temperature``, ``max_tokens``. Answer: ``text``,
+        ``word_count``, ``model``, ``generator``, ``finish_reason``."""
+        return await worker.expand(await _body(request))
+
+    # -- NATS commands --------------------------------------------------------------------
+
+    router = CommandRouter(service.bus, service.name)
+
+    def command(call: Callable[[dict[str, Any], CloudEvent], Awaitable[dict[str, Any]]]) -> Any:
+        async def handle(event: CloudEvent) -> dict[str, Any]:
+            if not isinstance(event.data, dict):
+                raise CommandRejected("the command's data must be a JSON object", "invalid_request")
+            try:
+                return await call(event.data, event)
+            except GranulatorError as exc:
+                suffix = " (retryable)" if exc.retryable else ""
+                raise CommandRejected(exc.message + suffix, exc.code) from None
+
+        return handle
+
+    router.route(
+        "handshake",
+        command(lambda data, e: worker.handshake(data, worker_id=e.source, execution_id=e.correlationid or "")),
+    )
+    router.route("process", command(lambda data, e: worker.process(data, worker_id=e.source)))
+    router.route("acknowledge", command(lambda data, e: worker.acknowledge(data, worker_id=e.source)))
+    router.route(
+        "granulate",
+        command(lambda data, e: worker.granulate(data, worker_id=e.source, execution_id=e.correlationid or "")),
+    )
+    router.route("generate", command(lambda data, e: worker.expand(data)))
+
+    for verb in COMMAND_VERBS:
+        spec = ConsumerSpec(
+            name=f"{service.name}-cmd-{verb}",
+            stream=STREAM_CMD,
+            filter_subjects=(cmd_subject(service.name, verb),),
+            ack_wait_seconds=120.0,
+        )
+        # A pull loop handles one message at a time; jobs run concurrently up to the capacity by
+        # running as many loops on the shared durable consumer.
+        copies = worker.limits.capacity if verb in ("process", "granulate", "generate") else 1
+        for _ in range(min(copies, 16)):
+            service.consumer(spec)(router.handle)

@@ -1,0 +1,111 @@
+"""The granulator's settings, read from the environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from nexus.config import ConfigError
+from nexus.runtime import ServiceSettings
+
+__all__ = ["GENERATORS", "GranulatorSettings", "load_settings"]
+
+GENERATORS = ("builtin", "http")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GranulatorSettings(ServiceSettings):
+    """Settings of one granulator replica."""
+
+    replica_id: str
+    """``NEXUS_GRANULATOR_REPLICA_ID``: this replica's name in the log (default host-pid). Set it to a
+    stable value so a restarted replica finds the handshakes it still holds."""
+    capacity: int = 8
+    """``NEXUS_GRANULATOR_CAPACITY``: concurrent jobs this replica accepts."""
+    max_memory_mb: int = 1024
+    """``NEXUS_GRANULATOR_MAX_MEMORY_MB``: the most memory a handshake may be granted."""
+    max_timeout_ms: int = 600_000
+    """``NEXUS_GRANULATOR_MAX_TIMEOUT_MS``: the longest timeout a handshake may ask for."""
+    lease_grace_ms: int = 60_000
+    """``NEXUS_GRANULATOR_LEASE_GRACE_MS``: how long past its timeout an unacknowledged handshake holds capacity."""
+    inline_limit: int = 1024
+    """``NEXUS_GRANULATOR_INLINE_LIMIT``: outputs whose JSON is shorter stay inline; longer go to Raw."""
+    generator: str = "builtin"
+    """``NEXUS_GRANULATOR_GENERATOR``: ``builtin`` (offline) or ``http`` (OpenAI-compatible)."""
+    http_url: str = ""
+    """``NEXUS_GRANULATOR_HTTP_URL``: base URL of the chat-completions API (``…/v1``)."""
+    http_model: str = ""
+    """``NEXUS_GRANULATOR_HTTP_MODEL``: the model to ask for."""
+    http_key: str | None = None
+    """``NEXUS_GRANULATOR_HTTP_KEY``: bearer key for the endpoint; no default, sent only when set."""
+    http_timeout_s: float = 60.0
+    """``NEXUS_GRANULATOR_HTTP_TIMEOUT_S``: per request to the endpoint."""
+    validation_enabled: bool = False
+    """``NEXUS_GRANULATOR_VALIDATION``: validate when a handshake does not say (``on``/``off``)."""
+    validation_level: int = 1
+    validation_threshold: float = 80.0
+    validation_max_retries: int = 2
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range ({low}-{high})")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range ({low:g}-{high:g})")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> GranulatorSettings:
+    """Read the settings; raise ConfigError naming the variable at fault."""
+    env = os.environ if env is None else env
+    generator = env.get("NEXUS_GRANULATOR_GENERATOR", "builtin").strip().lower() or "builtin"
+    if generator not in GENERATORS:
+        raise ConfigError(f"NEXUS_GRANULATOR_GENERATOR={generator!r}: use one of {', '.join(GENERATORS)}")
+    http_url = env.get("NEXUS_GRANULATOR_HTTP_URL", "").strip()
+    http_model = env.get("NEXUS_GRANULATOR_HTTP_MODEL", "").strip()
+    if generator == "http" and not (http_url and http_model):
+        raise ConfigError(
+            "NEXUS_GRANULATOR_GENERATOR=http needs NEXUS_GRANULATOR_HTTP_URL and NEXUS_GRANULATOR_HTTP_MODEL"
+        )
+    validation = env.get("NEXUS_GRANULATOR_VALIDATION", "off").strip().lower()
+    if validation not in ("on", "off", "true", "false", "1", "0"):
+        raise ConfigError(f"NEXUS_GRANULATOR_VALIDATION={validation!r}: use on or off")
+    return GranulatorSettings.from_env(
+        "granulator",
+        env,
+        replica_id=env.get("NEXUS_GRANULATOR_REPLICA_ID", "").strip() or f"{socket.gethostname()}-{os.getpid()}",
+        capacity=_int(env, "NEXUS_GRANULATOR_CAPACITY", 8, 1, 100_000),
+        max_memory_mb=_int(env, "NEXUS_GRANULATOR_MAX_MEMORY_MB", 1024, 1, 1_048_576),
+        max_timeout_ms=_int(env, "NEXUS_GRANULATOR_MAX_TIMEOUT_MS", 600_000, 100, 86_400_000),
+        lease_grace_ms=_int(env, "NEXUS_GRANULATOR_LEASE_GRACE_MS", 60_000, 0, 86_400_000),
+        inline_limit=_int(env, "NEXUS_GRANULATOR_INLINE_LIMIT", 1024, 0, 16 * 1024 * 1024),
+        generator=generator,
+        http_url=http_url,
+        http_model=http_model,
+        http_key=env.get("NEXUS_GRANULATOR_HTTP_KEY") or None,
+        http_timeout_s=_float(env, "NEXUS_GRANULATOR_HTTP_TIMEOUT_S", 60.0, 0.1, 3600.0),
+        validation_enabled=validation in ("on", "true", "1"),
+        validation_level=_int(env, "NEXUS_GRANULATOR_VALIDATION_LEVEL", 1, 1, 3),
+        validation_threshold=_float(env, "NEXUS_GRANULATOR_VALIDATION_THRESHOLD", 80.0, 0.0, 100.0),
+        validation_max_retries=_int(env, "NEXUS_GRANULATOR_VALIDATION_MAX_RETRIES", 2, 0, 5),
+    )
