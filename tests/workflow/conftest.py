@@ -127,7 +127,7 @@ class Running:
         async with self.http.get(self.url + path) as r:
             return r.status, await r.json()
 
-    async def wait_final(self, execution_id: str, timeout: float = 10.0) -> Any:
+    async def wait_final(self, execution_id: str, timeout: float = 10.0) -> Any:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
             async for state in self.ctx.engine.watch(execution_id):
                 if state.final:
