@@ -27,7 +27,7 @@ def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 async def seed(data_dir: Path, count: int = 6) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     log = await open_event_log(f"sqlite:///{data_dir / 'events.db'}")
     for i in range(count):
         await log.append(f"order-{i % 2}", [new_event("test.order.placed", {"i": i}, source="test")])

@@ -149,12 +149,16 @@ async def test_sqlite_inserted_event(db: Path) -> None:
 
 
 async def test_sqlite_swapped_events(db: Path) -> None:
+    # Reorder order-1's first two events (positions 2 and 5): each moves into the other's slot
+    # with the slot's position, version and prevhash, keeping its own content and hash.
     with sqlite3.connect(db) as con:
-        a, b = body(con, 2), body(con, 3)
-        con.execute("UPDATE events SET body = ? WHERE position = 2", (b,))
-        con.execute("UPDATE events SET body = ? WHERE position = 3", (a,))
+        first, second = decode_event(body(con, 2)), decode_event(body(con, 5))
+        moved_up = msgspec.structs.replace(second, position=2, streamversion=1, prevhash=first.prevhash)
+        moved_down = msgspec.structs.replace(first, position=5, streamversion=2, prevhash=second.prevhash)
+        con.execute("UPDATE events SET body = ? WHERE position = 2", (encode_event(moved_up),))
+        con.execute("UPDATE events SET body = ? WHERE position = 5", (encode_event(moved_down),))
     report = await verify_file(db)
-    assert not report.ok
-    # Position 3's event now comes first (2 looks missing), then position 2 arrives late.
-    assert [(p.position, p.stream) for p in report.problems] == [(2, "order-1"), (3, "order-2")]
-    assert "goes back" in report.problems[0].reason and "missing" in report.problems[1].reason
+    # Both moved events fail their hash, and the chain breaks after each (8 pointed at the old 5).
+    assert {(p.position, p.stream) for p in report.problems} == {(2, "order-1"), (5, "order-1"), (8, "order-1")}
+    assert all("content changed" in p.reason or "prevhash" in p.reason for p in report.problems)
+    assert any(p.position == 5 and "prevhash" in p.reason for p in report.problems)
