@@ -166,3 +166,18 @@ async def workflow_service(tmp_path: Path, stub: Stub) -> AsyncIterator[ServiceF
     for running in started:
         await running.http.close()
         await running.service.stop()
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:  # noqa: ASYNC109
+    """Wait (polling) until ``predicate()`` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def until() -> Callable[..., Awaitable[None]]:
+    """``await until(lambda: ..., timeout=…)``: poll until a predicate holds."""
+    return _until

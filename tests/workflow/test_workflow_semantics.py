@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -240,7 +239,7 @@ async def test_requests_carry_idempotency_key_traceparent_and_mapped_input(workf
     assert final.steps["load"].output == {"content": "text of chap-7", "chapter": 3}
 
 
-async def test_cancel_stops_a_running_execution_and_compensates(workflow_service, stub):
+async def test_cancel_stops_a_running_execution_and_compensates(workflow_service, stub, until):
     svc = await workflow_service()
     comp = {"service": "stub", "endpoint": "/effect"}
     await svc.post(
@@ -256,8 +255,7 @@ async def test_cancel_stops_a_running_execution_and_compensates(workflow_service
     )
     _, body = await svc.post("/executions", {"workflow_id": "long", "input": {}})
     execution_id = body["id"]
-    while stub.requests[f"{execution_id}:b"] < 1:
-        await asyncio.sleep(0.01)
+    await until(lambda: not (stub.requests[f"{execution_id}:b"] < 1))
     code, state = await svc.post(f"/executions/{execution_id}/cancel", {"reason": "user asked"})
     assert code == 202
     final = await svc.wait_final(execution_id)
@@ -269,7 +267,7 @@ async def test_cancel_stops_a_running_execution_and_compensates(workflow_service
     assert code == 202 and state["status"] == "CANCELLED"
 
 
-async def test_wait_event_step_resumes_on_a_matching_event_and_times_out_otherwise(workflow_service, stub):
+async def test_wait_event_step_resumes_on_a_matching_event_and_times_out_otherwise(workflow_service, stub, until):
     svc = await workflow_service()
     await svc.post(
         "/workflows",
@@ -297,8 +295,7 @@ async def test_wait_event_step_resumes_on_a_matching_event_and_times_out_otherwi
     _, body = await svc.post("/executions", {"workflow_id": "waiter", "input": {"doc": "d1"}})
     _, other = await svc.post("/executions", {"workflow_id": "impatient", "input": {}})
     log = svc.ctx.log
-    while svc.ctx.engine.get(body["id"]).current_step != "approval":
-        await asyncio.sleep(0.01)
+    await until(lambda: not (svc.ctx.engine.get(body["id"]).current_step != "approval"))
     # An event for another document does not match; the right one does.
     await log.append("ext-review", [new_event("nexus.ext.review.approved", {"doc": "d2", "by": "x"}, source="t")])
     await log.append("ext-review", [new_event("nexus.ext.review.approved", {"doc": "d1", "by": "ana"}, source="t")])
@@ -358,14 +355,13 @@ async def test_task_step_sends_a_command_and_takes_the_workers_result(workflow_s
     assert seen[0]["headers"]["traceparent"].startswith("00-")
 
 
-async def test_running_executions_keep_their_version(workflow_service, stub):
+async def test_running_executions_keep_their_version(workflow_service, stub, until):
     svc = await workflow_service()
     await svc.post("/workflows", {"id": "v", "steps": [step("hold", "/hold"), step("first", "/effect")]})
     _, body = await svc.post("/executions", {"workflow_id": "v", "input": {}})
     code, v2 = await svc.post("/workflows", {"id": "v", "steps": [step("second", "/effect")]})
     assert code == 201 and v2["version"] == 2
-    while stub.requests[f"{body['id']}:hold"] < 1:
-        await asyncio.sleep(0.01)
+    await until(lambda: not (stub.requests[f"{body['id']}:hold"] < 1))
     stub.release.set()
     final = await svc.wait_final(body["id"])
     assert final.workflow_version == 1 and set(final.steps) == {"hold", "first"}
