@@ -40,3 +40,15 @@ class LogSealed(msgspec.Struct, frozen=True, kw_only=True):
     merkle_root: str
     algorithm: str = "sha256"
     count: int = 0
+
+
+@event_type("nexus.platform.admin.password.set")
+class AdminPasswordSet(msgspec.Struct, frozen=True, kw_only=True):
+    """The bootstrap admin's password was set; only its Argon2id hash is recorded."""
+
+    user: str
+    """Login name of the admin (``NEXUS_ADMIN_USER``)."""
+    password_hash: str
+    """Argon2id hash in the PHC string format (``$argon2id$v=19$...``)."""
+    generated: bool = False
+    """True when Nexus generated the password (it was printed once at first start)."""

@@ -12,7 +12,8 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from nexus.eventlog import NO_STREAM, ConcurrencyError, EventLog
-from nexus.proto import CloudEvent, event_type, new_event
+from nexus.proto import CloudEvent, new_event
+from nexus.proto.events.platform import AdminPasswordSet
 
 logger = logging.getLogger(__name__)
 
@@ -22,18 +23,6 @@ ADMIN_PASSWORD_SET = "nexus.platform.admin.password.set"
 
 # Argon2id with argon2-cffi's defaults (RFC 9106's second recommended profile).
 _hasher = PasswordHasher(type=Type.ID)
-
-
-@event_type(ADMIN_PASSWORD_SET)
-class AdminPasswordSet(msgspec.Struct, frozen=True, kw_only=True):
-    """The bootstrap admin's password was set; only its Argon2id hash is recorded."""
-
-    user: str
-    """Login name of the admin (``NEXUS_ADMIN_USER``)."""
-    password_hash: str
-    """Argon2id hash in the PHC string format (``$argon2id$v=19$...``)."""
-    generated: bool = False
-    """True when Nexus generated the password (it was printed once at first start)."""
 
 
 def hash_password(password: str) -> str:
