@@ -132,23 +132,27 @@ def _score(structure: Structure, questions: list[Question], threshold: float) ->
     coverage: list[float] = []
     missed: list[str] = []
     for q in questions:
-        best = 0.0
+        best, lacking = 0.0, list(q.groups)
         for i, words in enumerate(texts):
             if q.body_only and not body[i]:
                 continue
-            hit = sum(1 for g in q.groups if g & words)
-            best = max(best, hit / len(q.groups) if q.groups else 1.0)
+            absent = [g for g in q.groups if not g & words]
+            got = 1.0 - len(absent) / len(q.groups) if q.groups else 1.0
+            if got > best:
+                best, lacking = got, absent
             if best == 1.0:
                 break
         coverage.append(best)
         if best < 1.0:
-            missed.append(q.text)
+            # The hint names the words the best section lacked, as a reviewer's note would.
+            missed.append(f"{q.text} [missing: {', '.join(sorted(g)[0] for g in lacking)}]")
     accuracy = round(100.0 * sum(coverage) / len(coverage), 1) if coverage else 100.0
     passed = accuracy >= threshold
     answered = len(questions) - len(missed)
     feedback = f"The structure answers {answered} of {len(questions)} questions fully ({accuracy:.1f}%)."
     if missed:
-        feedback += " Not fully answered: " + "; ".join(missed[:5]) + ("; …" if len(missed) > 5 else "") + "."
+        texts_missed = [m.split(" [missing:", 1)[0] for m in missed]
+        feedback += " Not fully answered: " + "; ".join(texts_missed[:5]) + ("; …" if len(missed) > 5 else "") + "."
     else:
         feedback += " Every question is covered by a section's content."
     result = ValidationResult(
@@ -187,6 +191,7 @@ async def run_with_validation(
     best: tuple[Structure, ValidationResult] | None = None
     hints: tuple[str, ...] = ()
     attempts = 0
+    # Hints read "<question> [missing: word, word]": what the next attempt should cover.
     for attempt in range(1, config.max_retries + 2):
         attempts = attempt
         request = OutlineRequest(base.input, strategy_for(attempt), attempt, hints)

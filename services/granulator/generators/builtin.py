@@ -125,13 +125,22 @@ def _seed(text: str) -> int:
 
 
 def _question_words(question: str) -> str:
-    """A question's content words as a short title: ``How do AI and Market relate?`` → ``AI and Market``."""
+    """A hint as a short subsection title.
+
+    ``How do AI and Market relate? [missing: market]`` → ``AI and Market``; the words a
+    validation note says are missing are added when the question does not carry them.
+    """
+    question, _, note = question.partition(" [missing:")
+    lacking = [w.strip() for w in note.rstrip("]").split(",") if w.strip()]
     kept = [w for w in _text.words(question) if w.lower() not in _text.STOPWORDS or w.lower() == "and"]
     while kept and kept[0].lower() == "and":
         kept.pop(0)
     while kept and kept[-1].lower() == "and":
         kept.pop()
-    return " ".join(display(w) if w.lower() != "and" else "and" for w in kept) or question.rstrip("?")
+    title = " ".join(display(w) if w.lower() != "and" else "and" for w in kept) or question.rstrip("?")
+    have = _text.stems(title)
+    extra = [display(w) for w in lacking if _text.stem(w) not in have]
+    return f"{title}: {', '.join(extra)}" if extra else title
 
 
 def outline(request: OutlineRequest) -> Structure:
