@@ -58,10 +58,16 @@ async def test_retry_with_another_strategy_until_the_threshold() -> None:
 
 async def test_retries_run_out_and_the_best_attempt_is_kept() -> None:
     config = ValidationConfig(enabled=True, level=3, threshold=99.0, max_retries=1)
+    scores: dict[str, float] = {}
+
+    async def record(structure, result) -> None:  # type: ignore[no-untyped-def]
+        scores[structure.strategy] = result.accuracy_percentage
+
     structure, result, attempts = await run_with_validation(
-        BuiltinGenerator().outline, base("Quantum Error Correction", "article", "brief"), config
+        BuiltinGenerator().outline, base("Quantum Error Correction", "article", "brief"), config, on_attempt=record
     )
     assert attempts == 2 and result.passed is False
+    assert result.accuracy_percentage == max(scores.values()) == scores[structure.strategy]
     assert "Not fully answered" in result.feedback
     # Disabled: one attempt, no result.
     _, none, one = await run_with_validation(
