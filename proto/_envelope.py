@@ -29,12 +29,16 @@ NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Version = Annotated[int, msgspec.Meta(ge=1)]
 
 
-class CloudEvent(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+class CloudEvent(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True, gc=False):
     """One event: a CloudEvents 1.0 envelope in structured JSON mode.
 
     The required attributes have no default; the Nexus extensions are optional and omitted
     from the JSON when unset. ``streamid``, ``streamversion``, ``position``, ``prevhash`` and
     ``hash`` are assigned by the event log when the event is appended.
+
+    Instances are not tracked by the cyclic garbage collector (``gc=False``): an event is
+    frozen and its data is a JSON value, so it cannot take part in a reference cycle, and a
+    replay that decodes millions of events no longer triggers collections that walk them all.
     """
 
     specversion: Literal["1.0"]
