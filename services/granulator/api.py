@@ -21,8 +21,10 @@ from aiohttp import web
 
 from nexus.auth import WORKER_ID
 from nexus.bus import ConsumerSpec
+from nexus.eventlog import ANY
 from nexus.ingest import CommandRejected, CommandRouter
-from nexus.proto import STREAM_CMD, CloudEvent, cmd_subject
+from nexus.proto import STREAM_CMD, CloudEvent, cmd_subject, new_event
+from nexus.proto.events.workflow import TaskCompleted, TaskFailed
 from nexus.runtime import Service, json_response
 from nexus.services.granulator import handlers
 from nexus.services.granulator.model import (
@@ -34,7 +36,7 @@ from nexus.services.granulator.model import (
     InvalidRequestError,
     ProcessRequest,
 )
-from nexus.services.granulator.worker import Granulator
+from nexus.services.granulator.worker import SOURCE, Granulator
 
 __all__ = ["COMMAND_VERBS", "install"]
 
@@ -73,6 +75,57 @@ async def _body(request: web.Request) -> Any:
     if not isinstance(body, dict):
         raise InvalidRequestError(f"$: expected a JSON object, got {type(body).__name__}")
     return body
+
+
+TASK_COMPLETED = "nexus.workflow.task.completed"
+TASK_FAILED = "nexus.workflow.task.failed"
+
+
+async def _task(
+    worker: Granulator,
+    event: CloudEvent,
+    data: dict[str, Any],
+    call: Callable[[dict[str, Any], CloudEvent], Awaitable[dict[str, Any]]],
+) -> dict[str, Any]:
+    """Run a workflow ``task`` step's command and record its result for the engine.
+
+    The workflow engine publishes ``nexus.granulator.task.<verb>`` with ``execution_id``,
+    ``step_id``, ``idempotency_key`` and ``input``, and waits for ``nexus.workflow.task.completed``
+    or ``.failed`` carrying the same key. A key already completed gets its first output again
+    (a redelivered or retried command does not granulate twice).
+    """
+    key = data.get("idempotency_key")
+    if not isinstance(key, str) or not key:
+        raise CommandRejected("a task command needs a non-empty idempotency_key", "invalid_request")
+    stream = f"granulator-task-{key}"
+    prior = await worker.log.read_stream(stream)
+    done = next((e for e in reversed(prior) if e.type == TASK_COMPLETED), None)
+    if done is not None:
+        output = done.data.get("output") if isinstance(done.data, dict) else None
+        outcome: TaskCompleted | TaskFailed = TaskCompleted(idempotency_key=key, output=output)
+    else:
+        body = data.get("input")
+        body = dict(body) if isinstance(body, dict) else {}
+        body.setdefault("execution_id", data.get("execution_id") or event.correlationid or key)
+        try:
+            result = await call(body, event)
+        except GranulatorError as exc:
+            outcome = TaskFailed(idempotency_key=key, error=f"{exc.code}: {exc.message}", retryable=exc.retryable)
+        else:
+            if result.get("accepted") is False:
+                # A refused handshake: over capacity may pass; anything else will be refused again.
+                code = str(result.get("code", "rejected"))
+                outcome = TaskFailed(
+                    idempotency_key=key, error=f"{code}: {result.get('reason', '')}", retryable=code == "over_capacity"
+                )
+            else:
+                outcome = TaskCompleted(
+                    idempotency_key=key, output={k: v for k, v in result.items() if k != "accepted"}
+                )
+    kind = TASK_COMPLETED if isinstance(outcome, TaskCompleted) else TASK_FAILED
+    recorded = new_event(kind, outcome, source=SOURCE, correlationid=event.correlationid, causationid=event.id)
+    await worker.log.append(stream, [recorded], expected_version=ANY)
+    return msgspec.to_builtins(outcome)
 
 
 def install(service: Service, worker: Granulator) -> None:
@@ -177,7 +230,7 @@ def install(service: Service, worker: Granulator) -> None:
         request=ExpandRequest,
         response=ExpandResult,
         responses={**_ERRORS, 502: "Malformed generator output", 503: "Generator unavailable (retryable)"},
-        auth="worker",
+        auth=None if getattr(service.settings, "generate_auth", "worker") == "none" else "worker",
         tags=["generation"],
     )
     @guarded
@@ -190,10 +243,14 @@ def install(service: Service, worker: Granulator) -> None:
 
     router = CommandRouter(service.bus, service.name)
 
-    def command(call: Callable[[dict[str, Any], CloudEvent], Awaitable[dict[str, Any]]]) -> Any:
+    def command(
+        verb: str, call: Callable[[dict[str, Any], CloudEvent], Awaitable[dict[str, Any]]]
+    ) -> Callable[[CloudEvent], Awaitable[dict[str, Any]]]:
         async def handle(event: CloudEvent) -> dict[str, Any]:
             if not isinstance(event.data, dict):
                 raise CommandRejected("the command's data must be a JSON object", "invalid_request")
+            if event.type == f"nexus.{service.name}.task.{verb}":
+                return await _task(worker, event, event.data, call)
             try:
                 return await call(event.data, event)
             except GranulatorError as exc:
@@ -202,17 +259,20 @@ def install(service: Service, worker: Granulator) -> None:
 
         return handle
 
+    def execution(data: dict[str, Any], event: CloudEvent) -> str:
+        return str(data.get("execution_id") or event.correlationid or "")
+
     router.route(
         "handshake",
-        command(lambda data, e: worker.handshake(data, worker_id=e.source, execution_id=e.correlationid or "")),
+        command("handshake", lambda d, e: worker.handshake(d, worker_id=e.source, execution_id=execution(d, e))),
     )
-    router.route("process", command(lambda data, e: worker.process(data, worker_id=e.source)))
-    router.route("acknowledge", command(lambda data, e: worker.acknowledge(data, worker_id=e.source)))
+    router.route("process", command("process", lambda d, e: worker.process(d, worker_id=e.source)))
+    router.route("acknowledge", command("acknowledge", lambda d, e: worker.acknowledge(d, worker_id=e.source)))
     router.route(
         "granulate",
-        command(lambda data, e: worker.granulate(data, worker_id=e.source, execution_id=e.correlationid or "")),
+        command("granulate", lambda d, e: worker.granulate(d, worker_id=e.source, execution_id=execution(d, e))),
     )
-    router.route("generate", command(lambda data, e: worker.expand(data)))
+    router.route("generate", command("generate", lambda d, e: worker.expand(d)))
 
     for verb in COMMAND_VERBS:
         spec = ConsumerSpec(

@@ -42,6 +42,9 @@ class GranulatorSettings(ServiceSettings):
     """``NEXUS_GRANULATOR_HTTP_KEY``: bearer key for the endpoint; no default, sent only when set."""
     http_timeout_s: float = 60.0
     """``NEXUS_GRANULATOR_HTTP_TIMEOUT_S``: per request to the endpoint."""
+    generate_auth: str = "worker"
+    """``NEXUS_GRANULATOR_GENERATE_AUTH``: ``worker`` (a worker token, the default) or ``none`` for
+    ``POST /generate``; ``none`` lets workflow ``api_call`` steps, which send no credentials, call it."""
     validation_enabled: bool = False
     """``NEXUS_GRANULATOR_VALIDATION``: validate when a handshake does not say (``on``/``off``)."""
     validation_level: int = 1
@@ -90,6 +93,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> GranulatorSettings:
     validation = env.get("NEXUS_GRANULATOR_VALIDATION", "off").strip().lower()
     if validation not in ("on", "off", "true", "false", "1", "0"):
         raise ConfigError(f"NEXUS_GRANULATOR_VALIDATION={validation!r}: use on or off")
+    generate_auth = env.get("NEXUS_GRANULATOR_GENERATE_AUTH", "worker").strip().lower() or "worker"
+    if generate_auth not in ("worker", "none"):
+        raise ConfigError(f"NEXUS_GRANULATOR_GENERATE_AUTH={generate_auth!r}: use worker or none")
     return GranulatorSettings.from_env(
         "granulator",
         env,
@@ -104,6 +110,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> GranulatorSettings:
         http_model=http_model,
         http_key=env.get("NEXUS_GRANULATOR_HTTP_KEY") or None,
         http_timeout_s=_float(env, "NEXUS_GRANULATOR_HTTP_TIMEOUT_S", 60.0, 0.1, 3600.0),
+        generate_auth=generate_auth,
         validation_enabled=validation in ("on", "true", "1"),
         validation_level=_int(env, "NEXUS_GRANULATOR_VALIDATION_LEVEL", 1, 1, 3),
         validation_threshold=_float(env, "NEXUS_GRANULATOR_VALIDATION_THRESHOLD", 80.0, 0.0, 100.0),

@@ -97,7 +97,7 @@ def derive_questions(topic: str, structure_type: str, level: int) -> list[Questi
             out.append(Question(text.format(subject=subj), tuple(_group(g) for g in groups)))
         for facet in facets[2:4]:
             out.append(Question(facet.question.format(subject=subj), _facet_group(facet)))
-        for term in terms[:4]:
+        for term in terms[:4] if len(terms) > 1 else []:
             out.append(Question(f"What part does {term} play in {subj}?", (_term_group(term),), body_only=True))
     if level >= 3:
         for a, b in list(combinations(terms[:4], 2))[:3]:

@@ -268,3 +268,18 @@ async def test_a_second_replica_rebuilds_and_shares_the_work(tmp_path: Path, mem
                 generator=BuiltinGenerator(),
             )
             assert await again.rebuild() == 1
+
+
+async def test_generate_expands_text_and_can_be_opened_to_api_call_steps(
+    tmp_path: Path, memory_log: MemoryEventLog
+) -> None:
+    body = {"prompt": "Expand this chapter:\n\nThe door creaked open.", "model": "gpt-4", "max_tokens": 300}
+    async with running_granulator(tmp_path, log=memory_log) as g:
+        assert (await g.post("/generate", body, headers={}))[0] == 401
+        status, out = await g.post("/generate", body)
+        assert status == 200 and "The door creaked open." in out["text"] and out["word_count"] > 4
+        status, error = await g.post("/generate", {"prompt": ""})
+        assert status == 400 and "prompt" in error["message"]
+    async with running_granulator(tmp_path / "open", log=MemoryEventLog(), NEXUS_GRANULATOR_GENERATE_AUTH="none") as g:
+        status, out = await g.post("/generate", body, headers={})
+        assert status == 200 and out["model"] == "gpt-4"
