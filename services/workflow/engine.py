@@ -102,6 +102,18 @@ class EngineStats:
             del self.dispatch_ms[:50_000]
 
 
+def _percentiles(values: list[float]) -> dict[str, float]:
+    """p50/p99/max of ``values`` (nearest rank), rounded to microseconds; empty when there are none."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))], 3)
+
+    return {"count": len(ordered), "p50": rank(50), "p99": rank(99), "max": round(ordered[-1], 3)}
+
+
 class _LostOwnership(Exception):
     """Another replica appended to the execution; this one stops driving it."""
 
@@ -335,6 +347,7 @@ class WorkflowEngine:
                 for rid, (_inc, at) in sorted(self.view.heartbeats.items())
             },
             "stats": {
+                "dispatch_ms": _percentiles(self.stats.dispatch_ms),
                 "claimed": self.stats.claimed,
                 "lost_races": self.stats.lost_races,
                 "takeovers": self.stats.takeovers,
