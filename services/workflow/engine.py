@@ -45,7 +45,7 @@ import msgspec
 
 from nexus.bus import Bus
 from nexus.eventlog import ConcurrencyError, EventLog
-from nexus.proto import CloudEvent, cmd_subject, encode_event, new_event
+from nexus.proto import CloudEvent, cmd_subject, encode_event, new_event, new_event_id
 from nexus.proto.events import workflow as ev
 from nexus.services.workflow.context import TransitionCallback
 from nexus.services.workflow.definitions import StepDefinition, WorkflowDefinition
@@ -241,7 +241,7 @@ class WorkflowEngine:
             if execution_id in self.view.states:
                 return execution_id
         else:
-            execution_id = str(uuid.UUID(new_event(_T + "x", None, source=SOURCE).id))
+            execution_id = new_event_id()
         event = new_event(
             _T + "execution.queued",
             ev.ExecutionQueued(

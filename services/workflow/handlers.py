@@ -149,9 +149,17 @@ def _step(state: ExecutionState, step_id: str) -> StepState:
     return state.steps.get(step_id) or StepState()
 
 
+def _replace(obj: Any, changes: dict[str, Any]) -> Any:
+    """``dataclasses.replace`` for these frozen dataclasses without re-running ``__init__``
+    (the fold runs for every event, and ``replace`` was its main cost)."""
+    new = object.__new__(type(obj))
+    object.__setattr__(new, "__dict__", {**obj.__dict__, **changes})
+    return new
+
+
 def _with_step(state: ExecutionState, step_id: str, **changes: Any) -> dict[str, StepState]:
     steps = dict(state.steps)
-    steps[step_id] = dataclasses.replace(_step(state, step_id), **changes)
+    steps[step_id] = _replace(_step(state, step_id), changes)
     return steps
 
 
@@ -293,7 +301,8 @@ def apply(state: ExecutionState | None, event: CloudEvent) -> ExecutionState:
         }
     else:
         changes = {}
-    return dataclasses.replace(state, **base, **changes)
+    base.update(changes)
+    return _replace(state, base)
 
 
 def fold(events: list[CloudEvent]) -> ExecutionState | None:
