@@ -242,7 +242,12 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             limit=limit,
             offset=offset,
         )
-        return json_response({"executions": [s.to_json() for s in states], "limit": limit, "offset": offset})
+        total = ctx.views.count(
+            status=status.upper() if status else None, workflow_id=request.query.get("workflow_id") or None
+        )
+        return json_response(
+            {"executions": [s.to_json() for s in states], "total": total, "limit": limit, "offset": offset}
+        )
 
     async def _state(execution_id: str) -> Any:
         state = engine.get(execution_id) or await engine.load(execution_id)

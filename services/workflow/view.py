@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nexus.atlas import Atlas
 from nexus.eventlog import EventLog
 from nexus.proto import CloudEvent
 from nexus.services.workflow.context import FINAL_STATUSES, TransitionCallback
@@ -40,9 +41,16 @@ class _Waiter:
 class ExecutionView:
     """Executions, queue and replica liveness as this replica sees them."""
 
-    def __init__(self, log: EventLog) -> None:
+    def __init__(self, log: EventLog, atlas: Atlas | None = None) -> None:
         self.log = log
         self.states: dict[str, ExecutionState] = {}
+        self.atlas = atlas or Atlas()
+        self.executions = self.atlas.collection("executions")
+        """Atlas collection ``executions``: one summary per execution (status, workflow, priority,
+        order of arrival), indexed by status and workflow, for lists and filters."""
+        self.executions.create_index("status")
+        self.executions.create_index("workflow_id")
+        self._seq: dict[str, int] = {}
         self._order: list[str] = []
         self._queue: list[tuple[int, int, str]] = []
         self.active_by_workflow: Counter[str] = Counter()
@@ -171,10 +179,20 @@ class ExecutionView:
 
     def _store(self, execution_id: str, before: ExecutionState | None, after: ExecutionState) -> None:
         if before is None:
+            self._seq[execution_id] = len(self._order)
             self._order.append(execution_id)
         self.states[execution_id] = after
         old_status = before.status if before else None
         if old_status != after.status:
+            self.executions.upsert(
+                execution_id,
+                {
+                    "status": after.status,
+                    "workflow_id": after.workflow_id,
+                    "priority": after.priority,
+                    "seq": self._seq[execution_id],
+                },
+            )
             if old_status:
                 self.status_counts[old_status] -= 1
             self.status_counts[after.status] += 1
@@ -184,7 +202,7 @@ class ExecutionView:
             if after.status in ACTIVE and old_status not in ACTIVE:
                 self.active_by_workflow[after.workflow_id] += 1
             if after.status == "QUEUED":
-                heapq.heappush(self._queue, (-after.priority, len(self._order), execution_id))
+                heapq.heappush(self._queue, (-after.priority, self._seq[execution_id], execution_id))
                 self.queue_changed.set()
 
     def _notify(self, state: ExecutionState, event: CloudEvent) -> None:
@@ -208,21 +226,23 @@ class ExecutionView:
     def list(
         self, status: str | None = None, workflow_id: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[ExecutionState]:
-        out: list[ExecutionState] = []
-        skipped = 0
-        for execution_id in reversed(self._order):
-            state = self.states[execution_id]
-            if status is not None and state.status != status:
-                continue
-            if workflow_id is not None and state.workflow_id != workflow_id:
-                continue
-            if skipped < offset:
-                skipped += 1
-                continue
-            out.append(state)
-            if len(out) >= limit:
-                break
-        return out
+        """Executions newest first, from the Atlas collection (its indexes serve the filters)."""
+        query: dict[str, Any] = {}
+        if status is not None:
+            query["status"] = {"eq": status}
+        if workflow_id is not None:
+            query["workflow_id"] = {"eq": workflow_id}
+        page = self.executions.query(query or None, sort="-seq", limit=limit, offset=offset)
+        return [self.states[view.id] for view in page.views]
+
+    def count(self, status: str | None = None, workflow_id: str | None = None) -> int:
+        """How many executions match (for paging)."""
+        query: dict[str, Any] = {}
+        if status is not None:
+            query["status"] = {"eq": status}
+        if workflow_id is not None:
+            query["workflow_id"] = {"eq": workflow_id}
+        return self.executions.count(query or None)
 
     def queued(self) -> list[ExecutionState]:
         """QUEUED executions in the order they would start (highest priority, then oldest)."""
@@ -250,7 +270,7 @@ class ExecutionView:
 
     def requeue(self, state: ExecutionState) -> None:
         """Put back an execution popped but not claimed (so it is tried again)."""
-        heapq.heappush(self._queue, (-state.priority, self._order.index(state.execution_id), state.execution_id))
+        heapq.heappush(self._queue, (-state.priority, self._seq[state.execution_id], state.execution_id))
         self.queue_changed.set()
 
     # -- subscriptions ------------------------------------------------------------------------

@@ -105,6 +105,9 @@ async def test_list_filters_and_pages(workflow_service, stub):
         await svc.wait_final(execution_id)
     code, body = await svc.get("/executions?status=COMPLETED&limit=2&offset=1")
     assert code == 200 and [e["id"] for e in body["executions"]] == [ids[3], ids[2]]
+    assert body["total"] == 5
+    # The list is an Atlas view: one summary per execution, indexed by status and workflow.
+    assert svc.ctx.views.executions.count({"status": "FAILED"}) == 1
     code, body = await svc.get("/executions?status=failed")
     assert [e["id"] for e in body["executions"]] == [bad]
     code, body = await svc.get("/executions?workflow_id=ok&limit=100")
