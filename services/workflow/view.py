@@ -155,7 +155,9 @@ class ExecutionView:
             return
         if version != known + 1:
             # A gap (events appended by another replica not seen yet): refold from the log.
-            asyncio.get_running_loop().create_task(self.refresh(execution_id))
+            task = asyncio.get_running_loop().create_task(self.refresh(execution_id))
+            self._callback_tasks.add(task)
+            task.add_done_callback(self._callback_tasks.discard)
             return
         after = apply(before, event)
         if not after.execution_id:
