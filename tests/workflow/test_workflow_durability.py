@@ -93,7 +93,7 @@ async def test_kill_9_during_200_executions_then_every_effect_once(tmp_path, nat
             "id": "crash",
             "steps": [
                 {"id": f"s{i}", "service": "stub", "endpoint": f"/slow/{ms}", "input_map": {"n": "$.input.n"}, **slow}
-                for i, ms in enumerate((150, 100, 150))
+                for i, ms in enumerate((400, 300, 400))
             ],
         }
         async with http.post(f"{service.url}/workflows", json=workflow) as r:
@@ -104,7 +104,7 @@ async def test_kill_9_during_200_executions_then_every_effect_once(tmp_path, nat
                 assert r.status == 202
                 ids.append((await r.json())["id"])
         # Kill it while steps are in flight: some effects applied, most not yet.
-        await until(lambda: sum(stub.effects.values()) >= 150, timeout=30)
+        await until(lambda: sum(stub.effects.values()) >= 100, timeout=30)
         service.kill()
         await service.wait()
         applied_at_kill = sum(stub.effects.values())
