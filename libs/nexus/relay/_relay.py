@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
 
 from nats.errors import Error as NatsError
 from nats.js.api import KeyValueConfig, StorageType
@@ -55,6 +54,25 @@ async def last_relayed_position(bus: JetStreamBus) -> int:
         if position and position.isdigit():
             return int(position)
     return 0
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end.
+
+    nats-py swallows a CancelledError that arrives while it flushes a publish, so one
+    cancel() can be lost; it is repeated until the task has really ended.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("relay: %s ended with %r", task.get_name(), task.exception())
+
+
+def _event(item: CloudEvent | BaseException) -> CloudEvent:
+    if isinstance(item, BaseException):
+        raise item
+    return item
 
 
 class Lease:
@@ -162,9 +180,7 @@ class Relay:
         """Stop relaying; events already acknowledged are checkpointed, the lease is released."""
         self._stop.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await _cancel(self._task)
         if self._lease is not None:
             await self._lease.release()
         RELAY_LEADER.set(0)
@@ -186,9 +202,7 @@ class Relay:
             try:
                 await self._hold_lease(relaying)
             finally:
-                relaying.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await relaying
+                await _cancel(relaying)
                 RELAY_LEADER.set(0)
                 self.leading.clear()
             if relaying.done() and not relaying.cancelled() and relaying.exception() is not None:
@@ -233,38 +247,29 @@ class Relay:
         self.position = await self.resume_position()
         logger.info("relay %s: resuming after position %d", self.owner, self.position)
         await self._set_position(self.position, save=False)
-        async for batch in self._batches(self.position + 1):
-            acks = await self.bus.publish_events(batch)
-            duplicates = sum(1 for ack in acks if ack.duplicate)
-            RELAY_PUBLISHED.inc(len(acks) - duplicates)
-            RELAY_DUPLICATES.inc(duplicates)
-            await self._set_position(batch[-1].position or self.position, save=True)
-
-    async def _batches(self, from_position: int) -> AsyncIterator[list[CloudEvent]]:
-        """Batches of committed events: as many as are at hand, up to ``batch``, waiting for new ones."""
-        queue: asyncio.Queue[CloudEvent] = asyncio.Queue(maxsize=self.batch * 4)
-
-        async def tail() -> None:
-            async for event in self.log.subscribe(from_position):
-                await queue.put(event)
-
-        reader = asyncio.create_task(tail(), name="nexus-relay-tail")
+        # A reader task tails the log into a bounded queue; this loop publishes whatever is at
+        # hand as one pipelined batch, so batches grow with the load and latency stays low.
+        queue: asyncio.Queue[CloudEvent | BaseException] = asyncio.Queue(maxsize=self.batch * 4)
+        reader = asyncio.create_task(self._tail(self.position + 1, queue), name="nexus-relay-tail")
         try:
             while True:
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    reader.result()  # the tail failed: raise its error
-                    return
-                batch = [getter.result()]
+                batch = [_event(await queue.get())]
                 while len(batch) < self.batch and not queue.empty():
-                    batch.append(queue.get_nowait())
-                yield batch
+                    batch.append(_event(queue.get_nowait()))
+                acks = await self.bus.publish_events(batch)
+                duplicates = sum(1 for ack in acks if ack.duplicate)
+                RELAY_PUBLISHED.inc(len(acks) - duplicates)
+                RELAY_DUPLICATES.inc(duplicates)
+                await self._set_position(batch[-1].position or self.position, save=True)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await _cancel(reader)
+
+    async def _tail(self, from_position: int, queue: asyncio.Queue[CloudEvent | BaseException]) -> None:
+        try:
+            async for event in self.log.subscribe(from_position):
+                await queue.put(event)
+        except Exception as exc:
+            await queue.put(exc)
 
     async def _set_position(self, position: int, *, save: bool) -> None:
         if save and self._kv is not None:
