@@ -1,0 +1,258 @@
+"""The bus: relay, consumer, end to end and latency on the embedded defaults, with a nats-py peer.
+
+Every measurement runs on a fresh embedded nats-server (JetStream file storage) in the
+suite's work directory, so no run sees another's messages or de-duplication state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import nats
+
+from bench._harness import Context, Row, median_rate, percentile, target_row
+from nexus.bus import ConsumerSpec, OutboundMessage
+from nexus.bus.embedded import EmbeddedNats
+from nexus.bus.events import EventConsumer
+from nexus.bus.jetstream import JetStreamBus
+from nexus.eventlog import EventLog, open_event_log
+from nexus.proto import STREAM_EVT, CloudEvent, new_event
+from nexus.relay import Relay
+
+SUITE = "bus"
+_runs = 0
+
+
+def _fresh_dir(ctx: Context, name: str) -> Path:
+    global _runs
+    _runs += 1
+    return ctx.workdir / f"{name}-{_runs}"
+
+
+@asynccontextmanager
+async def _server(ctx: Context, *, sync_always: bool = False) -> AsyncIterator[JetStreamBus]:
+    async with EmbeddedNats(_fresh_dir(ctx, "nats"), sync_always=sync_always) as server:
+        bus = await JetStreamBus.connect(server.url)
+        try:
+            yield bus
+        finally:
+            await bus.close()
+
+
+async def _open_log(ctx: Context) -> EventLog:
+    """The embedded default log (SQLite) in the work directory; memory:// where it is not available."""
+    try:
+        return await open_event_log(f"sqlite:///{_fresh_dir(ctx, 'events')}.db")
+    except ImportError:
+        return await open_event_log("memory://")
+
+
+async def _fill(log: EventLog, count: int, per_append: int = 500) -> int:
+    for first in range(0, count, per_append):
+        events = [
+            new_event("nexus.bench.thing.changed", {"n": n}, source="nexus/bench")
+            for n in range(first, min(first + per_append, count))
+        ]
+        await log.append(f"thing-{(first // per_append) % 50}", events)
+    return await log.head()
+
+
+class _Projection:
+    """A simple projection: a count per stream; signals when it has applied ``wanted`` events."""
+
+    def __init__(self, wanted: int) -> None:
+        self.counts: dict[str, int] = {}
+        self.applied = 0
+        self.wanted = wanted
+        self.done = asyncio.Event()
+        self.seen_at: dict[str, float] = {}
+        self.track = False
+
+    async def apply(self, event: CloudEvent) -> None:
+        self.counts[event.streamid or ""] = self.counts.get(event.streamid or "", 0) + 1
+        self.applied += 1
+        if self.track:
+            self.seen_at[event.id] = time.perf_counter()
+        if self.applied >= self.wanted:
+            self.done.set()
+
+
+def _spec(name: str) -> ConsumerSpec:
+    return ConsumerSpec(name, STREAM_EVT, ("nexus.evt.>",), batch=512, max_ack_pending=8192)
+
+
+async def _relay_alone(ctx: Context, count: int) -> int:
+    log = await _open_log(ctx)
+    head = await _fill(log, count)
+    async with _server(ctx) as bus:
+        relay = Relay(log, bus, lease=False)
+        await relay.start()
+        await relay.wait_relayed(head)
+        await relay.stop()
+    await log.close()
+    return count
+
+
+async def _consumer_alone(ctx: Context, count: int) -> tuple[int, float]:
+    log = await _open_log(ctx)
+    await _fill(log, count)
+    events = await log.read_all(1)
+    async with _server(ctx) as bus:
+        for first in range(0, count, 1000):
+            await bus.publish_events(events[first : first + 1000])
+        projection = _Projection(count)
+        consumer = EventConsumer(bus, log, _spec("projection"), projection.apply)
+        started = time.perf_counter()
+        await consumer.start()
+        await projection.done.wait()
+        elapsed = time.perf_counter() - started
+        await consumer.stop()
+    await log.close()
+    return count, elapsed
+
+
+async def _end_to_end(ctx: Context, count: int) -> tuple[int, float]:
+    log = await _open_log(ctx)
+    async with _server(ctx) as bus:
+        projection = _Projection(count)
+        consumer = EventConsumer(bus, log, _spec("projection"), projection.apply)
+        await consumer.start()
+        relay = Relay(log, bus, lease=False)
+        await relay.start()
+        started = time.perf_counter()
+        await _fill(log, count, per_append=100)
+        await projection.done.wait()
+        elapsed = time.perf_counter() - started
+        await relay.stop()
+        await consumer.stop()
+    await log.close()
+    return count, elapsed
+
+
+async def _latency(ctx: Context, count: int, rate: float) -> list[float]:
+    log = await _open_log(ctx)
+    async with _server(ctx) as bus:
+        projection = _Projection(count)
+        projection.track = True
+        consumer = EventConsumer(bus, log, _spec("projection"), projection.apply)
+        await consumer.start()
+        relay = Relay(log, bus, lease=False)
+        await relay.start()
+        appended: dict[str, float] = {}
+        interval = 1.0 / rate
+        start = time.perf_counter()
+        for n in range(count):
+            # Pace the producer at ``rate`` events/s: the open-loop load the latency is held to.
+            delay = start + n * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            event = new_event("nexus.bench.thing.changed", {"n": n}, source="nexus/bench")
+            appended[event.id] = time.perf_counter()
+            await log.append(f"thing-{n % 50}", [event])
+        await projection.done.wait()
+        await relay.stop()
+        await consumer.stop()
+    await log.close()
+    return [(projection.seen_at[i] - t) * 1000 for i, t in appended.items()]
+
+
+async def _publish(ctx: Context, count: int, *, sync_always: bool) -> int:
+    async with _server(ctx, sync_always=sync_always) as bus:
+        for first in range(0, count, 1000):
+            await bus.publish_many(
+                [
+                    OutboundMessage("nexus.evt.bench.thing.changed", b"x" * 300, msg_id=f"m{n}")
+                    for n in range(first, min(first + 1000, count))
+                ]
+            )
+    return count
+
+
+async def _peer(ctx: Context, count: int) -> tuple[float, float]:
+    """Plain nats-py: js.publish awaited in windows of 1,000, then pull fetch-and-ack."""
+    async with _server(ctx) as bus:
+        nc = await nats.connect(bus.nc.connected_url.geturl() if bus.nc.connected_url else "")
+        js = nc.jetstream()
+        started = time.perf_counter()
+        for first in range(0, count, 1000):
+            await asyncio.gather(
+                *(
+                    js.publish("nexus.evt.bench.thing.changed", b"x" * 300, headers={"Nats-Msg-Id": f"p{n}"})
+                    for n in range(first, min(first + 1000, count))
+                )
+            )
+        publish_rate = count / (time.perf_counter() - started)
+        sub = await js.pull_subscribe("nexus.evt.>", durable="peer", stream=STREAM_EVT)
+        started = time.perf_counter()
+        got = 0
+        while got < count:
+            for msg in await sub.fetch(batch=512, timeout=5):
+                await msg.ack()
+                got += 1
+        fetch_rate = count / (time.perf_counter() - started)
+        await nc.close()
+    return publish_rate, fetch_rate
+
+
+async def run(ctx: Context) -> list[Row]:
+    count = ctx.scale(50_000, 5_000)
+    rows: list[Row] = []
+
+    relay_rate = await median_rate(lambda: _relay_alone(ctx, count), ctx.repeats)
+    peer_publish, peer_fetch = await _peer(ctx, count)
+    rows.append(
+        target_row(
+            SUITE,
+            f"relay alone ({count:,} events, log → NEXUS_EVT)",
+            relay_rate,
+            "events/s",
+            at_least=30_000,
+            peer=f"nats-py js.publish x1000 {peer_publish:,.0f} (x{relay_rate / peer_publish:.1f})",
+        )
+    )
+
+    consumer_rates = []
+    for _ in range(ctx.repeats):
+        done, elapsed = await _consumer_alone(ctx, count)
+        consumer_rates.append(done / elapsed)
+    consumer_rate = sorted(consumer_rates)[len(consumer_rates) // 2]
+    rows.append(
+        target_row(
+            SUITE,
+            "consumer alone (EventConsumer, simple projection)",
+            consumer_rate,
+            "events/s",
+            at_least=30_000,
+            peer=f"nats-py fetch+ack {peer_fetch:,.0f} (x{consumer_rate / peer_fetch:.1f})",
+        )
+    )
+
+    e2e_rates = []
+    for _ in range(ctx.repeats):
+        done, elapsed = await _end_to_end(ctx, count)
+        e2e_rates.append(done / elapsed)
+    rows.append(
+        target_row(
+            SUITE,
+            "end to end (append → relay → consumer)",
+            sorted(e2e_rates)[len(e2e_rates) // 2],
+            "events/s",
+            at_least=15_000,
+        )
+    )
+
+    latencies = await _latency(ctx, ctx.scale(10_000, 2_000), 1000.0)
+    rows.append(target_row(SUITE, "append → consumer p50 at 1,000 events/s", percentile(latencies, 50), "ms"))
+    rows.append(
+        target_row(SUITE, "append → consumer p99 at 1,000 events/s", percentile(latencies, 99), "ms", at_most=25)
+    )
+
+    for sync_always in (False, True):
+        rate = await median_rate(lambda s=sync_always: _publish(ctx, count, sync_always=s), ctx.repeats)
+        label = "always" if sync_always else "default"
+        rows.append(target_row(SUITE, f"publish, pipelined, NEXUS_NATS_SYNC={label}", rate, "msg/s"))
+    return rows
