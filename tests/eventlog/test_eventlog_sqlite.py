@@ -18,7 +18,7 @@ from nexus.eventlog import (
     event_hash,
     open_event_log,
 )
-from nexus.eventlog.sqlite import SCHEMA_VERSION, SqliteEventLog
+from nexus.eventlog.sqlite import _REPLAY_PAGE, SCHEMA_VERSION, SqliteEventLog
 
 
 def url_for(tmp_path: Path, query: str = "") -> str:
@@ -199,5 +199,31 @@ async def test_a_page_of_many_events_decodes_in_order(tmp_path: Path) -> None:
             stored += await log.append(f"s{i}", evs(1234))
         batches = [batch async for batch in log.iter_all(0, batch_size=1000)]
         assert [e for b in batches for e in b] == stored
+    finally:
+        await log.close()
+
+
+async def test_iter_all_joins_pages_into_batches_and_filters_types(tmp_path: Path) -> None:
+    # iter_all reads pages of _REPLAY_PAGE events one ahead of decoding; batches still hold
+    # exactly batch_size events (the last one the rest), in position order.
+    log = await open_sqlite(tmp_path)
+    try:
+        stored = []
+        for i in range(3):
+            stored += await log.append(f"s{i}", [*evs(1700), *evs(300, "nexus.test.other")])
+        assert _REPLAY_PAGE < 5000 < len(stored)
+        batches = [batch async for batch in log.iter_all(0, batch_size=5000)]
+        assert [len(b) for b in batches] == [5000, 1000]
+        assert [e for b in batches for e in b] == stored
+        others = [batch async for batch in log.iter_all(2, types=["nexus.test.other"], batch_size=500)]
+        assert [len(b) for b in others] == [500, 400]
+        assert [e for b in others for e in b] == [e for e in stored if e.type == "nexus.test.other"]
+        with pytest.raises(EventLogArgumentError, match="batch_size"):
+            [batch async for batch in log.iter_all(0, batch_size=0)]
+        # A consumer that stops after the first batch leaves the log usable.
+        async for first in log.iter_all(0, batch_size=10):
+            assert first == stored[:10]
+            break
+        assert len(await log.read_all(5990)) == 11
     finally:
         await log.close()
