@@ -1,5 +1,8 @@
 """HTTP routes of the workflow engine: definitions, schemas, executions and the queue.
 
+Every route needs a client API key (``x-service-key`` or ``X-API-Key``): a missing, unknown or
+revoked key is answered 401 ``{"error": "unauthorized", "message"}``, a worker token 403.
+
 Errors are JSON: ``{"error", "message"}``, plus ``"problems": [{"path", "message"}]`` when a
 definition or an input is refused (400), naming every field at fault.
 """
@@ -7,6 +10,7 @@ definition or an input is refused (400), naming every field at fault.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import json
 import logging
@@ -104,10 +108,13 @@ def install(service: Service, ctx: WorkflowContext) -> None:
     """Add the engine's routes and commands to ``service``."""
     engine = ctx.engine
     registry = ctx.registry
+    # Every route of the engine needs a client API key, checked against the KeyView folded from
+    # the log; the platform endpoints (/healthz, /readyz, /metrics, /openapi.json) stay open.
+    route = functools.partial(service.route, auth="client")
 
     # -- definitions ----------------------------------------------------------------------
 
-    @service.route(
+    @route(
         "POST",
         "/workflows",
         summary="Register a workflow (YAML or JSON); a new version each time",
@@ -122,11 +129,11 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             return _problems(exc, "invalid_definition")
         return json_response(workflow.to_json(), status=201)
 
-    @service.route("GET", "/workflows", summary="The latest version of every workflow", tags=["workflows"])
+    @route("GET", "/workflows", summary="The latest version of every workflow", tags=["workflows"])
     async def list_workflows(request: web.Request) -> web.Response:
         return json_response({"workflows": [w.to_json() for w in registry.list_workflows()]})
 
-    @service.route(
+    @route(
         "GET",
         "/workflows/{workflow_id}",
         summary="A workflow (latest version, or ?version=N)",
@@ -144,7 +151,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         body["versions"] = len(registry.workflow_versions(workflow_id))  # type: ignore[attr-defined]
         return json_response(body)
 
-    @service.route(
+    @route(
         "POST",
         "/schemas",
         summary="Register a JSON schema (seed 004 format, YAML or JSON)",
@@ -159,13 +166,11 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             return _problems(exc, "invalid_schema")
         return json_response(schema.to_json(), status=201)
 
-    @service.route("GET", "/schemas", summary="Every registered schema", tags=["schemas"])
+    @route("GET", "/schemas", summary="Every registered schema", tags=["schemas"])
     async def list_schemas(request: web.Request) -> web.Response:
         return json_response({"schemas": [s.to_json() for s in registry.list_schemas()]})
 
-    @service.route(
-        "GET", "/schemas/{schema_id}", summary="A schema", responses={404: "No such schema"}, tags=["schemas"]
-    )
+    @route("GET", "/schemas/{schema_id}", summary="A schema", responses={404: "No such schema"}, tags=["schemas"])
     async def get_schema(request: web.Request) -> web.Response:
         schema = registry.get_schema(request.match_info["schema_id"])
         if schema is None:
@@ -174,7 +179,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
 
     # -- executions -----------------------------------------------------------------------
 
-    @service.route(
+    @route(
         "POST",
         "/executions",
         summary="Start an execution (queued durably; 202 with its id)",
@@ -218,7 +223,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             headers={"Location": f"/executions/{execution_id}"},
         )
 
-    @service.route(
+    @route(
         "GET",
         "/executions",
         summary="Executions, newest first",
@@ -255,7 +260,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             raise HTTPError(404, str(UnknownExecutionError(execution_id)))
         return state
 
-    @service.route(
+    @route(
         "GET",
         "/executions/{execution_id}",
         summary="An execution: status, current step, outputs, error, timings",
@@ -265,7 +270,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
     async def get_execution(request: web.Request) -> web.Response:
         return json_response((await _state(request.match_info["execution_id"])).to_json())
 
-    @service.route(
+    @route(
         "GET",
         "/executions/{execution_id}/events",
         summary="The execution's history: every event of stream execution-<id>",
@@ -278,7 +283,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             raise HTTPError(404, str(UnknownExecutionError(request.match_info["execution_id"])))
         return json_response({"events": events})
 
-    @service.route(
+    @route(
         "POST",
         "/executions/{execution_id}/cancel",
         summary="Cancel an execution (compensations of completed steps run; final status CANCELLED)",
@@ -302,7 +307,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             raise HTTPError(404, str(exc)) from None
         return json_response(state.to_json(), status=202)
 
-    @service.route(
+    @route(
         "GET",
         "/executions/{execution_id}/stream",
         summary="Server-Sent Events: the state after each transition, until a final one",
@@ -339,7 +344,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         await response.write_eof()
         return response
 
-    @service.route("GET", "/queue/stats", summary="The queue and this replica's load", tags=["executions"])
+    @route("GET", "/queue/stats", summary="The queue and this replica's load", tags=["executions"])
     async def queue_stats(request: web.Request) -> web.Response:
         return json_response(engine.queue_stats())  # type: ignore[attr-defined]
 

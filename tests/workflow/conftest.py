@@ -15,9 +15,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from nexus.auth import issue_key
 from nexus.bus.memory import MemoryBus
 from nexus.eventlog import EventLog
 from nexus.eventlog.memory import MemoryEventLog
+from nexus.raw.memory import MemoryRaw
 from nexus.runtime import Service
 from nexus.services.workflow.bootstrap import bootstrap
 from nexus.services.workflow.context import CTX_KEY
@@ -64,6 +66,8 @@ async def _stub_app(stub: Stub) -> web.Application:
                 "key": key,
                 "body": body,
                 "traceparent": request.headers.get("traceparent"),
+                "authorization": request.headers.get("Authorization"),
+                "worker_id": request.headers.get("X-Worker-ID"),
             }
         )
         parts = path.strip("/").split("/")
@@ -113,7 +117,9 @@ class Running:
 
     service: Service
     http: aiohttp.ClientSession
+    """Sends the client API key ``key`` with every request."""
     url: str
+    key: str = ""
 
     @property
     def ctx(self) -> Any:
@@ -140,10 +146,13 @@ ServiceFactory = Callable[..., Awaitable[Running]]
 
 @pytest.fixture
 async def workflow_service(tmp_path: Path, stub: Stub) -> AsyncIterator[ServiceFactory]:
-    """Start workflow services (several may share one log: replicas) with the stub as service ``stub``."""
+    """Start workflow services (several may share one log: replicas) with the stub as service ``stub``.
+
+    ``modules=True`` installs the optional modules too (job API, uploads, triggers, phases, live).
+    """
     started: list[Running] = []
 
-    async def start(log: EventLog | None = None, **env: str) -> Running:
+    async def start(log: EventLog | None = None, *, modules: bool = False, **env: str) -> Running:
         environment = {
             "NEXUS_WORKFLOW_PORT": "0",
             "NEXUS_DATA_DIR": str(tmp_path),
@@ -155,10 +164,14 @@ async def workflow_service(tmp_path: Path, stub: Stub) -> AsyncIterator[ServiceF
         settings = load_settings(environment)
         bus = MemoryBus()
         await bus.ensure_streams()
-        service = await bootstrap(settings, log=log or MemoryEventLog(), bus=bus, raw=object(), optional_modules=False)
+        service = await bootstrap(
+            settings, log=log or MemoryEventLog(), bus=bus, raw=MemoryRaw(), optional_modules=modules
+        )
         await service.start()
-        http = aiohttp.ClientSession()
-        running = Running(service, http, f"http://127.0.0.1:{service.port}")
+        # Every workflow route needs a client API key: issue one in the service's log.
+        key = await issue_key(service.log, "client", "workflow-tests")
+        http = aiohttp.ClientSession(headers={"x-service-key": key.secret})
+        running = Running(service, http, f"http://127.0.0.1:{service.port}", key.secret)
         started.append(running)
         return running
 

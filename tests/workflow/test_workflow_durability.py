@@ -15,6 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from nexus.auth import issue_key
+from nexus.eventlog import open_event_log
+
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
 
@@ -78,6 +81,16 @@ def service_env(tmp_path: Path, nats_url: str, stub_url: str, **extra: str) -> d
     }
 
 
+async def client_session(tmp_path: Path) -> aiohttp.ClientSession:
+    """An HTTP session carrying a client API key issued in the service's log."""
+    log = await open_event_log(f"sqlite:///{tmp_path / 'events.db'}")
+    try:
+        key = await issue_key(log, "client", "durability-tests")
+    finally:
+        await log.close()
+    return aiohttp.ClientSession(headers={"x-service-key": key.secret})
+
+
 async def statuses(http: aiohttp.ClientSession, url: str) -> dict[str, int]:
     async with http.get(f"{url}/queue/stats") as r:
         return (await r.json())["statuses"]
@@ -86,7 +99,7 @@ async def statuses(http: aiohttp.ClientSession, url: str) -> dict[str, int]:
 async def test_kill_9_during_200_executions_then_every_effect_once(tmp_path, nats_server, stub, until):
     service = Process(service_env(tmp_path, nats_server, stub.url), tmp_path / "service.log")
     await service.start()
-    http = aiohttp.ClientSession()
+    http = await client_session(tmp_path)
     try:
         slow = {"retry": {"max_attempts": 5, "backoff_ms": 50}}
         workflow = {
@@ -137,7 +150,7 @@ async def test_kill_9_during_200_executions_then_every_effect_once(tmp_path, nat
 async def test_back_off_and_deadline_survive_a_restart(tmp_path, nats_server, stub, until):
     service = Process(service_env(tmp_path, nats_server, stub.url), tmp_path / "service.log")
     await service.start()
-    http = aiohttp.ClientSession()
+    http = await client_session(tmp_path)
     try:
         await http.post(
             f"{service.url}/workflows",
