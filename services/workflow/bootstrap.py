@@ -11,6 +11,7 @@ from nexus.runtime import Service, open_adapters
 from nexus.services.workflow import api
 from nexus.services.workflow.context import CTX_KEY, WorkflowContext
 from nexus.services.workflow.engine import WorkflowEngine
+from nexus.services.workflow.identity import ServiceIdentity
 from nexus.services.workflow.registry import WorkflowRegistry
 from nexus.services.workflow.settings import WorkflowSettings
 from nexus.services.workflow.view import ExecutionView
@@ -31,8 +32,9 @@ async def bootstrap(
     """Build the workflow service from its settings; adapters are opened unless injected.
 
     At start it folds the log (definitions, executions, replica heartbeats), registers the
-    bundled definitions that changed, follows the log, and starts driving executions: those
-    left unfinished by an earlier run of this replica first.
+    bundled definitions that changed, issues the replica's worker token (``identity.py``: sent
+    to the platform services ``api_call`` steps call, revoked at stop), follows the log, and
+    starts driving executions: those left unfinished by an earlier run of this replica first.
 
     Args:
         settings: The service's settings.
@@ -63,6 +65,7 @@ async def bootstrap(
         concurrency=settings.concurrency,
         lease_seconds=settings.lease_seconds,
         http_connections=settings.http_connections,
+        platform_services=settings.platform_services,
     )
     ctx = WorkflowContext(
         settings=settings,
@@ -94,6 +97,9 @@ async def bootstrap(
 
     @service.on_startup
     async def run_engine(_service: Service) -> None:
+        # The identity exists before the first step runs: a platform service's worker route
+        # (the granulator's /generate) accepts the replica's calls from the first one.
+        engine.identity = await ServiceIdentity.issue(service.log, settings.replica_id)
         view.start_tail()
         await engine.start_processing()
 
@@ -101,5 +107,7 @@ async def bootstrap(
     async def stop_engine(_service: Service) -> None:
         await engine.stop_processing()
         await view.stop()
+        if engine.identity is not None:
+            await engine.identity.revoke(service.log)
 
     return service

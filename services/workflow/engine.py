@@ -35,7 +35,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -67,6 +67,7 @@ from nexus.services.workflow.handlers import (
     stream_id,
     time_after,
 )
+from nexus.services.workflow.identity import ServiceIdentity
 from nexus.services.workflow.registry import WorkflowRegistry
 from nexus.services.workflow.steps import Outcome, call_http, fill_endpoint, traceparent_for
 from nexus.services.workflow.view import ExecutionView
@@ -131,6 +132,8 @@ class WorkflowEngine:
         concurrency: Executions this replica drives at once.
         lease_seconds: Silence after which another replica takes a replica's executions over.
         http_connections: Connection pool size of the step client.
+        platform_services: Names of ``services`` that are platform services: ``api_call`` steps
+            present ``identity`` (the replica's worker token) to them, and to no other.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class WorkflowEngine:
         concurrency: int = 256,
         lease_seconds: float = 10.0,
         http_connections: int = 200,
+        platform_services: Collection[str] = (),
     ) -> None:
         self.log = log
         self.registry = registry
@@ -156,6 +160,9 @@ class WorkflowEngine:
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.http_connections = http_connections
+        self.platform_services = frozenset(platform_services)
+        self.identity: ServiceIdentity | None = None
+        """The replica's worker token, set at start (``identity.ServiceIdentity``)."""
         self.stats = EngineStats()
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
@@ -712,6 +719,9 @@ class _Driver:
         method = comp.method if comp is not None else step.method
         timeout = comp.timeout_seconds if comp is not None else step.timeout_seconds
         assert self.engine._session is not None
+        identity = self.engine.identity
+        # Only platform services see the replica's token; an external service never does.
+        credentials = identity.headers() if identity is not None and service in self.engine.platform_services else None
         return await call_http(
             self.engine._session,
             method,
@@ -720,6 +730,7 @@ class _Driver:
             idempotency_key=key,
             traceparent=self.traceparent,
             timeout=timeout,
+            headers=credentials,
         )
 
     def _wait_bounds(self, step: StepDefinition, comp: Any) -> tuple[datetime, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from nexus.config import ConfigError, port_from_env
 from nexus.runtime import DEFAULT_PORTS, ServiceSettings, port_variable
 
-__all__ = ["BUNDLED_DIR", "WorkflowSettings", "load_settings", "service_urls"]
+__all__ = ["BUNDLED_DIR", "WorkflowSettings", "load_settings", "platform_services", "service_urls"]
 
 BUNDLED_DIR = Path(__file__).with_name("bundled")
 """The workflows and schemas that ship with Nexus (seed 004's examples)."""
@@ -37,6 +37,16 @@ def service_urls(env: Mapping[str, str], host: str = "127.0.0.1") -> dict[str, s
                 raise ConfigError(f"{key}={value!r} must be an http:// or https:// base URL")
             urls[name] = value.rstrip("/")
     return urls
+
+
+def platform_services(env: Mapping[str, str]) -> frozenset[str]:
+    """The names ``service_urls`` resolves to the platform's own services.
+
+    The four services and ``core`` (the granulator), unless a ``NEXUS_SERVICE_<NAME>`` points the
+    name elsewhere: that service is external, and the replica's worker token is not sent to it.
+    """
+    names = {*DEFAULT_PORTS, "core"}
+    return frozenset(name for name in names if not env.get(f"NEXUS_SERVICE_{name.upper()}"))
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -85,6 +95,9 @@ class WorkflowSettings(ServiceSettings):
     """Base URL of each service ``api_call`` steps may name (see ``service_urls``)."""
     http_connections: int = 200
     """``NEXUS_WORKFLOW_HTTP_CONNECTIONS``: open connections the step client may hold."""
+    platform_services: frozenset[str] = frozenset()
+    """Names in ``services`` that are the platform's own services (see ``platform_services``): they
+    receive the replica's worker token; external ``NEXUS_SERVICE_<NAME>`` services never do."""
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
@@ -114,4 +127,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
         bundled_dirs=bundled,
         services=service_urls(env, env.get("NEXUS_HOST", "127.0.0.1")),
         http_connections=_int(env, "NEXUS_WORKFLOW_HTTP_CONNECTIONS", 200),
+        platform_services=platform_services(env),
     )

@@ -75,9 +75,19 @@ async def call_http(
     idempotency_key: str,
     traceparent: str,
     timeout: float,  # noqa: ASYNC109 - each attempt has its own bound, from the step
+    headers: Mapping[str, str] | None = None,
 ) -> Outcome:
-    """Send one request and classify its outcome."""
-    headers = {"Idempotency-Key": idempotency_key, "traceparent": traceparent, "Accept": "application/json"}
+    """Send one request and classify its outcome.
+
+    Args:
+        headers: Sent as well (the replica's credentials, for a platform service).
+    """
+    headers = {
+        **(headers or {}),
+        "Idempotency-Key": idempotency_key,
+        "traceparent": traceparent,
+        "Accept": "application/json",
+    }
     kwargs: dict[str, Any] = {}
     if method not in ("GET", "DELETE") and body is not None:
         kwargs["data"] = json.dumps(body, separators=(",", ":"))

@@ -17,10 +17,12 @@ from aiohttp import web
 
 from nexus.auth import issue_key
 from nexus.bus.memory import MemoryBus
-from nexus.eventlog import EventLog
+from nexus.eventlog import EventLog, open_event_log
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.raw.memory import MemoryRaw
 from nexus.runtime import Service
+from nexus.services.granulator import bootstrap as granulator_bootstrap
+from nexus.services.granulator import load_settings as granulator_settings
 from nexus.services.workflow.bootstrap import bootstrap
 from nexus.services.workflow.context import CTX_KEY
 from nexus.services.workflow.settings import load_settings
@@ -89,6 +91,11 @@ async def _stub_app(stub: Stub) -> web.Application:
             return web.json_response(stub.effect(key, body, path))
         if parts[0] == "blobs" and request.method == "GET":
             return web.json_response({"content": f"text of {parts[1]}", "metadata": {"chapter_number": 3}})
+        if parts[0] == "blobs" and request.method == "POST":
+            saved = stub.effect(key, body, path)
+            return web.json_response({"id": f"blob-{saved['n']}", "deltas": [{"op": "expand", "parent": body}]})
+        if parts[0] == "consistency":
+            return web.json_response({"score": 0.92, "issues": []})
         return web.json_response({"error": "no such stub path"}, status=404)
 
     app = web.Application()
@@ -179,6 +186,42 @@ async def workflow_service(tmp_path: Path, stub: Stub) -> AsyncIterator[ServiceF
     for running in started:
         await running.http.close()
         await running.service.stop()
+
+
+@dataclass
+class RunningGranulator:
+    """A real granulator service (default settings: ``/generate`` needs a worker token)."""
+
+    service: Service
+    log: EventLog
+    port: int
+    log_url: str
+
+    async def open_log(self) -> EventLog:
+        """Another connection to the granulator's log (a workflow service closes its own at stop)."""
+        return await open_event_log(self.log_url)
+
+
+@pytest.fixture
+async def granulator(tmp_path: Path) -> AsyncIterator[RunningGranulator]:
+    """The granulator on a free port over a SQLite log that workflow services share (``open_log``)."""
+    log_url = f"sqlite:///{tmp_path / 'shared-events.db'}"
+    log = await open_event_log(log_url)
+    bus = MemoryBus()
+    await bus.ensure_streams()
+    settings = granulator_settings(
+        {
+            "NEXUS_GRANULATOR_PORT": "0",
+            "NEXUS_DATA_DIR": str(tmp_path / "granulator"),
+            "NEXUS_GRANULATOR_REPLICA_ID": "g",
+        }
+    )
+    assert settings.generate_auth == "worker"
+    service = await granulator_bootstrap(settings, log=log, bus=bus, raw=MemoryRaw())
+    await service.start()
+    assert service.port is not None
+    yield RunningGranulator(service, service.log, service.port, log_url)
+    await service.stop()
 
 
 async def _until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:  # noqa: ASYNC109
