@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from opentelemetry import propagate, trace
@@ -40,6 +41,20 @@ class Outcome:
     reason: str = ""
 
 
+_ACKED = Outcome("ack")
+
+
+def tracing_on(tracer: trace.Tracer) -> bool:
+    """Whether ``tracer`` records anything: False for the no-op tracer (no provider installed).
+
+    A proxy tracer (``trace.get_tracer`` before a provider is set) is resolved at each call,
+    so installing a provider later turns spans on.
+    """
+    if isinstance(tracer, trace.ProxyTracer):
+        tracer = tracer._tracer
+    return not isinstance(tracer, trace.NoOpTracer)
+
+
 def backoff_for(spec: ConsumerSpec, num_delivered: int) -> float:
     if not spec.backoff_seconds:
         return 0.0
@@ -56,7 +71,20 @@ async def run_handler(spec: ConsumerSpec, handler: Handler, delivery: Delivery, 
             error="MaxDeliveriesExceeded",
             reason=f"delivered {delivery.num_delivered} times; max_deliver is {spec.max_deliver}",
         )
-    parent = propagate.extract(delivery.headers) if "traceparent" in delivery.headers else None
+    traced = "traceparent" in delivery.headers
+    if not traced and not tracing_on(tracer):
+        # Nothing records spans and there is no trace to continue: no span at all.
+        try:
+            result = await handler(delivery)
+        except RetryableError as exc:
+            return _failed(spec, delivery, None, exc, retryable=True)
+        except _POISON as exc:
+            return Outcome("dead_letter", error=type(exc).__name__, reason=str(exc) or type(exc).__name__)
+        except Exception as exc:
+            _log_failure(spec, delivery, exc)
+            return _failed(spec, delivery, None, exc, retryable=False)
+        return Outcome("ack", reply=result) if result is not None else _ACKED
+    parent = propagate.extract(delivery.headers) if traced else None
     span = tracer.start_span(
         "consume",
         context=parent,
@@ -76,19 +104,26 @@ async def run_handler(spec: ConsumerSpec, handler: Handler, delivery: Delivery, 
             span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
             return Outcome("dead_letter", error=type(exc).__name__, reason=str(exc) or type(exc).__name__)
         except Exception as exc:
-            logger.warning(
-                "consumer %s: handler failed on %s (delivery %d): %r",
-                spec.name,
-                delivery.subject,
-                delivery.num_delivered,
-                exc,
-            )
+            _log_failure(spec, delivery, exc)
             return _failed(spec, delivery, span, exc, retryable=False)
-    return Outcome("ack", reply=result)
+    return Outcome("ack", reply=result) if result is not None else _ACKED
 
 
-def _failed(spec: ConsumerSpec, delivery: Delivery, span: trace.Span, exc: Exception, *, retryable: bool) -> Outcome:
-    span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+def _log_failure(spec: ConsumerSpec, delivery: Delivery, exc: Exception) -> None:
+    logger.warning(
+        "consumer %s: handler failed on %s (delivery %d): %r",
+        spec.name,
+        delivery.subject,
+        delivery.num_delivered,
+        exc,
+    )
+
+
+def _failed(
+    spec: ConsumerSpec, delivery: Delivery, span: trace.Span | None, exc: Exception, *, retryable: bool
+) -> Outcome:
+    if span is not None:
+        span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
     reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if delivery.num_delivered >= spec.max_deliver:
         return Outcome(
@@ -126,8 +161,16 @@ def dead_letter_headers(spec: ConsumerSpec, delivery: Delivery, stream: str, out
     return headers
 
 
+_processed: dict[tuple[str, str], Any] = {}
+
+
 def count(spec: ConsumerSpec, outcome: Outcome) -> None:
-    CONSUMER_PROCESSED.labels(spec.name, outcome.kind).inc()
+    # The labelled child is cached: ``labels()`` costs more than the increment itself.
+    key = (spec.name, outcome.kind)
+    counter = _processed.get(key)
+    if counter is None:
+        counter = _processed[key] = CONSUMER_PROCESSED.labels(spec.name, outcome.kind)
+    counter.inc()
     if outcome.kind == "dead_letter":
         DEAD_LETTERS.labels(spec.name).inc()
         logger.warning("consumer %s: dead-lettered a message: %s: %s", spec.name, outcome.error, outcome.reason)
@@ -151,3 +194,9 @@ def publish_span(tracer: trace.Tracer, subject: str, parent: Mapping[str, str] |
 def inject(span: trace.Span, headers: dict[str, str]) -> None:
     """Write the span's W3C trace context into ``headers`` (nothing when there is no valid context)."""
     propagate.inject(headers, context=trace.set_span_in_context(span))
+
+
+def inject_current(headers: dict[str, str]) -> None:
+    """Write the current span's trace context into ``headers``, if there is a valid one."""
+    if trace.get_current_span().get_span_context().is_valid:
+        propagate.inject(headers)

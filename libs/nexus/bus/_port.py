@@ -6,6 +6,8 @@ import abc
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from nexus.proto import CloudEvent
 
 
@@ -33,8 +35,7 @@ class PoisonMessageError(Exception):
     """Raised by a handler: the message can never be processed; dead-letter it at once (term)."""
 
 
-@dataclass(frozen=True)
-class PublishAck:
+class PublishAck(msgspec.Struct, frozen=True):
     """JetStream's acknowledgement of a publish."""
 
     stream: str
@@ -53,8 +54,7 @@ class OutboundMessage:
     headers: Mapping[str, str] | None = None
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(msgspec.Struct, frozen=True):
     """One message as a consumer's handler sees it."""
 
     subject: str

@@ -46,9 +46,10 @@ from nexus.bus._port import (
     StreamConfigError,
 )
 from nexus.bus._subjects import matches_any
+from nexus.bus._wire import LazyHeaders, Wire, check_subject, clean_value, header_block, parse_headers
 from nexus.proto import STREAM_CMD, STREAM_DLQ, STREAM_EVT, STREAM_EXT, CloudEvent, encode_event, subject_for
 
-__all__ = ["NEXUS_STREAMS", "JetStreamBus", "StreamSpec"]
+__all__ = ["NEXUS_STREAMS", "JetStreamBus", "PendingAcks", "StreamSpec"]
 
 logger = logging.getLogger("nexus.bus")
 
@@ -97,69 +98,167 @@ class _PubAck(msgspec.Struct):
 _pub_ack_decoder = msgspec.json.Decoder(_PubAck)
 
 
-class _Pipeline:
-    """Publishes to stream subjects with a reply inbox and matches the PubAcks to futures."""
+class _Batch:
+    """The acks of one ``_Pipeline.send``: filled in by index as they arrive."""
 
-    def __init__(self, nc: NatsClient, window: int) -> None:
-        self._nc = nc
-        self._prefix = nc.new_inbox()
-        self._tokens = itertools.count(1)
-        self._pending: dict[str, asyncio.Future[PublishAck]] = {}
-        self._window = asyncio.Semaphore(window)
+    __slots__ = ("acks", "chunks", "future", "remaining")
+
+    def __init__(self, size: int, future: asyncio.Future[list[PublishAck]]) -> None:
+        self.acks: list[Any] = [None] * size
+        self.remaining = size
+        self.future = future
+        self.chunks: list[tuple[int, int]] = []
+        """(first token, count) of each part sent, to forget them on a timeout."""
+
+
+class _Pipeline:
+    """Publishes to stream subjects with a reply inbox per message and matches the PubAcks.
+
+    At most ``window`` publishes are unacknowledged; a batch larger than the room left is
+    sent in parts as acks come back. The acks of a batch resolve one future.
+    """
+
+    def __init__(self, wire: Wire, window: int) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window!r}")
+        self._wire = wire
+        self._prefix = wire.nc.new_inbox()
+        self._reply_base = f"{self._prefix}.".encode()
+        self._next_token = 1
+        self._pending: dict[int, tuple[_Batch, int]] = {}
+        self._window = window
+        self._low = window // 2
+        self._in_flight = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._subjects: dict[str, bytes] = {}
         self._sub: Any = None
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_ack)
+        self._sub = await self._wire.subscribe(f"{self._prefix}.*", self._on_ack)
 
-    async def send(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> asyncio.Future[PublishAck]:
-        await self._window.acquire()
-        token = str(next(self._tokens))
-        future: asyncio.Future[PublishAck] = asyncio.get_running_loop().create_future()
-        self._pending[token] = future
-        try:
-            await self._nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
-        except BaseException:
-            self._forget(token)
-            raise
-        return future
+    def _subject(self, subject: str) -> bytes:
+        encoded = self._subjects.get(subject)
+        if encoded is None:
+            check_subject(subject)
+            if len(self._subjects) > 10_000:
+                self._subjects.clear()
+            encoded = self._subjects[subject] = subject.encode()
+        return encoded
 
-    def _forget(self, token: str) -> None:
-        if self._pending.pop(token, None) is not None:
-            self._window.release()
+    async def send(self, items: Sequence[tuple[str, bytes, bytes]]) -> _Batch:
+        """Send (subject, header block, payload) messages; the batch's future gets the acks in order."""
+        max_payload = self._wire.max_payload
+        for subject, header, payload in items:
+            if len(header) + len(payload) > max_payload:
+                raise BusError(f"message on {subject} is {len(header) + len(payload)} bytes; NATS allows {max_payload}")
+        batch = _Batch(len(items), asyncio.get_running_loop().create_future())
+        pending = self._pending
+        reply_base = self._reply_base
+        done = 0
+        while done < len(items):
+            while self._in_flight >= self._window:
+                self._room.clear()
+                await self._room.wait()
+            count = min(len(items) - done, self._window - self._in_flight)
+            first = token = self._next_token
+            parts = []
+            size = 0
+            for index in range(done, done + count):
+                subject, header, payload = items[index]
+                hlen = len(header)
+                total = hlen + len(payload)
+                size += total
+                parts.append(b"HPUB %s %s%d %d %d\r\n" % (self._subject(subject), reply_base, token, hlen, total))
+                parts.append(header)
+                parts.append(payload)
+                parts.append(b"\r\n")
+                pending[token] = (batch, index)
+                token += 1
+            self._next_token = token
+            self._in_flight += count
+            batch.chunks.append((first, count))
+            try:
+                await self._wire.send(b"".join(parts), count, size)
+            except BaseException:
+                self.abandon(batch)
+                raise
+            done += count
+        return batch
 
-    def abandon(self, future: asyncio.Future[PublishAck]) -> None:
-        """Release the window slot of a future whose ack will never be awaited (timed out)."""
-        for token, pending in list(self._pending.items()):
-            if pending is future:
-                self._forget(token)
-                return
+    def abandon(self, batch: _Batch) -> None:
+        """Forget the acks of ``batch`` still outstanding (timed out, or its send failed)."""
+        for first, count in batch.chunks:
+            for token in range(first, first + count):
+                if self._pending.pop(token, None) is not None:
+                    self._in_flight -= 1
+        batch.chunks = []
+        self._room.set()
 
-    async def _on_ack(self, msg: Msg) -> None:
-        token = msg.subject.rsplit(".", 1)[-1]
-        future = self._pending.pop(token, None)
-        if future is None:
+    def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        entry = self._pending.pop(int(subject[subject.rfind(b".") + 1 :]), None)
+        if entry is None:
             return
-        self._window.release()
+        self._in_flight -= 1
+        if self._in_flight <= self._low:
+            self._room.set()
+        batch, index = entry
+        future = batch.future
         if future.done():
             return
-        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
-            future.set_exception(BusError("no JetStream stream accepts this subject (no responders)"))
+        if not data:
+            status = parse_headers(headers).get("Status")
+            if status == "503":
+                future.set_exception(BusError("no JetStream stream accepts this subject (no responders)"))
+            else:
+                future.set_exception(BusError(f"unexpected empty publish acknowledgement (status {status})"))
             return
         try:
-            ack = _pub_ack_decoder.decode(msg.data)
+            ack = _pub_ack_decoder.decode(data)
         except msgspec.DecodeError:
-            future.set_exception(BusError(f"unreadable publish acknowledgement: {msg.data[:200]!r}"))
+            future.set_exception(BusError(f"unreadable publish acknowledgement: {data[:200]!r}"))
             return
         if ack.error:
             future.set_exception(BusError(f"JetStream refused the message: {ack.error.get('description', ack.error)}"))
             return
-        future.set_result(PublishAck(ack.stream, ack.seq, ack.duplicate))
+        batch.acks[index] = PublishAck(ack.stream, ack.seq, ack.duplicate)
+        batch.remaining -= 1
+        if not batch.remaining:
+            future.set_result(batch.acks)
 
     def fail_all(self, error: Exception) -> None:
-        for token, future in list(self._pending.items()):
-            self._forget(token)
-            if not future.done():
-                future.set_exception(error)
+        pending, self._pending = self._pending, {}
+        self._in_flight = 0
+        self._room.set()
+        for batch, _ in pending.values():
+            if not batch.future.done():
+                batch.future.set_exception(error)
+
+
+class PendingAcks:
+    """The acks of events sent by ``JetStreamBus.send_events``, not yet awaited."""
+
+    def __init__(self, bus: JetStreamBus, batch: _Batch | None, spans: list[trace.Span]) -> None:
+        self._bus = bus
+        self._batch = batch
+        self._spans = spans
+
+    def __len__(self) -> int:
+        return 0 if self._batch is None else len(self._batch.acks)
+
+    async def acks(self) -> list[PublishAck]:
+        """Wait for the acks, in order.
+
+        Raises:
+            BusTimeoutError: not all acknowledged within the bus's ``ack_timeout``.
+            BusError: JetStream refused one of them.
+        """
+        try:
+            return await self._bus._settle(self._batch)
+        finally:
+            for span in self._spans:
+                span.end()
+            self._spans = []
 
 
 class JetStreamBus(Bus):
@@ -170,14 +269,16 @@ class JetStreamBus(Bus):
         nc: NatsClient,
         *,
         ack_timeout: float = 10.0,
-        window: int = 1024,
+        window: int = 8192,
         tracer_provider: trace.TracerProvider | None = None,
         owned: Sequence[Any] = (),
     ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.ack_timeout = ack_timeout
-        self._pipeline = _Pipeline(nc, window)
+        self._wire = Wire(nc)
+        self._pipeline = _Pipeline(self._wire, window)
+        self._published: dict[str, Any] = {}
         self._tracer = trace.get_tracer("nexus.bus", tracer_provider=tracer_provider)
         self._consumers: list[_JetStreamConsumer] = []
         self._replies: dict[str, asyncio.Future[bytes]] = {}
@@ -193,7 +294,7 @@ class JetStreamBus(Bus):
         *,
         name: str = "nexus",
         ack_timeout: float = 10.0,
-        window: int = 1024,
+        window: int = 8192,
         connect_timeout: float = 5.0,
         tracer_provider: trace.TracerProvider | None = None,
         ensure_streams: bool = True,
@@ -295,18 +396,23 @@ class JetStreamBus(Bus):
 
     async def publish_many(self, messages: Sequence[OutboundMessage]) -> list[PublishAck]:
         self._check_open()
-        futures = []
+        recording = _dispatch.tracing_on(self._tracer)
+        items = []
         spans = []
         try:
             for message in messages:
                 headers = dict(message.headers) if message.headers else {}
                 if message.msg_id:
                     headers[_dispatch.MSG_ID_HEADER] = message.msg_id
-                span = _dispatch.publish_span(self._tracer, message.subject, None)
-                _dispatch.inject(span, headers)
-                spans.append(span)
-                futures.append(await self._pipeline.send(message.subject, message.payload, headers or None))
-            return await self._collect(futures)
+                if recording:
+                    span = _dispatch.publish_span(self._tracer, message.subject, None)
+                    _dispatch.inject(span, headers)
+                    spans.append(span)
+                else:
+                    # Nothing records spans: the current context (if any) still travels on.
+                    _dispatch.inject_current(headers)
+                items.append((message.subject, header_block(headers.items()) if headers else b"", message.payload))
+            return await self._settle(await self._send(items))
         finally:
             for span in spans:
                 span.end()
@@ -316,10 +422,18 @@ class JetStreamBus(Bus):
         return ack
 
     async def publish_events(self, events: Sequence[CloudEvent]) -> list[PublishAck]:
+        return await (await self.send_events(events)).acks()
+
+    async def send_events(self, events: Sequence[CloudEvent]) -> PendingAcks:
+        """Publish ``events`` now and return their pending acks, for callers that pipeline batches.
+
+        The relay sends batch k+1 while the acks of batch k are on their way; ``acks()`` on the
+        result waits for them (in order) and raises as ``publish_events`` would.
+        """
         self._check_open()
-        futures = []
+        items = []
         spans = []
-        try:
+        if _dispatch.tracing_on(self._tracer):
             for event in events:
                 subject = subject_for(event)
                 headers = {_dispatch.MSG_ID_HEADER: event.id}
@@ -330,25 +444,47 @@ class JetStreamBus(Bus):
                 span = _dispatch.publish_span(self._tracer, subject, parent)
                 _dispatch.inject(span, headers)
                 spans.append(span)
-                futures.append(await self._pipeline.send(subject, encode_event(event), headers))
-            return await self._collect(futures)
-        finally:
+                items.append((subject, header_block(headers.items()), encode_event(event)))
+        else:
+            # Nothing records spans: the event's own traceparent travels as is, so a consumer
+            # that does trace still joins the trace of the operation that appended it.
+            for event in events:
+                position = "" if event.position is None else f"Nexus-Position: {event.position}\r\n"
+                trace_line = f"traceparent: {clean_value(event.traceparent)}\r\n" if event.traceparent else ""
+                header = f"NATS/1.0\r\nNats-Msg-Id: {clean_value(event.id)}\r\n{position}{trace_line}\r\n".encode()
+                items.append((subject_for(event), header, encode_event(event)))
+        try:
+            batch = await self._send(items)
+        except BaseException:
             for span in spans:
                 span.end()
+            raise
+        return PendingAcks(self, batch, spans)
 
-    async def _collect(self, futures: list[asyncio.Future[PublishAck]]) -> list[PublishAck]:
-        if not futures:
+    async def _send(self, items: Sequence[tuple[str, bytes, bytes]]) -> _Batch | None:
+        if not items:
+            return None
+        try:
+            return await self._pipeline.send(items)
+        except NatsError as exc:
+            raise BusUnavailableError(f"cannot publish: {exc!r}") from exc
+
+    async def _settle(self, batch: _Batch | None) -> list[PublishAck]:
+        if batch is None:
             return []
-        _, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
-        if pending:
-            for future in pending:
-                self._pipeline.abandon(future)
-                future.cancel()
+        done, _ = await asyncio.wait({batch.future}, timeout=self.ack_timeout)
+        if not done:
+            self._pipeline.abandon(batch)
+            batch.future.cancel()
             raise BusTimeoutError(
-                f"{len(pending)} of {len(futures)} publishes not acknowledged within {self.ack_timeout:g} s"
+                f"{batch.remaining} of {len(batch.acks)} publishes not acknowledged within {self.ack_timeout:g} s"
             )
-        acks = [future.result() for future in futures]
-        PUBLISHED.labels(acks[0].stream).inc(sum(1 for ack in acks if not ack.duplicate))
+        acks: list[PublishAck] = batch.future.result()
+        stream = acks[0].stream
+        counter = self._published.get(stream)
+        if counter is None:
+            counter = self._published[stream] = PUBLISHED.labels(stream)
+        counter.inc(sum(1 for ack in acks if not ack.duplicate))
         return acks
 
     # -- request / reply -------------------------------------------------------------------
@@ -479,7 +615,7 @@ class _JetStreamConsumer(Consumer):
         self._nc = bus.nc
         self._handler = handler
         self._flush = flush
-        self._queue: deque[Msg] = deque()
+        self._queue: deque[tuple[bytes, bytes, bytes, bytes | None]] = deque()
         self._wake = asyncio.Event()
         self._inbox = bus.nc.new_inbox()
         self._pull_open = False
@@ -489,7 +625,8 @@ class _JetStreamConsumer(Consumer):
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._sub: Any = None
-        self._held_acks: list[str] = []
+        self._held_acks: list[bytes] = []
+        self._lag = CONSUMER_LAG.labels(spec.name)
         # Open pull requests expire quickly so that a stopping replica is not handed messages
         # after it has stopped asking (they would wait out ack_wait before anyone got them).
         self._expires = float(spec.extra.get("pull_expires_seconds", 0.5))  # type: ignore[arg-type]
@@ -497,7 +634,7 @@ class _JetStreamConsumer(Consumer):
 
     async def start(self) -> None:
         await self._bus.api(f"$JS.API.CONSUMER.CREATE.{self.spec.stream}.{self.spec.name}", await self._config())
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
+        self._sub = await self._bus._wire.subscribe(self._inbox, self._on_msg)
         self._task = asyncio.create_task(self._run(), name=f"nexus-consumer-{self.spec.name}")
 
     async def _config(self) -> dict[str, Any]:
@@ -534,22 +671,20 @@ class _JetStreamConsumer(Consumer):
                 config["opt_start_seq"] = existing["opt_start_seq"]
         return {"stream_name": spec.stream, "config": config}
 
-    async def _on_msg(self, msg: Msg) -> None:
-        if not msg.reply:
+    def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if not reply:
             # Status messages end a pull request: 404/408 (nothing more), 409 (limits, deleted).
-            status = msg.headers.get("Status") if msg.headers else None
+            parsed = parse_headers(headers)
+            status = parsed.get("Status")
             if status and status not in ("100", "404", "408"):
                 logger.warning(
-                    "consumer %s: JetStream status %s %s",
-                    self.spec.name,
-                    status,
-                    msg.headers.get("Description", "") if msg.headers else "",
+                    "consumer %s: JetStream status %s %s", self.spec.name, status, parsed.get("Description", "")
                 )
             if status != "100":
                 self._pull_open = False
                 self._wake.set()
             return
-        self._queue.append(msg)
+        self._queue.append((subject, reply, data, headers))
         self._received += 1
         if self._received >= self._requested:
             self._pull_open = False
@@ -584,9 +719,9 @@ class _JetStreamConsumer(Consumer):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._expires + 2.5)
                 continue
-            msg = self._queue.popleft()
+            item = self._queue.popleft()
             try:
-                await self._process(msg)
+                await self._process(item)
             except Exception as exc:
                 # No ack was sent: JetStream redelivers after ack_wait. The replica keeps going.
                 logger.warning("consumer %s: could not settle a message: %r", self.spec.name, exc)
@@ -595,37 +730,38 @@ class _JetStreamConsumer(Consumer):
                 await self._flush_acks()
                 handled = 0
 
-    async def _process(self, msg: Msg) -> None:
-        stream, num_delivered, stream_seq, pending = _parse_ack_subject(msg.reply)
-        headers = msg.headers or {}
+    async def _process(self, item: tuple[bytes, bytes, bytes, bytes | None]) -> None:
+        subject, ack_subject, data, raw_headers = item
+        reply_to = ack_subject.decode()
+        stream, num_delivered, stream_seq, pending = _parse_ack_subject(reply_to)
+        headers = LazyHeaders(raw_headers)
         delivery = Delivery(
-            subject=msg.subject,
-            data=msg.data,
+            subject=subject.decode(),
+            data=data,
             headers=headers,
             num_delivered=num_delivered,
             stream_seq=stream_seq,
             reply=headers.get(_dispatch.REPLY_HEADER),
         )
         outcome = await _dispatch.run_handler(self.spec, self._handler, delivery, self._bus._tracer)
-        CONSUMER_LAG.labels(self.spec.name).set(pending)
+        self._lag.set(pending)
         if outcome.kind == "ack":
             if outcome.reply is not None and delivery.reply:
                 await self._nc.publish(delivery.reply, outcome.reply)
-            if self._flush is None:
-                await self._nc.publish(msg.reply, _ACK)
-            else:
-                self._held_acks.append(msg.reply)
+            # Acks go out together (one write) when the batch is done or nothing more is at
+            # hand; with a flush callback, only once it has persisted the owner's state.
+            self._held_acks.append(ack_subject)
         elif outcome.kind == "retry":
             body = b"-NAK " + json.dumps({"delay": int(outcome.delay * 1e9)}).encode()
-            await self._nc.publish(msg.reply, body)
+            await self._nc.publish(reply_to, body)
         else:
             dead_headers = _dispatch.dead_letter_headers(self.spec, delivery, stream, outcome)
             # The dead letter must be stored before the original is terminated, or it is lost.
-            await self._bus.publish(_dispatch.dlq_subject_for(self.spec), msg.data, headers=dead_headers)
+            await self._bus.publish(_dispatch.dlq_subject_for(self.spec), data, headers=dead_headers)
             if delivery.reply:
                 error = {"accepted": False, "error": outcome.error, "reason": outcome.reason}
                 await self._nc.publish(delivery.reply, json.dumps(error).encode())
-            await self._nc.publish(msg.reply, _TERM)
+            await self._nc.publish(reply_to, _TERM)
         _dispatch.count(self.spec, outcome)
 
     async def _flush_acks(self) -> None:
@@ -638,11 +774,19 @@ class _JetStreamConsumer(Consumer):
             except Exception as exc:
                 # Nothing of the batch is acknowledged: it is delivered again at once.
                 logger.warning("consumer %s: flush failed, the batch will be redelivered: %r", self.spec.name, exc)
-                for reply in acks:
-                    await self._nc.publish(reply, b"-NAK")
+                await self._send_all(acks, b"-NAK")
                 return
-        for reply in acks:
-            await self._nc.publish(reply, _ACK)
+        await self._send_all(acks, _ACK)
+
+    async def _send_all(self, subjects: list[bytes], body: bytes) -> None:
+        """One body to many ack subjects, written as one buffer."""
+        line = b" %d\r\n" % len(body) + body + b"\r\n"
+        data = b"".join([b"PUB " + subject + line for subject in subjects])
+        try:
+            await self._bus._wire.send(data, len(subjects), len(body) * len(subjects))
+        except NatsError as exc:
+            # Unacknowledged messages are redelivered after ack_wait: nothing is lost.
+            logger.warning("consumer %s: could not send %d acks: %r", self.spec.name, len(subjects), exc)
 
     async def stop(self) -> None:
         if self._stopping:
@@ -657,6 +801,7 @@ class _JetStreamConsumer(Consumer):
             except Exception as exc:
                 logger.warning("consumer %s stopped with an error: %r", self.spec.name, exc)
         if self._sub is not None:
+            self._bus._wire.forget(self._sub)
             with contextlib.suppress(NatsError):
                 await self._sub.unsubscribe()
         with contextlib.suppress(NatsError, TimeoutError):

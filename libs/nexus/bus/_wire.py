@@ -1,0 +1,218 @@
+"""The NATS wire protocol under the JetStream bus: batched publishes and direct inbox dispatch.
+
+nats-py spends most of its time per message, not per byte: ``publish`` validates and encodes
+headers with a regular expression per key and hands one command per message to its flusher,
+and every received message becomes a ``Msg`` (headers parsed into a dict) queued for a
+subscription task that awaits a callback. At tens of thousands of messages per second that is
+most of a core. This module keeps nats-py for the connection (reconnects, buffering while
+disconnected, ping/pong, the flusher) and does the per-message work itself:
+
+- ``encode_hpub`` writes a whole batch of ``HPUB`` commands as one buffer, queued with one
+  ``_send_command`` call; subjects and header values are checked once per distinct subject
+  and per value, because a CR/LF in either would inject protocol commands.
+- ``Wire.subscribe`` registers a plain function for a subscription's id; the parser's
+  ``_process_msg`` hook calls it synchronously with the raw subject, reply, payload and
+  header block, so an ack or a pulled message costs one function call, no task switch.
+
+Both lean on nats-py internals (``_process_msg``, ``_send_command``, ``_flush_pending``,
+``_pending_data_size``, ``_max_payload``), checked when the bus connects: a nats-py without
+them is refused with a clear error rather than misbehaving.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from nats import errors as nats_errors
+from nats.aio.client import Client as NatsClient
+
+logger = logging.getLogger("nexus.bus")
+
+RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
+"""Called with (subject, reply, payload, raw header block or None) for each message."""
+
+_REQUIRED = ("_process_msg", "_send_command", "_flush_pending", "_pending_data_size", "_max_payload", "_flush_queue")
+_SUBJECT_INVALID = re.compile(r"[\s]")
+_HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+HEADER_LINE = b"NATS/1.0\r\n"
+
+
+class WireError(Exception):
+    """nats-py lacks an internal the bus relies on (an unsupported nats-py version)."""
+
+
+def check_subject(subject: str) -> None:
+    """Refuse an empty subject or one with whitespace (CR/LF would inject protocol commands)."""
+    if not subject or _SUBJECT_INVALID.search(subject):
+        raise nats_errors.BadSubjectError(f"invalid subject {subject!r}")
+
+
+def header_block(headers: Iterable[tuple[str, str]]) -> bytes:
+    """A NATS header block (``NATS/1.0`` line, ``Key: Value`` lines, blank line), validated.
+
+    Keys must be HTTP tokens; CR and LF in values become spaces (as nats-py does).
+    """
+    parts = ["NATS/1.0\r\n"]
+    for key, value in headers:
+        key = key.strip()
+        if not key:
+            continue
+        if not _HEADER_KEY.fullmatch(key):
+            raise nats_errors.BadHeaderError(f"invalid header name {key!r}")
+        parts.append(f"{key}: {value.strip().translate(_NEWLINES)}\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode()
+
+
+def clean_value(value: str) -> str:
+    """A header value safe to format into a block (CR and LF would end the header line)."""
+    if "\r" in value or "\n" in value:
+        return value.translate(_NEWLINES)
+    return value
+
+
+def parse_headers(raw: bytes | None) -> dict[str, str]:
+    """The header block of a received message as a dict (first line and blank lines skipped).
+
+    A status line (``NATS/1.0 404 No Messages``) becomes ``Status`` and ``Description``, as
+    nats-py reports it.
+    """
+    if not raw:
+        return {}
+    lines = raw.split(b"\r\n")
+    out: dict[str, str] = {}
+    first = lines[0]
+    if len(first) > 9:
+        status = first[9:].decode(errors="replace").strip()
+        code, _, description = status.partition(" ")
+        if code:
+            out["Status"] = code
+        if description:
+            out["Description"] = description.strip()
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(b":")
+        if sep:
+            out[name.strip().decode(errors="replace")] = value.strip().decode(errors="replace")
+    return out
+
+
+class Wire:
+    """Direct access to one nats-py connection's protocol (see the module docstring)."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        missing = [name for name in _REQUIRED if not hasattr(nc, name)]
+        if missing:
+            raise WireError(
+                f"this nats-py version lacks {', '.join(missing)}, which the Nexus bus needs; "
+                "install the version in requirements.lock"
+            )
+        self.nc = nc
+        self._handlers: dict[int, RawHandler] = {}
+        original = nc._process_msg
+        handlers = self._handlers
+        stats = nc.stats
+
+        async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            handler = handlers.get(sid)
+            if handler is None:
+                await original(sid, subject, reply, data, headers)
+                return
+            stats["in_msgs"] += 1
+            stats["in_bytes"] += len(data)
+            try:
+                handler(subject, reply, data, headers)
+            except Exception:
+                # Never let a handler's bug kill the connection's read loop.
+                logger.exception("handler of %s failed", subject.decode(errors="replace"))
+
+        nc._process_msg = process_msg  # type: ignore[method-assign]
+
+    async def subscribe(self, subject: str, handler: RawHandler) -> Any:
+        """Subscribe ``handler`` to ``subject``; returns nats-py's Subscription (to unsubscribe)."""
+        sub = await self.nc.subscribe(subject, cb=_unreachable)
+        self._handlers[sub._id] = handler
+        return sub
+
+    def forget(self, sub: Any) -> None:
+        self._handlers.pop(sub._id, None)
+
+    def check_sendable(self, size: int) -> None:
+        """Raise as ``nc.publish`` would when ``size`` more bytes cannot be queued now."""
+        nc = self.nc
+        if nc.is_closed:
+            raise nats_errors.ConnectionClosedError
+        if nc.is_draining_pubs:
+            raise nats_errors.ConnectionDrainingError
+        if not nc.is_connected and (nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size):
+            raise nats_errors.OutboundBufferLimitError
+
+    async def send(self, data: bytes, messages: int, payload_bytes: int) -> None:
+        """Queue ``data`` (whole protocol commands) and kick the flusher, as ``nc.publish`` does."""
+        nc = self.nc
+        self.check_sendable(len(data))
+        nc.stats["out_msgs"] += messages
+        nc.stats["out_bytes"] += payload_bytes
+        await nc._send_command(data)
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
+
+    @property
+    def max_payload(self) -> int:
+        return int(self.nc._max_payload)
+
+
+async def _unreachable(msg: Any) -> None:
+    """The callback nats-py holds for a wire subscription; the wire handler gets the messages."""
+    logger.warning("unexpected message on %s", msg.subject)
+
+
+class LazyHeaders(Mapping[str, str]):
+    """A received header block, parsed only when a header is actually read.
+
+    Most deliveries are only asked whether a ``traceparent`` or a reply header is present; a
+    byte search of the raw block answers "absent" without building a dict.
+    """
+
+    __slots__ = ("_parsed", "_raw")
+
+    def __init__(self, raw: bytes | None) -> None:
+        self._raw = raw or b""
+        self._parsed: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        if self._parsed is None:
+            self._parsed = parse_headers(self._raw)
+        return self._parsed
+
+    def __contains__(self, key: object) -> bool:
+        if self._parsed is None and (not isinstance(key, str) or key.encode() not in self._raw):
+            return False
+        return key in self._dict()
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        if self._parsed is None and key.encode() not in self._raw:
+            return default
+        return self._dict().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return self._dict() == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"LazyHeaders({self._dict()!r})"
