@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections import deque
 
 from nats.errors import Error as NatsError
 from nats.js.api import KeyValueConfig, StorageType
@@ -15,7 +16,7 @@ from nats.js.kv import KeyValue
 
 from nexus.bus._metrics import RELAY_DUPLICATES, RELAY_LAG, RELAY_LEADER, RELAY_POSITION, RELAY_PUBLISHED
 from nexus.bus._port import BusError
-from nexus.bus.jetstream import JetStreamBus
+from nexus.bus.jetstream import JetStreamBus, PendingAcks
 from nexus.eventlog import EventLog, EventLogError
 from nexus.proto import STREAM_EVT, CloudEvent
 
@@ -29,6 +30,10 @@ LEASE_BUCKET = "nexus_relay_lease"
 # How far back from the end of NEXUS_EVT to look for the last relayed event, past messages
 # that did not come from the relay (anything can be published on nexus.evt.>).
 _SCAN_BACK = 256
+_CATCH_UP_PAGE = 2000
+"""Events per page read while catching up with the log."""
+_LAG_INTERVAL = 0.25
+"""Seconds between refreshes of the relay lag gauge."""
 
 
 async def _bucket(bus: JetStreamBus, name: str, ttl: float | None = None) -> KeyValue:
@@ -67,12 +72,6 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await asyncio.wait({task}, timeout=0.1)
     if not task.cancelled() and task.exception() is not None:
         logger.warning("relay: %s ended with %r", task.get_name(), task.exception())
-
-
-def _event(item: CloudEvent | BaseException) -> CloudEvent:
-    if isinstance(item, BaseException):
-        raise item
-    return item
 
 
 class Lease:
@@ -133,7 +132,8 @@ class Relay:
     Args:
         log: the event log (the outbox).
         bus: a connected JetStreamBus.
-        batch: events published per pipelined batch.
+        batch: events published per pipelined batch (at most).
+        window: batches in flight at most (sent, acks not yet settled).
         lease: elect a leader among replicas (default True).
         lease_ttl: seconds after which a dead leader's lease lapses.
         owner: this replica's name in the lease (default host:pid).
@@ -145,13 +145,17 @@ class Relay:
         bus: JetStreamBus,
         *,
         batch: int = 1000,
+        window: int = 4,
         lease: bool = True,
         lease_ttl: float = 3.0,
         owner: str | None = None,
     ) -> None:
         self.log = log
         self.bus = bus
+        if batch < 1 or window < 1:
+            raise ValueError(f"batch and window must be >= 1, got batch={batch!r}, window={window!r}")
         self.batch = batch
+        self.window = window
         self.use_lease = lease
         self.lease_ttl = lease_ttl
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
@@ -162,6 +166,11 @@ class Relay:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._progress = asyncio.Condition()
+        self._dirty = asyncio.Event()
+        self._saved: int | None = None
+        self._moved = False
+        self._resume_cap: int | None = None
+        self._lag_due = 0.0
         self.leading = asyncio.Event()
         """Set while this replica holds the lease and relays."""
 
@@ -181,6 +190,13 @@ class Relay:
         self._stop.set()
         if self._task is not None:
             await _cancel(self._task)
+        if self._moved and (self._lease is None or self._lease.held):
+            # The checkpoint trails the position by at most the write in flight: catch it up,
+            # while this replica still holds the lease (a new leader's checkpoint must win).
+            try:
+                await self._save_checkpoint()
+            except (NatsError, BusError, TimeoutError) as exc:
+                logger.warning("relay %s: cannot write the last checkpoint: %r", self.owner, exc)
         if self._lease is not None:
             await self._lease.release()
         RELAY_LEADER.set(0)
@@ -244,39 +260,141 @@ class Relay:
         return int(entry.value or b"0")
 
     async def _relay(self) -> None:
-        self.position = await self.resume_position()
+        position = await self.resume_position()
+        if self._resume_cap is not None:
+            # After a failed batch, later batches may be stored while it is not: resume after
+            # the last contiguous acknowledged event instead (the rest is de-duplicated).
+            position = min(position, self._resume_cap)
+            self._resume_cap = None
+        self.position = position
         logger.info("relay %s: resuming after position %d", self.owner, self.position)
-        await self._set_position(self.position, save=False)
-        # A reader task tails the log into a bounded queue; this loop publishes whatever is at
+        await self._set_position(self.position)
+        # A reader task tails the log into a bounded buffer; this loop publishes whatever is at
         # hand as one pipelined batch, so batches grow with the load and latency stays low.
-        queue: asyncio.Queue[CloudEvent | BaseException] = asyncio.Queue(maxsize=self.batch * 4)
-        reader = asyncio.create_task(self._tail(self.position + 1, queue), name="nexus-relay-tail")
+        # Up to ``window`` batches are in flight: batch k+1 goes out while the acks of batch k
+        # are on their way, and the position (and checkpoint) moves as each batch is settled,
+        # in order, so it is always the highest contiguous acknowledged position.
+        tail = _Tail(self.log, self.position + 1, limit=self.batch * (self.window + 2))
+        reader = asyncio.create_task(tail.run(), name="nexus-relay-tail")
+        checkpointer = asyncio.create_task(self._checkpoints(), name="nexus-relay-checkpoint")
+        in_flight: deque[tuple[int, PendingAcks]] = deque()
         try:
             while True:
-                batch = [_event(await queue.get())]
-                while len(batch) < self.batch and not queue.empty():
-                    batch.append(_event(queue.get_nowait()))
-                acks = await self.bus.publish_events(batch)
-                duplicates = sum(1 for ack in acks if ack.duplicate)
-                RELAY_PUBLISHED.inc(len(acks) - duplicates)
-                RELAY_DUPLICATES.inc(duplicates)
-                await self._set_position(batch[-1].position or self.position, save=True)
+                events = tail.take(self.batch)
+                if not events:
+                    if in_flight:
+                        await self._settle(*in_flight.popleft())
+                    else:
+                        await tail.wait()
+                    continue
+                in_flight.append((events[-1].position or self.position, await self.bus.send_events(events)))
+                while len(in_flight) > self.window:
+                    await self._settle(*in_flight.popleft())
+        except Exception:
+            self._resume_cap = self.position
+            raise
         finally:
             await _cancel(reader)
+            await _cancel(checkpointer)
 
-    async def _tail(self, from_position: int, queue: asyncio.Queue[CloudEvent | BaseException]) -> None:
-        try:
-            async for event in self.log.subscribe(from_position):
-                await queue.put(event)
-        except Exception as exc:
-            await queue.put(exc)
+    async def _settle(self, position: int, pending: PendingAcks) -> None:
+        acks = await pending.acks()
+        duplicates = sum(1 for ack in acks if ack.duplicate)
+        RELAY_PUBLISHED.inc(len(acks) - duplicates)
+        RELAY_DUPLICATES.inc(duplicates)
+        await self._set_position(position)
+        self._moved = True
+        self._dirty.set()
 
-    async def _set_position(self, position: int, *, save: bool) -> None:
-        if save and self._kv is not None:
-            await self._kv.put("checkpoint", str(position).encode())
+    async def _checkpoints(self) -> None:
+        """Write the position to the KV checkpoint as it moves, without holding up publishing."""
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self._save_checkpoint()
+            except (NatsError, BusError, TimeoutError) as exc:
+                logger.warning("relay %s: cannot write the checkpoint: %r", self.owner, exc)
+                await asyncio.sleep(0.5)
+                self._dirty.set()
+
+    async def _save_checkpoint(self) -> None:
+        position = self.position
+        if self._kv is None or position == self._saved:
+            return
+        await self._kv.put("checkpoint", str(position).encode())
+        self._saved = position
+
+    async def _set_position(self, position: int) -> None:
         async with self._progress:
             self.position = position
             self._progress.notify_all()
         RELAY_POSITION.set(position)
-        with contextlib.suppress(EventLogError):
-            RELAY_LAG.set(max(await self.log.head() - position, 0))
+        now = asyncio.get_running_loop().time()
+        if now >= self._lag_due:
+            # Reading the head is a query: the lag gauge is refreshed a few times a second.
+            self._lag_due = now + _LAG_INTERVAL
+            with contextlib.suppress(EventLogError):
+                RELAY_LAG.set(max(await self.log.head() - position, 0))
+
+
+class _Tail:
+    """Reads the log ahead of the publisher into a bounded buffer.
+
+    It catches up in pages (``iter_all``, which reads the next page while one is decoded),
+    then follows ``subscribe`` for new events.
+    """
+
+    def __init__(self, log: EventLog, from_position: int, *, limit: int) -> None:
+        self.log = log
+        self.from_position = from_position
+        self.limit = limit
+        self.events: deque[CloudEvent] = deque()
+        self.error: BaseException | None = None
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def run(self) -> None:
+        try:
+            position = self.from_position
+            async for page in self.log.iter_all(position, batch_size=_CATCH_UP_PAGE):
+                self.events.extend(page)
+                self._ready.set()
+                position = (page[-1].position or position) + 1
+                await self._wait_room()
+            async for event in self.log.subscribe(position):
+                self.events.append(event)
+                self._ready.set()
+                if len(self.events) >= self.limit:
+                    await self._wait_room()
+        except Exception as exc:
+            self.error = exc
+            self._ready.set()
+
+    async def _wait_room(self) -> None:
+        while len(self.events) >= self.limit:
+            self._room.clear()
+            await self._room.wait()
+
+    def take(self, count: int) -> list[CloudEvent]:
+        """Up to ``count`` events at hand (none when the buffer is empty); raises the reader's error."""
+        events = self.events
+        if not events:
+            if self.error is not None:
+                raise self.error
+            return []
+        if len(events) <= count:
+            batch = list(events)
+            events.clear()
+        else:
+            batch = [events.popleft() for _ in range(count)]
+        if len(events) < self.limit:
+            self._room.set()
+        return batch
+
+    async def wait(self) -> None:
+        """Return once events (or the reader's error) are at hand."""
+        while not self.events and self.error is None:
+            self._ready.clear()
+            await self._ready.wait()
