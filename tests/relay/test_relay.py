@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -121,13 +122,24 @@ def start_relay_process(nats_url: str, log_url: str, data_dir: Path) -> asyncio.
         "NEXUS_NATS_URL": nats_url,
         "NEXUS_EVENT_LOG_URL": log_url,
         "NEXUS_DATA_DIR": str(data_dir),
-        "NEXUS_LOG_LEVEL": "warning",
+        "NEXUS_LOG_LEVEL": "info",
     }
     return asyncio.ensure_future(
         asyncio.create_subprocess_exec(
             sys.executable, "-m", "nexus.relay", env=env, stdout=asyncio.subprocess.PIPE, stderr=None
         )
     )
+
+
+async def wait_started(stdout: asyncio.StreamReader) -> None:
+    """Read the relay's JSON log lines until the one that says it started."""
+    while True:
+        line = await stdout.readline()
+        assert line, "the relay exited before it started"
+        record = json.loads(line)
+        assert record["service"] == "relay"
+        if record["message"] == "relay started":
+            return
 
 
 @pytest.mark.slow
@@ -144,7 +156,7 @@ async def test_a_killed_relay_process_loses_nothing_and_nothing_is_applied_twice
         for round_ in range(2):
             process = await start_relay_process(nats_server, log_url, tmp_path)
             assert process.stdout is not None
-            assert b"relay started" in await asyncio.wait_for(process.stdout.readline(), WAIT)
+            await asyncio.wait_for(wait_started(process.stdout), WAIT)
             # Kill it mid-stream: between a publish and its checkpoint, most likely.
             await recorder.wait_for(1000 * (round_ + 1))
             process.send_signal(signal.SIGKILL)

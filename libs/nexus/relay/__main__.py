@@ -1,7 +1,8 @@
 """``python -m nexus.relay``: run the outbox relay until SIGTERM or SIGINT.
 
 Settings come from the environment (``NEXUS_NATS_URL``, ``NEXUS_EVENT_LOG_URL``, …); with
-``NEXUS_NATS_URL`` unset the embedded nats-server is started as for any service.
+``NEXUS_NATS_URL`` unset the embedded nats-server is started as for any service. Logs are JSON
+lines on stdout (``NEXUS_LOG_LEVEL``), as for the services.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import signal
 from nexus.bus import open_bus
 from nexus.config import PlatformSettings
 from nexus.eventlog import open_event_log
+from nexus.obs import setup_logging
 from nexus.relay._relay import Relay
+
+logger = logging.getLogger("nexus.relay")
 
 
 async def main() -> None:
     settings = PlatformSettings.from_env()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging("relay", settings.log_level)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -28,7 +32,8 @@ async def main() -> None:
     relay = Relay(log, bus)
     try:
         await relay.start()
-        print("relay started", flush=True)
+        # Supervisors and tests wait for this line (INFO level or lower shows it).
+        logger.info("relay started")
         await stop.wait()
     finally:
         await relay.stop()
