@@ -295,6 +295,7 @@ class EventLogContract(abc.ABC):
 
         monkeypatch.setattr(chain, "seal", failing(chain.seal))
         monkeypatch.setattr(chain, "seal_encoded", failing(chain.seal_encoded))
+        monkeypatch.setattr(chain, "seal_content", failing(chain.seal_content))
         batch = evs(5)
         with pytest.raises(InjectedFault):
             await log.append("s", batch, 2)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import sqlite3
 from pathlib import Path
 
+import msgspec
 import pytest
 from eventlog_contract import EventLogContract, ev, evs
 
 from nexus.eventlog import (
     GENESIS_HASH,
     ConcurrencyError,
+    DuplicateEventError,
     EventLog,
     EventLogArgumentError,
     EventLogUnavailableError,
@@ -225,5 +229,60 @@ async def test_iter_all_joins_pages_into_batches_and_filters_types(tmp_path: Pat
             assert first == stored[:10]
             break
         assert len(await log.read_all(5990)) == 11
+    finally:
+        await log.close()
+
+
+async def test_stored_hashes_follow_the_documented_definition(tmp_path: Path) -> None:
+    # Recomputed here from the definition in nexus.eventlog.chain, independently of its code:
+    # sha256 over the placement array whose last item is the content digest.
+    log = await open_sqlite(tmp_path)
+    try:
+        first, second = await log.append('order-"1"', evs(2))
+        for event in (first, second):
+            content = msgspec.structs.replace(
+                event, streamid=None, streamversion=None, position=None, prevhash=None, hash=None
+            )
+            digest = hashlib.sha256(msgspec.json.encode(content, order="sorted")).hexdigest()
+            placement = json.dumps(
+                [event.streamid, event.streamversion, event.position, event.prevhash, digest], separators=(",", ":")
+            )
+            assert event.hash == hashlib.sha256(placement.encode()).hexdigest()
+        assert second.prevhash == first.hash
+        # The stored body decodes to the returned record.
+        assert await log.read_stream('order-"1"') == [first, second]
+    finally:
+        await log.close()
+
+
+async def test_a_file_of_schema_version_1_is_refused(tmp_path: Path) -> None:
+    log = await open_sqlite(tmp_path)
+    await log.close()
+    with sqlite3.connect(tmp_path / "events.db") as con:
+        con.execute("UPDATE schema_version SET version = 1")
+    con.close()
+    with pytest.raises(EventLogUnavailableError, match="hashed events differently"):
+        await open_sqlite(tmp_path)
+
+
+@pytest.mark.parametrize("size", [3, 100, 101, 250])
+async def test_a_used_id_inside_a_batch_fails_that_append_alone(tmp_path: Path, size: int) -> None:
+    # Up to 100 events an append is one insert statement (SQLite undoes it by itself); longer
+    # ones run in a savepoint. Either way the failing append leaves nothing behind, and the
+    # appends committed in the same transaction are unaffected.
+    log = await open_sqlite(tmp_path)
+    try:
+        [used] = await log.append("s", evs(1))
+        batch = evs(size)
+        batch[size // 2] = msgspec.structs.replace(used, data={"n": "other"})
+        results = await asyncio.gather(
+            log.append("t", batch), log.append("u", evs(2)), log.append("s", evs(1), 1), return_exceptions=True
+        )
+        assert isinstance(results[0], DuplicateEventError)
+        assert [len(r) for r in results[1:]] == [2, 1]  # type: ignore[arg-type]
+        assert await log.stream_version("t") == 0
+        assert [e.position for e in await log.read_all()] == [1, 2, 3, 4]
+        [after] = await log.append("s", evs(1), 2)
+        assert (after.position, after.streamversion) == (5, 3)
     finally:
         await log.close()

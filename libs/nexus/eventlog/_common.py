@@ -8,14 +8,20 @@ import msgspec
 
 from nexus.eventlog._errors import ConcurrencyError, DuplicateEventError, EventLogArgumentError
 from nexus.eventlog._port import ANY, NO_STREAM, STREAM_EXISTS
-from nexus.eventlog.chain import same_content
+from nexus.eventlog.chain import content_bytes, hex_digest, same_content
 from nexus.proto import CloudEvent
 
 _json = msgspec.json.Encoder()
 
 
-def check_append(stream_id: str, events: Sequence[CloudEvent], expected_version: int) -> None:
-    """Raise EventLogArgumentError for arguments no adapter accepts."""
+def check_append(
+    stream_id: str, events: Sequence[CloudEvent], expected_version: int, *, check_data: bool = True
+) -> None:
+    """Raise EventLogArgumentError for arguments no adapter accepts.
+
+    ``check_data=False`` skips encoding each event's data, for an adapter that encodes the
+    events with ``encode_contents`` right after (which reports the same error).
+    """
     if not isinstance(stream_id, str) or not stream_id.strip():
         raise EventLogArgumentError("stream_id must be a non-empty string")
     if len(stream_id) > 256:
@@ -35,10 +41,31 @@ def check_append(stream_id: str, events: Sequence[CloudEvent], expected_version:
         if event.id in seen:
             raise EventLogArgumentError(f"events[{index}]: id {event.id!r} appears twice in the batch")
         seen.add(event.id)
+        if check_data:
+            try:
+                _json.encode(event.data)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise _not_json(index, event, exc) from None
+
+
+def encode_contents(events: Sequence[CloudEvent]) -> list[tuple[bytes, bytes]]:
+    """Each event's ``chain.content_bytes`` and its ``chain.hex_digest``, computed by the caller.
+
+    Raises:
+        EventLogArgumentError: an event's data is not JSON-serialisable.
+    """
+    out = []
+    for index, event in enumerate(events):
         try:
-            _json.encode(event.data)
+            content = content_bytes(event)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise EventLogArgumentError(f"events[{index}] ({event.id}): data is not JSON-serialisable: {exc}") from None
+            raise _not_json(index, event, exc) from None
+        out.append((content, hex_digest(content)))
+    return out
+
+
+def _not_json(index: int, event: CloudEvent, exc: Exception) -> EventLogArgumentError:
+    return EventLogArgumentError(f"events[{index}] ({event.id}): data is not JSON-serialisable: {exc}")
 
 
 def check_expected(stream_id: str, expected_version: int, actual: int) -> None:
