@@ -3,14 +3,20 @@
 ``POST /api/v1/workflow/phase/{n}`` (n = 1…7, with ``user_id`` and optional ``sync_id`` and any
 other metadata) records ``nexus.workflow.phase.triggered`` in stream ``phases-<user_id>``. The
 bundled triggers (``bundled/phases/triggers``) turn that event into a start of workflow
-``phase_<n>``, and each ``phase_<n>``'s completion into a start of ``phase_<n+1>``; each phase's
-one step asks the integrations service (``NEXUS_SERVICE_INTEGRATIONS``) to do the phase's work.
+``phase_<n>``, and each ``phase_<n>``'s completion into a start of ``phase_<n+1>``.
+
+Out of the box each phase's step does its work on the platform's own content service (``core``,
+the granulator's ``/generate``, called with the replica's worker token), so the pipeline runs
+with ``make run`` and nothing else. With ``NEXUS_SERVICE_INTEGRATIONS`` set, each phase gets a
+second step that mirrors it to that external service (``POST /phases/<n>/<action>`` with the
+phase, the user, the sync id, the metadata and the phase's report).
 
 What seed 001 lists as future enhancements is what the platform does anyway:
 
 - retries of phase transitions: each phase step has a retry policy (connection errors, 5xx, 429);
 - a central phase audit log: ``GET /api/v1/workflow/phases/{user_id}/audit`` reads the log;
-- mirroring to external integrations: every event is published on ``nexus.evt.>`` by the relay;
+- mirroring to external integrations: ``NEXUS_SERVICE_INTEGRATIONS`` (above), and every event is
+  published on ``nexus.evt.>`` by the relay;
 - transition metrics: the service's ``/metrics`` (``live.py`` counts phase transitions).
 """
 
@@ -27,9 +33,19 @@ from aiohttp import web
 from nexus.proto import new_event
 from nexus.proto.events.jobs import PhaseTriggered
 from nexus.services.workflow.context import WorkflowContext
+from nexus.services.workflow.definitions import load_document
 from nexus.services.workflow.jobapi import key_view, require_key
 
-__all__ = ["PHASES", "PHASES_DIR", "PHASE_TRIGGERED", "install", "parse_phase", "phase_of_workflow"]
+__all__ = [
+    "MIRROR_ACTIONS",
+    "PHASES",
+    "PHASES_DIR",
+    "PHASE_TRIGGERED",
+    "install",
+    "parse_phase",
+    "phase_of_workflow",
+    "phase_workflows",
+]
 
 logger = logging.getLogger("nexus.workflow.phases")
 
@@ -45,6 +61,16 @@ PHASES: Final = {
     7: "Hyper-Transparency Layer",
 }
 """Phase number → name, as seed 001 lists them."""
+MIRROR_ACTIONS: Final = {
+    1: "oauth-completion",
+    2: "sync-completion",
+    3: "detection-completion",
+    4: "evidence-matching",
+    5: "claim-submission",
+    6: "claim-rejection",
+    7: "payout-received",
+}
+"""Phase number → the action the integrations service is told of (``POST /phases/<n>/<action>``)."""
 INTEGRATIONS_SERVICE: Final = "integrations"
 _USER = re.compile(r"^[A-Za-z0-9_\-.@:]{1,200}$")
 
@@ -70,6 +96,47 @@ def parse_phase(text: str) -> int:
     return int(text)
 
 
+def phase_workflows(directory: Path = PHASES_DIR, *, mirror: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """The phase workflows of ``directory/workflows`` as (file name, document), in file order.
+
+    Args:
+        directory: The phases directory (``schemas``, ``workflows``, ``triggers``).
+        mirror: Add to each phase a step mirroring it to the integrations service.
+    """
+    documents = []
+    for path in sorted((directory / "workflows").glob("*.y*ml")):
+        document = dict(load_document(path.read_bytes(), "workflow"))
+        phase = phase_of_workflow(str(document.get("id", "")))
+        if mirror and phase is not None:
+            document["steps"] = [*document.get("steps", []), _mirror_step(phase, document.get("steps", []))]
+            document["output"] = {**(document.get("output") or {}), "integration": "$.steps.mirror.output"}
+        documents.append((path.name, document))
+    return documents
+
+
+def _mirror_step(phase: int, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    work = steps[0] if steps else {}
+    return {
+        "id": "mirror",
+        "name": f"Mirror phase {phase} to the integrations service",
+        "type": "api_call",
+        "service": INTEGRATIONS_SERVICE,
+        "endpoint": f"/phases/{phase}/{MIRROR_ACTIONS[phase]}",
+        "method": "POST",
+        "input_map": {
+            "phase": phase,
+            "user_id": "$.input.user_id",
+            "sync_id": "$.input.sync_id",
+            "metadata": "$.input.metadata",
+            "report": f"$.steps.{work.get('id', 'execute')}.output.text",
+        },
+        "timeout_seconds": 30,
+        "on_failure": "fail",
+        # The same policy as the phase's own work: seed 001's retried phase transitions.
+        "retry": work.get("retry", {"max_attempts": 5, "backoff_ms": 100, "multiplier": 2, "max_backoff_ms": 5000}),
+    }
+
+
 def _bad(message: str) -> web.Response:
     return web.json_response({"success": False, "error": message}, status=400)
 
@@ -77,8 +144,8 @@ def _bad(message: str) -> web.Response:
 def install(app: web.Application, ctx: WorkflowContext, *, directory: Path = PHASES_DIR) -> None:
     """Add the phase routes; register the phase workflows and triggers at start-up.
 
-    The phase workflows need the integrations service; without ``NEXUS_SERVICE_INTEGRATIONS``
-    they are not registered (and the phase route says so when called).
+    The phase workflows run on the platform's ``core`` service; with ``NEXUS_SERVICE_INTEGRATIONS``
+    set each one also mirrors its phase to that service.
     """
     guard = require_key(key_view(app, ctx))
     ready: dict[str, Any] = {"registered": False, "reason": "the phase workflows are not registered yet"}
@@ -133,21 +200,27 @@ def install(app: web.Application, ctx: WorkflowContext, *, directory: Path = PHA
     app.router.add_get("/api/v1/workflow/phases/{user_id}/audit", guard(audit))
 
     async def register(app: web.Application) -> Any:
-        services = getattr(ctx.settings, "services", {}) or {}
-        if INTEGRATIONS_SERVICE not in services:
-            ready["reason"] = (
-                "the seven-phase pipeline needs the integrations service: set NEXUS_SERVICE_INTEGRATIONS to its URL"
-            )
-            logger.info("phase workflows not registered: NEXUS_SERVICE_INTEGRATIONS is not set")
-        else:
-            await ctx.registry.register_directory(directory)  # type: ignore[attr-defined]
-            from nexus.services.workflow.triggers import TRIGGER_ENGINE
+        from nexus.services.workflow.triggers import TRIGGER_ENGINE
 
-            if TRIGGER_ENGINE in app:
-                await app[TRIGGER_ENGINE].load_directory(directory / "triggers")
-                ready["registered"] = True
-            else:
-                ready["reason"] = "the phase pipeline needs the trigger module"
+        services = getattr(ctx.settings, "services", {}) or {}
+        mirror = INTEGRATIONS_SERVICE in services
+        for path in sorted((directory / "schemas").glob("*.y*ml")):
+            await ctx.registry.register_schema(  # type: ignore[call-arg]
+                path.read_bytes(), source=f"bundled:{path.name}", only_if_changed=True
+            )
+        for name, document in phase_workflows(directory, mirror=mirror):
+            await ctx.registry.register_workflow(  # type: ignore[call-arg]
+                document, source=f"bundled:{name}", only_if_changed=True
+            )
+        logger.info(
+            "phase workflows registered%s",
+            " (mirrored to the integrations service)" if mirror else " (on the core service)",
+        )
+        if TRIGGER_ENGINE in app:
+            await app[TRIGGER_ENGINE].load_directory(directory / "triggers")
+            ready["registered"] = True
+        else:
+            ready["reason"] = "the phase pipeline needs the trigger module"
         yield
 
     # Runs after the trigger module's start-up (install order: triggers, then phases).

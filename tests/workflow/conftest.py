@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from nexus.auth import issue_key
+from nexus.bus import Bus
 from nexus.bus.memory import MemoryBus
 from nexus.eventlog import EventLog, open_event_log
 from nexus.eventlog.memory import MemoryEventLog
@@ -155,11 +156,14 @@ ServiceFactory = Callable[..., Awaitable[Running]]
 async def workflow_service(tmp_path: Path, stub: Stub) -> AsyncIterator[ServiceFactory]:
     """Start workflow services (several may share one log: replicas) with the stub as service ``stub``.
 
-    ``modules=True`` installs the optional modules too (job API, uploads, triggers, phases, live).
+    ``modules=True`` installs the optional modules too (job API, uploads, triggers, phases, live);
+    ``bus`` replaces the memory bus (a JetStreamBus, for triggers fed by the relay).
     """
     started: list[Running] = []
 
-    async def start(log: EventLog | None = None, *, modules: bool = False, **env: str) -> Running:
+    async def start(
+        log: EventLog | None = None, *, modules: bool = False, bus: Bus | None = None, **env: str
+    ) -> Running:
         environment = {
             "NEXUS_WORKFLOW_PORT": "0",
             "NEXUS_DATA_DIR": str(tmp_path),
@@ -169,8 +173,9 @@ async def workflow_service(tmp_path: Path, stub: Stub) -> AsyncIterator[ServiceF
             **env,
         }
         settings = load_settings(environment)
-        bus = MemoryBus()
-        await bus.ensure_streams()
+        if bus is None:
+            bus = MemoryBus()
+            await bus.ensure_streams()
         service = await bootstrap(
             settings, log=log or MemoryEventLog(), bus=bus, raw=MemoryRaw(), optional_modules=modules
         )

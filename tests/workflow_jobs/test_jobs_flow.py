@@ -16,13 +16,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from nexus.auth import issue_key, revoke_key
+from nexus.bus.memory import MemoryBus
 from nexus.client import JobClient
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.proto import new_event
 from nexus.raw import open_raw
+from nexus.raw.memory import MemoryRaw
+from nexus.services.granulator import bootstrap as granulator_bootstrap
+from nexus.services.granulator import load_settings as granulator_settings
 from nexus.services.workflow import jobapi, live, phases, triggers, uploads
 from nexus.services.workflow.context import WorkflowContext
 from nexus.services.workflow.engine import WorkflowEngine
+from nexus.services.workflow.identity import ServiceIdentity
 from nexus.services.workflow.registry import WorkflowRegistry
 from nexus.services.workflow.settings import load_settings
 from nexus.services.workflow.view import ExecutionView
@@ -107,7 +112,7 @@ async def _stub_app(calls: list[dict[str, Any]]) -> web.Application:
 
     async def phase(request: web.Request) -> web.Response:
         body = await request.json()
-        calls.append({"path": request.path, "body": body})
+        calls.append({"path": request.path, "body": body, "authorization": request.headers.get("Authorization")})
         n = request.match_info["n"]
         # Phase 2's first call finds the integrations service unavailable: the platform retries.
         if n == "2" and body["user_id"] not in failed_once:
@@ -131,10 +136,26 @@ async def _stub_app(calls: list[dict[str, Any]]) -> web.Application:
 @pytest.fixture
 async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
     calls: list[dict[str, Any]] = []
+    log = MemoryEventLog()
+    # The phases' own work runs on the real granulator (core), as with `make run`.
+    bus = MemoryBus()
+    await bus.ensure_streams()
+    granulator = await granulator_bootstrap(
+        granulator_settings({"NEXUS_GRANULATOR_PORT": "0", "NEXUS_DATA_DIR": str(tmp_path / "g")}),
+        log=log,
+        bus=bus,
+        raw=MemoryRaw(),
+    )
+    await granulator.start()
     async with TestServer(await _stub_app(calls), host="127.0.0.1", port=0) as stub:
         stub_url = str(stub.make_url("")).rstrip("/")
-        settings = load_settings({"NEXUS_SERVICE_GAIA": stub_url, "NEXUS_SERVICE_INTEGRATIONS": stub_url})
-        log = MemoryEventLog()
+        settings = load_settings(
+            {
+                "NEXUS_SERVICE_GAIA": stub_url,
+                "NEXUS_SERVICE_INTEGRATIONS": stub_url,
+                "NEXUS_GRANULATOR_PORT": str(granulator.port),
+            }
+        )
         raw = await open_raw(f"file://{tmp_path / 'raw'}")
         registry = WorkflowRegistry(log, settings.services)
         await registry.register_schema(ANOMALY_SCHEMA)
@@ -142,7 +163,15 @@ async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
         view = ExecutionView(log)
         await view.load()
         view.start_tail()
-        engine = WorkflowEngine(log, registry, view, services=settings.services, concurrency=64)
+        engine = WorkflowEngine(
+            log,
+            registry,
+            view,
+            services=settings.services,
+            concurrency=64,
+            platform_services=settings.platform_services,
+        )
+        engine.identity = await ServiceIdentity.issue(log, "jobs-tests")
         await engine.start_processing()
         ctx = WorkflowContext(
             settings=settings, log=log, bus=None, raw=raw, engine=engine, registry=registry, views=view
@@ -155,7 +184,7 @@ async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
             yield Platform(str(server.make_url("")).rstrip("/"), key.secret, log, calls, engine)
         await engine.stop_processing()
         await view.stop()
-        await log.close()
+    await granulator.stop()  # closes the shared log
 
 
 ANOMALY = {
@@ -383,6 +412,11 @@ async def test_seven_phases_chain_and_reach_the_user_live(platform: Platform) ->
     assert [c["body"]["phase"] for c in calls] == [1, 2, 2, 3, 4, 5, 6, 7]
     assert all(c["body"]["user_id"] == "user_123" for c in calls)
     assert calls[-1]["body"]["sync_id"] == "oauth_user_123_1"
+    # Each phase's work ran on the platform's core service; the mirror carries its report.
+    assert all(c["body"]["report"].startswith(f"Phase {c['body']['phase']} (") for c in calls)
+    assert all(c["body"]["metadata"] == {"seller_id": "seller_456"} for c in calls)
+    # The integrations service is external: the workflow's worker token never reaches it.
+    assert all(c["authorization"] is None for c in calls)
     # Enhancement "retries of phase transitions": phase 2's 503 was retried by the platform.
     retries = [u for u in sse_updates if u["type"] == "step.failed" or u.get("attempt") == 2]
     assert retries, "the retried phase transition reached the user"
