@@ -286,3 +286,20 @@ async def test_a_used_id_inside_a_batch_fails_that_append_alone(tmp_path: Path, 
         assert (after.position, after.streamversion) == (5, 3)
     finally:
         await log.close()
+
+
+async def test_a_long_append_with_data_that_is_not_json_stores_nothing(tmp_path: Path) -> None:
+    # Appends of more than 100 events are encoded by the writer, chunk by chunk, while the
+    # previous chunk is inserted: bad data in a later chunk still fails the whole append.
+    log = await open_sqlite(tmp_path)
+    try:
+        batch = evs(250)
+        batch[180] = msgspec.structs.replace(batch[180], data={"when": object()})
+        with pytest.raises(EventLogArgumentError, match=r"events\[180\].*not JSON-serialisable"):
+            await log.append("s", batch)
+        assert await log.head() == 0
+        stored = await log.append("s", evs(250))
+        assert [e.position for e in stored] == list(range(1, 251))
+        assert await log.read_all() == stored
+    finally:
+        await log.close()

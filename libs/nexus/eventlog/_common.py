@@ -48,14 +48,16 @@ def check_append(
                 raise _not_json(index, event, exc) from None
 
 
-def encode_contents(events: Sequence[CloudEvent]) -> list[tuple[bytes, bytes]]:
+def encode_contents(events: Sequence[CloudEvent], first_index: int = 0) -> list[tuple[bytes, bytes]]:
     """Each event's ``chain.content_bytes`` and its ``chain.hex_digest``, computed by the caller.
+
+    ``first_index`` is the index of ``events[0]`` in the append, for the error message.
 
     Raises:
         EventLogArgumentError: an event's data is not JSON-serialisable.
     """
     out = []
-    for index, event in enumerate(events):
+    for index, event in enumerate(events, first_index):
         try:
             content = content_bytes(event)
         except (TypeError, ValueError, OverflowError) as exc:

@@ -159,8 +159,9 @@ class _Append:
 
     stream_id: str
     events: Sequence[CloudEvent]
-    contents: list[tuple[bytes, bytes]]
-    """Each event's canonical content and its digest (``encode_contents``), made by the caller."""
+    contents: list[tuple[bytes, bytes]] | None
+    """Each event's canonical content and its digest (``encode_contents``), made by the caller
+    for an append of up to _INSERT_ROWS events; None for a longer one."""
     expected_version: int
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[CloudEvent] | _Placed]
@@ -239,6 +240,8 @@ class SqliteEventLog(EventLog):
         # Subscribers waiting for a commit.
         self._waiters: list[asyncio.Future[None]] = []
         self._waiters_lock = threading.Lock()
+        # Runs the insert statements of long appends while the writer seals the next chunk.
+        self._inserter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nexus-eventlog-insert")
         self._writer = threading.Thread(target=self._write_loop, name="nexus-eventlog-writer", daemon=True)
         self._writer.start()
 
@@ -275,9 +278,11 @@ class SqliteEventLog(EventLog):
         self._check_open()
         check_append(stream_id, events, expected_version, check_data=False)
         events = list(events)
-        # Encoded and digested here, not in the writer: the writer's work is what every
-        # concurrent append waits for, and this part does not depend on the event's place.
-        contents = encode_contents(events)
+        # A short append is encoded and digested here, not in the writer: the writer's work
+        # is what every concurrent append waits for, and this part does not depend on the
+        # event's place. A longer one is encoded by the writer chunk by chunk, while its
+        # previous chunk is being inserted (see _write_rows).
+        contents = encode_contents(events) if len(events) <= _INSERT_ROWS else None
         loop = asyncio.get_running_loop()
         request = _Append(stream_id, events, contents, expected_version, loop, loop.create_future())
         with self._submit_lock:
@@ -443,23 +448,11 @@ class SqliteEventLog(EventLog):
             if stored is not None:
                 return stored
             raise
-        first = position = self._next_position
+        position = self._next_position
         assert position is not None
         placed = _Placed(stream_id, position, version + 1, prevhash, [])
-        hashes = placed.hashes
-        rows = []
-        stream_key = _json.encode(stream_id)
-        seal = chain.seal_content  # looked up per append so a test can inject a failure
-        for event, (content, digest) in zip(events, request.contents, strict=True):
-            version += 1
-            prevhash, body = seal(
-                content, digest, stream_key=stream_key, version=version, position=position, prevhash=prevhash
-            )
-            rows.append((position, stream_id, version, event.id, event.type, body))
-            hashes.append(prevhash)
-            position += 1
         try:
-            _insert(self._con, rows)
+            self._write_rows(request, placed)
         except sqlite3.IntegrityError:
             # Most likely an id that is already stored: undo the rows written so far (a lone
             # statement undid its own) and decide between "a retry" and "a different event
@@ -470,10 +463,53 @@ class SqliteEventLog(EventLog):
             if stored is not None:
                 return stored
             raise
-        assert position == first + len(events)
-        self._next_position = position
-        pending[stream_id] = (version, prevhash)
+        self._next_position = position + len(events)
+        pending[stream_id] = (version + len(events), placed.hashes[-1])
         return placed
+
+    def _write_rows(self, request: _Append, placed: _Placed) -> None:
+        """Seal the append's events and insert them, _INSERT_ROWS per statement.
+
+        A longer append runs as a pipeline: while the inserter thread executes chunk k's
+        statement on this connection (SQLite releases the GIL while it steps), this thread
+        encodes and seals chunk k+1 (Python, holding the GIL). The two never use the
+        connection at the same time: chunk k+1's statement starts after chunk k's returned.
+        """
+        con, stream_id, events = self._con, request.stream_id, request.events
+        stream_key = _json.encode(stream_id)
+        seal = chain.seal_content  # looked up per append so a test can inject a failure
+        position, version, prevhash, hashes = placed.position, placed.version, placed.prevhash, placed.hashes
+        in_flight: concurrent.futures.Future[Any] | None = None
+        try:
+            for start in range(0, len(events), _INSERT_ROWS):
+                chunk = events[start : start + _INSERT_ROWS]
+                contents = (
+                    encode_contents(chunk, start)
+                    if request.contents is None
+                    else request.contents[start : start + _INSERT_ROWS]
+                )
+                flat: list[Any] = []
+                for event, (content, digest) in zip(chunk, contents, strict=True):
+                    prevhash, body = seal(
+                        content, digest, stream_key=stream_key, version=version, position=position, prevhash=prevhash
+                    )
+                    flat += (position, stream_id, version, event.id, event.type, body)
+                    hashes.append(prevhash)
+                    position += 1
+                    version += 1
+                statement = _INSERT_MANY if len(chunk) == _INSERT_ROWS else _insert_statement(len(chunk))
+                if in_flight is not None:
+                    in_flight.result()  # the previous chunk's error surfaces here
+                if len(events) <= _INSERT_ROWS:
+                    con.execute(statement, flat)  # one chunk: nothing to overlap with
+                else:
+                    in_flight = self._inserter.submit(con.execute, statement, flat)
+            if in_flight is not None:
+                in_flight.result()
+        finally:
+            if in_flight is not None:
+                # Sealing failed meanwhile: the connection is ours again only once it returns.
+                concurrent.futures.wait([in_flight])
 
     def _lookup_stored(self, stream_id: str, events: Sequence[CloudEvent]) -> list[CloudEvent] | None:
         by_id: dict[str, CloudEvent] = {}
@@ -676,6 +712,7 @@ class SqliteEventLog(EventLog):
             self._closed = True
             self._queue.put(_STOP)
         await asyncio.to_thread(self._writer.join)
+        self._inserter.shutdown(wait=False)  # idle: the writer waits for every insert it submits
         self._wake_subscribers()
         await asyncio.to_thread(self._executor.shutdown, True)
         with self._readers_lock:
@@ -706,18 +743,6 @@ def _decode_fetched(payload: bytes | None) -> list[CloudEvent]:
     if any(a.position >= b.position for a, b in itertools.pairwise(events)):  # type: ignore[operator]
         events.sort(key=lambda e: e.position)  # type: ignore[arg-type,return-value]
     return events
-
-
-def _insert(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert rows in multi-row statements of up to _INSERT_ROWS rows (they bind faster than executemany).
-
-    Up to _INSERT_ROWS rows are one statement, so SQLite applies all of them or none.
-    """
-    flat = list(itertools.chain.from_iterable(rows))
-    width = _INSERT_ROWS * 6
-    for start in range(0, len(flat), width):
-        chunk = flat[start : start + width]
-        con.execute(_INSERT_MANY if len(chunk) == width else _insert_statement(len(chunk) // 6), chunk)
 
 
 @functools.lru_cache(maxsize=_INSERT_ROWS)
