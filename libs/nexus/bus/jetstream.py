@@ -31,7 +31,7 @@ from nats.js.errors import APIError, NotFoundError
 from opentelemetry import trace
 
 from nexus.bus import _dispatch
-from nexus.bus._metrics import CONSUMER_LAG, PUBLISHED
+from nexus.bus._metrics import CONSUMER_LAG, CONSUMER_PROCESSED, PUBLISHED
 from nexus.bus._port import (
     Bus,
     BusError,
@@ -279,6 +279,7 @@ class JetStreamBus(Bus):
         self._wire = Wire(nc)
         self._pipeline = _Pipeline(self._wire, window)
         self._published: dict[str, Any] = {}
+        self._event_subjects: dict[str, str] = {}
         self._tracer = trace.get_tracer("nexus.bus", tracer_provider=tracer_provider)
         self._consumers: list[_JetStreamConsumer] = []
         self._replies: dict[str, asyncio.Future[bytes]] = {}
@@ -448,11 +449,19 @@ class JetStreamBus(Bus):
         else:
             # Nothing records spans: the event's own traceparent travels as is, so a consumer
             # that does trace still joins the trace of the operation that appended it.
+            subjects = self._event_subjects
             for event in events:
+                # Platform events map to a subject from their type alone (ingested ones, from
+                # their stream too): the mapping is cached per type.
+                subject = subjects.get(event.type) if not (event.streamid or "").startswith("ext-") else None
+                if subject is None:
+                    subject = subject_for(event)
+                    if not (event.streamid or "").startswith("ext-") and len(subjects) < 10_000:
+                        subjects[event.type] = subject
                 position = "" if event.position is None else f"Nexus-Position: {event.position}\r\n"
                 trace_line = f"traceparent: {clean_value(event.traceparent)}\r\n" if event.traceparent else ""
                 header = f"NATS/1.0\r\nNats-Msg-Id: {clean_value(event.id)}\r\n{position}{trace_line}\r\n".encode()
-                items.append((subject_for(event), header, encode_event(event)))
+                items.append((subject, header, encode_event(event)))
         try:
             batch = await self._send(items)
         except BaseException:
@@ -627,6 +636,8 @@ class _JetStreamConsumer(Consumer):
         self._sub: Any = None
         self._held_acks: list[bytes] = []
         self._lag = CONSUMER_LAG.labels(spec.name)
+        self._pending_reported: int | None = None
+        self._acked = CONSUMER_PROCESSED.labels(spec.name, "ack")
         # Open pull requests expire quickly so that a stopping replica is not handed messages
         # after it has stopped asking (they would wait out ack_wait before anyone got them).
         self._expires = float(spec.extra.get("pull_expires_seconds", 0.5))  # type: ignore[arg-type]
@@ -716,8 +727,10 @@ class _JetStreamConsumer(Consumer):
                 if self._stopping and not self._pull_open:
                     return
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: no task per wait, and this loop waits often.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._expires + 2.5)
+                    async with asyncio.timeout(self._expires + 2.5):
+                        await self._wake.wait()
                 continue
             item = self._queue.popleft()
             try:
@@ -744,14 +757,16 @@ class _JetStreamConsumer(Consumer):
             reply=headers.get(_dispatch.REPLY_HEADER),
         )
         outcome = await _dispatch.run_handler(self.spec, self._handler, delivery, self._bus._tracer)
-        self._lag.set(pending)
+        self._pending_reported = pending
         if outcome.kind == "ack":
             if outcome.reply is not None and delivery.reply:
                 await self._nc.publish(delivery.reply, outcome.reply)
             # Acks go out together (one write) when the batch is done or nothing more is at
-            # hand; with a flush callback, only once it has persisted the owner's state.
+            # hand; with a flush callback, only once it has persisted the owner's state. They
+            # are counted then too (one metric update per batch).
             self._held_acks.append(ack_subject)
-        elif outcome.kind == "retry":
+            return
+        if outcome.kind == "retry":
             body = b"-NAK " + json.dumps({"delay": int(outcome.delay * 1e9)}).encode()
             await self._nc.publish(reply_to, body)
         else:
@@ -765,6 +780,9 @@ class _JetStreamConsumer(Consumer):
         _dispatch.count(self.spec, outcome)
 
     async def _flush_acks(self) -> None:
+        if self._pending_reported is not None:
+            self._lag.set(self._pending_reported)
+            self._pending_reported = None
         if not self._held_acks:
             return
         acks, self._held_acks = self._held_acks, []
@@ -777,6 +795,7 @@ class _JetStreamConsumer(Consumer):
                 await self._send_all(acks, b"-NAK")
                 return
         await self._send_all(acks, _ACK)
+        self._acked.inc(len(acks))
 
     async def _send_all(self, subjects: list[bytes], body: bytes) -> None:
         """One body to many ack subjects, written as one buffer."""
