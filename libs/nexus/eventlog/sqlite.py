@@ -29,6 +29,7 @@ import itertools
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,8 @@ class SqliteEventLog(EventLog):
         self._next_position: int | None = None
         self._data_version = writer.execute("PRAGMA data_version").fetchone()[0]
         self._transactions = 0
+        self._writer_cpu = 0.0
+        self._inserter_cpu = 0.0
         self._appends = 0
         # Readers.
         self._local = threading.local()
@@ -269,6 +272,16 @@ class SqliteEventLog(EventLog):
     def appends(self) -> int:
         """Appends settled by those transactions; ``appends / transactions`` is the group size."""
         return self._appends
+
+    @property
+    def writer_cpu_seconds(self) -> float:
+        """CPU time the writer thread spent on transactions (sealing, SQLite, settling); waits excluded."""
+        return self._writer_cpu
+
+    @property
+    def inserter_cpu_seconds(self) -> float:
+        """CPU time the inserter thread spent running long appends' INSERT statements."""
+        return self._inserter_cpu
 
     # ---- writing ----------------------------------------------------------------------
 
@@ -317,8 +330,10 @@ class SqliteEventLog(EventLog):
                 except queue.Empty:
                     break
             if group:
+                started = time.thread_time()
                 outcomes = self._commit_group(group)
                 self._settle(outcomes)
+                self._writer_cpu += time.thread_time() - started
                 self._wake_subscribers()
 
     def _run_call(self, call: _Call) -> None:
@@ -503,13 +518,21 @@ class SqliteEventLog(EventLog):
                 if len(events) <= _INSERT_ROWS:
                     con.execute(statement, flat)  # one chunk: nothing to overlap with
                 else:
-                    in_flight = self._inserter.submit(con.execute, statement, flat)
+                    in_flight = self._inserter.submit(self._insert_chunk, statement, flat)
             if in_flight is not None:
                 in_flight.result()
         finally:
             if in_flight is not None:
                 # Sealing failed meanwhile: the connection is ours again only once it returns.
                 concurrent.futures.wait([in_flight])
+
+    def _insert_chunk(self, statement: str, args: list[Any]) -> None:
+        """Run on the inserter thread, which alone updates its CPU counter."""
+        started = time.thread_time()
+        try:
+            self._con.execute(statement, args)
+        finally:
+            self._inserter_cpu += time.thread_time() - started
 
     def _lookup_stored(self, stream_id: str, events: Sequence[CloudEvent]) -> list[CloudEvent] | None:
         by_id: dict[str, CloudEvent] = {}
