@@ -2,17 +2,30 @@
 
 Layout: one ``events`` table keyed by position, with the stream id, version, event id and
 type as indexed columns beside each event's JSON body (one BLOB, decoded a page at a time),
-and a ``schema_version`` table for migrations.
+and a ``schema_version`` table for migrations. New files use 8 KiB pages.
+
+The ``(type, position)`` index costs about 0.5-1 µs of an append's ~13 µs of CPU per event
+(1000-event appends; the difference is within the noise of a shared 2-core machine); it is
+kept because without it a ``types`` filter (projections catching up on a few event types)
+reads the whole table instead of the matching rows.
 
 Writes go through ONE writer thread that owns the only writing connection. Callers queue
 their appends; the writer drains the queue and commits everything pending in one transaction
-(group commit), each append inside its own SAVEPOINT so a ConcurrencyError or
-DuplicateEventError fails that append alone. With ``synchronous=FULL`` every transaction is
-one fsync, so concurrent callers share it instead of queueing behind each other's.
+(group commit). A ConcurrencyError or DuplicateEventError fails that append alone: an append
+of up to 100 events is one INSERT statement, which SQLite undoes by itself when it fails;
+a longer one runs inside a SAVEPOINT. With ``synchronous=FULL`` every transaction is one
+fsync, so concurrent callers share it instead of queueing behind each other's.
+
+The work is split so the writer does as little as possible: a caller encodes and digests a
+short append's events before queueing it (``chain.content_bytes``; the hash's content part
+does not depend on the event's place), the writer only assigns places and hashes the short
+placement array (``chain.seal_content``), and the caller builds the stored records from the
+hashes the writer returns. A long append is encoded by the writer chunk by chunk, each
+chunk's INSERT running on an inserter thread while the next chunk is sealed.
 
 Reads run on a small pool of threads, each with its own read-only connection, so a large
 page never blocks the event loop and never waits for the writer (WAL readers see the last
-committed snapshot).
+committed snapshot). ``iter_all`` reads page k+1 while page k is decoded.
 
 URL: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, with optional query
 parameters ``synchronous`` (``FULL`` by default, or ``NORMAL``, ``EXTRA``, ``OFF``) and
