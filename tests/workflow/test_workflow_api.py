@@ -186,7 +186,11 @@ async def test_bundled_definitions_register_once(workflow_service, tmp_path):
     log = MemoryEventLog()
     first = await workflow_service(log, NEXUS_WORKFLOW_BUNDLED=str(BUNDLED_DIR))
     _, body = await first.get("/workflows")
-    assert {w["id"] for w in body["workflows"]} == {"blob_processing_workflow", "book_chapter_expansion"}
+    assert {w["id"] for w in body["workflows"]} == {
+        "blob_processing_workflow",
+        "book_chapter_expansion",
+        "text_expansion",
+    }
     await first.ctx.engine.stop_processing()
     # A second start (a restart or another replica) finds them unchanged and adds no version.
     second = await workflow_service(log, NEXUS_WORKFLOW_BUNDLED=str(BUNDLED_DIR))

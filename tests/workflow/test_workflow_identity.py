@@ -44,6 +44,14 @@ async def test_book_chapter_expansion_runs_through_a_real_granulator_by_default(
     assert saved["content"] == expanded["text"] and saved["metadata"]["word_count"] == expanded["word_count"]
     assert saved["metadata"]["consistency_score"] == 0.92
     assert state.output == {"new_blob_id": "blob-1", "deltas": [{"op": "expand", "parent": saved}]}
+    # The bundled text_expansion needs nothing but the platform's own services.
+    code, body = await svc.post(
+        "/executions", {"workflow_id": "text_expansion", "input": {"title": "tea", "text": "Tea is a drink."}}
+    )
+    assert code == 202, body
+    state = await svc.wait_final(body["id"], timeout=20)
+    assert state.status == "COMPLETED", state.error
+    assert state.output["generator"] == "builtin" and "Tea is a drink." in state.output["text"]
     # The external service (studio's stand-in) never saw the token.
     assert stub.log and all(r["authorization"] is None and r["worker_id"] is None for r in stub.log)
 
