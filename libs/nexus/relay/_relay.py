@@ -34,6 +34,8 @@ _CATCH_UP_PAGE = 2000
 """Events per page read while catching up with the log."""
 _LAG_INTERVAL = 0.25
 """Seconds between refreshes of the relay lag gauge."""
+_CHECKPOINT_INTERVAL = 0.1
+"""Seconds at least between two checkpoint writes (stop() writes the last one)."""
 
 
 async def _bucket(bus: JetStreamBus, name: str, ttl: float | None = None) -> KeyValue:
@@ -317,6 +319,10 @@ class Relay:
                 logger.warning("relay %s: cannot write the checkpoint: %r", self.owner, exc)
                 await asyncio.sleep(0.5)
                 self._dirty.set()
+                continue
+            # The checkpoint is the fallback (resumption reads the stream first): a few writes
+            # a second are enough, and each is a JetStream round trip.
+            await asyncio.sleep(_CHECKPOINT_INTERVAL)
 
     async def _save_checkpoint(self) -> None:
         position = self.position
