@@ -239,47 +239,60 @@ def _fast_parse(
 
     async def parse(data: bytes = b"") -> None:
         buf = parser.buf
-        buf.extend(data)
-        end_of_buf = len(buf)
+        if buf:
+            buf.extend(data)
+            # One copy of the whole buffer; every field below is then one slice (one copy).
+            raw = bytes(buf)
+        else:
+            raw = bytes(data)
+        size = len(raw)
         pos = 0
-        while parser.state == AWAITING_CONTROL_LINE and end_of_buf - pos > 5:
-            op = buf[pos : pos + 4]
-            if op == b"MSG ":
+        waiting = False
+        while parser.state == AWAITING_CONTROL_LINE and size - pos > 5:
+            if raw.startswith(b"MSG ", pos):
                 args_at, with_headers = pos + 4, False
-            elif op == b"HMSG":
+            elif raw.startswith(b"HMSG ", pos):
                 args_at, with_headers = pos + 5, True
             else:
                 break
-            line_end = buf.find(b"\r\n", args_at)
+            line_end = raw.find(b"\r\n", args_at)
             if line_end < 0:
+                # Wait for the rest of the line here: handing a partial message to nats-py's
+                # parser would leave it mid-message, and it would then take every message
+                # after it the slow way.
+                waiting = size - args_at < 4096
                 break
-            args = bytes(buf[args_at:line_end]).split()
+            args = raw[args_at:line_end].split()
             handler = handlers.get(int(args[1]))
             if handler is None:
                 break
             total = int(args[-1])
             start = line_end + 2
-            if end_of_buf < start + total + 2:
+            if size < start + total + 2:
+                waiting = True
                 break
             if with_headers:
                 header_size = int(args[-2])
-                headers: bytes | None = bytes(buf[start : start + header_size])
-                payload = bytes(buf[start + header_size : start + total])
+                headers: bytes | None = raw[start : start + header_size]
+                payload = raw[start + header_size : start + total]
                 reply = args[2] if len(args) == 5 else b""
             else:
                 headers = None
-                payload = bytes(buf[start : start + total])
+                payload = raw[start : start + total]
                 reply = args[2] if len(args) == 4 else b""
             pos = start + total + 2
             stats["in_msgs"] += 1
-            stats["in_bytes"] += len(payload)
+            stats["in_bytes"] += total
             try:
                 handler(args[0], reply, payload, headers)
             except Exception:
                 logger.exception("handler of %s failed", args[0].decode(errors="replace"))
-        if pos:
-            del buf[:pos]
         if buf:
+            if pos:
+                del buf[:pos]
+        elif pos < size:
+            buf.extend(raw[pos:] if pos else raw)
+        if buf and not waiting:
             await original()
 
     return parse
