@@ -7,14 +7,14 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from nexus.bus import ConsumerSpec
+from nexus.bus import BusError, ConsumerSpec, PublishAck
 from nexus.bus.events import EventConsumer
-from nexus.bus.jetstream import JetStreamBus
+from nexus.bus.jetstream import JetStreamBus, PendingAcks
 from nexus.eventlog import EventLog, open_event_log
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.proto import STREAM_EVT, CloudEvent, new_event
@@ -114,6 +114,43 @@ async def test_relay_without_relayed_events_in_the_stream_resumes_from_its_check
     await asyncio.wait_for(relay.wait_relayed(10), WAIT)
     await relay.stop()
     assert await stream_count(bus) == 4
+
+
+async def test_batches_in_flight_settle_in_order_and_a_failed_one_is_published_again(
+    bus: JetStreamBus, memory_log: MemoryEventLog
+) -> None:
+    head = await append_events(memory_log, 100)
+    send_events = bus.send_events
+    sent: list[list[int]] = []
+
+    class Refused:
+        """A batch JetStream never stored, while the batches after it were."""
+
+        async def acks(self) -> list[PublishAck]:
+            raise BusError("JetStream refused the message: simulated")
+
+        def discard(self) -> None:
+            pass
+
+    async def flaky(events: Sequence[CloudEvent]) -> PendingAcks | Refused:
+        sent.append([e.position or 0 for e in events])
+        if len(sent) == 3:
+            return Refused()
+        return await send_events(events)
+
+    bus.send_events = flaky  # type: ignore[method-assign]
+    relay = Relay(memory_log, bus, lease=False, batch=10, window=4)
+    await relay.start()
+    await asyncio.wait_for(relay.wait_relayed(head), WAIT)
+    await relay.stop()
+    refused = sent[2]
+    # Later batches went out before the refusal was known: the pipeline was really windowed.
+    assert sent.index(refused) + 1 < len(sent) and sent[3][0] > refused[-1]
+    # It resumed after the last contiguous acknowledged event, not after what the stream holds.
+    assert any(batch[0] == refused[0] for batch in sent[3:])
+    assert await stream_count(bus) == 100
+    kv = await bus.js.key_value(RELAY_BUCKET)
+    assert (await kv.get("checkpoint")).value == b"100"
 
 
 def start_relay_process(nats_url: str, log_url: str, data_dir: Path) -> asyncio.Future[asyncio.subprocess.Process]:

@@ -5,8 +5,10 @@ Python process near 10,000 messages/s. This adapter speaks the JetStream wire pr
 the core connection instead: a publish is a core publish to the stream subject with a reply
 inbox, and the PubAcks are collected asynchronously (a bounded window keeps the pipeline
 full); a consumer keeps one pull request open for a batch and acks with core publishes to
-the messages' ack subjects, without waiting. nats-py's management API is used for the rare
-calls (streams, key-value buckets, message lookups).
+the messages' ack subjects, without waiting. The per-message work itself (encoding HPUB
+commands, parsing MSG lines, dispatching acks and pulled messages) is done by ``_wire``
+rather than by nats-py's publish and subscription machinery. nats-py's management API is
+used for the rare calls (streams, key-value buckets, message lookups).
 """
 
 from __future__ import annotations
@@ -245,6 +247,16 @@ class PendingAcks:
 
     def __len__(self) -> int:
         return 0 if self._batch is None else len(self._batch.acks)
+
+    def discard(self) -> None:
+        """Stop waiting for these acks (the caller gave up on them, e.g. it lost its lease)."""
+        if self._batch is not None:
+            self._bus._pipeline.abandon(self._batch)
+            if not self._batch.future.done():
+                self._batch.future.cancel()
+        for span in self._spans:
+            span.end()
+        self._spans = []
 
     async def acks(self) -> list[PublishAck]:
         """Wait for the acks, in order.

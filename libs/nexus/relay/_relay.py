@@ -296,6 +296,8 @@ class Relay:
             self._resume_cap = self.position
             raise
         finally:
+            for _, pending in in_flight:
+                pending.discard()
             await _cancel(reader)
             await _cancel(checkpointer)
 
