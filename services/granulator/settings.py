@@ -43,8 +43,8 @@ class GranulatorSettings(ServiceSettings):
     http_timeout_s: float = 60.0
     """``NEXUS_GRANULATOR_HTTP_TIMEOUT_S``: per request to the endpoint."""
     generate_auth: str = "worker"
-    """``NEXUS_GRANULATOR_GENERATE_AUTH``: ``worker`` (a worker token, the default) or ``none`` for
-    ``POST /generate``; ``none`` lets workflow ``api_call`` steps, which send no credentials, call it."""
+    """``NEXUS_GRANULATOR_GENERATE_AUTH``: ``worker`` (the default: a worker token, which workflow
+    replicas send on their ``api_call`` steps to platform services) or ``none`` for ``POST /generate``."""
     validation_enabled: bool = False
     """``NEXUS_GRANULATOR_VALIDATION``: validate when a handshake does not say (``on``/``off``)."""
     validation_level: int = 1

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from granulator_support import running_granulator
 
+from nexus.auth import issue_key
 from nexus.bus.jetstream import JetStreamBus
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.raw import resolve
@@ -54,7 +55,8 @@ async def test_workflow_task_step_granulates_over_nats(
     )
     workflow = await workflow_bootstrap(settings, log=memory_log, bus=workflow_bus, raw=raw, optional_modules=False)
     await workflow.start()
-    http = aiohttp.ClientSession()
+    key = await issue_key(memory_log, "client", "granulator-e2e")
+    http = aiohttp.ClientSession(headers={"x-service-key": key.secret})
     base = f"http://127.0.0.1:{workflow.port}"
     try:
         async with running_granulator(tmp_path / "g", log=memory_log, raw=raw, bus=granulator_bus):
