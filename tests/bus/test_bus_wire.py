@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 from nats import errors as nats_errors
 from nats.protocol.parser import Parser
 
-from nexus.bus._wire import LazyHeaders, _fast_parse, check_subject, header_block, parse_headers
+from nexus.bus._wire import LazyHeaders, Wire, WireError, _fast_parse, check_subject, header_block, parse_headers
 
 
 class FakeClient:
@@ -109,3 +110,8 @@ def test_received_headers_are_parsed_when_read() -> None:
     assert headers["Nats-Msg-Id"] == "x1"
     assert dict(headers) == {"Nats-Msg-Id": "x1"}
     assert LazyHeaders(None) == {}
+
+
+def test_a_nats_client_without_the_internals_the_wire_needs_is_refused_by_name() -> None:
+    with pytest.raises(WireError, match=r"_process_msg.*requirements\.lock"):
+        Wire(SimpleNamespace(_ps=Parser()))  # type: ignore[arg-type]

@@ -48,7 +48,7 @@ from nexus.bus._port import (
     StreamConfigError,
 )
 from nexus.bus._subjects import matches_any
-from nexus.bus._wire import LazyHeaders, Wire, check_subject, clean_value, header_block, parse_headers
+from nexus.bus._wire import LazyHeaders, Wire, WireError, check_subject, clean_value, header_block, parse_headers
 from nexus.proto import STREAM_CMD, STREAM_DLQ, STREAM_EVT, STREAM_EXT, CloudEvent, encode_event, subject_for
 
 __all__ = ["NEXUS_STREAMS", "JetStreamBus", "PendingAcks", "StreamSpec"]
@@ -288,7 +288,10 @@ class JetStreamBus(Bus):
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.ack_timeout = ack_timeout
-        self._wire = Wire(nc)
+        try:
+            self._wire = Wire(nc)
+        except WireError as exc:
+            raise BusError(str(exc)) from exc
         self._pipeline = _Pipeline(self._wire, window)
         self._published: dict[str, Any] = {}
         self._event_subjects: dict[str, str] = {}
@@ -341,8 +344,8 @@ class JetStreamBus(Bus):
             )
         except (OSError, NatsError, TimeoutError) as exc:
             raise BusUnavailableError(f"cannot connect to NATS at {url}: {exc!r}") from exc
-        bus = cls(nc, ack_timeout=ack_timeout, window=window, tracer_provider=tracer_provider)
         try:
+            bus = cls(nc, ack_timeout=ack_timeout, window=window, tracer_provider=tracer_provider)
             await bus._pipeline.start()
             await nc.subscribe(f"{bus._reply_prefix}.*", cb=bus._on_reply)
             if ensure_streams:
