@@ -3,7 +3,12 @@
 The workflow service runs as its own process (``python -m nexus.services.workflow``) with the
 embedded defaults: a SQLite event log (``synchronous=FULL``) and a nats-server; every step calls
 a local HTTP stub served from this process. So the figures include a real fsync'd log, real
-HTTP and the service's own event loop, on the same machine as the stub and the client.
+HTTP and the service's own event loop, on the same machine as the stub and the client. Every
+route of the service needs a client API key: the benchmark issues one into the service's log
+before the first start and sends it as ``x-service-key``.
+
+``NEXUS_BENCH_PROFILE=DIR`` runs the service under cProfile and writes one ``.prof`` file per
+service start into DIR (read it with ``python -m pstats``); the figures are then slower.
 
 - throughput: N executions started at once; executions/s and step completions/s from the first
   POST to the last COMPLETED.
@@ -31,7 +36,9 @@ import aiohttp
 from aiohttp import web
 
 from bench._harness import Context, Row, target_row
+from nexus.auth import issue_key
 from nexus.bus.embedded import EmbeddedNats
+from nexus.eventlog import open_event_log
 
 SUITE = "workflow"
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,9 +81,10 @@ class ServiceProcess:
 
     def __init__(self, workdir: Path, nats_url: str, stub_url: str) -> None:
         self.log_path = workdir / "service.log"
+        self.data_dir = workdir / "data"
         self.env = {
             **os.environ,
-            "NEXUS_DATA_DIR": str(workdir / "data"),
+            "NEXUS_DATA_DIR": str(self.data_dir),
             "NEXUS_NATS_URL": nats_url,
             "NEXUS_WORKFLOW_PORT": "0",
             "NEXUS_WORKFLOW_BUNDLED": "none",
@@ -87,12 +95,36 @@ class ServiceProcess:
         }
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.headers: dict[str, str] = {}
+        """``x-service-key``: a client key issued in the service's log (every route needs one)."""
+        self._starts = 0
+
+    async def _issue_key(self) -> None:
+        """Issue the benchmark's client key into the log the service will open (once per data dir)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = await open_event_log(f"sqlite:///{self.data_dir / 'events.db'}")
+        try:
+            issued = await issue_key(log, "client", "bench", source="nexus/bench")
+        finally:
+            await log.close()
+        self.headers = {"x-service-key": issued.secret}
+
+    def _command(self) -> list[str]:
+        profile_dir = os.environ.get("NEXUS_BENCH_PROFILE")
+        if not profile_dir:
+            return [sys.executable, "-m", "nexus.services.workflow"]
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        out = Path(profile_dir).resolve() / f"{self.log_path.parent.name}-{self._starts}.prof"
+        return [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "nexus.services.workflow"]
 
     async def start(self) -> None:
+        if not self.headers:
+            await self._issue_key()
+        self._starts += 1
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as err:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "nexus.services.workflow", env=self.env, stdout=err, stderr=err, cwd=ROOT
+                *self._command(), env=self.env, stdout=err, stderr=err, cwd=ROOT
             )
         async with asyncio.timeout(30):
             while True:
@@ -131,19 +163,32 @@ def three_steps(workflow_id: str, endpoints: tuple[str, str, str]) -> dict[str, 
     }
 
 
-async def stats(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with http.get(f"{url}/queue/stats") as r:
+async def stats(http: aiohttp.ClientSession, service: ServiceProcess) -> dict[str, Any]:
+    async with http.get(f"{service.url}/queue/stats", headers=service.headers) as r:
+        if r.status != 200:
+            raise RuntimeError(f"GET /queue/stats answered {r.status}: {await r.text()}")
         return await r.json()
 
 
-async def wait_completed(http: aiohttp.ClientSession, url: str, count: int, timeout: float) -> None:  # noqa: ASYNC109
+async def register(http: aiohttp.ClientSession, service: ServiceProcess, workflow: dict[str, Any]) -> None:
+    async with http.post(f"{service.url}/workflows", json=workflow, headers=service.headers) as r:
+        if r.status != 201:
+            raise RuntimeError(f"POST /workflows answered {r.status}: {await r.text()}")
+
+
+async def wait_completed(
+    http: aiohttp.ClientSession,
+    service: ServiceProcess,
+    count: int,
+    timeout: float,  # noqa: ASYNC109
+) -> None:
     async with asyncio.timeout(timeout):
-        while (await stats(http, url))["statuses"].get("COMPLETED", 0) < count:  # noqa: ASYNC110 - over HTTP
+        while (await stats(http, service))["statuses"].get("COMPLETED", 0) < count:  # noqa: ASYNC110 - over HTTP
             await asyncio.sleep(0.05)
 
 
 async def start_many(
-    http: aiohttp.ClientSession, url: str, workflow_id: str, count: int, parallel: int = 64
+    http: aiohttp.ClientSession, service: ServiceProcess, workflow_id: str, count: int, parallel: int = 64
 ) -> list[str]:
     ids: list[str] = [""] * count
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -153,7 +198,8 @@ async def start_many(
     async def worker() -> None:
         while not queue.empty():
             n = queue.get_nowait()
-            async with http.post(f"{url}/executions", json={"workflow_id": workflow_id, "input": {"n": n}}) as r:
+            body = {"workflow_id": workflow_id, "input": {"n": n}}
+            async with http.post(f"{service.url}/executions", json=body, headers=service.headers) as r:
                 if r.status != 202:
                     raise RuntimeError(f"POST /executions answered {r.status}: {await r.text()}")
                 ids[n] = (await r.json())["id"]
@@ -186,11 +232,10 @@ async def _throughput(ctx: Context, nats_url: str, stub: Stub, http: aiohttp.Cli
         (ctx.workdir / f"throughput-{repeat}").mkdir(parents=True, exist_ok=True)
         await service.start()
         try:
-            async with http.post(f"{service.url}/workflows", json=three_steps("bench3", ("/step",) * 3)) as r:
-                assert r.status == 201, await r.text()
+            await register(http, service, three_steps("bench3", ("/step",) * 3))
             began = time.perf_counter()
-            await start_many(http, service.url, "bench3", count)
-            await wait_completed(http, service.url, count, timeout=300)
+            await start_many(http, service, "bench3", count)
+            await wait_completed(http, service, count, timeout=300)
             rates.append(count / (time.perf_counter() - began))
         finally:
             await service.stop()
@@ -209,8 +254,7 @@ async def _latency(ctx: Context, nats_url: str, stub: Stub, http: aiohttp.Client
     service = ServiceProcess(workdir, nats_url, stub.url)
     await service.start()
     try:
-        async with http.post(f"{service.url}/workflows", json=three_steps("paced", ("/step",) * 3)) as r:
-            assert r.status == 201, await r.text()
+        await register(http, service, three_steps("paced", ("/step",) * 3))
         began = time.perf_counter()
         pending: list[asyncio.Task[Any]] = []
         for n in range(100 * seconds):
@@ -219,12 +263,20 @@ async def _latency(ctx: Context, nats_url: str, stub: Stub, http: aiohttp.Client
             if delay > 0:
                 await asyncio.sleep(delay)
             pending.append(
-                asyncio.create_task(http.post(f"{service.url}/executions", json={"workflow_id": "paced", "input": {}}))
+                asyncio.create_task(
+                    http.post(
+                        f"{service.url}/executions",
+                        json={"workflow_id": "paced", "input": {}},
+                        headers=service.headers,
+                    )
+                )
             )
         for response in await asyncio.gather(*pending):
+            if response.status != 202:
+                raise RuntimeError(f"POST /executions answered {response.status}: {await response.text()}")
             response.release()
-        await wait_completed(http, service.url, 100 * seconds, timeout=120)
-        dispatch = (await stats(http, service.url))["stats"]["dispatch_ms"]
+        await wait_completed(http, service, 100 * seconds, timeout=120)
+        dispatch = (await stats(http, service))["stats"]["dispatch_ms"]
     finally:
         await service.stop()
     return [
@@ -240,11 +292,8 @@ async def _recovery(ctx: Context, nats_url: str, stub: Stub, http: aiohttp.Clien
     service = ServiceProcess(workdir, nats_url, stub.url)
     await service.start()
     try:
-        async with http.post(
-            f"{service.url}/workflows", json=three_steps("recover", ("/step", "/slow/3000", "/step"))
-        ) as r:
-            assert r.status == 201, await r.text()
-        ids = await start_many(http, service.url, "recover", count)
+        await register(http, service, three_steps("recover", ("/step", "/slow/3000", "/step")))
+        ids = await start_many(http, service, "recover", count)
         keys = [f"{execution_id}:s1" for execution_id in ids]
         async with asyncio.timeout(120):
             while sum(1 for k in keys if stub.requests[k] >= 1) < count:  # noqa: ASYNC110 - a counter, no event
@@ -257,7 +306,7 @@ async def _recovery(ctx: Context, nats_url: str, stub: Stub, http: aiohttp.Clien
             while sum(1 for k in keys if stub.requests[k] >= 2) < count:  # noqa: ASYNC110 - a counter, no event
                 await asyncio.sleep(0.01)
         resumed = time.perf_counter() - restarted
-        await wait_completed(http, service.url, count, timeout=120)
+        await wait_completed(http, service, count, timeout=120)
         completed = time.perf_counter() - restarted
     finally:
         await service.stop()
