@@ -7,8 +7,10 @@ in stream ``triggers`` and the set of triggers is a fold of that stream. ``DELET
 
 Every event of the platform is offered to the triggers: from the bus's durable consumer
 ``workflow-triggers`` on ``nexus.evt.>`` when the service has a bus (replicas share it), else by
-following the event log. External events ingested from ``nexus.ext.<source>.<event>`` arrive as
-events of stream ``ext-<source>``. A trigger matches an event when
+following the event log. The consumer fills from the log any hole in the log positions it
+receives (events JetStream lost), so an event reaches the triggers even then. External events
+ingested from ``nexus.ext.<source>.<event>`` arrive as events of stream ``ext-<source>``. A
+trigger matches an event when
 
 - its ``event_type`` is the event's ``type``, or ``ext.<source>.<event>`` for an external event
   (``*`` stands for one token, a final ``>`` for the rest, as in NATS subjects);
@@ -24,6 +26,7 @@ id, so an event starts a workflow once however often it is delivered or replayed
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -37,7 +40,8 @@ import msgspec
 import yaml
 from aiohttp import web
 
-from nexus.bus import ConsumerSpec, Delivery, PoisonMessageError, RetryableError
+from nexus.bus import BusError, ConsumerSpec, Delivery, PoisonMessageError, RetryableError
+from nexus.bus.jetstream import JetStreamBus
 from nexus.eventlog import ConcurrencyError, EventLog
 from nexus.proto import STREAM_EVT, CloudEvent, EnvelopeError, decode_event, new_event
 from nexus.proto.events.jobs import TriggerFired, TriggerRegistered, TriggerRemoved
@@ -356,15 +360,74 @@ async def _follow_log(engine: TriggerEngine) -> None:
                 logger.error("event %s was not offered to every trigger: %s", event.id, exc)
 
 
-def _consumer_handler(engine: TriggerEngine) -> Any:
-    async def handle(delivery: Delivery) -> None:
+class _PositionGuard:
+    """Fills the holes JetStream leaves in the log's sequence before the triggers see an event.
+
+    The relay publishes every event of the log on ``nexus.evt.>`` in position order, and the
+    trigger consumer receives all of them; an event whose position is beyond the next one
+    means JetStream lost the events between (a crash of its lazy fsync, a deleted message, a
+    limit). They are read from the log and offered first, so no external event is missed.
+    Offering an event twice starts nothing new (the starts are idempotent), which also makes
+    replicas sharing the durable safe: a hole that is only another replica's share is filled
+    again, at the cost of the reads.
+
+    Args:
+        engine: the trigger engine.
+        last: the last position handled, when known (from the durable's acknowledged floor).
+    """
+
+    def __init__(self, engine: TriggerEngine, last: int | None) -> None:
+        self.engine = engine
+        self.last = last
+
+    async def handle(self, delivery: Delivery) -> None:
         try:
             event = decode_event(delivery.data)
         except EnvelopeError as exc:
             raise PoisonMessageError(str(exc)) from exc
-        await engine.handle(event)
+        position = event.position
+        if position is not None and self.last is not None and position > self.last + 1:
+            await self._fill(self.last + 1, position)
+        await self.engine.handle(event)
+        if position is not None and (self.last is None or position > self.last):
+            self.last = position
 
-    return handle
+    async def _fill(self, start: int, end: int) -> None:
+        """Offer the log's events with positions in [start, end) to the triggers."""
+        await self.engine.refresh()
+        triggers = self.engine.triggers()
+        if not triggers:
+            return
+        # A trigger fires only for events after its registration: skip what none can match.
+        start = max(start, min(t.position for t in triggers) + 1)
+        while start < end:
+            events = await self.engine.log.read_all(start, limit=min(_FILL_PAGE, end - start))
+            events = [e for e in events if (e.position or 0) < end]
+            if not events:
+                return
+            for event in events:
+                await self.engine.handle(event)
+            start = (events[-1].position or start) + 1
+
+
+_FILL_PAGE = 1000
+
+
+async def _acknowledged_position(bus: Any) -> int | None:
+    """The log position of the last event the durable consumer acknowledged, when JetStream knows it."""
+    if not isinstance(bus, JetStreamBus):
+        return None
+    try:
+        info = await bus.api(f"$JS.API.CONSUMER.INFO.{STREAM_EVT}.{CONSUMER}")
+        seq = int(info.get("ack_floor", {}).get("stream_seq") or 0)
+        if not seq:
+            return None  # a new consumer: it starts with the first event it gets
+        found = await bus.api(f"$JS.API.STREAM.MSG.GET.{STREAM_EVT}", {"seq": seq})
+        return decode_event(base64.b64decode(found["message"]["data"])).position
+    except (BusError, EnvelopeError, KeyError, ValueError) as exc:
+        # Not found (a new durable, a deleted message) or not an event: no floor to start from.
+        logger.info("trigger consumer: no acknowledged position to resume from: %s", exc)
+        return None
 
 
 TRIGGER_ENGINE = web.AppKey("nexus.workflow.triggers", TriggerEngine)
@@ -406,7 +469,8 @@ def install(app: web.Application, ctx: WorkflowContext, *, bundled: Path | None 
         task = None
         if ctx.bus is not None:
             spec = ConsumerSpec(name=CONSUMER, stream=STREAM_EVT, filter_subjects=("nexus.evt.>",))
-            consumer = await ctx.bus.consume(spec, _consumer_handler(engine))
+            guard = _PositionGuard(engine, await _acknowledged_position(ctx.bus))
+            consumer = await ctx.bus.consume(spec, guard.handle)
         else:
             task = asyncio.create_task(_follow_log(engine), name="workflow-triggers")
         yield

@@ -193,3 +193,34 @@ async def test_a_downstream_nats_consumer_gets_each_execution_event_once(platfor
     # The execution's input came from the external event through the trigger.
     assert history[0].data["input"] == expected_input(quake)
     assert history[0].data["trigger"]["trigger_id"] == "gaia_anomaly"
+
+
+async def test_an_event_lost_from_nexus_evt_still_starts_its_workflow(platform: Platform) -> None:
+    next_completion = await platform.completions()
+    # A first event goes all the way, so the trigger consumer has acknowledged something.
+    await platform.produce(anomaly("First"))
+    await next_completion()
+    await platform.stop_workflow()
+    lost, kept = anomaly("Lost"), anomaly("Kept")
+    await platform.produce(lost)
+    await platform.produce(kept)
+    head = await within(_wait_stream(platform, "ext-gaia", 3), "the new events in the log")
+    assert platform.relay is not None and platform.js is not None
+    await within(platform.relay.wait_relayed(head), "the new events on NEXUS_EVT")
+    # JetStream loses the first of them (deleted here; a crash or a limit could lose it too).
+    lost_id = ingested_id(EXT_SOURCE, lost["id"])
+    info = await platform.js.stream_info("NEXUS_EVT")
+    for seq in range(info.state.last_seq, info.state.first_seq - 1, -1):
+        msg = await platform.js.get_msg("NEXUS_EVT", seq)
+        if (msg.headers or {}).get("Nats-Msg-Id") == lost_id:
+            assert await platform.js.delete_msg("NEXUS_EVT", seq)
+            break
+    else:
+        raise AssertionError("the lost event is not in NEXUS_EVT")
+
+    # The trigger consumer sees the hole in the log positions and reads the event from the log.
+    await platform.start_workflow()
+    completions = [await next_completion() for _ in range(2)]
+    by_id = {e["id"]: e for e in await platform.executions()}
+    assert sorted(by_id[c["data"]["execution_id"]]["input"]["title"] for c in completions) == ["Kept", "Lost"]
+    assert len(by_id) == 3
