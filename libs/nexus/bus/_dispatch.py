@@ -6,13 +6,16 @@ Shared by every adapter, so the JetStream and in-memory buses cannot disagree on
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags
 
 from nexus.bus._metrics import CONSUMER_PROCESSED, DEAD_LETTERS
 from nexus.bus._port import ConsumerSpec, Delivery, Handler, PoisonMessageError, RetryableError
@@ -42,17 +45,59 @@ class Outcome:
 
 
 _ACKED = Outcome("ack")
+_random = random.Random()
 
 
-def tracing_on(tracer: trace.Tracer) -> bool:
-    """Whether ``tracer`` records anything: False for the no-op tracer (no provider installed).
+NO_TRACING = 0
+"""No provider: the no-op tracer."""
+IDS_ONLY = 1
+"""An SDK provider with no span processor: spans would be built and dropped unseen; only their
+ids matter (they reach the logs and the propagated traceparent)."""
+RECORDING = 2
+"""Spans reach a processor (an exporter, a test's in-memory one)."""
 
-    A proxy tracer (``trace.get_tracer`` before a provider is set) is resolved at each call,
-    so installing a provider later turns spans on.
+
+def tracing_mode(tracer: trace.Tracer) -> int:
+    """How much of a span anyone can observe, decided at each call (providers and processors may
+    be installed after the bus connects).
+
+    A proxy tracer (``trace.get_tracer`` before a provider is set) is resolved to the current
+    one. An SDK tracer whose provider has no span processor (``NEXUS_OTEL_EXPORTER=none``)
+    records spans nobody receives: the bus then builds only their ids, not the spans, which
+    cost several times the rest of a message's handling.
     """
     if isinstance(tracer, trace.ProxyTracer):
         tracer = tracer._tracer
-    return not isinstance(tracer, trace.NoOpTracer)
+    if isinstance(tracer, trace.NoOpTracer):
+        return NO_TRACING
+    processors = getattr(getattr(tracer, "span_processor", None), "_span_processors", None)
+    if processors is not None and not processors:
+        return IDS_ONLY
+    return RECORDING
+
+
+def tracing_on(tracer: trace.Tracer) -> bool:
+    """Whether spans built with ``tracer`` reach anyone (see ``tracing_mode``)."""
+    return tracing_mode(tracer) == RECORDING
+
+
+def _ids_only_span(parent: Context | None) -> trace.Span:
+    """A span that records nothing but has its own id in the parent's trace (or a new one).
+
+    It stands for the consume span when nothing would receive it: log lines and events
+    written by the handler still carry a trace id, and a downstream call continues the trace.
+    """
+    parent_context = trace.get_current_span(parent).get_span_context() if parent is not None else None
+    if parent_context is not None and parent_context.is_valid:
+        trace_id, flags, state = parent_context.trace_id, parent_context.trace_flags, parent_context.trace_state
+    else:
+        # As the SDK's default sampler would: a new trace, sampled, so that downstream
+        # services that do export keep recording it.
+        trace_id, flags, state = _random.getrandbits(128) or 1, TraceFlags(TraceFlags.SAMPLED), None
+    span_id = _random.getrandbits(64) or 1
+    return trace.NonRecordingSpan(
+        trace.SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state)
+    )
 
 
 def backoff_for(spec: ConsumerSpec, num_delivered: int) -> float:
@@ -72,19 +117,18 @@ async def run_handler(spec: ConsumerSpec, handler: Handler, delivery: Delivery, 
             reason=f"delivered {delivery.num_delivered} times; max_deliver is {spec.max_deliver}",
         )
     traced = "traceparent" in delivery.headers
-    if not traced and not tracing_on(tracer):
+    mode = tracing_mode(tracer)
+    if not traced and mode == NO_TRACING:
         # Nothing records spans and there is no trace to continue: no span at all.
-        try:
-            result = await handler(delivery)
-        except RetryableError as exc:
-            return _failed(spec, delivery, None, exc, retryable=True)
-        except _POISON as exc:
-            return Outcome("dead_letter", error=type(exc).__name__, reason=str(exc) or type(exc).__name__)
-        except Exception as exc:
-            _log_failure(spec, delivery, exc)
-            return _failed(spec, delivery, None, exc, retryable=False)
-        return Outcome("ack", reply=result) if result is not None else _ACKED
+        return await _outcome(spec, handler, delivery)
     parent = propagate.extract(delivery.headers) if traced else None
+    if mode == IDS_ONLY:
+        # The stand-in span is only made current (no use_span: nothing to end or record).
+        token = otel_context.attach(trace.set_span_in_context(_ids_only_span(parent)))
+        try:
+            return await _outcome(spec, handler, delivery)
+        finally:
+            otel_context.detach(token)
     span = tracer.start_span(
         "consume",
         context=parent,
@@ -106,6 +150,20 @@ async def run_handler(spec: ConsumerSpec, handler: Handler, delivery: Delivery, 
         except Exception as exc:
             _log_failure(spec, delivery, exc)
             return _failed(spec, delivery, span, exc, retryable=False)
+    return Outcome("ack", reply=result) if result is not None else _ACKED
+
+
+async def _outcome(spec: ConsumerSpec, handler: Handler, delivery: Delivery) -> Outcome:
+    """Run ``handler`` without a span of its own."""
+    try:
+        result = await handler(delivery)
+    except RetryableError as exc:
+        return _failed(spec, delivery, None, exc, retryable=True)
+    except _POISON as exc:
+        return Outcome("dead_letter", error=type(exc).__name__, reason=str(exc) or type(exc).__name__)
+    except Exception as exc:
+        _log_failure(spec, delivery, exc)
+        return _failed(spec, delivery, None, exc, retryable=False)
     return Outcome("ack", reply=result) if result is not None else _ACKED
 
 
