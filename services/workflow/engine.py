@@ -45,7 +45,7 @@ import msgspec
 
 from nexus.bus import Bus
 from nexus.eventlog import ConcurrencyError, EventLog
-from nexus.proto import CloudEvent, cmd_subject, encode_event, new_event, new_event_id
+from nexus.proto import CloudEvent, cmd_subject, encode_event, new_event
 from nexus.proto.events import workflow as ev
 from nexus.services.workflow.context import TransitionCallback
 from nexus.services.workflow.definitions import StepDefinition, WorkflowDefinition
@@ -68,6 +68,7 @@ from nexus.services.workflow.handlers import (
     time_after,
 )
 from nexus.services.workflow.identity import ServiceIdentity
+from nexus.services.workflow.ids import RandomPool
 from nexus.services.workflow.registry import WorkflowRegistry
 from nexus.services.workflow.steps import Outcome, call_http, fill_endpoint, traceparent_for
 from nexus.services.workflow.view import ExecutionView
@@ -117,6 +118,10 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 class _LostOwnership(Exception):
     """Another replica appended to the execution; this one stops driving it."""
+
+
+class _AlreadyExists(Exception):
+    """An execution started at once already existed (same idempotency key); nothing to drive."""
 
 
 class WorkflowEngine:
@@ -169,6 +174,7 @@ class WorkflowEngine:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._random = random.Random()
+        self._ids = RandomPool()
         self._slot_freed = asyncio.Event()
         self._running = False
 
@@ -179,9 +185,13 @@ class WorkflowEngine:
         if self._running:
             return
         self._running = True
+        # One session for every step call, its pool kept warm across executions. No cookie jar:
+        # a cookie one execution's service sets must not ride along on another's calls (and
+        # the jar's filtering ran for every request).
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.http_connections, limit_per_host=self.http_connections),
             timeout=aiohttp.ClientTimeout(total=None),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self.view.on_transition(self._on_transition)
         await self._heartbeat_once()
@@ -248,7 +258,7 @@ class WorkflowEngine:
             if execution_id in self.view.states:
                 return execution_id
         else:
-            execution_id = new_event_id()
+            execution_id = self._ids.event_id()
         event = new_event(
             _T + "execution.queued",
             ev.ExecutionQueued(
@@ -262,15 +272,53 @@ class WorkflowEngine:
                 trigger=dict(trigger) if trigger else None,
             ),
             source=SOURCE,
+            id=self._ids.event_id(),
             subject=execution_id,
             correlationid=correlation_id or execution_id,
             causationid=causation_id,
         )
+        if self._may_start_at_once(workflow, execution_id):
+            return await self._start_at_once(event)
         try:
             stored = await self.log.append(stream_id(execution_id), [event], expected_version=0)
         except ConcurrencyError:
             return execution_id  # the same idempotency key: that execution already exists
         self.view.apply_stored(stored)
+        return execution_id
+
+    def _may_start_at_once(self, workflow: WorkflowDefinition, execution_id: str) -> bool:
+        """Whether this replica would claim the new execution next anyway.
+
+        True when it is processing, has a free slot, and no execution is waiting in the queue
+        (so none of any priority would start before this one), and the workflow has no
+        ``max_concurrent`` (whose count the dispatcher keeps).
+        """
+        return (
+            self._running
+            and len(self._drivers) < self.concurrency
+            and not self.view.status_counts["QUEUED"]
+            and workflow.max_concurrent is None
+            and execution_id not in self._drivers
+        )
+
+    async def _start_at_once(self, queued: CloudEvent) -> str:
+        """Queue and claim a new execution in one append, with its first step's start.
+
+        The history is the same as through the queue (``execution.queued``, then
+        ``execution.claimed`` by this replica), and the 202 still waits for ``queued`` to be
+        durable; what is saved is one append and fsync per execution and the trip through
+        the dispatcher. An existing execution with the same id (the same idempotency key)
+        makes the append fail: the driver stops and the existing execution is the answer.
+        """
+        state = apply(None, queued)
+        execution_id = state.execution_id
+        driver = _Driver(self, state, committed=0)
+        driver.pending.append(queued)
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[None] = loop.create_future()
+        driver.first_append = first
+        self._spawn(state, takeover=False, driver=driver)
+        await asyncio.shield(first)
         return execution_id
 
     def get(self, execution_id: str) -> ExecutionState | None:
@@ -399,8 +447,10 @@ class WorkflowEngine:
             # Let the driver append its claim before the next pick, so counts stay right.
             await asyncio.sleep(0)
 
-    def _spawn(self, state: ExecutionState, *, takeover: bool) -> None:
-        task = asyncio.create_task(self._drive(state, takeover), name=f"execution-{state.execution_id}")
+    def _spawn(self, state: ExecutionState, *, takeover: bool, driver: _Driver | None = None) -> None:
+        task = asyncio.create_task(
+            self._drive(driver or _Driver(self, state), takeover), name=f"execution-{state.execution_id}"
+        )
         self._drivers[state.execution_id] = task
 
         def done(_t: asyncio.Task[None], execution_id: str = state.execution_id) -> None:
@@ -474,38 +524,51 @@ class WorkflowEngine:
             _T + kind,
             struct(execution_id=state.execution_id, **data),
             source=SOURCE,
+            id=self._ids.event_id(),
             subject=state.execution_id,
             correlationid=state.correlation_id or state.execution_id,
         )
 
-    async def _drive(self, state: ExecutionState, takeover: bool) -> None:
-        driver = _Driver(self, state)
+    async def _drive(self, driver: _Driver, takeover: bool) -> None:
         try:
             await driver.run(takeover)
+        except _AlreadyExists:
+            pass
         except _LostOwnership:
             self.stats.lost_races += 1
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            first = driver.first_append
+            if first is not None and not first.done():
+                # Started at once and nothing was appended: the caller of start() gets the error.
+                first.set_exception(exc)
+                return
             # The sweeper drives it again (a fresh claim makes the retry visible in the history).
-            logger.exception("driving execution %s failed; it resumes on the next sweep", state.execution_id)
+            logger.exception("driving execution %s failed; it resumes on the next sweep", driver.execution_id)
             await asyncio.sleep(1)
+        finally:
+            first = driver.first_append
+            if first is not None and not first.done():
+                first.cancel()
 
 
 class _Driver:
     """Drives one execution; every transition goes through ``stage`` and ``flush``."""
 
-    def __init__(self, engine: WorkflowEngine, state: ExecutionState) -> None:
+    def __init__(self, engine: WorkflowEngine, state: ExecutionState, committed: int | None = None) -> None:
         self.engine = engine
         self.state = state
-        self.committed = state.version
+        self.committed = state.version if committed is None else committed
+        self.first_append: asyncio.Future[None] | None = None
+        """Set for an execution started at once: resolved when its ``queued`` event is stored."""
         self.pending: list[CloudEvent] = []
         self.execution_id = state.execution_id
         self.stream = stream_id(state.execution_id)
         self.wake = asyncio.Event()
         engine._wake[state.execution_id] = self.wake
         self.workflow: WorkflowDefinition | None = None
-        self.traceparent = traceparent_for(state.execution_id)
+        self.traceparent = traceparent_for(state.execution_id, engine._ids.hex)
         self.ready_at = time.perf_counter()
 
     def stage(self, kind: str, struct: type[msgspec.Struct], **data: Any) -> None:
@@ -522,6 +585,11 @@ class _Driver:
                 stored = await self.engine.log.append(self.stream, events, expected_version=self.committed)
                 break
             except ConcurrencyError:
+                if self.committed == 0:
+                    # Started at once, and the stream exists: the same idempotency key.
+                    if self.first_append is not None and not self.first_append.done():
+                        self.first_append.set_result(None)
+                    raise _AlreadyExists from None
                 # Someone else appended: a cancel request (go on) or a take-over (stop).
                 latest = await self.engine.view.refresh(self.execution_id) or fold(
                     await self.engine.log.read_stream(self.stream)
@@ -541,6 +609,8 @@ class _Driver:
         self.committed = stored[-1].streamversion or self.committed + len(stored)
         self.engine.stats.transitions += len(stored)
         self.engine.view.apply_stored(stored)
+        if self.first_append is not None and not self.first_append.done():
+            self.first_append.set_result(None)
 
     async def run(self, takeover: bool) -> None:
         engine = self.engine

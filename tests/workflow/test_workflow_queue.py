@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from nexus.eventlog import ANY
 from nexus.eventlog.memory import MemoryEventLog
 
 
@@ -104,3 +105,54 @@ async def test_a_dead_replicas_executions_are_taken_over(workflow_service, stub,
     assert all(n == 1 for n in stub.effects.values()) and len(stub.effects) == 30
     _, stats = await b.get("/queue/stats")
     assert stats["stats"]["takeovers"] == 10 and stats["replicas"]["a"]["alive"] is False
+
+
+class RecordingLog(MemoryEventLog):
+    """A memory log that records the event types of every append, by stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appends: list[tuple[str, list[str]]] = []
+
+    async def append(self, stream_id, events, expected_version=ANY):
+        self.appends.append((stream_id, [e.type.removeprefix("nexus.workflow.") for e in events]))
+        return await super().append(stream_id, events, expected_version)
+
+
+async def test_a_start_with_a_free_slot_and_an_empty_queue_is_queued_and_claimed_in_one_append(workflow_service, stub):
+    log = RecordingLog()
+    svc = await workflow_service(log)
+    await svc.post("/workflows", {"id": "direct", "steps": [{"id": "s0", "service": "stub", "endpoint": "/effect"}]})
+    code, body = await svc.post("/executions", {"workflow_id": "direct", "input": {"n": 1}})
+    assert code == 202
+    assert (await svc.wait_final(body["id"])).status == "COMPLETED"
+    appends = [types for stream, types in log.appends if stream == f"execution-{body['id']}"]
+    assert appends == [
+        ["execution.queued", "execution.claimed", "step.started"],
+        ["step.completed", "execution.completed"],
+    ]
+    history = [e.type.removeprefix("nexus.workflow.") for e in await svc.ctx.engine.history(body["id"])]
+    assert history == ["execution.queued", "execution.claimed", "step.started", "step.completed", "execution.completed"]
+    assert stub.effects[f"{body['id']}:s0"] == 1
+
+
+async def test_concurrent_starts_with_one_idempotency_key_make_one_execution(workflow_service, stub):
+    svc = await workflow_service()
+    await svc.post("/workflows", {"id": "once", "steps": [{"id": "s0", "service": "stub", "endpoint": "/effect"}]})
+    answers = await asyncio.gather(
+        *(
+            svc.post("/executions", {"workflow_id": "once", "input": {"n": n}, "idempotency_key": "same"})
+            for n in range(8)
+        )
+    )
+    assert {code for code, _ in answers} == {202}
+    ids = {body["id"] for _, body in answers}
+    assert len(ids) == 1
+    [execution_id] = ids
+    assert (await svc.wait_final(execution_id)).status == "COMPLETED"
+    events = await svc.ctx.engine.history(execution_id)
+    assert [e.type for e in events].count("nexus.workflow.execution.queued") == 1
+    assert [e.type for e in events].count("nexus.workflow.execution.claimed") == 1
+    assert stub.effects[f"{execution_id}:s0"] == 1
+    _, stats = await svc.get("/queue/stats")
+    assert stats["statuses"] == {"COMPLETED": 1}
