@@ -254,11 +254,6 @@ async def test_nexus_up_runs_a_registered_workflow_whose_events_reach_nats_then_
         assert not any(listening(port) for port in (up.nats_port, *up.ports.values()))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nexus up starts no external ingest: nothing consumes NEXUS_EXT (nexus.ext.>), so external "
-    "events never reach the log and no trigger fires",
-)
 async def test_under_nexus_up_an_external_event_starts_its_workflow_through_a_trigger(tmp_path: Path) -> None:
     async with running_platform(tmp_path) as up:
         key = await up.client_key()
