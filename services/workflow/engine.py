@@ -314,6 +314,7 @@ class WorkflowEngine:
         execution_id = state.execution_id
         driver = _Driver(self, state, committed=0)
         driver.pending.append(queued)
+        driver.pending_states.append(state)
         loop = asyncio.get_running_loop()
         first: asyncio.Future[None] = loop.create_future()
         driver.first_append = first
@@ -563,6 +564,8 @@ class _Driver:
         self.first_append: asyncio.Future[None] | None = None
         """Set for an execution started at once: resolved when its ``queued`` event is stored."""
         self.pending: list[CloudEvent] = []
+        self.pending_states: list[ExecutionState] = []
+        """The state after each pending event (handed to the view with the stored events)."""
         self.execution_id = state.execution_id
         self.stream = stream_id(state.execution_id)
         self.wake = asyncio.Event()
@@ -575,11 +578,13 @@ class _Driver:
         event = self.engine._event(self.state, kind, struct, **data)
         self.pending.append(event)
         self.state = apply(self.state, event)
+        self.pending_states.append(self.state)
 
     async def flush(self) -> None:
         if not self.pending:
             return
         events, self.pending = self.pending, []
+        states, self.pending_states = self.pending_states, []
         while True:
             try:
                 stored = await self.engine.log.append(self.stream, events, expected_version=self.committed)
@@ -602,13 +607,15 @@ class _Driver:
                 ):
                     raise _LostOwnership from None
                 rebased = latest
+                states = []
                 for event in events:
                     rebased = apply(rebased, event)
+                    states.append(rebased)
                 self.state = rebased
                 self.committed = latest.version
         self.committed = stored[-1].streamversion or self.committed + len(stored)
         self.engine.stats.transitions += len(stored)
-        self.engine.view.apply_stored(stored)
+        self.engine.view.apply_own(stored, states)
         if self.first_append is not None and not self.first_append.done():
             self.first_append.set_result(None)
 

@@ -26,6 +26,7 @@ __all__ = [
     "parse_time",
     "stream_id",
     "time_after",
+    "with_changes",
 ]
 
 PREFIX = "nexus.workflow."
@@ -155,6 +156,11 @@ def _replace(obj: Any, changes: dict[str, Any]) -> Any:
     new = object.__new__(type(obj))
     object.__setattr__(new, "__dict__", {**obj.__dict__, **changes})
     return new
+
+
+def with_changes(state: ExecutionState, **changes: Any) -> ExecutionState:
+    """A copy of ``state`` with ``changes`` (the cheap ``dataclasses.replace`` of ``_replace``)."""
+    return _replace(state, changes)
 
 
 def _with_step(state: ExecutionState, step_id: str, **changes: Any) -> dict[str, StepState]:

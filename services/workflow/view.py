@@ -21,7 +21,7 @@ from nexus.atlas import Atlas
 from nexus.eventlog import EventLog
 from nexus.proto import CloudEvent
 from nexus.services.workflow.context import FINAL_STATUSES, TransitionCallback
-from nexus.services.workflow.handlers import ExecutionState, apply, fold, parse_time, stream_id
+from nexus.services.workflow.handlers import ExecutionState, apply, fold, parse_time, stream_id, with_changes
 
 __all__ = ["EXECUTION_PREFIX", "ExecutionView"]
 
@@ -30,6 +30,10 @@ logger = logging.getLogger("nexus.workflow.view")
 EXECUTION_PREFIX = "execution-"
 HEARTBEAT = "nexus.workflow.replica.heartbeat"
 ACTIVE = frozenset({"RUNNING", "COMPENSATING"})
+
+
+def _with_position(state: ExecutionState, position: int) -> ExecutionState:
+    return with_changes(state, position=position)
 
 
 @dataclass
@@ -118,6 +122,10 @@ class ExecutionView:
             except ValueError:
                 return
             self.heartbeats[event.data.get("replica_id", "")] = (event.data.get("incarnation", ""), at)
+        self._dispatch(event)
+
+    def _dispatch(self, event: CloudEvent) -> None:
+        """Hand a folded event to the log listeners and the waiters of its type."""
         for listener in self._other_listeners:
             try:
                 listener(event)
@@ -146,6 +154,33 @@ class ExecutionView:
         if events:
             state = self.states.get(events[0].streamid[len(EXECUTION_PREFIX) :])  # type: ignore[index]
         return state
+
+    def apply_own(self, events: list[CloudEvent], states: list[ExecutionState]) -> None:
+        """Fold events this replica just appended to one execution's stream, with the state after
+        each as its driver already computed it (so they are not folded a second time).
+
+        ``events`` are the stored events (``append``'s answer) and ``states[i]`` the state after
+        ``events[i]`` as computed before the append: only the global position differs, and it is
+        set here. An event the tail delivered first is skipped; after a gap (another replica's
+        events not seen yet) the events are folded from the log as ``observe`` does.
+        """
+        for event, state in zip(events, states, strict=True):
+            position = event.position or 0
+            if position > self.position:
+                self.position = position
+            execution_id = state.execution_id
+            before = self.states.get(execution_id)
+            known = before.version if before else 0
+            version = event.streamversion or known + 1
+            if version != known + 1 or state.version != version:
+                if version > known:
+                    self._apply_execution(execution_id, event, True)
+                self._dispatch(event)
+                continue
+            after = _with_position(state, position) if position else state
+            self._store(execution_id, before, after)
+            self._notify(after, event)
+            self._dispatch(event)
 
     def _apply_execution(self, execution_id: str, event: CloudEvent, notify: bool) -> None:
         before = self.states.get(execution_id)
