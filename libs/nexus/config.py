@@ -74,3 +74,45 @@ def port_from_env(env: Mapping[str, str], name: str, default: int) -> int:
     if not 0 <= port <= 65535:
         raise ConfigError(f"{name}={port} is out of range (0-65535)")
     return port
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:
+    """An integer setting ``env[name]`` within [low, high], ``default`` when unset or empty."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    _check_range(name, value, low, high)
+    return value
+
+
+def env_float(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    above: float | None = None,
+) -> float:
+    """A number setting within [low, high] (and strictly greater than ``above``), ``default`` when unset."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if above is not None and not value > above:
+        raise ConfigError(f"{name}={raw!r} must be greater than {above:g}")
+    _check_range(name, value, low, high)
+    return value
+
+
+def _check_range(name: str, value: float, low: float | None, high: float | None) -> None:
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"{'' if low is None else f'{low:g}'}-{'' if high is None else f'{high:g}'}"
+        raise ConfigError(f"{name}={value:g} is out of range ({bounds})")

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nexus.config import ConfigError
+from nexus.config import ConfigError, env_float, env_int
 from nexus.runtime import ServiceSettings
 
 __all__ = ["GENERATORS", "GranulatorSettings", "load_settings"]
@@ -52,32 +52,6 @@ class GranulatorSettings(ServiceSettings):
     validation_max_retries: int = 2
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={value} is out of range ({low}-{high})")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={value} is out of range ({low:g}-{high:g})")
-    return value
-
-
 def load_settings(env: Mapping[str, str] | None = None) -> GranulatorSettings:
     """Read the settings; raise ConfigError naming the variable at fault."""
     env = os.environ if env is None else env
@@ -100,19 +74,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> GranulatorSettings:
         "granulator",
         env,
         replica_id=env.get("NEXUS_GRANULATOR_REPLICA_ID", "").strip() or f"{socket.gethostname()}-{os.getpid()}",
-        capacity=_int(env, "NEXUS_GRANULATOR_CAPACITY", 8, 1, 100_000),
-        max_memory_mb=_int(env, "NEXUS_GRANULATOR_MAX_MEMORY_MB", 1024, 1, 1_048_576),
-        max_timeout_ms=_int(env, "NEXUS_GRANULATOR_MAX_TIMEOUT_MS", 600_000, 100, 86_400_000),
-        lease_grace_ms=_int(env, "NEXUS_GRANULATOR_LEASE_GRACE_MS", 60_000, 0, 86_400_000),
-        inline_limit=_int(env, "NEXUS_GRANULATOR_INLINE_LIMIT", 1024, 0, 16 * 1024 * 1024),
+        capacity=env_int(env, "NEXUS_GRANULATOR_CAPACITY", 8, low=1, high=100_000),
+        max_memory_mb=env_int(env, "NEXUS_GRANULATOR_MAX_MEMORY_MB", 1024, low=1, high=1_048_576),
+        max_timeout_ms=env_int(env, "NEXUS_GRANULATOR_MAX_TIMEOUT_MS", 600_000, low=100, high=86_400_000),
+        lease_grace_ms=env_int(env, "NEXUS_GRANULATOR_LEASE_GRACE_MS", 60_000, low=0, high=86_400_000),
+        inline_limit=env_int(env, "NEXUS_GRANULATOR_INLINE_LIMIT", 1024, low=0, high=16 * 1024 * 1024),
         generator=generator,
         http_url=http_url,
         http_model=http_model,
         http_key=env.get("NEXUS_GRANULATOR_HTTP_KEY") or None,
-        http_timeout_s=_float(env, "NEXUS_GRANULATOR_HTTP_TIMEOUT_S", 60.0, 0.1, 3600.0),
+        http_timeout_s=env_float(env, "NEXUS_GRANULATOR_HTTP_TIMEOUT_S", 60.0, low=0.1, high=3600.0),
         generate_auth=generate_auth,
         validation_enabled=validation in ("on", "true", "1"),
-        validation_level=_int(env, "NEXUS_GRANULATOR_VALIDATION_LEVEL", 1, 1, 3),
-        validation_threshold=_float(env, "NEXUS_GRANULATOR_VALIDATION_THRESHOLD", 80.0, 0.0, 100.0),
-        validation_max_retries=_int(env, "NEXUS_GRANULATOR_VALIDATION_MAX_RETRIES", 2, 0, 5),
+        validation_level=env_int(env, "NEXUS_GRANULATOR_VALIDATION_LEVEL", 1, low=1, high=3),
+        validation_threshold=env_float(env, "NEXUS_GRANULATOR_VALIDATION_THRESHOLD", 80.0, low=0.0, high=100.0),
+        validation_max_retries=env_int(env, "NEXUS_GRANULATOR_VALIDATION_MAX_RETRIES", 2, low=0, high=5),
     )

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
-from nexus.config import ConfigError, PlatformSettings, port_from_env
+from nexus.config import ConfigError, PlatformSettings, env_float, port_from_env
 
 DEFAULT_PORTS: Mapping[str, int] = {"kam": 8081, "workflow": 8082, "granulator": 8083, "studio": 8084}
 """Each service's HTTP port when ``NEXUS_<NAME>_PORT`` is unset."""
@@ -21,19 +21,6 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 def port_variable(name: str) -> str:
     """The variable that sets a service's port: ``kam`` → ``NEXUS_KAM_PORT``."""
     return f"NEXUS_{name.upper()}_PORT"
-
-
-def _positive_number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be greater than 0")
-    return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,7 +56,7 @@ class ServiceSettings:
         """
         env = os.environ if env is None else env
         platform = PlatformSettings.from_env(env)
-        max_body = _positive_number(env, "NEXUS_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
+        max_body = env_float(env, "NEXUS_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, above=0)
         restarts = env.get("NEXUS_RESTARTS", "0")
         if not restarts.isdigit():
             raise ConfigError(f"NEXUS_RESTARTS={restarts!r} is not a count")
@@ -79,7 +66,7 @@ class ServiceSettings:
             port=port_from_env(env, port_variable(name), DEFAULT_PORTS.get(name, 0)),
             platform=platform,
             max_body_bytes=int(max_body),
-            shutdown_timeout=_positive_number(env, "NEXUS_SHUTDOWN_TIMEOUT", 3.0),
+            shutdown_timeout=env_float(env, "NEXUS_SHUTDOWN_TIMEOUT", 3.0, above=0),
             restarts=int(restarts),
             **extra,
         )
