@@ -90,6 +90,9 @@ class ServiceProcess:
             "NEXUS_WORKFLOW_BUNDLED": "none",
             "NEXUS_WORKFLOW_REPLICA_ID": "bench",
             "NEXUS_WORKFLOW_CONCURRENCY": "2000",
+            # Recovery holds 1,000 executions on their slow step at once: one connection each
+            # (the default pool of 200 would leave 800 of them waiting for a connection).
+            "NEXUS_WORKFLOW_HTTP_CONNECTIONS": "2000",
             "NEXUS_SERVICE_STUB": stub_url,
             "NEXUS_LOG_LEVEL": "info",
         }
