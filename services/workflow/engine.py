@@ -8,7 +8,10 @@ How an execution runs:
 2. A replica's dispatcher takes the highest-priority QUEUED execution (then the oldest) when it
    has capacity (``NEXUS_WORKFLOW_CONCURRENCY``) and the workflow is under its
    ``max_concurrent``, and claims it by appending ``execution.claimed`` at the version it saw.
-   Two replicas racing for one execution cannot both win: the loser's append fails.
+   Two replicas racing for one execution cannot both win: the loser's append fails. When the
+   replica that receives a start has a free slot and sees nothing waiting in the queue, it
+   would claim the new execution next anyway: it appends ``queued``, ``claimed`` and the
+   first step's start in one append (the same history, one append and fsync fewer).
 3. The owner drives it: each step attempt is recorded (``step.started``) before its request is
    sent, and its result (``step.completed`` / ``step.retrying`` with the due time /
    ``step.failed``) is appended, batched with the next step's start. Every append carries the
