@@ -18,9 +18,9 @@ from nexus.proto._envelope import (
     decode_events,
     encode_event,
     new_event,
-    new_event_id,
     now_rfc3339,
 )
+from nexus.proto._ids import RandomPool, new_event_id
 from nexus.proto._subjects import (
     CMD_PREFIX,
     DLQ_PREFIX,
@@ -51,6 +51,7 @@ __all__ = [
     "CloudEvent",
     "EnvelopeError",
     "EventCatalog",
+    "RandomPool",
     "canonical_bytes",
     "check_formats",
     "cmd_subject",

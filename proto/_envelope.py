@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import time as _time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+
+from nexus.proto._ids import new_event_id
 
 SPECVERSION = "1.0"
 
@@ -169,19 +169,6 @@ def canonical_bytes(event: CloudEvent) -> bytes:
 def now_rfc3339() -> str:
     """The current UTC time, RFC 3339 with microseconds."""
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def new_event_id() -> str:
-    """A UUIDv7 (RFC 9562): time-ordered, 74 random bits."""
-    ms = _time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_event(

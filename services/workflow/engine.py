@@ -48,7 +48,7 @@ import msgspec
 
 from nexus.bus import Bus
 from nexus.eventlog import ConcurrencyError, EventLog
-from nexus.proto import CloudEvent, cmd_subject, encode_event, new_event
+from nexus.proto import CloudEvent, RandomPool, cmd_subject, encode_event, new_event
 from nexus.proto.events import workflow as ev
 from nexus.services.workflow.context import TransitionCallback
 from nexus.services.workflow.definitions import StepDefinition, WorkflowDefinition
@@ -71,7 +71,6 @@ from nexus.services.workflow.handlers import (
     time_after,
 )
 from nexus.services.workflow.identity import ServiceIdentity
-from nexus.services.workflow.ids import RandomPool
 from nexus.services.workflow.registry import WorkflowRegistry
 from nexus.services.workflow.steps import Outcome, call_http, fill_endpoint, traceparent_for
 from nexus.services.workflow.view import ExecutionView

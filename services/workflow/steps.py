@@ -52,7 +52,7 @@ def traceparent_for(execution_id: str, random_hex: Callable[[int], str] = _urand
 
     Args:
         random_hex: ``random_hex(n)`` gives ``n`` random bytes as hex (the engine passes its
-            ``ids.RandomPool``; by default ``os.urandom``).
+            ``nexus.proto.RandomPool``; by default ``os.urandom``).
     """
     trace_id = execution_id.replace("-", "")[:32].rjust(32, "0")
     if not _TRACE_ID.fullmatch(trace_id) or trace_id == "0" * 32:

@@ -151,3 +151,34 @@ def test_envelope_struct_is_frozen() -> None:
     assert isinstance(event, CloudEvent)
     with pytest.raises(AttributeError):
         event.id = "other"  # type: ignore[misc]
+
+
+def test_event_ids_from_threads_and_a_forked_child_never_repeat() -> None:
+    import multiprocessing
+    import threading
+
+    ids: list[str] = [new_event_id() for _ in range(10)]  # the parent's pool now holds bytes
+    lock = threading.Lock()
+
+    def draw() -> None:
+        mine = [new_event_id() for _ in range(500)]
+        with lock:
+            ids.extend(mine)
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        from_child = pool.apply(_draw_ids, (500,))
+    ids.extend(from_child)
+    ids.extend(new_event_id() for _ in range(500))  # the parent goes on with the same pool
+    assert len(ids) == len(set(ids)) == 10 + 4 * 500 + 500 + 500
+    # The random parts too: a child that reused its parent's pool would repeat them.
+    assert len({i[15:] for i in ids}) == len(ids)
+
+
+def _draw_ids(count: int) -> list[str]:
+    return [new_event_id() for _ in range(count)]
