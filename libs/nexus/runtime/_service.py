@@ -374,9 +374,9 @@ class Service:
             return
         self._stopping = True
         logger.info("%s stopping", self.name)
-        for consumer in self._consumers:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+        # Together, not one after the other: each waits for its pull in flight to expire, and a
+        # worker runs one pull loop per capacity slot.
+        await asyncio.gather(*(consumer.stop() for consumer in self._consumers), return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
