@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nexus.config import ConfigError, port_from_env
+from nexus.config import ConfigError, env_float, env_int, port_from_env
 from nexus.runtime import DEFAULT_PORTS, ServiceSettings, port_variable
 
 __all__ = ["BUNDLED_DIR", "WorkflowSettings", "load_settings", "platform_services", "service_urls"]
@@ -47,32 +47,6 @@ def platform_services(env: Mapping[str, str]) -> frozenset[str]:
     """
     names = {*DEFAULT_PORTS, "core"}
     return frozenset(name for name in names if not env.get(f"NEXUS_SERVICE_{name.upper()}"))
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be at least {minimum}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={value} must be greater than 0")
-    return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,11 +95,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
     return WorkflowSettings.from_env(
         "workflow",
         env,
-        concurrency=_int(env, "NEXUS_WORKFLOW_CONCURRENCY", 256),
+        concurrency=env_int(env, "NEXUS_WORKFLOW_CONCURRENCY", 256, low=1),
         replica_id=replica,
-        lease_seconds=_float(env, "NEXUS_WORKFLOW_LEASE_SECONDS", 10.0),
+        lease_seconds=env_float(env, "NEXUS_WORKFLOW_LEASE_SECONDS", 10.0, above=0),
         bundled_dirs=bundled,
         services=service_urls(env, env.get("NEXUS_HOST", "127.0.0.1")),
-        http_connections=_int(env, "NEXUS_WORKFLOW_HTTP_CONNECTIONS", 200),
+        http_connections=env_int(env, "NEXUS_WORKFLOW_HTTP_CONNECTIONS", 200, low=1),
         platform_services=platform_services(env),
     )

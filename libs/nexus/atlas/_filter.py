@@ -21,6 +21,7 @@ and ``exists: false``. Indexed and unindexed queries give the same answers.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -86,19 +87,20 @@ def is_missing(value: Any) -> bool:
 # --------------------------------------------------------------------------- the filter tree
 
 
-class Filter:
+class Filter(abc.ABC):
     """A parsed filter; combine with ``&``, ``|`` and ``~``."""
 
     def matches(self, data: Any) -> bool:
         """Whether a view's data satisfies the filter."""
         return self.compile()(data)
 
+    @abc.abstractmethod
     def compile(self) -> Callable[[Any], bool]:
-        raise NotImplementedError
+        """A predicate over a view's data."""
 
+    @abc.abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """The filter in the dict language (round-trips through ``parse_filter``)."""
-        raise NotImplementedError
 
     def __and__(self, other: Filter) -> Filter:
         return And((self, other))
