@@ -411,6 +411,9 @@ class JetStreamBus(Bus):
         return ack
 
     async def publish_many(self, messages: Sequence[OutboundMessage]) -> list[PublishAck]:
+        return await self._publish_many(messages, self.ack_timeout)
+
+    async def _publish_many(self, messages: Sequence[OutboundMessage], ack_timeout: float) -> list[PublishAck]:
         self._check_open()
         recording = _dispatch.tracing_on(self._tracer)
         items = []
@@ -428,7 +431,7 @@ class JetStreamBus(Bus):
                     # Nothing records spans: the current context (if any) still travels on.
                     _dispatch.inject_current(headers)
                 items.append((message.subject, header_block(headers.items()) if headers else b"", message.payload))
-            return await self._settle(await self._send(items))
+            return await self._settle(await self._send(items), ack_timeout)
         finally:
             for span in spans:
                 span.end()
@@ -493,15 +496,24 @@ class JetStreamBus(Bus):
         except NatsError as exc:
             raise BusUnavailableError(f"cannot publish: {exc!r}") from exc
 
-    async def _settle(self, batch: _Batch | None) -> list[PublishAck]:
+    async def _settle(self, batch: _Batch | None, timeout: float | None = None) -> list[PublishAck]:  # noqa: ASYNC109
         if batch is None:
             return []
-        done, _ = await asyncio.wait({batch.future}, timeout=self.ack_timeout)
+        if timeout is None:
+            timeout = self.ack_timeout
+        try:
+            done, _ = await asyncio.wait({batch.future}, timeout=timeout)
+        except BaseException:
+            # Cancelled while waiting: the acks would otherwise hold the window forever.
+            self._pipeline.abandon(batch)
+            batch.future.cancel()
+            raise
         if not done:
             self._pipeline.abandon(batch)
             batch.future.cancel()
             raise BusTimeoutError(
-                f"{batch.remaining} of {len(batch.acks)} publishes not acknowledged within {self.ack_timeout:g} s"
+                f"{batch.remaining} of {len(batch.acks)} publishes not acknowledged within {timeout:g} s"
+                + ("" if self.nc.is_connected else " (not connected to NATS)")
             )
         acks: list[PublishAck] = batch.future.result()
         stream = acks[0].stream
@@ -526,11 +538,17 @@ class JetStreamBus(Bus):
         inbox = f"{self._reply_prefix}.{token}"
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._replies[token] = future
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             merged = dict(headers or {})
             merged[_dispatch.REPLY_HEADER] = inbox
-            await self.publish(subject, payload, headers=merged)
-            return await asyncio.wait_for(future, timeout)
+            # The deadline covers the publish too: with NATS down, the PubAck would otherwise be
+            # awaited for the bus's whole ack_timeout, however short the caller's timeout.
+            await self._publish_many(
+                [OutboundMessage(subject, payload, headers=merged)], min(self.ack_timeout, timeout)
+            )
+            return await asyncio.wait_for(future, max(deadline - loop.time(), 0.001))
         except TimeoutError:
             raise BusTimeoutError(f"no reply to {subject} within {timeout:g} s") from None
         finally:
@@ -580,12 +598,16 @@ class JetStreamBus(Bus):
         self._closed = True
         await asyncio.gather(*(consumer.stop() for consumer in self._consumers), return_exceptions=True)
         self._pipeline.fail_all(BusUnavailableError("the bus is closed"))
-        with contextlib.suppress(NatsError, TimeoutError, OSError):
-            await self.nc.drain()
-        if not self.nc.is_closed:
-            await self.nc.close()
-        for resource in reversed(self._owned):
-            await resource.stop()
+        try:
+            with contextlib.suppress(NatsError, TimeoutError, OSError):
+                await self.nc.drain()
+            if not self.nc.is_closed:
+                # With the server gone, closing fails on the dead socket: the connection is closed anyway.
+                with contextlib.suppress(NatsError, TimeoutError, OSError):
+                    await self.nc.close()
+        finally:
+            for resource in reversed(self._owned):
+                await resource.stop()
 
     def _check_open(self) -> None:
         if self._closed:
