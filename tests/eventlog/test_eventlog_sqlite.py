@@ -14,6 +14,7 @@ from eventlog_contract import EventLogContract, ev, evs
 
 from nexus.eventlog import (
     GENESIS_HASH,
+    NO_STREAM,
     ConcurrencyError,
     DuplicateEventError,
     EventLog,
@@ -61,6 +62,30 @@ async def test_reopen_keeps_events_versions_and_the_chain(tmp_path: Path) -> Non
         assert await log.append("s", first, 0) == first
     finally:
         await log.close()
+
+
+async def test_appends_to_a_stream_the_writer_has_not_seen_continue_it(tmp_path: Path) -> None:
+    # A fresh writer first guesses that a stream it has not seen is new (no lookup); for a
+    # stream that exists, the store refuses version 1 and the append is placed after it.
+    log = await open_sqlite(tmp_path)
+    first = await log.append("s", evs(2))
+    await log.close()
+    log = await open_sqlite(tmp_path)
+    try:
+        [more] = await log.append("s", evs(1))
+        assert (more.position, more.streamversion, more.prevhash) == (3, 3, first[-1].hash)
+        assert more.hash == event_hash(more)
+    finally:
+        await log.close()
+    for expected in (0, NO_STREAM):
+        log = await open_sqlite(tmp_path)
+        try:
+            with pytest.raises(ConcurrencyError):
+                await log.append("s", evs(1), expected)
+            assert await log.append("s", first, expected) == first  # a retry is answered
+            assert await log.head() == 3
+        finally:
+            await log.close()
 
 
 async def test_wal_and_synchronous_full_by_default(tmp_path: Path) -> None:
