@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -801,7 +802,7 @@ class _Driver:
         identity = self.engine.identity
         # Only platform services see the replica's token; an external service never does.
         credentials = identity.headers() if identity is not None and service in self.engine.platform_services else None
-        return await call_http(
+        outcome = await call_http(
             self.engine._session,
             method,
             base + endpoint,
@@ -811,6 +812,10 @@ class _Driver:
             timeout=timeout,
             headers=credentials,
         )
+        if not outcome.ok and outcome.error:
+            # The step names a service, not a URL: say which one failed.
+            outcome = dataclasses.replace(outcome, error=f"service {service!r}: {outcome.error}")
+        return outcome
 
     def _wait_bounds(self, step: StepDefinition, comp: Any) -> tuple[datetime, int]:
         s = self.state.steps[step.id]

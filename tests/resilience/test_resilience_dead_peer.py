@@ -137,11 +137,6 @@ async def test_a_dead_peer_fails_the_step_after_back_off_and_the_service_keeps_s
     assert status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the workflow engine's api_call error names the URL, not the service the step names "
-    "(services/workflow/engine.py run_api_call / steps.call_http)",
-)
 async def test_a_dead_peer_error_names_the_service(workflow: Workflow) -> None:
     execution_id = await workflow.start("call_peer")
     state = await workflow.final(execution_id)
