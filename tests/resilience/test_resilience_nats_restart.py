@@ -107,7 +107,7 @@ async def test_granulator_rides_out_a_nats_crash(tmp_path: Path, restartable_nat
             assert (status, health["status"]) == (200, "ok")
 
             # A command sent while NATS is down is refused with a clear error, not hung.
-            with pytest.raises(Exception, match="publish|NATS|acknowledged|connect"):
+            with pytest.raises(BusTimeoutError, match=r"not acknowledged within 1 s \(not connected to NATS\)"):
                 await send_command(client, "granulator", "handshake", handshake("down"), source=SOURCE, timeout=1)
 
             await restartable_nats.start()
@@ -182,7 +182,7 @@ async def test_a_bus_closes_cleanly_and_a_request_keeps_its_deadline_with_nats_d
         await restartable_nats.kill()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        with pytest.raises(BusTimeoutError, match="not acknowledged within 0.5 s"):
+        with pytest.raises(BusTimeoutError, match=r"not acknowledged within 0\.5 s"):
             await bus.request("nexus.cmd.granulator.handshake", b"{}", timeout=0.5)
         # The caller's deadline bounds the publish too (the bus's ack_timeout is 10 s).
         assert loop.time() - started < 2.0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,6 +217,55 @@ def dead_letter_headers(spec: ConsumerSpec, delivery: Delivery, stream: str, out
         }
     )
     return headers
+
+
+TRUNCATED_HEADER = "Nexus-Payload-Truncated"
+"""On a dead letter whose payload was cut to fit the server's max payload: the original size in bytes."""
+
+_DEAD_LETTER_KEYS = (
+    MSG_ID_HEADER,
+    "Nexus-Error",
+    "Nexus-Error-Reason",
+    "Nexus-Consumer",
+    "Nexus-Deliveries",
+    "Nexus-Original-Subject",
+    "Nexus-Original-Stream",
+    "Nexus-Original-Seq",
+    "Nexus-Original-Msg-Id",
+)
+# Room kept free for the trace context the publish may add, and the block's own framing.
+_HEADER_SLACK = 128
+
+
+def fit_dead_letter(
+    headers: dict[str, str], data: bytes, max_payload: int, block_size: Callable[[dict[str, str]], int]
+) -> tuple[dict[str, str], bytes]:
+    """Headers and payload of a dead letter that NATS accepts (at most ``max_payload`` bytes).
+
+    A message close to the limit no longer fits once the reason headers are added, and a dead
+    letter that cannot be stored leaves its message unsettled, redelivered until max_deliver and
+    then never delivered again. So the original's own headers go first (the reason and where the
+    message came from stay), then the reason is shortened, and only then is the payload cut, with
+    ``Nexus-Payload-Truncated`` giving its original size (the original stays in a limits stream at
+    ``Nexus-Original-Seq``).
+
+    Args:
+        block_size: the encoded size of a header block holding these headers.
+    """
+    room = max_payload - _HEADER_SLACK
+    if block_size(headers) + len(data) <= room:
+        return headers, data
+    kept = {key: headers[key] for key in _DEAD_LETTER_KEYS if key in headers}
+    if block_size(kept) + len(data) <= room:
+        return kept, data
+    reason = kept.get("Nexus-Error-Reason", "")
+    spare = room - len(data) - (block_size(kept) - len(reason))
+    if spare >= 80:
+        kept["Nexus-Error-Reason"] = reason[: spare - 3] + "..."
+        return kept, data
+    kept["Nexus-Error-Reason"] = reason[:200]
+    kept[TRUNCATED_HEADER] = str(len(data))
+    return kept, data[: max(room - block_size(kept), 0)]
 
 
 _processed: dict[tuple[str, str], Any] = {}

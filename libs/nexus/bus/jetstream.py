@@ -807,9 +807,14 @@ class _JetStreamConsumer(Consumer):
             body = b"-NAK " + json.dumps({"delay": int(outcome.delay * 1e9)}).encode()
             await self._nc.publish(reply_to, body)
         else:
-            dead_headers = _dispatch.dead_letter_headers(self.spec, delivery, stream, outcome)
+            dead_headers, dead_data = _dispatch.fit_dead_letter(
+                _dispatch.dead_letter_headers(self.spec, delivery, stream, outcome),
+                data,
+                self._bus._wire.max_payload,
+                lambda headers: len(header_block(headers.items())),
+            )
             # The dead letter must be stored before the original is terminated, or it is lost.
-            await self._bus.publish(_dispatch.dlq_subject_for(self.spec), data, headers=dead_headers)
+            await self._bus.publish(_dispatch.dlq_subject_for(self.spec), dead_data, headers=dead_headers)
             if delivery.reply:
                 error = {"accepted": False, "error": outcome.error, "reason": outcome.reason}
                 await self._nc.publish(delivery.reply, json.dumps(error).encode())
