@@ -388,13 +388,16 @@ def _command_data(delivery: Delivery) -> tuple[dict[str, Any], str | None]:
     """A command's data: a CloudEvent's ``data`` (and its id), or a bare JSON object."""
     try:
         event = decode_event(delivery.data)
-    except EnvelopeError:
+    except EnvelopeError as envelope_error:
         try:
             data = json.loads(delivery.data)
         except ValueError:
             raise PoisonMessageError("the command is neither a CloudEvent nor a JSON object") from None
         if not isinstance(data, dict):
             raise PoisonMessageError("the command's body must be a JSON object") from None
+        if "specversion" in data:
+            # It means to be a CloudEvent: say what is wrong with it, not with a bare command.
+            raise PoisonMessageError(str(envelope_error)) from None
         return data, delivery.headers.get("Nats-Msg-Id")
     if not isinstance(event.data, dict):
         raise PoisonMessageError("the command's data must be a JSON object")
