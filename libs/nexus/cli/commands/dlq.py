@@ -70,6 +70,13 @@ async def redrive(bus: JetStreamBus, consumer: str | None = None) -> tuple[int, 
         if not original:
             problems.append(f"seq {message.seq}: no Nexus-Original-Subject header; left in {STREAM_DLQ}")
             continue
+        if "Nexus-Payload-Truncated" in headers:
+            # Too large to dead-letter whole: republishing the cut payload would be a new, wrong message.
+            problems.append(
+                f"seq {message.seq}: payload truncated from {headers['Nexus-Payload-Truncated']} bytes "
+                f"when it was dead-lettered; left in {STREAM_DLQ}"
+            )
+            continue
         outgoing = {k: v for k, v in headers.items() if k not in _DEAD_LETTER_HEADERS}
         # A fresh id per dead letter: redriving again after an interruption is de-duplicated,
         # while the original id (still inside JetStream's window) would be dropped as a duplicate.
