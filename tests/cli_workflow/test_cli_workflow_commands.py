@@ -92,7 +92,7 @@ async def test_failures_are_reported_clearly(workflow_app, nexus, files):
     # A failed execution: exit 1, the state says why.
     result = await nexus("workflow", "run", "greet", "--input", '{"name": "Cy", "fail": true}', "--wait", env=env)
     assert result.code == 1 and "  status     FAILED" in result.out and "422" in result.out
-    assert re.search(r"step\.failed +hello: POST \S+/echo answered 422", result.out)
+    assert re.search(r"step\.failed +hello: service 'echo': POST \S+/echo answered 422", result.out)
     # Input the schema refuses: every field at fault, by path.
     result = await nexus("workflow", "run", "greet", "--input", '{"name": ""}', env=env)
     assert result.code == 1 and "400" in result.err and "$.input.name" in result.err
