@@ -85,6 +85,11 @@ _IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c1b5e-8f7a-4c55-9a43-4b1f6f0e2d11")
 _T = "nexus.workflow."
 
 
+def _acting(step: StepDefinition, comp: Any) -> Any:
+    """What an attempt runs: the step's compensation when it is compensating, else the step."""
+    return step if comp is None else comp
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -701,16 +706,16 @@ class _Driver:
     async def attempt(self, step: StepDefinition, action: Action, context: dict[str, Any]) -> None:
         comp = step.compensation if action.compensation else None
         key = f"{self.execution_id}:{step.id}" + (":compensate" if action.compensation else "")
-        mapping = comp.input_map if comp is not None else step.input_map
+        mapping = _acting(step, comp).input_map
         try:
             request = mapping.evaluate(context) if mapping is not None else None
         except Exception as exc:
             self.fail_attempt(step, action, f"input_map cannot be evaluated: {exc}", retryable=False)
             return
         started_data: dict[str, Any] = {}
-        step_type = comp.type if comp is not None else step.type
+        step_type = _acting(step, comp).type
         if step_type in ("wait_event", "task") and action.kind == "run":
-            timeout = comp.timeout_seconds if comp is not None else step.timeout_seconds
+            timeout = _acting(step, comp).timeout_seconds
             started_data["wait_until"] = time_after(_now(), timeout)
             started_data["after_position"] = self.engine.view.position
         if action.kind == "run":
@@ -787,17 +792,15 @@ class _Driver:
         )
 
     async def run_api_call(self, step: StepDefinition, comp: Any, request: Any, key: str) -> Outcome:
-        service = comp.service if comp is not None else step.service
+        service = _acting(step, comp).service
         base = self.engine.services.get(service)
         if base is None:
             return Outcome(False, error=f"service {service!r} has no URL (set NEXUS_SERVICE_{service.upper()})")
-        endpoint, missing = fill_endpoint(
-            comp.endpoint if comp is not None else step.endpoint, request, self.state.input
-        )
+        endpoint, missing = fill_endpoint(_acting(step, comp).endpoint, request, self.state.input)
         if missing:
             return Outcome(False, error=f"endpoint placeholders without a value: {', '.join(missing)}")
-        method = comp.method if comp is not None else step.method
-        timeout = comp.timeout_seconds if comp is not None else step.timeout_seconds
+        method = _acting(step, comp).method
+        timeout = _acting(step, comp).timeout_seconds
         assert self.engine._session is not None
         identity = self.engine.identity
         # Only platform services see the replica's token; an external service never does.
@@ -819,7 +822,7 @@ class _Driver:
 
     def _wait_bounds(self, step: StepDefinition, comp: Any) -> tuple[datetime, int]:
         s = self.state.steps[step.id]
-        timeout = comp.timeout_seconds if comp is not None else step.timeout_seconds
+        timeout = _acting(step, comp).timeout_seconds
         until = parse_time(s.wait_until) if s.wait_until else datetime.fromtimestamp(time.time() + timeout, UTC)
         if self.state.deadline:
             until = min(until, parse_time(self.state.deadline))
@@ -851,8 +854,8 @@ class _Driver:
         bus = self.engine.bus
         if bus is None:
             return Outcome(False, error="task steps need the bus, and this service runs without one")
-        service = comp.service if comp is not None else step.service
-        command = comp.command if comp is not None else step.command
+        service = _acting(step, comp).service
+        command = _acting(step, comp).command
         until, after = self._wait_bounds(step, comp)
         command_event = new_event(
             f"nexus.{service}.task.{command}",
