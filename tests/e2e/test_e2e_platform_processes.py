@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -22,50 +21,11 @@ import nats
 import pytest
 from aiohttp.test_utils import TestServer
 from e2e_platform import SCHEMA, TRIGGER, WORKFLOW, anomaly, stub_app, within
+from processes import alive, descendants, free_port, listening
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
 SERVICES = ("kam", "workflow", "granulator", "studio")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def children_of(pid: int) -> set[int]:
-    """Every live process below ``pid``."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: set[int] = set()
-    frontier = [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, ppid in parents.items():
-            if ppid == parent and child not in found:
-                found.add(child)
-                frontier.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = (Path("/proc") / str(pid) / "stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def nexus(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
@@ -177,7 +137,7 @@ async def running_platform(tmp_path: Path) -> AsyncIterator[Up]:
         finally:
             if process.returncode is None:
                 # A failed test must not leave the platform running: kill what it started, then it.
-                for pid in children_of(process.pid):
+                for pid in set(descendants(process.pid)):
                     os.kill(pid, signal.SIGKILL)
                 process.kill()
                 await process.wait()
@@ -189,7 +149,7 @@ async def test_nexus_up_runs_a_registered_workflow_whose_events_reach_nats_then_
     tmp_path: Path,
 ) -> None:
     async with running_platform(tmp_path) as up:
-        started = children_of(up.process.pid)
+        started = set(descendants(up.process.pid))
         key = await up.client_key()
         # A downstream user's JetStream consumer on the workflow events, before anything runs.
         nc = await nats.connect(up.nats_url)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,13 +13,6 @@ from nats.aio.msg import Msg
 
 WAIT = 15.0
 """Seconds any single wait may take before the test fails (nothing hangs)."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (for a server restarted on it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def within(awaitable: Awaitable[Any], what: str, seconds: float = WAIT) -> Any:

@@ -14,7 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from resilience_support import free_port, within
+from processes import free_port
+from resilience_support import within
 
 from nexus.auth import issue_key
 from nexus.bus.memory import MemoryBus

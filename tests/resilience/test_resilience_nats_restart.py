@@ -15,7 +15,8 @@ from pathlib import Path
 import aiohttp
 import nats
 import pytest
-from resilience_support import WAIT, free_port, get_json, until_status, within
+from processes import free_port
+from resilience_support import WAIT, get_json, until_status, within
 
 from nexus.bus import BusTimeoutError
 from nexus.bus.embedded import EmbeddedNats

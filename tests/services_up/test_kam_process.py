@@ -5,24 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from nexus.bus.embedded import EmbeddedNats
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_status(http: aiohttp.ClientSession, url: str, status: int, within: float = 20.0) -> dict:  # type: ignore[type-arg]
