@@ -9,6 +9,7 @@ import each other.
 from nexus.proto import events as events
 from nexus.proto._catalog import CATALOG, EventCatalog, event_type
 from nexus.proto._envelope import (
+    PLATFORM_TENANT,
     SPECVERSION,
     CloudEvent,
     EnvelopeError,
@@ -43,6 +44,7 @@ __all__ = [
     "DLQ_PREFIX",
     "EVT_PREFIX",
     "EXT_PREFIX",
+    "PLATFORM_TENANT",
     "SPECVERSION",
     "STREAM_CMD",
     "STREAM_DLQ",

@@ -12,6 +12,10 @@ from nexus.proto._ids import new_event_id
 
 SPECVERSION = "1.0"
 
+PLATFORM_TENANT = "platform"
+"""The tenant that owns the platform's own resources (bundled workflows and triggers, its
+services' work). No client can be named so."""
+
 # RFC 3339 date-time: full date, 'T', time with optional fraction, and a zone ('Z' or offset).
 _RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
 
@@ -76,6 +80,10 @@ class CloudEvent(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True, 
     extevent: str | None = None
     """For events ingested from ``nexus.ext.<source>.<event>``: the ``<event>`` token, so the
     relay republishes them on ``nexus.evt.ext.<source>.<event>``."""
+    tenant: str | None = None
+    """The client (tenant) that owns what the event is about; ``platform`` for the platform's
+    own resources; unset on events about no tenant's resource (keys, seals). Every consumer
+    can check ownership from the envelope alone."""
 
 
 class EnvelopeError(ValueError):
@@ -182,6 +190,7 @@ def new_event(
     correlationid: str | None = None,
     causationid: str | None = None,
     traceparent: str | None = None,
+    tenant: str | None = None,
 ) -> CloudEvent:
     """Build a new event ready to append; the log assigns stream, version, position and hashes.
 
@@ -201,4 +210,5 @@ def new_event(
         correlationid=correlationid,
         causationid=causationid,
         traceparent=traceparent,
+        tenant=tenant,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Literal
@@ -11,7 +12,7 @@ from typing import Literal
 import msgspec
 
 from nexus.eventlog import EventLog
-from nexus.proto import CloudEvent, new_event
+from nexus.proto import PLATFORM_TENANT, CloudEvent, new_event
 from nexus.proto.events.platform import KeyIssued, KeyRevoked
 
 KEYS_STREAM = "keys"
@@ -19,8 +20,13 @@ KEYS_STREAM = "keys"
 KEY_ISSUED = "nexus.platform.key.issued"
 KEY_REVOKED = "nexus.platform.key.revoked"
 KINDS = ("client", "worker")
+ADMIN_SCOPE = "admin"
+"""The scope of an operator's client key: every tenant's resources, each access audited."""
 
 KeyKind = Literal["client", "worker"]
+
+# A client name is a tenant: it appears in stream ids and Raw keys (``t/<tenant>/…``).
+_TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 # The prefix tells a reader (and a secret scanner) what leaked; the key id lets the check find
 # the one record to compare against instead of hashing against every stored key.
@@ -43,6 +49,16 @@ class KeyInfo:
     kind: KeyKind
     owner: str
     scopes: tuple[str, ...] = ()
+
+    @property
+    def tenant(self) -> str:
+        """The tenant the holder acts for: a client key's owner; the platform for a worker token."""
+        return self.owner if self.kind == "client" else PLATFORM_TENANT
+
+    @property
+    def is_admin(self) -> bool:
+        """An operator's key (scope ``admin``): sees and changes every tenant's resources."""
+        return ADMIN_SCOPE in self.scopes
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,12 @@ async def issue_key(
         raise ValueError(f"key kind {kind!r}: use 'client' or 'worker'")
     if not owner.strip():
         raise ValueError("a key needs the name of its owner")
+    if kind == "client" and not _TENANT_NAME.fullmatch(owner):
+        raise ValueError(
+            f"client name {owner!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+        )
+    if kind == "client" and owner == PLATFORM_TENANT:
+        raise ValueError(f"the client name {PLATFORM_TENANT!r} is reserved for the platform's own resources")
     key_id = secrets.token_hex(8)
     secret = f"{_PREFIX[kind]}_{key_id}.{secrets.token_urlsafe(32)}"
     data = KeyIssued(key_id=key_id, kind=kind, owner=owner, hash=hash_secret(secret), scopes=list(scopes))
