@@ -52,3 +52,24 @@ class AdminPasswordSet(msgspec.Struct, frozen=True, kw_only=True):
     """Argon2id hash in the PHC string format (``$argon2id$v=19$...``)."""
     generated: bool = False
     """True when Nexus generated the password (it was printed once at first start)."""
+
+
+@event_type("nexus.platform.admin.accessed")
+class AdminAccessed(msgspec.Struct, frozen=True, kw_only=True):
+    """An admin key read or changed a resource of another tenant (stream ``audit-admin``)."""
+
+    key_id: str
+    """The admin key's public id."""
+    admin: str
+    """The client name the admin key was issued to."""
+    service: str
+    """The service that served the request."""
+    method: str
+    route: str
+    """The route template (``/executions/{execution_id}``), never a raw path."""
+    resource: str
+    """What the route names (``execution 0192…``)."""
+    tenant: str
+    """The tenant that owns the resource."""
+    status: int = 0
+    """The HTTP status of the answer."""

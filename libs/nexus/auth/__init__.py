@@ -14,6 +14,7 @@ Routes are guarded with ``require_api_key(keys)`` and ``require_worker(keys)``.
 """
 
 from nexus.auth._keys import (
+    ADMIN_SCOPE,
     KEY_ISSUED,
     KEY_REVOKED,
     KEYS_STREAM,
@@ -30,7 +31,17 @@ from nexus.auth._keys import (
     parse_secret,
     revoke_key,
 )
-from nexus.auth._middleware import API_KEY_HEADERS, AUTH, WORKER_ID, require_api_key, require_worker
+from nexus.auth._middleware import (
+    API_KEY_HEADERS,
+    AUTH,
+    WORKER_ID,
+    ErrorShape,
+    can_see,
+    nexus_error,
+    require_api_key,
+    require_client_or_worker,
+    require_worker,
+)
 from nexus.auth._passwords import (
     ADMIN_PASSWORD_SET,
     ADMIN_STREAM,
@@ -41,9 +52,11 @@ from nexus.auth._passwords import (
     load_admin,
     verify_password,
 )
+from nexus.proto import PLATFORM_TENANT
 
 __all__ = [
     "ADMIN_PASSWORD_SET",
+    "ADMIN_SCOPE",
     "ADMIN_STREAM",
     "API_KEY_HEADERS",
     "AUTH",
@@ -51,9 +64,11 @@ __all__ = [
     "KEY_ISSUED",
     "KEY_REVOKED",
     "KINDS",
+    "PLATFORM_TENANT",
     "WORKER_ID",
     "AdminCredentials",
     "AdminPasswordSet",
+    "ErrorShape",
     "IssuedKey",
     "KeyInfo",
     "KeyKind",
@@ -61,13 +76,16 @@ __all__ = [
     "KeyRecord",
     "KeyView",
     "UnknownKeyError",
+    "can_see",
     "ensure_admin",
     "hash_password",
     "hash_secret",
     "issue_key",
     "load_admin",
+    "nexus_error",
     "parse_secret",
     "require_api_key",
+    "require_client_or_worker",
     "require_worker",
     "revoke_key",
     "verify_password",

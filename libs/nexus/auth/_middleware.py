@@ -1,8 +1,9 @@
-"""aiohttp handler guards: API keys for clients, bearer tokens for workers."""
+"""aiohttp handler guards: API keys for clients, bearer tokens for workers; who may see what."""
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -21,17 +22,37 @@ API_KEY_HEADERS = ("x-service-key", "X-API-Key")
 """Headers a client's API key may come in (case-insensitive)."""
 
 
-def _refuse(status: int, error: str, message: str, *, bearer: bool = False) -> web.HTTPException:
+ErrorShape = Callable[[str, str], dict[str, object]]
+"""Builds an error body from (code, message): the platform's ``{"error", "message"}`` by default."""
+
+
+def nexus_error(error: str, message: str) -> dict[str, object]:
+    """The platform's error body: ``{"error": code, "message": words}``."""
+    return {"error": error, "message": message}
+
+
+def can_see(info: KeyInfo, tenant: str | None) -> bool:
+    """Whether the holder of ``info`` may see and change a resource owned by ``tenant``.
+
+    Its own tenant's resources, or every resource for an admin. A resource with no tenant
+    (``None``) is visible to admins only.
+    """
+    return info.is_admin or (tenant is not None and tenant == info.tenant)
+
+
+def _refuse(
+    status: int, error: str, message: str, *, bearer: bool = False, shape: ErrorShape = nexus_error
+) -> web.HTTPException:
     cls = web.HTTPUnauthorized if status == 401 else web.HTTPForbidden
     headers = {"WWW-Authenticate": 'Bearer realm="nexus"'} if bearer and status == 401 else None
-    return cls(
-        text=f'{{"error":"{error}","message":"{message}"}}',
-        content_type="application/json",
-        headers=headers,
-    )
+    return cls(text=json.dumps(shape(error, message)), content_type="application/json", headers=headers)
 
 
-def require_api_key(view: KeyView) -> Guard:
+def _api_key(request: web.Request) -> str | None:
+    return next((request.headers[h] for h in API_KEY_HEADERS if h in request.headers), None)
+
+
+def require_api_key(view: KeyView, *, shape: ErrorShape = nexus_error) -> Guard:
     """Guard a handler with a client API key from ``x-service-key`` or ``X-API-Key``.
 
     The handler finds the caller in ``request[AUTH]`` (a KeyInfo). A missing, unknown or
@@ -47,14 +68,15 @@ def require_api_key(view: KeyView) -> Guard:
     def guard(handler: HandlerT) -> HandlerT:
         @functools.wraps(handler)
         async def guarded(request: web.Request) -> web.StreamResponse:
-            secret = next((request.headers[h] for h in API_KEY_HEADERS if h in request.headers), None)
+            secret = _api_key(request)
             if not secret:
-                raise _refuse(401, "unauthorized", "an API key is required: send it in x-service-key or X-API-Key")
+                message = "an API key is required: send it in x-service-key or X-API-Key"
+                raise _refuse(401, "unauthorized", message, shape=shape)
             info = await view.verify(secret)
             if info is None:
-                raise _refuse(401, "unauthorized", "the API key is not valid or was revoked")
+                raise _refuse(401, "unauthorized", "the API key is not valid or was revoked", shape=shape)
             if info.kind != "client":
-                raise _refuse(403, "forbidden", "a worker token cannot call client routes")
+                raise _refuse(403, "forbidden", "a worker token cannot call client routes", shape=shape)
             request[AUTH] = info
             return await handler(request)
 
@@ -63,7 +85,7 @@ def require_api_key(view: KeyView) -> Guard:
     return guard
 
 
-def require_worker(view: KeyView) -> Guard:
+def require_worker(view: KeyView, *, shape: ErrorShape = nexus_error) -> Guard:
     """Guard a handler with ``Authorization: Bearer <worker token>`` and ``X-Worker-ID``.
 
     The handler finds the token's KeyInfo in ``request[AUTH]`` and the worker id in
@@ -77,18 +99,41 @@ def require_worker(view: KeyView) -> Guard:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 message = "a worker token is required: Authorization: Bearer <token>"
-                raise _refuse(401, "unauthorized", message, bearer=True)
+                raise _refuse(401, "unauthorized", message, bearer=True, shape=shape)
             worker_id = request.headers.get("X-Worker-ID", "").strip()
             if not worker_id:
-                raise _refuse(401, "unauthorized", "the X-Worker-ID header is required", bearer=True)
+                raise _refuse(401, "unauthorized", "the X-Worker-ID header is required", bearer=True, shape=shape)
             info: KeyInfo | None = await view.verify(token.strip())
             if info is None:
-                raise _refuse(401, "unauthorized", "the worker token is not valid or was revoked", bearer=True)
+                message = "the worker token is not valid or was revoked"
+                raise _refuse(401, "unauthorized", message, bearer=True, shape=shape)
             if info.kind != "worker":
-                raise _refuse(403, "forbidden", "a client API key cannot call worker routes")
+                raise _refuse(403, "forbidden", "a client API key cannot call worker routes", shape=shape)
             request[AUTH] = info
             request[WORKER_ID] = worker_id
             return await handler(request)
+
+        return guarded
+
+    return guard
+
+
+def require_client_or_worker(view: KeyView, *, shape: ErrorShape = nexus_error) -> Guard:
+    """Guard a handler that both clients and workers call (a workflow step on a client's behalf,
+    or an external worker): ``Authorization: Bearer <worker token>`` with ``X-Worker-ID`` when an
+    Authorization header is sent, else a client API key (or a delegated token) as in
+    ``require_api_key``."""
+    as_worker = require_worker(view, shape=shape)
+    as_client = require_api_key(view, shape=shape)
+
+    def guard(handler: HandlerT) -> HandlerT:
+        worker_handler, client_handler = as_worker(handler), as_client(handler)
+
+        @functools.wraps(handler)
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if "Authorization" in request.headers and _api_key(request) is None:
+                return await worker_handler(request)
+            return await client_handler(request)
 
         return guarded
 

@@ -22,6 +22,7 @@ SECURITY_SCHEMES: Mapping[str, Mapping[str, Any]] = {
         "workerToken": {"type": "http", "scheme": "bearer", "description": "A worker token, with X-Worker-ID."},
     },
 }
+SECURITY_SCHEMES = {**SECURITY_SCHEMES, "any": {**SECURITY_SCHEMES["client"], **SECURITY_SCHEMES["worker"]}}
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 
@@ -40,9 +41,12 @@ class RouteSpec:
         status: Success status code.
         responses: Other documented outcomes, ``{status: description}`` (bodies are ErrorBody).
         tags: Groups in API browsers.
-        auth: ``"client"`` (API key), ``"worker"`` (worker token) or None (public).
+        auth: ``"client"`` (API key), ``"worker"`` (worker token), ``"any"`` (either) or None (public).
         content_type: Media type of a non-JSON success body (``text/plain; version=0.0.4``…).
         query: Query parameters, ``{name: description}``.
+        owned: (noun, path parameter) of the tenant-owned resource the path names, or None;
+            published as ``x-nexus-owned`` so the authorization test knows which routes to try
+            with another tenant's credential.
     """
 
     method: str
@@ -57,6 +61,7 @@ class RouteSpec:
     auth: str | None = None
     content_type: str | None = None
     query: Mapping[str, str] = field(default_factory=dict)
+    owned: tuple[str, str] | None = None
 
     @property
     def operation_id(self) -> str:
@@ -135,6 +140,10 @@ def build_openapi(
             operation["security"] = [{name: []} for name in schemes]
             responses["401"] = {"description": "Missing, unknown or revoked credentials", **error}
             responses["403"] = {"description": "Credentials of the wrong kind", **error}
+        if spec.owned is not None:
+            noun, param = spec.owned
+            operation["x-nexus-owned"] = {"resource": noun, "parameter": param}
+            responses["404"] = {"description": f"No such {noun}, or another tenant's", **error}
         for status, text in spec.responses.items():
             responses[str(status)] = {"description": text, **error}
         operation["responses"] = responses

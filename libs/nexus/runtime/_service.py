@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -15,12 +17,14 @@ from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from nexus.auth import KeyView, require_api_key, require_worker
+from nexus.auth import AUTH, KeyInfo, KeyView, can_see, require_api_key, require_client_or_worker, require_worker
+from nexus.auth._middleware import ErrorShape, nexus_error
 from nexus.bus import Bus, Consumer, ConsumerSpec, Delivery
 from nexus.eventlog import EventLog
 from nexus.obs import InstrumentedEventLog, render_metrics
 from nexus.obs._metrics import SERVICE_RESTARTS
-from nexus.proto import STREAM_CMD, cmd_subject
+from nexus.proto import STREAM_CMD, cmd_subject, new_event
+from nexus.proto.events.platform import AdminAccessed
 from nexus.runtime._http import Handler, error_middleware, json_response, observe_middleware
 from nexus.runtime._openapi import RouteSpec, build_openapi
 from nexus.runtime._settings import ServiceSettings
@@ -35,6 +39,34 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 
 SERVICE_KEY: web.AppKey[Service] = web.AppKey("nexus_service")
 """``request.app[SERVICE_KEY]`` is the Service, for handlers defined outside a closure."""
+
+AUDIT_STREAM = "audit-admin"
+"""The log stream recording every access of an admin key to another tenant's resource."""
+ADMIN_ACCESSED = "nexus.platform.admin.accessed"
+AUTH_KINDS = ("client", "worker", "any")
+
+OwnerLookup = Callable[[str], "str | Awaitable[str | None] | None"]
+
+
+@dataclass(frozen=True)
+class Owned:
+    """How a route finds the owner (tenant) of the resource its path names.
+
+    ``Service.route(..., owned=Owned("execution", "execution_id", engine.tenant_of))``: before
+    the handler runs, ``lookup(request.match_info[param])`` gives the resource's tenant, or None
+    when there is no such resource. A caller who may not see it (``nexus.auth.can_see``) gets
+    the same 404 as for a missing one, so an id never tells whether another tenant has it.
+
+    Attributes:
+        noun: What the resource is called in the 404 message (``execution``).
+        param: The path parameter holding its id.
+        lookup: id → tenant or None (sync or async).
+    """
+
+    noun: str
+    param: str
+    lookup: OwnerLookup
+
 
 READINESS_TIMEOUT = 2.0
 """Seconds each readiness check may take before /readyz counts it as not ready."""
@@ -165,6 +197,8 @@ class Service:
         auth: str | None = None,
         content_type: str | None = None,
         query: Mapping[str, str] | None = None,
+        owned: Owned | None = None,
+        error_shape: ErrorShape = nexus_error,
     ) -> Callable[[Handler], Handler]:
         """Decorator: serve ``method path`` with the handler and document it in OpenAPI.
 
@@ -179,19 +213,28 @@ class Service:
             responses: Other outcomes, ``{404: "No such job"}`` (ErrorBody bodies).
             tags: OpenAPI tags.
             auth: ``"client"`` guards the route with an API key, ``"worker"`` with a worker
-                token (see ``nexus.auth``); the caller's KeyInfo is in ``request[nexus.auth.AUTH]``.
+                token, ``"any"`` with either (see ``nexus.auth``); the caller's KeyInfo is in
+                ``request[nexus.auth.AUTH]``.
             content_type: Media type of a non-JSON answer.
             query: Query parameters, ``{name: description}``.
+            owned: The resource the path names and how to find its tenant: a caller of
+                another tenant gets 404 (needs ``auth``).
+            error_shape: Builds the body of the 401/403/404 this decorator answers (the
+                seed-000 job API answers ``{"success": false, "error"}``).
         """
-        if auth not in (None, "client", "worker"):
-            raise ValueError(f"auth={auth!r}: use None, 'client' or 'worker'")
+        if auth not in (None, *AUTH_KINDS):
+            raise ValueError(f"auth={auth!r}: use None, 'client', 'worker' or 'any'")
+        if owned is not None and auth is None:
+            raise ValueError(f"{method} {path}: an owned resource needs auth")
 
         def register(handler: Handler) -> Handler:
-            served = handler
+            served = handler if owned is None else self._owner_check(handler, owned, method, path, error_shape)
             if auth == "client":
-                served = require_api_key(self.keys)(handler)
+                served = require_api_key(self.keys, shape=error_shape)(served)
             elif auth == "worker":
-                served = require_worker(self.keys)(handler)
+                served = require_worker(self.keys, shape=error_shape)(served)
+            elif auth == "any":
+                served = require_client_or_worker(self.keys, shape=error_shape)(served)
             self.app.router.add_route(method.upper(), path, served)
             self._routes.append(
                 RouteSpec(
@@ -207,11 +250,48 @@ class Service:
                     auth=auth,
                     content_type=content_type,
                     query=dict(query or {}),
+                    owned=(owned.noun, owned.param) if owned is not None else None,
                 )
             )
             return handler
 
         return register
+
+    def _owner_check(self, handler: Handler, owned: Owned, method: str, path: str, shape: ErrorShape) -> Handler:
+        async def checked(request: web.Request) -> web.StreamResponse:
+            resource_id = request.match_info[owned.param]
+            tenant = owned.lookup(resource_id)
+            if inspect.isawaitable(tenant):
+                tenant = await tenant
+            info: KeyInfo = request[AUTH]
+            if tenant is None or not can_see(info, tenant):
+                body = shape("not_found", f"no {owned.noun} {resource_id!r}")
+                return web.json_response(body, status=404)
+            response = await handler(request)
+            if tenant != info.tenant:
+                await self.audit_admin(info, method, path, f"{owned.noun} {resource_id}", tenant, response.status)
+            return response
+
+        checked.__doc__ = handler.__doc__
+        checked.__name__ = handler.__name__
+        return checked
+
+    async def audit_admin(
+        self, info: KeyInfo, method: str, route: str, resource: str, tenant: str, status: int = 0
+    ) -> None:
+        """Record that an admin key reached ``resource`` of ``tenant`` (stream ``audit-admin``)."""
+        data = AdminAccessed(
+            key_id=info.key_id,
+            admin=info.owner,
+            service=self.name,
+            method=method.upper(),
+            route=route,
+            resource=resource,
+            tenant=tenant,
+            status=status,
+        )
+        event = new_event(ADMIN_ACCESSED, data, source=f"nexus/{self.name}", tenant=tenant)
+        await self.log.append(AUDIT_STREAM, [event])
 
     def consumer(self, spec: ConsumerSpec) -> Callable[[MessageHandler], MessageHandler]:
         """Decorator: run the handler for each message of a durable consumer, from start to stop.
