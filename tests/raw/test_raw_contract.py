@@ -16,12 +16,41 @@ from nexus.raw import (
     RawNotFoundError,
     RawQuotaError,
     RawStorage,
+    RawUnavailableError,
+    check_key,
+    check_prefix,
     is_ref,
+    key_tenant,
     open_raw,
     put_value,
+    ref_key,
+    ref_tenant,
     resolve,
+    tenant_key,
+    tenant_prefix,
 )
 from nexus.raw.file import FileRaw
+
+BAD_KEYS = [
+    "",
+    "/abs",
+    "/etc/passwd",
+    "../x",
+    "..",
+    "a/../../x",
+    "a/..",
+    "a//b",
+    "a/./b",
+    "back\\slash",
+    "..\\..\\x",
+    "nul\x00byte",
+    "new\nline",
+    "del\x7f",
+    "lone\udcffsurrogate",
+    "x" * 1025,
+    "a/",
+]
+BAD_PREFIXES = ["../", "../../../etc/", "..", "a/../../", "/", "/etc", "a//", "./", "a\\..", "nul\x00", "x" * 1025]
 
 
 class RawContract:
@@ -68,10 +97,46 @@ class RawContract:
         assert await raw.list_all("p") == [*(f"p/{i:03d}" for i in range(25)), "pz"]
         assert (await raw.list("nothing/")).keys == []
 
-    @pytest.mark.parametrize("key", ["", "/abs", "../x", "a/../../x", "a//b", "a/./b", "back\\slash"])
+    @pytest.mark.parametrize("key", BAD_KEYS)
     async def test_bad_keys_are_refused(self, raw: RawBackend, key: str) -> None:
+        # Every operation that takes a key refuses it before touching the store.
         with pytest.raises(RawKeyError):
             await raw.store(key, b"x")
+        for call in (raw.retrieve, raw.exists, raw.stat, raw.delete):
+            with pytest.raises(RawKeyError):
+                await call(key)
+
+    @pytest.mark.parametrize("prefix", BAD_PREFIXES)
+    async def test_traversal_prefixes_are_refused(self, raw: RawBackend, prefix: str) -> None:
+        await raw.store("inside/k", b"1")
+        with pytest.raises(RawKeyError, match="prefix"):
+            await raw.list(prefix)
+
+    async def test_good_prefixes_list(self, raw: RawBackend) -> None:
+        await raw.store("t/acme/a/b", b"1")
+        await raw.store("t/acme/c", b"2")
+        await raw.store("t/bob/x", b"3")
+        assert (await raw.list("t/acme/")).keys == ["t/acme/a/b", "t/acme/c"]
+        assert (await raw.list("t/acme/a")).keys == ["t/acme/a/b"]
+        assert (await raw.list("")).keys == ["t/acme/a/b", "t/acme/c", "t/bob/x"]
+
+    async def test_traversal_reference_is_a_key_error_not_unavailable(self, raw: RawBackend) -> None:
+        # raw://../../etc/passwd is the caller's mistake (a 400), never "retry later".
+        with pytest.raises(RawKeyError, match=r"'\.\.'") as caught:
+            await resolve(raw, "raw://../../etc/passwd")
+        assert not isinstance(caught.value, RawUnavailableError)
+
+    async def test_tenant_references(self, raw: RawBackend) -> None:
+        large = {"text": "y" * 2000}
+        ref = await put_value(raw, large, tenant="acme")
+        assert ref.startswith("raw://t/acme/refs/") and ref_tenant(ref) == "acme"
+        assert await resolve(raw, ref, tenant="acme") == large
+        assert await resolve(raw, ref) == large  # the platform (or an admin) reads any key
+        # Another tenant is answered exactly as for a missing key.
+        with pytest.raises(RawNotFoundError):
+            await resolve(raw, ref, tenant="bob")
+        with pytest.raises(RawKeyError, match="outside tenant 'bob'"):
+            await put_value(raw, large, key="t/acme/stolen", tenant="bob")
 
     async def test_parallel_stores(self, raw: RawBackend) -> None:
         await asyncio.gather(*(raw.store(f"file-{i}.dat", f"data-{i}".encode()) for i in range(100)))
@@ -89,6 +154,43 @@ class RawContract:
         # A string that looks like a reference is stored, so it is never taken for one.
         tricky = await put_value(raw, "raw://not-a-ref")
         assert tricky != "raw://not-a-ref" and await resolve(raw, tricky) == "raw://not-a-ref"
+
+
+class TestKeysAndTenants:
+    """The key rules and tenant namespaces every backend shares."""
+
+    def test_check_key_names_the_problem(self) -> None:
+        with pytest.raises(RawKeyError, match="absolute"):
+            check_key("/etc/passwd")
+        with pytest.raises(RawKeyError, match="control character"):
+            check_key("a\nb")
+        with pytest.raises(RawKeyError, match="backslash"):
+            check_key("a\\b")
+        with pytest.raises(RawKeyError, match="limit is 1024"):
+            check_key("k" * 1025)
+        assert check_key("a/..b/c.d") == "a/..b/c.d"  # '..' only as a whole segment is refused
+
+    def test_prefixes(self) -> None:
+        assert check_prefix("") == "" and check_prefix("a/b/") == "a/b/" and check_prefix("a/b") == "a/b"
+        with pytest.raises(RawKeyError, match="prefix"):
+            check_prefix(None)
+
+    def test_tenant_keys(self) -> None:
+        assert tenant_key("acme", "uploads/a.json") == "t/acme/uploads/a.json"
+        assert tenant_key("acme", "a", "b") == "t/acme/a/b"
+        assert tenant_prefix("acme") == "t/acme/"
+        assert key_tenant("t/acme/uploads/a.json") == "acme"
+        assert key_tenant("refs/abc") == "platform"
+        assert key_tenant("granulator/x.json") == "platform"
+        assert ref_key("raw://t/acme/x") == "t/acme/x"
+        escapes = [("acme", "../bob/x"), ("acme", "/x"), ("a/b", "x"), ("..", "x"), ("", "x")]
+        for tenant, part in escapes:
+            with pytest.raises(RawKeyError):
+                tenant_key(tenant, part)
+        with pytest.raises(RawKeyError, match="at least one part"):
+            tenant_key("acme")
+        with pytest.raises(RawKeyError):
+            key_tenant("t/../x")
 
 
 class TestMemoryRaw(RawContract):
@@ -149,6 +251,24 @@ class TestFileRaw(RawContract):
         with pytest.raises(RawKeyError, match="outside the store"):
             await raw.store("link/x", b"escape")
         assert not (tmp_path / "outside/x").exists()
+
+    async def test_listing_stays_inside_the_store(self, tmp_path: Path) -> None:
+        # Before the fix, list("../../../etc/") walked the host: the prefix was not checked.
+        (tmp_path / "secret.txt").write_text("host file")
+        (tmp_path / "events.db").write_text("the event log")
+        raw = FileRaw(tmp_path / "store")
+        await raw.store("t/acme/a", b"1")
+        for prefix in ("../", "../../", "data/../../", "../../../etc/"):
+            with pytest.raises(RawKeyError):
+                await raw.list(prefix)
+        assert await raw.list_all() == ["t/acme/a"]
+        # A directory symlinked out of the store is not listed through either.
+        (tmp_path / "outside").mkdir()
+        (tmp_path / "outside/leak").write_text("x")
+        (tmp_path / "store/data/link").symlink_to(tmp_path / "outside")
+        with pytest.raises(RawKeyError, match="outside the store"):
+            await raw.list("link/")
+        assert await raw.list_all() == ["t/acme/a"]
 
     async def test_key_clash_is_a_clear_error(self, tmp_path: Path) -> None:
         raw = FileRaw(tmp_path)

@@ -8,20 +8,38 @@
 
 Backends: ``memory.py`` (tests, with a size limit), ``file.py`` (embedded default, atomic
 writes), ``mongo.py`` (GridFS). All pass the same contract suite.
+
+Every key and prefix is checked in one place (``check_key``, ``check_prefix``) before any
+backend touches it: nothing can name a path outside the store. A tenant's blobs live under
+``t/<tenant>/`` (``tenant_key``; ``key_tenant`` tells whose a key is).
 """
 
 from __future__ import annotations
 
 from nexus.atlas import Clock
 from nexus.raw._errors import RawError, RawKeyError, RawNotFoundError, RawQuotaError, RawUnavailableError
-from nexus.raw._port import DEFAULT_CONTENT_TYPE, RawBackend, RawPage, RawStat, check_key
-from nexus.raw._refs import INLINE_LIMIT, REF_SCHEME, is_ref, put_value, ref_key, resolve
+from nexus.raw._port import DEFAULT_CONTENT_TYPE, MAX_KEY_LENGTH, RawBackend, RawPage, RawStat, check_key, check_prefix
+from nexus.raw._refs import (
+    INLINE_LIMIT,
+    REF_SCHEME,
+    TENANTS_ROOT,
+    is_ref,
+    key_tenant,
+    put_value,
+    ref_key,
+    ref_tenant,
+    resolve,
+    tenant_key,
+    tenant_prefix,
+)
 from nexus.raw._storage import RawStorage
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "INLINE_LIMIT",
+    "MAX_KEY_LENGTH",
     "REF_SCHEME",
+    "TENANTS_ROOT",
     "RawBackend",
     "RawError",
     "RawKeyError",
@@ -32,11 +50,16 @@ __all__ = [
     "RawStorage",
     "RawUnavailableError",
     "check_key",
+    "check_prefix",
     "is_ref",
+    "key_tenant",
     "open_raw",
     "put_value",
     "ref_key",
+    "ref_tenant",
     "resolve",
+    "tenant_key",
+    "tenant_prefix",
 ]
 
 

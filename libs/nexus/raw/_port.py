@@ -106,26 +106,54 @@ def check_key(key: object) -> str:
     """Return ``key`` when every backend can store it; raise RawKeyError naming the problem.
 
     A key is a relative, ``/``-separated path: no empty, ``.`` or ``..`` segments, no
-    backslashes or NUL characters, at most 1024 characters.
+    backslashes, NUL or other control characters, at most 1024 characters. Every backend
+    checks every key here, so no key reaches a file system path or a query unchecked.
     """
     if not isinstance(key, str) or not key:
         raise RawKeyError(f"a Raw key is a non-empty string, got {key!r}")
-    if len(key) > MAX_KEY_LENGTH:
-        raise RawKeyError(f"Raw key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}")
-    if key.startswith("/"):
-        raise RawKeyError(f"Raw key {key!r} is absolute; keys are relative paths like 'a/b.json'")
-    if "\\" in key or "\x00" in key:
-        raise RawKeyError(f"Raw key {key!r} contains a backslash or NUL character")
-    for segment in key.split("/"):
-        if segment in ("", ".", ".."):
-            raise RawKeyError(f"Raw key {key!r} has an empty, '.' or '..' segment (keys cannot leave the store)")
+    _check_path(key, "key", allow_trailing_slash=False)
     return key
 
 
-def check_list_args(prefix: str, cursor: str | None, limit: int) -> None:
+def check_prefix(prefix: object) -> str:
+    """Return ``prefix`` when it can start a key; raise RawKeyError naming the problem.
+
+    The same rules as ``check_key`` (no ``..``, no absolute path, no backslash or control
+    character, bounded length), except that the empty prefix (every key) and a trailing ``/``
+    (``"a/b/"``: the keys under ``a/b``) are allowed.
+    """
     if not isinstance(prefix, str):
-        raise RawKeyError(f"prefix must be a string, got {prefix!r}")
-    if cursor is not None and not isinstance(cursor, str):
-        raise RawKeyError(f"cursor must be None or a key, got {cursor!r}")
-    if not isinstance(limit, int) or limit < 1:
+        raise RawKeyError(f"a Raw prefix is a string, got {prefix!r}")
+    if prefix:
+        _check_path(prefix, "prefix", allow_trailing_slash=True)
+    return prefix
+
+
+def _check_path(path: str, what: str, *, allow_trailing_slash: bool) -> None:
+    if len(path) > MAX_KEY_LENGTH:
+        raise RawKeyError(f"Raw {what} is {len(path)} characters long; the limit is {MAX_KEY_LENGTH}")
+    if path.startswith("/"):
+        raise RawKeyError(f"Raw {what} {path!r} is absolute; keys are relative paths like 'a/b.json'")
+    if "\\" in path:
+        raise RawKeyError(f"Raw {what} {path!r} contains a backslash; keys are '/'-separated")
+    bad = next((c for c in path if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        raise RawKeyError(f"Raw {what} {path!r} contains the control character {bad!r} (NUL, newline, …)")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in path):
+        # A lone surrogate (from undecodable bytes) has no UTF-8 form: no backend could store it.
+        raise RawKeyError(f"Raw {what} {path!r} is not valid Unicode (it holds a lone surrogate)")
+    segments = path.split("/")
+    if allow_trailing_slash and len(segments) > 1 and segments[-1] == "":
+        segments.pop()
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            raise RawKeyError(f"Raw {what} {path!r} has an empty, '.' or '..' segment (keys cannot leave the store)")
+
+
+def check_list_args(prefix: object, cursor: object, limit: object) -> None:
+    """Check ``list``'s arguments; raise RawKeyError naming the one that is not acceptable."""
+    check_prefix(prefix)
+    if cursor is not None and (not isinstance(cursor, str) or len(cursor) > MAX_KEY_LENGTH):
+        raise RawKeyError(f"cursor must be None or a key of at most {MAX_KEY_LENGTH} characters, got {cursor!r}")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise RawKeyError(f"limit must be an integer >= 1, got {limit!r}")

@@ -1,9 +1,13 @@
-"""References (seed 002): small values travel inline, larger ones as ``raw://KEY`` strings.
+"""References (seed 002) and tenant namespaces.
 
 ``put_value`` stores a JSON value in Raw when its encoding reaches the threshold (1 KB) and
 returns the reference; ``resolve`` turns a reference back into the value and returns anything
 else unchanged. A string that itself starts with ``raw://`` is always stored, never inlined,
 so an inline value is never mistaken for a reference.
+
+A tenant's keys live under ``t/<tenant>/`` (``tenant_key``); every other key belongs to the
+platform (``key_tenant``). Given a ``tenant``, ``put_value`` stores in that namespace and
+``resolve`` refuses, exactly as a missing key, a reference into another tenant's.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ from typing import Any
 
 import msgspec
 
-from nexus.raw._errors import RawKeyError
+from nexus.proto import PLATFORM_TENANT
+from nexus.raw._errors import RawKeyError, RawNotFoundError
 from nexus.raw._port import RawBackend, check_key
 
 REF_SCHEME = "raw://"
 INLINE_LIMIT = 1024
 """Values whose JSON encoding is shorter than this many bytes stay inline."""
 REF_PREFIX = "refs/"
+TENANTS_ROOT = "t/"
+"""Keys under ``t/<tenant>/`` belong to that tenant; every other key to the platform."""
 
 _encoder = msgspec.json.Encoder(order="sorted")
 _decoder = msgspec.json.Decoder()
@@ -31,37 +38,119 @@ def is_ref(value: Any) -> bool:
 
 
 def ref_key(ref: str) -> str:
-    """The Raw key a reference points to."""
+    """The Raw key a reference points to.
+
+    Raises:
+        RawKeyError: ``ref`` is not a ``raw://`` reference, or names a key that could leave
+            the store (``raw://../../etc/passwd``); a caller's mistake, never worth a retry.
+    """
     if not is_ref(ref):
         raise RawKeyError(f"{ref!r} is not a raw:// reference")
     return check_key(ref[len(REF_SCHEME) :])
 
 
-async def put_value(raw: RawBackend, value: Any, *, key: str | None = None, threshold: int = INLINE_LIMIT) -> Any:
+def tenant_prefix(tenant: str) -> str:
+    """``t/<tenant>/``: the prefix of every key in the tenant's namespace.
+
+    Raises:
+        RawKeyError: ``tenant`` is empty or is not a single key segment.
+    """
+    if not isinstance(tenant, str) or "/" in tenant:
+        raise RawKeyError(f"tenant {tenant!r} cannot name a Raw namespace (one segment, no '/')")
+    check_key(tenant)
+    return f"{TENANTS_ROOT}{tenant}/"
+
+
+def tenant_key(tenant: str, *parts: str) -> str:
+    """``t/<tenant>/<parts…>``: a key in the tenant's namespace, each part checked.
+
+    A part may itself hold ``/`` (``tenant_key("acme", "uploads/a.json")``); none may leave the
+    namespace (``..``), be absolute or hold control characters.
+
+    Raises:
+        RawKeyError: the tenant or a part is not acceptable, or no part is given.
+    """
+    if not parts:
+        raise RawKeyError(f"tenant_key({tenant!r}) needs at least one part after the tenant")
+    for part in parts:
+        check_key(part)
+    return check_key(tenant_prefix(tenant) + "/".join(parts))
+
+
+def key_tenant(key: str) -> str:
+    """The tenant that owns ``key``: ``<tenant>`` for ``t/<tenant>/…``, else ``platform``.
+
+    Raises:
+        RawKeyError: the key is not acceptable.
+    """
+    check_key(key)
+    if key.startswith(TENANTS_ROOT):
+        return key.split("/", 2)[1]
+    return PLATFORM_TENANT
+
+
+def ref_tenant(ref: str) -> str:
+    """The tenant that owns the key a ``raw://`` reference points to.
+
+    Raises:
+        RawKeyError: ``ref`` is not a reference, or its key is not acceptable.
+    """
+    return key_tenant(ref_key(ref))
+
+
+async def put_value(
+    raw: RawBackend,
+    value: Any,
+    *,
+    key: str | None = None,
+    threshold: int = INLINE_LIMIT,
+    tenant: str | None = None,
+) -> Any:
     """The value itself when small, else a ``raw://KEY`` reference to it stored in ``raw``.
 
     Args:
         raw: Where large values go.
         value: Any JSON value.
         key: The key to store under (default: ``refs/<sha256 of the encoding>``, so the
-            same value is stored once).
+            same value is stored once; ``t/<tenant>/refs/<sha256>`` with a ``tenant``).
         threshold: Encodings of at least this many bytes are stored.
+        tenant: The tenant that owns the value; a given ``key`` must be in its namespace.
+
+    Raises:
+        RawKeyError: ``key`` is not acceptable, or lies outside ``tenant``'s namespace.
     """
     encoded = _encoder.encode(value)
     if len(encoded) < threshold and not is_ref(value):
         return value
-    key = check_key(key) if key is not None else REF_PREFIX + hashlib.sha256(encoded).hexdigest()
+    if key is not None:
+        check_key(key)
+        if tenant is not None and key_tenant(key) != tenant:
+            raise RawKeyError(f"Raw key {key!r} is outside tenant {tenant!r}'s namespace {tenant_prefix(tenant)!r}")
+    else:
+        digest = REF_PREFIX + hashlib.sha256(encoded).hexdigest()
+        key = digest if tenant is None else tenant_key(tenant, digest)
     await raw.store(key, encoded, "application/json")
     return REF_SCHEME + key
 
 
-async def resolve(raw: RawBackend, value_or_ref: Any) -> Any:
+async def resolve(raw: RawBackend, value_or_ref: Any, *, tenant: str | None = None) -> Any:
     """The value a reference points to, or ``value_or_ref`` itself when it is inline.
 
+    Args:
+        raw: Where the referenced value is.
+        value_or_ref: A ``raw://KEY`` reference or an inline value.
+        tenant: Resolve on behalf of this tenant: a reference into another tenant's
+            namespace is answered as if nothing were stored there. None (an admin, or the
+            platform reading its own references) reads any key.
+
     Raises:
-        RawNotFoundError: the reference names a key that holds nothing.
+        RawKeyError: the reference's key could leave the store (a 400, not a retry).
+        RawNotFoundError: the key holds nothing, or belongs to another tenant than ``tenant``.
     """
     if not is_ref(value_or_ref):
         return value_or_ref
-    data = await raw.retrieve(ref_key(value_or_ref))
+    key = ref_key(value_or_ref)
+    if tenant is not None and key_tenant(key) != tenant:
+        raise RawNotFoundError(key)
+    data = await raw.retrieve(key)
     return _decoder.decode(data)

@@ -1,5 +1,6 @@
 """``file://PATH``: the embedded default. Blobs are files under ``PATH/data``, metadata under ``PATH/meta``.
 
+Directories are created 0700 and files 0600 whatever the process umask (``nexus.fs``).
 A blob is written to a temporary file in its final directory, fsynced, and renamed over the
 old one, so a crash leaves either the old or the new content, never half of one. Its metadata
 (``meta/<key>.json``) is written the same way afterwards and records the data file's size and
@@ -19,6 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from nexus.atlas import Clock, SystemClock
+from nexus.fs import PRIVATE_FILE_MODE, make_private_dir
 from nexus.raw._errors import RawKeyError, RawNotFoundError, RawQuotaError, RawUnavailableError
 from nexus.raw._port import DEFAULT_CONTENT_TYPE, RawBackend, RawPage, RawStat, check_key, check_list_args
 
@@ -97,10 +99,12 @@ class FileRaw(RawBackend):
             raise RawUnavailableError(f"storing {key!r} under {self.root} failed: {exc}") from None
 
     def _write_atomic(self, path: Path, content: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Blobs are tenants' data: directories 0700 and files 0600, whatever the umask.
+        make_private_dir(path.parent)
         tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
         try:
-            with open(tmp, "wb") as fh:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+            with open(fd, "wb") as fh:
                 fh.write(content)
                 if self.fsync:
                     fh.flush()
@@ -188,12 +192,18 @@ class FileRaw(RawBackend):
         return RawPage(page, page[-1] if len(keys) > limit else None)
 
     def _keys(self, prefix: str) -> list[str]:
-        # Walk only the directory the prefix points into, not the whole store.
+        # Walk only the directory the prefix points into, not the whole store. check_list_args
+        # has refused '..' and absolute prefixes; a directory symlinked out of the store is
+        # refused here as well, so a listing never shows a file outside it.
         head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self._data / head if head else self._data
         out: list[str] = []
         if not start.is_dir():
             return out
+        data = self._data.resolve()
+        resolved = start.resolve()
+        if resolved != data and data not in resolved.parents:
+            raise RawKeyError(f"Raw prefix {prefix!r} resolves outside the store at {self.root}")
         for dirpath, dirnames, filenames in os.walk(start):
             dirnames[:] = [d for d in dirnames if not d.startswith(_TMP_PREFIX)]
             rel = Path(dirpath).relative_to(self._data).as_posix()
