@@ -13,6 +13,17 @@ checks secrets against it, so no service asks another whether a key is valid::
 Routes are guarded with ``require_api_key(keys)`` and ``require_worker(keys)``.
 """
 
+# Delegated credentials: a workflow step acts with its execution's tenant, not the replica's token.
+from nexus.auth._delegation import (
+    DEFAULT_DELEGATION_TTL_SECONDS,
+    DELEGATED_SCOPE,
+    DELEGATION_KEY_PUBLISHED,
+    DELEGATION_KEY_REVOKED,
+    DELEGATION_PREFIX,
+    DelegationClaims,
+    DelegationSigner,
+    SignerRecord,
+)
 from nexus.auth._keys import (
     ADMIN_SCOPE,
     KEY_ISSUED,
@@ -89,4 +100,14 @@ __all__ = [
     "require_worker",
     "revoke_key",
     "verify_password",
+]
+__all__ += [
+    "DEFAULT_DELEGATION_TTL_SECONDS",
+    "DELEGATED_SCOPE",
+    "DELEGATION_KEY_PUBLISHED",
+    "DELEGATION_KEY_REVOKED",
+    "DELEGATION_PREFIX",
+    "DelegationClaims",
+    "DelegationSigner",
+    "SignerRecord",
 ]

@@ -6,11 +6,23 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
 
+from nexus.auth._delegation import (
+    DELEGATED_SCOPE,
+    DELEGATION_KEY_PUBLISHED,
+    DELEGATION_KEY_REVOKED,
+    DELEGATION_PREFIX,
+    DelegationKeyRevoked,
+    SignerRecord,
+    signer_record,
+    verify_delegated,
+)
 from nexus.eventlog import EventLog
 from nexus.proto import PLATFORM_TENANT, CloudEvent, new_event
 from nexus.proto.events.platform import KeyIssued, KeyRevoked
@@ -49,6 +61,8 @@ class KeyInfo:
     kind: KeyKind
     owner: str
     scopes: tuple[str, ...] = ()
+    execution_id: str | None = None
+    """For a delegated token (scope ``delegated``): the execution whose step presents it."""
 
     @property
     def tenant(self) -> str:
@@ -152,14 +166,25 @@ class KeyView:
     events appended since the last call, so a key issued or revoked by any process is seen by
     every service that shares the log.
 
+    Delegated tokens (``nxd_…``, see ``nexus.auth._delegation``) are verified against the
+    signers published in the same stream.
+
     Args:
         log: The event log (the view reads stream ``keys`` only).
+        audience: The service this view guards; a delegated token minted for another service
+            is refused. None accepts any audience.
+        clock: Seconds since the epoch (when a delegated token expires).
     """
 
-    def __init__(self, log: EventLog | None = None) -> None:
+    def __init__(
+        self, log: EventLog | None = None, *, audience: str | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self._log = log
         self._records: dict[str, KeyRecord] = {}
+        self._signers: dict[str, SignerRecord] = {}
         self._version = 0
+        self.audience = audience
+        self._clock = clock
 
     @property
     def version(self) -> int:
@@ -182,6 +207,14 @@ class KeyView:
             record = self._records.get(revoked.key_id)
             if record is not None and record.revoked_by is None:
                 record.revoked_by = event
+        elif event.type == DELEGATION_KEY_PUBLISHED:
+            signer = signer_record(event)
+            if signer is not None:
+                self._signers.setdefault(signer.key_id, signer)
+        elif event.type == DELEGATION_KEY_REVOKED:
+            gone = self._signers.get(msgspec.convert(event.data, DelegationKeyRevoked).key_id)
+            if gone is not None and gone.revoked_by is None:
+                gone.revoked_by = event
         if event.streamversion:
             self._version = max(self._version, event.streamversion)
 
@@ -204,8 +237,12 @@ class KeyView:
         """The key's holder when ``secret`` is a valid, unrevoked key or token, else None.
 
         The hash comparison is constant-time; an ill-formed or unknown secret costs the same
-        hash and comparison, so timing does not tell which part was wrong.
+        hash and comparison, so timing does not tell which part was wrong. A delegated token
+        (``nxd_…``) answers a client KeyInfo for its tenant with scope ``delegated`` and its
+        execution id; it holds no secret to compare, only a signature to verify.
         """
+        if secret and secret.startswith(DELEGATION_PREFIX + "_"):
+            return self._check_delegated(secret)
         parsed = parse_secret(secret) if secret else None
         record = self._records.get(parsed[1]) if parsed else None
         expected = record.hash if record is not None else "0" * 64
@@ -215,6 +252,26 @@ class KeyView:
         if parsed is None or parsed[0] != _PREFIX[record.info.kind]:
             return None
         return record.info
+
+    def signer(self, key_id: str) -> SignerRecord | None:
+        """The delegation signer ``key_id`` (revoked or not), or None."""
+        return self._signers.get(key_id)
+
+    def signers(self) -> list[SignerRecord]:
+        """Every published delegation signer, in publication order."""
+        return list(self._signers.values())
+
+    def _check_delegated(self, token: str) -> KeyInfo | None:
+        claims = verify_delegated(token, self._signers.get, now=self._clock(), audience=self.audience)
+        if claims is None:
+            return None
+        return KeyInfo(
+            key_id=token.split(".", 1)[0].removeprefix(DELEGATION_PREFIX + "_"),
+            kind="client",
+            owner=claims.tenant,
+            scopes=(DELEGATED_SCOPE,),
+            execution_id=claims.execution_id,
+        )
 
     async def verify(self, secret: str) -> KeyInfo | None:
         """``refresh`` then ``check``: sees keys issued or revoked a moment ago by any process."""
