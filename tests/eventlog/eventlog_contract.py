@@ -22,10 +22,11 @@ from nexus.eventlog import (
     EventLog,
     EventLogArgumentError,
     EventLogClosedError,
+    EventTooLargeError,
     chain,
     event_hash,
 )
-from nexus.proto import CloudEvent, new_event
+from nexus.proto import CloudEvent, encode_event, new_event
 
 
 def ev(type_: str = "nexus.test.happened", **data: Any) -> CloudEvent:
@@ -309,6 +310,63 @@ class EventLogContract(abc.ABC):
         after = await log.append("s", batch, 2)
         assert [(e.position, e.streamversion) for e in after] == [(i, i) for i in range(3, 8)]
         assert after[0].prevhash == before[-1].hash
+
+    # ---- size limit -------------------------------------------------------------------
+
+    async def test_an_event_over_the_size_limit_is_refused_and_nothing_of_its_batch_is_written(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("NEXUS_MAX_EVENT_BYTES", "4096")
+        log = await self.make_log(tmp_path)
+        try:
+            assert log.max_event_bytes == 4096
+            before = await log.append("s", evs(2))
+            big = ev("nexus.test.big", text="x" * 5000)
+            # A short batch (encoded by the caller) and a long one (over 100 events: the SQLite
+            # adapter encodes those in its writer, chunk by chunk) are both refused whole.
+            for batch in ([ev(), big, ev()], [*evs(150), big, *evs(10)]):
+                with pytest.raises(EventTooLargeError) as info:
+                    await log.append("s", batch, 2)
+                error = info.value
+                assert (error.limit, error.event_type, error.stream_id, error.event_id) == (
+                    4096,
+                    "nexus.test.big",
+                    "s",
+                    big.id,
+                )
+                assert error.size > 5000
+                for part in ("nexus.test.big", "'s'", str(error.size), "4096", "NEXUS_MAX_EVENT_BYTES"):
+                    assert part in str(error)
+                assert await log.head() == 2
+                assert await log.get_event(batch[0].id) is None
+            assert await log.read_all() == before
+            # The log carries on with no gap in positions, versions or the chain.
+            after = await log.append("s", evs(1), 2)
+            assert (after[0].position, after[0].streamversion, after[0].prevhash) == (3, 3, before[-1].hash)
+        finally:
+            await log.close()
+
+    async def test_the_size_limit_bounds_the_event_as_stored_and_relayed(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("NEXUS_MAX_EVENT_BYTES", "4096")
+        log = await self.make_log(tmp_path)
+        try:
+            accepted, refused = 0, 0
+            for padding in range(3600, 4100, 20):
+                event = ev(text="y" * padding)
+                try:
+                    [stored] = await log.append(f"stream-{padding}", [event])
+                except EventTooLargeError as exc:
+                    assert exc.size > 4096
+                    refused += 1
+                else:
+                    # What the relay publishes (the event with its placement) fits the limit.
+                    assert len(encode_event(stored)) <= 4096
+                    accepted += 1
+            assert accepted and refused
+        finally:
+            await log.close()
 
     async def test_bad_arguments(self, log: EventLog) -> None:
         with pytest.raises(EventLogArgumentError, match="stream_id"):

@@ -10,6 +10,7 @@ Adapters: ``memory://`` (tests), ``sqlite:///PATH`` (embedded default), ``mongod
 
 from __future__ import annotations
 
+from nexus.eventlog._common import MAX_EVENT_BYTES_VARIABLE, resolve_max_event_bytes
 from nexus.eventlog._errors import (
     ConcurrencyError,
     DuplicateEventError,
@@ -17,13 +18,16 @@ from nexus.eventlog._errors import (
     EventLogClosedError,
     EventLogError,
     EventLogUnavailableError,
+    EventTooLargeError,
 )
-from nexus.eventlog._port import ANY, GENESIS_HASH, NO_STREAM, STREAM_EXISTS, EventLog
+from nexus.eventlog._port import ANY, DEFAULT_MAX_EVENT_BYTES, GENESIS_HASH, NO_STREAM, STREAM_EXISTS, EventLog
 from nexus.eventlog.chain import event_hash
 
 __all__ = [
     "ANY",
+    "DEFAULT_MAX_EVENT_BYTES",
     "GENESIS_HASH",
+    "MAX_EVENT_BYTES_VARIABLE",
     "NO_STREAM",
     "STREAM_EXISTS",
     "ConcurrencyError",
@@ -33,26 +37,35 @@ __all__ = [
     "EventLogClosedError",
     "EventLogError",
     "EventLogUnavailableError",
+    "EventTooLargeError",
     "event_hash",
     "open_event_log",
+    "resolve_max_event_bytes",
 ]
 
 
-async def open_event_log(url: str) -> EventLog:
-    """Open the event log named by ``url`` (``memory://``, ``sqlite:///PATH``, ``mongodb://…``)."""
+async def open_event_log(url: str, *, max_event_bytes: int | None = None) -> EventLog:
+    """Open the event log named by ``url`` (``memory://``, ``sqlite:///PATH``, ``mongodb://…``).
+
+    ``max_event_bytes`` is the largest event an append accepts (``EventTooLargeError`` above
+    it); by default ``NEXUS_MAX_EVENT_BYTES`` from the environment, else 512 KiB.
+
+    Raises:
+        EventLogArgumentError: the URL, or the limit, is malformed.
+    """
     scheme = url.split(":", 1)[0].lower()
     if scheme == "memory":
         from nexus.eventlog.memory import MemoryEventLog
 
-        return MemoryEventLog(url)
+        return MemoryEventLog(url, max_event_bytes=max_event_bytes)
     if scheme == "sqlite":
         from nexus.eventlog.sqlite import SqliteEventLog
 
-        return await SqliteEventLog.open(url)
+        return await SqliteEventLog.open(url, max_event_bytes=max_event_bytes)
     if scheme in ("mongodb", "mongodb+srv"):
         from nexus.eventlog.mongo import MongoEventLog
 
-        return await MongoEventLog.open(url)
+        return await MongoEventLog.open(url, max_event_bytes=max_event_bytes)
     raise EventLogArgumentError(
         f"NEXUS_EVENT_LOG_URL {url!r}: unknown scheme {scheme!r} (use memory://, sqlite:///PATH or mongodb://HOST/DB)"
     )

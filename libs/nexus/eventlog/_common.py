@@ -2,25 +2,63 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from typing import Final
 
 import msgspec
 
-from nexus.eventlog._errors import ConcurrencyError, DuplicateEventError, EventLogArgumentError
-from nexus.eventlog._port import ANY, NO_STREAM, STREAM_EXISTS
+from nexus.eventlog._errors import ConcurrencyError, DuplicateEventError, EventLogArgumentError, EventTooLargeError
+from nexus.eventlog._port import ANY, DEFAULT_MAX_EVENT_BYTES, NO_STREAM, STREAM_EXISTS
 from nexus.eventlog.chain import content_bytes, hex_digest, same_content
 from nexus.proto import CloudEvent
 
 _json = msgspec.json.Encoder()
 
+MAX_EVENT_BYTES_VARIABLE: Final = "NEXUS_MAX_EVENT_BYTES"
+_MIN_MAX_EVENT_BYTES: Final = 1024
 
-def check_append(
-    stream_id: str, events: Sequence[CloudEvent], expected_version: int, *, check_data: bool = True
-) -> None:
+# What sealing adds to an event's content (``chain.seal_content``): the placement attributes,
+# with both hashes (64 hex digits) and position and version at their widest (20 digits).
+_PLACEMENT_BYTES: Final = len(b',"hash":"","position":,"prevhash":"","streamid":,"streamversion":') + 2 * 64 + 2 * 20
+
+
+def resolve_max_event_bytes(value: int | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """The per-event size limit an adapter enforces.
+
+    ``value`` when given, else ``NEXUS_MAX_EVENT_BYTES`` from the environment, else
+    ``DEFAULT_MAX_EVENT_BYTES`` (512 KiB).
+
+    Raises:
+        EventLogArgumentError: the value is not an integer of at least 1024 bytes.
+    """
+    if value is None:
+        text = (os.environ if environ is None else environ).get(MAX_EVENT_BYTES_VARIABLE, "").strip()
+        if not text:
+            return DEFAULT_MAX_EVENT_BYTES
+        if not text.isdigit():
+            raise EventLogArgumentError(
+                f"{MAX_EVENT_BYTES_VARIABLE}={text!r} is not a number of bytes (e.g. {DEFAULT_MAX_EVENT_BYTES})"
+            )
+        value, what = int(text), MAX_EVENT_BYTES_VARIABLE
+    else:
+        what = "max_event_bytes"
+    if isinstance(value, bool) or not isinstance(value, int) or value < _MIN_MAX_EVENT_BYTES:
+        raise EventLogArgumentError(
+            f"{what} must be an integer of at least {_MIN_MAX_EVENT_BYTES} bytes, got {value!r}"
+        )
+    return value
+
+
+def stored_size(content: bytes, stream_id: str) -> int:
+    """An upper bound of the stored (and relayed) size of an event whose content is ``content``."""
+    return len(content) + _PLACEMENT_BYTES + len(_json.encode(stream_id))
+
+
+def check_append(stream_id: str, events: Sequence[CloudEvent], expected_version: int) -> None:
     """Raise EventLogArgumentError for arguments no adapter accepts.
 
-    ``check_data=False`` skips encoding each event's data, for an adapter that encodes the
-    events with ``encode_contents`` right after (which reports the same error).
+    The events' data is checked by ``encode_contents``, which every adapter calls next.
     """
     if not isinstance(stream_id, str) or not stream_id.strip():
         raise EventLogArgumentError("stream_id must be a non-empty string")
@@ -41,27 +79,36 @@ def check_append(
         if event.id in seen:
             raise EventLogArgumentError(f"events[{index}]: id {event.id!r} appears twice in the batch")
         seen.add(event.id)
-        if check_data:
-            try:
-                _json.encode(event.data)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise _not_json(index, event, exc) from None
 
 
-def encode_contents(events: Sequence[CloudEvent], first_index: int = 0) -> list[tuple[bytes, bytes]]:
+def encode_contents(
+    events: Sequence[CloudEvent], *, stream_id: str, limit: int, first_index: int = 0
+) -> list[tuple[bytes, bytes]]:
     """Each event's ``chain.content_bytes`` and its ``chain.hex_digest``, computed by the caller.
 
+    This is the one place every adapter checks an event's size: the content is encoded here
+    anyway (for the hash and the stored body), so the check is one comparison per event.
     ``first_index`` is the index of ``events[0]`` in the append, for the error message.
 
     Raises:
         EventLogArgumentError: an event's data is not JSON-serialisable.
+        EventTooLargeError: an event, once stored, could be larger than ``limit`` bytes.
     """
+    room = limit - stored_size(b"", stream_id)
     out = []
     for index, event in enumerate(events, first_index):
         try:
             content = content_bytes(event)
         except (TypeError, ValueError, OverflowError) as exc:
             raise _not_json(index, event, exc) from None
+        if len(content) > room:
+            raise EventTooLargeError(
+                size=stored_size(content, stream_id),
+                limit=limit,
+                event_type=event.type,
+                stream_id=stream_id,
+                event_id=event.id,
+            )
         out.append((content, hex_digest(content)))
     return out
 

@@ -30,6 +30,26 @@ class DuplicateEventError(EventLogError):
         self.reason = reason
 
 
+class EventTooLargeError(EventLogError):
+    """An event's encoded size exceeds the log's limit (``NEXUS_MAX_EVENT_BYTES``); nothing was written.
+
+    The limit keeps every stored event small enough for the bus to carry (NATS refuses a
+    message above its ``max_payload``, 1 MiB by default); large values belong in Raw, referred
+    to from the event.
+    """
+
+    def __init__(self, *, size: int, limit: int, event_type: str, stream_id: str, event_id: str = "") -> None:
+        super().__init__(
+            f"event {event_type!r} for stream {stream_id!r} is {size} bytes encoded; the event log accepts "
+            f"at most {limit} bytes per event (NEXUS_MAX_EVENT_BYTES): store large values in Raw and refer to them"
+        )
+        self.size = size
+        self.limit = limit
+        self.event_type = event_type
+        self.stream_id = stream_id
+        self.event_id = event_id
+
+
 class EventLogUnavailableError(EventLogError):
     """The backing store cannot be reached or failed; the operation may be retried."""
 

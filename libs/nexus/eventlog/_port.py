@@ -18,6 +18,11 @@ STREAM_EXISTS: Final = -4
 GENESIS_HASH: Final = "0" * 64
 """``prevhash`` of the first event of every stream."""
 
+DEFAULT_MAX_EVENT_BYTES: Final = 512 * 1024
+"""The default per-event size limit (``NEXUS_MAX_EVENT_BYTES``): half of NATS's default
+``max_payload`` (1 MiB), leaving room for the relay's headers and for a server configured
+with a somewhat smaller limit."""
+
 
 class EventLog(abc.ABC):
     """An append-only log of CloudEvents, partitioned into streams, with a global order.
@@ -28,6 +33,9 @@ class EventLog(abc.ABC):
     """
 
     url: str = ""
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    """The largest event (stored and relayed form, in bytes) an append accepts; larger ones
+    raise EventTooLargeError. Set from ``NEXUS_MAX_EVENT_BYTES`` when the adapter is opened."""
 
     @abc.abstractmethod
     async def append(
@@ -43,6 +51,7 @@ class EventLog(abc.ABC):
             ConcurrencyError: the stream is not at ``expected_version``; nothing was written.
             DuplicateEventError: an id is stored with other content; nothing was written.
             EventLogArgumentError: empty stream id, empty batch, data that is not JSON.
+            EventTooLargeError: an event is larger than ``max_event_bytes``; nothing was written.
             EventLogUnavailableError: the store failed; nothing was written.
         """
 

@@ -74,9 +74,16 @@ def event_hash(event: CloudEvent) -> str:
     ).hexdigest()
 
 
-def seal(event: CloudEvent, *, stream_id: str, version: int, position: int, prevhash: str) -> CloudEvent:
-    """The event as stored: stream, version, position and the hash chain assigned."""
-    digest = placement_hash(stream_id, version, position, prevhash, content_digest(event))
+def seal(
+    event: CloudEvent, *, stream_id: str, version: int, position: int, prevhash: str, content: str | None = None
+) -> CloudEvent:
+    """The event as stored: stream, version, position and the hash chain assigned.
+
+    ``content`` is ``content_digest(event)`` when the caller computed it already.
+    """
+    if content is None:
+        content = content_digest(event)
+    digest = placement_hash(stream_id, version, position, prevhash, content)
     return msgspec.structs.replace(
         event, streamid=stream_id, streamversion=version, position=position, prevhash=prevhash, hash=digest
     )
@@ -121,13 +128,22 @@ def hex_digest(data: bytes) -> bytes:
 
 
 def seal_encoded(
-    event: CloudEvent, *, stream_id: str, version: int, position: int, prevhash: str
+    event: CloudEvent,
+    *,
+    stream_id: str,
+    version: int,
+    position: int,
+    prevhash: str,
+    content: tuple[bytes, bytes] | None = None,
 ) -> tuple[CloudEvent, bytes]:
-    """``seal``, plus the stored event's JSON body (see ``seal_content``)."""
-    content = content_bytes(event)
+    """``seal``, plus the stored event's JSON body (see ``seal_content``).
+
+    ``content`` is ``(content_bytes(event), hex_digest(…))`` when the caller computed them already.
+    """
+    encoded, digest = (content_bytes(event), None) if content is None else content
     hash_, body = seal_content(
-        content,
-        hex_digest(content),
+        encoded,
+        hex_digest(encoded) if digest is None else digest,
         stream_key=_json.encode(stream_id),
         version=version,
         position=position,

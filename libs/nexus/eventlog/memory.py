@@ -12,7 +12,9 @@ from nexus.eventlog._common import (
     check_limit,
     check_position,
     check_types,
+    encode_contents,
     match_stored,
+    resolve_max_event_bytes,
 )
 from nexus.eventlog._errors import EventLogClosedError
 from nexus.eventlog._port import ANY, GENESIS_HASH, EventLog
@@ -22,8 +24,9 @@ from nexus.proto import CloudEvent
 class MemoryEventLog(EventLog):
     """All events in a list; appends are atomic because they never yield to the event loop."""
 
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(self, url: str = "memory://", *, max_event_bytes: int | None = None) -> None:
         self.url = url
+        self.max_event_bytes = resolve_max_event_bytes(max_event_bytes)
         self._events: list[CloudEvent] = []
         self._streams: dict[str, list[CloudEvent]] = {}
         self._by_id: dict[str, CloudEvent] = {}
@@ -39,6 +42,7 @@ class MemoryEventLog(EventLog):
     ) -> list[CloudEvent]:
         self._check_open()
         check_append(stream_id, events, expected_version)
+        contents = encode_contents(events, stream_id=stream_id, limit=self.max_event_bytes)
         stored = self._already_stored(stream_id, events)
         if stored is not None:
             return stored
@@ -54,6 +58,7 @@ class MemoryEventLog(EventLog):
                 version=len(stream) + offset + 1,
                 position=len(self._events) + offset + 1,
                 prevhash=prevhash,  # type: ignore[arg-type]
+                content=contents[offset][1].decode(),
             )
             prevhash = placed.hash
             out.append(placed)

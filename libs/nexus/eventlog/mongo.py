@@ -38,7 +38,9 @@ from nexus.eventlog._common import (
     check_limit,
     check_position,
     check_types,
+    encode_contents,
     match_stored,
+    resolve_max_event_bytes,
 )
 from nexus.eventlog._errors import (
     EventLogArgumentError,
@@ -81,8 +83,9 @@ class _AlreadyStored(Exception):
 class MongoEventLog(EventLog):
     """The event log in a MongoDB replica set; open it with ``await MongoEventLog.open(url)``."""
 
-    def __init__(self, url: str, client: Any, database: str) -> None:
+    def __init__(self, url: str, client: Any, database: str, *, max_event_bytes: int | None = None) -> None:
         self.url = url
+        self.max_event_bytes = resolve_max_event_bytes(max_event_bytes)
         self._client = client
         self._db = client.get_database(
             database,
@@ -95,15 +98,18 @@ class MongoEventLog(EventLog):
         self._changed = asyncio.Event()
 
     @classmethod
-    async def open(cls, url: str) -> MongoEventLog:
+    async def open(cls, url: str, *, max_event_bytes: int | None = None) -> MongoEventLog:
         """Connect, check that the server is a replica set, and create the indexes.
 
+        ``max_event_bytes``: the per-event size limit (default: ``NEXUS_MAX_EVENT_BYTES``, else 512 KiB).
+
         Raises:
-            EventLogArgumentError: the URL is malformed.
+            EventLogArgumentError: the URL or the limit is malformed.
             EventLogUnavailableError: the server does not answer, or is not a replica set.
         """
         if AsyncMongoClient is None:  # pragma: no cover
             raise EventLogUnavailableError("pymongo is not installed")
+        limit = resolve_max_event_bytes(max_event_bytes)
         parts = urlsplit(url)
         if not parts.netloc:
             raise EventLogArgumentError(f"{url!r}: give a host, e.g. mongodb://localhost:27017/nexus?replicaSet=rs0")
@@ -121,7 +127,7 @@ class MongoEventLog(EventLog):
                     raise EventLogUnavailableError(
                         f"MongoDB at {parts.hostname} is a standalone server; " + REPLICA_SET_NEEDED
                     )
-                log = cls(url, client, database)
+                log = cls(url, client, database, max_event_bytes=limit)
                 await log._events.create_index(
                     [("stream_id", ASCENDING), ("version", ASCENDING)], unique=True, name="stream_version"
                 )
@@ -146,6 +152,8 @@ class MongoEventLog(EventLog):
         self._check_open()
         check_append(stream_id, events, expected_version)
         batch = list(events)
+        # Encoded (and size-checked) once, outside the transaction that a conflict may retry.
+        contents = encode_contents(batch, stream_id=stream_id, limit=self.max_event_bytes)
         for _ in range(_APPEND_ATTEMPTS):
             try:
                 with _driver_errors():
@@ -153,7 +161,7 @@ class MongoEventLog(EventLog):
                         # with_transaction retries the whole callback on TransientTransactionError
                         # (a write conflict on the counter) and the commit on an unknown result.
                         stored = await session.with_transaction(
-                            lambda s: self._append_in(s, stream_id, batch, expected_version)
+                            lambda s: self._append_in(s, stream_id, batch, contents, expected_version)
                         )
             except _AlreadyStored as done:
                 return done.stored
@@ -168,7 +176,12 @@ class MongoEventLog(EventLog):
         )
 
     async def _append_in(
-        self, session: Any, stream_id: str, events: list[CloudEvent], expected_version: int
+        self,
+        session: Any,
+        stream_id: str,
+        events: list[CloudEvent],
+        contents: list[tuple[bytes, bytes]],
+        expected_version: int,
     ) -> list[CloudEvent]:
         # The counter first: it makes concurrent appends conflict before they read anything,
         # which serialises them (snapshot reads below cannot be stale for a committed append).
@@ -203,6 +216,7 @@ class MongoEventLog(EventLog):
                 version=version + offset + 1,
                 position=first_position + offset,
                 prevhash=prevhash,  # type: ignore[arg-type]
+                content=contents[offset],
             )
             prevhash = sealed.hash
             out.append(sealed)

@@ -61,6 +61,7 @@ from nexus.eventlog._common import (
     check_types,
     encode_contents,
     match_stored,
+    resolve_max_event_bytes,
 )
 from nexus.eventlog._errors import (
     ConcurrencyError,
@@ -237,9 +238,12 @@ _Outcome = tuple[_Append, list[CloudEvent] | _Placed | None, BaseException | Non
 class SqliteEventLog(EventLog):
     """The event log in one SQLite file; open it with ``await SqliteEventLog.open(url)``."""
 
-    def __init__(self, url: str, options: SqliteOptions, writer: sqlite3.Connection) -> None:
+    def __init__(
+        self, url: str, options: SqliteOptions, writer: sqlite3.Connection, *, max_event_bytes: int | None = None
+    ) -> None:
         self.url = url
         self.options = options
+        self.max_event_bytes = resolve_max_event_bytes(max_event_bytes)
         self._con = writer
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._submit_lock = threading.Lock()
@@ -267,17 +271,20 @@ class SqliteEventLog(EventLog):
         self._writer.start()
 
     @classmethod
-    async def open(cls, url: str) -> SqliteEventLog:
+    async def open(cls, url: str, *, max_event_bytes: int | None = None) -> SqliteEventLog:
         """Open (creating if needed) the log file named by ``url``.
 
+        ``max_event_bytes``: the per-event size limit (default: ``NEXUS_MAX_EVENT_BYTES``, else 512 KiB).
+
         Raises:
-            EventLogArgumentError: the URL is malformed.
+            EventLogArgumentError: the URL or the limit is malformed.
             EventLogUnavailableError: the file cannot be opened, is not a Nexus log, or was
                 written by a newer schema.
         """
         options = SqliteOptions.from_url(url)
+        limit = resolve_max_event_bytes(max_event_bytes)
         writer = await asyncio.to_thread(_open_writer, options)
-        return cls(url, options, writer)
+        return cls(url, options, writer, max_event_bytes=limit)
 
     # ---- statistics -------------------------------------------------------------------
 
@@ -307,13 +314,17 @@ class SqliteEventLog(EventLog):
         self, stream_id: str, events: Sequence[CloudEvent], expected_version: int = ANY
     ) -> list[CloudEvent]:
         self._check_open()
-        check_append(stream_id, events, expected_version, check_data=False)
+        check_append(stream_id, events, expected_version)
         events = list(events)
         # A short append is encoded and digested here, not in the writer: the writer's work
         # is what every concurrent append waits for, and this part does not depend on the
         # event's place. A longer one is encoded by the writer chunk by chunk, while its
         # previous chunk is being inserted (see _write_rows).
-        contents = encode_contents(events) if len(events) <= _INSERT_ROWS else None
+        contents = (
+            encode_contents(events, stream_id=stream_id, limit=self.max_event_bytes)
+            if len(events) <= _INSERT_ROWS
+            else None
+        )
         loop = asyncio.get_running_loop()
         request = _Append(stream_id, events, contents, expected_version, loop, loop.create_future())
         with self._submit_lock:
@@ -550,7 +561,7 @@ class SqliteEventLog(EventLog):
             for start in range(0, len(events), _INSERT_ROWS):
                 chunk = events[start : start + _INSERT_ROWS]
                 contents = (
-                    encode_contents(chunk, start)
+                    encode_contents(chunk, stream_id=stream_id, limit=self.max_event_bytes, first_index=start)
                     if request.contents is None
                     else request.contents[start : start + _INSERT_ROWS]
                 )
