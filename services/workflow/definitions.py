@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
-import yaml
 
 from nexus.services.workflow.errors import DefinitionError, ExpressionError, Problem
 from nexus.services.workflow.expressions import (
@@ -37,6 +36,7 @@ from nexus.services.workflow.expressions import (
     compile_mapping,
     path_references,
 )
+from nexus.yamlsafe import YAMLInputError, load_yaml
 
 __all__ = [
     "STEP_TYPES",
@@ -97,20 +97,18 @@ _SCHEMA_FIELDS = {"id", "provider_id", "name", "version", "type", "description",
 def load_document(document: str | bytes | Mapping[str, Any], what: str = "definition") -> dict[str, Any]:
     """A mapping from YAML or JSON text (JSON is YAML), or the mapping itself.
 
+    Text goes through :func:`nexus.yamlsafe.load_yaml`: no anchors or aliases, and bounded in
+    size, nesting and number of values, so a small document cannot expand into a huge one.
+
     Raises:
-        DefinitionError: the text does not parse or is not a mapping.
+        DefinitionError: the text does not parse, is refused by the YAML limits, or is not a mapping.
     """
     if isinstance(document, Mapping):
         return dict(document)
-    if isinstance(document, bytes):
-        try:
-            document = document.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DefinitionError([("$", f"the {what} is not UTF-8 text")]) from None
     try:
-        loaded = yaml.safe_load(document)
-    except yaml.YAMLError as exc:
-        raise DefinitionError([("$", f"not valid YAML or JSON: {exc}")]) from None
+        loaded = load_yaml(document, what=what)
+    except YAMLInputError as exc:
+        raise DefinitionError([("$", str(exc))]) from None
     if not isinstance(loaded, dict):
         raise DefinitionError([("$", f"the {what} must be a mapping, got {type(loaded).__name__}")])
     return loaded

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import yaml
 from aiohttp import web
 
 from nexus.bus import BusError, ConsumerSpec, Delivery, PoisonMessageError, RetryableError
@@ -54,6 +53,7 @@ from nexus.services.workflow.errors import (
 )
 from nexus.services.workflow.expressions import Condition, Mapping_, compile_condition, compile_mapping
 from nexus.services.workflow.jobapi import key_view, require_key
+from nexus.yamlsafe import YAMLInputError, load_yaml
 
 __all__ = ["TRIGGERS_STREAM", "Trigger", "TriggerEngine", "TriggerError", "install", "parse_trigger"]
 
@@ -131,9 +131,9 @@ def parse_trigger(document: str | bytes | Mapping[str, Any]) -> tuple[TriggerReg
     """
     if isinstance(document, (str, bytes)):
         try:
-            document = yaml.safe_load(document)
-        except yaml.YAMLError as exc:
-            raise TriggerError([("$", f"not valid YAML or JSON: {exc}")]) from None
+            document = load_yaml(document, what="trigger")
+        except YAMLInputError as exc:
+            raise TriggerError([("$", str(exc))]) from None
     if not isinstance(document, Mapping):
         raise TriggerError([("$", "a trigger must be a mapping")])
     problems: list[tuple[str, str]] = [(f"$.{k}", "unknown field") for k in document if k not in _FIELDS]
@@ -321,7 +321,7 @@ def _read_yaml_files(directory: Path) -> list[Any]:
     if not directory.is_dir():
         return documents
     for path in sorted(directory.glob("*.yaml")):
-        loaded = yaml.safe_load(path.read_text())
+        loaded = load_yaml(path.read_text(), what=f"trigger file {path.name}")
         documents.extend(loaded if isinstance(loaded, list) else [loaded])
     return documents
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import resource
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ from nexus.services.workflow.definitions import RetryPolicy, parse_schema, parse
 from nexus.services.workflow.errors import DefinitionError, ExpressionError
 from nexus.services.workflow.expressions import compile_condition, compile_mapping
 from nexus.services.workflow.settings import BUNDLED_DIR
+from nexus.yamlsafe import InvalidYAMLError, UnsafeYAMLError, load_yaml
 
 KNOWN_SERVICES = {"studio", "core", "stub"}
 
@@ -246,3 +250,95 @@ def test_bundled_directory_layout():
         "text-expansion.yaml",
     ]
     assert Path(BUNDLED_DIR / "schemas" / "blob-output-schema.yaml").exists()
+
+
+# --- YAML: no aliases, bounded -------------------------------------------------------------
+
+# "Billion laughs" in YAML: nine anchors, each a list of nine aliases of the previous one.
+# PyYAML's safe_load expands it to 9**9 strings (gigabytes); it must be refused unread.
+ALIAS_BOMB = (
+    "id: bomb\nsteps: *i\n"
+    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + "".join(f"{b}: &{b} [{','.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+    + "description: billion laughs, written out nowhere, refused before it is built\n"
+)
+
+
+def test_the_alias_bomb_is_small():
+    assert 400 <= len(ALIAS_BOMB) <= 450
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (ALIAS_BOMB, "alias *i (line 2"),
+        ("id: w\nname: &n x\n", "anchor &n (line 2"),
+        ("a: " + "[" * 64 + "]" * 64, "deeper than 64 levels"),
+        ("- " * 65 + "x", "deeper than 64 levels"),
+        ("xs: [" + ",".join(["1"] * 20_001) + "]", "more than 20000 YAML values"),
+        ("x: " + "y" * (1024 * 1024), "the limit is 1048576 bytes"),
+    ],
+    ids=["alias bomb", "anchor", "deep flow", "deep block", "too many values", "too long"],
+)
+def test_unsafe_yaml_is_refused_naming_the_problem(text, expected):
+    with pytest.raises(UnsafeYAMLError) as caught:
+        load_yaml(text, what="workflow")
+    assert expected in str(caught.value) and "workflow" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b"id: \xff\xfe", "not UTF-8 text"),
+        ("id: [", "not valid YAML or JSON"),
+        ("a: 1\n---\nb: 2\n", "not valid YAML or JSON"),
+        ("n: " + "7" * 5000, "cannot be read"),
+        ("x: !!python/object/apply:os.system [ls]", "not valid YAML or JSON"),
+        ("x: a\x00b", "not valid YAML or JSON"),
+    ],
+    ids=["invalid utf-8", "syntax", "two documents", "huge integer", "python tag", "NUL"],
+)
+def test_invalid_yaml_is_a_clear_value_error(text, expected):
+    with pytest.raises(InvalidYAMLError) as caught:
+        load_yaml(text, what="workflow")
+    assert isinstance(caught.value, ValueError) and expected in str(caught.value)
+
+
+def test_plain_yaml_and_json_still_load_within_the_limits():
+    assert load_yaml("a: {b: [1, 2.5, true, null, 'x']}\n") == {"a": {"b": [1, 2.5, True, None, "x"]}}
+    assert load_yaml(b'{"id": "w", "steps": []}') == {"id": "w", "steps": []}
+    # 64 levels: the mapping and 63 lists inside it.
+    assert load_yaml("a: " + "[" * 63 + "]" * 63) == {"a": json.loads("[" * 63 + "]" * 63)}
+    assert len(load_yaml("xs: [" + ",".join(["1"] * 19_000) + "]")["xs"]) == 19_000
+    # Every bundled definition is within the limits (they are loaded through the same function).
+    for path in BUNDLED_DIR.rglob("*.yaml"):
+        assert isinstance(load_yaml(path.read_text(), what=path.name), dict | list), path
+
+
+def test_load_document_turns_yaml_refusals_into_definition_problems():
+    with pytest.raises(DefinitionError) as caught:
+        parse(ALIAS_BOMB)
+    assert caught.value.problems[0][0] == "$" and "alias" in caught.value.problems[0][1]
+
+
+async def test_the_alias_bomb_is_refused_by_post_workflows_and_post_triggers(workflow_service):
+    running = await workflow_service(modules=True)
+    head = await running.service.log.head()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    for route in ("/workflows", "/triggers"):
+        started = time.perf_counter()
+        status, body = await running.post(route, data=ALIAS_BOMB.encode())
+        elapsed = time.perf_counter() - started
+        # Refused at once, naming the alias, with nothing expanded...
+        assert status == 400, (route, body)
+        assert "alias *i" in json.dumps(body), (route, body)
+        assert elapsed < 1.0, (route, elapsed)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert grown_mib < 50, f"peak memory grew by {grown_mib:.0f} MiB"
+    # ...and nothing was appended to the log.
+    assert await running.service.log.head() == head
+    # The service still registers a valid definition afterwards.
+    status, body = await running.post(
+        "/workflows", data=b"id: fine\nsteps:\n  - {id: a, service: stub, endpoint: /echo}\n"
+    )
+    assert status == 201, body

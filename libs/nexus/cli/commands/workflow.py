@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
-import yaml
+
+from nexus.yamlsafe import YAMLInputError, load_yaml
 
 __all__ = [
     "FINAL_STATUSES",
@@ -321,9 +322,9 @@ def _read_document(path: str) -> tuple[bytes, dict[str, Any]]:
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror or exc}", 2) from None
     try:
-        parsed = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise CommandError(f"{path} is not YAML or JSON: {exc}", 2) from None
+        parsed = load_yaml(raw, what=f"file {path}")
+    except YAMLInputError as exc:
+        raise CommandError(str(exc), 2) from None
     if not isinstance(parsed, dict):
         raise CommandError(f"{path} must hold one mapping (a workflow or a schema)", 2)
     return raw, parsed
@@ -366,9 +367,9 @@ def parse_input(text: str | None) -> Any:
         except OSError as exc:
             raise CommandError(f"--input {text}: cannot read {path}: {exc.strerror or exc}", 2) from None
         try:
-            return yaml.safe_load(content)
-        except yaml.YAMLError as exc:
-            raise CommandError(f"--input {text}: not JSON or YAML: {exc}", 2) from None
+            return load_yaml(content, what=f"file {path}")
+        except YAMLInputError as exc:
+            raise CommandError(f"--input {text}: {exc}", 2) from None
     try:
         return json.loads(text)
     except ValueError as exc:
