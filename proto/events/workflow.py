@@ -27,6 +27,8 @@ class WorkflowRegistered(msgspec.Struct, frozen=True, kw_only=True):
     """The definition as registered (seed 004's YAML format, as JSON)."""
     source: str = "api"
     """Where it came from: ``api``, ``command``, ``bundled:<file>``."""
+    tenant: str = "platform"
+    """The namespace the workflow lives in: the registering client's, or the platform's."""
 
 
 @event_type("nexus.workflow.schema.registered")
@@ -38,6 +40,8 @@ class SchemaRegistered(msgspec.Struct, frozen=True, kw_only=True):
     document: dict[str, Any]
     """The schema as registered (seed 004's format; JSON Schema 2020-12 under ``definition``)."""
     source: str = "api"
+    tenant: str = "platform"
+    """The namespace the schema lives in: the registering client's, or the platform's."""
 
 
 # --- executions -------------------------------------------------------------------------------
@@ -58,6 +62,10 @@ class ExecutionQueued(msgspec.Struct, frozen=True, kw_only=True):
     provider_id: str = ""
     trigger: dict[str, Any] | None = None
     """What started it (a trigger, a job, a phase), when not a plain API call."""
+    tenant: str = "platform"
+    """The client that owns the execution (who started it, or the trigger's owner)."""
+    workflow_tenant: str = "platform"
+    """The namespace of the definition it runs (the owner's own, or the platform's)."""
 
 
 @event_type("nexus.workflow.execution.claimed")

@@ -3,6 +3,11 @@
 Every route needs a client API key (``x-service-key`` or ``X-API-Key``): a missing, unknown or
 revoked key is answered 401 ``{"error": "unauthorized", "message"}``, a worker token 403.
 
+Everything belongs to a tenant (the client of the key). A client registers definitions in its
+own namespace and sees its own and the platform's; it sees, streams and cancels only its own
+executions (another tenant's answers 404, like a missing one). An admin key (scope ``admin``)
+sees every tenant's, and each such access is recorded in stream ``audit-admin``.
+
 Errors are JSON: ``{"error", "message"}``, plus ``"problems": [{"path", "message"}]`` when a
 definition or an input is refused (400), naming every field at fault.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
+import inspect
 import json
 import logging
 from typing import Any
@@ -19,9 +25,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from nexus.auth import AUTH, KeyInfo
 from nexus.bus import Delivery, PoisonMessageError
-from nexus.proto import EnvelopeError, decode_event
-from nexus.runtime import HTTPError, Service, json_response
+from nexus.proto import PLATFORM_TENANT, EnvelopeError, decode_event
+from nexus.runtime import HTTPError, Owned, Service, json_response
 from nexus.services.workflow.context import FINAL_STATUSES, STATUSES, WorkflowContext
 from nexus.services.workflow.definitions import load_document
 from nexus.services.workflow.errors import (
@@ -37,7 +44,12 @@ __all__ = ["OPTIONAL_MODULES", "install", "install_optional"]
 logger = logging.getLogger("nexus.workflow.api")
 
 OPTIONAL_MODULES = ("jobapi", "uploads", "triggers", "phases", "live")
-"""Modules of the service that add routes of their own when present (``install(app, ctx)``)."""
+"""Modules of the service that add routes of their own when present (``install(service, ctx)``)."""
+
+TENANT_HEADER = "Nexus-Tenant"
+"""The tenant a command is sent for. Only platform identities may publish on ``nexus.cmd.>``
+(NATS authorization), so the header is the platform's word, not the payload's claim; a
+command without it acts for the platform."""
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -73,6 +85,20 @@ class Accepted(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     status: str
     workflow_id: str
+
+
+def _caller(request: web.Request) -> KeyInfo:
+    return request[AUTH]
+
+
+def _scope(request: web.Request) -> str | None:
+    """The tenant whose resources a listing shows: the caller's, or None (all) for an admin."""
+    info = _caller(request)
+    return None if info.is_admin else info.tenant
+
+
+def _with_tenant(body: dict[str, Any], tenant: str) -> dict[str, Any]:
+    return {**body, "tenant": tenant}
 
 
 def _problems(exc: ProblemsError, code: str) -> web.Response:
@@ -124,14 +150,24 @@ def install(service: Service, ctx: WorkflowContext) -> None:
     )
     async def post_workflow(request: web.Request) -> web.Response:
         try:
-            workflow = await registry.register_workflow(await _document(request), source="api")
+            tenant = _caller(request).tenant
+            workflow = await registry.register_workflow(await _document(request), source="api", tenant=tenant)
         except DefinitionError as exc:
             return _problems(exc, "invalid_definition")
-        return json_response(workflow.to_json(), status=201)
+        return json_response(_with_tenant(workflow.to_json(), tenant), status=201)
 
-    @route("GET", "/workflows", summary="The latest version of every workflow", tags=["workflows"])
+    @route(
+        "GET",
+        "/workflows",
+        summary="The latest version of every workflow the caller sees (its own and the platform's)",
+        tags=["workflows"],
+    )
     async def list_workflows(request: web.Request) -> web.Response:
-        return json_response({"workflows": [w.to_json() for w in registry.list_workflows()]})
+        listed = registry.workflow_entries(_scope(request))  # type: ignore[attr-defined]
+        return json_response({"workflows": [_with_tenant(w.to_json(), t) for t, w in listed]})
+
+    def workflow_tenant(request: web.Request) -> str | None:
+        return registry.workflow_tenant(request.match_info["workflow_id"], _caller(request).tenant)
 
     @route(
         "GET",
@@ -143,12 +179,13 @@ def install(service: Service, ctx: WorkflowContext) -> None:
     )
     async def get_workflow(request: web.Request) -> web.Response:
         workflow_id = request.match_info["workflow_id"]
+        tenant = _caller(request).tenant
         version = _int_query(request, "version", 0, 0, 1_000_000) or None
-        workflow = registry.get_workflow(workflow_id, version)
+        workflow = registry.get_workflow(workflow_id, version, tenant=tenant)
         if workflow is None:
             raise HTTPError(404, str(UnknownWorkflowError(workflow_id, version)))
-        body = workflow.to_json()
-        body["versions"] = len(registry.workflow_versions(workflow_id))  # type: ignore[attr-defined]
+        body = _with_tenant(workflow.to_json(), registry.workflow_tenant(workflow_id, tenant) or PLATFORM_TENANT)
+        body["versions"] = len(registry.workflow_versions(workflow_id, tenant=tenant))
         return json_response(body)
 
     @route(
@@ -161,18 +198,20 @@ def install(service: Service, ctx: WorkflowContext) -> None:
     )
     async def post_schema(request: web.Request) -> web.Response:
         try:
-            schema = await registry.register_schema(await _document(request), source="api")
+            tenant = _caller(request).tenant
+            schema = await registry.register_schema(await _document(request), source="api", tenant=tenant)
         except DefinitionError as exc:
             return _problems(exc, "invalid_schema")
-        return json_response(schema.to_json(), status=201)
+        return json_response(_with_tenant(schema.to_json(), tenant), status=201)
 
-    @route("GET", "/schemas", summary="Every registered schema", tags=["schemas"])
+    @route("GET", "/schemas", summary="Every schema the caller sees (its own and the platform's)", tags=["schemas"])
     async def list_schemas(request: web.Request) -> web.Response:
-        return json_response({"schemas": [s.to_json() for s in registry.list_schemas()]})
+        listed = registry.schema_entries(_scope(request))  # type: ignore[attr-defined]
+        return json_response({"schemas": [_with_tenant(s.to_json(), t) for t, s in listed]})
 
     @route("GET", "/schemas/{schema_id}", summary="A schema", responses={404: "No such schema"}, tags=["schemas"])
     async def get_schema(request: web.Request) -> web.Response:
-        schema = registry.get_schema(request.match_info["schema_id"])
+        schema = registry.get_schema(request.match_info["schema_id"], tenant=_caller(request).tenant)
         if schema is None:
             raise HTTPError(404, f"schema {request.match_info['schema_id']!r} is not registered")
         return json_response(schema.to_json())
@@ -208,6 +247,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
                 priority=body.priority,
                 idempotency_key=body.idempotency_key,
                 correlation_id=body.correlation_id,
+                tenant=_caller(request).tenant,
             )
         except ProblemsError as exc:
             return _problems(exc, "invalid_input")
@@ -226,7 +266,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
     @route(
         "GET",
         "/executions",
-        summary="Executions, newest first",
+        summary="The caller's executions, newest first (an admin: every tenant's)",
         query={
             "status": f"one of {', '.join(STATUSES)}",
             "workflow_id": "only this workflow's",
@@ -241,15 +281,13 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             raise HTTPError(400, f"status={status!r} is not one of {', '.join(STATUSES)}")
         limit = _int_query(request, "limit", 50, 1, 1000)
         offset = _int_query(request, "offset", 0, 0, 10**9)
-        states = engine.list(
-            status=status.upper() if status else None,
-            workflow_id=request.query.get("workflow_id") or None,
-            limit=limit,
-            offset=offset,
-        )
-        total = ctx.views.count(
-            status=status.upper() if status else None, workflow_id=request.query.get("workflow_id") or None
-        )
+        filters = {
+            "status": status.upper() if status else None,
+            "workflow_id": request.query.get("workflow_id") or None,
+            "tenant": _scope(request),
+        }
+        states = engine.list(limit=limit, offset=offset, **filters)
+        total = ctx.views.count(**filters)
         return json_response(
             {"executions": [s.to_json() for s in states], "total": total, "limit": limit, "offset": offset}
         )
@@ -260,10 +298,13 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             raise HTTPError(404, str(UnknownExecutionError(execution_id)))
         return state
 
+    owned_execution = Owned("execution", "execution_id", engine.tenant_of)
+
     @route(
         "GET",
         "/executions/{execution_id}",
         summary="An execution: status, current step, outputs, error, timings",
+        owned=owned_execution,
         responses={404: "No such execution"},
         tags=["executions"],
     )
@@ -274,6 +315,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         "GET",
         "/executions/{execution_id}/events",
         summary="The execution's history: every event of stream execution-<id>",
+        owned=owned_execution,
         responses={404: "No such execution"},
         tags=["executions"],
     )
@@ -287,6 +329,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         "POST",
         "/executions/{execution_id}/cancel",
         summary="Cancel an execution (compensations of completed steps run; final status CANCELLED)",
+        owned=owned_execution,
         status=202,
         responses={404: "No such execution"},
         tags=["executions"],
@@ -311,6 +354,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         "GET",
         "/executions/{execution_id}/stream",
         summary="Server-Sent Events: the state after each transition, until a final one",
+        owned=owned_execution,
         content_type="text/event-stream",
         responses={404: "No such execution"},
         tags=["executions"],
@@ -337,16 +381,22 @@ def install(service: Service, ctx: WorkflowContext) -> None:
                 await response.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (state.version, event.encode(), payload))
                 if state.status in FINAL_STATUSES:
                     break
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
+        except ConnectionResetError:
+            # The client went away: an ordinary end of a stream, not an error.
+            return response
         finally:
             await states.aclose()  # type: ignore[attr-defined]
         await response.write_eof()
         return response
 
-    @route("GET", "/queue/stats", summary="The queue and this replica's load", tags=["executions"])
+    @route(
+        "GET",
+        "/queue/stats",
+        summary="The queue as the caller sees it (its own executions; an admin: all, and the replicas' load)",
+        tags=["executions"],
+    )
     async def queue_stats(request: web.Request) -> web.Response:
-        return json_response(engine.queue_stats())  # type: ignore[attr-defined]
+        return json_response(engine.queue_stats(_scope(request)))  # type: ignore[attr-defined]
 
     # -- commands -------------------------------------------------------------------------
 
@@ -364,6 +414,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
                 correlation_id=data.get("correlation_id"),
                 causation_id=message_id,
                 trigger=data.get("trigger"),
+                tenant=_command_tenant(delivery),
             )
         except (ProblemsError, UnknownWorkflowError, InactiveWorkflowError) as exc:
             raise PoisonMessageError(str(exc)) from None
@@ -375,13 +426,20 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         data, _ = _command_data(delivery)
         document = data.get("document", data)
         try:
+            tenant = _command_tenant(delivery)
             if data.get("kind") == "schema":
-                item: Any = await registry.register_schema(document, source="command")
+                item: Any = await registry.register_schema(document, source="command", tenant=tenant)
             else:
-                item = await registry.register_workflow(document, source="command")
+                item = await registry.register_workflow(document, source="command", tenant=tenant)
         except DefinitionError as exc:
             raise PoisonMessageError(str(exc)) from None
         return msgspec.json.encode({"id": item.id, "version": item.version})
+
+
+def _command_tenant(delivery: Delivery) -> str:
+    """The tenant a command acts for: its ``Nexus-Tenant`` header (set by a platform identity),
+    else the platform. What the payload says is never taken for it."""
+    return delivery.headers.get(TENANT_HEADER) or PLATFORM_TENANT
 
 
 def _command_data(delivery: Delivery) -> tuple[dict[str, Any], str | None]:
@@ -404,8 +462,8 @@ def _command_data(delivery: Delivery) -> tuple[dict[str, Any], str | None]:
     return event.data, event.id
 
 
-def install_optional(app: web.Application, ctx: WorkflowContext) -> list[str]:
-    """Call ``install(app, ctx)`` of each optional module that exists; returns their names."""
+def install_optional(service: Service, ctx: WorkflowContext) -> list[str]:
+    """Call ``install(service, ctx)`` of each optional module that exists; returns their names."""
     installed = []
     for name in OPTIONAL_MODULES:
         try:
@@ -416,6 +474,8 @@ def install_optional(app: web.Application, ctx: WorkflowContext) -> list[str]:
             raise
         install_fn = getattr(module, "install", None)
         if install_fn is not None:
-            install_fn(app, ctx)
+            # TRANSITION: modules not yet moved to Service.route still take the aiohttp app.
+            first = next(iter(inspect.signature(install_fn).parameters))
+            install_fn(service.app if first == "app" else service, ctx)
             installed.append(name)
     return installed

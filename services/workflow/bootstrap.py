@@ -92,7 +92,7 @@ async def bootstrap(
 
         # One view of the keys for every route: the engine's and the optional modules'.
         service.app[KEY_VIEW] = service.keys
-        installed = api.install_optional(service.app, ctx)
+        installed = api.install_optional(service, ctx)
         logger.info("workflow modules installed: %s", ", ".join(installed) or "none")
 
     @service.on_startup

@@ -39,6 +39,7 @@ import os
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +50,7 @@ import msgspec
 
 from nexus.bus import Bus
 from nexus.eventlog import ConcurrencyError, EventLog
-from nexus.proto import CloudEvent, RandomPool, cmd_subject, encode_event, new_event
+from nexus.proto import PLATFORM_TENANT, CloudEvent, RandomPool, cmd_subject, encode_event, new_event
 from nexus.proto.events import workflow as ev
 from nexus.services.workflow.context import TransitionCallback
 from nexus.services.workflow.definitions import StepDefinition, WorkflowDefinition
@@ -73,8 +74,8 @@ from nexus.services.workflow.handlers import (
 )
 from nexus.services.workflow.identity import ServiceIdentity
 from nexus.services.workflow.registry import WorkflowRegistry
-from nexus.services.workflow.steps import Outcome, call_http, fill_endpoint, traceparent_for
-from nexus.services.workflow.view import ExecutionView
+from nexus.services.workflow.steps import Outcome, call_http, fill_endpoint, task_headers, traceparent_for
+from nexus.services.workflow.view import ACTIVE, ExecutionView
 
 __all__ = ["EngineStats", "WorkflowEngine"]
 
@@ -228,18 +229,18 @@ class WorkflowEngine:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def _workflow_for_start(self, workflow_id: str) -> WorkflowDefinition:
-        workflow = self.registry.get_workflow(workflow_id)
+    def _workflow_for_start(self, workflow_id: str, tenant: str) -> WorkflowDefinition:
+        workflow = self.registry.get_workflow(workflow_id, tenant=tenant)
         if workflow is None:
             raise UnknownWorkflowError(workflow_id)
         if not workflow.active:
             raise InactiveWorkflowError(workflow_id)
         return workflow
 
-    def validate_input(self, workflow: WorkflowDefinition, input: Any) -> None:
+    def validate_input(self, workflow: WorkflowDefinition, input: Any, tenant: str = PLATFORM_TENANT) -> None:
         """Raise InputValidationError when ``input`` fails the workflow's input schema."""
         if workflow.input_schema_id:
-            schema = self.registry.get_schema(workflow.input_schema_id)
+            schema = self.registry.get_schema(workflow.input_schema_id, tenant=tenant)
             if schema is None:
                 raise InputValidationError([("$", f"input schema {workflow.input_schema_id!r} is not registered")])
             problems = schema.errors(input, "$.input")
@@ -256,13 +257,17 @@ class WorkflowEngine:
         correlation_id: str | None = None,
         causation_id: str | None = None,
         trigger: Mapping[str, Any] | None = None,
+        tenant: str = PLATFORM_TENANT,
     ) -> str:
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
             raise InputValidationError([("$.priority", f"must be an integer from 0 to 100, got {priority!r}")])
-        workflow = self._workflow_for_start(workflow_id)
-        self.validate_input(workflow, input)
+        workflow = self._workflow_for_start(workflow_id, tenant)
+        workflow_tenant = self.registry.workflow_tenant(workflow_id, tenant) or PLATFORM_TENANT
+        self.validate_input(workflow, input, tenant)
         if idempotency_key:
-            execution_id = str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{workflow_id}\x00{idempotency_key}"))
+            # Keys are per tenant: another tenant's key never names (or reveals) this execution.
+            scope = workflow_id if tenant == PLATFORM_TENANT else f"{tenant}\x00{workflow_id}"
+            execution_id = str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{scope}\x00{idempotency_key}"))
             if execution_id in self.view.states:
                 return execution_id
         else:
@@ -278,12 +283,15 @@ class WorkflowEngine:
                 idempotency_key=idempotency_key,
                 provider_id=workflow.provider_id,
                 trigger=dict(trigger) if trigger else None,
+                tenant=tenant,
+                workflow_tenant=workflow_tenant,
             ),
             source=SOURCE,
             id=self._ids.event_id(),
             subject=execution_id,
             correlationid=correlation_id or execution_id,
             causationid=causation_id,
+            tenant=tenant,
         )
         if self._may_start_at_once(workflow, execution_id):
             return await self._start_at_once(event)
@@ -336,6 +344,11 @@ class WorkflowEngine:
     async def load(self, execution_id: str) -> ExecutionState | None:
         return fold(await self.log.read_stream(stream_id(execution_id)))
 
+    async def tenant_of(self, execution_id: str) -> str | None:
+        """The tenant that owns the execution, or None when there is no such execution."""
+        state = self.get(execution_id) or await self.load(execution_id)
+        return state.tenant if state is not None else None
+
     async def history(self, execution_id: str) -> list[CloudEvent]:
         return await self.log.read_stream(stream_id(execution_id))
 
@@ -376,9 +389,15 @@ class WorkflowEngine:
         raise RuntimeError(f"execution {execution_id} changes too fast to cancel; try again")
 
     def list(
-        self, status: str | None = None, workflow_id: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        status: str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        *,
+        tenant: str | None = None,
     ) -> list[ExecutionState]:
-        return self.view.list(status=status, workflow_id=workflow_id, limit=limit, offset=offset)
+        return self.view.list(status=status, workflow_id=workflow_id, limit=limit, offset=offset, tenant=tenant)
 
     def watch(self, execution_id: str) -> AsyncIterator[ExecutionState]:
         return self.view.watch(execution_id)
@@ -386,17 +405,29 @@ class WorkflowEngine:
     def on_transition(self, callback: TransitionCallback) -> Callable[[], None]:
         return self.view.on_transition(callback)
 
-    def queue_stats(self) -> dict[str, Any]:
-        """What the queue and this replica are doing (``GET /queue/stats``)."""
-        queued = self.view.queued()
+    def queue_stats(self, tenant: str | None = None) -> dict[str, Any]:
+        """What the queue and this replica are doing (``GET /queue/stats``).
+
+        With ``tenant``, only that tenant's executions are counted and the replicas' own
+        figures are left out; None (an admin) sees everything.
+        """
+        queued = [s for s in self.view.queued() if tenant is None or s.tenant == tenant]
         by_priority: dict[int, int] = {}
         for state in queued:
             by_priority[state.priority] = by_priority.get(state.priority, 0) + 1
-        now = time.time()
-        return {
+        body: dict[str, Any] = {
             "queued": len(queued),
             "queued_by_priority": {str(p): n for p, n in sorted(by_priority.items(), reverse=True)},
             "next": [s.execution_id for s in queued[:10]],
+        }
+        if tenant is not None:
+            mine = [s for s in self.view.states.values() if s.tenant == tenant]
+            body["statuses"] = dict(Counter(s.status for s in mine))
+            body["active_by_workflow"] = dict(Counter(s.workflow_id for s in mine if s.status in ACTIVE))
+            return body
+        now = time.time()
+        return {
+            **body,
             "statuses": self.view.counts(),
             "active_by_workflow": {w: n for w, n in self.view.active_by_workflow.items() if n},
             "replica": {
@@ -433,9 +464,9 @@ class WorkflowEngine:
                 self._drivers[state.execution_id].cancel()
 
     def _admissible(self, state: ExecutionState) -> bool:
-        workflow = self.registry.get_workflow(state.workflow_id, state.workflow_version)
+        workflow = self.registry.get_workflow(state.workflow_id, state.workflow_version, tenant=state.workflow_tenant)
         limit = workflow.max_concurrent if workflow else None
-        return limit is None or self.view.active_by_workflow[state.workflow_id] < limit
+        return limit is None or self.view.active_by_workflow[state.workflow_key] < limit
 
     async def _dispatch_loop(self) -> None:
         while self._running:
@@ -630,7 +661,9 @@ class _Driver:
     async def run(self, takeover: bool) -> None:
         engine = self.engine
         state = self.state
-        self.workflow = engine.registry.get_workflow(state.workflow_id, state.workflow_version)
+        self.workflow = engine.registry.get_workflow(
+            state.workflow_id, state.workflow_version, tenant=state.workflow_tenant
+        )
         if self.workflow is None:
             raise UnknownWorkflowError(state.workflow_id, state.workflow_version)
         deadline = None
@@ -803,8 +836,12 @@ class _Driver:
         timeout = _acting(step, comp).timeout_seconds
         assert self.engine._session is not None
         identity = self.engine.identity
-        # Only platform services see the replica's token; an external service never does.
-        credentials = identity.headers() if identity is not None and service in self.engine.platform_services else None
+        # A platform service gets a token delegated from the execution's tenant (never the
+        # replica's own token): it applies that tenant's permissions. An external service gets none.
+        credentials = None
+        if identity is not None and service in self.engine.platform_services:
+            tenant = getattr(self.state, "tenant", None) or PLATFORM_TENANT
+            credentials = identity.step_headers(tenant, self.execution_id, service)
         outcome = await call_http(
             self.engine._session,
             method,
@@ -857,6 +894,9 @@ class _Driver:
         service = _acting(step, comp).service
         command = _acting(step, comp).command
         until, after = self._wait_bounds(step, comp)
+        # The worker acts for the execution's tenant only: the command says which (only platform
+        # identities may publish on nexus.cmd.>, so the claim is the platform's, not the client's).
+        tenant = getattr(self.state, "tenant", None) or PLATFORM_TENANT
         command_event = new_event(
             f"nexus.{service}.task.{command}",
             {"execution_id": self.execution_id, "step_id": step.id, "idempotency_key": key, "input": request},
@@ -864,6 +904,7 @@ class _Driver:
             subject=key,
             correlationid=self.state.correlation_id or self.execution_id,
             traceparent=self.traceparent,
+            tenant=tenant,
         )
         sent = time.perf_counter()
         try:
@@ -871,7 +912,7 @@ class _Driver:
                 cmd_subject(service, command),
                 encode_event(command_event),
                 msg_id=f"{key}:{action.attempt}",
-                headers={"Idempotency-Key": key, "traceparent": self.traceparent},
+                headers=task_headers(key, self.traceparent, tenant, self.execution_id),
             )
         except Exception as exc:
             return Outcome(False, error=f"cannot send {cmd_subject(service, command)}: {exc}", retryable=True)
@@ -1029,7 +1070,7 @@ class _Driver:
                 if state.steps.get(step.id) and state.steps[step.id].status == "completed":
                     output = state.steps[step.id].output
         if workflow.output_schema_id:
-            schema = self.engine.registry.get_schema(workflow.output_schema_id)
+            schema = self.engine.registry.get_schema(workflow.output_schema_id, tenant=state.workflow_tenant)
             problems = (
                 [("$", f"output schema {workflow.output_schema_id!r} is not registered")]
                 if schema is None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nexus.proto import CloudEvent
+from nexus.proto import PLATFORM_TENANT, CloudEvent
 from nexus.services.workflow.context import FINAL_STATUSES
 from nexus.services.workflow.definitions import StepDefinition, WorkflowDefinition
 
@@ -87,6 +87,10 @@ class ExecutionState:
     idempotency_key: str | None = None
     trigger: dict[str, Any] | None = None
     correlation_id: str | None = None
+    tenant: str = PLATFORM_TENANT
+    """The client that owns the execution."""
+    workflow_tenant: str = PLATFORM_TENANT
+    """The namespace of the definition it runs."""
     version: int = 0
     """Stream version of the last event folded in (the ``expected_version`` of the next append)."""
     position: int = 0
@@ -110,6 +114,13 @@ class ExecutionState:
     @property
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    @property
+    def workflow_key(self) -> str:
+        """The workflow's id, qualified by its namespace unless it is the platform's."""
+        if self.workflow_tenant == PLATFORM_TENANT:
+            return self.workflow_id
+        return f"{self.workflow_tenant}.{self.workflow_id}"
 
     def to_json(self) -> dict[str, Any]:
         """The state as the HTTP API shows it."""
@@ -139,6 +150,7 @@ class ExecutionState:
             "idempotency_key": self.idempotency_key,
             "trigger": self.trigger,
             "correlation_id": self.correlation_id,
+            "tenant": self.tenant,
             "owner": self.owner,
             "deadline": self.deadline,
             "cancel_requested": self.cancel_requested,
@@ -192,6 +204,8 @@ def apply(state: ExecutionState | None, event: CloudEvent) -> ExecutionState:
             "idempotency_key": data.get("idempotency_key"),
             "provider_id": data.get("provider_id", ""),
             "trigger": data.get("trigger"),
+            "tenant": data.get("tenant") or PLATFORM_TENANT,
+            "workflow_tenant": data.get("workflow_tenant") or PLATFORM_TENANT,
             "correlation_id": event.correlationid,
             "created_at": event.time,
             "status": "QUEUED",

@@ -54,6 +54,7 @@ class ExecutionView:
         order of arrival), indexed by status and workflow, for lists and filters."""
         self.executions.create_index("status")
         self.executions.create_index("workflow_id")
+        self.executions.create_index("tenant")
         self._seq: dict[str, int] = {}
         self._order: list[str] = []
         self._queue: list[tuple[int, int, str]] = []
@@ -226,6 +227,7 @@ class ExecutionView:
                 {
                     "status": after.status,
                     "workflow_id": after.workflow_id,
+                    "tenant": after.tenant,
                     "priority": after.priority,
                     "seq": self._seq[execution_id],
                 },
@@ -234,10 +236,10 @@ class ExecutionView:
                 self.status_counts[old_status] -= 1
             self.status_counts[after.status] += 1
             if old_status in ACTIVE and after.status not in ACTIVE:
-                self.active_by_workflow[after.workflow_id] -= 1
+                self.active_by_workflow[after.workflow_key] -= 1
                 self.queue_changed.set()
             if after.status in ACTIVE and old_status not in ACTIVE:
-                self.active_by_workflow[after.workflow_id] += 1
+                self.active_by_workflow[after.workflow_key] += 1
             if after.status == "QUEUED":
                 heapq.heappush(self._queue, (-after.priority, self._seq[execution_id], execution_id))
                 self.queue_changed.set()
@@ -261,25 +263,23 @@ class ExecutionView:
         return self.states.get(execution_id)
 
     def list(
-        self, status: str | None = None, workflow_id: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        status: str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        *,
+        tenant: str | None = None,
     ) -> list[ExecutionState]:
-        """Executions newest first, from the Atlas collection (its indexes serve the filters)."""
-        query: dict[str, Any] = {}
-        if status is not None:
-            query["status"] = {"eq": status}
-        if workflow_id is not None:
-            query["workflow_id"] = {"eq": workflow_id}
+        """Executions newest first, from the Atlas collection (its indexes serve the filters);
+        ``tenant`` keeps only that tenant's."""
+        query = _filters(status, workflow_id, tenant)
         page = self.executions.query(query or None, sort="-seq", limit=limit, offset=offset)
         return [self.states[view.id] for view in page.views]
 
-    def count(self, status: str | None = None, workflow_id: str | None = None) -> int:
+    def count(self, status: str | None = None, workflow_id: str | None = None, *, tenant: str | None = None) -> int:
         """How many executions match (for paging)."""
-        query: dict[str, Any] = {}
-        if status is not None:
-            query["status"] = {"eq": status}
-        if workflow_id is not None:
-            query["workflow_id"] = {"eq": workflow_id}
-        return self.executions.count(query or None)
+        return self.executions.count(_filters(status, workflow_id, tenant) or None)
 
     def queued(self) -> list[ExecutionState]:
         """QUEUED executions in the order they would start (highest priority, then oldest)."""
@@ -353,3 +353,11 @@ class ExecutionView:
 
     def counts(self) -> dict[str, Any]:
         return {status: count for status, count in self.status_counts.items() if count}
+
+
+def _filters(status: str | None, workflow_id: str | None, tenant: str | None) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    for field_name, value in (("status", status), ("workflow_id", workflow_id), ("tenant", tenant)):
+        if value is not None:
+            query[field_name] = {"eq": value}
+    return query

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from nexus.auth import issue_key
 from nexus.eventlog import ANY
 from nexus.eventlog.memory import MemoryEventLog
 
@@ -103,8 +104,14 @@ async def test_a_dead_replicas_executions_are_taken_over(workflow_service, stub,
     # The step in flight when a died was sent again with the same key; its effect happened once.
     assert all(stub.requests[f"{i}:slow"] == 2 for i in ids)
     assert all(n == 1 for n in stub.effects.values()) and len(stub.effects) == 30
-    _, stats = await b.get("/queue/stats")
+    # The replicas' own figures are an operator's: an admin key sees them.
+    admin = await issue_key(log, "client", "ops", scopes=("admin",))
+    async with b.http.get(f"{b.url}/queue/stats", headers={"x-service-key": admin.secret}) as response:
+        stats = await response.json()
     assert stats["stats"]["takeovers"] == 10 and stats["replicas"]["a"]["alive"] is False
+    # A client sees only its own executions' numbers, nothing of the replicas.
+    _, own = await b.get("/queue/stats")
+    assert "replicas" not in own and own["statuses"] == {"COMPLETED": 10}
 
 
 class RecordingLog(MemoryEventLog):

@@ -63,10 +63,11 @@ from nexus.runtime._run import (
     open_raw,
     run,
 )
-from nexus.runtime._service import SERVICE_KEY, Health, Readiness, Service
+from nexus.runtime._service import AUDIT_STREAM, SERVICE_KEY, Health, Owned, Readiness, Service
 from nexus.runtime._settings import DEFAULT_PORTS, SERVICES, ServiceSettings, port_variable
 
 __all__ = [
+    "AUDIT_STREAM",
     "DEFAULT_PORTS",
     "EXIT_PORT_IN_USE",
     "SERVICES",
@@ -75,6 +76,7 @@ __all__ = [
     "ErrorBody",
     "HTTPError",
     "Health",
+    "Owned",
     "Readiness",
     "RouteSpec",
     "Service",
