@@ -1,8 +1,9 @@
 """The granulator: a worker that turns topics into content structures (seed 002, phases 5 to 7).
 
-Protocol: handshake → process → acknowledge, over HTTP (``/api/...``, worker tokens) and NATS
-(``nexus.cmd.granulator.<verb>``); every state change is an event in stream
-``granulation-<handshake_id>``. Generators are pluggable (``builtin``, ``http``); a validation
+Protocol: handshake → process → acknowledge, over HTTP (``/api/...``, a worker token or a
+client credential) and NATS (``nexus.cmd.granulator.<verb>``); every state change is an event
+in stream ``granulation-<handshake_id>``, and every handshake belongs to a tenant and a worker:
+nobody else sees it. Generators are pluggable (``builtin``, ``http``); a validation
 loop scores each structure against questions derived from the request and regenerates below
 the threshold. Outputs under 1 KB travel inline, larger ones as ``raw://`` references.
 """
@@ -15,7 +16,7 @@ from nexus.services.granulator.generators import (
     HttpGenerator,
     OutlineRequest,
 )
-from nexus.services.granulator.handlers import Limits
+from nexus.services.granulator.handlers import Caller, Limits
 from nexus.services.granulator.model import (
     STRUCTURE_TYPES,
     GeneratorOutputError,
@@ -33,6 +34,7 @@ __all__ = [
     "STRATEGIES",
     "STRUCTURE_TYPES",
     "BuiltinGenerator",
+    "Caller",
     "Generator",
     "GeneratorOutputError",
     "GeneratorUnavailableError",

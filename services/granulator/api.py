@@ -1,32 +1,41 @@
 """HTTP routes and NATS commands of the granulator: decode, call the worker, encode.
 
-HTTP (worker token and ``X-Worker-ID`` on every route): ``POST /api/handshake``,
-``POST /api/process``, ``POST /api/acknowledge``, ``POST /generate`` and
-``GET /api/handshakes/{handshake_id}``.
+HTTP: ``POST /api/handshake``, ``POST /api/process``, ``POST /api/acknowledge``,
+``POST /generate`` and ``GET /api/handshakes/{handshake_id}``, each with either
+
+- a worker token (``Authorization: Bearer nxw_…``; ``X-Worker-ID``, when sent, must be the
+  token's owner): an external worker, acting for the platform tenant, on its own handshakes; or
+- a client credential (``X-API-Key``: a client key, or the delegated ``nxd_…`` token a workflow
+  step carries for its execution's tenant): that tenant's handshakes.
 
 NATS (``nexus.cmd.granulator.<verb>``, a CloudEvent whose data are the call's body, answered
 through ``Bus.request``): ``handshake``, ``process``, ``acknowledge``, ``granulate`` (all three
 in one call) and ``generate``. NATS is the trust boundary for commands: who may publish on
-``nexus.cmd.granulator.>`` is the NATS account's permissions; the worker id is the command's
-``source``.
+``nexus.cmd.granulator.>`` is the NATS account's permissions (platform identities only); the
+worker id is the command's ``source`` and the tenant its envelope's ``tenant`` (``platform``
+when absent).
+
+Another tenant's or another worker's handshake, and a ``raw://`` input in another tenant's
+namespace, are answered 404 exactly as missing ones.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from nexus.auth import WORKER_ID
+from nexus.auth import AUTH, WORKER_ID
 from nexus.bus import ConsumerSpec
 from nexus.eventlog import ANY
 from nexus.ingest import CommandRejected, CommandRouter
-from nexus.proto import STREAM_CMD, CloudEvent, cmd_subject, new_event
+from nexus.proto import PLATFORM_TENANT, STREAM_CMD, CloudEvent, cmd_subject, new_event
 from nexus.proto.events.workflow import TaskCompleted, TaskFailed
 from nexus.runtime import Service, json_response
-from nexus.services.granulator import handlers
+from nexus.services.granulator.handlers import Caller
 from nexus.services.granulator.model import (
     AcknowledgeRequest,
     ExpandRequest,
@@ -35,6 +44,7 @@ from nexus.services.granulator.model import (
     HandshakeRequest,
     InvalidRequestError,
     ProcessRequest,
+    WorkerMismatchError,
 )
 from nexus.services.granulator.worker import SOURCE, Granulator
 
@@ -44,9 +54,40 @@ COMMAND_VERBS = ("handshake", "process", "acknowledge", "granulate", "generate")
 
 _ERRORS = {
     400: "Malformed body (the message names the field)",
-    401: "Missing, unknown or revoked worker token, or no X-Worker-ID",
-    403: "A client API key on a worker route",
+    401: "Missing, unknown or revoked credential (worker token or client key)",
+    403: "X-Worker-ID names another worker than the token's owner",
 }
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+"""What a command's tenant may look like (a client name, or ``platform``)."""
+
+
+def caller_of(request: web.Request) -> Caller:
+    """The caller of an HTTP route: a worker bound to its token, or a client bound to its tenant.
+
+    Raises:
+        WorkerMismatchError: ``X-Worker-ID`` names another worker than the token's owner.
+    """
+    info = request[AUTH]
+    if info.kind == "worker":
+        claimed = request.get(WORKER_ID) or info.owner
+        if claimed != info.owner:
+            raise WorkerMismatchError(
+                f"X-Worker-ID {claimed!r} is not the worker this token was issued to; send {info.owner!r} or omit it"
+            )
+        return Caller(tenant=info.tenant, worker_id=info.owner, is_admin=info.is_admin)
+    return Caller(tenant=info.tenant, is_admin=info.is_admin)
+
+
+def command_caller(event: CloudEvent) -> Caller:
+    """The caller of a NATS command: its ``source`` as the worker, its envelope's ``tenant``.
+
+    Raises:
+        CommandRejected: the tenant cannot be a tenant's name.
+    """
+    tenant = event.tenant or PLATFORM_TENANT
+    if not _TENANT.fullmatch(tenant):
+        raise CommandRejected(f"tenant {tenant[:80]!r} is not a tenant's name", "invalid_request")
+    return Caller(tenant=tenant, worker_id=event.source)
 
 
 class ErrorAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,7 +188,7 @@ def install(service: Service, worker: Granulator) -> None:
         summary="Offer a job: accepted with a handshake id and an estimate, or rejected with a reason",
         request=HandshakeRequest,
         responses=_ERRORS,
-        auth="worker",
+        auth="any",
         tags=["protocol"],
     )
     @guarded
@@ -157,7 +198,7 @@ def install(service: Service, worker: Granulator) -> None:
         200 answer with ``accepted: false``, ``code`` and ``reason``."""
         return await worker.handshake(
             await _body(request),
-            worker_id=request[WORKER_ID],
+            caller=caller_of(request),
             execution_id=request.headers.get("X-Execution-ID", "").strip(),
         )
 
@@ -168,60 +209,49 @@ def install(service: Service, worker: Granulator) -> None:
         request=ProcessRequest,
         responses={
             **_ERRORS,
-            404: "No such handshake for this execution",
+            404: "No such handshake for this execution and caller, or a data_ref outside the caller's tenant",
             409: "Rejected, closed, or being processed by another replica",
             502: "The generator answered with something that is not a structure (not retryable)",
             503: "The generator or Raw is unavailable (retryable)",
             504: "The job exceeded the handshake's timeout_ms (retryable)",
         },
-        auth="worker",
+        auth="any",
         tags=["protocol"],
     )
     @guarded
     async def process(request: web.Request) -> Any:
         """``data_ref`` is a ``raw://`` reference to a JSON object, an inline object, or absent (the handshake's
         input). The output is inline under 1 KB, otherwise ``output_ref`` is a ``raw://`` reference."""
-        return await worker.process(await _body(request), worker_id=request[WORKER_ID])
+        return await worker.process(await _body(request), caller=caller_of(request))
 
     @service.route(
         "POST",
         "/api/acknowledge",
         summary="Close a handshake and release its capacity (idempotent)",
         request=AcknowledgeRequest,
-        responses={**_ERRORS, 404: "No such handshake for this execution", 409: "The handshake was rejected"},
-        auth="worker",
+        responses={
+            **_ERRORS,
+            404: "No such handshake for this execution and caller",
+            409: "The handshake was rejected",
+        },
+        auth="any",
         tags=["protocol"],
     )
     @guarded
     async def acknowledge(request: web.Request) -> Any:
-        return await worker.acknowledge(await _body(request), worker_id=request[WORKER_ID])
+        return await worker.acknowledge(await _body(request), caller=caller_of(request))
 
     @service.route(
         "GET",
         "/api/handshakes/{handshake_id}",
         summary="A handshake's state folded from the log",
-        responses={**_ERRORS, 404: "No such handshake"},
-        auth="worker",
+        responses={**_ERRORS, 404: "No such handshake, or not the caller's"},
+        auth="any",
         tags=["protocol"],
     )
     @guarded
     async def get_handshake(request: web.Request) -> Any:
-        handshake_id = request.match_info["handshake_id"]
-        events = await worker.log.read_stream(handlers.stream_id(handshake_id))
-        state = handlers.fold(events)
-        if state is None:
-            from nexus.services.granulator.model import UnknownHandshakeError
-
-            raise UnknownHandshakeError(f"no handshake {handshake_id!r}")
-        return {
-            "handshake_id": state.handshake_id,
-            "execution_id": state.execution_id,
-            "status": state.status,
-            "replica_id": state.replica_id,
-            "progress": state.progress,
-            "validations": msgspec.to_builtins(state.validations),
-            "events": [{"type": e.type, "time": e.time, "data": e.data} for e in events],
-        }
+        return await worker.describe(request.match_info["handshake_id"], caller=caller_of(request))
 
     @service.route(
         "POST",
@@ -230,13 +260,15 @@ def install(service: Service, worker: Granulator) -> None:
         request=ExpandRequest,
         response=ExpandResult,
         responses={**_ERRORS, 502: "Malformed generator output", 503: "Generator unavailable (retryable)"},
-        auth=None if getattr(service.settings, "generate_auth", "worker") == "none" else "worker",
+        auth=None if getattr(service.settings, "generate_auth", "worker") == "none" else "any",
         tags=["generation"],
     )
     @guarded
     async def generate(request: web.Request) -> Any:
         """Body: ``prompt`` (required), ``model``, ``temperature``, ``max_tokens``. Answer: ``text``,
         ``word_count``, ``model``, ``generator``, ``finish_reason``."""
+        if AUTH in request:
+            caller_of(request)  # a worker token must still match its X-Worker-ID
         return await worker.expand(await _body(request))
 
     # -- NATS commands --------------------------------------------------------------------
@@ -264,13 +296,13 @@ def install(service: Service, worker: Granulator) -> None:
 
     router.route(
         "handshake",
-        command("handshake", lambda d, e: worker.handshake(d, worker_id=e.source, execution_id=execution(d, e))),
+        command("handshake", lambda d, e: worker.handshake(d, caller=command_caller(e), execution_id=execution(d, e))),
     )
-    router.route("process", command("process", lambda d, e: worker.process(d, worker_id=e.source)))
-    router.route("acknowledge", command("acknowledge", lambda d, e: worker.acknowledge(d, worker_id=e.source)))
+    router.route("process", command("process", lambda d, e: worker.process(d, caller=command_caller(e))))
+    router.route("acknowledge", command("acknowledge", lambda d, e: worker.acknowledge(d, caller=command_caller(e))))
     router.route(
         "granulate",
-        command("granulate", lambda d, e: worker.granulate(d, worker_id=e.source, execution_id=execution(d, e))),
+        command("granulate", lambda d, e: worker.granulate(d, caller=command_caller(e), execution_id=execution(d, e))),
     )
     router.route("generate", command("generate", lambda d, e: worker.expand(d)))
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from nexus.proto import CloudEvent
+from nexus.proto import PLATFORM_TENANT, CloudEvent
 from nexus.proto.events import granulator as ev
 from nexus.services.granulator.generators.builtin import (
     BODY_SECTIONS,
@@ -45,6 +45,7 @@ __all__ = [
     "PROGRESSED",
     "REJECTED",
     "VALIDATED",
+    "Caller",
     "HandshakeState",
     "Limits",
     "Rejection",
@@ -88,6 +89,37 @@ class Limits:
     """How long after ``timeout_ms`` an unacknowledged handshake keeps its capacity."""
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who calls the granulator, and so which handshakes and Raw references it may use.
+
+    Attributes:
+        tenant: The tenant it acts for: a client key's owner, a delegated token's tenant, a
+            command's tenant; ``platform`` for an external worker's token.
+        worker_id: The worker the call comes from (a worker token's owner, a command's
+            source); empty for a client, who is bound by its tenant alone.
+        is_admin: An operator's key: every tenant's handshakes.
+    """
+
+    tenant: str
+    worker_id: str = ""
+    is_admin: bool = False
+
+    @property
+    def label(self) -> str:
+        """The worker id a handshake records for this caller (``client/<tenant>`` for a client)."""
+        return self.worker_id or f"client/{self.tenant}"
+
+    def may_use(self, state: HandshakeState) -> bool:
+        """Whether the caller may see, process or acknowledge the handshake: its tenant's, and its
+        own as a worker. Anything else is answered exactly as a handshake that does not exist."""
+        if self.is_admin:
+            return True
+        if state.tenant != self.tenant:
+            return False
+        return not self.worker_id or state.worker_id == self.worker_id
+
+
 @dataclass
 class HandshakeState:
     """A handshake folded from its stream."""
@@ -98,6 +130,8 @@ class HandshakeState:
     """``accepted``, ``rejected``, ``processing``, ``completed``, ``failed``, ``acknowledged``, ``expired``."""
     replica_id: str = ""
     worker_id: str = ""
+    tenant: str = PLATFORM_TENANT
+    """The tenant the handshake was made for (the envelope's ``tenant`` of its first event)."""
     accepted: ev.GranulatorHandshakeAccepted | None = None
     rejected: ev.GranulatorHandshakeRejected | None = None
     completed: ev.GranulatorCompleted | None = None
@@ -136,6 +170,7 @@ def fold(events: list[CloudEvent]) -> HandshakeState | None:
                 status="accepted",
                 replica_id=accepted.replica_id,
                 worker_id=accepted.worker_id,
+                tenant=event.tenant or PLATFORM_TENANT,
                 accepted=accepted,
                 accepted_at=_epoch(event.time),
             )
@@ -147,6 +182,7 @@ def fold(events: list[CloudEvent]) -> HandshakeState | None:
                 status="rejected",
                 replica_id=rejected.replica_id,
                 worker_id=rejected.worker_id,
+                tenant=event.tenant or PLATFORM_TENANT,
                 rejected=rejected,
             )
         elif state is None:

@@ -42,8 +42,10 @@ __all__ = [
     "Structure",
     "Subsection",
     "UnknownHandshakeError",
+    "UnknownReferenceError",
     "ValidationConfig",
     "ValidationResult",
+    "WorkerMismatchError",
     "decode_request",
     "depth_name",
     "normalise_input",
@@ -96,6 +98,20 @@ class UnknownHandshakeError(GranulatorError):
     """No handshake with this id exists (for this execution)."""
 
     code = "unknown_handshake"
+    status = 404
+
+
+class WorkerMismatchError(GranulatorError):
+    """``X-Worker-ID`` names another worker than the one the token was issued to."""
+
+    code = "worker_mismatch"
+    status = 403
+
+
+class UnknownReferenceError(GranulatorError):
+    """``data_ref`` names a Raw reference outside the caller's tenant: answered as if it did not exist."""
+
+    code = "unknown_reference"
     status = 404
 
 

@@ -1,10 +1,15 @@
 """The granulator worker: handshake, process, acknowledge, with every state change in the log.
 
-Each handshake is one stream, ``granulation-<handshake_id>``. Any replica can answer any call:
-it folds the stream (``handlers.fold``) and appends with the stream's version as
-``expected_version``, so two replicas racing on one handshake cannot both process it. Capacity
-is per replica: the accepted event names the replica whose capacity it holds, and that replica
-counts its open handshakes (rebuilt from the log at start, when its replica id is stable).
+Each handshake is one stream, ``granulation-<handshake_id>``, and belongs to the tenant and the
+worker that made it (the envelope's ``tenant``, the accepted event's ``worker_id``): any other
+caller is answered as if it did not exist, and so is a ``raw://`` input outside the tenant's
+namespace. Outputs go to Raw under ``t/<tenant>/granulator/``.
+
+Any replica can answer any call: it folds the stream (``handlers.fold``) and appends with the
+stream's version as ``expected_version``, so two replicas racing on one handshake cannot both
+process it. Capacity is per replica: the accepted event names the replica whose capacity it
+holds, and that replica counts its open handshakes (rebuilt from the log at start, when its
+replica id is stable).
 """
 
 from __future__ import annotations
@@ -21,11 +26,21 @@ import msgspec
 from nexus.eventlog import ConcurrencyError, EventLog
 from nexus.proto import new_event, new_event_id
 from nexus.proto.events import granulator as ev
-from nexus.raw import RawBackend, RawError, RawNotFoundError, is_ref, put_value, resolve
+from nexus.raw import (
+    RawBackend,
+    RawError,
+    RawKeyError,
+    RawNotFoundError,
+    is_ref,
+    put_value,
+    ref_tenant,
+    resolve,
+    tenant_key,
+)
 from nexus.services.granulator import handlers
 from nexus.services.granulator import metrics as m
 from nexus.services.granulator.generators import Generator, OutlineRequest
-from nexus.services.granulator.handlers import HandshakeState, Limits
+from nexus.services.granulator.handlers import Caller, HandshakeState, Limits
 from nexus.services.granulator.model import (
     AcknowledgeRequest,
     ExpandRequest,
@@ -41,6 +56,7 @@ from nexus.services.granulator.model import (
     StorageUnavailableError,
     Structure,
     UnknownHandshakeError,
+    UnknownReferenceError,
     ValidationConfig,
     ValidationResult,
     decode_request,
@@ -166,10 +182,15 @@ class Granulator:
         *,
         handshake_id: str = "",
         execution_id: str = "",
+        tenant: str = "",
     ) -> None:
         hs = state.handshake_id if state else handshake_id
         correlation = state.execution_id if state else execution_id
-        events = [new_event(t, data, source=SOURCE, correlationid=correlation or None) for t, data in items]
+        owner = state.tenant if state else tenant
+        events = [
+            new_event(t, data, source=SOURCE, correlationid=correlation or None, tenant=owner or None)
+            for t, data in items
+        ]
         expected = state.version if state else 0
         stored = await self.log.append(handlers.stream_id(hs), events, expected_version=expected)
         if state is not None:
@@ -177,8 +198,8 @@ class Granulator:
 
     # -- handshake ----------------------------------------------------------------------------
 
-    async def handshake(self, body: Any, *, worker_id: str, execution_id: str = "") -> dict[str, Any]:
-        """Accept or reject a handshake; the outcome is recorded either way.
+    async def handshake(self, body: Any, *, caller: Caller, execution_id: str = "") -> dict[str, Any]:
+        """Accept or reject a handshake for ``caller``'s tenant; the outcome is recorded either way.
 
         Raises:
             InvalidRequestError: the body is not a handshake (nothing recorded).
@@ -195,14 +216,20 @@ class Granulator:
                 body,
                 execution_id=execution_id,
                 handshake_id=handshake_id,
-                worker_id=worker_id,
+                worker_id=caller.label,
                 replica_id=self.replica_id,
                 limits=self.limits,
                 open_jobs=len(self._open),
                 default_validation=self.default_validation,
             )
             kind = handlers.ACCEPTED if isinstance(decision, ev.GranulatorHandshakeAccepted) else handlers.REJECTED
-            await self._append(None, [(kind, decision)], handshake_id=handshake_id, execution_id=decision.execution_id)
+            await self._append(
+                None,
+                [(kind, decision)],
+                handshake_id=handshake_id,
+                execution_id=decision.execution_id,
+                tenant=caller.tenant,
+            )
             if isinstance(decision, ev.GranulatorHandshakeAccepted):
                 self._open[handshake_id] = (decision.execution_id, self.clock() + decision.lease_ms / 1000)
                 self._publish_gauge()
@@ -228,11 +255,12 @@ class Granulator:
 
     # -- process ------------------------------------------------------------------------------
 
-    async def process(self, body: Any, *, worker_id: str = "") -> dict[str, Any]:
+    async def process(self, body: Any, *, caller: Caller) -> dict[str, Any]:
         """Generate the structure of an accepted handshake, once; a repeated call returns the first result.
 
         Raises:
-            UnknownHandshakeError: no such handshake for this execution.
+            UnknownHandshakeError: no such handshake for this execution and caller.
+            UnknownReferenceError: ``data_ref`` lies outside the caller's tenant (nothing recorded).
             HandshakeConflictError: rejected, closed without a result, or being processed elsewhere.
             GranulatorError: the job failed (its code says how; ``retryable`` whether to try again).
         """
@@ -241,10 +269,11 @@ class Granulator:
             if isinstance(body, dict)
             else decode_request(body or b"", ProcessRequest)
         )
-        state = await self._state_for(request.handshake_id, request.execution_id)
+        state = await self._state_for(request.handshake_id, request.execution_id, caller)
         previous = self._settled(state)
         if previous is not None:
             return previous
+        self._check_reference(request.data_ref, caller)
         running = self._inflight.get(state.handshake_id)
         if running is not None:
             return await asyncio.shield(running)
@@ -268,7 +297,7 @@ class Granulator:
                 await self._append(state, [(handlers.PROGRESSED, started)])
             except ConcurrencyError:
                 # Another replica claimed it a moment ago: answer from what it recorded.
-                state = await self._state_for(request.handshake_id, request.execution_id)
+                state = await self._state_for(request.handshake_id, request.execution_id, caller)
                 previous = self._settled(state)
                 if previous is not None:
                     future.set_result(previous)
@@ -289,9 +318,10 @@ class Granulator:
         finally:
             self._inflight.pop(state.handshake_id, None)
 
-    async def _state_for(self, handshake_id: str, execution_id: str) -> HandshakeState:
+    async def _state_for(self, handshake_id: str, execution_id: str, caller: Caller) -> HandshakeState:
         state = await self._load(handshake_id)
-        if state is None:
+        # Another tenant's or another worker's handshake is answered exactly as a missing one.
+        if state is None or not caller.may_use(state):
             raise UnknownHandshakeError(f"no handshake {handshake_id!r}")
         if state.execution_id != execution_id:
             raise UnknownHandshakeError(f"handshake {handshake_id!r} does not belong to execution {execution_id!r}")
@@ -354,6 +384,45 @@ class Granulator:
         except Exception:
             logger.exception("could not record the failure of handshake %s", state.handshake_id)
 
+    async def describe(self, handshake_id: str, *, caller: Caller) -> dict[str, Any]:
+        """``GET /api/handshakes/{id}``: the handshake's state and events, to its tenant and worker only.
+
+        Raises:
+            UnknownHandshakeError: no such handshake, or not the caller's.
+        """
+        events = await self.log.read_stream(handlers.stream_id(handshake_id))
+        state = handlers.fold(events)
+        if state is None or not caller.may_use(state):
+            raise UnknownHandshakeError(f"no handshake {handshake_id!r}")
+        return {
+            "handshake_id": state.handshake_id,
+            "execution_id": state.execution_id,
+            "tenant": state.tenant,
+            "worker_id": state.worker_id,
+            "status": state.status,
+            "replica_id": state.replica_id,
+            "progress": state.progress,
+            "validations": msgspec.to_builtins(state.validations),
+            "events": [{"type": e.type, "time": e.time, "data": e.data} for e in events],
+        }
+
+    @staticmethod
+    def _check_reference(data_ref: Any, caller: Caller) -> None:
+        """A ``raw://`` input must lie in the caller's tenant namespace (an admin reads any).
+
+        Raises:
+            InvalidRequestError: the reference names a key that is not acceptable.
+            UnknownReferenceError: the key belongs to another tenant.
+        """
+        if not is_ref(data_ref) or caller.is_admin:
+            return
+        try:
+            owner = ref_tenant(data_ref)
+        except RawKeyError as exc:
+            raise InvalidRequestError(f"$.data_ref: {exc}") from None
+        if owner != caller.tenant:
+            raise UnknownReferenceError(f"$.data_ref: no such reference {data_ref}")
+
     async def _resolve_input(self, state: HandshakeState, data_ref: Any) -> GranulationInput:
         accepted = state.accepted
         assert accepted is not None
@@ -365,6 +434,8 @@ class Granulator:
         elif is_ref(data_ref):
             try:
                 value = await resolve(self.raw, data_ref)
+            except RawKeyError as exc:
+                raise InvalidRequestError(f"$.data_ref: {exc}") from None
             except RawNotFoundError:
                 raise InputUnavailableError(f"$.data_ref: nothing is stored at {data_ref}") from None
             except RawError as exc:
@@ -423,9 +494,12 @@ class Granulator:
             m.OUTPUTS.labels("inline").inc()
             m.OUTPUT_BYTES.labels("inline").inc(len(encoded))
         else:
-            key = f"granulator/{state.execution_id}/{state.handshake_id}.json"
+            # In the tenant's namespace: only the tenant (or an admin) can read it back.
+            key = tenant_key(state.tenant, "granulator", f"{state.handshake_id}.json")
             try:
-                output_ref = await put_value(self.raw, msgspec.json.decode(encoded), key=key, threshold=0)
+                output_ref = await put_value(
+                    self.raw, msgspec.json.decode(encoded), key=key, threshold=0, tenant=state.tenant
+                )
             except RawError as exc:
                 raise StorageUnavailableError(f"Raw could not store the output: {exc}") from None
             m.OUTPUTS.labels("reference").inc()
@@ -451,13 +525,13 @@ class Granulator:
 
     # -- acknowledge --------------------------------------------------------------------------
 
-    async def acknowledge(self, body: Any, *, worker_id: str = "") -> dict[str, Any]:
+    async def acknowledge(self, body: Any, *, caller: Caller) -> dict[str, Any]:
         """Close a handshake and release its capacity; a repeated acknowledgement changes nothing."""
         request: AcknowledgeRequest = decode_request(body if body is not None else b"", AcknowledgeRequest)
         if request.status not in ACK_STATUSES:
             raise InvalidRequestError(f"$.status: use one of {', '.join(ACK_STATUSES)}, not {request.status!r}")
         for _ in range(5):
-            state = await self._state_for(request.handshake_id, request.execution_id)
+            state = await self._state_for(request.handshake_id, request.execution_id, caller)
             if state.status == "rejected":
                 raise HandshakeConflictError(
                     f"handshake {state.handshake_id} was rejected; there is nothing to acknowledge"
@@ -469,7 +543,7 @@ class Granulator:
             acknowledged = ev.GranulatorAcknowledged(
                 handshake_id=state.handshake_id,
                 execution_id=state.execution_id,
-                worker_id=worker_id or state.worker_id,
+                worker_id=caller.label,
                 status=request.status,
                 output_ref=request.output_ref,
             )
@@ -489,7 +563,7 @@ class Granulator:
 
     # -- one-call granulation and text expansion -------------------------------------------
 
-    async def granulate(self, body: Any, *, worker_id: str, execution_id: str = "") -> dict[str, Any]:
+    async def granulate(self, body: Any, *, caller: Caller, execution_id: str = "") -> dict[str, Any]:
         """Handshake, process and acknowledge in one call (for a workflow ``task`` step).
 
         The body is a handshake's (``stage`` and ``requirements`` may be left out) plus an
@@ -506,7 +580,8 @@ class Granulator:
             handshake_body["input"] = {
                 k: v for k, v in body.items() if k in ("topic", "structure_type", "depth", "sources", "audience")
             }
-        answer = await self.handshake(handshake_body, worker_id=worker_id, execution_id=execution_id)
+        self._check_reference(body.get("data_ref"), caller)
+        answer = await self.handshake(handshake_body, caller=caller, execution_id=execution_id)
         if not answer["accepted"]:
             return answer
         process = {
@@ -515,11 +590,11 @@ class Granulator:
             "data_ref": body.get("data_ref"),
         }
         try:
-            result = await self.process(process, worker_id=worker_id)
+            result = await self.process(process, caller=caller)
         except GranulatorError as exc:
             await self.acknowledge(
                 {"execution_id": answer["execution_id"], "handshake_id": answer["handshake_id"], "status": "failed"},
-                worker_id=worker_id,
+                caller=caller,
             )
             raise exc from None
         await self.acknowledge(
@@ -529,7 +604,7 @@ class Granulator:
                 "status": "completed",
                 "output_ref": result.get("output_ref"),
             },
-            worker_id=worker_id,
+            caller=caller,
         )
         return {"accepted": True, **result}
 
