@@ -20,7 +20,20 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
-__all__ = ["Outcome", "call_http", "fill_endpoint", "traceparent_for"]
+__all__ = [
+    "EXECUTION_HEADER",
+    "TENANT_HEADER",
+    "Outcome",
+    "call_http",
+    "fill_endpoint",
+    "task_headers",
+    "traceparent_for",
+]
+
+TENANT_HEADER = "Nexus-Tenant"
+"""On a ``task`` command: the tenant the worker acts for (also the envelope's ``tenant``)."""
+EXECUTION_HEADER = "Nexus-Execution-ID"
+"""On a ``task`` command: the execution whose step sent it."""
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
@@ -78,6 +91,16 @@ def fill_endpoint(endpoint: str, request: Any, fallback: Any) -> tuple[str, list
     return _PLACEHOLDER.sub(value, endpoint), missing
 
 
+def task_headers(idempotency_key: str, traceparent: str, tenant: str, execution_id: str) -> dict[str, str]:
+    """The NATS headers of a ``task`` step's command: its key, its trace, and whom the worker acts for."""
+    return {
+        "Idempotency-Key": idempotency_key,
+        "traceparent": traceparent,
+        TENANT_HEADER: tenant,
+        EXECUTION_HEADER: execution_id,
+    }
+
+
 async def call_http(
     session: aiohttp.ClientSession,
     method: str,
@@ -96,7 +119,7 @@ async def call_http(
     slower; both ran for every step attempt.
 
     Args:
-        headers: Sent as well (the replica's credentials, for a platform service).
+        headers: Sent as well (a delegated credential, for a platform service).
     """
     sent_headers = {
         **(headers or {}),
