@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import msgspec
 from aiohttp import web
 
 from nexus.auth import AUTH, KeyInfo, hash_password, load_admin, verify_password
-from nexus.runtime import HTTPError, Service, json_response, read_json
+from nexus.auth._ratelimit import SlidingWindowLimiter
+from nexus.runtime import ErrorBody, HTTPError, Service, json_response, read_json
+from nexus.services.kam.settings import KamSettings
 
 # A valid Argon2id hash of a random string: verified against when the user is unknown.
 _UNUSED_HASH = hash_password(secrets.token_urlsafe(16))
@@ -43,6 +46,14 @@ class LoginResult(msgspec.Struct, frozen=True, kw_only=True):
 
 def install(service: Service) -> None:
     """Add KAM's routes to ``service``."""
+    settings = service.settings
+    assert isinstance(settings, KamSettings)
+    window = settings.login_window_seconds
+    # Failures per (user, client address) and per address. Not per user alone: that would let
+    # anyone lock the admin out by failing on purpose, and the right password from another
+    # address must still work.
+    per_user = SlidingWindowLimiter(settings.login_failures_per_user, window)
+    per_address = SlidingWindowLimiter(settings.login_failures_per_address, window)
 
     @service.route(
         "POST",
@@ -51,17 +62,38 @@ def install(service: Service) -> None:
         request=Login,
         response=LoginResult,
         tags=["accounts"],
-        responses={401: "Unknown user or wrong password"},
+        responses={
+            401: "Unknown user or wrong password",
+            429: "Too many failed logins for this user or from this address; retry after Retry-After seconds",
+        },
     )
     async def login(request: web.Request) -> web.Response:
-        """Checks the credentials against the Argon2id hash recorded in the log (the bootstrap admin)."""
+        """Checks the credentials against the Argon2id hash recorded in the log (the bootstrap admin).
+        Failed attempts are limited per user and client address and per address (429 with
+        ``Retry-After``)."""
         body = await read_json(request, Login)
+        address = request.remote or "unknown"
+        user_key = f"{body.user}\x00{address}"
+        wait = max(per_user.retry_after_seconds(user_key), per_address.retry_after_seconds(address))
+        if wait:
+            message = f"too many failed logins for this user or from {address}; retry in {wait} s"
+            body_429 = ErrorBody(error="too_many_requests", message=message)
+            return json_response(body_429, status=429, headers={"Retry-After": str(wait)})
+        # Counted before the slow check, so a burst of parallel attempts is bounded too;
+        # taken back when the credentials turn out right.
+        per_user.hit(user_key)
+        per_address.hit(address)
         admin = await load_admin(service.log)
-        # Verify even for an unknown user, so the answer takes as long either way.
+        # Verify even for an unknown user, so the answer takes as long either way; in a thread,
+        # so the event loop keeps serving while Argon2 works.
         known = admin is not None and admin.user == body.user
-        matches = verify_password(admin.password_hash if admin else _UNUSED_HASH, body.password)
+        matches = await asyncio.to_thread(
+            verify_password, admin.password_hash if admin else _UNUSED_HASH, body.password
+        )
         if not (known and matches):
             raise HTTPError(401, "unknown user or wrong password")
+        per_user.reset(user_key)
+        per_address.forgive(address)
         return json_response(LoginResult(user=body.user, role="admin"))
 
     @service.route(
