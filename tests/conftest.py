@@ -20,8 +20,12 @@ async def embedded_nats(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
 
 @pytest.fixture
 async def nats_server(embedded_nats: EmbeddedNats) -> str:
-    """The URL of a fresh nats-server with JetStream, stopped after the test."""
-    return embedded_nats.url
+    """The URL of a fresh nats-server with JetStream, stopped after the test.
+
+    It carries the operator's credentials (the server refuses anonymous clients); tests that
+    act as one platform identity use ``embedded_nats.client_url(identity)``.
+    """
+    return embedded_nats.client_url()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -34,6 +34,11 @@ class PlatformSettings:
     """``NEXUS_LOG_LEVEL``: debug, info, warning, error (default info)."""
     otel_exporter: str
     """``NEXUS_OTEL_EXPORTER``: none, console, otlp (default none)."""
+    nats_user: str | None = None
+    """``NEXUS_NATS_USER``: the NATS identity to connect as (``nexus up`` gives each process its own);
+    unset, the ``nexus`` commands use the operator identity kept in ``<data dir>/nats/credentials.json``."""
+    nats_password: str | None = field(default=None, repr=False)
+    """``NEXUS_NATS_PASSWORD``: that identity's password (no default; required with ``NEXUS_NATS_USER``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PlatformSettings:
@@ -49,6 +54,12 @@ class PlatformSettings:
         level = env.get("NEXUS_LOG_LEVEL", "info").lower()
         if level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"NEXUS_LOG_LEVEL={level!r}: use debug, info, warning or error")
+        nats_user = env.get("NEXUS_NATS_USER") or None
+        nats_password = env.get("NEXUS_NATS_PASSWORD") or None
+        if nats_user and not nats_password:
+            raise ConfigError("NEXUS_NATS_USER is set but NEXUS_NATS_PASSWORD is not: set both, or neither")
+        if nats_password and not nats_user:
+            raise ConfigError("NEXUS_NATS_PASSWORD is set but NEXUS_NATS_USER is not: set both, or neither")
         return cls(
             data_dir=data_dir,
             event_log_url=env.get("NEXUS_EVENT_LOG_URL") or f"sqlite:///{absolute / 'events.db'}",
@@ -56,6 +67,8 @@ class PlatformSettings:
             nats_url=env.get("NEXUS_NATS_URL") or None,
             nats_port=port_from_env(env, "NEXUS_NATS_PORT", 4222),
             nats_sync=nats_sync,
+            nats_user=nats_user,
+            nats_password=nats_password,
             host=env.get("NEXUS_HOST", "127.0.0.1"),
             log_level=level,
             otel_exporter=otel,

@@ -23,6 +23,8 @@ from aiohttp.test_utils import TestServer
 from e2e_platform import SCHEMA, TRIGGER, WORKFLOW, anomaly, stub_app, within
 from processes import alive, descendants, free_port, listening
 
+from nexus.bus.embedded import load_credentials
+
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
 SERVICES = ("kam", "workflow", "granulator", "studio")
@@ -63,7 +65,9 @@ class Up:
 
     @property
     def nats_url(self) -> str:
-        return f"nats://127.0.0.1:{self.nats_port}"
+        # The operator's credentials, as the `nexus` commands read them from the data directory.
+        password = load_credentials(Path(self.env["NEXUS_DATA_DIR"]) / "nats")["users"]["operator"]
+        return f"nats://operator:{password}@127.0.0.1:{self.nats_port}"
 
     @property
     def workflow_url(self) -> str:

@@ -19,7 +19,7 @@ from processes import free_port
 from resilience_support import WAIT, get_json, until_status, within
 
 from nexus.bus import BusTimeoutError
-from nexus.bus.embedded import EmbeddedNats
+from nexus.bus.embedded import EmbeddedNats, load_credentials
 from nexus.bus.jetstream import JetStreamBus
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.ingest import send_command
@@ -52,7 +52,9 @@ class Nats:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        # With the operator's credentials, which survive restarts in the store directory.
+        password = load_credentials(self.store)["users"]["operator"]
+        return f"nats://operator:{password}@127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         self.server = EmbeddedNats(self.store, port=self.port)

@@ -42,7 +42,7 @@ async def kam(embedded_nats: EmbeddedNats, tmp_path: Path) -> AsyncIterator[tupl
         **os.environ,
         "NEXUS_KAM_PORT": str(port),
         "NEXUS_DATA_DIR": str(tmp_path / "data"),
-        "NEXUS_NATS_URL": embedded_nats.url,
+        "NEXUS_NATS_URL": embedded_nats.client_url("kam"),
         "NEXUS_MAX_BODY_BYTES": "4096",
         "NEXUS_ADMIN_PASSWORD": "correct horse battery",
     }

@@ -16,8 +16,9 @@ from nexus.proto import STREAM_DLQ, STREAM_EVT
 pytestmark = pytest.mark.nats
 
 
-async def nexus(*args: str, nats_url: str) -> tuple[int, str]:
-    env = {**os.environ, "NEXUS_NATS_URL": nats_url}
+async def nexus(*args: str, server: EmbeddedNats) -> tuple[int, str]:
+    # No credentials in the URL: the commands use the operator identity kept in the data directory.
+    env = {**os.environ, "NEXUS_NATS_URL": server.url, "NEXUS_DATA_DIR": str(server.store_dir.parent)}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "nexus.cli.main", *args, env=env, stdout=asyncio.subprocess.PIPE
     )
@@ -26,7 +27,7 @@ async def nexus(*args: str, nats_url: str) -> tuple[int, str]:
 
 
 async def test_dead_letters_are_listed_and_redriven_to_their_original_subject(embedded_nats: EmbeddedNats) -> None:
-    bus = await JetStreamBus.connect(embedded_nats.url)
+    bus = await JetStreamBus.connect(embedded_nats.client_url())
     try:
         # Two dead letters of two consumers, as the bus writes them.
         for consumer, subject in (("kam-costs", "nexus.evt.kam.cost.recorded"), ("studio-deltas", "nexus.evt.x.y.z")):
@@ -42,10 +43,10 @@ async def test_dead_letters_are_listed_and_redriven_to_their_original_subject(em
                     "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
                 },
             )
-        status, listing = await nexus("dlq", "list", "--consumer", "kam-costs", nats_url=embedded_nats.url)
+        status, listing = await nexus("dlq", "list", "--consumer", "kam-costs", server=embedded_nats)
         assert status == 0 and "kam-costs" in listing and "studio-deltas" not in listing
         assert "nexus.evt.kam.cost.recorded" in listing and "invalid event" in listing
-        status, streams = await nexus("streams", nats_url=embedded_nats.url)
+        status, streams = await nexus("streams", server=embedded_nats)
         assert status == 0
         [dlq_row] = [line for line in streams.splitlines() if line.startswith(STREAM_DLQ)]
         assert dlq_row.split()[1] == "2"

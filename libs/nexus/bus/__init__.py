@@ -46,14 +46,37 @@ __all__ = [
     "PublishAck",
     "RetryableError",
     "StreamConfigError",
+    "nats_credentials",
     "open_bus",
 ]
+
+
+def nats_credentials(settings: PlatformSettings, *, identity: str = "operator") -> tuple[str, str] | None:
+    """(user, password) to connect to NATS with.
+
+    ``NEXUS_NATS_USER`` / ``NEXUS_NATS_PASSWORD`` when set; otherwise ``identity``'s credential
+    from the embedded server's ``<data dir>/nats/credentials.json`` when that file exists (the
+    ``nexus`` commands on the machine that runs ``nexus up``); otherwise None (a server without
+    authorization, or a URL that carries its own credentials).
+    """
+    from nexus.bus.embedded import EmbeddedNatsError, load_credentials
+
+    if settings.nats_user and settings.nats_password:
+        return settings.nats_user, settings.nats_password
+    try:
+        users = load_credentials(settings.data_dir / "nats")["users"]
+    except EmbeddedNatsError:
+        return None
+    password = users.get(identity)
+    return (identity, password) if password else None
 
 
 async def open_bus(settings: PlatformSettings, *, name: str = "nexus") -> JetStreamBus:
     """A connected JetStreamBus with the Nexus streams in place, for a service's composition root.
 
-    With ``NEXUS_NATS_URL`` set (``settings.nats_url``) it connects there. Unset, it starts the
+    With ``NEXUS_NATS_URL`` set (``settings.nats_url``) it connects there, as ``NEXUS_NATS_USER``
+    with ``NEXUS_NATS_PASSWORD`` when they are set (``nexus up`` gives each process its own
+    identity). Unset, it starts the
     embedded nats-server (JetStream, store in ``<data dir>/nats``, 127.0.0.1 on
     ``NEXUS_NATS_PORT``, fsync on every write when ``NEXUS_NATS_SYNC=always``); ``bus.close()``
     then stops that server as well.
@@ -71,13 +94,17 @@ async def open_bus(settings: PlatformSettings, *, name: str = "nexus") -> JetStr
     from nexus.bus.jetstream import JetStreamBus
 
     if settings.nats_url:
-        return await JetStreamBus.connect(settings.nats_url, name=name)
+        user, password = (settings.nats_user, settings.nats_password)
+        return await JetStreamBus.connect(settings.nats_url, name=name, user=user, password=password)
     server = EmbeddedNats(
         settings.data_dir / "nats", port=settings.nats_port, sync_always=settings.nats_sync == "always"
     )
     await server.start()
     try:
-        bus = await JetStreamBus.connect(server.url, name=name)
+        # The process that starts the server owns it (and its data directory): it connects as
+        # NEXUS_NATS_USER when given, else as the operator.
+        user, password = nats_credentials(settings) or server.credentials()
+        bus = await JetStreamBus.connect(server.url, name=name, user=user, password=password)
     except BaseException:
         await server.stop()
         raise

@@ -7,7 +7,16 @@ Nexus runs on one machine without any setup by starting its own ``nats-server`` 
         bus = await JetStreamBus.connect(server.url)
 
 ``port=0`` picks a free port (tests run servers side by side); the chosen one is read back
-from the server's ports file, so there is no probe-then-bind race.
+from the server's ports file, so there is no probe-then-bind race, and a restart of the same
+``EmbeddedNats`` binds that port again.
+
+Authorization is always on. Every identity of ``IDENTITIES`` (the services, the relay, the
+ingest and the operator) gets a random password at first start, kept in
+``<store dir>/credentials.json`` (0600, directory 0700) and reused afterwards; anonymous
+clients are refused. Each identity may publish and subscribe only on the subjects it needs
+(``IDENTITIES``, the one table the production configuration in ``deploy/nats/`` is checked
+against). ``add_producer`` gives an external producer a credential that publishes only on
+``nexus.ext.<source>.>``, and a running server picks it up by a configuration reload.
 """
 
 from __future__ import annotations
@@ -16,16 +25,273 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 from nexus.bus._port import BusError
+from nexus.fs import make_private_dir
 
-__all__ = ["EmbeddedNats", "EmbeddedNatsError", "find_nats_server"]
+__all__ = [
+    "IDENTITIES",
+    "OPERATOR",
+    "EmbeddedNats",
+    "EmbeddedNatsError",
+    "NatsPermissions",
+    "add_producer",
+    "find_nats_server",
+    "load_credentials",
+    "producer_inbox_prefix",
+    "producer_permissions",
+    "producer_user",
+    "render_authorization",
+    "revoke_producer",
+]
+
+OPERATOR = "operator"
+"""The identity of the ``nexus`` command line (and of tests): every subject."""
+
+
+@dataclass(frozen=True)
+class NatsPermissions:
+    """What one NATS user may publish and subscribe to (nats-server ``permissions``)."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+# What nats-py's JetStream use needs, for the platform's own identities only: the JetStream API
+# (streams, consumers, pull requests, message lookups), acks of pulled messages, flow control of
+# push consumers, and the inboxes (publish acks, pulled messages, API answers, and the replies a
+# command handler sends to the requester's inbox named in Nexus-Reply-To).
+_JETSTREAM = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>")
+_INBOXES = ("_INBOX.>",)
+_SERVICE = NatsPermissions(publish=(*_JETSTREAM, "nexus.cmd.>", "nexus.dlq.>"), subscribe=_INBOXES)
+
+IDENTITIES: Mapping[str, NatsPermissions] = {
+    "kam": _SERVICE,
+    "workflow": _SERVICE,
+    "granulator": _SERVICE,
+    "studio": _SERVICE,
+    # The only identity that publishes platform events; its lease and checkpoint are KV buckets.
+    # The relay process also runs the external ingest on the same connection.
+    "relay": NatsPermissions(publish=(*_JETSTREAM, "$KV.>", "nexus.evt.>", "nexus.dlq.>"), subscribe=_INBOXES),
+    # An ingest deployed on its own: reads NEXUS_EXT through its durable consumer, dead-letters.
+    "ingest": NatsPermissions(publish=(*_JETSTREAM, "nexus.dlq.>"), subscribe=_INBOXES),
+    # The operator holds the data directory anyway: `nexus dlq redrive` republishes to any subject.
+    OPERATOR: NatsPermissions(publish=(">",), subscribe=(">",)),
+}
+"""Every platform identity and its subjects; the embedded and the production configurations use it."""
+
+_SOURCE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def producer_user(source: str) -> str:
+    """The NATS user name of the external producer of ``source``."""
+    return f"producer-{_check_source(source)}"
+
+
+def producer_inbox_prefix(source: str) -> str:
+    """The inbox prefix a producer's client must use (nats.py ``inbox_prefix``): its only readable subjects.
+
+    A producer may not read ``_INBOX.>``, where the platform's JetStream answers (and so the
+    events it reads) travel; the publish acknowledgements it needs arrive under this prefix.
+    """
+    return f"_INBOX_ext.{_check_source(source)}"
+
+
+def producer_permissions(source: str) -> NatsPermissions:
+    """An external producer publishes CloudEvents on ``nexus.ext.<source>.>`` and reads its acks, nothing else."""
+    return NatsPermissions(
+        publish=(f"nexus.ext.{_check_source(source)}.>",), subscribe=(f"{producer_inbox_prefix(source)}.>",)
+    )
+
+
+def _check_source(source: str) -> str:
+    if not _SOURCE.match(source):
+        raise ValueError(
+            f"producer source {source!r} must be 1-64 letters, digits, '_' or '-' (it is a NATS subject token)"
+        )
+    return source
+
+
+def render_authorization(passwords: Mapping[str, str], producers: Mapping[str, str] | None = None) -> str:
+    """The nats-server ``authorization`` block for ``IDENTITIES`` and the given producers.
+
+    Args:
+        passwords: identity → the password's configuration value: a JSON string literal
+            (``"\"secret\""``) for the embedded server, or a ``$VARIABLE`` reference that
+            nats-server resolves from the environment (the production configuration).
+        producers: producer source → the password's configuration value, as for ``passwords``.
+    """
+    lines = ["authorization {", "  users: ["]
+    entries = [(name, passwords[name], IDENTITIES[name]) for name in IDENTITIES]
+    entries += [(producer_user(s), value, producer_permissions(s)) for s, value in sorted((producers or {}).items())]
+    for user, password, permissions in entries:
+        lines += [
+            f"    {{user: {json.dumps(user)}, password: {password}, permissions: {{",
+            f"      publish: {{allow: {_subjects(permissions.publish)}}}",
+            f"      subscribe: {{allow: {_subjects(permissions.subscribe)}}}",
+            "    }}",
+        ]
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _subjects(subjects: tuple[str, ...]) -> str:
+    return "[" + ", ".join(json.dumps(s) for s in subjects) + "]"
+
+
+# -- credentials under the data directory ------------------------------------------------------
+
+CREDENTIALS_FILE = "credentials.json"
+AUTHORIZATION_FILE = "authorization.conf"
+PID_FILE = "nats-server.pid"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, the file 0600 from its creation (whatever the umask)."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+
+
+def load_credentials(store_dir: str | os.PathLike[str], *, create: bool = False) -> dict[str, dict[str, str]]:
+    """The NATS credentials kept in ``<store_dir>/credentials.json``.
+
+    Returns ``{"users": {identity: password}, "producers": {source: password}}``. With
+    ``create``, identities missing from the file (all of them at first start) get a new random
+    password and the file is written (0600, its directory 0700).
+
+    Raises:
+        EmbeddedNatsError: the file is unreadable, or missing and ``create`` is false.
+    """
+    directory = Path(store_dir)
+    path = directory / CREDENTIALS_FILE
+    try:
+        data = json.loads(path.read_text())
+        users = dict(data.get("users") or {})
+        producers = dict(data.get("producers") or {})
+    except FileNotFoundError:
+        if not create:
+            raise EmbeddedNatsError(
+                f"no NATS credentials at {path}: start Nexus once (nexus up) or set NEXUS_NATS_USER "
+                "and NEXUS_NATS_PASSWORD"
+            ) from None
+        users, producers = {}, {}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise EmbeddedNatsError(f"cannot read the NATS credentials at {path}: {exc}") from exc
+    missing = [name for name in IDENTITIES if not isinstance(users.get(name), str) or not users[name]]
+    if missing and create:
+        for name in missing:
+            users[name] = secrets.token_urlsafe(32)
+        make_private_dir(directory)
+        _write_private(path, json.dumps({"users": users, "producers": producers}, indent=2) + "\n")
+    elif missing:
+        raise EmbeddedNatsError(f"the NATS credentials at {path} lack {', '.join(missing)}")
+    return {"users": users, "producers": producers}
+
+
+def _write_authorization(store_dir: Path, credentials: Mapping[str, Mapping[str, str]]) -> Path:
+    # The embedded server's users with their passwords in clear: nats-server accepts bcrypt
+    # hashes, but the clients need the passwords themselves, which sit beside this file in
+    # credentials.json under the same 0600/0700 protection, so a hash would protect nothing.
+    text = render_authorization(
+        {name: json.dumps(password) for name, password in credentials["users"].items() if name in IDENTITIES},
+        {source: json.dumps(password) for source, password in credentials["producers"].items()},
+    )
+    path = store_dir / AUTHORIZATION_FILE
+    _write_private(path, text)
+    return path
+
+
+def _update_producers(
+    store_dir: str | os.PathLike[str], change: Callable[[dict[str, str]], None]
+) -> dict[str, dict[str, str]]:
+    directory = Path(store_dir)
+    credentials = load_credentials(directory, create=True)
+    change(credentials["producers"])
+    _write_private(directory / CREDENTIALS_FILE, json.dumps(credentials, indent=2) + "\n")
+    _write_authorization(directory, credentials)
+    return credentials
+
+
+def add_producer(store_dir: str | os.PathLike[str], source: str) -> tuple[str, str, bool]:
+    """Issue a credential that may publish only on ``nexus.ext.<source>.>``; replaces an earlier one.
+
+    The credential is stored in ``credentials.json`` (0600) and the embedded server running on
+    ``store_dir`` (if any) reloads its configuration, so it works at once.
+
+    Returns:
+        (user, password, reloaded): the password is shown to the operator once; ``reloaded``
+        says whether a running server took it up (else it does at its next start).
+
+    Raises:
+        ValueError: ``source`` is not a valid subject token.
+    """
+    _check_source(source)
+    password = secrets.token_urlsafe(32)
+    _update_producers(store_dir, lambda producers: producers.__setitem__(source, password))
+    return producer_user(source), password, reload_running(store_dir)
+
+
+def revoke_producer(store_dir: str | os.PathLike[str], source: str) -> bool:
+    """Remove the credential of ``source``'s producer; return whether a running server reloaded.
+
+    Raises:
+        KeyError: ``source`` has no credential.
+    """
+    _check_source(source)
+
+    def remove(producers: dict[str, str]) -> None:
+        if source not in producers:
+            raise KeyError(f"no producer credential for source {source!r}")
+        del producers[source]
+
+    _update_producers(store_dir, remove)
+    return reload_running(store_dir)
+
+
+def reload_running(store_dir: str | os.PathLike[str]) -> bool:
+    """Ask the nats-server running on ``store_dir`` to reload its configuration (SIGHUP).
+
+    The pid comes from the server's pid file, and is signalled only if that process is a
+    nats-server started with this store's configuration (a stale pid file must not hang up an
+    unrelated process). Returns whether a server was signalled.
+    """
+    directory = Path(store_dir).resolve()
+    try:
+        pid = int((directory / PID_FILE).read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return False
+    config = str(directory / CONFIG_FILE).encode()
+    if not command or not command[0].endswith(b"nats-server") or config not in command:
+        return False
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+CONFIG_FILE = "nats-server.conf"
 
 
 class EmbeddedNatsError(BusError):
@@ -51,15 +317,17 @@ def find_nats_server() -> Path:
 
 
 class EmbeddedNats:
-    """A ``nats-server`` child process with JetStream, listening on 127.0.0.1 only.
+    """A ``nats-server`` child process with JetStream and authorization, listening on 127.0.0.1 only.
 
     Use it as an async context manager; ``url`` is valid inside the block. On exit the server
     gets SIGTERM (it flushes JetStream and exits), then SIGKILL if it has not stopped in time.
+    ``url`` carries no credentials; ``client_url(identity)`` and ``credentials(identity)`` give
+    those of one identity (``IDENTITIES``), read from the store's ``credentials.json``.
 
     Args:
-        store_dir: JetStream store directory (created if needed); the generated config and the
-            server's log are kept beside the store, in this directory too.
-        port: client port; 0 picks a free one.
+        store_dir: JetStream store directory (created 0700 if needed); the generated config,
+            the credentials and the server's log are kept beside the store, in this directory too.
+        port: client port; 0 picks a free one (a restart binds the one picked first).
         sync_always: fsync every JetStream write (``NEXUS_NATS_SYNC=always``); by default
             JetStream fsyncs lazily and the relay re-publishes a lost tail.
         http_port: HTTP monitoring port; None (default) leaves monitoring off.
@@ -82,6 +350,7 @@ class EmbeddedNats:
         self.startup_timeout = startup_timeout
         self._process: asyncio.subprocess.Process | None = None
         self._url: str | None = None
+        self._credentials: dict[str, dict[str, str]] | None = None
 
     @property
     def url(self) -> str:
@@ -94,6 +363,30 @@ class EmbeddedNats:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def process(self) -> asyncio.subprocess.Process | None:
+        """The running server process (a supervisor waits on it), None when stopped."""
+        return self._process
+
+    def credentials(self, identity: str = OPERATOR) -> tuple[str, str]:
+        """(user, password) of a platform identity of this server.
+
+        Raises:
+            KeyError: ``identity`` is not one of ``IDENTITIES``.
+        """
+        if identity not in IDENTITIES:
+            raise KeyError(f"unknown NATS identity {identity!r}; known: {', '.join(IDENTITIES)}")
+        credentials = self._credentials or load_credentials(self.store_dir)
+        return identity, credentials["users"][identity]
+
+    def client_url(self, identity: str = OPERATOR) -> str:
+        """``nats://user:password@127.0.0.1:<port>``: the URL of the running server with an identity's credentials.
+
+        For tests and tools that pass one URL around; never print or log it.
+        """
+        user, password = self.credentials(identity)
+        return self.url.replace("nats://", f"nats://{quote(user, safe='')}:{quote(password, safe='')}@", 1)
+
     def _config(self, ports_dir: Path) -> str:
         # A generated config rather than flags: sync_interval has no command-line flag, and one
         # file makes the server's settings inspectable after the fact.
@@ -103,6 +396,10 @@ class EmbeddedNats:
         lines = [
             f'listen: "127.0.0.1:{self.port if self.port else -1}"',
             f"ports_file_dir: {json.dumps(str(ports_dir))}",
+            f"pid_file: {json.dumps(str((self.store_dir / PID_FILE).resolve()))}",
+            # Users and permissions are in their own file, which `nexus keys create --producer`
+            # rewrites before it asks the running server to reload.
+            f"include {json.dumps(AUTHORIZATION_FILE)}",
             "jetstream: {",
             *(f"  {key}: {json.dumps(value)}" for key, value in jetstream.items()),
             "}",
@@ -118,12 +415,15 @@ class EmbeddedNats:
             EmbeddedNatsError: the binary is missing, the port is in use, or it did not start.
         """
         binary = find_nats_server()
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.store_dir)
+        self._credentials = load_credentials(self.store_dir, create=True)
+        _write_authorization(self.store_dir, self._credentials)
         ports_dir = Path(tempfile.mkdtemp(prefix="nexus-nats-ports-"))
-        config = self.store_dir / "nats-server.conf"
-        config.write_text(self._config(ports_dir))
+        config = self.store_dir / CONFIG_FILE
+        _write_private(config, self._config(ports_dir))
         log_path = self.store_dir / "nats-server.log"
-        with log_path.open("ab") as log:
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as log:
             self._process = await asyncio.create_subprocess_exec(
                 str(binary),
                 "-c",
@@ -142,6 +442,8 @@ class EmbeddedNats:
             raise
         finally:
             shutil.rmtree(ports_dir, ignore_errors=True)
+        # A restart (nexus up restarts a server that died) binds the same port again.
+        self.port = port
         self._url = f"nats://127.0.0.1:{port}"
         return self._url
 

@@ -21,12 +21,14 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
@@ -49,11 +51,63 @@ from nexus.bus._port import (
 )
 from nexus.bus._subjects import matches_any
 from nexus.bus._wire import LazyHeaders, Wire, WireError, check_subject, clean_value, header_block, parse_headers
+from nexus.obs import Backoff, RateLimitedLog
 from nexus.proto import STREAM_CMD, STREAM_DLQ, STREAM_EVT, STREAM_EXT, CloudEvent, encode_event, subject_for
 
-__all__ = ["NEXUS_STREAMS", "JetStreamBus", "PendingAcks", "StreamSpec"]
+__all__ = ["NEXUS_STREAMS", "JetStreamAPIError", "JetStreamBus", "PendingAcks", "StreamSpec", "redact_url"]
 
 logger = logging.getLogger("nexus.bus")
+
+QUIET_INTERVAL = 10.0
+"""Seconds between two log lines of the same repeated error (the lines in between are counted)."""
+
+_quiet = RateLimitedLog(logger, interval=QUIET_INTERVAL)
+
+# JetStream API error codes (``err_code`` of an API error response).
+ERR_CONSUMER_NOT_FOUND = 10014
+ERR_STREAM_NOT_FOUND = 10059
+
+
+class JetStreamAPIError(BusError):
+    """The JetStream API answered a call with an error.
+
+    Attributes:
+        code: the HTTP-like status (404, 400, 503, …).
+        err_code: JetStream's own error code (e.g. 10014, consumer not found).
+        description: the server's text.
+    """
+
+    def __init__(self, subject: str, code: int, err_code: int, description: str) -> None:
+        super().__init__(f"{subject}: {description} (code {err_code})")
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+    @property
+    def missing(self) -> bool:
+        """The stream or the consumer the call named does not exist."""
+        return self.err_code in (ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND)
+
+
+class _NoStreamError(BusError):
+    """A publish reached no stream (JetStream answered 503, no responders)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the password of its user part, for messages and logs."""
+    redacted = []
+    for part in url.split(","):
+        try:
+            pieces = urlsplit(part)
+        except ValueError:
+            redacted.append("<unparsable URL>")
+            continue
+        if pieces.password is not None:
+            netloc = f"{pieces.username}:***@{pieces.hostname}" + (f":{pieces.port}" if pieces.port else "")
+            part = urlunsplit(pieces._replace(netloc=netloc))
+        redacted.append(part)
+    return ",".join(redacted)
+
 
 DUPLICATE_WINDOW_SECONDS = 120.0
 """De-duplication window of every Nexus stream: a re-published event id within it is stored once."""
@@ -211,7 +265,7 @@ class _Pipeline:
         if not data:
             status = parse_headers(headers).get("Status")
             if status == "503":
-                future.set_exception(BusError("no JetStream stream accepts this subject (no responders)"))
+                future.set_exception(_NoStreamError("no JetStream stream accepts this subject (no responders)"))
             else:
                 future.set_exception(BusError(f"unexpected empty publish acknowledgement (status {status})"))
             return
@@ -302,6 +356,8 @@ class JetStreamBus(Bus):
         self._reply_tokens = itertools.count(1)
         self._owned = list(owned)
         self._closed = False
+        self._repairing: asyncio.Task[None] | None = None
+        self._repaired_at = -1e9
 
     @classmethod
     async def connect(
@@ -314,36 +370,60 @@ class JetStreamBus(Bus):
         connect_timeout: float = 5.0,
         tracer_provider: trace.TracerProvider | None = None,
         ensure_streams: bool = True,
+        user: str | None = None,
+        password: str | None = None,
+        reconnect: bool = True,
     ) -> JetStreamBus:
         """Connect to ``url`` and (by default) create or update the Nexus streams.
 
         Args:
-            url: ``nats://host:port`` (several, comma-separated, for a cluster).
+            url: ``nats://host:port`` (several, comma-separated, for a cluster); it may carry
+                ``user:password@``, though ``user`` and ``password`` are the better way.
             name: client name the server shows in its connection list.
             ack_timeout: seconds to wait for a PubAck before BusTimeoutError.
             window: publishes in flight at most (pipelining bound).
             connect_timeout: seconds to wait for the first connection.
             tracer_provider: OpenTelemetry provider for the publish/consume spans (default: global).
             ensure_streams: call ``ensure_streams()`` once connected.
+            user: NATS user (``NEXUS_NATS_USER``), with ``password``.
+            password: that user's password (``NEXUS_NATS_PASSWORD``).
+            reconnect: keep reconnecting, forever, when the connection is lost (services).
+                False fails at once, with the reason, when the server cannot be reached or
+                refuses the credentials, and never reconnects (one-shot commands).
 
         Raises:
-            BusUnavailableError: the server cannot be reached.
+            BusUnavailableError: the server cannot be reached, or refused the credentials.
             StreamConfigError: a Nexus stream exists with settings that cannot be updated.
         """
+        errors: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(exc)
+            del errors[:-1]
+            await _log_error(exc)
+
+        credentials: dict[str, Any] = {}
+        if user is not None or password is not None:
+            credentials = {"user": user, "password": password}
         try:
-            nc = await nats.connect(
-                url.split(","),
-                name=name,
-                connect_timeout=connect_timeout,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                # The client's own flusher coalesces our fire-and-forget publishes into few writes.
-                pending_size=64 * 1024 * 1024,
-                error_cb=_log_error,
-            )
+            async with asyncio.timeout(None if reconnect else 2 * connect_timeout + 1):
+                nc = await nats.connect(
+                    url.split(","),
+                    name=name,
+                    connect_timeout=connect_timeout,
+                    allow_reconnect=reconnect,
+                    # nats-py tries a server max_reconnect_attempts + 1 times; 0 would mean forever.
+                    max_reconnect_attempts=-1 if reconnect else 1,
+                    reconnect_time_wait=0.5 if reconnect else 0.1,
+                    # The client's own flusher coalesces our fire-and-forget publishes into few writes.
+                    pending_size=64 * 1024 * 1024,
+                    error_cb=on_error if not reconnect else _log_error,
+                    reconnected_cb=_on_reconnected,
+                    **credentials,
+                )
         except (OSError, NatsError, TimeoutError) as exc:
-            raise BusUnavailableError(f"cannot connect to NATS at {url}: {exc!r}") from exc
+            reason = errors[-1] if errors else exc
+            raise BusUnavailableError(f"cannot connect to NATS at {redact_url(url)}: {_describe(reason)}") from exc
         try:
             bus = cls(nc, ack_timeout=ack_timeout, window=window, tracer_provider=tracer_provider)
             await bus._pipeline.start()
@@ -365,6 +445,23 @@ class JetStreamBus(Bus):
         for spec in streams:
             await self._ensure_stream(spec)
 
+    def _repair_streams_soon(self) -> None:
+        """A publish reached no stream: recreate missing Nexus streams in the background (at most every 2 s)."""
+        loop = asyncio.get_running_loop()
+        if self._closed or (self._repairing and not self._repairing.done()) or loop.time() - self._repaired_at < 2.0:
+            return
+        self._repaired_at = loop.time()
+
+        async def repair() -> None:
+            try:
+                await self.ensure_streams()
+            except BusError as exc:
+                _quiet.warning("repair-streams", "could not recreate the Nexus streams: %s", exc)
+            else:
+                _quiet.clear("repair-streams")
+
+        self._repairing = asyncio.create_task(repair(), name="nexus-bus-repair-streams")
+
     async def _ensure_stream(self, spec: StreamSpec) -> None:
         try:
             info = await self.js.stream_info(spec.name)
@@ -375,6 +472,7 @@ class JetStreamBus(Bus):
         if info is None:
             try:
                 await self.js.add_stream(spec.config())
+                logger.info("created stream %s", spec.name)
                 return
             except APIError as exc:
                 raise StreamConfigError(f"cannot create stream {spec.name}: {exc.description}") from exc
@@ -515,7 +613,12 @@ class JetStreamBus(Bus):
                 f"{batch.remaining} of {len(batch.acks)} publishes not acknowledged within {timeout:g} s"
                 + ("" if self.nc.is_connected else " (not connected to NATS)")
             )
-        acks: list[PublishAck] = batch.future.result()
+        try:
+            acks: list[PublishAck] = batch.future.result()
+        except _NoStreamError:
+            # A Nexus stream was deleted under us: recreate it, so that the caller's retry succeeds.
+            self._repair_streams_soon()
+            raise
         stream = acks[0].stream
         counter = self._published.get(stream)
         if counter is None:
@@ -579,7 +682,8 @@ class JetStreamBus(Bus):
         response: dict[str, Any] = json.loads(msg.data)
         if "error" in response:
             error = response["error"]
-            raise BusError(f"{subject}: {error.get('description', error)} (code {error.get('err_code')})")
+            code, err_code = int(error.get("code") or 0), int(error.get("err_code") or 0)
+            raise JetStreamAPIError(subject, code, err_code, str(error.get("description", error)))
         return response
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -597,6 +701,9 @@ class JetStreamBus(Bus):
             return
         self._closed = True
         await asyncio.gather(*(consumer.stop() for consumer in self._consumers), return_exceptions=True)
+        if self._repairing is not None:
+            self._repairing.cancel()
+            await asyncio.gather(self._repairing, return_exceptions=True)
         self._pipeline.fail_all(BusUnavailableError("the bus is closed"))
         try:
             with contextlib.suppress(NatsError, TimeoutError, OSError):
@@ -633,7 +740,19 @@ def _value(setting: Any) -> Any:
 
 
 async def _log_error(exc: Exception) -> None:
-    logger.warning("NATS connection: %r", exc)
+    # nats-py calls this on every failed reconnect attempt (twice a second while NATS is down).
+    _quiet.warning(f"connection:{type(exc).__name__}", "NATS connection: %s", _describe(exc))
+
+
+async def _on_reconnected() -> None:
+    logger.info("NATS connection restored")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, NoServersError):
+        return "no server could be reached"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _parse_ack_subject(reply: str) -> tuple[str, int, int, int]:
@@ -679,11 +798,41 @@ class _JetStreamConsumer(Consumer):
         # after it has stopped asking (they would wait out ack_wait before anyone got them).
         self._expires = float(spec.extra.get("pull_expires_seconds", 0.5))  # type: ignore[arg-type]
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.name}"
+        # A pull that ended in an error status (503: no consumer answers; 409: deleted, limits…)
+        # makes the loop check the consumer, recreate it (and its stream) if it is gone, and
+        # wait a growing delay before it asks again, instead of asking again at once, forever.
+        self._check = False
+        self._backoff = Backoff(0.1, 5.0)
+        self._failing = False
+        self._quiet = RateLimitedLog(logger, interval=QUIET_INTERVAL)
 
     async def start(self) -> None:
-        await self._bus.api(f"$JS.API.CONSUMER.CREATE.{self.spec.stream}.{self.spec.name}", await self._config())
+        await self._create()
         self._sub = await self._bus._wire.subscribe(self._inbox, self._on_msg)
         self._task = asyncio.create_task(self._run(), name=f"nexus-consumer-{self.spec.name}")
+
+    async def _create(self) -> None:
+        await self._bus.api(f"$JS.API.CONSUMER.CREATE.{self.spec.stream}.{self.spec.name}", await self._config())
+
+    async def _repair(self) -> None:
+        """Recreate the consumer, and first its stream if it is a Nexus stream, when either is gone."""
+        try:
+            await self._bus.api(f"$JS.API.CONSUMER.INFO.{self.spec.stream}.{self.spec.name}")
+            return
+        except JetStreamAPIError as exc:
+            if not exc.missing:
+                raise
+            stream_missing = exc.err_code == ERR_STREAM_NOT_FOUND
+        if stream_missing:
+            for stream in NEXUS_STREAMS:
+                if stream.name == self.spec.stream:
+                    await self._bus._ensure_stream(stream)
+        await self._create()
+        logger.warning(
+            "consumer %s: %s was missing and has been recreated",
+            self.spec.name,
+            f"stream {self.spec.stream}" if stream_missing else "the durable consumer",
+        )
 
     async def _config(self) -> dict[str, Any]:
         spec = self.spec
@@ -708,8 +857,8 @@ class _JetStreamConsumer(Consumer):
         # An existing durable keeps where it started: the start position cannot be updated.
         try:
             info = await self._bus.api(f"$JS.API.CONSUMER.INFO.{spec.stream}.{spec.name}")
-        except BusError as exc:
-            if "not found" not in str(exc):
+        except JetStreamAPIError as exc:
+            if not exc.missing:
                 raise
         else:
             existing = info["config"]
@@ -725,14 +874,22 @@ class _JetStreamConsumer(Consumer):
             parsed = parse_headers(headers)
             status = parsed.get("Status")
             if status and status not in ("100", "404", "408"):
-                logger.warning(
-                    "consumer %s: JetStream status %s %s", self.spec.name, status, parsed.get("Description", "")
+                self._quiet.warning(
+                    f"status:{status}",
+                    "consumer %s: JetStream status %s %s",
+                    self.spec.name,
+                    status,
+                    parsed.get("Description", ""),
                 )
+                self._check = True
+            elif status in ("404", "408"):
+                self._failing = False
             if status != "100":
                 self._pull_open = False
                 self._wake.set()
             return
         self._queue.append((subject, reply, data, headers))
+        self._failing = False
         self._received += 1
         if self._received >= self._requested:
             self._pull_open = False
@@ -753,11 +910,16 @@ class _JetStreamConsumer(Consumer):
             if self._pull_open and loop.time() > self._pull_deadline:
                 # The request was lost (a reconnect drops open pulls on the server): ask again.
                 self._pull_open = False
+            if self._check and not self._stopping and not self._queue:
+                self._check = False
+                if not await self._recover():
+                    continue
             if not self._pull_open and not self._stopping and len(self._queue) < self.spec.batch:
                 try:
                     await self._pull()
                 except NatsError as exc:
-                    logger.warning("consumer %s: pull request failed: %r", self.spec.name, exc)
+                    self._quiet.warning("pull", "consumer %s: pull request failed: %s", self.spec.name, _describe(exc))
+                    await self._pause()
             if not self._queue:
                 await self._flush_acks()
                 handled = 0
@@ -774,11 +936,40 @@ class _JetStreamConsumer(Consumer):
                 await self._process(item)
             except Exception as exc:
                 # No ack was sent: JetStream redelivers after ack_wait. The replica keeps going.
-                logger.warning("consumer %s: could not settle a message: %r", self.spec.name, exc)
+                self._quiet.warning("settle", "consumer %s: could not settle a message: %r", self.spec.name, exc)
             handled += 1
             if handled >= self.spec.batch:
                 await self._flush_acks()
                 handled = 0
+
+    async def _recover(self) -> bool:
+        """After an error status: repair the consumer if it is gone, then wait before pulling again.
+
+        Returns False when the repair failed (the loop comes back here after the pause).
+        """
+        repaired = True
+        try:
+            await self._repair()
+        except BusError as exc:
+            self._quiet.warning("repair", "consumer %s: could not check or recreate it: %s", self.spec.name, exc)
+            self._check = True
+            repaired = False
+        # Pulls that keep failing are spaced out; one that delivers (or ends normally) resets it.
+        if self._failing:
+            await self._pause()
+        else:
+            self._backoff.reset()
+        self._failing = True
+        return repaired
+
+    async def _pause(self) -> None:
+        """Wait the next back-off delay, or less if the consumer is stopped meanwhile."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._backoff.next()):
+                while not self._stopping:
+                    await self._wake.wait()
+                    self._wake.clear()
 
     async def _process(self, item: tuple[bytes, bytes, bytes, bytes | None]) -> None:
         subject, ack_subject, data, raw_headers = item

@@ -17,6 +17,7 @@ from nexus.obs._metrics import (
     SERVICE_RESTARTS,
     render_metrics,
 )
+from nexus.obs._ratelog import Backoff, RateLimitedLog
 from nexus.obs._tracing import EXPORTERS, current_traceparent, extract_context, setup_tracing
 
 __all__ = [
@@ -29,8 +30,10 @@ __all__ = [
     "REDACTED",
     "SECRET_FIELDS",
     "SERVICE_RESTARTS",
+    "Backoff",
     "InstrumentedEventLog",
     "JsonFormatter",
+    "RateLimitedLog",
     "RedactSecretsFilter",
     "current_traceparent",
     "extract_context",

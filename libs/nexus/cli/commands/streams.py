@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from nexus.bus import BusError
+from nexus.bus import BusError, nats_credentials
 from nexus.bus.jetstream import JetStreamBus
 from nexus.config import PlatformSettings
 
@@ -15,7 +15,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser = subparsers.add_parser(
         "streams",
         help="JetStream state: streams, messages, bytes, consumers",
-        description="Connects to NEXUS_NATS_URL, else to the embedded server on NEXUS_NATS_PORT (nexus up).",
+        description=(
+            "Connects to NEXUS_NATS_URL, else to the embedded server on NEXUS_NATS_PORT (nexus up), as "
+            "NEXUS_NATS_USER, else as the operator identity kept in the data directory; fails within a few "
+            "seconds, with the reason, when NATS cannot be reached."
+        ),
     )
     parser.set_defaults(func=_streams)
 
@@ -25,9 +29,27 @@ def nats_url(platform: PlatformSettings) -> str:
     return platform.nats_url or f"nats://127.0.0.1:{platform.nats_port}"
 
 
+CONNECT_TIMEOUT = 3.0
+"""Seconds a command waits for NATS before it gives up (it never waits for a reconnect)."""
+
+
 async def connect(platform: PlatformSettings) -> JetStreamBus:
-    """A bus on the running platform's NATS, without touching its stream configuration."""
-    return await JetStreamBus.connect(nats_url(platform), name="nexus-cli", connect_timeout=3.0, ensure_streams=False)
+    """A bus on the running platform's NATS, without touching its stream configuration.
+
+    As ``NEXUS_NATS_USER`` when set, else as the operator identity from the data directory.
+    A command fails fast: no reconnect loop, and BusUnavailableError with the reason when the
+    server is down or refuses the credentials.
+    """
+    user, password = nats_credentials(platform) or (None, None)
+    return await JetStreamBus.connect(
+        nats_url(platform),
+        name="nexus-cli",
+        connect_timeout=CONNECT_TIMEOUT,
+        ensure_streams=False,
+        user=user,
+        password=password,
+        reconnect=False,
+    )
 
 
 def human_bytes(size: int) -> str:
