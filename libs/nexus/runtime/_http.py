@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -67,24 +69,93 @@ class HTTPError(Exception):
         self.error = error or _error_code(status)
 
 
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a request body may have (no Nexus document comes close)."""
+
+# A JSON string (valid JSON only: the body has decoded before this runs), and the bytes that are
+# not brackets; with both gone, what is left of a body is its brackets in order.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = [0] * 256
+for _open in b"[{":
+    _BRACKET_STEP[_open] = 1
+for _close in b"]}":
+    _BRACKET_STEP[_close] = -1
+
+
+def json_depth_exceeds(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether valid JSON text ``raw`` nests arrays and objects deeper than ``limit`` levels.
+
+    Linear in the size of ``raw`` and done in C but for one pass over the brackets; a body
+    with no more than ``limit`` brackets in all is answered without scanning.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0) > limit
+
+
+def _too_deep() -> HTTPError:
+    return HTTPError(
+        400,
+        f"the request body nests arrays and objects deeper than the limit of {MAX_JSON_DEPTH} levels",
+        error="too_deep",
+    )
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> HTTPError:
+    return HTTPError(
+        400, f"the request body is not valid UTF-8 (invalid byte at offset {exc.start})", error="bad_encoding"
+    )
+
+
 async def read_json(request: web.Request, type_: type[T]) -> T:
     """Decode the request body as JSON into ``type_`` (a msgspec Struct, ``dict``, ``list[...]``…).
 
     Raises:
         HTTPRequestEntityTooLarge: the body exceeds the service's ``max_body_bytes`` (413).
-        HTTPBadRequest: the body is empty, not JSON, or does not match ``type_``; the message
-            names the offending field (400).
+        HTTPError: 400 when the body is empty, not UTF-8, not JSON, nested deeper than
+            :data:`MAX_JSON_DEPTH` levels, or does not match ``type_``; the message names the
+            problem (the offending field, the byte offset).
     """
     raw = await request.read()
     if not raw.strip():
         raise HTTPError(400, "the request body is empty; send a JSON document", error="bad_json") from None
     try:
-        return msgspec.json.decode(raw, type=type_)
+        decoded = msgspec.json.decode(raw, type=type_)
     except msgspec.ValidationError as exc:
         message = f"the request body does not match the expected schema: {exc}"
         raise HTTPError(400, message, error="invalid_body") from None
     except msgspec.DecodeError as exc:
         raise HTTPError(400, f"the request body is not valid JSON: {exc}", error="bad_json") from None
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(exc) from None
+    except RecursionError:
+        # msgspec stops at the interpreter's recursion limit (about a thousand levels).
+        raise _too_deep() from None
+    if json_depth_exceeds(raw):
+        raise _too_deep()
+    return decoded
+
+
+def _header_problem(request: web.Request) -> str | None:
+    """The first header whose value is not UTF-8 (aiohttp hands such bytes over as surrogates)."""
+    for name, value in request.headers.items():
+        if value.isascii():
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"the {name} header is not valid UTF-8"
+    return None
+
+
+def _event_too_large_error() -> type[Exception] | None:
+    # The event log's size limit error; looked up lazily so this module does not import the log.
+    from nexus import eventlog
+
+    found = getattr(eventlog, "EventTooLargeError", None)
+    return found if isinstance(found, type) else None
 
 
 def _error_code(status: int) -> str:
@@ -128,14 +199,22 @@ def error_middleware(max_body_bytes: int) -> Any:
     """Turn every error into an ErrorBody with a clear message; 500s never leak internals.
 
     Bodies whose declared ``Content-Length`` exceeds ``max_body_bytes`` are refused with 413
-    before the handler runs; chunked bodies hit the same limit when the handler reads them.
+    before the handler runs; chunked bodies hit the same limit when the handler reads them. A
+    header that is not UTF-8 is a 400 naming it. What a handler fails to decode of the request
+    (``UnicodeDecodeError``, ``RecursionError``, msgspec's errors) is a 400 saying so, and an event
+    the log refuses as too large (``EventTooLargeError``) is a 413 ``event_too_large``.
     """
+
+    too_large = _event_too_large_error()
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             if request.content_length is not None and request.content_length > max_body_bytes:
                 raise web.HTTPRequestEntityTooLarge(max_size=max_body_bytes, actual_size=request.content_length)
+            problem = _header_problem(request)
+            if problem is not None:
+                raise HTTPError(400, problem, error="bad_header")
             return await handler(request)
         except HTTPError as exc:
             return error_response(exc.status, exc.error, exc.message)
@@ -148,7 +227,18 @@ def error_middleware(max_body_bytes: int) -> Any:
             )
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
-        except Exception:
+        # A handler's own decode of what the caller sent is the caller's problem, never a 500.
+        except UnicodeDecodeError as exc:
+            return error_response(400, "bad_encoding", f"the request is not valid UTF-8: {exc.reason} at {exc.start}")
+        except RecursionError:
+            return error_response(400, "too_deep", "the request nests too deeply to be read")
+        except msgspec.ValidationError as exc:
+            return error_response(400, "invalid_body", f"the request does not match the expected schema: {exc}")
+        except msgspec.DecodeError as exc:
+            return error_response(400, "bad_json", f"the request body is not valid JSON: {exc}")
+        except Exception as exc:
+            if too_large is not None and isinstance(exc, too_large):
+                return error_response(413, "event_too_large", str(exc))
             context = trace.get_current_span().get_span_context()
             trace_id = format(context.trace_id, "032x") if context.is_valid else None
             logger.exception("unhandled error in %s %s", request.method, route_template(request))
