@@ -15,8 +15,9 @@
 
 A job is stream ``job-<jobExecutionId>`` of the log: ``job.initiated``, then ``job.executed``
 naming the execution the engine started. Every request carries an API key (``x-service-key``),
-checked against the KeyView folded from the log; a job can be read and executed only with a key
-of the owner that initiated it.
+checked against the KeyView folded from the log; a job belongs to the client that initiated it,
+and another client's key is answered 404 exactly as for a job that does not exist. Errors keep
+seed 000's shape, ``{"success": false, "error": …}``, authentication's included.
 """
 
 from __future__ import annotations
@@ -33,16 +34,16 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from nexus.auth import API_KEY_HEADERS, KeyInfo, KeyView
+from nexus.auth import AUTH, KeyInfo, KeyView, can_see, require_api_key
 from nexus.client import PayloadError, PayloadField, check_instance, job_payload_schema
 from nexus.eventlog import ConcurrencyError, EventLog
-from nexus.proto import CloudEvent, new_event, new_event_id
+from nexus.proto import PLATFORM_TENANT, CloudEvent, new_event, new_event_id
 from nexus.proto.events.jobs import JobExecuted, JobInitiated
+from nexus.runtime import Owned, Service
 from nexus.services.workflow.context import FINAL_STATUSES, WorkflowContext
 from nexus.services.workflow.errors import InactiveWorkflowError, InputValidationError, UnknownWorkflowError
 
 __all__ = [
-    "AUTH",
     "JOB_EXECUTED",
     "JOB_INITIATED",
     "KEY_VIEW",
@@ -95,36 +96,26 @@ class JobApiSettings:
 
 
 SETTINGS = web.AppKey("nexus.workflow.job_settings", JobApiSettings)
-AUTH = web.RequestKey("nexus.workflow.auth", KeyInfo)
-"""The caller's key, set by ``require_key`` before a guarded handler runs."""
+
+
+class SeedError(msgspec.Struct, frozen=True, kw_only=True):
+    """An error in seed 000's shape (more fields may follow, ``problems`` among them)."""
+
+    success: bool
+    """Always false."""
+    error: str
+    """What went wrong, in words meant for the caller."""
+
+
+def seed_error(code: str, message: str) -> dict[str, object]:
+    """Seed 000's error body for the route decorator's refusals (401, 403, 404)."""
+    return {"success": False, "error": message}
 
 
 def require_key(view: KeyView) -> Callable[[Handler], Handler]:
-    """Guard a handler with a client API key (``x-service-key`` or ``X-API-Key``), checked against
-    the KeyView folded from the log: missing, unknown or revoked → 401; a worker token → 403."""
-
-    def guard(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            secret = next((request.headers[h] for h in API_KEY_HEADERS if h in request.headers), "")
-            if not secret:
-                raise _unauthorized(401, "an API key is required: send it in x-service-key")
-            info = await view.verify(secret)
-            if info is None:
-                raise _unauthorized(401, "the API key is not valid or was revoked")
-            if info.kind != "client":
-                raise _unauthorized(403, "a worker token cannot call client routes")
-            request[AUTH] = info
-            return await handler(request)
-
-        return guarded
-
-    return guard
-
-
-def _unauthorized(status: int, message: str) -> web.HTTPException:
-    cls = web.HTTPUnauthorized if status == 401 else web.HTTPForbidden
-    return cls(text=json.dumps({"success": False, "error": message}), content_type="application/json")
+    """TRANSITION: the client-key guard with seed 000's error shape, for modules that still add
+    routes to the aiohttp app directly; routes declared with ``Service.route`` need none."""
+    return require_api_key(view, shape=seed_error)
 
 
 def key_view(app: web.Application, ctx: WorkflowContext) -> KeyView:
@@ -256,11 +247,9 @@ def state_json(state: Any) -> dict[str, Any]:
 async def _job_for(request: web.Request, ctx: WorkflowContext, job_id: str | None = None) -> JobRecord:
     job_id = job_id or request.match_info["id"]
     job = await load_job(ctx.log, job_id)
-    if job is None:
+    # Another client's job is answered exactly like a missing one: an id tells nothing.
+    if job is None or not can_see(request[AUTH], job.owner or PLATFORM_TENANT):
         raise fail(404, f"no job with jobExecutionId {job_id!r}")
-    auth: KeyInfo = request[AUTH]
-    if job.owner and job.owner != auth.owner:
-        raise fail(403, f"job {job_id!r} belongs to another client")
     return job
 
 
@@ -301,14 +290,19 @@ class JobApi:
     def __init__(self, ctx: WorkflowContext) -> None:
         self.ctx = ctx
 
-    def _payload_schema(self, workflow_id: str) -> tuple[Any, dict[str, PayloadField]]:
-        workflow = self.ctx.registry.get_workflow(workflow_id)
+    async def tenant_of(self, job_id: str) -> str | None:
+        """The tenant that owns the job, or None when there is no such job."""
+        job = await load_job(self.ctx.log, job_id)
+        return (job.owner or PLATFORM_TENANT) if job is not None else None
+
+    def _payload_schema(self, workflow_id: str, tenant: str) -> tuple[Any, dict[str, PayloadField]]:
+        workflow = self.ctx.registry.get_workflow(workflow_id, tenant=tenant)
         if workflow is None:
             raise fail(404, f"workflow {workflow_id!r} is not registered")
         schema_id = getattr(workflow, "input_schema_id", None)
         definition: Mapping[str, Any] = {"type": "object", "properties": {}}
         if schema_id:
-            schema = self.ctx.registry.get_schema(schema_id)
+            schema = self.ctx.registry.get_schema(schema_id, tenant=tenant)
             if schema is None:
                 raise fail(404, f"input schema {schema_id!r} of workflow {workflow_id!r} is not registered")
             definition = schema.definition
@@ -319,7 +313,7 @@ class JobApi:
 
     async def get_workflow(self, request: web.Request) -> web.Response:
         workflow_id = request.match_info["workflowId"]
-        workflow, fields = self._payload_schema(workflow_id)
+        workflow, fields = self._payload_schema(workflow_id, request[AUTH].tenant)
         return web.json_response(
             {
                 "workflowId": workflow_id,
@@ -331,7 +325,7 @@ class JobApi:
         )
 
     async def _initiate(self, auth: KeyInfo, workflow_id: str, title: str, description: str) -> str:
-        self._payload_schema(workflow_id)
+        self._payload_schema(workflow_id, auth.tenant)
         job_id = new_event_id()
         data = JobInitiated(
             job_id=job_id,
@@ -339,9 +333,9 @@ class JobApi:
             title=title,
             description=description,
             key_id=auth.key_id,
-            owner=auth.owner,
+            owner=auth.tenant,
         )
-        event = new_event(JOB_INITIATED, data, source=SOURCE, subject=job_id, correlationid=job_id)
+        event = new_event(JOB_INITIATED, data, source=SOURCE, subject=job_id, correlationid=job_id, tenant=auth.tenant)
         await self.ctx.log.append(job_stream(job_id), [event], expected_version=0)
         return job_id
 
@@ -356,7 +350,8 @@ class JobApi:
 
     async def _execute(self, job: JobRecord, instance: Any) -> str:
         """Check the payload and start the execution; returns its id (idempotent per job)."""
-        _, fields = self._payload_schema(job.workflow_id)
+        tenant = job.owner or PLATFORM_TENANT
+        _, fields = self._payload_schema(job.workflow_id, tenant)
         try:
             workflow_input = check_instance(fields, instance)
         except PayloadError as exc:
@@ -371,6 +366,7 @@ class JobApi:
                 correlation_id=job.job_id,
                 causation_id=job.events[0].id,
                 trigger={"kind": "job", "job_id": job.job_id},
+                tenant=tenant,
             )
         except InputValidationError as exc:
             raise fail(400, str(exc), problems=[{"field": p, "reason": m} for p, m in exc.problems]) from None
@@ -379,7 +375,9 @@ class JobApi:
         data = JobExecuted(
             job_id=job.job_id, workflow_id=job.workflow_id, execution_id=execution_id, input=workflow_input
         )
-        event = new_event(JOB_EXECUTED, data, source=SOURCE, subject=job.job_id, correlationid=job.job_id)
+        event = new_event(
+            JOB_EXECUTED, data, source=SOURCE, subject=job.job_id, correlationid=job.job_id, tenant=tenant
+        )
         with contextlib.suppress(ConcurrencyError):
             # A concurrent execute of the same job got the same execution (same idempotency key).
             await self.ctx.log.append(job_stream(job.job_id), [event], expected_version=len(job.events))
@@ -453,23 +451,31 @@ class JobApi:
 
         # Before the job is executed there is no execution to watch: look at the job's stream.
         while job.execution_id is None:
-            await send(status_body(job, None))
+            try:
+                await send(status_body(job, None))
+            except ConnectionResetError:
+                return response
             await asyncio.sleep(min(0.25, keepalive))
             refreshed = await load_job(self.ctx.log, job.job_id)
             job = refreshed or job
         states = self.ctx.engine.watch(job.execution_id).__aiter__()
-        while True:
-            try:
-                state = await asyncio.wait_for(states.__anext__(), keepalive)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-                continue
-            except StopAsyncIteration:
-                break
-            body = status_body(job, state)
-            await send(body)
-            if body["status"] != IN_PROGRESS:
-                break
+        try:
+            while True:
+                try:
+                    state = await asyncio.wait_for(states.__anext__(), keepalive)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                except StopAsyncIteration:
+                    break
+                body = status_body(job, state)
+                await send(body)
+                if body["status"] != IN_PROGRESS:
+                    break
+        except ConnectionResetError:
+            return response  # the client went away: an ordinary end of a stream
+        finally:
+            await states.aclose()  # type: ignore[attr-defined]
         await response.write_eof()
         return response
 
@@ -482,8 +488,8 @@ class JobApi:
         limit = job_settings(request.app).batch_limit
         if len(jobs) > limit:
             raise fail(400, f"jobs has {len(jobs)} items; at most {limit} per batch")
-        self._payload_schema(workflow_id)
         auth: KeyInfo = request[AUTH]
+        self._payload_schema(workflow_id, auth.tenant)
 
         async def one(item: Any) -> dict[str, Any]:
             job_id = None
@@ -513,16 +519,95 @@ class JobApi:
         )
 
 
-def install(app: web.Application, ctx: WorkflowContext) -> None:
-    """Add the job routes to the workflow service's app."""
+class InitiateBody(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /job/initiate``."""
+
+    workflowId: str
+    title: str = ""
+    description: str = ""
+
+
+class InitiatedBody(msgspec.Struct, frozen=True, kw_only=True):
+    success: bool
+    jobExecutionId: str
+
+
+class ExecuteBody(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /job/execute``: the instance is checked against the workflow's jobPayloadSchema."""
+
+    jobExecutionId: str
+    jobPayloadSchemaInstance: dict[str, Any]
+
+
+class ExecutedBody(msgspec.Struct, frozen=True, kw_only=True):
+    success: bool
+    message: str
+    executionId: str
+
+
+class BatchJob(msgspec.Struct, frozen=True, kw_only=True):
+    jobPayloadSchemaInstance: dict[str, Any]
+    title: str = ""
+    description: str = ""
+
+
+class BatchBody(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /job/batch``."""
+
+    workflowId: str
+    jobs: list[BatchJob]
+
+
+def install(service: Service, ctx: WorkflowContext) -> None:
+    """Add the job routes to the workflow service."""
     api = JobApi(ctx)
-    guard = require_key(key_view(app, ctx))
-    job_settings(app)
-    app.router.add_get("/workflow/{workflowId}", guard(api.get_workflow))
-    app.router.add_post("/job/initiate", guard(api.initiate))
-    app.router.add_post("/job/execute", guard(api.execute))
-    app.router.add_post("/job/batch", guard(api.batch))
-    app.router.add_get("/job/{id}/status", guard(api.status))
-    app.router.add_get("/job/{id}/results", guard(api.results))
-    app.router.add_get("/job/{id}/audit", guard(api.audit))
-    app.router.add_get("/job/{id}/monitor", guard(api.monitor))
+    job_settings(service.app)
+    route = functools.partial(
+        service.route, auth="client", tags=["jobs (seed 000)"], error_shape=seed_error, error_model=SeedError
+    )
+    owned_job = Owned("job", "id", api.tenant_of)
+    route(
+        "GET",
+        "/workflow/{workflowId}",
+        summary="A workflow and its jobPayloadSchema (the type of each field)",
+        responses={404: "No such workflow", 400: "The workflow's input schema cannot be a job payload"},
+    )(api.get_workflow)
+    route(
+        "POST",
+        "/job/initiate",
+        summary="Start a job for a workflow: answers its jobExecutionId",
+        request=InitiateBody,
+        response=InitiatedBody,
+        responses={404: "No such workflow"},
+    )(api.initiate)
+    route(
+        "POST",
+        "/job/execute",
+        summary="Execute an initiated job with its payload (idempotent per job)",
+        request=ExecuteBody,
+        response=ExecutedBody,
+        responses={404: "No such job", 409: "The workflow is inactive or gone"},
+    )(api.execute)
+    route(
+        "POST",
+        "/job/batch",
+        summary="Initiate and execute many jobs of one workflow",
+        request=BatchBody,
+        responses={404: "No such workflow"},
+    )(api.batch)
+    route("GET", "/job/{id}/status", summary="A job's status", owned=owned_job)(api.status)
+    route(
+        "GET",
+        "/job/{id}/results",
+        summary="A finished job's results",
+        owned=owned_job,
+        responses={409: "The job is still in progress"},
+    )(api.results)
+    route("GET", "/job/{id}/audit", summary="A job's audit trail, from the event log", owned=owned_job)(api.audit)
+    route(
+        "GET",
+        "/job/{id}/monitor",
+        summary="Server-Sent Events: the job's status at each change, until a final one",
+        owned=owned_job,
+        content_type="text/event-stream",
+    )(api.monitor)

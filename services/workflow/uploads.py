@@ -5,7 +5,9 @@ upload id, file extension, size limit and expiry, under a signing key that is ei
 (``NEXUS_UPLOAD_SIGNING_KEY``, shared by replicas) or drawn at random when the process starts.
 ``PUT`` to it needs no other credential; the body is stored in Raw and the use is recorded as an
 event in stream ``upload-<id>``, appended at the stream's expected version, so a URL works once
-even when two requests race.
+even when two requests race. The file belongs to the client that asked for the URL: it is
+stored in that client's Raw namespace (``t/<client>/uploads/…``), and a ``jobExecutionId``
+given with the request must name one of the client's own jobs.
 """
 
 from __future__ import annotations
@@ -24,12 +26,21 @@ from urllib.parse import urlencode
 import msgspec
 from aiohttp import web
 
+from nexus.auth import AUTH, can_see
 from nexus.eventlog import ConcurrencyError
-from nexus.proto import new_event
+from nexus.proto import PLATFORM_TENANT, new_event
 from nexus.proto.events.jobs import UploadCompleted, UploadIssued
-from nexus.raw import RawBackend
+from nexus.raw import RawBackend, tenant_key
+from nexus.runtime import Service
 from nexus.services.workflow.context import WorkflowContext
-from nexus.services.workflow.jobapi import base_url, job_settings, key_view, read_body, require_key
+from nexus.services.workflow.jobapi import (
+    SeedError,
+    base_url,
+    job_settings,
+    load_job,
+    read_body,
+    seed_error,
+)
 
 UPLOAD_STREAM_PREFIX = "upload-"
 _EXTENSION = re.compile(r"^[A-Za-z0-9]{1,16}$")
@@ -208,16 +219,27 @@ class Uploads:
             grant, query = self.presigner.issue(body.get("fileExtension", ""), max_bytes=requested)
         except UploadError as exc:
             return _error(exc)
+        info = request[AUTH]
         job_id = body.get("jobExecutionId") or ""
+        if job_id:
+            job = await load_job(self.ctx.log, str(job_id))
+            if job is None or not can_see(info, job.owner or PLATFORM_TENANT):
+                return _error(UploadError(404, f"no job with jobExecutionId {job_id!r}"))
         data = UploadIssued(
             upload_id=grant.upload_id,
             file_extension=grant.extension,
             max_bytes=grant.max_bytes,
             expires_at=grant.expires_at,
             job_id=str(job_id),
+            tenant=info.tenant,
         )
         event = new_event(
-            UPLOAD_ISSUED, data, source="nexus/workflow", subject=grant.upload_id, correlationid=str(job_id) or None
+            UPLOAD_ISSUED,
+            data,
+            source="nexus/workflow",
+            subject=grant.upload_id,
+            correlationid=str(job_id) or None,
+            tenant=info.tenant,
         )
         await self.ctx.log.append(upload_stream(grant.upload_id), [event], expected_version=0)
         base = base_url(request)
@@ -247,7 +269,8 @@ class Uploads:
             if declared is not None and declared > grant.max_bytes:
                 raise UploadError(413, f"the file is {declared} bytes; this URL accepts at most {grant.max_bytes}")
             data = await _read_limited(request, grant.max_bytes)
-            key = f"{RAW_PREFIX}{upload_id}.{extension}"
+            issued = msgspec.convert(events[0].data, UploadIssued)
+            key = tenant_key(issued.tenant, f"{RAW_PREFIX}{upload_id}.{extension}")
             content_type = request.headers.get("Content-Type", "application/octet-stream")
             stat = await self._raw().store(key, data, content_type)
         except UploadError as exc:
@@ -268,6 +291,7 @@ class Uploads:
             subject=upload_id,
             causationid=events[0].id,
             correlationid=events[0].correlationid,
+            tenant=issued.tenant,
         )
         try:
             # Appended at version 1: of two racing PUTs only one records the use.
@@ -313,18 +337,65 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 PRESIGNER = web.AppKey("nexus.workflow.presigner", Presigner)
 
 
-def install(app: web.Application, ctx: WorkflowContext, *, presigner: Presigner | None = None) -> None:
+class UploadRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /job/file/upload``."""
+
+    fileExtension: str
+    """The file's extension, e.g. ``pdf`` (1-16 letters or digits)."""
+    jobExecutionId: str = ""
+    """The job the file is for (one of the caller's)."""
+    maxBytes: int | None = None
+    """A smaller size limit than the platform's."""
+
+
+class UploadGranted(msgspec.Struct, frozen=True, kw_only=True):
+    success: bool
+    presignedUrl: str
+    fileUrl: str
+    uploadId: str
+    expiresAt: float
+    maxBytes: int
+
+
+def install(service: Service, ctx: WorkflowContext, *, presigner: Presigner | None = None) -> None:
     """Add the upload routes; the signing key comes from the environment (or is random)."""
     if presigner is None:
         env = os.environ
         ttl = float(env.get("NEXUS_UPLOAD_TTL_SECONDS", "900"))
         max_bytes = int(env.get("NEXUS_UPLOAD_MAX_BYTES", str(50 * 1024 * 1024)))
         presigner = Presigner(signing_key_from_env(env), ttl_seconds=ttl, max_bytes=max_bytes)
-    app[PRESIGNER] = presigner
-    job_settings(app)
+    service.app[PRESIGNER] = presigner
+    job_settings(service.app)
     uploads = Uploads(ctx, presigner)
-    guard = require_key(key_view(app, ctx))
-    app.router.add_post("/job/file/upload", guard(uploads.issue))
+    service.route(
+        "POST",
+        "/job/file/upload",
+        summary="A presigned URL to upload one file for a job (seed 000, step 3)",
+        request=UploadRequest,
+        response=UploadGranted,
+        responses={404: "No such job", 503: "No Raw storage is configured"},
+        tags=["jobs (seed 000)"],
+        auth="client",
+        error_shape=seed_error,
+        error_model=SeedError,
+    )(uploads.issue)
     # No API key on these two: the signature in the URL is the authority (seed 000, step 4).
-    app.router.add_put("/job/file/upload/{name}", uploads.put)
-    app.router.add_get("/job/file/{name}", uploads.download)
+    service.route(
+        "PUT",
+        "/job/file/upload/{name}",
+        summary="Upload the file to a presigned URL (its signature is the credential; works once)",
+        responses={403: "Bad or expired signature", 404: "Not an upload URL", 410: "Already used", 413: "Too large"},
+        tags=["jobs (seed 000)"],
+        query={"exp": "from the presigned URL", "max": "from the presigned URL", "sig": "the signature"},
+        error_model=SeedError,
+    )(uploads.put)
+    service.route(
+        "GET",
+        "/job/file/{name}",
+        summary="Download an uploaded file through its signed file URL",
+        content_type="application/octet-stream",
+        responses={403: "Bad signature", 404: "Nothing uploaded there"},
+        tags=["jobs (seed 000)"],
+        query={"sig": "the file URL's signature"},
+        error_model=SeedError,
+    )(uploads.download)

@@ -10,12 +10,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from nexus.auth import issue_key
+from nexus.bus.memory import MemoryBus
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.raw import open_raw
+from nexus.runtime import Service, ServiceSettings
 from nexus.services.workflow import uploads
 from nexus.services.workflow.context import WorkflowContext
 from nexus.services.workflow.uploads import Presigner, UploadError, signing_key_from_env
@@ -35,10 +36,10 @@ async def service(tmp_path: Path) -> AsyncIterator[tuple[str, str, Clock, Memory
     raw = await open_raw(f"file://{tmp_path / 'raw'}")
     clock = Clock()
     ctx = WorkflowContext(settings=None, log=log, bus=None, raw=raw, engine=None, registry=None)  # type: ignore[arg-type]
-    app = web.Application()
-    uploads.install(app, ctx, presigner=Presigner(b"k" * 32, ttl_seconds=60, max_bytes=1000, clock=clock))
+    service = Service(ServiceSettings.from_env("workflow", {}), log=log, bus=MemoryBus())
+    uploads.install(service, ctx, presigner=Presigner(b"k" * 32, ttl_seconds=60, max_bytes=1000, clock=clock))
     key = await issue_key(log, "client", "gaia")
-    async with TestServer(app, host="127.0.0.1", port=0) as server:
+    async with TestServer(service.app, host="127.0.0.1", port=0) as server:
         yield str(server.make_url("")).rstrip("/"), key.secret, clock, log, raw
     await log.close()
 
@@ -74,7 +75,7 @@ async def test_a_presigned_put_needs_no_key_and_stores_the_file_once(service) ->
             assert resp.status == 200, await resp.text()
             stored = await resp.json()
         assert stored["sha256"] == hashlib.sha256(body).hexdigest()
-        assert await raw.retrieve(f"jobs/uploads/{grant['uploadId']}.pdf") == body
+        assert await raw.retrieve(f"t/gaia/jobs/uploads/{grant['uploadId']}.pdf") == body
         # The file URL serves it back; the same URL with a forged signature does not.
         async with session.get(stored["fileUrl"]) as resp:
             assert resp.status == 200 and await resp.read() == body
@@ -84,7 +85,7 @@ async def test_a_presigned_put_needs_no_key_and_stores_the_file_once(service) ->
         async with session.put(grant["presignedUrl"], data=b"other") as resp:
             assert resp.status == 410
             assert "already used" in (await resp.json())["error"]
-        assert await raw.retrieve(f"jobs/uploads/{grant['uploadId']}.pdf") == body
+        assert await raw.retrieve(f"t/gaia/jobs/uploads/{grant['uploadId']}.pdf") == body
     # Issue and use are events of the upload's stream.
     events = await log.read_stream(f"upload-{grant['uploadId']}")
     assert [e.type for e in events] == ["nexus.workflow.upload.issued", "nexus.workflow.upload.completed"]
@@ -128,7 +129,7 @@ async def test_a_file_over_the_limit_is_refused_whatever_content_length_says(ser
 
         async with session.put(grant["presignedUrl"], data=chunks()) as resp:
             assert resp.status == 413
-        assert await raw.list_all("jobs/") == []
+        assert await raw.list_all("t/gaia/jobs/") == []
         # A smaller limit may be asked for, never a larger one.
         small = await _grant(session, base, key, maxBytes=10)
         assert small["maxBytes"] == 10
@@ -179,3 +180,34 @@ def test_the_signing_key_has_no_default() -> None:
     assert signing_key_from_env({"NEXUS_UPLOAD_SIGNING_KEY": "s" * 40}) == b"s" * 40
     with pytest.raises(UploadError):
         Presigner(b"k" * 32).verify_put("a" * 32, "pdf", {})
+
+
+async def test_an_upload_belongs_to_its_client_and_names_only_its_own_jobs(service) -> None:
+    base, key, _clock, log, raw = service
+    other = await issue_key(log, "client", "hermes")
+    async with aiohttp.ClientSession() as session:
+        # A job id that does not exist, and a job id of another client, are the same 404.
+        for job_id in ("no-such-job", await _job_of(log, "gaia")):
+            async with session.post(
+                f"{base}/job/file/upload",
+                json={"fileExtension": "pdf", "jobExecutionId": job_id},
+                headers={"x-service-key": other.secret},
+            ) as resp:
+                assert resp.status == 404
+                assert await resp.json() == {"success": False, "error": f"no job with jobExecutionId {job_id!r}"}
+        # The other client's own file lands in its own namespace, never in gaia's.
+        grant = await _grant(session, base, other.secret)
+        async with session.put(grant["presignedUrl"], data=b"hermes' file") as resp:
+            assert resp.status == 200
+    assert await raw.retrieve(f"t/hermes/jobs/uploads/{grant['uploadId']}.pdf") == b"hermes' file"
+    assert await raw.list_all("t/gaia/") == []
+
+
+async def _job_of(log: MemoryEventLog, owner: str) -> str:
+    """A job initiated by ``owner``, written to the log as the job API writes it."""
+    from nexus.proto import new_event
+    from nexus.proto.events.jobs import JobInitiated
+
+    data = JobInitiated(job_id="job-a", workflow_id="w", title="", description="", key_id="k", owner=owner)
+    await log.append("job-job-a", [new_event("nexus.workflow.job.initiated", data, source="test", tenant=owner)])
+    return "job-a"

@@ -62,6 +62,8 @@ class RouteSpec:
     content_type: str | None = None
     query: Mapping[str, str] = field(default_factory=dict)
     owned: tuple[str, str] | None = None
+    error_model: Any = None
+    """The type of the route's error bodies (default ErrorBody)."""
 
     @property
     def operation_id(self) -> str:
@@ -95,16 +97,16 @@ def build_openapi(
 
     types: list[Any] = [ErrorBody]
     for spec in declared.values():
-        types.extend(t for t in (spec.request, spec.response) if t is not None)
+        types.extend(t for t in (spec.request, spec.response, spec.error_model) if t is not None)
     unique = list(dict.fromkeys(types))
     refs, components = msgspec.json.schema_components(unique, ref_template=REF_TEMPLATE)
     schema_of = dict(zip(unique, refs, strict=True))
-    error = {"content": {"application/json": {"schema": schema_of[ErrorBody]}}}
 
     paths: dict[str, dict[str, Any]] = {}
     security: dict[str, Any] = {}
     for spec in sorted(declared.values(), key=lambda s: (s.path, s.method)):
         path = _PARAM.sub(r"{\1}", spec.path)
+        error = {"content": {"application/json": {"schema": schema_of[spec.error_model or ErrorBody]}}}
         operation: dict[str, Any] = {"operationId": spec.operation_id, "summary": spec.summary}
         if spec.description:
             operation["description"] = spec.description

@@ -199,6 +199,7 @@ class Service:
         query: Mapping[str, str] | None = None,
         owned: Owned | None = None,
         error_shape: ErrorShape = nexus_error,
+        error_model: Any = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator: serve ``method path`` with the handler and document it in OpenAPI.
 
@@ -221,6 +222,8 @@ class Service:
                 another tenant gets 404 (needs ``auth``).
             error_shape: Builds the body of the 401/403/404 this decorator answers (the
                 seed-000 job API answers ``{"success": false, "error"}``).
+            error_model: The msgspec type of the route's error bodies in OpenAPI (default
+                ErrorBody), when ``error_shape`` answers another shape.
         """
         if auth not in (None, *AUTH_KINDS):
             raise ValueError(f"auth={auth!r}: use None, 'client', 'worker' or 'any'")
@@ -251,6 +254,7 @@ class Service:
                     content_type=content_type,
                     query=dict(query or {}),
                     owned=(owned.noun, owned.param) if owned is not None else None,
+                    error_model=error_model,
                 )
             )
             return handler
