@@ -183,7 +183,7 @@ def test_the_signing_key_has_no_default() -> None:
 
 
 async def test_an_upload_belongs_to_its_client_and_names_only_its_own_jobs(service) -> None:
-    base, key, _clock, log, raw = service
+    base, _key, _clock, log, raw = service
     other = await issue_key(log, "client", "hermes")
     async with aiohttp.ClientSession() as session:
         # A job id that does not exist, and a job id of another client, are the same 404.
