@@ -20,10 +20,12 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 
 from nexus.eventlog import EventLog
+from nexus.fs import PRIVATE_FILE_MODE, make_private_dir
 from nexus.proof import FileSource, Manifest, ManifestVerification, manifest_of, verify_manifest
 from nexus.proto import CloudEvent, decode_event, encode_event
 from nexus.raw import RawBackend, check_key
@@ -54,10 +56,11 @@ async def create_backup(log: EventLog, raw: RawBackend, directory: str | os.Path
     target = Path(directory)
     if await asyncio.to_thread(_non_empty, target):
         raise BackupError(f"{target} is not empty; choose a new directory for the backup")
-    await asyncio.to_thread((target / RAW_DIR).mkdir, parents=True, exist_ok=True)
+    # A backup holds everything the data directory does: private whatever the umask.
+    await asyncio.to_thread(make_private_dir, target / RAW_DIR)
     head = await log.head()
     count = 0
-    out = await asyncio.to_thread(open, target / EVENTS, "wb")
+    out = await asyncio.to_thread(_open_private, target / EVENTS)
     try:
         async for batch in log.iter_all(1):
             lines = [encode_event(e) + b"\n" for e in batch if (e.position or 0) <= head]
@@ -171,9 +174,13 @@ def _unplaced(event: CloudEvent) -> CloudEvent:
     return msgspec.structs.replace(event, streamid=None, streamversion=None, position=None, prevhash=None, hash=None)
 
 
+def _open_private(path: Path) -> BinaryIO:
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE), "wb")
+
+
 def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
+    make_private_dir(path.parent)
+    with _open_private(path) as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())

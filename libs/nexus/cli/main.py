@@ -9,6 +9,7 @@ import sys
 
 from nexus.cli import commands
 from nexus.config import ConfigError
+from nexus.fs import restrict_umask
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything touches the data directory: the log, Raw, the NATS store and backups are
+    # private (0700/0600) whatever the shell's umask, and every child `nexus up` starts inherits it.
+    restrict_umask()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

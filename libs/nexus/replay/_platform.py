@@ -7,11 +7,11 @@ import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import TextIO
 
 from nexus.config import PlatformSettings
 from nexus.eventlog import EventLog, open_event_log
+from nexus.fs import make_private_dir
 from nexus.raw import RawBackend, open_raw
 
 
@@ -20,7 +20,7 @@ async def open_platform(settings: PlatformSettings | None = None) -> AsyncIterat
     """The event log and Raw store named by ``NEXUS_EVENT_LOG_URL`` and ``NEXUS_RAW_URL``."""
     settings = settings or PlatformSettings.from_env()
     if settings.event_log_url.startswith("sqlite:") or settings.raw_url.startswith("file:"):
-        await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(make_private_dir, settings.data_dir)
     log = await open_event_log(settings.event_log_url)
     try:
         raw = await open_raw(settings.raw_url)

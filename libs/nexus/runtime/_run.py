@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from nexus.bus import Bus, BusError
 from nexus.config import ConfigError
 from nexus.eventlog import EventLog, EventLogError, open_event_log
+from nexus.fs import restrict_umask
 from nexus.obs import setup_logging, setup_tracing
 from nexus.raw import RawError
 from nexus.runtime._service import Service
@@ -105,6 +106,8 @@ def run(bootstrap: Callable[[S], Awaitable[Service]], load_settings: Callable[[]
 
         raise SystemExit(run(bootstrap, load_settings))
     """
+    # A service started alone (not by `nexus up`) keeps its files private too.
+    restrict_umask()
     try:
         settings = load_settings()
     except ConfigError as exc:
