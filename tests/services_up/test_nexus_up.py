@@ -12,7 +12,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from processes import alive, descendants, free_port
+from processes import alive, descendants, free_port, listening
+
+from nexus.bus.embedded import load_credentials
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
@@ -70,6 +72,12 @@ async def test_nexus_up_runs_everything_restarts_a_dead_service_and_stops_on_ctr
             assert f"{name} " in output and f"http://127.0.0.1:{port}" in output, output
         assert f"nats://127.0.0.1:{env['NEXUS_NATS_PORT']}" in output
         assert str(tmp_path / "data") in output
+        # NATS refuses strangers: every identity has a password, kept 0600, printed nowhere.
+        store = tmp_path / "data" / "nats"
+        assert (store / "credentials.json").stat().st_mode & 0o777 == 0o600
+        assert store.stat().st_mode & 0o777 == 0o700
+        for password in load_credentials(store)["users"].values():
+            assert password not in output
 
         # Drain the rest of the output in the background so the pipe never blocks the children.
         async def drain() -> None:
@@ -108,6 +116,30 @@ async def test_nexus_up_runs_everything_restarts_a_dead_service_and_stops_on_ctr
         assert any("kam exited with status -9; restarting it" in line for line in seen)
         processes = descendants(up.pid)
         assert kam_pid not in processes
+
+        # kill -9 nats-server: it is started again on the same port and store, and every service
+        # (each connected as its own NATS identity) reconnects and is ready again.
+        nats_port = int(env["NEXUS_NATS_PORT"])
+        [nats_pid] = [pid for pid, cmd in processes.items() if "nats-server" in cmd]
+        os.kill(nats_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            again = [pid for pid, cmd in descendants(up.pid).items() if "nats-server" in cmd and pid != nats_pid]
+            if again and listening(nats_port):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("nats-server was not restarted:\n" + "".join(seen))
+        async with aiohttp.ClientSession() as http:
+            for name, port in ports.items():
+                while True:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                    assert time.monotonic() < deadline, f"{name} not ready after NATS came back"
+                    await asyncio.sleep(0.2)
+        assert any("nats-server exited with status -9; restarting it" in line for line in seen)
+        processes = descendants(up.pid)
 
         # Ctrl-C: everything stops within 5 seconds, nothing is left behind.
         started = time.monotonic()

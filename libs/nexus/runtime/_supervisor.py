@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -71,6 +71,10 @@ class ChildSpec:
         env: Its whole environment.
         ready_url: URL that answers 200 once the child is ready (None: ready once started).
         url: What to show the user (the service's base URL).
+        launch: Starts the process instead of ``argv``/``env`` and returns it once it is
+            ready (the embedded nats-server, which picks its own config and waits to accept
+            connections). A ``process`` already running when the supervisor starts is adopted.
+        stop_last: Stopped only once every other child has stopped (the server they all use).
     """
 
     name: str
@@ -78,6 +82,8 @@ class ChildSpec:
     env: Mapping[str, str]
     ready_url: str | None = None
     url: str | None = None
+    launch: Callable[[], Awaitable[asyncio.subprocess.Process]] | None = field(default=None, repr=False)
+    stop_last: bool = False
     restarts: int = 0
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
@@ -135,10 +141,23 @@ class Supervisor:
     async def _keep(self, child: ChildSpec) -> None:
         attempt = 0
         loop = asyncio.get_running_loop()
+        adopt = child.process is not None and child.process.returncode is None
         while not self._stopping.is_set():
-            child.process = await self._spawn(child)
             started = loop.time()
-            status = await child.process.wait()
+            status: int | str
+            if not adopt:
+                try:
+                    child.process = await (child.launch() if child.launch else self._spawn(child))
+                except Exception as exc:
+                    # It could not start (its port still held, say): try again after the back-off.
+                    child.process = None
+                    status = f"not started: {exc}"
+                else:
+                    status = await child.process.wait()
+            else:
+                assert child.process is not None
+                status = await child.process.wait()
+            adopt = False
             if self._stopping.is_set():
                 return
             if status == EXIT_PORT_IN_USE:
@@ -183,14 +202,24 @@ class Supervisor:
         """Ask the supervisor to stop (safe from a signal handler)."""
         self._stopping.set()
 
-    async def stop(self, grace: float = 3.5) -> None:
-        """SIGTERM every child, wait up to ``grace`` seconds, then SIGKILL their process groups."""
+    async def stop(self, grace: float = 3.5, *, budget: float | None = None) -> None:
+        """SIGTERM every child, wait up to ``grace`` seconds, then SIGKILL their process groups.
+
+        Children marked ``stop_last`` are stopped afterwards, the same way, with what is left of
+        ``budget`` seconds (at least 0.2; default ``grace``).
+        """
+        started = time.monotonic()
         self._stopping.set()
         # Cancel the keepers first, so none of them starts a replacement while we stop.
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        running = [c.process for c in self.children if c.process is not None and c.process.returncode is None]
+        await self._terminate([c for c in self.children if not c.stop_last], grace)
+        left = grace if budget is None else max(0.2, budget - (time.monotonic() - started))
+        await self._terminate([c for c in self.children if c.stop_last], left)
+
+    async def _terminate(self, children: Sequence[ChildSpec], grace: float) -> None:
+        running = [c.process for c in children if c.process is not None and c.process.returncode is None]
         for process in running:
             _signal_group(process.pid, signal.SIGTERM)
         if running:

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 
-from nexus.bus.embedded import EmbeddedNats, EmbeddedNatsError
+from nexus.bus.embedded import EmbeddedNats, EmbeddedNatsError, load_credentials
 from nexus.config import PlatformSettings
 from nexus.obs import setup_logging
 from nexus.runtime import SERVICES, ServiceSettings, port_variable
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description=(
             "Start the embedded nats-server (unless NEXUS_NATS_URL is set), the outbox relay and the "
             "kam, workflow, granulator and studio services; print their URLs once they are ready; restart "
-            "any that dies; stop everything on Ctrl-C or SIGTERM."
+            "any that dies, the nats-server included; stop everything on Ctrl-C or SIGTERM."
         ),
     )
     parser.add_argument(
@@ -80,17 +80,39 @@ async def _up(platform: PlatformSettings, services: dict[str, ServiceSettings], 
         NEXUS_RAW_URL=platform.raw_url,
         PYTHONUNBUFFERED="1",
     )
+    passwords = load_credentials(nats.store_dir)["users"] if nats is not None else {}
+
+    def identity(name: str) -> dict[str, str]:
+        # Each process connects to the embedded server as itself, its password passed in the
+        # environment (never on a command line, which every local user can read).
+        if nats is None:
+            return env
+        return {**env, "NEXUS_NATS_USER": name, "NEXUS_NATS_PASSWORD": passwords[name]}
+
     children = [
         ChildSpec(
             name=name,
             argv=[sys.executable, "-m", f"nexus.services.{name}"],
-            env=env,
+            env=identity(name),
             ready_url=f"http://{_connect_host(s.host)}:{s.port}/readyz",
             url=f"http://{_connect_host(s.host)}:{s.port}",
         )
         for name, s in services.items()
     ]
-    children.append(ChildSpec(name="relay", argv=[sys.executable, "-m", "nexus.relay"], env=env))
+    children.append(ChildSpec(name="relay", argv=[sys.executable, "-m", "nexus.relay"], env=identity("relay")))
+    if nats is not None:
+        # Supervised like the others: after a crash it is started again on the same port and
+        # store (EmbeddedNats keeps the port it bound first), and the services reconnect.
+        server = nats
+
+        async def relaunch() -> asyncio.subprocess.Process:
+            await server.start()
+            assert server.process is not None
+            return server.process
+
+        children.append(
+            ChildSpec(name="nats-server", argv=(), env={}, launch=relaunch, stop_last=True, process=server.process)
+        )
     supervisor = Supervisor(children)
     supervisor.start()
     status = 0
@@ -117,7 +139,9 @@ async def _up(platform: PlatformSettings, services: dict[str, ServiceSettings], 
     finally:
         started = time.monotonic()
         print("Stopping Nexus…", flush=True)
-        await supervisor.stop(grace=STOP_BUDGET - 1.5)
+        # The services first, then the nats-server they use, with what is left of the budget
+        # to flush JetStream.
+        await supervisor.stop(grace=STOP_BUDGET - 1.5, budget=STOP_BUDGET - 0.3)
         if nats is not None:
             await nats.stop(timeout=max(0.2, STOP_BUDGET - 0.3 - (time.monotonic() - started)))
         print("Nexus stopped.", flush=True)
