@@ -78,6 +78,9 @@ class TriggerRegistered(msgspec.Struct, frozen=True, kw_only=True):
     """Expression over JSONPath values of the event; empty means always."""
     priority: int = 50
     active: bool = True
+    tenant: str = ""
+    """The client that owns the trigger (``platform`` for bundled ones); trigger ids are unique per
+    tenant. Empty in events recorded before tenancy: read as the platform's."""
 
 
 @event_type("nexus.workflow.trigger.removed")
@@ -85,6 +88,8 @@ class TriggerRemoved(msgspec.Struct, frozen=True, kw_only=True):
     """A trigger was removed; events after this one no longer fire it."""
 
     trigger_id: str
+    tenant: str = ""
+    """The tenant whose trigger was removed (empty: the platform's, as before tenancy)."""
 
 
 @event_type("nexus.workflow.trigger.fired")
@@ -96,6 +101,37 @@ class TriggerFired(msgspec.Struct, frozen=True, kw_only=True):
     """Id of the triggering event, also the start's idempotency key."""
     workflow_id: str
     execution_id: str
+    tenant: str = ""
+    """The trigger's tenant (empty in events recorded before tenancy: the platform)."""
+    depth: int = 1
+    """Place of the started execution in its trigger chain: 1 when the triggering event did not
+    come from an execution started by a trigger, else that execution's depth + 1."""
+
+
+class TriggerLink(msgspec.Struct, frozen=True, kw_only=True):
+    """One execution of a trigger chain and the trigger that started it."""
+
+    execution_id: str
+    trigger_id: str = ""
+    """Empty for the chain's first execution when no trigger started it (an API call, a job)."""
+
+
+@event_type("nexus.workflow.trigger.refused")
+class TriggerRefused(msgspec.Struct, frozen=True, kw_only=True):
+    """A trigger matched an event but did not start its workflow (once per triggering event)."""
+
+    trigger_id: str
+    event_id: str
+    workflow_id: str
+    reason: str
+    """``depth``: the chain reached ``NEXUS_TRIGGER_MAX_DEPTH``; ``rate``: the trigger is over
+    ``NEXUS_TRIGGER_RATE`` / ``NEXUS_TRIGGER_BURST``."""
+    message: str
+    tenant: str = ""
+    depth: int = 0
+    """The depth the start would have had."""
+    chain: list[TriggerLink] = []
+    """The executions of the chain, oldest first, each with the trigger that started it."""
 
 
 @event_type("nexus.workflow.phase.triggered")

@@ -4,7 +4,9 @@
 is a WebSocket that receives the same updates as JSON messages. Each replica follows the event
 log, so a user connected to any replica sees transitions driven by every replica. An event
 concerns a user when its data names ``user_id`` (a phase trigger) or it belongs to an execution
-whose input names ``user_id`` (learned from the execution's ``queued`` event).
+whose input names ``user_id`` (learned from the execution's ``queued`` event). Users are per
+tenant: the tenant of a phase trigger or an execution is the envelope's ``tenant``, and a
+connection follows one user of the caller's tenant.
 
 Each update is counted in ``nexus_workflow_user_transitions_total{workflow, status}`` on
 ``/metrics`` (seed 001's "phase transition metrics").
@@ -15,15 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections import OrderedDict
 from typing import Any
 
+import msgspec
 from aiohttp import WSMsgType, web
 from prometheus_client import Counter
 
-from nexus.proto import CloudEvent
+from nexus.auth import AUTH
+from nexus.proto import PLATFORM_TENANT, CloudEvent
+from nexus.runtime import Service
 from nexus.services.workflow.context import WorkflowContext
-from nexus.services.workflow.jobapi import job_settings, key_view, require_key
+from nexus.services.workflow.jobapi import job_settings
+
+logger = logging.getLogger("nexus.workflow.live")
 
 __all__ = ["TRANSITIONS", "UserHub", "install", "update_of"]
 
@@ -63,52 +71,58 @@ def update_of(event: CloudEvent, user_id: str, workflow_id: str | None) -> dict[
     return update
 
 
+User = tuple[str, str]
+"""(tenant, user id): user ids are per tenant."""
+
+
 class UserHub:
     """Routes the log's events to the connections of the users they concern."""
 
     def __init__(self) -> None:
-        self._listeners: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
-        # Execution id → (user id, workflow id), for executions whose input names a user.
-        self._executions: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._listeners: dict[User, set[asyncio.Queue[dict[str, Any]]]] = {}
+        # Execution id → (tenant, user id, workflow id), for executions whose input names a user.
+        self._executions: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
 
-    def listen(self, user_id: str) -> asyncio.Queue[dict[str, Any]]:
+    def listen(self, user: User) -> asyncio.Queue[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(_QUEUE_SIZE)
-        self._listeners.setdefault(user_id, set()).add(queue)
+        self._listeners.setdefault(user, set()).add(queue)
         return queue
 
-    def unlisten(self, user_id: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        listeners = self._listeners.get(user_id)
+    def unlisten(self, user: User, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        listeners = self._listeners.get(user)
         if listeners is not None:
             listeners.discard(queue)
             if not listeners:
-                del self._listeners[user_id]
+                del self._listeners[user]
 
-    def connections(self, user_id: str | None = None) -> int:
+    def connections(self, user: User | None = None) -> int:
         """Open connections (of one user, or of all)."""
-        if user_id is not None:
-            return len(self._listeners.get(user_id, ()))
+        if user is not None:
+            return len(self._listeners.get(user, ()))
         return sum(len(v) for v in self._listeners.values())
 
-    def route(self, event: CloudEvent) -> tuple[str, dict[str, Any]] | None:
-        """The user and update for ``event``, or None when it concerns no user."""
+    def route(self, event: CloudEvent) -> tuple[User, dict[str, Any]] | None:
+        """The (tenant, user) and update for ``event``, or None when it concerns no user."""
         data = event.data if isinstance(event.data, dict) else {}
         if event.type == _QUEUED:
             given = data.get("input")
             user = given.get("user_id") if isinstance(given, dict) else None
             if isinstance(user, str) and data.get("execution_id"):
-                self._executions[data["execution_id"]] = (user, str(data.get("workflow_id", "")))
+                tenant = str(event.tenant or data.get("tenant") or PLATFORM_TENANT)
+                self._executions[data["execution_id"]] = (tenant, user, str(data.get("workflow_id", "")))
                 if len(self._executions) > _MAX_EXECUTIONS:
                     self._executions.popitem(last=False)
         if event.type == _PHASE_TRIGGERED and isinstance(data.get("user_id"), str):
-            return data["user_id"], update_of(event, data["user_id"], None)
+            tenant = event.tenant or PLATFORM_TENANT
+            return (tenant, data["user_id"]), update_of(event, data["user_id"], None)
         stream = event.streamid or ""
         if not stream.startswith("execution-"):
             return None
         known = self._executions.get(data.get("execution_id") or stream.removeprefix("execution-"))
         if known is None:
             return None
-        user, workflow_id = known
-        return user, update_of(event, user, workflow_id)
+        tenant, user, workflow_id = known
+        return (tenant, user), update_of(event, user, workflow_id)
 
     def publish(self, event: CloudEvent) -> None:
         routed = self.route(event)
@@ -125,20 +139,49 @@ class UserHub:
 HUB = web.AppKey("nexus.workflow.user_hub", UserHub)
 
 
-def install(app: web.Application, ctx: WorkflowContext) -> None:
-    """Add ``/users/{user_id}/updates`` (SSE) and ``/users/{user_id}/ws`` (WebSocket)."""
+class Connected(msgspec.Struct, frozen=True, kw_only=True):
+    """The WebSocket's first message; then one message per update (``update_of``)."""
+
+    type: str
+    user_id: str
+
+
+def _user_of(request: web.Request) -> User:
+    """The caller's (tenant, user); an admin may name another tenant with ``?tenant=``."""
+    info = request[AUTH]
+    tenant = (request.query.get("tenant") or info.tenant) if info.is_admin else info.tenant
+    return tenant, request.match_info["user_id"]
+
+
+def install(service: Service, ctx: WorkflowContext) -> None:
+    """Add ``/users/{user_id}/updates`` (SSE) and ``/users/{user_id}/ws`` (WebSocket).
+
+    A user is one of the caller's tenant: a connection receives the updates of that tenant's
+    user only, whatever other tenants have a user of the same id. A client that closes its
+    connection is the normal end of a stream, not an error.
+    """
+    app = service.app
     hub = UserHub()
     app[HUB] = hub
     job_settings(app)
-    guard = require_key(key_view(app, ctx))
+    admin_query = {"tenant": "admins only: the tenant whose user to follow (default: their own)"}
 
+    @service.route(
+        "GET",
+        "/users/{user_id}/updates",
+        summary="Server-Sent Events: every transition that concerns one of the caller's users, live",
+        content_type="text/event-stream",
+        tags=["phases"],
+        auth="client",
+        query=admin_query,
+    )
     async def sse(request: web.Request) -> web.StreamResponse:
-        user_id = request.match_info["user_id"]
-        queue = hub.listen(user_id)
+        user = _user_of(request)
+        queue = hub.listen(user)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         try:
-            response = web.StreamResponse(
-                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            )
             await response.prepare(request)
             await response.write(b": connected\n\n")
             keepalive = job_settings(request.app).sse_keepalive_seconds
@@ -150,14 +193,29 @@ def install(app: web.Application, ctx: WorkflowContext) -> None:
                     continue
                 text = json.dumps(update, default=str)
                 await response.write(f"event: {update['type']}\nid: {update['position']}\ndata: {text}\n\n".encode())
+        except ConnectionResetError:
+            # The client went away: the end of its stream, not an error.
+            logger.debug("live updates of %s: the client closed the stream", user[1])
         finally:
-            hub.unlisten(user_id, queue)
+            hub.unlisten(user, queue)
+        return response
 
+    @service.route(
+        "GET",
+        "/users/{user_id}/ws",
+        summary="WebSocket: the same updates as JSON messages ('ping' is answered with the connection count)",
+        response=Connected,
+        status=101,
+        responses={400: "Not a WebSocket upgrade request"},
+        tags=["phases"],
+        auth="client",
+        query=admin_query,
+    )
     async def websocket(request: web.Request) -> web.WebSocketResponse:
-        user_id = request.match_info["user_id"]
+        user = _user_of(request)
         ws = web.WebSocketResponse(heartbeat=30.0)
         await ws.prepare(request)
-        queue = hub.listen(user_id)
+        queue = hub.listen(user)
 
         async def forward() -> None:
             while True:
@@ -165,20 +223,19 @@ def install(app: web.Application, ctx: WorkflowContext) -> None:
 
         sender = asyncio.create_task(forward())
         try:
-            await ws.send_str(json.dumps({"type": "connected", "user_id": user_id}))
+            await ws.send_str(json.dumps({"type": "connected", "user_id": user[1]}))
             async for message in ws:
                 # The socket is for updates; a client's text is answered with its connection count.
                 if message.type == WSMsgType.TEXT and message.data == "ping":
-                    await ws.send_str(json.dumps({"type": "pong", "connections": hub.connections(user_id)}))
+                    await ws.send_str(json.dumps({"type": "pong", "connections": hub.connections(user)}))
+        except ConnectionResetError:
+            logger.debug("live updates of %s: the client closed the socket", user[1])
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
                 await sender
-            hub.unlisten(user_id, queue)
+            hub.unlisten(user, queue)
         return ws
-
-    app.router.add_get("/users/{user_id}/updates", guard(sse))
-    app.router.add_get("/users/{user_id}/ws", guard(websocket))
 
     async def follow(app: web.Application) -> Any:
         async def run() -> None:

@@ -1,9 +1,14 @@
 """Seed 001's seven-phase pipeline, run by the platform instead of a bespoke orchestrator.
 
 ``POST /api/v1/workflow/phase/{n}`` (n = 1…7, with ``user_id`` and optional ``sync_id`` and any
-other metadata) records ``nexus.workflow.phase.triggered`` in stream ``phases-<user_id>``. The
-bundled triggers (``bundled/phases/triggers``) turn that event into a start of workflow
-``phase_<n>``, and each ``phase_<n>``'s completion into a start of ``phase_<n+1>``.
+other metadata) records ``nexus.workflow.phase.triggered`` in stream ``phases-<tenant>/<user_id>``.
+The bundled triggers (``bundled/phases/triggers``, the platform's) turn that event into a start
+of workflow ``phase_<n>``, and each ``phase_<n>``'s completion into a start of ``phase_<n+1>``,
+each an execution of the caller's tenant.
+
+Users are per tenant: user ``u`` of one client and user ``u`` of another are two users, with
+their own phase streams, executions, audit trail and live updates; a client never reads another's
+(``GET …/phases/{user_id}/audit`` answers 404 for a user the caller does not have).
 
 Out of the box each phase's step does its work on the platform's own content service (``core``,
 the granulator's ``/generate``, called with the replica's worker token), so the pipeline runs
@@ -22,19 +27,20 @@ What seed 001 lists as future enhancements is what the platform does anyway:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
+import msgspec
 from aiohttp import web
 
-from nexus.proto import new_event
+from nexus.auth import AUTH
+from nexus.proto import PLATFORM_TENANT, new_event
 from nexus.proto.events.jobs import PhaseTriggered
+from nexus.runtime import Service, json_response
 from nexus.services.workflow.context import WorkflowContext
 from nexus.services.workflow.definitions import load_document
-from nexus.services.workflow.jobapi import key_view, require_key
 
 __all__ = [
     "MIRROR_ACTIONS",
@@ -75,8 +81,15 @@ INTEGRATIONS_SERVICE: Final = "integrations"
 _USER = re.compile(r"^[A-Za-z0-9_\-.@:]{1,200}$")
 
 
-def phases_stream(user_id: str) -> str:
-    return f"phases-{user_id}"
+def phases_stream(tenant: str, user_id: str) -> str:
+    """The stream of one tenant's user's phase triggers.
+
+    A tenant name holds no ``/`` (and a user id none either), so no two (tenant, user) pairs
+    share a stream; users of the platform keep the stream they had before tenancy.
+    """
+    if tenant == PLATFORM_TENANT:
+        return f"phases-{user_id}"
+    return f"phases-{tenant}/{user_id}"
 
 
 def phase_of_workflow(workflow_id: str) -> int | None:
@@ -137,67 +150,151 @@ def _mirror_step(phase: int, steps: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _bad(message: str) -> web.Response:
-    return web.json_response({"success": False, "error": message}, status=400)
+class PhaseRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /api/v1/workflow/phase/{n}``: the user, an optional sync id, and any other metadata
+    (every other field is passed on to the phase as ``metadata``)."""
+
+    user_id: Annotated[str, msgspec.Meta(pattern=_USER.pattern)]
+    """The user the phase runs for, in the caller's namespace: another client's user of the same
+    id is another user."""
+    sync_id: str = ""
+    """The sync or job the phase belongs to (the correlation id of its events)."""
 
 
-def install(app: web.Application, ctx: WorkflowContext, *, directory: Path = PHASES_DIR) -> None:
+class PhaseAccepted(msgspec.Struct, frozen=True, kw_only=True):
+    """The phase trigger is recorded; the phase's workflow starts from it."""
+
+    success: bool
+    phase: int
+    name: str
+    eventId: str
+
+
+class PhaseExecution(msgspec.Struct, frozen=True, kw_only=True):
+    phase: int
+    execution_id: str
+    status: str
+
+
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    time: str
+    type: str
+    stream: str | None
+    position: int | None
+    data: Any
+
+
+class PhaseAudit(msgspec.Struct, frozen=True, kw_only=True):
+    """Every phase trigger and phase execution event of one user of the caller, in log order."""
+
+    user_id: str
+    executions: list[PhaseExecution]
+    auditTrail: list[AuditEntry]
+
+
+def _error(status: int, message: str) -> web.Response:
+    # Seed 001's {"success": false, "error"} and the platform's {"error", "message"} in one body.
+    return json_response({"success": False, "error": message, "message": message}, status=status)
+
+
+def _tenant_of(request: web.Request) -> str:
+    """The caller's tenant; an admin may name another with ``?tenant=``."""
+    info = request[AUTH]
+    return (request.query.get("tenant") or info.tenant) if info.is_admin else info.tenant
+
+
+async def user_has_phases(ctx: WorkflowContext, tenant: str, user_id: str) -> bool:
+    """Whether ``tenant`` has a user ``user_id`` (a phase was triggered for it)."""
+    return bool(await ctx.log.stream_version(phases_stream(tenant, user_id)))
+
+
+def install(service: Service, ctx: WorkflowContext, *, directory: Path = PHASES_DIR) -> None:
     """Add the phase routes; register the phase workflows and triggers at start-up.
 
     The phase workflows run on the platform's ``core`` service; with ``NEXUS_SERVICE_INTEGRATIONS``
     set each one also mirrors its phase to that service.
     """
-    guard = require_key(key_view(app, ctx))
+    app = service.app
     ready: dict[str, Any] = {"registered": False, "reason": "the phase workflows are not registered yet"}
 
+    @service.route(
+        "POST",
+        "/api/v1/workflow/phase/{n}",
+        summary="Trigger phase n (1-7) of the seven-phase pipeline for one of the caller's users",
+        request=PhaseRequest,
+        response=PhaseAccepted,
+        status=202,
+        responses={400: "n is not 1-7, or the body has no valid user_id", 503: "The phase workflows are not ready"},
+        tags=["phases"],
+        auth="client",
+    )
     async def trigger_phase(request: web.Request) -> web.Response:
         try:
             phase = parse_phase(request.match_info["n"])
         except ValueError as exc:
-            return _bad(str(exc))
+            return _error(400, str(exc))
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _bad("the body must be a JSON object with user_id")
+            body = msgspec.json.decode(await request.read())
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return _error(400, "the body must be a JSON object with user_id")
         if not isinstance(body, dict):
-            return _bad("the body must be a JSON object with user_id")
+            return _error(400, "the body must be a JSON object with user_id")
         user_id = body.get("user_id")
         if not isinstance(user_id, str) or not _USER.match(user_id):
-            return _bad("user_id is required: 1-200 letters, digits or _ - . @ :")
+            return _error(400, "user_id is required: 1-200 letters, digits or _ - . @ :")
         sync_id = body.get("sync_id", "")
         if not isinstance(sync_id, str):
-            return _bad("sync_id must be a string")
+            return _error(400, "sync_id must be a string")
         if not ready["registered"]:
-            return web.json_response({"success": False, "error": ready["reason"]}, status=503)
+            return _error(503, ready["reason"])
+        tenant = request[AUTH].tenant
         metadata = {k: v for k, v in body.items() if k not in ("user_id", "sync_id")}
         data = PhaseTriggered(phase=phase, user_id=user_id, sync_id=sync_id, metadata=metadata)
         event = new_event(
-            PHASE_TRIGGERED, data, source="nexus/workflow", subject=user_id, correlationid=sync_id or None
+            PHASE_TRIGGERED,
+            data,
+            source="nexus/workflow",
+            subject=user_id,
+            correlationid=sync_id or None,
+            tenant=tenant,
         )
-        [stored] = await ctx.log.append(phases_stream(user_id), [event])
-        return web.json_response(
-            {"success": True, "phase": phase, "name": PHASES[phase], "eventId": stored.id}, status=202
+        [stored] = await ctx.log.append(phases_stream(tenant, user_id), [event])
+        return json_response(
+            PhaseAccepted(success=True, phase=phase, name=PHASES[phase], eventId=stored.id), status=202
         )
 
+    @service.route(
+        "GET",
+        "/api/v1/workflow/phases/{user_id}/audit",
+        summary="The phase audit trail of one of the caller's users",
+        response=PhaseAudit,
+        responses={404: "The caller has no such user (no phase was triggered for it)"},
+        tags=["phases"],
+        auth="client",
+        query={"tenant": "admins only: the tenant whose user to read (default: their own)"},
+    )
     async def audit(request: web.Request) -> web.Response:
         user_id = request.match_info["user_id"]
-        events = list(await ctx.log.read_stream(phases_stream(user_id)))
-        executions: list[dict[str, Any]] = []
+        tenant = _tenant_of(request)
+        events = list(await ctx.log.read_stream(phases_stream(tenant, user_id)))
+        executions: list[PhaseExecution] = []
         for n in PHASES:
-            for state in ctx.engine.list(workflow_id=f"phase_{n}", limit=10_000):
+            for state in ctx.engine.list(workflow_id=f"phase_{n}", limit=10_000, tenant=tenant):  # type: ignore[call-arg]
                 if isinstance(state.input, dict) and state.input.get("user_id") == user_id:
-                    history = await ctx.engine.history(state.execution_id)
-                    events.extend(history)
-                    executions.append({"phase": n, "execution_id": state.execution_id, "status": state.status})
+                    events.extend(await ctx.engine.history(state.execution_id))
+                    executions.append(PhaseExecution(phase=n, execution_id=state.execution_id, status=state.status))
+        if not events:
+            return _error(404, f"no user {user_id!r}")
+        info = request[AUTH]
+        if tenant != info.tenant:
+            await service.audit_admin(info, "GET", "/api/v1/workflow/phases/{user_id}/audit", f"user {user_id}", tenant)
         events.sort(key=lambda e: e.position or 0)
         trail = [
-            {"id": e.id, "time": e.time, "type": e.type, "stream": e.streamid, "position": e.position, "data": e.data}
+            AuditEntry(id=e.id, time=e.time, type=e.type, stream=e.streamid, position=e.position, data=e.data)
             for e in events
         ]
-        return web.json_response({"user_id": user_id, "executions": executions, "auditTrail": trail})
-
-    app.router.add_post("/api/v1/workflow/phase/{n}", guard(trigger_phase))
-    app.router.add_get("/api/v1/workflow/phases/{user_id}/audit", guard(audit))
+        return json_response(PhaseAudit(user_id=user_id, executions=executions, auditTrail=trail))
 
     async def register(app: web.Application) -> Any:
         from nexus.services.workflow.triggers import TRIGGER_ENGINE

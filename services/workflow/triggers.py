@@ -1,9 +1,12 @@
 """Triggers: an event type and a condition bound to a workflow start, with the input mapped by JSONPath.
 
-A trigger is registered through ``POST /triggers`` (JSON or YAML), ``trigger.yaml`` files bundled
-with a module, or ``TriggerEngine.register``; each registration is a ``trigger.registered`` event
-in stream ``triggers`` and the set of triggers is a fold of that stream. ``DELETE
-/triggers/{id}`` records ``trigger.removed``.
+A trigger belongs to a tenant: the client that registered it through ``POST /triggers`` (JSON or
+YAML), or the platform for the ``trigger.yaml`` files bundled with a module. Each registration is
+a ``trigger.registered`` event in stream ``triggers`` (the tenant in its data and in the envelope)
+and the set of triggers is a fold of that stream; ids are unique per tenant, so a client's
+``phase_1`` never replaces another client's or the platform's. ``GET /triggers`` lists the
+caller's own (an admin's: every tenant's); ``DELETE /triggers/{id}`` records ``trigger.removed``
+for the caller's own only (another tenant's id is answered 404, as a missing one).
 
 Every event of the platform is offered to the triggers: from the bus's durable consumer
 ``workflow-triggers`` on ``nexus.evt.>`` when the service has a bus (replicas share it), else by
@@ -12,6 +15,10 @@ receives (events JetStream lost), so an event reaches the triggers even then. Ex
 ingested from ``nexus.ext.<source>.<event>`` arrive as events of stream ``ext-<source>``. A
 trigger matches an event when
 
+- its tenant may see the event: the platform's triggers see every event, a client's only the
+  events of its own tenant (the envelope's ``tenant``; for an execution's event without it, the
+  execution's owner), external events included: one ingested with no tenant fires only the
+  platform's triggers;
 - its ``event_type`` is the event's ``type``, or ``ext.<source>.<event>`` for an external event
   (``*`` stands for one token, a final ``>`` for the rest, as in NATS subjects);
 - it was registered before the event (its registration's log position is lower);
@@ -20,7 +27,19 @@ trigger matches an event when
 
 The start's input is ``input_map`` evaluated over the event; its idempotency key is the event's
 id, so an event starts a workflow once however often it is delivered or replayed, and a
-``trigger.fired`` event in stream ``trigger-<trigger id>`` records which execution it started.
+``trigger.fired`` event in stream ``trigger-<trigger id>-<event id>`` (``trigger-<tenant>.<trigger
+id>-<event id>`` for a client's trigger) records which execution it started. The execution
+belongs to the trigger's tenant; a platform trigger works for the tenant of the event it reacts
+to (the seven phases of a client's user run as that client's executions).
+
+Loops stop. An execution started by a trigger records its place in the chain (``depth`` and
+``chain`` in the execution's ``trigger`` metadata): 1 when the event did not come from an
+execution started by a trigger, else that execution's depth + 1. A start that would go beyond
+``NEXUS_TRIGGER_MAX_DEPTH`` (8) is not made; nor is one over the trigger's rate
+(``NEXUS_TRIGGER_RATE`` starts per second, bursts of ``NEXUS_TRIGGER_BURST``). Either way a
+``trigger.refused`` event, in the stream the firing would have used, names the reason and the
+chain (execution and trigger ids), and the refusal is logged (rate refusals once per interval,
+with a count).
 """
 
 from __future__ import annotations
@@ -30,20 +49,25 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
+from nexus.auth import AUTH, KeyInfo
 from nexus.bus import BusError, ConsumerSpec, Delivery, PoisonMessageError, RetryableError
 from nexus.bus.jetstream import JetStreamBus
+from nexus.config import env_float, env_int
 from nexus.eventlog import ConcurrencyError, EventLog
-from nexus.proto import STREAM_EVT, CloudEvent, EnvelopeError, decode_event, new_event
-from nexus.proto.events.jobs import TriggerFired, TriggerRegistered, TriggerRemoved
+from nexus.proto import PLATFORM_TENANT, STREAM_EVT, CloudEvent, EnvelopeError, decode_event, new_event
+from nexus.proto.events.jobs import TriggerFired, TriggerLink, TriggerRefused, TriggerRegistered, TriggerRemoved
+from nexus.runtime import HTTPError, Service, json_response
 from nexus.services.workflow.context import WorkflowContext
 from nexus.services.workflow.errors import (
     ExpressionError,
@@ -52,10 +76,18 @@ from nexus.services.workflow.errors import (
     UnknownWorkflowError,
 )
 from nexus.services.workflow.expressions import Condition, Mapping_, compile_condition, compile_mapping
-from nexus.services.workflow.jobapi import key_view, require_key
 from nexus.yamlsafe import YAMLInputError, load_yaml
 
-__all__ = ["TRIGGERS_STREAM", "Trigger", "TriggerEngine", "TriggerError", "install", "parse_trigger"]
+__all__ = [
+    "TRIGGERS_STREAM",
+    "Trigger",
+    "TriggerEngine",
+    "TriggerError",
+    "TriggerSettings",
+    "fired_stream",
+    "install",
+    "parse_trigger",
+]
 
 logger = logging.getLogger("nexus.workflow.triggers")
 
@@ -63,11 +95,43 @@ TRIGGERS_STREAM = "triggers"
 TRIGGER_REGISTERED = "nexus.workflow.trigger.registered"
 TRIGGER_REMOVED = "nexus.workflow.trigger.removed"
 TRIGGER_FIRED = "nexus.workflow.trigger.fired"
+TRIGGER_REFUSED = "nexus.workflow.trigger.refused"
+_OWN_EVENTS = frozenset({TRIGGER_REGISTERED, TRIGGER_REMOVED, TRIGGER_FIRED, TRIGGER_REFUSED})
 SOURCE = "nexus/workflow"
 CONSUMER = "workflow-triggers"
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 _PATTERN = re.compile(r"^[A-Za-z0-9_\-*>]+(\.[A-Za-z0-9_\-*>]+)*$")
 _FIELDS = {"id", "event_type", "workflow_id", "input_map", "condition", "priority", "active"}
+_EXECUTION_STREAM = "execution-"
+_REFUSAL_LOG_INTERVAL = 10.0
+"""Seconds between two log lines about one trigger's rate refusals (the rest are counted)."""
+
+
+@dataclass(frozen=True)
+class TriggerSettings:
+    """How far trigger chains go and how fast one trigger may start workflows, from the environment."""
+
+    max_depth: int = 8
+    """``NEXUS_TRIGGER_MAX_DEPTH``: the longest chain of trigger-started executions (an execution's
+    event firing a trigger that starts the next); the start beyond it is refused and recorded."""
+    rate: float = 10.0
+    """``NEXUS_TRIGGER_RATE``: starts per second each trigger may make, on average."""
+    burst: int = 100
+    """``NEXUS_TRIGGER_BURST``: starts a trigger may make at once before ``rate`` applies."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TriggerSettings:
+        """Read the settings.
+
+        Raises:
+            ConfigError: a value is not a number, or not positive (the message names the variable).
+        """
+        env = os.environ if env is None else env
+        return cls(
+            max_depth=env_int(env, "NEXUS_TRIGGER_MAX_DEPTH", cls.max_depth, low=1),
+            rate=env_float(env, "NEXUS_TRIGGER_RATE", cls.rate, above=0),
+            burst=env_int(env, "NEXUS_TRIGGER_BURST", cls.burst, low=1),
+        )
 
 
 class TriggerError(ValueError):
@@ -92,6 +156,20 @@ class Trigger:
     def id(self) -> str:
         return self.spec.trigger_id
 
+    @property
+    def tenant(self) -> str:
+        """The client that owns the trigger, or the platform."""
+        return self.spec.tenant or PLATFORM_TENANT
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(tenant, id): ids are unique per tenant."""
+        return self.tenant, self.spec.trigger_id
+
+    def sees(self, event_tenant: str | None) -> bool:
+        """Whether the trigger's tenant may see an event of ``event_tenant`` (None: no tenant)."""
+        return self.tenant == PLATFORM_TENANT or event_tenant == self.tenant
+
     def matches_type(self, event: CloudEvent) -> bool:
         names = [event.type]
         stream = event.streamid or ""
@@ -99,9 +177,9 @@ class Trigger:
             names.append(f"ext.{stream[4:]}.{event.extevent or event.type.rsplit('.', 1)[-1]}")
         return any(_type_matches(self.spec.event_type, name) for name in names)
 
-    def evaluate(self, event: CloudEvent) -> dict[str, Any] | None:
-        """The workflow input when the trigger fires for ``event``, else None."""
-        if not self.spec.active or not self.matches_type(event):
+    def evaluate(self, event: CloudEvent, event_tenant: str | None = None) -> dict[str, Any] | None:
+        """The workflow input when the trigger fires for ``event`` (of ``event_tenant``), else None."""
+        if not self.spec.active or not self.sees(event_tenant) or not self.matches_type(event):
             return None
         if event.position is not None and self.position and event.position <= self.position:
             return None
@@ -110,6 +188,52 @@ class Trigger:
             return None
         mapped = self.input_map.evaluate(doc)
         return mapped if isinstance(mapped, dict) else {"event": mapped}
+
+
+def fired_stream(tenant: str, trigger_id: str, event_id: str) -> str:
+    """The stream recording what a trigger did with one event (``trigger.fired`` or ``.refused``).
+
+    Trigger ids hold no ``.``, so a client's ``<tenant>.<id>`` never names a platform trigger.
+    """
+    if tenant == PLATFORM_TENANT:
+        return f"trigger-{trigger_id}-{event_id}"
+    return f"trigger-{tenant}.{trigger_id}-{event_id}"
+
+
+class _RateLimit:
+    """A token bucket per trigger: ``burst`` starts at once, then ``rate`` per second."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def take(self, key: tuple[str, str]) -> bool:
+        now = self.clock()
+        tokens, then = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return False
+        self._buckets[key] = (tokens - 1.0, now)
+        return True
+
+
+@dataclass
+class _RefusalLog:
+    """Logs one trigger's rate refusals once per interval, with how many there were."""
+
+    last: dict[tuple[str, str], float] = field(default_factory=dict)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def refused(self, key: tuple[str, str], message: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+        now = time.monotonic()
+        if now - self.last.get(key, -_REFUSAL_LOG_INTERVAL) >= _REFUSAL_LOG_INTERVAL:
+            logger.warning("%s (%d refused since the last report)", message, self.counts[key])
+            self.last[key] = now
+            self.counts[key] = 0
 
 
 def _type_matches(pattern: str, name: str) -> bool:
@@ -185,27 +309,44 @@ def parse_trigger(document: str | bytes | Mapping[str, Any]) -> tuple[TriggerReg
 
 
 class TriggerEngine:
-    """The triggers of the platform (a fold of stream ``triggers``) and their evaluation."""
+    """The triggers of every tenant (a fold of stream ``triggers``) and their evaluation.
 
-    def __init__(self, ctx: WorkflowContext) -> None:
+    Args:
+        ctx: The workflow service's context.
+        settings: Chain depth and rate limits (default: from the environment).
+    """
+
+    def __init__(self, ctx: WorkflowContext, settings: TriggerSettings | None = None) -> None:
         self.ctx = ctx
         self.log: EventLog = ctx.log
-        self._triggers: dict[str, Trigger] = {}
+        self.settings = settings or TriggerSettings.from_env()
+        self._triggers: dict[tuple[str, str], Trigger] = {}
         self._version = 0
         self._lock = asyncio.Lock()
+        self._rate = _RateLimit(self.settings.rate, self.settings.burst)
+        self._refusals = _RefusalLog()
         self.fired = 0
         """Starts made by this replica (for metrics and tests)."""
+        self.refused = 0
+        """Starts this replica refused (depth or rate), for metrics and tests."""
 
-    def triggers(self) -> list[Trigger]:
-        return list(self._triggers.values())
+    def triggers(self, tenant: str | None = None) -> list[Trigger]:
+        """Every trigger, or those of one tenant."""
+        return [t for t in self._triggers.values() if tenant is None or t.tenant == tenant]
+
+    def get(self, tenant: str, trigger_id: str) -> Trigger | None:
+        return self._triggers.get((tenant, trigger_id))
 
     def apply(self, event: CloudEvent) -> None:
         """Fold one event of stream ``triggers``."""
         if event.type == TRIGGER_REGISTERED:
             spec, condition, mapping = parse_trigger(msgspec.to_builtins(_spec_document(event.data)))
-            self._triggers[spec.trigger_id] = Trigger(spec, condition, mapping, event.position or 0)
+            tenant = str((event.data or {}).get("tenant") or event.tenant or PLATFORM_TENANT)
+            spec = msgspec.structs.replace(spec, tenant=tenant)
+            self._triggers[(tenant, spec.trigger_id)] = Trigger(spec, condition, mapping, event.position or 0)
         elif event.type == TRIGGER_REMOVED:
-            self._triggers.pop(msgspec.convert(event.data, TriggerRemoved).trigger_id, None)
+            removed = msgspec.convert(event.data, TriggerRemoved)
+            self._triggers.pop((removed.tenant or event.tenant or PLATFORM_TENANT, removed.trigger_id), None)
         self._version = max(self._version, event.streamversion or 0)
 
     async def refresh(self) -> None:
@@ -214,64 +355,92 @@ class TriggerEngine:
             for event in await self.log.read_stream(TRIGGERS_STREAM, self._version + 1):
                 self.apply(event)
 
-    async def register(self, document: str | bytes | Mapping[str, Any]) -> Trigger:
-        """Validate and record a trigger; the same definition registered again records nothing.
+    async def register(self, document: str | bytes | Mapping[str, Any], *, tenant: str = PLATFORM_TENANT) -> Trigger:
+        """Validate and record a trigger of ``tenant``; the same definition registered again records nothing.
 
         Raises:
-            TriggerError: the definition is invalid, or its workflow is not registered.
+            TriggerError: the definition is invalid, or its workflow is not one ``tenant`` may start.
         """
         spec, _, _ = parse_trigger(document)
-        if self.ctx.registry.get_workflow(spec.workflow_id) is None:
+        spec = msgspec.structs.replace(spec, tenant=tenant)
+        if self.ctx.registry.get_workflow(spec.workflow_id, tenant=tenant) is None:  # type: ignore[call-arg]
             raise TriggerError([("$.workflow_id", f"workflow {spec.workflow_id!r} is not registered")])
         await self.refresh()
-        known = self._triggers.get(spec.trigger_id)
+        known = self._triggers.get((tenant, spec.trigger_id))
         if known is not None and known.spec == spec:
             return known
-        event = new_event(TRIGGER_REGISTERED, spec, source=SOURCE, subject=spec.trigger_id)
+        event = new_event(TRIGGER_REGISTERED, spec, source=SOURCE, subject=spec.trigger_id, tenant=tenant)
         await self.log.append(TRIGGERS_STREAM, [event])
         await self.refresh()
-        return self._triggers[spec.trigger_id]
+        return self._triggers[(tenant, spec.trigger_id)]
 
-    async def remove(self, trigger_id: str) -> bool:
-        """Record that a trigger is removed; False when there is no such trigger."""
+    async def remove(self, trigger_id: str, *, tenant: str = PLATFORM_TENANT) -> bool:
+        """Record that ``tenant``'s trigger is removed; False when that tenant has no such trigger."""
         await self.refresh()
-        if trigger_id not in self._triggers:
+        if (tenant, trigger_id) not in self._triggers:
             return False
-        event = new_event(TRIGGER_REMOVED, TriggerRemoved(trigger_id=trigger_id), source=SOURCE, subject=trigger_id)
+        data = TriggerRemoved(trigger_id=trigger_id, tenant=tenant)
+        event = new_event(TRIGGER_REMOVED, data, source=SOURCE, subject=trigger_id, tenant=tenant)
         await self.log.append(TRIGGERS_STREAM, [event])
         await self.refresh()
         return True
 
     async def load_directory(self, directory: Path) -> list[Trigger]:
-        """Register every ``*.yaml`` trigger in ``directory`` (a file may hold a list)."""
+        """Register every ``*.yaml`` trigger in ``directory`` (a file may hold a list) as the platform's."""
         documents = await asyncio.to_thread(_read_yaml_files, directory)
         return [await self.register(doc) for doc in documents]
 
     async def handle(self, event: CloudEvent) -> list[str]:
         """Offer one stored event to every trigger; the ids of the executions it started.
 
-        Idempotent: the event id is the idempotency key of each start, and the firing is
-        recorded once in stream ``trigger-<id>``.
+        Idempotent: the event id is the idempotency key of each start, and what each trigger did
+        with the event (fired or refused) is recorded once in its ``fired_stream``.
 
         Raises:
             RetryableError: the engine could not start an execution now (redeliver later).
         """
-        if event.type in (TRIGGER_REGISTERED, TRIGGER_REMOVED, TRIGGER_FIRED):
+        if event.type in _OWN_EVENTS:
             if event.streamid == TRIGGERS_STREAM:
                 await self.refresh()
             return []
         started: list[str] = []
-        for trigger in self.triggers():
+        triggers = self.triggers()
+        event_tenant = await self._tenant_of(event) if triggers else None
+        chain: tuple[int, list[TriggerLink]] | None = None
+        for trigger in triggers:
             try:
-                workflow_input = trigger.evaluate(event)
+                workflow_input = trigger.evaluate(event, event_tenant)
             except (ExpressionError, TypeError, ValueError) as exc:
                 logger.warning("trigger %s could not evaluate event %s: %s", trigger.id, event.id, exc)
                 continue
             if workflow_input is None:
                 continue
-            fired_stream = f"trigger-{trigger.id}-{event.id}"
-            if await self.log.stream_version(fired_stream):
-                continue  # fired already (a redelivery or a replay of the log)
+            record_stream = fired_stream(trigger.tenant, trigger.id, event.id)
+            if await self.log.stream_version(record_stream):
+                continue  # handled already (a redelivery or a replay of the log)
+            if chain is None:
+                chain = await self._chain(event)
+            depth, links = chain
+            if depth > self.settings.max_depth:
+                message = (
+                    f"trigger {trigger.id} ({trigger.tenant}) did not start {trigger.spec.workflow_id} for event "
+                    f"{event.id}: the trigger chain would reach depth {depth}, beyond NEXUS_TRIGGER_MAX_DEPTH="
+                    f"{self.settings.max_depth} (" + " -> ".join(_link_text(link) for link in links) + ")"
+                )
+                logger.warning("%s", message)
+                await self._refuse(trigger, event, record_stream, "depth", message, depth, links)
+                continue
+            if not self._rate.take(trigger.key):
+                message = (
+                    f"trigger {trigger.id} ({trigger.tenant}) did not start {trigger.spec.workflow_id} for event "
+                    f"{event.id}: over its rate of {self.settings.rate:g} starts/s "
+                    f"(bursts of {self.settings.burst})"
+                )
+                self._refusals.refused(trigger.key, message)
+                await self._refuse(trigger, event, record_stream, "rate", message, depth, links)
+                continue
+            # A platform trigger works for the tenant whose event it reacts to.
+            tenant = trigger.tenant if trigger.tenant != PLATFORM_TENANT else (event_tenant or PLATFORM_TENANT)
             try:
                 execution_id = await self.ctx.engine.start(
                     trigger.spec.workflow_id,
@@ -283,9 +452,13 @@ class TriggerEngine:
                     trigger={
                         "kind": "trigger",
                         "trigger_id": trigger.id,
+                        "trigger_tenant": trigger.tenant,
                         "event_id": event.id,
                         "event_type": event.type,
+                        "depth": depth,
+                        "chain": [msgspec.to_builtins(link) for link in links],
                     },
+                    tenant=tenant,  # type: ignore[call-arg]
                 )
             except (InputValidationError, UnknownWorkflowError, InactiveWorkflowError) as exc:
                 # The event can never start this workflow: say so and go on with the others.
@@ -300,6 +473,8 @@ class TriggerEngine:
                 event_id=event.id,
                 workflow_id=trigger.spec.workflow_id,
                 execution_id=execution_id,
+                tenant=trigger.tenant,
+                depth=depth,
             )
             record = new_event(
                 TRIGGER_FIRED,
@@ -308,12 +483,85 @@ class TriggerEngine:
                 subject=trigger.id,
                 causationid=event.id,
                 correlationid=event.correlationid or event.id,
+                tenant=tenant,
             )
             with contextlib.suppress(ConcurrencyError):
-                await self.log.append(fired_stream, [record], expected_version=0)
+                await self.log.append(record_stream, [record], expected_version=0)
                 self.fired += 1
             started.append(execution_id)
         return started
+
+    async def _tenant_of(self, event: CloudEvent) -> str | None:
+        """The tenant an event belongs to: its envelope's, else (an execution's event) the execution's owner."""
+        if event.tenant:
+            return event.tenant
+        stream = event.streamid or ""
+        if stream.startswith(_EXECUTION_STREAM):
+            state = await self._execution(stream.removeprefix(_EXECUTION_STREAM))
+            return state.tenant if state is not None else None
+        return None
+
+    async def _execution(self, execution_id: str) -> Any:
+        return self.ctx.engine.get(execution_id) or await self.ctx.engine.load(execution_id)
+
+    async def _chain(self, event: CloudEvent) -> tuple[int, list[TriggerLink]]:
+        """The depth a start for ``event`` would have, and the chain of executions before it.
+
+        An event of an execution continues that execution's chain; any other event (an external
+        one, a phase trigger, a job) starts a new chain.
+        """
+        stream = event.streamid or ""
+        if not stream.startswith(_EXECUTION_STREAM):
+            return 1, []
+        parent_id = stream.removeprefix(_EXECUTION_STREAM)
+        state = await self._execution(parent_id)
+        meta = state.trigger if state is not None and isinstance(state.trigger, dict) else {}
+        if meta.get("kind") != "trigger":
+            return 1, [TriggerLink(execution_id=parent_id)]
+        try:
+            earlier = msgspec.convert(meta.get("chain") or [], list[TriggerLink])
+            parent_depth = int(meta.get("depth") or 1)
+        except (msgspec.ValidationError, TypeError, ValueError):
+            earlier, parent_depth = [], 1
+        link = TriggerLink(execution_id=parent_id, trigger_id=str(meta.get("trigger_id") or ""))
+        return parent_depth + 1, [*earlier, link]
+
+    async def _refuse(
+        self,
+        trigger: Trigger,
+        event: CloudEvent,
+        stream: str,
+        reason: str,
+        message: str,
+        depth: int,
+        links: list[TriggerLink],
+    ) -> None:
+        refused = TriggerRefused(
+            trigger_id=trigger.id,
+            event_id=event.id,
+            workflow_id=trigger.spec.workflow_id,
+            reason=reason,
+            message=message,
+            tenant=trigger.tenant,
+            depth=depth,
+            chain=links,
+        )
+        record = new_event(
+            TRIGGER_REFUSED,
+            refused,
+            source=SOURCE,
+            subject=trigger.id,
+            causationid=event.id,
+            correlationid=event.correlationid or event.id,
+            tenant=trigger.tenant,
+        )
+        with contextlib.suppress(ConcurrencyError):
+            await self.log.append(stream, [record], expected_version=0)
+            self.refused += 1
+
+
+def _link_text(link: TriggerLink) -> str:
+    return f"execution {link.execution_id}" + (f" (trigger {link.trigger_id})" if link.trigger_id else "")
 
 
 def _read_yaml_files(directory: Path) -> list[Any]:
@@ -432,34 +680,137 @@ async def _acknowledged_position(bus: Any) -> int | None:
 
 TRIGGER_ENGINE = web.AppKey("nexus.workflow.triggers", TriggerEngine)
 
+_TriggerId = Annotated[str, msgspec.Meta(pattern=_ID.pattern)]
 
-def install(app: web.Application, ctx: WorkflowContext, *, bundled: Path | None = None) -> None:
+
+class TriggerDefinition(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /triggers``: a trigger, as JSON (or the same fields as YAML)."""
+
+    id: _TriggerId
+    """Unique among the caller's triggers: registering the same id again replaces it."""
+    event_type: Annotated[str, msgspec.Meta(pattern=_PATTERN.pattern)]
+    """The event type that fires it (``ext.<source>.<event>`` for external events; ``*`` and ``>``
+    as in NATS subjects)."""
+    workflow_id: Annotated[str, msgspec.Meta(min_length=1)]
+    """The workflow to start: the caller's own, or the platform's."""
+    input_map: dict[str, Any] = {}
+    """Workflow input field → JSONPath over the event (``$.data.…``), or a literal."""
+    condition: str = ""
+    """A condition over the event (``$.data.severity == 'high'``); empty: always."""
+    priority: Annotated[int, msgspec.Meta(ge=0, le=100)] = 50
+    active: bool = True
+
+
+class TriggerView(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered trigger and the tenant that owns it."""
+
+    id: str
+    event_type: str
+    workflow_id: str
+    input_map: dict[str, Any]
+    condition: str
+    priority: int
+    active: bool
+    tenant: str
+    """The client that registered it, or ``platform`` for the bundled ones."""
+
+
+class TriggerRemovedBody(msgspec.Struct, frozen=True, kw_only=True):
+    """``DELETE /triggers/{id}``: the trigger is removed; later events no longer fire it."""
+
+    removed: str
+
+
+class TriggerProblem(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    message: str
+
+
+class TriggerProblems(msgspec.Struct, frozen=True, kw_only=True):
+    """A refused trigger definition: every problem, by path."""
+
+    error: str
+    message: str
+    problems: list[TriggerProblem]
+
+
+def view_of(trigger: Trigger) -> TriggerView:
+    """The trigger as the HTTP API shows it."""
+    return TriggerView(**_spec_document(trigger.spec), tenant=trigger.tenant)
+
+
+def _tenant_query(request: web.Request, info: KeyInfo) -> str | None:
+    """The tenant an admin names with ``?tenant=`` (None: all); anyone else: their own."""
+    if not info.is_admin:
+        return info.tenant
+    return request.query.get("tenant") or None
+
+
+def install(service: Service, ctx: WorkflowContext, *, bundled: Path | None = None) -> None:
     """Add the trigger routes and the background evaluation of triggers."""
+    app = service.app
     engine = TriggerEngine(ctx)
     app[TRIGGER_ENGINE] = engine
-    guard = require_key(key_view(app, ctx))
+    tenant_param = {"tenant": "admins only: the tenant whose triggers to list or remove (default: all / their own)"}
 
+    @service.route(
+        "POST",
+        "/triggers",
+        summary="Register a trigger of the caller's tenant (JSON or YAML); the same id replaces it",
+        request=TriggerDefinition,
+        response=TriggerView,
+        status=201,
+        responses={400: "The definition is invalid (a TriggerProblems body names every problem)"},
+        tags=["triggers"],
+        auth="client",
+    )
     async def register(request: web.Request) -> web.Response:
-        text = await request.text()
+        info = request[AUTH]
+        raw = await request.read()
         try:
-            trigger = await engine.register(text)
+            trigger = await engine.register(raw, tenant=info.tenant)
         except TriggerError as exc:
-            body = {"error": "invalid trigger", "problems": [{"path": p, "message": m} for p, m in exc.problems]}
-            return web.json_response(body, status=400)
-        return web.json_response(_spec_document(trigger.spec), status=201)
+            problems = [TriggerProblem(path=p, message=m) for p, m in exc.problems]
+            body = TriggerProblems(error="invalid trigger", message=str(exc), problems=problems)
+            return json_response(body, status=400)
+        return json_response(view_of(trigger), status=201)
 
+    @service.route(
+        "GET",
+        "/triggers",
+        summary="The caller's triggers (an admin's: every tenant's, or one tenant's with ?tenant=)",
+        response=list[TriggerView],
+        tags=["triggers"],
+        auth="client",
+        query=tenant_param,
+    )
     async def list_triggers(request: web.Request) -> web.Response:
+        info = request[AUTH]
         await engine.refresh()
-        return web.json_response([_spec_document(t.spec) for t in engine.triggers()])
+        shown = engine.triggers(_tenant_query(request, info))
+        for tenant in sorted({t.tenant for t in shown} - {info.tenant}):
+            await service.audit_admin(info, "GET", "/triggers", "triggers", tenant, 200)
+        return json_response([view_of(t) for t in sorted(shown, key=lambda t: t.key)])
 
+    @service.route(
+        "DELETE",
+        "/triggers/{id}",
+        summary="Remove one of the caller's triggers (an admin names another tenant's with ?tenant=)",
+        response=TriggerRemovedBody,
+        responses={404: "The caller has no such trigger"},
+        tags=["triggers"],
+        auth="client",
+        query=tenant_param,
+    )
     async def remove(request: web.Request) -> web.Response:
-        if not await engine.remove(request.match_info["id"]):
-            return web.json_response({"error": f"no trigger {request.match_info['id']!r}"}, status=404)
-        return web.json_response({"removed": request.match_info["id"]})
-
-    app.router.add_post("/triggers", guard(register))
-    app.router.add_get("/triggers", guard(list_triggers))
-    app.router.add_delete("/triggers/{id}", guard(remove))
+        info = request[AUTH]
+        trigger_id = request.match_info["id"]
+        tenant = _tenant_query(request, info) or info.tenant
+        if not await engine.remove(trigger_id, tenant=tenant):
+            raise HTTPError(404, f"no trigger {trigger_id!r}")
+        if tenant != info.tenant:
+            await service.audit_admin(info, "DELETE", "/triggers/{id}", f"trigger {trigger_id}", tenant, 200)
+        return json_response(TriggerRemovedBody(removed=trigger_id))
 
     async def run(app: web.Application) -> Any:
         await engine.refresh()
@@ -486,4 +837,4 @@ def install(app: web.Application, ctx: WorkflowContext, *, bundled: Path | None 
 
 def dumps(trigger: Trigger) -> str:
     """A trigger as JSON text (for the command line)."""
-    return json.dumps(_spec_document(trigger.spec))
+    return json.dumps(msgspec.to_builtins(view_of(trigger)))

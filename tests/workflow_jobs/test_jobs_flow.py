@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -22,9 +23,10 @@ from nexus.eventlog.memory import MemoryEventLog
 from nexus.proto import new_event
 from nexus.raw import open_raw
 from nexus.raw.memory import MemoryRaw
+from nexus.runtime import Service
 from nexus.services.granulator import bootstrap as granulator_bootstrap
 from nexus.services.granulator import load_settings as granulator_settings
-from nexus.services.workflow import jobapi, live, phases, triggers, uploads
+from nexus.services.workflow import api, jobapi, live
 from nexus.services.workflow.context import WorkflowContext
 from nexus.services.workflow.engine import WorkflowEngine
 from nexus.services.workflow.identity import ServiceIdentity
@@ -89,6 +91,7 @@ class Platform:
     log: MemoryEventLog
     stub_calls: list[dict[str, Any]]
     engine: WorkflowEngine
+    service: Service
 
 
 async def _stub_app(calls: list[dict[str, Any]]) -> web.Application:
@@ -176,12 +179,13 @@ async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
         ctx = WorkflowContext(
             settings=settings, log=log, bus=None, raw=raw, engine=engine, registry=registry, views=view
         )
-        app = web.Application()
-        for module in (jobapi, uploads, triggers, phases, live):
-            module.install(app, ctx)
+        # The workflow service's own HTTP plumbing (auth, errors, OpenAPI) with every optional module.
+        service = Service(settings, log=log, bus=bus)
+        service.app[jobapi.KEY_VIEW] = service.keys
+        assert api.install_optional(service, ctx) == ["jobapi", "uploads", "triggers", "phases", "live"]
         key = await issue_key(log, "client", "gaia")
-        async with TestServer(app, host="127.0.0.1", port=0) as server:
-            yield Platform(str(server.make_url("")).rstrip("/"), key.secret, log, calls, engine)
+        async with TestServer(service.app, host="127.0.0.1", port=0) as server:
+            yield Platform(str(server.make_url("")).rstrip("/"), key.secret, log, calls, engine, service)
         await engine.stop_processing()
         await view.stop()
     await granulator.stop()  # closes the shared log
@@ -268,10 +272,12 @@ async def test_the_job_api_refuses_bad_payloads_unknown_jobs_and_bad_keys(platfo
             assert resp.status == 404
         async with session.get(f"{platform.url}/workflow/anomaly_review") as resp:
             assert resp.status == 401
-        # Another client's key cannot read this job; a revoked key reads nothing.
+        # Another client's key cannot read this job: 404, the same as a job that does not exist
+        # (never 403, which would tell that the id is taken); a revoked key reads nothing.
         other = await issue_key(platform.log, "client", "someone-else")
         async with session.get(f"{platform.url}/job/{job_id}/status", headers={"x-service-key": other.secret}) as resp:
-            assert resp.status == 403
+            assert resp.status == 404
+            assert await resp.json() == {"success": False, "error": f"no job {job_id!r}"}
         await revoke_key(platform.log, other.info.key_id)
         async with session.get(
             f"{platform.url}/workflow/anomaly_review", headers={"x-service-key": other.secret}
@@ -341,16 +347,18 @@ input_map:
             paths = {p["path"] for p in (await resp.json())["problems"]}
             assert {"$.workflow_id", "$.condition"} <= paths
 
-    # External events as the ingest stores them (stream ext-<source>, the subject's event token kept).
-    def external(data: dict[str, Any]) -> Any:
-        event = new_event("com.gaia.anomaly", data, source="https://gaia.example/detector")
-        return event.__class__(
-            **{**{f: getattr(event, f) for f in event.__struct_fields__}, "extevent": "anomaly_detected"}
-        )
+    # External events as the ingest stores them (stream ext-<source>, the subject's event token
+    # kept), ingested for the tenant gaia; the same event ingested for no tenant or for another
+    # client is not gaia's to react to.
+    def external(data: dict[str, Any], tenant: str | None = "gaia") -> Any:
+        event = new_event("com.gaia.anomaly", data, source="https://gaia.example/detector", tenant=tenant)
+        return msgspec.structs.replace(event, extevent="anomaly_detected")
 
     high = external({"title": "Quake", "severity": "high", "confidence": 0.97, "modalities": ["seismic"]})
     low = external({"title": "Tremor", "severity": "low", "confidence": 0.97, "modalities": []})
-    await platform.log.append("ext-gaia", [high, low])
+    unowned = external({"title": "Slide", "severity": "high", "confidence": 0.99, "modalities": []}, None)
+    foreign = external({"title": "Flood", "severity": "high", "confidence": 0.99, "modalities": []}, "acme")
+    await platform.log.append("ext-gaia", [unowned, foreign, high, low])
     # Delivered twice (a redelivery): still one start.
     await platform.log.append("ext-gaia", [high])
 
@@ -359,9 +367,12 @@ input_map:
 
     [state] = await _wait_for(started)
     assert state.input == {"title": "Quake", "confidence": 0.97, "modalities": ["seismic"]}
-    assert state.idempotency_key == high.id
-    fired = await platform.log.read_stream(f"trigger-gaia_anomaly-{high.id}")
+    assert state.idempotency_key == high.id and state.tenant == "gaia"
+    fired = await platform.log.read_stream(f"trigger-gaia.gaia_anomaly-{high.id}")
     assert [e.data["execution_id"] for e in fired] == [state.execution_id]
+    assert fired[0].tenant == "gaia" and fired[0].data["tenant"] == "gaia" and fired[0].data["depth"] == 1
+    for other in (unowned, foreign):
+        assert await platform.log.stream_version(f"trigger-gaia.gaia_anomaly-{other.id}") == 0
     await asyncio.sleep(0.2)
     assert len(platform.engine.list(workflow_id="anomaly_review")) == 1
 
