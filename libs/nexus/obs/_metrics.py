@@ -8,7 +8,7 @@ or an id). Other modules (relay, consumers) declare theirs in the same default r
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 HTTP_REQUESTS = Counter(
     "nexus_http_requests",
@@ -38,6 +38,28 @@ SERVICE_RESTARTS = Counter(
     "nexus_service_restarts",
     "Times the supervisor restarted a service after it died, by service name.",
     ["service"],
+)
+
+RELAY_DEAD_LETTERED = Counter(
+    "nexus_relay_events_dead_lettered",
+    "Events of the log the relay could not publish on nexus.evt.> (too_large: over the server's max payload; "
+    "bad_subject: no valid subject) and dead-lettered as a placeholder on nexus.dlq.relay, by reason. "
+    "The events stay in the log; any increase deserves an alert.",
+    ["reason"],
+)
+RELAY_FORGED_POSITIONS = Counter(
+    "nexus_relay_forged_positions",
+    "Messages on NEXUS_EVT (or a checkpoint) whose Nexus-Position does not match the log's event at that "
+    "position, ignored when the relay resumed, by reason (out_of_range, mismatch, unreadable, checkpoint).",
+    ["reason"],
+)
+RELAY_FAILURES = Counter(
+    "nexus_relay_failures",
+    "Times relaying stopped on an error (or the lease could not be taken) and was retried after a back-off.",
+)
+RELAY_HEALTHY = Gauge(
+    "nexus_relay_healthy",
+    "1 while the relay makes progress or stands by; 0 from a failed attempt until the next one makes progress.",
 )
 
 

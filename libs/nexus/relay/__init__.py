@@ -10,6 +10,14 @@ Run one per deployment (or several: they elect a leader through a KV lease)::
 or as a process: ``python -m nexus.relay`` (settings from the environment).
 """
 
-from nexus.relay._relay import LEASE_BUCKET, RELAY_BUCKET, Lease, Relay, last_relayed_position
+from nexus.relay._relay import (
+    DLQ_CONSUMER,
+    LEASE_BUCKET,
+    RELAY_BUCKET,
+    Lease,
+    Relay,
+    last_relayed_position,
+    undeliverable,
+)
 
-__all__ = ["LEASE_BUCKET", "RELAY_BUCKET", "Lease", "Relay", "last_relayed_position"]
+__all__ = ["DLQ_CONSUMER", "LEASE_BUCKET", "RELAY_BUCKET", "Lease", "Relay", "last_relayed_position", "undeliverable"]

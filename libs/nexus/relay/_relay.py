@@ -8,17 +8,22 @@ import logging
 import os
 import socket
 from collections import deque
+from collections.abc import Mapping
 
+import msgspec
 from nats.errors import Error as NatsError
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from nexus.bus._dispatch import MSG_ID_HEADER, TRUNCATED_HEADER, header_value
 from nexus.bus._metrics import RELAY_DUPLICATES, RELAY_LAG, RELAY_LEADER, RELAY_POSITION, RELAY_PUBLISHED
 from nexus.bus._port import BusError
+from nexus.bus._wire import check_subject
 from nexus.bus.jetstream import JetStreamBus, PendingAcks
 from nexus.eventlog import EventLog, EventLogError
-from nexus.proto import STREAM_EVT, CloudEvent
+from nexus.obs._metrics import RELAY_DEAD_LETTERED, RELAY_FAILURES, RELAY_FORGED_POSITIONS, RELAY_HEALTHY
+from nexus.proto import STREAM_EVT, CloudEvent, dlq_subject, encode_event, subject_for
 
 logger = logging.getLogger("nexus.relay")
 
@@ -27,8 +32,12 @@ RELAY_BUCKET = "nexus_relay"
 LEASE_BUCKET = "nexus_relay_lease"
 """KV bucket holding the relay lease (key ``leader``); its TTL makes a dead leader's lease lapse."""
 
+DLQ_CONSUMER = "relay"
+"""The relay's dead letters (placeholders of events it cannot publish) go to ``nexus.dlq.relay``."""
+
 # How far back from the end of NEXUS_EVT to look for the last relayed event, past messages
-# that did not come from the relay (anything can be published on nexus.evt.>).
+# that did not come from the relay or do not match the log (anything can be published on
+# nexus.evt.> by whoever may publish there).
 _SCAN_BACK = 256
 _CATCH_UP_PAGE = 2000
 """Events per page read while catching up with the log."""
@@ -36,6 +45,23 @@ _LAG_INTERVAL = 0.25
 """Seconds between refreshes of the relay lag gauge."""
 _CHECKPOINT_INTERVAL = 0.1
 """Seconds at least between two checkpoint writes (stop() writes the last one)."""
+_BACKOFF_FIRST = 0.5
+_BACKOFF_MAX = 30.0
+"""Seconds between attempts after a failure: doubling from the first to the most."""
+_HEADER_ROOM = 1024
+"""Bytes kept for a relayed message's headers when judging whether an event fits the server's max payload."""
+_MAX_POSITION_DIGITS = 19
+
+
+class _Relayed(msgspec.Struct):
+    """What the relay checks of a relayed message's body against the log (other fields skipped)."""
+
+    id: str | None = None
+    hash: str | None = None
+    position: int | None = None
+
+
+_relayed_decoder = msgspec.json.Decoder(_Relayed)
 
 
 async def _bucket(bus: JetStreamBus, name: str, ttl: float | None = None) -> KeyValue:
@@ -46,10 +72,19 @@ async def _bucket(bus: JetStreamBus, name: str, ttl: float | None = None) -> Key
         return await bus.js.create_key_value(config)
 
 
-async def last_relayed_position(bus: JetStreamBus) -> int:
-    """The log position of the last relayed event NEXUS_EVT holds (0 when it holds none)."""
+async def last_relayed_position(bus: JetStreamBus, log: EventLog | None = None) -> int:
+    """The log position of the last relayed event NEXUS_EVT holds (0 when it holds none).
+
+    With ``log``, a message counts only when it matches the log's event at its
+    ``Nexus-Position`` (same id in ``Nats-Msg-Id`` and in the body, same hash and position in
+    the body): a message anyone else published with a forged position (far ahead, beyond the
+    log's head, or naming another event) is ignored, counted in
+    ``nexus_relay_forged_positions_total`` and logged, and the search goes on further back
+    (at most 256 messages).
+    """
     info = await bus.js.stream_info(STREAM_EVT)
     last, first = info.state.last_seq, info.state.first_seq
+    head = await log.head() if log is not None else 0
     for seq in range(last, max(first, last - _SCAN_BACK) - 1, -1):
         if seq <= 0:
             break
@@ -57,10 +92,71 @@ async def last_relayed_position(bus: JetStreamBus) -> int:
             msg = await bus.js.get_msg(STREAM_EVT, seq)
         except NotFoundError:
             continue  # deleted
-        position = (msg.headers or {}).get("Nexus-Position")
-        if position and position.isdigit():
-            return int(position)
+        headers = msg.headers or {}
+        claimed = headers.get("Nexus-Position")
+        if not claimed or not claimed.isdigit():
+            continue  # not from the relay
+        if log is None:
+            return int(claimed)
+        problem = await _mismatch(log, head, claimed, headers, msg.data or b"")
+        if problem is None:
+            return int(claimed)
+        kind, detail = problem
+        RELAY_FORGED_POSITIONS.labels(kind).inc()
+        logger.warning(
+            "relay: NEXUS_EVT message %d claims Nexus-Position %s but %s; not resuming after it",
+            seq,
+            claimed[:40],
+            detail,
+        )
     return 0
+
+
+async def _mismatch(
+    log: EventLog, head: int, claimed: str, headers: Mapping[str, str], body: bytes
+) -> tuple[str, str] | None:
+    """Why a message claiming log position ``claimed`` is not the relayed event at that position (None: it is)."""
+    if len(claimed) > _MAX_POSITION_DIGITS or not 1 <= int(claimed) <= head:
+        return "out_of_range", f"the log's positions run from 1 to {head}"
+    position = int(claimed)
+    found = await log.read_all(position, 1)
+    if not found or found[0].position != position:
+        return "out_of_range", f"the log holds no event at position {position}"
+    event = found[0]
+    if headers.get(MSG_ID_HEADER) != event.id:
+        return "mismatch", f"its Nats-Msg-Id is not the id of the log's event there ({event.id})"
+    try:
+        relayed = _relayed_decoder.decode(body)
+    except msgspec.DecodeError:
+        return "unreadable", "its body is not an event"
+    if (relayed.id, relayed.position, relayed.hash) != (event.id, position, event.hash):
+        return "mismatch", "its body's id, position or hash differ from the log's event there"
+    return None
+
+
+def undeliverable(event: CloudEvent, max_payload: int) -> tuple[str, str, str | None] | None:
+    """Why ``event`` can never be published on ``nexus.evt.>``, or None when it can.
+
+    Returns ``(reason, explanation, subject)``: reason ``bad_subject`` (its type or stream
+    gives no valid subject; subject None) or ``too_large`` (its encoding, with room for the
+    relay's headers, exceeds the server's ``max_payload``). Both depend on the event alone, so
+    retrying would never help.
+    """
+    try:
+        subject = subject_for(event)
+        check_subject(subject)
+    except (ValueError, NatsError) as exc:
+        detail = str(exc) if isinstance(exc, ValueError) else "it would contain whitespace"
+        return "bad_subject", f"the event has no valid nexus.evt subject: {detail}", None
+    size = len(encode_event(event))
+    if size + _HEADER_ROOM > max_payload:
+        return (
+            "too_large",
+            f"the event is {size} bytes encoded; the NATS server accepts at most {max_payload} bytes per message "
+            "(headers included)",
+            subject,
+        )
+    return None
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -126,7 +222,14 @@ class Relay:
     It resumes after the last event NEXUS_EVT actually holds, so a tail JetStream lost in an
     OS crash (it fsyncs lazily) is published again; when the stream holds no relayed event it
     resumes from its checkpoint in the ``nexus_relay`` KV bucket. The checkpoint moves only
-    after JetStream acknowledged the events before it.
+    after JetStream acknowledged the events before it. A message on NEXUS_EVT counts as relayed
+    only when it matches the log's event at its ``Nexus-Position`` (``last_relayed_position``).
+
+    No event can stop it: one that can never be published (larger than the server's max
+    payload, or without a valid subject) is dead-lettered as a small placeholder on
+    ``nexus.dlq.relay`` naming it, counted in ``nexus_relay_events_dead_lettered_total``, and
+    skipped; it stays in the log. Any other failure is retried with a doubling back-off (0.5 s
+    up to 30 s), and ``healthy`` is False until an attempt makes progress again.
 
     With ``lease=True`` replicas elect one leader through a KV lease; the others stand by and
     take over within the lease TTL when the leader dies.
@@ -173,12 +276,29 @@ class Relay:
         self._moved = False
         self._resume_cap: int | None = None
         self._lag_due = 0.0
+        self._failures = 0
+        self.last_error: str | None = None
+        """The error that ended the last failed attempt, until one makes progress."""
         self.leading = asyncio.Event()
         """Set while this replica holds the lease and relays."""
 
     @property
     def is_leader(self) -> bool:
         return not self.use_lease or (self._lease is not None and self._lease.held)
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed attempt (to relay, or to take the lease) until one makes progress.
+
+        A readiness check of the process running the relay should answer from this: a relay
+        that keeps failing is not ready, though the process is alive.
+        """
+        return self._failures == 0
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failed attempts since the last one that made progress."""
+        return self._failures
 
     async def start(self) -> None:
         """Start relaying (or standing by) in a background task."""
@@ -209,10 +329,17 @@ class Relay:
             await self._progress.wait_for(lambda: self.position >= position)
 
     async def run(self) -> None:
+        RELAY_HEALTHY.set(1)
         while not self._stop.is_set():
-            if self._lease is not None and not await self._lease.try_acquire():
-                await self._pause(self.lease_ttl / 3)
-                continue
+            if self._lease is not None:
+                try:
+                    acquired = await self._lease.try_acquire()
+                except (NatsError, BusError, TimeoutError) as exc:
+                    await self._failed(exc, "cannot take the lease")
+                    continue
+                if not acquired:
+                    await self._pause(self.lease_ttl / 3)
+                    continue
             RELAY_LEADER.set(1)
             self.leading.set()
             logger.info("relay %s: leading", self.owner)
@@ -224,8 +351,33 @@ class Relay:
                 RELAY_LEADER.set(0)
                 self.leading.clear()
             if relaying.done() and not relaying.cancelled() and relaying.exception() is not None:
-                logger.warning("relay %s: stopped relaying: %r", self.owner, relaying.exception())
-                await self._pause(0.5)
+                await self._failed(relaying.exception(), "stopped relaying")  # type: ignore[arg-type]
+
+    async def _failed(self, error: BaseException, what: str) -> None:
+        """Count a failed attempt and wait before the next one, longer after each in a row."""
+        self._failures += 1
+        self.last_error = repr(error)
+        RELAY_FAILURES.inc()
+        RELAY_HEALTHY.set(0)
+        delay = min(_BACKOFF_FIRST * 2 ** min(self._failures - 1, 16), _BACKOFF_MAX)
+        # One line per attempt: the back-off bounds them to one per 30 s while it lasts.
+        logger.warning(
+            "relay %s: %s (%d failed attempt%s in a row; next in %.1f s): %r",
+            self.owner,
+            what,
+            self._failures,
+            "" if self._failures == 1 else "s",
+            delay,
+            error,
+        )
+        await self._pause(delay)
+
+    def _progressed(self) -> None:
+        if self._failures:
+            logger.info("relay %s: relaying again after %d failed attempts", self.owner, self._failures)
+            self._failures = 0
+            self.last_error = None
+            RELAY_HEALTHY.set(1)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -235,7 +387,9 @@ class Relay:
         """Renew the lease while relaying; return when it is lost, relaying ended, or stop()."""
         while not self._stop.is_set() and not relaying.done():
             stopped = asyncio.ensure_future(self._stop.wait())
-            done, _ = await asyncio.wait({relaying, stopped}, timeout=self.lease_ttl / 3)
+            done, _ = await asyncio.wait(
+                {relaying, stopped}, timeout=self.lease_ttl / 3, return_when=asyncio.FIRST_COMPLETED
+            )
             stopped.cancel()
             if done:
                 return
@@ -250,8 +404,13 @@ class Relay:
                     return
 
     async def resume_position(self) -> int:
-        """Where relaying resumes: the last relayed event JetStream holds, else the checkpoint."""
-        held = await last_relayed_position(self.bus)
+        """Where relaying resumes: the last relayed event JetStream holds, else the checkpoint.
+
+        Both are checked against the log: a message whose position, id or hash do not match
+        the log's event is not taken as relayed, and a checkpoint beyond the log's head (or not
+        a number) is not believed either.
+        """
+        held = await last_relayed_position(self.bus, self.log)
         if held:
             return held
         assert self._kv is not None
@@ -259,7 +418,17 @@ class Relay:
             entry = await self._kv.get("checkpoint")
         except KeyNotFoundError:
             return 0
-        return int(entry.value or b"0")
+        text = (entry.value or b"0").decode("utf-8", "replace")
+        if not text.isdigit() or len(text) > _MAX_POSITION_DIGITS or int(text) > await self.log.head():
+            RELAY_FORGED_POSITIONS.labels("checkpoint").inc()
+            logger.warning(
+                "relay %s: the checkpoint %r is not a position of the log; resuming from the start "
+                "(events JetStream already holds are de-duplicated by id)",
+                self.owner,
+                text[:40],
+            )
+            return 0
+        return int(text)
 
     async def _relay(self) -> None:
         position = await self.resume_position()
@@ -287,9 +456,19 @@ class Relay:
                     if in_flight:
                         await self._settle(*in_flight.popleft())
                     else:
+                        if self._failures and self.position >= await self.log.head():
+                            self._progressed()  # caught up after a failure: nothing is stuck
                         await tail.wait()
                     continue
-                in_flight.append((events[-1].position or self.position, await self.bus.send_events(events)))
+                try:
+                    pending = await self.bus.send_events(events)
+                except Exception as exc:
+                    # Nothing of this batch was sent (or what was is de-duplicated when sent
+                    # again). If an event in it can never be published, set it aside;
+                    # otherwise the error is the bus's, and the attempt fails.
+                    await self._send_sorting_out(events, in_flight, exc)
+                    continue
+                in_flight.append((events[-1].position or self.position, pending))
                 while len(in_flight) > self.window:
                     await self._settle(*in_flight.popleft())
         except Exception:
@@ -306,22 +485,109 @@ class Relay:
         duplicates = sum(1 for ack in acks if ack.duplicate)
         RELAY_PUBLISHED.inc(len(acks) - duplicates)
         RELAY_DUPLICATES.inc(duplicates)
+        await self._advance(position)
+
+    async def _advance(self, position: int) -> None:
         await self._set_position(position)
         self._moved = True
         self._dirty.set()
+        self._progressed()
+
+    async def _send_sorting_out(
+        self, events: list[CloudEvent], in_flight: deque[tuple[int, PendingAcks]], error: Exception
+    ) -> None:
+        """Publish ``events`` around those that can never be published, which are dead-lettered.
+
+        Re-raises ``error`` when every event could be published (the failure is not theirs).
+        Rare, so it settles each part before the next: the position moves in log order.
+        """
+        max_payload = self.bus.nc.max_payload
+        verdicts = [undeliverable(event, max_payload) for event in events]
+        if not any(verdicts):
+            raise error
+        while in_flight:
+            await self._settle(*in_flight.popleft())
+        run: list[CloudEvent] = []
+        for event, verdict in zip(events, verdicts, strict=True):
+            if verdict is None:
+                run.append(event)
+                continue
+            if run:
+                await self._settle(run[-1].position or self.position, await self.bus.send_events(run))
+                run = []
+            await self._dead_letter(event, *verdict)
+            await self._advance(event.position or self.position)
+        if run:
+            in_flight.append((run[-1].position or self.position, await self.bus.send_events(run)))
+
+    async def _dead_letter(self, event: CloudEvent, reason: str, explanation: str, subject: str | None) -> None:
+        """Put a placeholder naming ``event`` on ``nexus.dlq.relay``; the event stays in the log."""
+        size = len(encode_event(event))
+        error = {"too_large": "EventTooLarge", "bad_subject": "UndeliverableSubject"}.get(reason, "Undeliverable")
+        headers = {
+            "Nexus-Error": error,
+            "Nexus-Error-Reason": header_value(explanation),
+            "Nexus-Consumer": DLQ_CONSUMER,
+            "Nexus-Event-Id": header_value(event.id),
+            "Nexus-Event-Stream": header_value(event.streamid or ""),
+            "Nexus-Event-Position": str(event.position),
+            "Nexus-Event-Type": header_value(event.type),
+            "Nexus-Event-Size": str(size),
+            # The event itself is not in the dead letter: `nexus dlq redrive` leaves it alone.
+            TRUNCATED_HEADER: str(size),
+        }
+        if subject is not None:
+            headers["Nexus-Original-Subject"] = subject
+        placeholder = msgspec.json.encode(
+            {
+                "id": header_value(event.id),
+                "streamid": header_value(event.streamid or ""),
+                "position": event.position,
+                "type": header_value(event.type),
+                "size": size,
+                "error": error,
+                "reason": header_value(explanation),
+            }
+        )
+        ack = await self.bus.publish(
+            dlq_subject(DLQ_CONSUMER), placeholder, msg_id=f"dlq:{DLQ_CONSUMER}:{event.id}", headers=headers
+        )
+        if not ack.duplicate:
+            RELAY_DEAD_LETTERED.labels(reason).inc()
+        logger.error(
+            "relay %s: event %s (stream %s, position %s, type %s) cannot be published: %s; "
+            "dead-lettered a placeholder on %s and went on (the event stays in the log)",
+            self.owner,
+            event.id,
+            event.streamid,
+            event.position,
+            event.type[:200],
+            explanation,
+            dlq_subject(DLQ_CONSUMER),
+        )
 
     async def _checkpoints(self) -> None:
         """Write the position to the KV checkpoint as it moves, without holding up publishing."""
+        failures = 0
         while True:
             await self._dirty.wait()
             self._dirty.clear()
             try:
                 await self._save_checkpoint()
             except (NatsError, BusError, TimeoutError) as exc:
-                logger.warning("relay %s: cannot write the checkpoint: %r", self.owner, exc)
-                await asyncio.sleep(0.5)
+                failures += 1
+                delay = min(_BACKOFF_FIRST * 2 ** min(failures - 1, 16), _BACKOFF_MAX)
+                logger.warning(
+                    "relay %s: cannot write the checkpoint (%d in a row; next in %.1f s): %r",
+                    self.owner,
+                    failures,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
                 self._dirty.set()
                 continue
+            failures = 0
             # The checkpoint is the fallback (resumption reads the stream first): a few writes
             # a second are enough, and each is a JetStream round trip.
             await asyncio.sleep(_CHECKPOINT_INTERVAL)
