@@ -11,6 +11,14 @@ value (``input_map``, ``output_map``) is evaluated recursively:
 - a string that starts with ``$$`` is the literal text after the first ``$``;
 - mappings and lists are evaluated element by element; other values are literals.
 
+Regular expressions (RFC 9535's ``match()``, a full match, and ``search()``, a partial one) run
+on RE2 (``google-re2``), whose matching time is linear in the text: no pattern can backtrack for
+seconds. A literal pattern RE2 refuses (a backreference, a look-around) makes the path malformed
+when it is compiled; a pattern read from the data that RE2 refuses matches nothing, as RFC 9535
+asks. Every query runs within a budget of :data:`MAX_NODES_VISITED` nodes (those its segments
+select and those a descendant segment walks, embedded queries in filters included): a query over
+a huge document fails with an ExpressionError naming the limit instead of holding the event loop.
+
 A condition is a small expression language, parsed by a tokenizer and a recursive-descent
 parser (never ``eval``)::
 
@@ -31,17 +39,26 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import jsonpath
-from jsonpath.segments import JSONPathChildSegment
+import re2
+from jsonpath.exceptions import JSONPathRecursionError
+from jsonpath.filter import StringLiteral
+from jsonpath.function_extensions import ExpressionType, FilterFunction
+from jsonpath.match import JSONPathMatch
+from jsonpath.segments import JSONPathChildSegment, JSONPathRecursiveDescentSegment, JSONPathSegment
+from jsonpath.token import Token
 
 from nexus.services.workflow.errors import ExpressionError
 
 __all__ = [
+    "MAX_NODES_VISITED",
+    "REGEX_ENGINE",
     "Condition",
     "Mapping_",
     "compile_condition",
@@ -51,8 +68,179 @@ __all__ = [
     "template_paths",
 ]
 
-_ENV = jsonpath.JSONPathEnvironment(strict=True)
+MAX_NODES_VISITED = 50_000
+"""Most nodes one JSONPath query may select or walk: about a tenth of a second of work at most."""
+
+REGEX_ENGINE = re2
+"""The engine behind ``match()`` and ``search()``: RE2, linear in the length of the text."""
+
 _TEMPLATE = re.compile(r"\{(\$[^{}]*)\}")
+
+
+# --- regular expressions on RE2 ---------------------------------------------------------------
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is reported to the caller, not to stderr
+
+
+def _iregexp_to_re2(pattern: str) -> str:
+    """RFC 9485 (I-Regexp) to RE2: ``.`` outside a class matches any character but CR and LF."""
+    parts: list[str] = []
+    escaped = in_class = False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "[":
+            in_class = True
+        elif ch == "]":
+            in_class = False
+        elif ch == "." and not in_class:
+            parts.append("[^\\n\\r]")
+            continue
+        parts.append(ch)
+    return "".join(parts)
+
+
+@lru_cache(maxsize=512)
+def _compile_regex(pattern: str) -> tuple[Any, str]:
+    """The compiled RE2 pattern, or None and RE2's reason for refusing it."""
+    try:
+        return re2.compile(_iregexp_to_re2(pattern), _RE2_OPTIONS), ""
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else b""
+        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+        return None, text or "not a regular expression RE2 accepts"
+
+
+class _RE2Function(FilterFunction):
+    """RFC 9535 ``match()`` (``full=True``) or ``search()`` on RE2."""
+
+    arg_types = [ExpressionType.VALUE, ExpressionType.VALUE]
+    return_type = ExpressionType.LOGICAL
+
+    def __init__(self, *, full: bool) -> None:
+        self.full = full
+
+    def __call__(self, value: object, pattern: object) -> bool:
+        if not isinstance(value, str) or not isinstance(pattern, str):
+            return False
+        compiled, _reason = _compile_regex(pattern)
+        if compiled is None:
+            return False  # RFC 9535: a pattern that is not valid matches nothing
+        found = compiled.fullmatch(value) if self.full else compiled.search(value)
+        return found is not None
+
+
+# --- the node budget ----------------------------------------------------------------------------
+
+
+class _Budget:
+    __slots__ = ("left", "text")
+
+    def __init__(self, text: str) -> None:
+        self.left = MAX_NODES_VISITED
+        self.text = text
+
+
+_BUDGET: ContextVar[_Budget | None] = ContextVar("nexus_jsonpath_budget", default=None)
+
+
+def _spend(nodes: int = 1) -> None:
+    budget = _BUDGET.get()
+    if budget is None:
+        return
+    budget.left -= nodes
+    if budget.left < 0:
+        raise ExpressionError(
+            f"JSONPath {budget.text!r} visits more than {MAX_NODES_VISITED} nodes of the document: "
+            "it is too large for this query; select a narrower part of it"
+        )
+
+
+class _BudgetedChild(JSONPathChildSegment):
+    """A child segment that charges every node it selects to the query's budget."""
+
+    __slots__ = ()
+
+    def resolve(self, nodes: Iterable[JSONPathMatch]) -> Iterable[JSONPathMatch]:
+        for match in super().resolve(nodes):
+            _spend()
+            yield match
+
+
+class _BudgetedDescendant(JSONPathRecursiveDescentSegment):
+    """A descendant segment that charges every node it walks, and every node it selects."""
+
+    __slots__ = ()
+
+    def resolve(self, nodes: Iterable[JSONPathMatch]) -> Iterable[JSONPathMatch]:
+        for node in nodes:
+            for visited in self._walk(node, 1):
+                for selector in self.selectors:
+                    for match in selector.resolve(visited):
+                        _spend()
+                        yield match
+
+    def _walk(self, node: JSONPathMatch, depth: int) -> Iterator[JSONPathMatch]:
+        # The library's own traversal (depth first, pre-order, same limit), with each node charged.
+        if depth > self.env.max_recursion_depth:
+            raise JSONPathRecursionError("recursion limit exceeded", token=self.token)
+        _spend()
+        yield node
+        obj = node.obj
+        if isinstance(obj, Mapping):
+            children: Iterable[tuple[Any, Any]] = obj.items()
+        elif isinstance(obj, Sequence) and not isinstance(obj, str):
+            children = enumerate(obj)
+        else:
+            return
+        for key, value in children:
+            if isinstance(value, Mapping | Sequence):
+                yield from self._walk(node.new_child(value, key), depth + 1)
+
+    def resolve_async(self, nodes: Any) -> Any:
+        raise NotImplementedError("Nexus evaluates JSONPath synchronously, within a budget")
+
+
+class _Parser(jsonpath.Parser):
+    """The library's RFC 9535 parser, building budgeted segments (embedded queries included)."""
+
+    def parse_query(self, stream: Any) -> Iterable[JSONPathSegment]:
+        for segment in super().parse_query(stream):
+            if isinstance(segment, JSONPathRecursiveDescentSegment):
+                yield _BudgetedDescendant(env=segment.env, token=segment.token, selectors=segment.selectors)
+            elif isinstance(segment, JSONPathChildSegment):
+                yield _BudgetedChild(env=segment.env, token=segment.token, selectors=segment.selectors)
+            else:
+                yield segment
+
+
+class _Environment(jsonpath.JSONPathEnvironment):
+    """Strict RFC 9535, with ``match()``/``search()`` on RE2 and every query on a node budget."""
+
+    parser_class = _Parser
+
+    def setup_function_extensions(self) -> None:
+        super().setup_function_extensions()
+        self.function_extensions["match"] = _RE2Function(full=True)
+        self.function_extensions["search"] = _RE2Function(full=False)
+
+    def validate_function_extension_signature(self, token: Token, args: list[Any]) -> list[Any]:
+        args = super().validate_function_extension_signature(token, args)
+        if token.value in ("match", "search") and len(args) == 2 and isinstance(args[1], StringLiteral):
+            compiled, reason = _compile_regex(args[1].value)
+            if compiled is None:
+                raise jsonpath.JSONPathTypeError(
+                    f"{token.value}() pattern {args[1].value!r} is refused by RE2 ({reason}); "
+                    "backreferences and look-around are not supported",
+                    token=token,
+                )
+        return args
+
+
+_ENV = _Environment(strict=True)
 
 
 @lru_cache(maxsize=4096)
@@ -90,8 +278,15 @@ def path_references(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _query(path: jsonpath.JSONPath, data: Any) -> Any:
-    matches = path.findall(data)
+def _query(path: jsonpath.JSONPath, data: Any, text: str) -> Any:
+    """Evaluate ``path`` (written ``text``) on ``data``, within a fresh node budget."""
+    reset = _BUDGET.set(_Budget(text))
+    try:
+        matches = path.findall(data)
+    except RecursionError:
+        raise ExpressionError(f"JSONPath {text!r}: the document nests too deeply to be read") from None
+    finally:
+        _BUDGET.reset(reset)
     if path.singular_query():
         return matches[0] if matches else None
     return matches
@@ -122,8 +317,9 @@ def _compile_value(value: Any, where: str, problems: list[tuple[str, str]], path
             except ExpressionError as exc:
                 problems.append((where, str(exc)))
                 return lambda _data: None
-            paths.append((where, value.strip()))
-            return lambda data: _query(path, data)
+            text = value.strip()
+            paths.append((where, text))
+            return lambda data: _query(path, data, text)
         if "{$" in value:
             pieces: list[Any] = []
             position = 0
@@ -131,8 +327,9 @@ def _compile_value(value: Any, where: str, problems: list[tuple[str, str]], path
             for match in _TEMPLATE.finditer(protected):
                 pieces.append(protected[position : match.start()].replace("\x00", "{").replace("\x01", "}"))
                 try:
-                    pieces.append(compile_path(match.group(1).strip()))
-                    paths.append((where, match.group(1).strip()))
+                    embedded = match.group(1).strip()
+                    pieces.append((compile_path(embedded), embedded))
+                    paths.append((where, embedded))
                 except ExpressionError as exc:
                     problems.append((where, str(exc)))
                     pieces.append("")
@@ -140,7 +337,7 @@ def _compile_value(value: Any, where: str, problems: list[tuple[str, str]], path
             pieces.append(protected[position:].replace("\x00", "{").replace("\x01", "}"))
 
             def render(data: Any) -> str:
-                return "".join(p if isinstance(p, str) else _text(_query(p, data)) for p in pieces)
+                return "".join(p if isinstance(p, str) else _text(_query(p[0], data, p[1])) for p in pieces)
 
             return render
         return lambda _data: value
@@ -348,8 +545,9 @@ class _Parser:
                 path = compile_path(token.value)
             except ExpressionError as exc:
                 raise ExpressionError(f"{exc} (column {token.column + 1})") from None
-            self.paths.append(token.value)
-            return lambda d: _query(path, d)
+            text = token.value
+            self.paths.append(text)
+            return lambda d: _query(path, d, text)
         if token.kind in ("number", "string"):
             value = token.value
             return lambda _d: value
@@ -442,8 +640,15 @@ class Condition:
     _node: Node
 
     def evaluate(self, data: Any) -> bool:
-        """Whether the condition holds for ``data`` (the execution context)."""
-        return _truthy(self._node(data))
+        """Whether the condition holds for ``data`` (the execution context).
+
+        Raises:
+            ExpressionError: a query exceeds its node budget, or the data nests too deeply to compare.
+        """
+        try:
+            return _truthy(self._node(data))
+        except RecursionError:
+            raise ExpressionError(f"condition {self.text!r}: the data nests too deeply to compare") from None
 
 
 @lru_cache(maxsize=1024)
