@@ -24,7 +24,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -395,19 +394,21 @@ class JetStreamBus(Bus):
             BusUnavailableError: the server cannot be reached, or refused the credentials.
             StreamConfigError: a Nexus stream exists with settings that cannot be updated.
         """
-        errors: list[Exception] = []
+        errors: list[str] = []
 
         async def on_error(exc: Exception) -> None:
-            errors.append(exc)
-            del errors[:-1]
+            # Every distinct reason, in order: a refused password is followed by a reset socket.
+            if _describe(exc) not in errors:
+                errors.append(_describe(exc))
             await _log_error(exc)
 
         credentials: dict[str, Any] = {}
         if user is not None or password is not None:
             credentials = {"user": user, "password": password}
+        nc = NatsClient()
         try:
             async with asyncio.timeout(None if reconnect else 2 * connect_timeout + 1):
-                nc = await nats.connect(
+                await nc.connect(
                     url.split(","),
                     name=name,
                     connect_timeout=connect_timeout,
@@ -422,8 +423,11 @@ class JetStreamBus(Bus):
                     **credentials,
                 )
         except (OSError, NatsError, TimeoutError) as exc:
-            reason = errors[-1] if errors else exc
-            raise BusUnavailableError(f"cannot connect to NATS at {redact_url(url)}: {_describe(reason)}") from exc
+            # A refused connection leaves nats-py's socket open: close it, or it leaks.
+            with contextlib.suppress(NatsError, OSError, TimeoutError):
+                await nc.close()
+            reason = "; ".join(errors[:3]) if errors else _describe(exc)
+            raise BusUnavailableError(f"cannot connect to NATS at {redact_url(url)}: {reason}") from exc
         try:
             bus = cls(nc, ack_timeout=ack_timeout, window=window, tracer_provider=tracer_provider)
             await bus._pipeline.start()
