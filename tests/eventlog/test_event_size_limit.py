@@ -64,3 +64,18 @@ async def test_open_event_log_reads_the_setting_and_takes_an_override(
     monkeypatch.setenv("NEXUS_MAX_EVENT_BYTES", "nope")
     with pytest.raises(EventLogArgumentError, match="NEXUS_MAX_EVENT_BYTES='nope'"):
         await open_event_log(scheme)
+
+
+def test_sealing_with_contents_encoded_by_the_size_check_gives_the_same_record() -> None:
+    # The MongoDB and memory adapters seal with the contents encode_contents made (no second
+    # encoding); the record and hash must be those of sealing from scratch.
+    from nexus.eventlog import chain, event_hash
+    from nexus.eventlog._common import encode_contents
+
+    event = new_event("nexus.test.thing.changed", {"x": [1, "two"]}, source="nexus/test")
+    [content] = encode_contents([event], stream_id="s", limit=DEFAULT_MAX_EVENT_BYTES)
+    place = {"stream_id": "s", "version": 3, "position": 9, "prevhash": "a" * 64}
+    assert chain.seal_encoded(event, **place, content=content) == chain.seal_encoded(event, **place)  # type: ignore[arg-type]
+    sealed = chain.seal(event, **place, content=content[1].decode())  # type: ignore[arg-type]
+    assert sealed == chain.seal(event, **place)  # type: ignore[arg-type]
+    assert sealed.hash == event_hash(sealed)
