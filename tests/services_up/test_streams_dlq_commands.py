@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
+from pathlib import Path
 
+import nats
 import pytest
+from processes import free_port
 
 from nexus.bus.embedded import EmbeddedNats
 from nexus.bus.jetstream import JetStreamBus
@@ -61,3 +65,60 @@ async def test_dead_letters_are_listed_and_redriven_to_their_original_subject(em
         assert redriven.headers["traceparent"].startswith("00-4bf92f35")
     finally:
         await bus.close()
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nexus.cli.main",
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_nexus_streams_fails_fast_with_the_reason_when_nats_is_down(tmp_path: Path) -> None:
+    # Nothing listens there: the command used to reconnect forever.
+    started = time.monotonic()
+    status, _, err = await run_cli(
+        "streams", env={"NEXUS_NATS_URL": f"nats://127.0.0.1:{free_port()}", "NEXUS_DATA_DIR": str(tmp_path)}
+    )
+    assert time.monotonic() - started < 10
+    assert status == 1
+    assert "cannot connect to NATS" in err and "ConnectionRefusedError" in err and "nexus up" in err
+
+
+async def test_a_wrong_password_is_named_and_never_printed(embedded_nats: EmbeddedNats, tmp_path: Path) -> None:
+    env = {
+        "NEXUS_NATS_URL": embedded_nats.url,
+        "NEXUS_DATA_DIR": str(tmp_path),
+        "NEXUS_NATS_USER": "operator",
+        "NEXUS_NATS_PASSWORD": "wrong-password-123",
+    }
+    status, out, err = await run_cli("streams", env=env)
+    assert status == 1 and "Authorization Violation" in err
+    assert "wrong-password-123" not in out + err
+
+
+async def test_a_producer_credential_is_printed_once_and_publishes_on_its_source(embedded_nats: EmbeddedNats) -> None:
+    await (await JetStreamBus.connect(embedded_nats.client_url())).close()  # the Nexus streams
+    env = {"NEXUS_DATA_DIR": str(embedded_nats.store_dir.parent)}
+    status, out, err = await run_cli("keys", "create", "--producer", "acme", env=env)
+    assert status == 0, err
+    fields = dict(line.split(": ", 1) for line in out.splitlines()[1:])
+    assert fields["user"] == "producer-acme" and "reloaded" in err
+    # The running server accepts it at once, for nexus.ext.acme.> only.
+    nc = await nats.connect(
+        embedded_nats.url, user=fields["user"], password=fields["password"], inbox_prefix=fields["inbox prefix"]
+    )
+    try:
+        ack = await nc.jetstream().publish("nexus.ext.acme.order.placed", b"{}")
+        assert ack.stream == "NEXUS_EXT"
+    finally:
+        await nc.close()
+    status, _, err = await run_cli("keys", "create", "--producer", "no.dots", env=env)
+    assert status == 2 and "subject token" in err

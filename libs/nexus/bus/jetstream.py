@@ -398,9 +398,9 @@ class JetStreamBus(Bus):
 
         async def on_error(exc: Exception) -> None:
             # Every distinct reason, in order: a refused password is followed by a reset socket.
+            # Not logged: the error raised below names them.
             if _describe(exc) not in errors:
                 errors.append(_describe(exc))
-            await _log_error(exc)
 
         credentials: dict[str, Any] = {}
         if user is not None or password is not None:

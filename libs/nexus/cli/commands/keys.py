@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from nexus.auth import UnknownKeyError, issue_key, revoke_key
+from nexus.bus.embedded import EmbeddedNatsError, add_producer, producer_inbox_prefix
 from nexus.config import PlatformSettings
 from nexus.eventlog import open_event_log
 
@@ -18,6 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     who = create.add_mutually_exclusive_group(required=True)
     who.add_argument("--client", metavar="NAME", help="issue an API key for client NAME")
     who.add_argument("--worker", metavar="NAME", help="issue a worker token for worker NAME")
+    who.add_argument(
+        "--producer",
+        metavar="SOURCE",
+        help="issue a NATS credential that may publish only on nexus.ext.SOURCE.> (embedded nats-server)",
+    )
     create.add_argument("--scope", action="append", default=[], metavar="SCOPE", help="limit the key (repeatable)")
     create.set_defaults(func=_create)
     revoke = sub.add_parser("revoke", help="revoke a key or token by its id; every service refuses it from then on")
@@ -27,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _create(args: argparse.Namespace) -> int:
+    if args.producer:
+        return _create_producer(args.producer)
     kind, owner = ("client", args.client) if args.client else ("worker", args.worker)
 
     async def create() -> int:
@@ -45,6 +53,29 @@ def _create(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(create())
+
+
+def _create_producer(source: str) -> int:
+    store = PlatformSettings.from_env().data_dir / "nats"
+    try:
+        user, password, reloaded = add_producer(store, source)
+    except (ValueError, EmbeddedNatsError, OSError) as exc:
+        print(f"nexus keys: {exc}", file=sys.stderr)
+        return 2
+    print(f"NATS credential for producer {source!r}: publishes on nexus.ext.{source}.> only")
+    print(f"user: {user}")
+    print(f"password: {password}")
+    print(f"inbox prefix: {producer_inbox_prefix(source)}")
+    print(
+        "It is shown once (kept only in the data directory's NATS credentials file, mode 0600): store it now. "
+        + (
+            "The running nats-server has reloaded it."
+            if reloaded
+            else "The embedded nats-server takes it up at its next start."
+        ),
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _revoke(args: argparse.Namespace) -> int:
