@@ -49,7 +49,7 @@ import aiohttp
 import msgspec
 
 from nexus.bus import Bus
-from nexus.eventlog import ConcurrencyError, EventLog
+from nexus.eventlog import ConcurrencyError, EventLog, EventTooLargeError
 from nexus.proto import PLATFORM_TENANT, CloudEvent, RandomPool, cmd_subject, encode_event, new_event
 from nexus.proto.events import workflow as ev
 from nexus.services.workflow.context import TransitionCallback
@@ -125,6 +125,10 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"count": len(ordered), "p50": rank(50), "p99": rank(99), "max": round(ordered[-1], 3)}
 
 
+_EVENT_OVERHEAD = 16 * 1024
+"""Room an event needs beside a step's output (envelope, ids, hashes, the step's bookkeeping)."""
+
+
 class _LostOwnership(Exception):
     """Another replica appended to the execution; this one stops driving it."""
 
@@ -174,6 +178,8 @@ class WorkflowEngine:
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.http_connections = http_connections
+        self.max_output_bytes = max(1024, log.max_event_bytes - _EVENT_OVERHEAD)
+        """The largest answer a step may return: its output must fit in one event of the log."""
         self.platform_services = frozenset(platform_services)
         self.identity: ServiceIdentity | None = None
         """The replica's worker token, set at start (``identity.ServiceIdentity``)."""
@@ -628,6 +634,10 @@ class _Driver:
             try:
                 stored = await self.engine.log.append(self.stream, events, expected_version=self.committed)
                 break
+            except EventTooLargeError as exc:
+                # Data grew past what one event may carry (an output that re-encodes larger
+                # than it was read): the execution fails naming the cause; nothing half-written.
+                events, states = await self._failed_too_large(exc)
             except ConcurrencyError:
                 if self.committed == 0:
                     # Started at once, and the stream exists: the same idempotency key.
@@ -657,6 +667,24 @@ class _Driver:
         self.engine.view.apply_own(stored, states)
         if self.first_append is not None and not self.first_append.done():
             self.first_append.set_result(None)
+
+    async def _failed_too_large(self, exc: EventTooLargeError) -> tuple[list[CloudEvent], list[ExecutionState]]:
+        latest = await self.engine.view.refresh(self.execution_id) or fold(
+            await self.engine.log.read_stream(self.stream)
+        )
+        if latest is None or latest.final:
+            raise _LostOwnership from None
+        error = (
+            f"a {exc.event_type} event of {exc.size} bytes exceeds the log's limit of {exc.limit} bytes; "
+            "return large values as a raw:// reference"
+        )
+        self.state, self.committed = latest, latest.version
+        self.pending, self.pending_states = [], []
+        self.stage("execution.failed", ev.ExecutionFailed, workflow_id=latest.workflow_id, error=error)
+        logger.warning("execution %s failed: %s", self.execution_id, error)
+        events, self.pending = self.pending, []
+        states, self.pending_states = self.pending_states, []
+        return events, states
 
     async def run(self, takeover: bool) -> None:
         engine = self.engine
@@ -851,6 +879,7 @@ class _Driver:
             traceparent=self.traceparent,
             timeout=timeout,
             headers=credentials,
+            max_bytes=self.engine.max_output_bytes,
         )
         if not outcome.ok and outcome.error:
             # The step names a service, not a URL: say which one failed.

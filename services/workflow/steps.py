@@ -56,6 +56,22 @@ class Outcome:
     """The attempt was cut short by a cancel request; it has no outcome to record."""
 
 
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int | None) -> bytes | None:
+    """The body, or None as soon as it passes ``limit`` bytes (declared or actual)."""
+    if limit is None:
+        return await response.read()
+    if response.content_length is not None and response.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _urandom_hex(n: int) -> str:
     return os.urandom(n).hex()
 
@@ -111,6 +127,7 @@ async def call_http(
     traceparent: str,
     timeout: float,  # noqa: ASYNC109 - each attempt has its own bound, from the step
     headers: Mapping[str, str] | None = None,
+    max_bytes: int | None = None,
 ) -> Outcome:
     """Send one request and classify its outcome.
 
@@ -120,6 +137,8 @@ async def call_http(
 
     Args:
         headers: Sent as well (a delegated credential, for a platform service).
+        max_bytes: The largest answer taken (the step's output must fit in one event of the
+            log); a larger one fails the attempt, not retryable, without being read whole.
     """
     sent_headers = {
         **(headers or {}),
@@ -135,8 +154,14 @@ async def call_http(
     try:
         async with asyncio.timeout(timeout):
             async with session.request(method, url, headers=sent_headers, data=data) as response:
-                raw = await response.read()
                 status = response.status
+                raw = await _read_bounded(response, max_bytes)
+                if raw is None:
+                    error = (
+                        f"{method} {url}: the answer is larger than the {max_bytes} bytes a step output may have; "
+                        "return large values as a raw:// reference"
+                    )
+                    return Outcome(False, error=error, status=status, sent_at=sent)
     except TimeoutError:
         return Outcome(False, error=f"{method} {url}: no answer within {timeout:g} s", retryable=True, sent_at=sent)
     except aiohttp.ClientError as exc:

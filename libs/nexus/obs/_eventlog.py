@@ -27,6 +27,7 @@ class InstrumentedEventLog(EventLog):
     def __init__(self, log: EventLog, tracer: trace.Tracer | None = None) -> None:
         self.inner = log
         self.url = log.url
+        self.max_event_bytes = log.max_event_bytes
         self._tracer = tracer or trace.get_tracer("nexus.eventlog")
 
     async def append(
