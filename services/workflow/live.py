@@ -27,9 +27,10 @@ from prometheus_client import Counter
 
 from nexus.auth import AUTH
 from nexus.proto import PLATFORM_TENANT, CloudEvent
-from nexus.runtime import Service
+from nexus.runtime import HTTPError, Service
 from nexus.services.workflow.context import WorkflowContext
 from nexus.services.workflow.jobapi import job_settings
+from nexus.services.workflow.phases import user_has_phases
 
 logger = logging.getLogger("nexus.workflow.live")
 
@@ -156,9 +157,10 @@ def _user_of(request: web.Request) -> User:
 def install(service: Service, ctx: WorkflowContext) -> None:
     """Add ``/users/{user_id}/updates`` (SSE) and ``/users/{user_id}/ws`` (WebSocket).
 
-    A user is one of the caller's tenant: a connection receives the updates of that tenant's
-    user only, whatever other tenants have a user of the same id. A client that closes its
-    connection is the normal end of a stream, not an error.
+    A user is one of the caller's tenant, known once a phase was triggered for it (else 404): a
+    connection receives the updates of that tenant's user only, whatever other tenants have a
+    user of the same id. A client that closes its connection is the normal end of a stream, not
+    an error.
     """
     app = service.app
     hub = UserHub()
@@ -166,17 +168,30 @@ def install(service: Service, ctx: WorkflowContext) -> None:
     job_settings(app)
     admin_query = {"tenant": "admins only: the tenant whose user to follow (default: their own)"}
 
+    async def _known_user(request: web.Request) -> User:
+        user = _user_of(request)
+        # A user exists once a phase was triggered for it; another tenant's is answered as a missing one.
+        if not await user_has_phases(ctx, *user):
+            raise HTTPError(404, f"no user {user[1]!r}: no phase was triggered for it")
+        if user[0] != request[AUTH].tenant:
+            route = request.match_info.route.resource
+            await service.audit_admin(
+                request[AUTH], "GET", route.canonical if route else request.path, f"user {user[1]}", user[0]
+            )
+        return user
+
     @service.route(
         "GET",
         "/users/{user_id}/updates",
         summary="Server-Sent Events: every transition that concerns one of the caller's users, live",
         content_type="text/event-stream",
+        responses={404: "The caller has no such user (no phase was triggered for it)"},
         tags=["phases"],
         auth="client",
         query=admin_query,
     )
     async def sse(request: web.Request) -> web.StreamResponse:
-        user = _user_of(request)
+        user = await _known_user(request)
         queue = hub.listen(user)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -206,13 +221,16 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         summary="WebSocket: the same updates as JSON messages ('ping' is answered with the connection count)",
         response=Connected,
         status=101,
-        responses={400: "Not a WebSocket upgrade request"},
+        responses={
+            400: "Not a WebSocket upgrade request",
+            404: "The caller has no such user (no phase was triggered for it)",
+        },
         tags=["phases"],
         auth="client",
         query=admin_query,
     )
     async def websocket(request: web.Request) -> web.WebSocketResponse:
-        user = _user_of(request)
+        user = await _known_user(request)
         ws = web.WebSocketResponse(heartbeat=30.0)
         await ws.prepare(request)
         queue = hub.listen(user)

@@ -377,6 +377,10 @@ input_map:
     assert len(platform.engine.list(workflow_id="anomaly_review")) == 1
 
 
+async def _completed(platform: Platform, workflow_id: str) -> list[Any]:
+    return [s for s in platform.engine.list(workflow_id=workflow_id) if s.status == "COMPLETED"]
+
+
 async def test_seven_phases_chain_and_reach_the_user_live(platform: Platform) -> None:
     headers = {"x-service-key": platform.key}
     async with aiohttp.ClientSession() as session:
@@ -389,17 +393,23 @@ async def test_seven_phases_chain_and_reach_the_user_live(platform: Platform) ->
         async with session.post(f"{platform.url}/api/v1/workflow/phase/1", json={}, headers=headers) as resp:
             assert resp.status == 400 and "user_id" in (await resp.json())["error"]
 
+        # A user is known once a phase ran for it: before, following it is a 404 (as another
+        # client's user is). Phase 7 (the last, it starts no other) runs for user_123 first.
+        async with session.get(f"{platform.url}/users/user_123/updates", headers=headers) as resp:
+            assert resp.status == 404
+        payload = {"user_id": "user_123", "seller_id": "seller_456", "sync_id": "oauth_user_123_1"}
+        async with session.post(f"{platform.url}/api/v1/workflow/phase/7", json=payload, headers=headers) as resp:
+            assert resp.status == 202, await resp.text()
+        await _wait_for(lambda: _completed(platform, "phase_7"))
+        earlier_calls = len(platform.stub_calls)
+
         # The user is connected over SSE and over a WebSocket before the pipeline starts.
         sse = await session.get(f"{platform.url}/users/user_123/updates", headers=headers)
         assert sse.headers["Content-Type"].startswith("text/event-stream")
         ws = await session.ws_connect(f"{platform.url}/users/user_123/ws", headers=headers)
         assert (await ws.receive_json())["type"] == "connected"
 
-        async with session.post(
-            f"{platform.url}/api/v1/workflow/phase/1",
-            json={"user_id": "user_123", "seller_id": "seller_456", "sync_id": "oauth_user_123_1"},
-            headers=headers,
-        ) as resp:
+        async with session.post(f"{platform.url}/api/v1/workflow/phase/1", json=payload, headers=headers) as resp:
             assert resp.status == 202, await resp.text()
 
         async def completed_phases(updates: list[dict[str, Any]]) -> set[str]:
@@ -419,7 +429,7 @@ async def test_seven_phases_chain_and_reach_the_user_live(platform: Platform) ->
     assert await completed_phases(ws_updates) == {f"phase_{n}" for n in range(1, 8)}
     assert ws_updates[0]["type"] == "phase.triggered" and ws_updates[0]["phase"] == 1
     # Each phase ran after the previous one, with what it passed on.
-    calls = [c for c in platform.stub_calls if c["path"].startswith("/phases/")]
+    calls = [c for c in platform.stub_calls[earlier_calls:] if c["path"].startswith("/phases/")]
     assert [c["body"]["phase"] for c in calls] == [1, 2, 2, 3, 4, 5, 6, 7]
     assert all(c["body"]["user_id"] == "user_123" for c in calls)
     assert calls[-1]["body"]["sync_id"] == "oauth_user_123_1"
@@ -435,12 +445,13 @@ async def test_seven_phases_chain_and_reach_the_user_live(platform: Platform) ->
         # Enhancement "central phase audit log": one trail per user, from the log.
         async with session.get(f"{platform.url}/api/v1/workflow/phases/user_123/audit", headers=headers) as resp:
             audit = await resp.json()
-    assert sorted(e["phase"] for e in audit["executions"]) == [1, 2, 3, 4, 5, 6, 7]
+    assert sorted(e["phase"] for e in audit["executions"]) == [1, 2, 3, 4, 5, 6, 7, 7]
     assert all(e["status"] == "COMPLETED" for e in audit["executions"])
     trail_types = [e["type"] for e in audit["auditTrail"]]
     assert (
         trail_types[0] == "nexus.workflow.phase.triggered"
-        and trail_types.count("nexus.workflow.execution.completed") == 7
+        and trail_types.count("nexus.workflow.phase.triggered") == 2
+        and trail_types.count("nexus.workflow.execution.completed") == 8
     )
     # Enhancement "transition metrics": counted per workflow and transition.
     assert live.TRANSITIONS.labels("phase_7", "execution.completed")._value.get() >= 1
