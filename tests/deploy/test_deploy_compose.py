@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
+
+from nexus.bus.embedded import IDENTITIES, find_nats_server, render_authorization
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,3 +53,39 @@ def test_the_event_log_runs_on_a_replica_set_and_nothing_has_a_secret() -> None:
     assert "replicaSet=nexus" in env["NEXUS_EVENT_LOG_URL"]
     text = (ROOT / "docker-compose.yml").read_text().lower()
     assert "password" not in text and "secret" not in text.replace("nothing here holds a secret", "")
+
+
+NATS_CONFIGS = sorted((ROOT / "deploy" / "nats").glob("*.conf"))
+
+
+def _password_variables() -> dict[str, str]:
+    return {name: f"$NEXUS_NATS_{name.upper()}_PASSWORD" for name in IDENTITIES}
+
+
+@pytest.mark.parametrize("config", NATS_CONFIGS, ids=lambda path: path.name)
+def test_production_nats_has_the_embedded_users_and_permissions_and_no_secret(config: Path) -> None:
+    text = config.read_text()
+    # The same users and subjects as the embedded server, from the same table, passwords only
+    # as environment references; no anonymous access.
+    assert render_authorization(_password_variables()) in text
+    settings = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    assert settings.count("authorization {") == 1 and "no_auth_user" not in settings
+    assert not re.search(r"password:\s*[\"']", settings), "a literal password in the production configuration"
+    # TLS is documented in the file.
+    assert "tls {" in text
+
+
+@pytest.mark.parametrize("config", NATS_CONFIGS, ids=lambda path: path.name)
+def test_production_nats_configuration_is_accepted_by_nats_server(config: Path) -> None:
+    # nats-server -t parses the file (variables resolved from the environment) without starting.
+    env = {**os.environ, **{variable[1:]: "test-only" for variable in _password_variables().values()}}
+    result = subprocess.run(
+        [str(find_nats_server()), "-c", str(config), "-t"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Without the variables it refuses to start: no password has a default.
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_NATS_")}
+    result = subprocess.run(
+        [str(find_nats_server()), "-c", str(config), "-t"], env=bare, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode != 0 and "NEXUS_NATS_" in result.stdout + result.stderr
