@@ -48,6 +48,8 @@ class UploadIssued(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: float
     """Unix time after which the URL is refused."""
     job_id: str = ""
+    tenant: str = "platform"
+    """The client that asked for the URL: the file is stored in its Raw namespace."""
 
 
 @event_type("nexus.workflow.upload.completed")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
-import inspect
 import json
 import logging
 from typing import Any
@@ -474,8 +473,6 @@ def install_optional(service: Service, ctx: WorkflowContext) -> list[str]:
             raise
         install_fn = getattr(module, "install", None)
         if install_fn is not None:
-            # TRANSITION: modules not yet moved to Service.route still take the aiohttp app.
-            first = next(iter(inspect.signature(install_fn).parameters))
-            install_fn(service.app if first == "app" else service, ctx)
+            install_fn(service, ctx)
             installed.append(name)
     return installed

@@ -88,10 +88,6 @@ async def bootstrap(
 
     api.install(service, ctx)
     if optional_modules:
-        from nexus.services.workflow.jobapi import KEY_VIEW
-
-        # One view of the keys for every route: the engine's and the optional modules'.
-        service.app[KEY_VIEW] = service.keys
         installed = api.install_optional(service, ctx)
         logger.info("workflow modules installed: %s", ", ".join(installed) or "none")
 

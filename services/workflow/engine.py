@@ -573,6 +573,7 @@ class WorkflowEngine:
             id=self._ids.event_id(),
             subject=state.execution_id,
             correlationid=state.correlation_id or state.execution_id,
+            tenant=state.tenant,
         )
 
     async def _drive(self, driver: _Driver, takeover: bool) -> None:
@@ -980,7 +981,12 @@ class _Driver:
         until, after = self._wait_bounds(step, None)
         match = step.match
 
+        tenant = self.state.tenant
+
         def predicate(event: CloudEvent) -> bool:
+            # A client's execution waits only on its own tenant's events; the platform's on any.
+            if tenant != PLATFORM_TENANT and event.tenant != tenant:
+                return False
             if match is None:
                 return True
             return match.evaluate({**context, "event": msgspec.to_builtins(event)})

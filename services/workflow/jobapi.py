@@ -34,7 +34,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from nexus.auth import AUTH, KeyInfo, KeyView, can_see, require_api_key
+from nexus.auth import AUTH, KeyInfo, can_see
 from nexus.client import PayloadError, PayloadField, check_instance, job_payload_schema
 from nexus.eventlog import ConcurrencyError, EventLog
 from nexus.proto import PLATFORM_TENANT, CloudEvent, new_event, new_event_id
@@ -46,14 +46,11 @@ from nexus.services.workflow.errors import InactiveWorkflowError, InputValidatio
 __all__ = [
     "JOB_EXECUTED",
     "JOB_INITIATED",
-    "KEY_VIEW",
     "JobApiSettings",
     "JobRecord",
     "install",
     "job_status",
-    "key_view",
     "load_job",
-    "require_key",
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,9 +58,6 @@ SOURCE = "nexus/workflow"
 JOB_INITIATED = "nexus.workflow.job.initiated"
 JOB_EXECUTED = "nexus.workflow.job.executed"
 IN_PROGRESS, COMPLETED, FAILED = "IN PROGRESS", "COMPLETED", "FAILED"
-
-KEY_VIEW = web.AppKey("nexus.workflow.key_view", KeyView)
-"""The app's KeyView (shared by every job, upload, trigger and phase route)."""
 
 
 @dataclass(frozen=True)
@@ -110,19 +104,6 @@ class SeedError(msgspec.Struct, frozen=True, kw_only=True):
 def seed_error(code: str, message: str) -> dict[str, object]:
     """Seed 000's error body for the route decorator's refusals (401, 403, 404)."""
     return {"success": False, "error": message}
-
-
-def require_key(view: KeyView) -> Callable[[Handler], Handler]:
-    """TRANSITION: the client-key guard with seed 000's error shape, for modules that still add
-    routes to the aiohttp app directly; routes declared with ``Service.route`` need none."""
-    return require_api_key(view, shape=seed_error)
-
-
-def key_view(app: web.Application, ctx: WorkflowContext) -> KeyView:
-    """The app's KeyView, created on first use (every module guards its routes with it)."""
-    if KEY_VIEW not in app:
-        app[KEY_VIEW] = KeyView(ctx.log)
-    return app[KEY_VIEW]
 
 
 def job_settings(app: web.Application) -> JobApiSettings:

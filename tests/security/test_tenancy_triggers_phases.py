@@ -26,7 +26,7 @@ from nexus.eventlog.memory import MemoryEventLog
 from nexus.proto import new_event
 from nexus.raw.memory import MemoryRaw
 from nexus.runtime import Service
-from nexus.services.workflow import api, jobapi
+from nexus.services.workflow import api
 from nexus.services.workflow.context import WorkflowContext
 from nexus.services.workflow.engine import WorkflowEngine
 from nexus.services.workflow.registry import WorkflowRegistry
@@ -102,7 +102,6 @@ async def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         bus = MemoryBus()
         await bus.ensure_streams()
         service = Service(settings, log=log, bus=bus)
-        service.app[jobapi.KEY_VIEW] = service.keys
         api.install(service, ctx)
         api.install_optional(service, ctx)
         server = TestServer(service.app, host="127.0.0.1", port=0)

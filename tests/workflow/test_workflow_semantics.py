@@ -296,9 +296,14 @@ async def test_wait_event_step_resumes_on_a_matching_event_and_times_out_otherwi
     _, other = await svc.post("/executions", {"workflow_id": "impatient", "input": {}})
     log = svc.ctx.log
     await until(lambda: not (svc.ctx.engine.get(body["id"]).current_step != "approval"))
-    # An event for another document does not match; the right one does.
-    await log.append("ext-review", [new_event("nexus.ext.review.approved", {"doc": "d2", "by": "x"}, source="t")])
-    await log.append("ext-review", [new_event("nexus.ext.review.approved", {"doc": "d1", "by": "ana"}, source="t")])
+    # An event for another document does not match, nor one of another tenant (a client's
+    # execution sees only its own tenant's events); the right one does.
+    approved = "nexus.ext.review.approved"
+    mine = "workflow-tests"
+    await log.append("ext-review", [new_event(approved, {"doc": "d2", "by": "x"}, source="t", tenant=mine)])
+    await log.append("ext-review", [new_event(approved, {"doc": "d1", "by": "eve"}, source="t", tenant="other")])
+    await log.append("ext-review", [new_event(approved, {"doc": "d1", "by": "eve"}, source="t")])
+    await log.append("ext-review", [new_event(approved, {"doc": "d1", "by": "ana"}, source="t", tenant=mine)])
     final = await svc.wait_final(body["id"])
     assert final.status == "COMPLETED"
     assert final.output == {"echo": {"by": "ana"}}

@@ -26,7 +26,7 @@ from nexus.raw.memory import MemoryRaw
 from nexus.runtime import Service
 from nexus.services.granulator import bootstrap as granulator_bootstrap
 from nexus.services.granulator import load_settings as granulator_settings
-from nexus.services.workflow import api, jobapi, live
+from nexus.services.workflow import api, live
 from nexus.services.workflow.context import WorkflowContext
 from nexus.services.workflow.engine import WorkflowEngine
 from nexus.services.workflow.identity import ServiceIdentity
@@ -181,7 +181,6 @@ async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
         )
         # The workflow service's own HTTP plumbing (auth, errors, OpenAPI) with every optional module.
         service = Service(settings, log=log, bus=bus)
-        service.app[jobapi.KEY_VIEW] = service.keys
         assert api.install_optional(service, ctx) == ["jobapi", "uploads", "triggers", "phases", "live"]
         key = await issue_key(log, "client", "gaia")
         async with TestServer(service.app, host="127.0.0.1", port=0) as server:
