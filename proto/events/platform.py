@@ -73,3 +73,18 @@ class AdminAccessed(msgspec.Struct, frozen=True, kw_only=True):
     """The tenant that owns the resource."""
     status: int = 0
     """The HTTP status of the answer."""
+
+
+@event_type("nexus.platform.producer.registered")
+class ProducerRegistered(msgspec.Struct, frozen=True, kw_only=True):
+    """An external producer's source was bound to a tenant (stream ``producers``).
+
+    Its NATS credential publishes only on ``nexus.ext.<source>.>``, so every event arriving
+    there is that tenant's: the ingest stamps it with the ``tenant`` extension (whatever the
+    producer wrote there itself). A source bound to no tenant is the platform's.
+    """
+
+    source: str
+    """The ``<source>`` token of ``nexus.ext.<source>.<event>``."""
+    tenant: str | None = None
+    """The client whose events these are; None for the platform."""

@@ -153,3 +153,27 @@ async def test_a_thousand_malformed_messages_become_a_thousand_dead_letters(
     assert [e.streamversion for e in viewed] == list(range(1, 11))
     await wait_for_head(memory_log, 20)
     assert len(await memory_log.read_stream("ext-crm")) == 10
+
+
+async def test_an_external_event_belongs_to_its_sources_tenant_whatever_the_producer_claims(
+    bus: JetStreamBus, memory_log: MemoryEventLog
+) -> None:
+    from nexus.ingest import register_producer
+
+    await register_producer(memory_log, "crm", "acme")
+    ingest = ExtIngest(bus, memory_log)
+    await ingest.start()
+    try:
+        # The producer of source crm claims another tenant: the binding decides, not the claim.
+        forged = new_event("com.example.crm.x", {"n": 1}, source="https://crm.example/", id="c-1", tenant="victim")
+        await bus.publish("nexus.ext.crm.x", encode_event(forged))
+        # A source bound to no tenant is the platform's: nothing the producer says makes it a client's.
+        unbound = new_event("com.example.erp.y", {"n": 2}, source="https://erp.example/", id="e-1", tenant="victim")
+        await bus.publish("nexus.ext.erp.y", encode_event(unbound))
+        await wait_for_head(memory_log, 3)
+    finally:
+        await ingest.stop()
+    [crm] = await memory_log.read_stream("ext-crm")
+    [erp] = await memory_log.read_stream("ext-erp")
+    assert crm.tenant == "acme"
+    assert erp.tenant is None

@@ -7,6 +7,24 @@ is the caller's side.
 """
 
 from nexus.ingest._commands import CommandHandler, CommandRejected, CommandRouter, send_command
-from nexus.ingest._ingest import ExtIngest, ingested_id
+from nexus.ingest._ingest import (
+    PRODUCER_REGISTERED,
+    PRODUCERS_STREAM,
+    ExtIngest,
+    SourceTenants,
+    ingested_id,
+    register_producer,
+)
 
-__all__ = ["CommandHandler", "CommandRejected", "CommandRouter", "ExtIngest", "ingested_id", "send_command"]
+__all__ = [
+    "PRODUCERS_STREAM",
+    "PRODUCER_REGISTERED",
+    "CommandHandler",
+    "CommandRejected",
+    "CommandRouter",
+    "ExtIngest",
+    "SourceTenants",
+    "ingested_id",
+    "register_producer",
+    "send_command",
+]

@@ -1,4 +1,11 @@
-"""External events in: ``nexus.ext.<source>.<event>`` → the log, stream ``ext-<source>``."""
+"""External events in: ``nexus.ext.<source>.<event>`` → the log, stream ``ext-<source>``.
+
+Each source may be bound to a tenant (``nexus.platform.producer.registered`` in stream
+``producers``, written by ``nexus keys create --producer SOURCE --client NAME``). The producer's
+NATS credential can publish only on its own source's subjects, so the binding, not anything the
+producer writes, decides whose events they are: the ingest sets the ``tenant`` extension from it
+and drops a ``tenant`` the producer claimed.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +17,13 @@ from nexus.bus._metrics import INGESTED
 from nexus.bus._port import Bus, Consumer, ConsumerSpec, Delivery, PoisonMessageError
 from nexus.bus.events import decode_delivery
 from nexus.eventlog import ANY, DuplicateEventError, EventLog
-from nexus.proto import EXT_PREFIX, STREAM_EXT, ext_stream_id
+from nexus.proto import EXT_PREFIX, STREAM_EXT, CloudEvent, ext_stream_id, new_event
+from nexus.proto.events.platform import ProducerRegistered
 
-__all__ = ["ExtIngest", "ingested_id"]
+__all__ = ["PRODUCERS_STREAM", "PRODUCER_REGISTERED", "ExtIngest", "SourceTenants", "ingested_id", "register_producer"]
+
+PRODUCERS_STREAM = "producers"
+PRODUCER_REGISTERED = "nexus.platform.producer.registered"
 
 _NAMESPACE = uuid.UUID("6b1f3c4e-2a51-4c1e-9a43-0e5f5d2b7a10")
 
@@ -24,6 +35,33 @@ def ingested_id(source: str, event_id: str) -> str:
     so the stored id is derived from both (UUIDv5) and the original id is kept as ``causationid``.
     """
     return str(uuid.uuid5(_NAMESPACE, f"{source}\n{event_id}"))
+
+
+async def register_producer(log: EventLog, source: str, tenant: str | None) -> CloudEvent:
+    """Bind ``source`` to ``tenant`` (None: the platform): its events are stamped with it from now on."""
+    data = ProducerRegistered(source=source, tenant=tenant)
+    [stored] = await log.append(
+        PRODUCERS_STREAM, [new_event(PRODUCER_REGISTERED, data, source="nexus/platform", subject=source)]
+    )
+    return stored
+
+
+class SourceTenants:
+    """Which tenant each external source belongs to, folded from stream ``producers``."""
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+        self._tenants: dict[str, str | None] = {}
+        self._version = 0
+
+    async def tenant_of(self, source: str) -> str | None:
+        """The tenant of ``source`` (the latest binding), or None: the platform's."""
+        for event in await self._log.read_stream(PRODUCERS_STREAM, self._version + 1):
+            if event.type == PRODUCER_REGISTERED:
+                binding = msgspec.convert(event.data, ProducerRegistered)
+                self._tenants[binding.source] = binding.tenant
+            self._version = max(self._version, event.streamversion or 0)
+        return self._tenants.get(source)
 
 
 class ExtIngest:
@@ -40,6 +78,7 @@ class ExtIngest:
         self.log = log
         self.spec = ConsumerSpec(name=name, stream=STREAM_EXT, filter_subjects=(f"{EXT_PREFIX}.>",))
         self._consumer: Consumer | None = None
+        self.sources = SourceTenants(log)
 
     async def start(self) -> None:
         self._consumer = await self.bus.consume(self.spec, self.handle)
@@ -64,6 +103,8 @@ class ExtIngest:
             id=ingested_id(event.source, event.id),
             causationid=event.id,
             extevent=event_token,
+            # Whose event it is follows from the source's binding, never from the producer.
+            tenant=await self.sources.tenant_of(source_token),
             # Log-assigned attributes a producer may have sent are the log's to set.
             streamid=None,
             streamversion=None,
