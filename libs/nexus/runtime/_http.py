@@ -7,6 +7,7 @@ import itertools
 import logging
 import re
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -150,6 +151,13 @@ def _header_problem(request: web.Request) -> str | None:
     return None
 
 
+def _raised_by_json(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the standard library's JSON decoder (``request.json()``)."""
+    return any(
+        frame.f_globals.get("__name__", "").split(".")[0] == "json" for frame, _ in traceback.walk_tb(exc.__traceback__)
+    )
+
+
 def _event_too_large_error() -> type[Exception] | None:
     # The event log's size limit error; looked up lazily so this module does not import the log.
     from nexus import eventlog
@@ -239,6 +247,9 @@ def error_middleware(max_body_bytes: int) -> Any:
         except Exception as exc:
             if too_large is not None and isinstance(exc, too_large):
                 return error_response(413, "event_too_large", str(exc))
+            if isinstance(exc, ValueError) and _raised_by_json(exc):
+                # ``await request.json()``: not JSON, or a number longer than Python converts (4300 digits).
+                return error_response(400, "bad_json", f"the request body cannot be read as JSON: {exc}")
             context = trace.get_current_span().get_span_context()
             trace_id = format(context.trace_id, "032x") if context.is_valid else None
             logger.exception("unhandled error in %s %s", request.method, route_template(request))
