@@ -88,3 +88,24 @@ class ProducerRegistered(msgspec.Struct, frozen=True, kw_only=True):
     """The ``<source>`` token of ``nexus.ext.<source>.<event>``."""
     tenant: str | None = None
     """The client whose events these are; None for the platform."""
+
+
+@event_type("nexus.platform.delegation.key.published")
+class DelegationKeyPublished(msgspec.Struct, frozen=True, kw_only=True):
+    """A workflow replica's public key for delegated tokens; the private key never leaves it."""
+
+    key_id: str
+    """The signer's id, named in every token it mints."""
+    owner: str
+    """The replica that holds the private key (``workflow/<replica id>``)."""
+    public_key: str
+    """The raw 32-byte Ed25519 public key, base64url without padding."""
+    algorithm: str = "Ed25519"
+
+
+@event_type("nexus.platform.delegation.key.revoked")
+class DelegationKeyRevoked(msgspec.Struct, frozen=True, kw_only=True):
+    """A signer was revoked: every token it minted is refused from this event on."""
+
+    key_id: str
+    reason: str = ""

@@ -6,7 +6,6 @@ from typing import Any
 
 from aiohttp import web
 
-from nexus.auth import KeyView
 from nexus.bus import Bus
 from nexus.eventlog import EventLog
 from nexus.runtime import Service, open_adapters
@@ -76,8 +75,6 @@ async def bootstrap(
         title="Nexus granulator",
         description="Content-structure worker: handshake, process, acknowledge (seed 002), and text expansion.",
     )
-    # Delegated tokens minted for another service (a step's token for studio, say) are refused here.
-    service.keys = KeyView(service.log, audience=settings.name)
     gen = generator if generator is not None else make_generator(settings)
     worker = make_worker(settings, log=service.log, raw=adapters.raw, generator=gen)
     service.app[WORKER_KEY] = worker

@@ -135,10 +135,14 @@ async def test_the_guards_answer_401_for_bad_credentials_and_403_for_the_wrong_k
         assert (await http.get("/client")).status == 401
         assert (await http.get("/client", headers={"X-API-Key": worker_token.secret})).status == 403
 
-        bearer = {"Authorization": f"Bearer {worker_token.secret}", "X-Worker-ID": "w1-a"}
+        bearer = {"Authorization": f"Bearer {worker_token.secret}", "X-Worker-ID": "w1"}
         ok = await http.get("/worker", headers=bearer)
-        assert ok.status == 200 and (await ok.json()) == {"owner": "w1", "worker": "w1-a"}
-        assert (await http.get("/worker", headers={"Authorization": f"Bearer {worker_token.secret}"})).status == 401
+        assert ok.status == 200 and (await ok.json()) == {"owner": "w1", "worker": "w1"}
+        # The worker is its token: X-Worker-ID may be left out, and another worker's name is refused.
+        alone = await http.get("/worker", headers={"Authorization": f"Bearer {worker_token.secret}"})
+        assert alone.status == 200 and (await alone.json())["worker"] == "w1"
+        posing = await http.get("/worker", headers={**bearer, "X-Worker-ID": "w2"})
+        assert posing.status == 403 and (await posing.json())["error"] == "worker_mismatch"
         client_as_worker = {"Authorization": f"Bearer {client_key.secret}", "X-Worker-ID": "w1-a"}
         assert (await http.get("/worker", headers=client_as_worker)).status == 403
         wrong = {"Authorization": "Bearer nxw_0000000000000000.nope", "X-Worker-ID": "w1-a"}

@@ -63,6 +63,7 @@ from nexus.auth._passwords import (
     load_admin,
     verify_password,
 )
+from nexus.auth._ratelimit import SlidingWindowLimiter
 from nexus.proto import PLATFORM_TENANT
 
 __all__ = [
@@ -86,6 +87,7 @@ __all__ = [
     "KeyManagementError",
     "KeyRecord",
     "KeyView",
+    "SlidingWindowLimiter",
     "UnknownKeyError",
     "can_see",
     "ensure_admin",

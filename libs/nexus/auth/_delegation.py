@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from nexus.eventlog import EventLog
 from nexus.proto import CloudEvent, new_event
+from nexus.proto.events.platform import DelegationKeyPublished, DelegationKeyRevoked
 
 __all__ = [
     "DEFAULT_DELEGATION_TTL_SECONDS",
@@ -76,25 +77,6 @@ MAX_TOKEN_LENGTH = 4096
 
 _STREAM = "keys"
 _ALGORITHM = "Ed25519"
-
-
-class DelegationKeyPublished(msgspec.Struct, frozen=True, kw_only=True):
-    """A workflow replica's public key for delegated tokens; the private key never leaves it."""
-
-    key_id: str
-    """The signer's id, named in every token it mints."""
-    owner: str
-    """The replica that holds the private key (``workflow/<replica id>``)."""
-    public_key: str
-    """The raw 32-byte Ed25519 public key, base64url without padding."""
-    algorithm: str = _ALGORITHM
-
-
-class DelegationKeyRevoked(msgspec.Struct, frozen=True, kw_only=True):
-    """A signer was revoked: every token it minted is refused from this event on."""
-
-    key_id: str
-    reason: str = ""
 
 
 class DelegationClaims(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

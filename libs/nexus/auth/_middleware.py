@@ -86,11 +86,13 @@ def require_api_key(view: KeyView, *, shape: ErrorShape = nexus_error) -> Guard:
 
 
 def require_worker(view: KeyView, *, shape: ErrorShape = nexus_error) -> Guard:
-    """Guard a handler with ``Authorization: Bearer <worker token>`` and ``X-Worker-ID``.
+    """Guard a handler with ``Authorization: Bearer <worker token>`` (and ``X-Worker-ID``).
 
     The handler finds the token's KeyInfo in ``request[AUTH]`` and the worker id in
-    ``request[WORKER_ID]``. Missing header, unknown or revoked token: 401. A client API key
-    presented as the bearer token: 403.
+    ``request[WORKER_ID]``. A worker's identity is its token's: ``X-Worker-ID`` may be left out
+    (it is the token's owner), and one naming another worker is refused 403 ``worker_mismatch``.
+    Missing header, unknown or revoked token: 401. A client API key presented as the bearer
+    token: 403.
     """
 
     def guard(handler: HandlerT) -> HandlerT:
@@ -100,17 +102,18 @@ def require_worker(view: KeyView, *, shape: ErrorShape = nexus_error) -> Guard:
             if scheme.lower() != "bearer" or not token.strip():
                 message = "a worker token is required: Authorization: Bearer <token>"
                 raise _refuse(401, "unauthorized", message, bearer=True, shape=shape)
-            worker_id = request.headers.get("X-Worker-ID", "").strip()
-            if not worker_id:
-                raise _refuse(401, "unauthorized", "the X-Worker-ID header is required", bearer=True, shape=shape)
             info: KeyInfo | None = await view.verify(token.strip())
             if info is None:
                 message = "the worker token is not valid or was revoked"
                 raise _refuse(401, "unauthorized", message, bearer=True, shape=shape)
             if info.kind != "worker":
                 raise _refuse(403, "forbidden", "a client API key cannot call worker routes", shape=shape)
+            claimed = request.headers.get("X-Worker-ID", "").strip() or info.owner
+            if claimed != info.owner:
+                message = f"X-Worker-ID {claimed!r} is not the worker this token was issued to; send {info.owner!r}"
+                raise _refuse(403, "worker_mismatch", message, shape=shape)
             request[AUTH] = info
-            request[WORKER_ID] = worker_id
+            request[WORKER_ID] = info.owner
             return await handler(request)
 
         return guarded

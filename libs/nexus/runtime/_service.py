@@ -150,8 +150,9 @@ class Service:
         self.log: EventLog = log if isinstance(log, InstrumentedEventLog) else InstrumentedEventLog(log, self._tracer)
         self.bus = bus
         self.raw = raw
-        self.keys = KeyView(self.log)
-        """API keys and worker tokens, folded from the log; used by ``auth=`` routes."""
+        self.keys = KeyView(self.log, audience=settings.name)
+        """API keys and worker tokens, folded from the log; used by ``auth=`` routes. Delegated
+        tokens are accepted only when minted for this service (their audience)."""
         self.title = title or f"Nexus {settings.name}"
         self.version = version
         self.description = description
