@@ -8,8 +8,7 @@ import secrets
 import msgspec
 from aiohttp import web
 
-from nexus.auth import AUTH, KeyInfo, hash_password, load_admin, verify_password
-from nexus.auth._ratelimit import SlidingWindowLimiter
+from nexus.auth import AUTH, KeyInfo, SlidingWindowLimiter, hash_password, load_admin, verify_password
 from nexus.runtime import ErrorBody, HTTPError, Service, json_response, read_json
 from nexus.services.kam.settings import KamSettings
 

@@ -869,7 +869,7 @@ class _Driver:
         # replica's own token): it applies that tenant's permissions. An external service gets none.
         credentials = None
         if identity is not None and service in self.engine.platform_services:
-            tenant = getattr(self.state, "tenant", None) or PLATFORM_TENANT
+            tenant = self.state.tenant
             credentials = identity.step_headers(tenant, self.execution_id, service)
         outcome = await call_http(
             self.engine._session,
@@ -926,7 +926,7 @@ class _Driver:
         until, after = self._wait_bounds(step, comp)
         # The worker acts for the execution's tenant only: the command says which (only platform
         # identities may publish on nexus.cmd.>, so the claim is the platform's, not the client's).
-        tenant = getattr(self.state, "tenant", None) or PLATFORM_TENANT
+        tenant = self.state.tenant
         command_event = new_event(
             f"nexus.{service}.task.{command}",
             {"execution_id": self.execution_id, "step_id": step.id, "idempotency_key": key, "input": request},
