@@ -15,6 +15,7 @@ from processes import free_port
 from nexus.bus.embedded import EmbeddedNats
 from nexus.bus.jetstream import JetStreamBus
 from nexus.cli.commands.dlq import dead_letters, redrive
+from nexus.eventlog import open_event_log
 from nexus.proto import STREAM_DLQ, STREAM_EVT
 
 pytestmark = pytest.mark.nats
@@ -122,3 +123,14 @@ async def test_a_producer_credential_is_printed_once_and_publishes_on_its_source
         await nc.close()
     status, _, err = await run_cli("keys", "create", "--producer", "no.dots", env=env)
     assert status == 2 and "subject token" in err
+    # A source bound to a client: the ingest will stamp its events with that tenant.
+    status, out, err = await run_cli("keys", "create", "--producer", "shop", "--tenant", "acme-co", env=env)
+    assert status == 0 and "client 'acme-co'" in out, err
+    status, _, err = await run_cli("keys", "create", "--producer", "x", "--tenant", "platform", env=env)
+    assert status == 2 and "not a client name" in err
+    log = await open_event_log(f"sqlite:///{embedded_nats.store_dir.parent / 'events.db'}")
+    try:
+        bindings = [(e.data["source"], e.data.get("tenant")) for e in await log.read_stream("producers")]
+    finally:
+        await log.close()
+    assert bindings == [("acme", None), ("shop", "acme-co")]

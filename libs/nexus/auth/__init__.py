@@ -41,6 +41,7 @@ from nexus.auth._keys import (
     issue_key,
     parse_secret,
     revoke_key,
+    valid_tenant,
 )
 from nexus.auth._middleware import (
     API_KEY_HEADERS,
@@ -101,6 +102,7 @@ __all__ = [
     "require_client_or_worker",
     "require_worker",
     "revoke_key",
+    "valid_tenant",
     "verify_password",
 ]
 __all__ += [

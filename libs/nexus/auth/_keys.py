@@ -100,6 +100,11 @@ def parse_secret(secret: str) -> tuple[str, str] | None:
     return prefix, key_id
 
 
+def valid_tenant(name: str) -> bool:
+    """Whether ``name`` can be a client's name (a tenant): 1-64 letters, digits, ``_-.``, not ``platform``."""
+    return bool(_TENANT_NAME.fullmatch(name)) and name != PLATFORM_TENANT
+
+
 async def issue_key(
     log: EventLog, kind: str, owner: str, *, scopes: tuple[str, ...] = (), source: str = "nexus/platform"
 ) -> IssuedKey:
@@ -115,12 +120,12 @@ async def issue_key(
         raise ValueError(f"key kind {kind!r}: use 'client' or 'worker'")
     if not owner.strip():
         raise ValueError("a key needs the name of its owner")
-    if kind == "client" and not _TENANT_NAME.fullmatch(owner):
+    if kind == "client" and owner == PLATFORM_TENANT:
+        raise ValueError(f"the client name {PLATFORM_TENANT!r} is reserved for the platform's own resources")
+    if kind == "client" and not valid_tenant(owner):
         raise ValueError(
             f"client name {owner!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
         )
-    if kind == "client" and owner == PLATFORM_TENANT:
-        raise ValueError(f"the client name {PLATFORM_TENANT!r} is reserved for the platform's own resources")
     key_id = secrets.token_hex(8)
     secret = f"{_PREFIX[kind]}_{key_id}.{secrets.token_urlsafe(32)}"
     data = KeyIssued(key_id=key_id, kind=kind, owner=owner, hash=hash_secret(secret), scopes=list(scopes))

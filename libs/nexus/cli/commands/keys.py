@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import sys
 
-from nexus.auth import UnknownKeyError, issue_key, revoke_key
+from nexus.auth import UnknownKeyError, issue_key, revoke_key, valid_tenant
 from nexus.bus.embedded import EmbeddedNatsError, add_producer, producer_inbox_prefix
 from nexus.config import PlatformSettings
 from nexus.eventlog import open_event_log
+from nexus.ingest import register_producer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,7 +25,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="SOURCE",
         help="issue a NATS credential that may publish only on nexus.ext.SOURCE.> (embedded nats-server)",
     )
-    create.add_argument("--scope", action="append", default=[], metavar="SCOPE", help="limit the key (repeatable)")
+    create.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        metavar="SCOPE",
+        help="a scope of the key (repeatable); 'admin' makes an operator's key that sees every client's resources",
+    )
+    create.add_argument(
+        "--tenant",
+        metavar="CLIENT",
+        help="with --producer: the client whose events the source's are (default: the platform's)",
+    )
     create.set_defaults(func=_create)
     revoke = sub.add_parser("revoke", help="revoke a key or token by its id; every service refuses it from then on")
     revoke.add_argument("key_id", metavar="KEY_ID")
@@ -34,7 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _create(args: argparse.Namespace) -> int:
     if args.producer:
-        return _create_producer(args.producer)
+        return _create_producer(args.producer, args.tenant)
+    if args.tenant:
+        print("nexus keys: --tenant goes with --producer", file=sys.stderr)
+        return 2
     kind, owner = ("client", args.client) if args.client else ("worker", args.worker)
 
     async def create() -> int:
@@ -55,14 +70,28 @@ def _create(args: argparse.Namespace) -> int:
     return asyncio.run(create())
 
 
-def _create_producer(source: str) -> int:
-    store = PlatformSettings.from_env().data_dir / "nats"
+def _create_producer(source: str, tenant: str | None) -> int:
+    settings = PlatformSettings.from_env()
+    if tenant is not None and not valid_tenant(tenant):
+        print(f"nexus keys: --tenant {tenant!r} is not a client name", file=sys.stderr)
+        return 2
     try:
-        user, password, reloaded = add_producer(store, source)
+        user, password, reloaded = add_producer(settings.data_dir / "nats", source)
     except (ValueError, EmbeddedNatsError, OSError) as exc:
         print(f"nexus keys: {exc}", file=sys.stderr)
         return 2
-    print(f"NATS credential for producer {source!r}: publishes on nexus.ext.{source}.> only")
+
+    async def bind() -> None:
+        # The ingest stamps every event of this source with the tenant bound here.
+        log = await open_event_log(settings.event_log_url)
+        try:
+            await register_producer(log, source, tenant)
+        finally:
+            await log.close()
+
+    asyncio.run(bind())
+    owner = f"client {tenant!r}" if tenant else "the platform"
+    print(f"NATS credential for producer {source!r}: publishes on nexus.ext.{source}.> only; its events are {owner}'s")
     print(f"user: {user}")
     print(f"password: {password}")
     print(f"inbox prefix: {producer_inbox_prefix(source)}")
