@@ -26,6 +26,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from nexus.auth import issue_key
+from nexus.ingest import register_producer
 from nexus.bus.jetstream import JetStreamBus
 from nexus.eventlog import EventLog, open_event_log
 from nexus.ingest import ExtIngest
@@ -154,6 +155,8 @@ class Platform:
     async def open(self) -> None:
         self.log = await open_event_log(self.log_url)
         self.key = (await issue_key(self.log, "client", "e2e")).secret
+        # The detector's events are client e2e's (as `nexus keys create --producer gaia --tenant e2e`).
+        await register_producer(self.log, "gaia", "e2e")
         self.nc = await nats.connect(self.nats_url)
         self.js = self.nc.jetstream()
         await self.start_relay()

@@ -48,7 +48,7 @@ async def test_an_external_event_starts_its_workflow_once_and_bad_input_is_dead_
     [stored] = await platform.log.read_stream("ext-gaia")
     assert stored.id == ingested_id(EXT_SOURCE, quake["id"]) and stored.causationid == quake["id"]
     assert stored.extevent == "anomaly" and stored.data == quake["data"]
-    fired = await platform.log.read_stream(f"trigger-gaia_anomaly-{stored.id}")
+    fired = await platform.log.read_stream(f"trigger-e2e.gaia_anomaly-{stored.id}")
     assert [event.data["execution_id"] for event in fired] == [execution["id"]]
     assert execution["idempotency_key"] == stored.id
 
@@ -75,7 +75,7 @@ async def test_an_external_event_starts_its_workflow_once_and_bad_input_is_dead_
     titles = [event.data["title"] for event in await platform.log.read_stream("ext-gaia")]
     assert titles == ["Quake", "Tremor", "Landslide"]
     tremor_id = ingested_id(EXT_SOURCE, tremor["id"])
-    assert await platform.log.stream_version(f"trigger-gaia_anomaly-{tremor_id}") == 0
+    assert await platform.log.stream_version(f"trigger-e2e.gaia_anomaly-{tremor_id}") == 0
 
     letters = [await within(dead.get(), "a dead letter on nexus.dlq.nexus-ingest") for _ in range(2)]
     assert [m.data for m in letters] == [b"this is not a CloudEvent", json.dumps(half).encode()]

@@ -222,12 +222,22 @@ async def test_under_nexus_up_an_external_event_starts_its_workflow_through_a_tr
     async with running_platform(tmp_path) as up:
         key = await up.client_key()
         await up.register(key, ("/schemas", SCHEMA), ("/workflows", WORKFLOW), ("/triggers", TRIGGER))
+        # The detector gets its own NATS credential, bound to client e2e: its events are e2e's.
+        code, out, err = await nexus("keys", "create", "--producer", "gaia", "--tenant", "e2e", env=up.env)
+        assert code == 0, err
+        producer = dict(line.split(": ", 1) for line in out.splitlines()[1:])
         nc = await nats.connect(up.nats_url)
+        detector = await nats.connect(
+            f"nats://127.0.0.1:{up.nats_port}",
+            user=producer["user"],
+            password=producer["password"],
+            inbox_prefix=producer["inbox prefix"],
+        )
         try:
             completed = await nc.subscribe("nexus.evt.workflow.execution.completed")
             js = nc.jetstream()
             quake = anomaly("Quake")
-            await js.publish("nexus.ext.gaia.anomaly", json.dumps(quake).encode())
+            await detector.jetstream().publish("nexus.ext.gaia.anomaly", json.dumps(quake).encode())
             try:
                 message = await completed.next_msg(timeout=6)
             except TimeoutError:  # nats-py raises its own subclass or the builtin one
@@ -236,6 +246,7 @@ async def test_under_nexus_up_an_external_event_starts_its_workflow_through_a_tr
                     f"no execution completed within 6 s of an external event; NEXUS_EXT consumers: {consumers}"
                 ) from None
         finally:
+            await detector.close()
             await nc.close()
         assert json.loads(message.data)["data"]["output"] == {"verdict": "confirmed: Quake"}
         assert up.calls == [{"title": "Quake", "confidence": 0.97, "region": "tohoku"}]
