@@ -26,10 +26,9 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from nexus.auth import issue_key
-from nexus.ingest import register_producer
 from nexus.bus.jetstream import JetStreamBus
 from nexus.eventlog import EventLog, open_event_log
-from nexus.ingest import ExtIngest
+from nexus.ingest import ExtIngest, register_producer
 from nexus.relay import Relay
 from nexus.runtime import Service
 from nexus.services.workflow.bootstrap import bootstrap
