@@ -177,3 +177,28 @@ async def test_an_external_event_belongs_to_its_sources_tenant_whatever_the_prod
     [erp] = await memory_log.read_stream("ext-erp")
     assert crm.tenant == "acme"
     assert erp.tenant is None
+
+
+async def test_an_external_event_too_large_for_the_log_is_dead_lettered_at_once(bus: JetStreamBus) -> None:
+    log = MemoryEventLog(max_event_bytes=2048)
+    dead: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    async def collect(delivery: Delivery) -> None:
+        await dead.put(delivery)
+
+    await bus.consume(ConsumerSpec("dlq-watch", STREAM_DLQ, ("nexus.dlq.nexus-ingest",)), collect)
+    ingest = ExtIngest(bus, log)
+    await ingest.start()
+    try:
+        big = new_event("com.example.big", {"blob": "x" * 4096}, source="https://big.example/", id="b-1")
+        await bus.publish("nexus.ext.big.blob", encode_event(big))
+        await bus.publish("nexus.ext.big.blob", external(1))
+        letter = await asyncio.wait_for(dead.get(), WAIT)
+        await wait_for_head(log, 1)
+    finally:
+        await ingest.stop()
+    # Dead-lettered naming the limit, not retried until max_deliver; the next event went in.
+    assert "at most 2048 bytes" in letter.headers["Nexus-Error-Reason"]
+    assert letter.headers["Nexus-Deliveries"] == "1"
+    assert [e.causationid for e in await log.read_stream("ext-big")] == ["contact-1"]
+    await log.close()

@@ -16,7 +16,7 @@ import msgspec
 from nexus.bus._metrics import INGESTED
 from nexus.bus._port import Bus, Consumer, ConsumerSpec, Delivery, PoisonMessageError
 from nexus.bus.events import decode_delivery
-from nexus.eventlog import ANY, DuplicateEventError, EventLog
+from nexus.eventlog import ANY, DuplicateEventError, EventLog, EventTooLargeError
 from nexus.proto import EXT_PREFIX, STREAM_EXT, CloudEvent, ext_stream_id, new_event
 from nexus.proto.events.platform import ProducerRegistered
 
@@ -118,4 +118,8 @@ class ExtIngest:
             # Same source and id with other content: the first one stands.
             INGESTED.labels("duplicate").inc()
             return
+        except EventTooLargeError as exc:
+            # It will never fit: dead-letter it now instead of retrying it max_deliver times.
+            INGESTED.labels("dead_letter").inc()
+            raise PoisonMessageError(str(exc)) from None
         INGESTED.labels("ingested").inc()
