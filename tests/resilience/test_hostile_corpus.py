@@ -497,3 +497,34 @@ async def test_an_event_the_log_refuses_as_too_large_is_a_413(tmp_path: Path, mo
                 assert resp.status == 404, await resp.text()
     finally:
         await built.service.stop()
+
+
+async def _raw_answer(port: int, header: bytes) -> tuple[int, bytes, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + header + b"\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 20)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head, body
+
+
+async def test_headers_that_are_not_utf8_or_hold_control_characters_are_refused(tmp_path: Path) -> None:
+    built = await _studio(tmp_path)
+    await built.service.start()
+    try:
+        # aiohttp hands bytes that are not UTF-8 over as surrogates: Nexus refuses them, naming the header.
+        status, _head, body = await _raw_answer(built.service.port or 0, b"X-Hostile: caf\xe9")
+        answer = json.loads(body)
+        assert status == 400 and answer["error"] == "bad_header", answer
+        assert "X-Hostile" in answer["message"] and "UTF-8" in answer["message"], answer
+        # A control character never reaches Nexus: aiohttp's own parser answers 400 (in plain text).
+        status, _head, body = await _raw_answer(built.service.port or 0, b"X-Hostile: a\x00b")
+        assert status == 400 and b"Invalid header value char" in body, body
+        # Valid UTF-8 beyond ASCII is fine.
+        status, _head, body = await _raw_answer(built.service.port or 0, "X-Hostile: café".encode())
+        assert status == 200, body
+    finally:
+        await built.service.stop()
