@@ -57,7 +57,11 @@ from jsonpath.token import Token
 from nexus.services.workflow.errors import ExpressionError
 
 __all__ = [
+    "MAX_CONDITION_CHARS",
+    "MAX_CONDITION_NESTING",
     "MAX_NODES_VISITED",
+    "MAX_PATH_CHARS",
+    "MAX_PATH_SEGMENTS",
     "REGEX_ENGINE",
     "Condition",
     "Mapping_",
@@ -70,6 +74,15 @@ __all__ = [
 
 MAX_NODES_VISITED = 50_000
 """Most nodes one JSONPath query may select or walk: about a tenth of a second of work at most."""
+
+MAX_PATH_CHARS = 1024
+"""Longest JSONPath accepted (each ``$...`` of a mapping, template or condition)."""
+MAX_PATH_SEGMENTS = 64
+"""Most segments in a JSONPath: each is a generator stacked on the previous one when it runs."""
+MAX_CONDITION_CHARS = 4096
+"""Longest condition accepted."""
+MAX_CONDITION_NESTING = 32
+"""Deepest nesting of ``not``, parentheses and lists in a condition."""
 
 REGEX_ENGINE = re2
 """The engine behind ``match()`` and ``search()``: RE2, linear in the length of the text."""
@@ -204,7 +217,7 @@ class _BudgetedDescendant(JSONPathRecursiveDescentSegment):
         raise NotImplementedError("Nexus evaluates JSONPath synchronously, within a budget")
 
 
-class _Parser(jsonpath.Parser):
+class _BudgetedParser(jsonpath.Parser):
     """The library's RFC 9535 parser, building budgeted segments (embedded queries included)."""
 
     def parse_query(self, stream: Any) -> Iterable[JSONPathSegment]:
@@ -220,7 +233,7 @@ class _Parser(jsonpath.Parser):
 class _Environment(jsonpath.JSONPathEnvironment):
     """Strict RFC 9535, with ``match()``/``search()`` on RE2 and every query on a node budget."""
 
-    parser_class = _Parser
+    parser_class = _BudgetedParser
 
     def setup_function_extensions(self) -> None:
         super().setup_function_extensions()
@@ -250,14 +263,23 @@ def compile_path(text: str) -> jsonpath.JSONPath:
     Raises:
         ExpressionError: the path is malformed (the message says where).
     """
+    if len(text) > MAX_PATH_CHARS:
+        raise ExpressionError(f"JSONPath {text[:40]!r}… is {len(text)} characters long; the limit is {MAX_PATH_CHARS}")
     try:
         path = _ENV.compile(text)
     except jsonpath.JSONPathError as exc:
         first = str(exc).splitlines()[0]
         raise ExpressionError(f"malformed JSONPath {text!r}: {first}") from None
+    except (ValueError, OverflowError, RecursionError) as exc:
+        # A number the parser cannot convert (thousands of digits), or nesting past Python's stack.
+        raise ExpressionError(f"malformed JSONPath {text!r}: {type(exc).__name__}: {exc}") from None
     if not isinstance(path, jsonpath.JSONPath):
         # A compound query (union or intersection) is not RFC 9535.
         raise ExpressionError(f"malformed JSONPath {text!r}: not a single RFC 9535 query")
+    if len(path.segments) > MAX_PATH_SEGMENTS:
+        raise ExpressionError(
+            f"JSONPath {text[:40]!r}… has {len(path.segments)} segments; the limit is {MAX_PATH_SEGMENTS}"
+        )
     return path
 
 
@@ -448,7 +470,11 @@ def _tokenize(text: str) -> list[_Token]:
         number = _NUMBER.match(text, i)
         if number and (ch != "-" or not tokens or tokens[-1].kind == "op"):
             literal = number.group()
-            tokens.append(_Token("number", float(literal) if any(c in literal for c in ".eE") else int(literal), i))
+            try:
+                value: Any = float(literal) if any(c in literal for c in ".eE") else int(literal)
+            except ValueError:
+                raise ExpressionError(f"the number at column {i + 1} has too many digits") from None
+            tokens.append(_Token("number", value, i))
             i = number.end()
             continue
         word = _WORD.match(text, i)
@@ -481,6 +507,12 @@ class _Parser:
         self.tokens = _tokenize(text)
         self.at = 0
         self.paths: list[str] = []
+        self.depth = 0
+
+    def enter(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_CONDITION_NESTING:
+            raise self.fail(f"the condition nests 'not', parentheses and lists deeper than {MAX_CONDITION_NESTING}")
 
     def peek(self) -> _Token:
         return self.tokens[self.at]
@@ -509,22 +541,27 @@ class _Parser:
         return node
 
     def parse_or(self) -> Node:
-        left = self.parse_and()
+        # A flat list, evaluated in a loop: a long chain of "or" does not nest calls.
+        terms = [self.parse_and()]
         while self.accept("or", "||"):
-            right = self.parse_and()
-            left = (lambda a, b: lambda d: _truthy(a(d)) or _truthy(b(d)))(left, right)
-        return left
+            terms.append(self.parse_and())
+        if len(terms) == 1:
+            return terms[0]
+        return lambda d: any(_truthy(term(d)) for term in terms)
 
     def parse_and(self) -> Node:
-        left = self.parse_not()
+        terms = [self.parse_not()]
         while self.accept("and", "&&"):
-            right = self.parse_not()
-            left = (lambda a, b: lambda d: _truthy(a(d)) and _truthy(b(d)))(left, right)
-        return left
+            terms.append(self.parse_not())
+        if len(terms) == 1:
+            return terms[0]
+        return lambda d: all(_truthy(term(d)) for term in terms)
 
     def parse_not(self) -> Node:
         if self.accept("not", "!"):
+            self.enter()
             inner = self.parse_not()
+            self.depth -= 1
             return lambda d: not _truthy(inner(d))
         return self.parse_comparison()
 
@@ -555,11 +592,14 @@ class _Parser:
             constant = {"true": True, "false": False, "null": None}[token.value]
             return lambda _d: constant
         if token.kind == "op" and token.value == "(":
+            self.enter()
             inner = self.parse_or()
             if not self.accept(")"):
                 raise self.fail("expected ')'")
+            self.depth -= 1
             return inner
         if token.kind == "op" and token.value == "[":
+            self.enter()
             items: list[Node] = []
             if not self.accept("]"):
                 while True:
@@ -568,6 +608,7 @@ class _Parser:
                         break
                     if not self.accept(","):
                         raise self.fail("expected ',' or ']' in a list")
+            self.depth -= 1
             return lambda d: [item(d) for item in items]
         self.at -= 1
         raise self.fail("expected a value (a $-path, number, string, true, false, null, list or '(')")
@@ -660,6 +701,8 @@ def compile_condition(text: str) -> Condition:
     """
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError("a condition must be a non-empty string")
+    if len(text) > MAX_CONDITION_CHARS:
+        raise ExpressionError(f"the condition is {len(text)} characters long; the limit is {MAX_CONDITION_CHARS}")
     parser = _Parser(text)
     node = parser.parse()
     return Condition(text, tuple(parser.paths), node)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import re2
 
@@ -130,3 +133,60 @@ async def test_a_condition_over_a_huge_input_fails_the_step_instead_of_stalling(
     assert state.status == "FAILED"
     code, shown = await svc.get(f"/executions/{body['id']}")
     assert f"more than {MAX_NODES_VISITED} nodes" in str(shown), shown
+
+
+# --- expressions of hostile size or shape are refused when compiled -------------------------
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        ("$" + ".a" * 3000, "the limit is 4096"),
+        ("$" + ".a" * 100, "has 100 segments; the limit is 64"),
+        ("$.x == " + "9" * 4300, "the limit is 4096"),
+        ("not " * 33 + "$.x", "deeper than 32"),
+        ("(" * 33 + "$.x" + ")" * 33, "deeper than 32"),
+        ("$.x in " + "[" * 33 + "]" * 33, "deeper than 32"),
+        ("$.x[?@ == " + "9" * 900 + "]", "malformed JSONPath"),
+        ("$.x[?" + "(" * 600 + "@" + ")" * 600 + "]", "the limit is 1024"),
+    ],
+    ids=["long", "segments", "long number", "not", "parentheses", "lists", "filter number", "long path"],
+)
+def test_hostile_conditions_are_expression_errors(condition, expected):
+    with pytest.raises(ExpressionError) as caught:
+        compile_condition(condition)
+    assert expected in str(caught.value)
+
+
+def test_long_chains_and_nesting_within_the_limits_still_work():
+    chain = " and ".join(["$.a"] * 400)
+    assert compile_condition(chain).evaluate({"a": 1}) is True
+    assert compile_condition(" or ".join(["$.b"] * 400 + ["$.a"])).evaluate({"a": 1}) is True
+    assert compile_condition("not " * 32 + "$.a").evaluate({"a": 1}) is True
+    assert compile_condition("(" * 32 + "$.a" + ")" * 32).evaluate({"a": 1}) is True
+    assert compile_mapping({"x": "$.a" + "[0]" * 60}).evaluate({"a": [[[1]]]}) == {"x": None}
+
+
+def test_a_path_of_a_hundred_thousand_segments_does_not_crash_the_process():
+    # Evaluated, its generators stack 100,000 deep in C: the interpreter died with a segmentation
+    # fault. Run in a child process so a crash fails this test instead of the whole run.
+    code = (
+        "from nexus.services.workflow.expressions import compile_condition\n"
+        "from nexus.services.workflow.errors import ExpressionError\n"
+        "try:\n"
+        "    compile_condition('$' + '.a' * 100000).evaluate({'a': 1})\n"
+        "except ExpressionError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "refused:" in done.stdout and "limit" in done.stdout, done.stdout
+
+
+async def test_a_hostile_condition_is_a_400_naming_the_step(workflow_service):
+    svc = await workflow_service()
+    for condition in ("$.input.x[?@ == " + "9" * 900 + "]", "not " * 40 + "$.input"):
+        definition = {"id": "w", "steps": [{"id": "a", "service": "stub", "endpoint": "/echo", "condition": condition}]}
+        code, body = await svc.post("/workflows", definition)
+        assert code == 400, body
+        assert body["problems"][0]["path"] == "$.steps[0].condition", body
