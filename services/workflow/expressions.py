@@ -94,6 +94,9 @@ _TEMPLATE = re.compile(r"\{(\$[^{}]*)\}")
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a refused pattern is reported to the caller, not to stderr
+# Memory for one compiled pattern and its DFA cache (RE2's default is 8 MiB): a pattern needing
+# more is refused, and a search that fills the DFA cache carries on, still linear, without it.
+_RE2_OPTIONS.max_mem = 1 << 20
 
 
 def _iregexp_to_re2(pattern: str) -> str:
@@ -116,7 +119,7 @@ def _iregexp_to_re2(pattern: str) -> str:
     return "".join(parts)
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=128)
 def _compile_regex(pattern: str) -> tuple[Any, str]:
     """The compiled RE2 pattern, or None and RE2's reason for refusing it."""
     try:

@@ -128,6 +128,29 @@ BODIES: list[tuple[str, bytes, str]] = [
     ("number", b"7", "application/json"),
     ("null", b"null", "application/json"),
     ("form", b"a=1&b=%ff", "application/x-www-form-urlencoded"),
+    # Definitions whose expressions are the bomb: a path of 50,000 segments, a catastrophic
+    # regular expression, a number the JSONPath parser cannot convert.
+    *(
+        (
+            f"hostile {what} condition",
+            json.dumps(
+                {
+                    "id": "w",
+                    "event_type": "x.y",
+                    "workflow_id": "w",
+                    "condition": condition,
+                    "steps": [{"id": "a", "service": "studio", "endpoint": "/e", "condition": condition}],
+                }
+            ).encode(),
+            "application/json",
+        )
+        for what, condition in (
+            ("long path", "$" + ".a" * 50_000),
+            ("regex", "$.input[?search(@, '(a+)+$b')]"),
+            ("backreference", "$.input[?match(@, '(a)\\1')]"),
+            ("huge number", "$.input[?@ == " + "9" * 900 + "]"),
+        )
+    ),
 ]
 PATH_VALUES = ["%00", "%FF%FE", "..%2F..%2Fetc%2Fpasswd", "x" * 2000, "%C3%28"]
 QUERY_VALUES = ["%FF", "%00", "-1", "1e400", HUGE_DIGITS[:200], "%C3%28"]
