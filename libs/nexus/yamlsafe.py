@@ -64,7 +64,7 @@ def _where(event: Any) -> str:
 
 # libyaml's parser when PyYAML was built with it (it is, in the locked wheels): the pre-pass
 # then costs C parsing plus one Python step per event; the pure-Python loader is the fallback.
-_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # type: ignore[assignment]
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _check_events(text: str, what: str) -> None:
