@@ -13,10 +13,11 @@ from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
-from nexus.obs import HTTP_REQUEST_DURATION, HTTP_REQUESTS, extract_context
+from nexus.obs import HTTP_REQUEST_DURATION, HTTP_REQUESTS, RateLimitedLog, extract_context
 
 logger = logging.getLogger("nexus.runtime.http")
 
@@ -299,3 +300,29 @@ def observe_middleware(tracer: trace.Tracer) -> Any:
             HTTP_REQUEST_DURATION.labels(**labels).observe(time.perf_counter() - started)
 
     return observe
+
+
+class BadRequestLogFilter(logging.Filter):
+    """Turns aiohttp's ERROR-with-traceback for a request its parser refused (a control
+    character in a header, a line too long: answered 400 before any handler runs) into one
+    WARNING line per interval with a count, so a client sending garbage cannot flood the logs."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self._quiet = RateLimitedLog(logging.getLogger("nexus.runtime.http"), interval=interval)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, BadHttpMessage):
+            return True
+        lines = [line.strip() for line in str(exc.message).splitlines() if line.strip()]
+        reason = lines[0].rstrip(":") if lines else type(exc).__name__
+        self._quiet.warning("bad-request", "refused a malformed HTTP request (400): %s", reason)
+        return False
+
+
+def quiet_bad_requests() -> None:
+    """Install ``BadRequestLogFilter`` on aiohttp's server logger, once per process."""
+    server_logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadRequestLogFilter) for f in server_logger.filters):
+        server_logger.addFilter(BadRequestLogFilter())

@@ -25,7 +25,7 @@ from nexus.obs import InstrumentedEventLog, render_metrics
 from nexus.obs._metrics import SERVICE_RESTARTS
 from nexus.proto import STREAM_CMD, cmd_subject, new_event
 from nexus.proto.events.platform import AdminAccessed
-from nexus.runtime._http import Handler, error_middleware, json_response, observe_middleware
+from nexus.runtime._http import Handler, error_middleware, json_response, observe_middleware, quiet_bad_requests
 from nexus.runtime._openapi import RouteSpec, build_openapi
 from nexus.runtime._settings import ServiceSettings
 
@@ -430,6 +430,7 @@ class Service:
             self._consumers.append(await self.bus.consume(spec, handler))
         for task in self._background:
             self._tasks.append(asyncio.create_task(self._run_background(task), name=f"{self.name}:{task.__name__}"))
+        quiet_bad_requests()
         self._runner = web.AppRunner(
             self.app, handle_signals=False, access_log=None, shutdown_timeout=self.settings.shutdown_timeout
         )
