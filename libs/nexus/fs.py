@@ -27,11 +27,13 @@ def restrict_umask() -> int:
     return os.umask(PRIVATE_UMASK)
 
 
-def make_private_dir(path: str | os.PathLike[str]) -> Path:
+def make_private_dir(path: str | os.PathLike[str], *, tighten_existing: bool = True) -> Path:
     """Create ``path`` (and missing parents) with mode 0700; tighten it to 0700 if it exists.
 
     Parents created here are 0700 as well. An existing directory owned by another user is left
-    as it is (its owner decides); one owned by this user is chmodded to 0700.
+    as it is (its owner decides); one owned by this user is chmodded to 0700, unless
+    ``tighten_existing`` is False (a directory the user named for a file of ours, such as the
+    folder of a backup or of a SQLite file outside the data directory, is the user's to keep).
 
     Returns:
         The directory's path.
@@ -54,8 +56,23 @@ def make_private_dir(path: str | os.PathLike[str]) -> Path:
         _tighten(new)
     if not directory.is_dir():
         raise NotADirectoryError(f"{directory} exists and is not a directory")
-    _tighten(directory)
+    if tighten_existing or directory in missing:
+        _tighten(directory)
     return directory
+
+
+def create_private_file(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` empty with mode 0600 unless it exists (then it is left as it is).
+
+    For files another library creates (SQLite's database, whose journal files take its mode),
+    so they are private even where the process umask is not.
+    """
+    file = Path(path)
+    try:
+        os.close(os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        pass
+    return file
 
 
 def _tighten(directory: Path) -> None:

@@ -95,3 +95,27 @@ def test_restrict_umask_returns_the_old_one(loose_umask: None, tmp_path: Path) -
         assert mode(tmp_path / "f") == 0o600
     finally:
         os.umask(previous)
+
+
+async def test_a_sqlite_log_opened_as_a_library_is_private_and_leaves_the_users_folder_alone(
+    tmp_path: Path, loose_umask: None
+) -> None:
+    from nexus.eventlog import open_event_log
+    from nexus.proto import new_event
+
+    users_folder = tmp_path / "work"
+    users_folder.mkdir(mode=0o755)
+    os.chmod(users_folder, 0o755)
+    for path in (users_folder / "events.db", users_folder / "new" / "deeper" / "events.db"):
+        log = await open_event_log(f"sqlite:///{path}")
+        try:
+            await log.append("s", [new_event("nexus.test.thing.done", {}, source="t")])
+            # The database and its write-ahead log are private even under umask 022 (no
+            # `nexus` entry point set a stricter one here).
+            assert mode(path) == 0o600
+            assert mode(path.with_name(path.name + "-wal")) == 0o600
+        finally:
+            await log.close()
+    # A folder the user named is the user's: left 0755; folders created for the log are 0700.
+    assert mode(users_folder) == 0o755
+    assert mode(users_folder / "new") == 0o700 and mode(users_folder / "new" / "deeper") == 0o700

@@ -179,7 +179,7 @@ def _open_private(path: Path) -> BinaryIO:
 
 
 def _write(path: Path, data: bytes) -> None:
-    make_private_dir(path.parent)
+    make_private_dir(path.parent, tighten_existing=False)
     with _open_private(path) as fh:
         fh.write(data)
         fh.flush()

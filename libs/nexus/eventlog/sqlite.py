@@ -71,6 +71,7 @@ from nexus.eventlog._errors import (
     EventLogUnavailableError,
 )
 from nexus.eventlog._port import ANY, GENESIS_HASH, NO_STREAM, EventLog
+from nexus.fs import create_private_file, make_private_dir
 from nexus.proto import CloudEvent
 
 SCHEMA_VERSION: Final = 2
@@ -869,7 +870,8 @@ def _connect(options: SqliteOptions) -> sqlite3.Connection:
 
 def _open_writer(options: SqliteOptions) -> sqlite3.Connection:
     try:
-        Path(options.path).parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(Path(options.path).parent, tighten_existing=False)
+        create_private_file(options.path)
         con = _connect(options)
     except (OSError, sqlite3.Error) as exc:
         raise EventLogUnavailableError(f"cannot open the event log file {options.path!r}: {exc}") from None
