@@ -95,7 +95,9 @@ async def bootstrap(
     async def run_engine(_service: Service) -> None:
         # The identity exists before the first step runs: a platform service's worker route
         # (the granulator's /generate) accepts the replica's calls from the first one.
-        engine.identity = await ServiceIdentity.issue(service.log, settings.replica_id)
+        engine.identity = await ServiceIdentity.issue(
+            service.log, settings.replica_id, delegation_ttl_seconds=settings.delegation_ttl_seconds
+        )
         view.start_tail()
         await engine.start_processing()
 

@@ -70,8 +70,12 @@ class WorkflowSettings(ServiceSettings):
     http_connections: int = 200
     """``NEXUS_WORKFLOW_HTTP_CONNECTIONS``: open connections the step client may hold."""
     platform_services: frozenset[str] = frozenset()
-    """Names in ``services`` that are the platform's own services (see ``platform_services``): they
-    receive the replica's worker token; external ``NEXUS_SERVICE_<NAME>`` services never do."""
+    """Names in ``services`` that are the platform's own services (see ``platform_services``): steps
+    calling them carry a delegated token for the execution's tenant; external
+    ``NEXUS_SERVICE_<NAME>`` services get no credential."""
+    delegation_ttl_seconds: float = 300.0
+    """``NEXUS_WORKFLOW_DELEGATION_TTL_SECONDS``: how long a step's delegated token is valid
+    (1-3600; short, since it is a bearer credential for the execution's tenant)."""
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
@@ -102,4 +106,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
         services=service_urls(env, env.get("NEXUS_HOST", "127.0.0.1")),
         http_connections=env_int(env, "NEXUS_WORKFLOW_HTTP_CONNECTIONS", 200, low=1),
         platform_services=platform_services(env),
+        delegation_ttl_seconds=env_float(env, "NEXUS_WORKFLOW_DELEGATION_TTL_SECONDS", 300.0, low=1, high=3600),
     )

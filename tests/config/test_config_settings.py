@@ -44,3 +44,14 @@ def test_number_readers() -> None:
         env_int(env, "A", 1, low=6, high=9)
     with pytest.raises(ConfigError, match=r"C='0' must be greater than 0"):
         env_float(env, "C", 1.0, above=0)
+
+
+def test_the_delegated_token_lifetime_is_a_bounded_setting() -> None:
+    from nexus.config import ConfigError
+    from nexus.services.workflow.settings import load_settings
+
+    assert load_settings({}).delegation_ttl_seconds == 300.0
+    assert load_settings({"NEXUS_WORKFLOW_DELEGATION_TTL_SECONDS": "60"}).delegation_ttl_seconds == 60.0
+    for bad in ("0", "3601", "soon"):
+        with pytest.raises(ConfigError, match="NEXUS_WORKFLOW_DELEGATION_TTL_SECONDS"):
+            load_settings({"NEXUS_WORKFLOW_DELEGATION_TTL_SECONDS": bad})
