@@ -34,13 +34,19 @@ def _fresh_dir(ctx: Context, name: str) -> Path:
     return ctx.workdir / f"{name}-{_runs}"
 
 
+_client_urls: dict[int, str] = {}
+"""The operator URL of each running bench server, by its bus (for the plain nats-py peer)."""
+
+
 @asynccontextmanager
 async def _server(ctx: Context, *, sync_always: bool = False) -> AsyncIterator[JetStreamBus]:
     async with EmbeddedNats(_fresh_dir(ctx, "nats"), sync_always=sync_always) as server:
-        bus = await JetStreamBus.connect(server.url)
+        bus = await JetStreamBus.connect(server.client_url())
+        _client_urls[id(bus)] = server.client_url()
         try:
             yield bus
         finally:
+            _client_urls.pop(id(bus), None)
             await bus.close()
 
 
@@ -208,7 +214,7 @@ async def _publish(ctx: Context, count: int, *, sync_always: bool) -> tuple[int,
 async def _peer(ctx: Context, count: int) -> tuple[float, float]:
     """Plain nats-py: js.publish awaited in windows of 1,000, then pull fetch-and-ack."""
     async with _server(ctx) as bus:
-        nc = await nats.connect(bus.nc.connected_url.geturl() if bus.nc.connected_url else "")
+        nc = await nats.connect(_client_urls[id(bus)])
         js = nc.jetstream()
         started = time.perf_counter()
         for first in range(0, count, 1000):

@@ -127,10 +127,10 @@ async def run(ctx: Context) -> list[Row]:
         settings = load_settings(
             {"NEXUS_DATA_DIR": str(ctx.workdir), "NEXUS_GRANULATOR_PORT": "0", "NEXUS_GRANULATOR_REPLICA_ID": "bench"}
         )
-        service_bus = await JetStreamBus.connect(server.url, name="granulator-bench")
+        service_bus = await JetStreamBus.connect(server.client_url(), name="granulator-bench")
         service = await bootstrap(settings, log=MemoryEventLog(), bus=service_bus, raw=MemoryRaw())
         await service.start()
-        client = await JetStreamBus.connect(server.url, name="orchestrator-bench")
+        client = await JetStreamBus.connect(server.client_url(), name="orchestrator-bench")
         try:
             latencies: list[float] = []
             rounds = ctx.scale(1000, 100)

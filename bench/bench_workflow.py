@@ -218,9 +218,11 @@ async def run(ctx: Context) -> list[Row]:
     async with EmbeddedNats(ctx.workdir / "nats", port=0) as nats:
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=128))
         try:
-            rows += await _throughput(ctx, nats.url, stub, http)
-            rows += await _latency(ctx, nats.url, stub, http)
-            rows += await _recovery(ctx, nats.url, stub, http)
+            # The service process connects as the workflow identity (NATS refuses anonymous clients).
+            url = nats.client_url("workflow")
+            rows += await _throughput(ctx, url, stub, http)
+            rows += await _latency(ctx, url, stub, http)
+            rows += await _recovery(ctx, url, stub, http)
         finally:
             await http.close()
             await stub.stop()

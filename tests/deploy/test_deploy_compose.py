@@ -51,8 +51,27 @@ def test_the_event_log_runs_on_a_replica_set_and_nothing_has_a_secret() -> None:
     compose = _compose()
     env = compose["x-nexus"]["environment"]
     assert "replicaSet=nexus" in env["NEXUS_EVENT_LOG_URL"]
-    text = (ROOT / "docker-compose.yml").read_text().lower()
-    assert "password" not in text and "secret" not in text.replace("nothing here holds a secret", "")
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "secret" not in text.lower().replace("nothing here holds a secret", "")
+    # Every password is a reference to a variable that must be set (no default), never a value.
+    for line in text.splitlines():
+        if "PASSWORD:" in line:
+            value = line.split(":", 1)[1].strip()
+            assert re.fullmatch(r"\$\{NEXUS_NATS_[A-Z]+_PASSWORD:\?[^}]+\}", value), line
+
+
+def test_every_service_connects_to_nats_as_its_own_identity() -> None:
+    compose = _compose()
+    for name in ("kam", "workflow", "granulator", "studio", "relay"):
+        env = compose["services"][name]["environment"]
+        assert env["NEXUS_NATS_USER"] == name
+        assert env["NEXUS_NATS_PASSWORD"] == f"${{NEXUS_NATS_{name.upper()}_PASSWORD:?see deploy/nexus.env.example}}"
+        assert env["NEXUS_EVENT_LOG_URL"] == compose["x-nexus"]["environment"]["NEXUS_EVENT_LOG_URL"]
+    example = (ROOT / "deploy" / "nexus.env.example").read_text()
+    nats_env = compose["x-nats"]["environment"]
+    for identity in IDENTITIES:
+        variable = f"NEXUS_NATS_{identity.upper()}_PASSWORD"
+        assert f"\n{variable}=\n" in example and variable in nats_env
 
 
 NATS_CONFIGS = sorted((ROOT / "deploy" / "nats").glob("*.conf"))
