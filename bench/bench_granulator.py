@@ -12,6 +12,7 @@ from nexus.bus.jetstream import JetStreamBus
 from nexus.eventlog import open_event_log
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.ingest import send_command
+from nexus.proto import PLATFORM_TENANT
 from nexus.raw.memory import MemoryRaw
 from nexus.services.granulator import (
     BuiltinGenerator,
@@ -23,6 +24,7 @@ from nexus.services.granulator import (
     load_settings,
     run_with_validation,
 )
+from nexus.services.granulator.handlers import Caller
 from nexus.services.granulator.model import GranulationInput, normalise_input
 
 SUITE = "granulator"
@@ -48,18 +50,22 @@ def _body(i: int) -> dict:
     }
 
 
+BENCH_WORKER = Caller(tenant=PLATFORM_TENANT, worker_id="bench")
+"""An external worker (a worker token's holder): the platform's tenant."""
+
+
 async def _rounds(worker: Granulator, count: int, concurrency: int) -> int:
     """``count`` full rounds (handshake, process, acknowledge) through the worker, ``concurrency`` at once."""
     queue = iter(range(count))
 
     async def lane() -> None:
         for i in queue:
-            hs = await worker.handshake(_body(i), worker_id="bench")
+            hs = await worker.handshake(_body(i), caller=BENCH_WORKER)
             assert hs["accepted"], hs
             call = {"execution_id": hs["execution_id"], "handshake_id": hs["handshake_id"]}
-            result = await worker.process(call)
+            result = await worker.process(call, caller=BENCH_WORKER)
             assert result["status"] == "completed"
-            await worker.acknowledge({**call, "status": "completed"})
+            await worker.acknowledge({**call, "status": "completed"}, caller=BENCH_WORKER)
 
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     return count

@@ -99,7 +99,8 @@ class ServiceProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.headers: dict[str, str] = {}
-        """``x-service-key``: a client key issued in the service's log (every route needs one)."""
+        """``x-service-key``: an operator's client key (scope ``admin``) issued in the service's log:
+        every route needs a key, and the replica's own figures in ``/queue/stats`` are an operator's."""
         self._starts = 0
 
     async def _issue_key(self) -> None:
@@ -107,7 +108,7 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = await open_event_log(f"sqlite:///{self.data_dir / 'events.db'}")
         try:
-            issued = await issue_key(log, "client", "bench", source="nexus/bench")
+            issued = await issue_key(log, "client", "bench", scopes=("admin",), source="nexus/bench")
         finally:
             await log.close()
         self.headers = {"x-service-key": issued.secret}

@@ -10,7 +10,7 @@ import msgspec
 
 from nexus.proto._ids import new_event_id
 
-SPECVERSION = "1.0"
+SPECVERSION: Literal["1.0"] = "1.0"
 
 PLATFORM_TENANT = "platform"
 """The tenant that owns the platform's own resources (bundled workflows and triggers, its

@@ -36,7 +36,7 @@ class Question:
     """Only the body sections (not the skeleton around them) may answer it."""
 
 
-_TYPE_QUESTIONS = {
+_TYPE_QUESTIONS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "research_report": [
         ("What are the key findings about {subject}?", ("finding",)),
         ("What recommendations follow from the analysis?", ("recommendation",)),
@@ -112,7 +112,7 @@ def _facet_group(facet: _text.Facet) -> tuple[frozenset[str], ...]:
     return tuple(frozenset({s}) for s in sorted(_text.stems(facet.name)) if s not in ("and", "the"))
 
 
-def _section_text(section) -> set[str]:  # type: ignore[no-untyped-def]
+def _section_text(section) -> set[str]:
     parts = [section.title, section.summary]
     for sub in section.subsections:
         parts.append(sub.title)

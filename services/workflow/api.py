@@ -162,7 +162,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         tags=["workflows"],
     )
     async def list_workflows(request: web.Request) -> web.Response:
-        listed = registry.workflow_entries(_scope(request))  # type: ignore[attr-defined]
+        listed = registry.workflow_entries(_scope(request))
         return json_response({"workflows": [_with_tenant(w.to_json(), t) for t, w in listed]})
 
     def workflow_tenant(request: web.Request) -> str | None:
@@ -205,7 +205,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
 
     @route("GET", "/schemas", summary="Every schema the caller sees (its own and the platform's)", tags=["schemas"])
     async def list_schemas(request: web.Request) -> web.Response:
-        listed = registry.schema_entries(_scope(request))  # type: ignore[attr-defined]
+        listed = registry.schema_entries(_scope(request))
         return json_response({"schemas": [_with_tenant(s.to_json(), t) for t, s in listed]})
 
     @route("GET", "/schemas/{schema_id}", summary="A schema", responses={404: "No such schema"}, tags=["schemas"])
@@ -395,7 +395,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         tags=["executions"],
     )
     async def queue_stats(request: web.Request) -> web.Response:
-        return json_response(engine.queue_stats(_scope(request)))  # type: ignore[attr-defined]
+        return json_response(engine.queue_stats(_scope(request)))
 
     # -- commands -------------------------------------------------------------------------
 

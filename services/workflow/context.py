@@ -21,11 +21,14 @@ Final states: COMPLETED, FAILED, COMPENSATED, CANCELLED, TIMED_OUT (``FINAL_STAT
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
+
+from nexus.proto import PLATFORM_TENANT
 
 if TYPE_CHECKING:
     import logging
@@ -49,29 +52,46 @@ TransitionCallback = Callable[["ExecutionState", "CloudEvent"], "Awaitable[None]
 
 
 class Registry(Protocol):
-    """Workflow definitions and JSON schemas, versioned; every registration is an event in the log."""
+    """Workflow definitions and JSON schemas, versioned, in namespaces: the platform's and one per
+    client (a client sees its own, then the platform's); every registration is an event in the log."""
 
     async def register_workflow(
-        self, document: str | bytes | Mapping[str, Any], *, source: str = "api"
+        self, document: str | bytes | Mapping[str, Any], *, source: str = "api", tenant: str = PLATFORM_TENANT
     ) -> WorkflowDefinition:
-        """Validate and register a workflow (YAML or JSON text, or a mapping); a new version each time.
+        """Validate and register a workflow (YAML or JSON text, or a mapping) in ``tenant``'s
+        namespace; a new version each time.
 
         Raises:
             DefinitionError: with every problem by path (duplicate step id, malformed JSONPath or
-                condition, unknown step in a JSONPath, unknown service, unknown schema id, ...).
+                condition, unknown step in a JSONPath, unknown service, unknown schema id, a
+                client naming a platform workflow, ...).
         """
         ...
 
-    def get_workflow(self, workflow_id: str, version: int | None = None) -> WorkflowDefinition | None:
-        """The latest version (or the given one) of a workflow, or None."""
+    def get_workflow(
+        self, workflow_id: str, version: int | None = None, *, tenant: str = PLATFORM_TENANT
+    ) -> WorkflowDefinition | None:
+        """The latest version (or the given one) of a workflow as ``tenant`` sees it, or None."""
         ...
 
-    def list_workflows(self) -> list[WorkflowDefinition]:
-        """The latest version of every registered workflow, by id."""
+    def workflow_tenant(self, workflow_id: str, tenant: str = PLATFORM_TENANT) -> str | None:
+        """The namespace ``workflow_id`` resolves to for ``tenant`` (its own, else the platform's)."""
+        ...
+
+    def workflow_versions(self, workflow_id: str, *, tenant: str = PLATFORM_TENANT) -> list[WorkflowDefinition]:
+        """Every version of ``workflow_id`` as ``tenant`` sees it."""
+        ...
+
+    def list_workflows(self, tenant: str | None = None) -> list[WorkflowDefinition]:
+        """The latest version of every workflow ``tenant`` sees (None: every namespace), by id."""
+        ...
+
+    def workflow_entries(self, tenant: str | None = None) -> list[tuple[str, WorkflowDefinition]]:
+        """(namespace, latest version) of every workflow ``tenant`` sees (None: every namespace)."""
         ...
 
     async def register_schema(
-        self, document: str | bytes | Mapping[str, Any], *, source: str = "api"
+        self, document: str | bytes | Mapping[str, Any], *, source: str = "api", tenant: str = PLATFORM_TENANT
     ) -> SchemaDefinition:
         """Validate and register a schema (seed 004 format: JSON Schema 2020-12 under ``definition``).
 
@@ -80,12 +100,16 @@ class Registry(Protocol):
         """
         ...
 
-    def get_schema(self, schema_id: str) -> SchemaDefinition | None:
-        """The latest version of a schema, or None."""
+    def get_schema(self, schema_id: str, *, tenant: str = PLATFORM_TENANT) -> SchemaDefinition | None:
+        """The latest version of a schema as ``tenant`` sees it, or None."""
         ...
 
-    def list_schemas(self) -> list[SchemaDefinition]:
-        """The latest version of every registered schema, by id."""
+    def list_schemas(self, tenant: str | None = None) -> list[SchemaDefinition]:
+        """The latest version of every schema ``tenant`` sees (None: every namespace), by id."""
+        ...
+
+    def schema_entries(self, tenant: str | None = None) -> list[tuple[str, SchemaDefinition]]:
+        """(namespace, latest version) of every schema ``tenant`` sees (None: every namespace)."""
         ...
 
 
@@ -102,8 +126,10 @@ class Engine(Protocol):
         correlation_id: str | None = None,
         causation_id: str | None = None,
         trigger: Mapping[str, Any] | None = None,
+        tenant: str = PLATFORM_TENANT,
     ) -> str:
-        """Queue an execution of the latest version of ``workflow_id``; return its id at once.
+        """Queue an execution of the latest version of ``workflow_id`` for ``tenant`` (its owner);
+        return its id at once.
 
         The execution is durable when this returns (a ``queued`` event in stream
         ``execution-<id>``); a replica starts it when capacity allows, higher ``priority``
@@ -125,6 +151,10 @@ class Engine(Protocol):
         """Like ``get`` but read from the log (authoritative, also right after another replica wrote)."""
         ...
 
+    async def tenant_of(self, execution_id: str) -> str | None:
+        """The tenant that owns the execution, or None when there is no such execution."""
+        ...
+
     async def history(self, execution_id: str) -> list[CloudEvent]:
         """Every event of the execution, in order (empty when it does not exist)."""
         ...
@@ -140,9 +170,19 @@ class Engine(Protocol):
         ...
 
     def list(
-        self, status: str | None = None, workflow_id: str | None = None, limit: int = 50, offset: int = 0
-    ) -> list[ExecutionState]:
-        """Executions, newest first, filtered by status and workflow."""
+        self,
+        status: str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        *,
+        tenant: str | None = None,
+    ) -> builtins.list[ExecutionState]:
+        """Executions, newest first, filtered by status, workflow and tenant (None: every tenant's)."""
+        ...
+
+    def queue_stats(self, tenant: str | None = None) -> dict[str, Any]:
+        """The queue as ``tenant`` sees it (None: everything, with the replicas' own figures)."""
         ...
 
     def watch(self, execution_id: str) -> AsyncIterator[ExecutionState]:

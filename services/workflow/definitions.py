@@ -401,7 +401,7 @@ def parse_workflow(
     if not isinstance(raw_steps, list) or not raw_steps:
         problems.append(("$.steps", "must be a non-empty list of steps"))
         raw_steps = []
-    all_ids = {s.get("id") for s in raw_steps if isinstance(s, Mapping) and isinstance(s.get("id"), str)}
+    all_ids = {s["id"] for s in raw_steps if isinstance(s, Mapping) and isinstance(s.get("id"), str)}
     refs = _References(problems)
     seen: set[str] = set()
     steps: list[StepDefinition] = []
@@ -418,7 +418,7 @@ def parse_workflow(
     output = _mapping(doc.get("output"), "$.output", problems)
     if output is not None:
         for where, path in output.paths:
-            refs.check(where, path, all_ids, all_ids, ())  # type: ignore[arg-type]
+            refs.check(where, path, all_ids, all_ids, ())
     if problems:
         raise DefinitionError(problems)
     return WorkflowDefinition(

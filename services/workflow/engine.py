@@ -32,6 +32,7 @@ view sees them; two replicas claiming at the same instant can exceed it by one e
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import dataclasses
 import logging
@@ -186,7 +187,7 @@ class WorkflowEngine:
         self.stats = EngineStats()
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: builtins.list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._random = random.Random()
         self._ids = RandomPool()
@@ -355,7 +356,7 @@ class WorkflowEngine:
         state = self.get(execution_id) or await self.load(execution_id)
         return state.tenant if state is not None else None
 
-    async def history(self, execution_id: str) -> list[CloudEvent]:
+    async def history(self, execution_id: str) -> builtins.list[CloudEvent]:
         return await self.log.read_stream(stream_id(execution_id))
 
     async def cancel(self, execution_id: str, reason: str = "cancelled") -> ExecutionState:
@@ -402,7 +403,7 @@ class WorkflowEngine:
         offset: int = 0,
         *,
         tenant: str | None = None,
-    ) -> list[ExecutionState]:
+    ) -> builtins.list[ExecutionState]:
         return self.view.list(status=status, workflow_id=workflow_id, limit=limit, offset=offset, tenant=tenant)
 
     def watch(self, execution_id: str) -> AsyncIterator[ExecutionState]:
@@ -533,7 +534,7 @@ class WorkflowEngine:
             except Exception:
                 logger.exception("heartbeat failed")
 
-    def orphans(self, now: float | None = None) -> list[ExecutionState]:
+    def orphans(self, now: float | None = None) -> builtins.list[ExecutionState]:
         """Unfinished executions this replica should take over: its own from an earlier
         incarnation, and those of replicas silent for the lease time."""
         now = time.time() if now is None else now

@@ -416,10 +416,11 @@ def next_action(state: ExecutionState, workflow: WorkflowDefinition, now: dateti
         return Action("finish")
     # COMPENSATING
     for step_id in state.compensation_plan:
-        step = workflow.step(step_id)
+        planned = workflow.step(step_id)
         s = _step(state, step_id)
-        if step is None or s.compensation_status in ("completed", "failed"):
+        if planned is None or s.compensation_status in ("completed", "failed"):
             continue
+        step = planned
         if s.compensation_status is None:
             return Action("run", step=step, attempt=1, compensation=True)
         if s.compensation_status == "running":

@@ -143,7 +143,7 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object, or a 400 saying what is wrong with it."""
     try:
         # The platform's one JSON reader (size, nesting, UTF-8), answered in seed 000's shape.
-        body = await read_json(request, Any)  # type: ignore[arg-type]
+        body = await read_json(request, Any)
     except HTTPError as exc:
         raise fail(exc.status, exc.message) from None
     if not isinstance(body, dict):

@@ -280,7 +280,7 @@ def install(service: Service, ctx: WorkflowContext, *, directory: Path = PHASES_
         events = list(await ctx.log.read_stream(phases_stream(tenant, user_id)))
         executions: list[PhaseExecution] = []
         for n in PHASES:
-            for state in ctx.engine.list(workflow_id=f"phase_{n}", limit=10_000, tenant=tenant):  # type: ignore[call-arg]
+            for state in ctx.engine.list(workflow_id=f"phase_{n}", limit=10_000, tenant=tenant):
                 if isinstance(state.input, dict) and state.input.get("user_id") == user_id:
                     events.extend(await ctx.engine.history(state.execution_id))
                     executions.append(PhaseExecution(phase=n, execution_id=state.execution_id, status=state.status))

@@ -363,7 +363,7 @@ class TriggerEngine:
         """
         spec, _, _ = parse_trigger(document)
         spec = msgspec.structs.replace(spec, tenant=tenant)
-        if self.ctx.registry.get_workflow(spec.workflow_id, tenant=tenant) is None:  # type: ignore[call-arg]
+        if self.ctx.registry.get_workflow(spec.workflow_id, tenant=tenant) is None:
             raise TriggerError([("$.workflow_id", f"workflow {spec.workflow_id!r} is not registered")])
         await self.refresh()
         known = self._triggers.get((tenant, spec.trigger_id))
@@ -458,7 +458,7 @@ class TriggerEngine:
                         "depth": depth,
                         "chain": [msgspec.to_builtins(link) for link in links],
                     },
-                    tenant=tenant,  # type: ignore[call-arg]
+                    tenant=tenant,
                 )
             except (InputValidationError, UnknownWorkflowError, InactiveWorkflowError) as exc:
                 # The event can never start this workflow: say so and go on with the others.

@@ -9,6 +9,7 @@ the same events coming back through the tail are recognised by their stream vers
 from __future__ import annotations
 
 import asyncio
+import builtins
 import heapq
 import inspect
 import logging
@@ -56,19 +57,19 @@ class ExecutionView:
         self.executions.create_index("workflow_id")
         self.executions.create_index("tenant")
         self._seq: dict[str, int] = {}
-        self._order: list[str] = []
-        self._queue: list[tuple[int, int, str]] = []
+        self._order: builtins.list[str] = []
+        self._queue: builtins.list[tuple[int, int, str]] = []
         self.active_by_workflow: Counter[str] = Counter()
         self.status_counts: Counter[str] = Counter()
         self.heartbeats: dict[str, tuple[str, float]] = {}
         """replica id → (incarnation, time of its last heartbeat as a POSIX timestamp)."""
         self._watchers: dict[str, set[asyncio.Queue[ExecutionState]]] = {}
-        self._callbacks: list[TransitionCallback] = []
+        self._callbacks: builtins.list[TransitionCallback] = []
         self._waiters: dict[str, list[_Waiter]] = {}
         self.queue_changed = asyncio.Event()
         self.position = 0
         self._tail: asyncio.Task[None] | None = None
-        self._other_listeners: list[Callable[[CloudEvent], None]] = []
+        self._other_listeners: builtins.list[Callable[[CloudEvent], None]] = []
         self._callback_tasks: set[asyncio.Future[Any]] = set()
 
     # -- building -----------------------------------------------------------------------------
@@ -147,7 +148,7 @@ class ExecutionView:
                     waiter.future.set_result(event)
                     waiters.remove(waiter)
 
-    def apply_stored(self, events: list[CloudEvent]) -> ExecutionState | None:
+    def apply_stored(self, events: builtins.list[CloudEvent]) -> ExecutionState | None:
         """Fold events this replica just appended (returned by ``append``); returns the new state."""
         state = None
         for event in events:
@@ -156,7 +157,7 @@ class ExecutionView:
             state = self.states.get(events[0].streamid[len(EXECUTION_PREFIX) :])  # type: ignore[index]
         return state
 
-    def apply_own(self, events: list[CloudEvent], states: list[ExecutionState]) -> None:
+    def apply_own(self, events: builtins.list[CloudEvent], states: builtins.list[ExecutionState]) -> None:
         """Fold events this replica just appended to one execution's stream, with the state after
         each as its driver already computed it (so they are not folded a second time).
 
@@ -270,7 +271,7 @@ class ExecutionView:
         offset: int = 0,
         *,
         tenant: str | None = None,
-    ) -> list[ExecutionState]:
+    ) -> builtins.list[ExecutionState]:
         """Executions newest first, from the Atlas collection (its indexes serve the filters);
         ``tenant`` keeps only that tenant's."""
         query = _filters(status, workflow_id, tenant)
@@ -281,7 +282,7 @@ class ExecutionView:
         """How many executions match (for paging)."""
         return self.executions.count(_filters(status, workflow_id, tenant) or None)
 
-    def queued(self) -> list[ExecutionState]:
+    def queued(self) -> builtins.list[ExecutionState]:
         """QUEUED executions in the order they would start (highest priority, then oldest)."""
         return [self.states[i] for _, _, i in sorted(self._queue) if self.states[i].status == "QUEUED"]
 
@@ -290,7 +291,7 @@ class ExecutionView:
 
         Entries refused (their workflow at ``max_concurrent``) stay queued for a later call.
         """
-        refused: list[tuple[int, int, str]] = []
+        refused: builtins.list[tuple[int, int, str]] = []
         found = None
         while self._queue:
             entry = heapq.heappop(self._queue)

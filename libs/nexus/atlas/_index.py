@@ -74,7 +74,8 @@ class SortedIndex(Index):
 
     def __init__(self, field: str) -> None:
         super().__init__(field)
-        self._buckets = SortedDict()
+        self._sorted: SortedDict = SortedDict()
+        self._buckets = self._sorted
 
     def answers(self, condition: Condition) -> bool:
         return condition.op in ("eq", "in", "gt", "gte", "lt", "lte")
@@ -88,9 +89,9 @@ class SortedIndex(Index):
         # Keys are (rank, value): a bare (rank,) sorts before every key of that rank and
         # (rank + 1,) after them, so ranges never cross from numbers into strings.
         if condition.op in ("gt", "gte"):
-            keys = self._buckets.irange((rank, bound), (rank + 1,), inclusive=(condition.op == "gte", False))
+            keys = self._sorted.irange((rank, bound), (rank + 1,), inclusive=(condition.op == "gte", False))
         else:
-            keys = self._buckets.irange((rank,), (rank, bound), inclusive=(True, condition.op == "lte"))
+            keys = self._sorted.irange((rank,), (rank, bound), inclusive=(True, condition.op == "lte"))
         out: set[str] = set()
         for key in keys:
             out |= self._buckets[key]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import heapq
 import logging
@@ -276,7 +277,7 @@ class AtlasStore:
                 chosen.sort(key=lambda v: v.id)
                 # Stable sorts applied from the last key to the first give a multi-key order.
                 for path, descending in reversed(order):
-                    chosen.sort(key=lambda v, p=path: _sort_key(get_path(v.data, p)), reverse=descending)
+                    chosen.sort(key=functools.partial(_view_sort_key, path), reverse=descending)
                 views = chosen[offset:end]
         if self._observed:
             self._metrics.increment("atlas_queries_total", collection=self.name)
@@ -320,9 +321,10 @@ class AtlasStore:
             planned = [self._plan(p) for p in node.parts]
             if any(c is None for c, _ in planned):
                 return None, False
-            result = set()
+            union: set[str] = set()
             for c, _ in planned:
-                result |= c  # type: ignore[operator]
+                union |= c or set()
+            result = union
             return result, all(e for _, e in planned)
         return None, False
 
@@ -554,3 +556,7 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     if is_missing(value):
         return (-1, 0)
     return value_key(value)
+
+
+def _view_sort_key(path: tuple[str, ...], view: Any) -> Any:
+    return _sort_key(get_path(view.data, path))

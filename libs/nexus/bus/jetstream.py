@@ -411,11 +411,12 @@ class JetStreamBus(Bus):
                 await nc.connect(
                     url.split(","),
                     name=name,
-                    connect_timeout=connect_timeout,
+                    # nats-py annotates these as int, but takes (and documents) seconds as floats.
+                    connect_timeout=connect_timeout,  # type: ignore[arg-type]
                     allow_reconnect=reconnect,
                     # nats-py tries a server max_reconnect_attempts + 1 times; 0 would mean forever.
                     max_reconnect_attempts=-1 if reconnect else 1,
-                    reconnect_time_wait=0.5 if reconnect else 0.1,
+                    reconnect_time_wait=0.5 if reconnect else 0.1,  # type: ignore[arg-type]
                     # The client's own flusher coalesces our fire-and-forget publishes into few writes.
                     pending_size=64 * 1024 * 1024,
                     error_cb=on_error if not reconnect else _log_error,
@@ -573,11 +574,13 @@ class JetStreamBus(Bus):
             for event in events:
                 # Platform events map to a subject from their type alone (ingested ones, from
                 # their stream too): the mapping is cached per type.
-                subject = subjects.get(event.type) if not (event.streamid or "").startswith("ext-") else None
-                if subject is None:
+                cached = subjects.get(event.type) if not (event.streamid or "").startswith("ext-") else None
+                if cached is None:
                     subject = subject_for(event)
                     if not (event.streamid or "").startswith("ext-") and len(subjects) < 10_000:
                         subjects[event.type] = subject
+                else:
+                    subject = cached
                 position = "" if event.position is None else f"Nexus-Position: {event.position}\r\n"
                 trace_line = f"traceparent: {clean_value(event.traceparent)}\r\n" if event.traceparent else ""
                 header = f"NATS/1.0\r\nNats-Msg-Id: {clean_value(event.id)}\r\n{position}{trace_line}\r\n".encode()

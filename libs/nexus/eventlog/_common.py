@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from typing import Final
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Final, cast
 
 import msgspec
 
@@ -175,7 +175,7 @@ def check_types(types: object) -> frozenset[str] | None:
     if isinstance(types, str | bytes):
         raise EventLogArgumentError("types must be a collection of type names, not one string")
     try:
-        wanted = frozenset(types)  # type: ignore[arg-type]
+        wanted = frozenset(cast("Iterable[str]", types))
     except TypeError:
         raise EventLogArgumentError(f"types must be a collection of type names, got {types!r}") from None
     if not all(isinstance(t, str) for t in wanted):

@@ -114,7 +114,7 @@ class MemoryEventLog(EventLog):
         self._check_open()
         return self._by_id.get(event_id)
 
-    async def subscribe(self, from_position: int = 0) -> AsyncIterator[CloudEvent]:  # type: ignore[override]
+    async def subscribe(self, from_position: int = 0) -> AsyncIterator[CloudEvent]:
         check_position("from_position", from_position)
         position = max(from_position, 1)
         while True:

@@ -116,7 +116,9 @@ class MongoEventLog(EventLog):
         database = parts.path.lstrip("/") or "nexus"
         try:
             # Fail fast when the server is down, unless the URL chooses its own timeout.
-            defaults = {} if "serverselectiontimeoutms" in parts.query.lower() else {"serverSelectionTimeoutMS": 5000}
+            defaults: dict[str, Any] = (
+                {} if "serverselectiontimeoutms" in parts.query.lower() else {"serverSelectionTimeoutMS": 5000}
+            )
             client: Any = AsyncMongoClient(url, **defaults)
         except ConfigurationError as exc:
             raise EventLogArgumentError(f"{url!r} is not a usable MongoDB URL: {exc}") from None
@@ -170,7 +172,7 @@ class MongoEventLog(EventLog):
                 continue
             self._changed.set()
             self._changed = asyncio.Event()
-            return stored  # type: ignore[no-any-return]
+            return stored
         raise EventLogUnavailableError(
             f"stream {stream_id!r}: the append kept colliding with concurrent writers; retry it"
         )
@@ -321,7 +323,7 @@ class MongoEventLog(EventLog):
             doc = await self._events.find_one({"event_id": event_id}, {"body": 1})
         return None if doc is None else decode_bodies([bytes(doc["body"])])[0]
 
-    async def subscribe(self, from_position: int = 0) -> AsyncIterator[CloudEvent]:  # type: ignore[override]
+    async def subscribe(self, from_position: int = 0) -> AsyncIterator[CloudEvent]:
         check_position("from_position", from_position)
         position = max(from_position, 1)
         idle = _POLL_MIN_S

@@ -392,7 +392,7 @@ class SqliteEventLog(EventLog):
         with self._submit_lock:
             self._check_open()
             self._queue.put(call)
-        return await call.future  # type: ignore[no-any-return]
+        return await call.future
 
     def _commit_group(self, group: list[_Append]) -> list[_Outcome]:
         """Commit every append of ``group`` that succeeds in one transaction."""
@@ -672,14 +672,14 @@ class SqliteEventLog(EventLog):
             return []
         # One single-statement read is one snapshot, and the one writer assigns positions in
         # commit order, so a page never has a hole that a later commit could fill.
-        where, args = "position >= ?", [from_position]
+        where, args = "position >= ?", list[object]([from_position])
         if wanted is not None:
             where += f" AND type IN ({','.join('?' * len(wanted))})"
             args += sorted(wanted)
         args.append(-1 if limit is None else limit)
         return await self._read(lambda con: _decode_fetched(_fetch_page(con, where, args)[0]))
 
-    async def iter_all(  # type: ignore[override]
+    async def iter_all(
         self, from_position: int = 0, *, types: Iterable[str] | None = None, batch_size: int = 5000
     ) -> AsyncIterator[list[CloudEvent]]:
         """Batches of ``read_all``, read in pages fetched one ahead of the page being decoded.
@@ -746,7 +746,7 @@ class SqliteEventLog(EventLog):
 
         return await self._read(work)
 
-    async def subscribe(self, from_position: int = 0) -> AsyncIterator[CloudEvent]:  # type: ignore[override]
+    async def subscribe(self, from_position: int = 0) -> AsyncIterator[CloudEvent]:
         check_position("from_position", from_position)
         position = max(from_position, 1)
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import builtins
 
 import msgspec
 
@@ -80,9 +81,9 @@ class RawBackend(abc.ABC):
             RawNotFoundError: nothing is stored under ``key``.
         """
 
-    async def list_all(self, prefix: str = "") -> list[str]:
+    async def list_all(self, prefix: str = "") -> builtins.list[str]:
         """Every key starting with ``prefix`` (all pages of ``list``)."""
-        keys: list[str] = []
+        keys: builtins.list[str] = []
         cursor: str | None = None
         while True:
             page = await self.list(prefix, cursor)

@@ -11,6 +11,7 @@ matches the file and is rebuilt from the content on the next read.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import errno
 import hashlib
 import json
@@ -191,13 +192,13 @@ class FileRaw(RawBackend):
         page = keys[:limit]
         return RawPage(page, page[-1] if len(keys) > limit else None)
 
-    def _keys(self, prefix: str) -> list[str]:
+    def _keys(self, prefix: str) -> builtins.list[str]:
         # Walk only the directory the prefix points into, not the whole store. check_list_args
         # has refused '..' and absolute prefixes; a directory symlinked out of the store is
         # refused here as well, so a listing never shows a file outside it.
         head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self._data / head if head else self._data
-        out: list[str] = []
+        out: builtins.list[str] = []
         if not start.is_dir():
             return out
         data = self._data.resolve()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import builtins
 import hashlib
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,7 +27,7 @@ class MemoryRaw(RawBackend):
         self.max_bytes = max_bytes
         self._clock = clock or SystemClock()
         self._blobs: dict[str, tuple[bytes, RawStat]] = {}
-        self._keys: list[str] = []
+        self._keys: builtins.list[str] = []
         self.used_bytes = 0
 
     @classmethod
@@ -84,7 +85,7 @@ class MemoryRaw(RawBackend):
         start = (
             bisect.bisect_right(self._keys, cursor) if cursor is not None else bisect.bisect_left(self._keys, prefix)
         )
-        keys: list[str] = []
+        keys: builtins.list[str] = []
         for key in self._keys[start:]:
             if not key.startswith(prefix):
                 if key > prefix:

@@ -10,7 +10,7 @@ from nexus.backup import BackupError, create_backup, restore_backup
 from nexus.replay._platform import open_platform
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("backup", help="back up or restore the event log and Raw blobs")
     sub = parser.add_subparsers(dest="backup_command", metavar="SUBCOMMAND", required=True)
     create = sub.add_parser("create", help="write the log, the blobs and a manifest into a new directory")

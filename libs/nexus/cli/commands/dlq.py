@@ -32,7 +32,7 @@ _DEAD_LETTER_HEADERS = frozenset(
 )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("dlq", help="list or redrive dead letters (stream NEXUS_DLQ)")
     sub = parser.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
     listing = sub.add_parser("list", help="show the dead letters with their consumer and reason")

@@ -14,7 +14,7 @@ from nexus.client import JobApiError, JobClient
 from nexus.config import port_from_env
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("job", help="submit jobs to the workflow service's job API")
     sub = parser.add_subparsers(dest="job_command", metavar="SUBCOMMAND", required=True)
     submit = sub.add_parser(
@@ -114,6 +114,7 @@ async def _run(
         if args.no_wait:
             print(json.dumps({"jobExecutionId": outcome.job_id}))
             return 0
+        assert outcome.job_id is not None  # a successful submission has its job id
         try:
             final = await client.monitor(outcome.job_id)
             out: dict[str, Any] = {"jobExecutionId": outcome.job_id, "status": final["status"]}

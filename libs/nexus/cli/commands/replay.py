@@ -10,7 +10,7 @@ from nexus.replay import CheckpointStore, ProjectionRunner, ReplayProgress, load
 from nexus.replay._platform import ProgressLine, open_platform
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "replay",
         help="rebuild views from the event log (resuming from checkpoints in Raw); --verify checks determinism",
@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(_verify(args, projections) if args.verify else _rebuild(args, projections))
 
 
-async def _rebuild(args: argparse.Namespace, projections: list) -> int:  # type: ignore[type-arg]
+async def _rebuild(args: argparse.Namespace, projections: list) -> int:
     async with open_platform() as (log, raw):
         for projection in projections:
             bar, report = _progress(f"replay {projection.name}")
@@ -81,7 +81,7 @@ async def _rebuild(args: argparse.Namespace, projections: list) -> int:  # type:
     return 0
 
 
-async def _verify(args: argparse.Namespace, projections: list) -> int:  # type: ignore[type-arg]
+async def _verify(args: argparse.Namespace, projections: list) -> int:
     failures = 0
     async with open_platform() as (log, raw):
         for projection in projections:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Sequence
 
 from nexus.bus import BusError, nats_credentials
 from nexus.bus.jetstream import JetStreamBus
 from nexus.config import PlatformSettings
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "streams",
         help="JetStream state: streams, messages, bytes, consumers",
@@ -111,7 +112,7 @@ def _streams(args: argparse.Namespace) -> int:
     return asyncio.run(show())
 
 
-def _print_table(rows: list[tuple[str, ...]]) -> None:
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

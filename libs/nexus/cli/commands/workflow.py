@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -216,7 +216,8 @@ def _error_text(status: int, body: Any) -> str:
 def describe_event(event: Mapping[str, Any]) -> str:
     """One line for one transition (an event of stream ``execution-<id>``)."""
     kind = str(event.get("type", "")).removeprefix("nexus.workflow.")
-    data = event.get("data") if isinstance(event.get("data"), dict) else {}
+    raw_data = event.get("data")
+    data: Mapping[str, Any] = raw_data if isinstance(raw_data, dict) else {}
     at = str(event.get("time", ""))[11:23]
     detail = ""
     step = data.get("step_id")
@@ -264,7 +265,7 @@ def format_state(state: Mapping[str, Any]) -> str:
 # -- commands -------------------------------------------------------------------------------
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "workflow",
         help="register workflows and schemas, run executions, show their status",
@@ -376,7 +377,15 @@ def parse_input(text: str | None) -> Any:
         raise CommandError(f"--input is not valid JSON ({exc}); pass JSON text or @file", 2) from None
 
 
-async def follow_execution(api: WorkflowApi, execution_id: str, out: TextIO) -> dict[str, Any]:
+class TextSink(Protocol):
+    """Where ``follow_execution`` prints: a text stream (``sys.stdout``) or anything that writes lines."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+async def follow_execution(api: WorkflowApi, execution_id: str, out: TextSink) -> dict[str, Any]:
     """Print each transition of an execution as it happens, until it is final; its final state.
 
     The event stream says when the state changed; the execution's history (its events) says
