@@ -18,7 +18,6 @@ import asyncio
 import functools
 import io
 import json
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +26,9 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+from inprocess import SERVICES, build, check_a_valid_request
 
-from nexus import eventlog
 from nexus.auth import issue_key
-from nexus.bus.memory import MemoryBus
-from nexus.eventlog.memory import MemoryEventLog
-from nexus.raw.memory import MemoryRaw
 from nexus.runtime import Service
 
 MAX_BODY = 256 * 1024
@@ -198,95 +194,22 @@ class Case:
         return f"http://127.0.0.1:{self.service.port}"
 
 
-async def _bus() -> MemoryBus:
-    bus = MemoryBus()
-    await bus.ensure_streams()
-    return bus
+ENV = {
+    "kam": {},
+    "workflow": {"NEXUS_WORKFLOW_BUNDLED": "none"},
+    "granulator": {"NEXUS_GRANULATOR_REPLICA_ID": "r"},
+    "studio": {},
+}
 
 
-def _env(tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
-    return {
-        "NEXUS_DATA_DIR": str(tmp_path / name),
-        f"NEXUS_{name.upper()}_PORT": "0",
-        "NEXUS_MAX_BODY_BYTES": str(MAX_BODY),
-        **extra,
-    }
+async def _valid(http: aiohttp.ClientSession, case: Case) -> None:
+    await check_a_valid_request(case.name, http, case.url, case.headers)
 
 
-async def _kam(tmp_path: Path) -> Case:
-    from nexus.services.kam.bootstrap import bootstrap
-    from nexus.services.kam.settings import load_settings
-
-    password = secrets.token_urlsafe(16)
-    settings = load_settings(_env(tmp_path, "kam", NEXUS_ADMIN_USER="root", NEXUS_ADMIN_PASSWORD=password))
-    service = await bootstrap(settings, log=MemoryEventLog(), bus=await _bus())
-
-    async def valid(http: aiohttp.ClientSession, case: Case) -> None:
-        async with http.post(case.url + "/v1/login", json={"user": "root", "password": password}) as resp:
-            assert resp.status == 200, await resp.text()
-
-    return Case("kam", service, valid=valid)
-
-
-async def _workflow(tmp_path: Path) -> Case:
-    from nexus.services.workflow.bootstrap import bootstrap
-    from nexus.services.workflow.settings import load_settings
-
-    settings = load_settings(_env(tmp_path, "workflow", NEXUS_WORKFLOW_BUNDLED="none"))
-    service = await bootstrap(settings, log=MemoryEventLog(), bus=await _bus(), raw=MemoryRaw(), optional_modules=True)
-
-    async def valid(http: aiohttp.ClientSession, case: Case) -> None:
-        definition = {"id": "noop", "steps": [{"id": "w", "type": "wait_event", "event": "x.y", "timeout_seconds": 60}]}
-        async with http.post(case.url + "/workflows", data=json.dumps(definition), headers=case.headers) as resp:
-            assert resp.status == 201, await resp.text()
-        body = {"workflow_id": "noop", "input": {}}
-        async with http.post(case.url + "/executions", json=body, headers=case.headers) as resp:
-            assert resp.status == 202, await resp.text()
-
-    return Case("workflow", service, valid=valid)
-
-
-async def _granulator(tmp_path: Path) -> Case:
-    from nexus.services.granulator import bootstrap, load_settings
-
-    settings = load_settings(_env(tmp_path, "granulator", NEXUS_GRANULATOR_REPLICA_ID="r"))
-    service = await bootstrap(settings, log=MemoryEventLog(), bus=await _bus(), raw=MemoryRaw())
-
-    async def valid(http: aiohttp.ClientSession, case: Case) -> None:
-        handshake = {
-            "stage": "content_granulation",
-            "execution_id": "exec_valid",
-            "input": {"topic": "Tea", "structure_type": "research_report"},
-            "requirements": {"memory_mb": 128, "timeout_ms": 60000},
-        }
-        async with http.post(case.url + "/api/handshake", json=handshake, headers=case.headers) as resp:
-            assert resp.status == 200, await resp.text()
-            assert (await resp.json())["accepted"] is True
-
-    return Case("granulator", service, valid=valid)
-
-
-async def _studio(tmp_path: Path) -> Case:
-    from nexus.services.studio.bootstrap import bootstrap
-    from nexus.services.studio.settings import load_settings
-
-    service = await bootstrap(
-        load_settings(_env(tmp_path, "studio")), log=MemoryEventLog(), bus=await _bus(), raw=MemoryRaw()
-    )
-
-    async def valid(http: aiohttp.ClientSession, case: Case) -> None:
-        async with http.get(case.url + "/v1/blobs", headers=case.headers) as resp:
-            assert resp.status == 200, await resp.text()
-
-    return Case("studio", service, valid=valid)
-
-
-BUILDERS = {"kam": _kam, "workflow": _workflow, "granulator": _granulator, "studio": _studio}
-
-
-@pytest.fixture(params=list(BUILDERS))
+@pytest.fixture(params=SERVICES)
 async def case(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Case]:
-    built = await BUILDERS[request.param](tmp_path)
+    service = await build(request.param, tmp_path, NEXUS_MAX_BODY_BYTES=str(MAX_BODY), **ENV[request.param])
+    built = Case(request.param, service, valid=_valid)
     await built.service.start()
     if built.name == "granulator":
         token = (await issue_key(built.service.log, "worker", "orchestrator")).secret
@@ -498,11 +421,9 @@ async def test_hostile_inputs_never_get_a_5xx_and_the_service_goes_on(case: Case
 
 
 async def test_an_event_the_log_refuses_as_too_large_is_a_413(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if getattr(eventlog, "EventTooLargeError", None) is None:
-        pytest.skip("the event log has no size limit (EventTooLargeError) in this tree")
     # A definition under the body limit whose event is over the log's limit.
     monkeypatch.setenv("NEXUS_MAX_EVENT_BYTES", str(64 * 1024))
-    built = await _workflow(tmp_path)
+    built = Case("workflow", await build("workflow", tmp_path, NEXUS_MAX_BODY_BYTES=str(MAX_BODY), **ENV["workflow"]))
     await built.service.start()
     try:
         key = (await issue_key(built.service.log, "client", "hostile")).secret
@@ -535,7 +456,7 @@ async def _raw_answer(port: int, header: bytes) -> tuple[int, bytes, bytes]:
 
 
 async def test_headers_that_are_not_utf8_or_hold_control_characters_are_refused(tmp_path: Path) -> None:
-    built = await _studio(tmp_path)
+    built = Case("studio", await build("studio", tmp_path, NEXUS_MAX_BODY_BYTES=str(MAX_BODY)))
     await built.service.start()
     try:
         # aiohttp hands bytes that are not UTF-8 over as surrogates: Nexus refuses them, naming the header.

@@ -8,7 +8,6 @@ log and the bus are the in-memory adapters (the HTTP edge is what is under test 
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +15,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from inprocess import GRANULATOR_HANDSHAKE, SERVICES, build, check_a_valid_request
 
 from nexus.auth import issue_key
-from nexus.bus.memory import MemoryBus
-from nexus.eventlog.memory import MemoryEventLog
-from nexus.raw.memory import MemoryRaw
 from nexus.runtime import Service
 
 MAX_BODY = 4096
@@ -46,110 +43,30 @@ class Case:
         return f"http://127.0.0.1:{self.service.port}"
 
 
-async def _bus() -> MemoryBus:
-    bus = MemoryBus()
-    await bus.ensure_streams()
-    return bus
-
-
-def _env(tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
-    return {
-        "NEXUS_DATA_DIR": str(tmp_path / name),
-        f"NEXUS_{name.upper()}_PORT": "0",
-        "NEXUS_MAX_BODY_BYTES": str(MAX_BODY),
-        **extra,
-    }
-
-
-async def _kam(tmp_path: Path) -> Case:
-    from nexus.services.kam.bootstrap import bootstrap
-    from nexus.services.kam.settings import load_settings
-
-    password = secrets.token_urlsafe(16)
-    settings = load_settings(_env(tmp_path, "kam", NEXUS_ADMIN_USER="root", NEXUS_ADMIN_PASSWORD=password))
-    service = await bootstrap(settings, log=MemoryEventLog(), bus=await _bus())
-
-    async def valid(http: aiohttp.ClientSession, url: str) -> None:
-        async with http.post(url + "/v1/login", json={"user": "root", "password": password}) as resp:
-            assert resp.status == 200, await resp.text()
-            assert (await resp.json())["role"] == "admin"
-
-    return Case("kam", service, {}, "/v1/login", ({"user": 7, "password": "x"}, "$.user"), valid)
-
-
-async def _workflow(tmp_path: Path) -> Case:
-    from nexus.services.workflow.bootstrap import bootstrap
-    from nexus.services.workflow.settings import load_settings
-
-    settings = load_settings(_env(tmp_path, "workflow", NEXUS_WORKFLOW_BUNDLED="none"))
-    service = await bootstrap(settings, log=MemoryEventLog(), bus=await _bus(), raw=MemoryRaw())
-    case = Case("workflow", service, {}, "/executions", ({"workflow_id": 12, "input": {}}, "workflow_id"))
-
-    async def valid(http: aiohttp.ClientSession, url: str) -> None:
-        definition = {"id": "noop", "steps": [{"id": "w", "type": "wait_event", "event": "x.y", "timeout_seconds": 60}]}
-        async with http.post(url + "/workflows", data=json.dumps(definition), headers=case.headers) as resp:
-            assert resp.status == 201, await resp.text()
-        body = {"workflow_id": "noop", "input": {}}
-        async with http.post(url + "/executions", json=body, headers=case.headers) as resp:
-            assert resp.status == 202, await resp.text()
-            assert (await resp.json())["id"]
-
-    case.valid = valid
-    return case
-
-
-async def _granulator(tmp_path: Path) -> Case:
-    from nexus.services.granulator import bootstrap, load_settings
-
-    settings = load_settings(_env(tmp_path, "granulator", NEXUS_GRANULATOR_REPLICA_ID="r"))
-    service = await bootstrap(settings, log=MemoryEventLog(), bus=await _bus(), raw=MemoryRaw())
-    handshake = {
-        "stage": "content_granulation",
-        "execution_id": "exec_valid",
-        "input": {"topic": "Tea", "structure_type": "research_report"},
-        "requirements": {"memory_mb": 128, "timeout_ms": 60000},
-    }
-    case = Case(
-        "granulator",
-        service,
-        {},
+# Per service: a POST route that decodes JSON, and a body with a field of the wrong type.
+JSON_ROUTES: dict[str, tuple[str | None, tuple[Any, str] | None]] = {
+    "kam": ("/v1/login", ({"user": 7, "password": "x"}, "$.user")),
+    "workflow": ("/executions", ({"workflow_id": 12, "input": {}}, "workflow_id")),
+    "granulator": (
         "/api/handshake",
-        ({**handshake, "requirements": {"memory_mb": "lots", "timeout_ms": 60000}}, "memory_mb"),
-    )
-
-    async def valid(http: aiohttp.ClientSession, url: str) -> None:
-        async with http.post(url + "/api/handshake", json=handshake, headers=case.headers) as resp:
-            assert resp.status == 200, await resp.text()
-            assert (await resp.json())["accepted"] is True
-
-    case.valid = valid
-    return case
+        ({**GRANULATOR_HANDSHAKE, "requirements": {"memory_mb": "lots", "timeout_ms": 60000}}, "memory_mb"),
+    ),
+    "studio": (None, None),
+}
+ENV = {"workflow": {"NEXUS_WORKFLOW_BUNDLED": "none"}, "granulator": {"NEXUS_GRANULATOR_REPLICA_ID": "r"}}
 
 
-async def _studio(tmp_path: Path) -> Case:
-    from nexus.services.studio.bootstrap import bootstrap
-    from nexus.services.studio.settings import load_settings
-
-    service = await bootstrap(
-        load_settings(_env(tmp_path, "studio")), log=MemoryEventLog(), bus=await _bus(), raw=MemoryRaw()
-    )
-    case = Case("studio", service, {})
-
-    async def valid(http: aiohttp.ClientSession, url: str) -> None:
-        async with http.get(url + "/v1/blobs", headers=case.headers) as resp:
-            assert resp.status == 200, await resp.text()
-            assert (await resp.json())["keys"] == []
-
-    case.valid = valid
-    return case
-
-
-BUILDERS = {"kam": _kam, "workflow": _workflow, "granulator": _granulator, "studio": _studio}
-
-
-@pytest.fixture(params=list(BUILDERS))
+@pytest.fixture(params=SERVICES)
 async def case(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Case]:
-    built = await BUILDERS[request.param](tmp_path)
+    name = request.param
+    service = await build(name, tmp_path, NEXUS_MAX_BODY_BYTES=str(MAX_BODY), **ENV.get(name, {}))
+    json_route, wrong_types = JSON_ROUTES[name]
+    built = Case(name, service, {}, json_route, wrong_types)
+
+    async def valid(http: aiohttp.ClientSession, url: str) -> None:
+        await check_a_valid_request(name, http, url, built.headers)
+
+    built.valid = valid
     await built.service.start()
     if built.name == "granulator":
         token = (await issue_key(built.service.log, "worker", "orchestrator")).secret

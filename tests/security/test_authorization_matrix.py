@@ -26,9 +26,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from inprocess import build, memory_bus
 
 from nexus.auth import issue_key, revoke_key
-from nexus.bus.memory import MemoryBus
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.raw.memory import MemoryRaw
 from nexus.runtime import AUDIT_STREAM, Service
@@ -151,43 +151,19 @@ class Platform:
         return f"http://127.0.0.1:{self.services[name].port}"
 
 
-def _env(tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
-    return {"NEXUS_DATA_DIR": str(tmp_path / name), f"NEXUS_{name.upper()}_PORT": "0", **extra}
-
-
 @pytest.fixture
 async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
-    from nexus.services.granulator import bootstrap as granulator_bootstrap
-    from nexus.services.granulator import load_settings as granulator_settings
-    from nexus.services.kam.bootstrap import bootstrap as kam_bootstrap
-    from nexus.services.kam.settings import load_settings as kam_settings
-    from nexus.services.studio.bootstrap import bootstrap as studio_bootstrap
-    from nexus.services.studio.settings import load_settings as studio_settings
-    from nexus.services.workflow.bootstrap import bootstrap as workflow_bootstrap
-    from nexus.services.workflow.settings import load_settings as workflow_settings
-
+    # One platform: the four services share the log, the bus and Raw.
     log = MemoryEventLog()
-    bus = MemoryBus()
-    await bus.ensure_streams()
+    bus = await memory_bus()
     raw = MemoryRaw()
     services: dict[str, Service] = {}
-    services["granulator"] = await granulator_bootstrap(
-        granulator_settings(_env(tmp_path, "granulator", NEXUS_GRANULATOR_REPLICA_ID="m")), log=log, bus=bus, raw=raw
-    )
+    shared: dict[str, Any] = {"log": log, "bus": bus, "raw": raw}
+    services["granulator"] = await build("granulator", tmp_path, **shared, NEXUS_GRANULATOR_REPLICA_ID="m")
     await services["granulator"].start()
-    services["kam"] = await kam_bootstrap(
-        kam_settings(_env(tmp_path, "kam", NEXUS_ADMIN_USER="root", NEXUS_ADMIN_PASSWORD="a-long-test-password")),
-        log=log,
-        bus=bus,
-    )
-    services["studio"] = await studio_bootstrap(studio_settings(_env(tmp_path, "studio")), log=log, bus=bus, raw=raw)
-    services["workflow"] = await workflow_bootstrap(
-        workflow_settings(_env(tmp_path, "workflow", NEXUS_GRANULATOR_PORT=str(services["granulator"].port))),
-        log=log,
-        bus=bus,
-        raw=raw,
-    )
+    granulator_port = str(services["granulator"].port)
     for name in ("kam", "studio", "workflow"):
+        services[name] = await build(name, tmp_path, **shared, NEXUS_GRANULATOR_PORT=granulator_port)
         await services[name].start()
     alpha = await issue_key(log, "client", ALPHA)
     beta = await issue_key(log, "client", BETA)

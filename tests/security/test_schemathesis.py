@@ -21,7 +21,6 @@ thread while the services answer on the event loop.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,12 +32,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+from inprocess import build
 from schemathesis import GenerationMode
 
 from nexus.auth import issue_key
-from nexus.bus.memory import MemoryBus
-from nexus.eventlog.memory import MemoryEventLog
-from nexus.raw.memory import MemoryRaw
 from nexus.runtime import Service
 
 MAX_EXAMPLES = 30
@@ -63,47 +60,17 @@ class Running:
         return f"http://127.0.0.1:{self.service.port}"
 
 
-async def _bus() -> MemoryBus:
-    bus = MemoryBus()
-    await bus.ensure_streams()
-    return bus
-
-
-def _env(tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
-    return {"NEXUS_DATA_DIR": str(tmp_path / name), f"NEXUS_{name.upper()}_PORT": "0", **extra}
-
-
-async def _build(name: str, tmp_path: Path) -> Service:
-    if name == "kam":
-        from nexus.services.kam.bootstrap import bootstrap as kam
-        from nexus.services.kam.settings import load_settings as kam_settings
-
-        password = secrets.token_urlsafe(16)
-        env = _env(tmp_path, "kam", NEXUS_ADMIN_USER="root", NEXUS_ADMIN_PASSWORD=password)
-        return await kam(kam_settings(env), log=MemoryEventLog(), bus=await _bus())
-    if name == "workflow":
-        from nexus.services.workflow.bootstrap import bootstrap as workflow
-        from nexus.services.workflow.settings import load_settings as workflow_settings
-
-        settings_ = workflow_settings(_env(tmp_path, "workflow", NEXUS_WORKFLOW_BUNDLED="none"))
-        return await workflow(settings_, log=MemoryEventLog(), bus=await _bus(), raw=MemoryRaw(), optional_modules=True)
-    if name == "granulator":
-        from nexus.services.granulator import bootstrap as granulator
-        from nexus.services.granulator import load_settings as granulator_settings
-
-        settings_ = granulator_settings(_env(tmp_path, "granulator", NEXUS_GRANULATOR_REPLICA_ID="r"))
-        return await granulator(settings_, log=MemoryEventLog(), bus=await _bus(), raw=MemoryRaw())
-    from nexus.services.studio.bootstrap import bootstrap as studio
-    from nexus.services.studio.settings import load_settings as studio_settings
-
-    return await studio(
-        studio_settings(_env(tmp_path, "studio")), log=MemoryEventLog(), bus=await _bus(), raw=MemoryRaw()
-    )
+_ENV = {
+    "kam": {},
+    "workflow": {"NEXUS_WORKFLOW_BUNDLED": "none"},
+    "granulator": {"NEXUS_GRANULATOR_REPLICA_ID": "r"},
+    "studio": {},
+}
 
 
 @pytest.fixture(params=["kam", "workflow", "granulator", "studio"])
 async def running(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Running]:
-    service = await _build(request.param, tmp_path)
+    service = await build(request.param, tmp_path, **_ENV[request.param])
     await service.start()
     built = Running(request.param, service)
     if built.name == "granulator":
