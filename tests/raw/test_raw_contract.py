@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus.atlas import FixedClock, RecordingMetrics
+from nexus.hooks import FixedClock, RecordingMetrics
 from nexus.raw import (
     RawBackend,
     RawKeyError,

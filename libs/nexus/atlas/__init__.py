@@ -21,7 +21,18 @@ from nexus.atlas._errors import (
     AtlasViewNotFoundError,
 )
 from nexus.atlas._filter import Filter, all_of, any_of, parse_filter, where
-from nexus.atlas._hooks import (
+from nexus.atlas._store import (
+    DEFAULT_COLLECTION,
+    Atlas,
+    AtlasChange,
+    AtlasStore,
+    AtlasView,
+    QueryResult,
+    Subscription,
+)
+
+# The hooks the Atlas takes, re-exported for its callers; they are declared in nexus.hooks.
+from nexus.hooks import (
     Clock,
     FixedClock,
     Metrics,
@@ -31,15 +42,6 @@ from nexus.atlas._hooks import (
     RecordingTracer,
     SystemClock,
     Tracer,
-)
-from nexus.atlas._store import (
-    DEFAULT_COLLECTION,
-    Atlas,
-    AtlasChange,
-    AtlasStore,
-    AtlasView,
-    QueryResult,
-    Subscription,
 )
 
 __all__ = [

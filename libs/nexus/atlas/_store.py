@@ -15,8 +15,8 @@ import msgspec
 
 from nexus.atlas._errors import AtlasFilterError, AtlasSnapshotError, AtlasViewExistsError, AtlasViewNotFoundError
 from nexus.atlas._filter import And, Condition, Everything, Filter, Or, get_path, is_missing, parse_filter, value_key
-from nexus.atlas._hooks import Clock, Metrics, NoopMetrics, NoopTracer, SystemClock, Tracer
 from nexus.atlas._index import Index, SortedIndex
+from nexus.hooks import Clock, Metrics, NoopMetrics, NoopTracer, SystemClock, Tracer
 
 FilterSpec = Filter | Mapping[str, Any] | None
 SortSpec = str | Sequence[str | tuple[str, str]] | None

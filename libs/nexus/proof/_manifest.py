@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from nexus.atlas import Clock, SystemClock
+from nexus.hooks import Clock, SystemClock
 from nexus.proof._merkle import audit_path, leaf_hash, root_of_hashes, verify_inclusion
 from nexus.raw import RawBackend, RawNotFoundError
 

@@ -16,7 +16,7 @@ backend touches it: nothing can name a path outside the store. A tenant's blobs 
 
 from __future__ import annotations
 
-from nexus.atlas import Clock
+from nexus.hooks import Clock
 from nexus.raw._errors import RawError, RawKeyError, RawNotFoundError, RawQuotaError, RawUnavailableError
 from nexus.raw._port import DEFAULT_CONTENT_TYPE, MAX_KEY_LENGTH, RawBackend, RawPage, RawStat, check_key, check_prefix
 from nexus.raw._refs import (

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from nexus.atlas import Metrics, NoopMetrics, NoopTracer, Tracer
+from nexus.hooks import Metrics, NoopMetrics, NoopTracer, Tracer
 from nexus.raw._errors import RawError
 from nexus.raw._port import DEFAULT_CONTENT_TYPE, RawBackend, RawPage, RawStat
 

@@ -20,8 +20,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from nexus.atlas import Clock, SystemClock
 from nexus.fs import PRIVATE_FILE_MODE, make_private_dir
+from nexus.hooks import Clock, SystemClock
 from nexus.raw._errors import RawKeyError, RawNotFoundError, RawQuotaError, RawUnavailableError
 from nexus.raw._port import DEFAULT_CONTENT_TYPE, RawBackend, RawPage, RawStat, check_key, check_list_args
 

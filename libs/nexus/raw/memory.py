@@ -7,7 +7,7 @@ import builtins
 import hashlib
 from urllib.parse import parse_qs, urlsplit
 
-from nexus.atlas import Clock, SystemClock
+from nexus.hooks import Clock, SystemClock
 from nexus.raw._errors import RawKeyError, RawNotFoundError, RawQuotaError
 from nexus.raw._port import DEFAULT_CONTENT_TYPE, RawBackend, RawPage, RawStat, check_key, check_list_args
 

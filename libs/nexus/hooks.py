@@ -1,4 +1,9 @@
-"""Injectable clock, metrics and tracer (seed 003: every component takes them, defaults do nothing)."""
+"""Injectable clock, metrics and tracer (seed 003: every component takes them, defaults do nothing).
+
+The Atlas, Raw and the proof manifests take these; they live here, outside any of them and with
+no dependency beyond the standard library, so that a library needing a clock does not import
+the Atlas (nor ``nexus.obs``, which loads Prometheus and OpenTelemetry).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,22 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
+__all__ = [
+    "Clock",
+    "FixedClock",
+    "Metrics",
+    "NoopMetrics",
+    "NoopTracer",
+    "RecordingMetrics",
+    "RecordingTracer",
+    "SystemClock",
+    "Tracer",
+]
+
 
 @runtime_checkable
 class Clock(Protocol):
-    """Where Atlas and Raw read the time; inject a fixed one for deterministic tests."""
+    """Where the Atlas, Raw and proofs read the time; inject a fixed one for deterministic tests."""
 
     def now(self) -> float:
         """Seconds since the Unix epoch."""
