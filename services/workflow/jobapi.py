@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,14 +38,13 @@ from nexus.client import PayloadError, PayloadField, check_instance, job_payload
 from nexus.eventlog import ConcurrencyError, EventLog
 from nexus.proto import PLATFORM_TENANT, CloudEvent, new_event, new_event_id
 from nexus.proto.events.jobs import JobExecuted, JobInitiated
-from nexus.runtime import HTTPError, Owned, Service, read_json
+from nexus.runtime import EventStream, HTTPError, Owned, Service, read_json
 from nexus.services.workflow.context import FINAL_STATUSES, WorkflowContext
 from nexus.services.workflow.errors import InactiveWorkflowError, InputValidationError, UnknownWorkflowError
 
 __all__ = [
     "JOB_EXECUTED",
     "JOB_INITIATED",
-    "JobApiSettings",
     "JobRecord",
     "install",
     "job_status",
@@ -58,38 +56,6 @@ SOURCE = "nexus/workflow"
 JOB_INITIATED = "nexus.workflow.job.initiated"
 JOB_EXECUTED = "nexus.workflow.job.executed"
 IN_PROGRESS, COMPLETED, FAILED = "IN PROGRESS", "COMPLETED", "FAILED"
-
-
-@dataclass(frozen=True)
-class JobApiSettings:
-    """Settings of the job API, from the environment."""
-
-    public_url: str | None
-    """``NEXUS_WORKFLOW_PUBLIC_URL``: base of the URLs handed out (presigned uploads, files);
-    unset: the URL the request came in on."""
-    sse_keepalive_seconds: float
-    """``NEXUS_JOB_SSE_KEEPALIVE``: seconds between keep-alive comments on SSE streams (default 15)."""
-    batch_limit: int
-    """``NEXUS_JOB_BATCH_LIMIT``: most jobs in one ``POST /job/batch`` (default 500)."""
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> JobApiSettings:
-        env = os.environ if env is None else env
-        try:
-            keepalive = float(env.get("NEXUS_JOB_SSE_KEEPALIVE", "15"))
-            limit = int(env.get("NEXUS_JOB_BATCH_LIMIT", "500"))
-        except ValueError as exc:
-            raise ValueError(f"NEXUS_JOB_SSE_KEEPALIVE / NEXUS_JOB_BATCH_LIMIT: {exc}") from None
-        if keepalive <= 0 or limit <= 0:
-            raise ValueError("NEXUS_JOB_SSE_KEEPALIVE and NEXUS_JOB_BATCH_LIMIT must be positive")
-        return cls(
-            public_url=(env.get("NEXUS_WORKFLOW_PUBLIC_URL") or "").rstrip("/") or None,
-            sse_keepalive_seconds=keepalive,
-            batch_limit=limit,
-        )
-
-
-SETTINGS = web.AppKey("nexus.workflow.job_settings", JobApiSettings)
 
 
 class SeedError(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,16 +72,10 @@ def seed_error(code: str, message: str) -> dict[str, object]:
     return {"success": False, "error": message}
 
 
-def job_settings(app: web.Application) -> JobApiSettings:
-    if SETTINGS not in app:
-        app[SETTINGS] = JobApiSettings.from_env()
-    return app[SETTINGS]
-
-
-def base_url(request: web.Request) -> str:
-    """Where clients reach this service: the configured public URL or the request's origin."""
-    configured = job_settings(request.app).public_url
-    return configured or str(request.url.origin())
+def base_url(request: web.Request, public_url: str | None) -> str:
+    """Where clients reach this service: the configured public URL (``WorkflowSettings.public_url``)
+    or the request's origin."""
+    return public_url or str(request.url.origin())
 
 
 def fail(status: int, message: str, **extra: Any) -> web.HTTPException:
@@ -417,49 +377,28 @@ class JobApi:
 
     async def monitor(self, request: web.Request) -> web.StreamResponse:
         job = await _job_for(request, self.ctx)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
-        await response.prepare(request)
-        keepalive = job_settings(request.app).sse_keepalive_seconds
-        sent: str | None = None
+        keepalive = self.ctx.settings.sse_keepalive_seconds
+        async with EventStream(request, keepalive=keepalive) as sse:
+            sent: str | None = None
 
-        async def send(body: dict[str, Any]) -> None:
-            nonlocal sent
-            text = json.dumps(body, default=str)
-            if text != sent:
-                sent = text
-                await response.write(f"data: {text}\n\n".encode())
+            async def send(body: dict[str, Any]) -> None:
+                nonlocal sent
+                text = json.dumps(body, default=str)
+                if text != sent:
+                    sent = text
+                    await sse.send(text)
 
-        # Before the job is executed there is no execution to watch: look at the job's stream.
-        while job.execution_id is None:
-            try:
+            # Before the job is executed there is no execution to watch: look at the job's stream.
+            while job.execution_id is None:
                 await send(status_body(job, None))
-            except ConnectionResetError:
-                return response
-            await asyncio.sleep(min(0.25, keepalive))
-            refreshed = await load_job(self.ctx.log, job.job_id)
-            job = refreshed or job
-        states = self.ctx.engine.watch(job.execution_id).__aiter__()
-        try:
-            while True:
-                try:
-                    state = await asyncio.wait_for(states.__anext__(), keepalive)
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                except StopAsyncIteration:
-                    break
+                await asyncio.sleep(min(0.25, keepalive))
+                job = await load_job(self.ctx.log, job.job_id) or job
+            async for state in sse.each(self.ctx.engine.watch(job.execution_id)):
                 body = status_body(job, state)
                 await send(body)
                 if body["status"] != IN_PROGRESS:
                     break
-        except ConnectionResetError:
-            return response  # the client went away: an ordinary end of a stream
-        finally:
-            await states.aclose()  # type: ignore[attr-defined]
-        await response.write_eof()
-        return response
+        return sse.response
 
     async def batch(self, request: web.Request) -> web.Response:
         body = await read_body(request)
@@ -467,7 +406,7 @@ class JobApi:
         jobs = body.get("jobs")
         if not isinstance(jobs, list) or not jobs:
             raise fail(400, "jobs is required: a non-empty array of {title, description, jobPayloadSchemaInstance}")
-        limit = job_settings(request.app).batch_limit
+        limit = self.ctx.settings.job_batch_limit
         if len(jobs) > limit:
             raise fail(400, f"jobs has {len(jobs)} items; at most {limit} per batch")
         auth: KeyInfo = request[AUTH]
@@ -543,7 +482,6 @@ class BatchBody(msgspec.Struct, frozen=True, kw_only=True):
 def install(service: Service, ctx: WorkflowContext) -> None:
     """Add the job routes to the workflow service."""
     api = JobApi(ctx)
-    job_settings(service.app)
     route = functools.partial(
         service.route, auth="client", tags=["jobs (seed 000)"], error_shape=seed_error, error_model=SeedError
     )

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -27,9 +28,8 @@ from prometheus_client import Counter
 
 from nexus.auth import AUTH
 from nexus.proto import PLATFORM_TENANT, CloudEvent
-from nexus.runtime import HTTPError, Service
+from nexus.runtime import EventStream, HTTPError, Service
 from nexus.services.workflow.context import WorkflowContext
-from nexus.services.workflow.jobapi import job_settings
 from nexus.services.workflow.phases import user_has_phases
 
 logger = logging.getLogger("nexus.workflow.live")
@@ -165,7 +165,6 @@ def install(service: Service, ctx: WorkflowContext) -> None:
     app = service.app
     hub = UserHub()
     app[HUB] = hub
-    job_settings(app)
     admin_query = {"tenant": "admins only: the tenant whose user to follow (default: their own)"}
 
     async def _known_user(request: web.Request) -> User:
@@ -193,27 +192,20 @@ def install(service: Service, ctx: WorkflowContext) -> None:
     async def sse(request: web.Request) -> web.StreamResponse:
         user = await _known_user(request)
         queue = hub.listen(user)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
-        try:
-            await response.prepare(request)
-            await response.write(b": connected\n\n")
-            keepalive = job_settings(request.app).sse_keepalive_seconds
+
+        async def updates() -> AsyncIterator[dict[str, Any]]:
             while True:
-                try:
-                    update = await asyncio.wait_for(queue.get(), keepalive)
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                text = json.dumps(update, default=str)
-                await response.write(f"event: {update['type']}\nid: {update['position']}\ndata: {text}\n\n".encode())
-        except ConnectionResetError:
-            # The client went away: the end of its stream, not an error.
-            logger.debug("live updates of %s: the client closed the stream", user[1])
+                yield await queue.get()
+
+        try:
+            async with EventStream(request, keepalive=ctx.settings.sse_keepalive_seconds) as sse:
+                await sse.comment("connected")
+                async for update in sse.each(updates()):
+                    text = json.dumps(update, default=str)
+                    await sse.send(text, event=update["type"], id=update["position"])
         finally:
             hub.unlisten(user, queue)
-        return response
+        return sse.response
 
     @service.route(
         "GET",

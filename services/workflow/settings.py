@@ -76,6 +76,28 @@ class WorkflowSettings(ServiceSettings):
     delegation_ttl_seconds: float = 300.0
     """``NEXUS_WORKFLOW_DELEGATION_TTL_SECONDS``: how long a step's delegated token is valid
     (1-3600; short, since it is a bearer credential for the execution's tenant)."""
+    public_url: str | None = None
+    """``NEXUS_WORKFLOW_PUBLIC_URL``: base of the URLs the job API hands out (presigned uploads,
+    files); unset: the URL the request came in on."""
+    sse_keepalive_seconds: float = 15.0
+    """``NEXUS_JOB_SSE_KEEPALIVE``: seconds of silence after which an event stream (job monitor,
+    live updates) sends a keep-alive comment."""
+    job_batch_limit: int = 500
+    """``NEXUS_JOB_BATCH_LIMIT``: most jobs in one ``POST /job/batch``."""
+    upload_signing_key: str = field(default="", repr=False)
+    """``NEXUS_UPLOAD_SIGNING_KEY``: the key presigned upload URLs are signed with (at least 32
+    characters, shared by the replicas); empty: a random key per process, so a URL works only on
+    the replica that issued it."""
+    upload_ttl_seconds: float = 900.0
+    """``NEXUS_UPLOAD_TTL_SECONDS``: how long a presigned upload URL stays valid."""
+    upload_max_bytes: int = 50 * 1024 * 1024
+    """``NEXUS_UPLOAD_MAX_BYTES``: the largest file an upload URL accepts."""
+    trigger_max_depth: int = 8
+    """``NEXUS_TRIGGER_MAX_DEPTH``: the longest chain of trigger-started executions."""
+    trigger_rate: float = 10.0
+    """``NEXUS_TRIGGER_RATE``: starts per second each trigger may make, on average."""
+    trigger_burst: int = 100
+    """``NEXUS_TRIGGER_BURST``: starts a trigger may make at once before ``rate`` applies."""
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
@@ -107,4 +129,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
         http_connections=env_int(env, "NEXUS_WORKFLOW_HTTP_CONNECTIONS", 200, low=1),
         platform_services=platform_services(env),
         delegation_ttl_seconds=env_float(env, "NEXUS_WORKFLOW_DELEGATION_TTL_SECONDS", 300.0, low=1, high=3600),
+        public_url=(env.get("NEXUS_WORKFLOW_PUBLIC_URL") or "").strip().rstrip("/") or None,
+        sse_keepalive_seconds=env_float(env, "NEXUS_JOB_SSE_KEEPALIVE", 15.0, above=0),
+        job_batch_limit=env_int(env, "NEXUS_JOB_BATCH_LIMIT", 500, low=1),
+        upload_signing_key=_signing_key(env),
+        upload_ttl_seconds=env_float(env, "NEXUS_UPLOAD_TTL_SECONDS", 900.0, above=0),
+        upload_max_bytes=env_int(env, "NEXUS_UPLOAD_MAX_BYTES", 50 * 1024 * 1024, low=1),
+        trigger_max_depth=env_int(env, "NEXUS_TRIGGER_MAX_DEPTH", 8, low=1),
+        trigger_rate=env_float(env, "NEXUS_TRIGGER_RATE", 10.0, above=0),
+        trigger_burst=env_int(env, "NEXUS_TRIGGER_BURST", 100, low=1),
     )
+
+
+def _signing_key(env: Mapping[str, str]) -> str:
+    configured = env.get("NEXUS_UPLOAD_SIGNING_KEY", "")
+    if configured and len(configured) < 32:
+        raise ConfigError("NEXUS_UPLOAD_SIGNING_KEY must be at least 32 characters (use a random value)")
+    return configured

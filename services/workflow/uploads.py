@@ -2,7 +2,7 @@
 
 ``POST /job/file/upload`` issues a URL that carries its own authority: an HMAC-SHA256 over the
 upload id, file extension, size limit and expiry, under a signing key that is either configured
-(``NEXUS_UPLOAD_SIGNING_KEY``, shared by replicas) or drawn at random when the process starts.
+(``NEXUS_UPLOAD_SIGNING_KEY`` in the service's settings, shared by replicas) or drawn at random when the process starts.
 ``PUT`` to it needs no other credential; the body is stored in Raw and the use is recorded as an
 event in stream ``upload-<id>``, appended at the stream's expected version, so a URL works once
 even when two requests race. The file belongs to the client that asked for the URL: it is
@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import re
 import secrets
 import time
@@ -33,14 +32,7 @@ from nexus.proto.events.jobs import UploadCompleted, UploadIssued
 from nexus.raw import RawBackend, tenant_key
 from nexus.runtime import Service
 from nexus.services.workflow.context import WorkflowContext
-from nexus.services.workflow.jobapi import (
-    SeedError,
-    base_url,
-    job_settings,
-    load_job,
-    read_body,
-    seed_error,
-)
+from nexus.services.workflow.jobapi import SeedError, base_url, load_job, read_body, seed_error
 
 UPLOAD_STREAM_PREFIX = "upload-"
 _EXTENSION = re.compile(r"^[A-Za-z0-9]{1,16}$")
@@ -68,8 +60,9 @@ def normalise_extension(extension: object) -> str:
     return ext
 
 
-def signing_key_from_env(env: Mapping[str, str]) -> bytes:
-    """``NEXUS_UPLOAD_SIGNING_KEY`` (at least 32 bytes of text), else a random key for this process.
+def signing_key(configured: str) -> bytes:
+    """The configured signing key (``WorkflowSettings.upload_signing_key``), else a random key for
+    this process.
 
     A random key means a URL is only valid on the replica that issued it; configure the key when
     several replicas serve uploads.
@@ -77,7 +70,6 @@ def signing_key_from_env(env: Mapping[str, str]) -> bytes:
     Raises:
         ValueError: the configured key is shorter than 32 characters.
     """
-    configured = env.get("NEXUS_UPLOAD_SIGNING_KEY", "")
     if configured:
         if len(configured) < 32:
             raise ValueError("NEXUS_UPLOAD_SIGNING_KEY must be at least 32 characters (use a random value)")
@@ -205,7 +197,7 @@ class Uploads:
     def _file_url(self, request: web.Request, upload_id: str, extension: str) -> str:
         """The capability URL a job payload passes for the file (signed, read-only)."""
         sig = urlencode({"sig": self.presigner.file_signature(upload_id, extension)})
-        return f"{base_url(request)}/job/file/{upload_id}.{extension}?{sig}"
+        return f"{base_url(request, self.ctx.settings.public_url)}/job/file/{upload_id}.{extension}?{sig}"
 
     async def issue(self, request: web.Request) -> web.Response:
         body = await read_body(request)
@@ -242,7 +234,7 @@ class Uploads:
             tenant=info.tenant,
         )
         await self.ctx.log.append(upload_stream(grant.upload_id), [event], expected_version=0)
-        base = base_url(request)
+        base = base_url(request, self.ctx.settings.public_url)
         presigned = f"{base}/job/file/upload/{grant.upload_id}.{grant.extension}?{urlencode(query)}"
         file_url = self._file_url(request, grant.upload_id, grant.extension)
         return web.json_response(
@@ -358,14 +350,15 @@ class UploadGranted(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def install(service: Service, ctx: WorkflowContext, *, presigner: Presigner | None = None) -> None:
-    """Add the upload routes; the signing key comes from the environment (or is random)."""
+    """Add the upload routes; the presigner is built from the service's settings unless given."""
     if presigner is None:
-        env = os.environ
-        ttl = float(env.get("NEXUS_UPLOAD_TTL_SECONDS", "900"))
-        max_bytes = int(env.get("NEXUS_UPLOAD_MAX_BYTES", str(50 * 1024 * 1024)))
-        presigner = Presigner(signing_key_from_env(env), ttl_seconds=ttl, max_bytes=max_bytes)
+        settings = ctx.settings
+        presigner = Presigner(
+            signing_key(settings.upload_signing_key),
+            ttl_seconds=settings.upload_ttl_seconds,
+            max_bytes=settings.upload_max_bytes,
+        )
     service.app[PRESIGNER] = presigner
-    job_settings(service.app)
     uploads = Uploads(ctx, presigner)
     service.route(
         "POST",

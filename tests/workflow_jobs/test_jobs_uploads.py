@@ -14,12 +14,14 @@ from aiohttp.test_utils import TestServer
 
 from nexus.auth import issue_key
 from nexus.bus.memory import MemoryBus
+from nexus.config import ConfigError
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.raw import open_raw
-from nexus.runtime import Service, ServiceSettings
+from nexus.runtime import Service
 from nexus.services.workflow import uploads
 from nexus.services.workflow.context import WorkflowContext
-from nexus.services.workflow.uploads import Presigner, UploadError, signing_key_from_env
+from nexus.services.workflow.settings import load_settings
+from nexus.services.workflow.uploads import Presigner, UploadError, signing_key
 
 
 class Clock:
@@ -35,8 +37,9 @@ async def service(tmp_path: Path) -> AsyncIterator[tuple[str, str, Clock, Memory
     log = MemoryEventLog()
     raw = await open_raw(f"file://{tmp_path / 'raw'}")
     clock = Clock()
-    ctx = WorkflowContext(settings=None, log=log, bus=None, raw=raw, engine=None, registry=None)  # type: ignore[arg-type]
-    service = Service(ServiceSettings.from_env("workflow", {}), log=log, bus=MemoryBus())
+    settings = load_settings({"NEXUS_WORKFLOW_PORT": "0", "NEXUS_WORKFLOW_BUNDLED": "none"})
+    ctx = WorkflowContext(settings=settings, log=log, bus=None, raw=raw, engine=None, registry=None)  # type: ignore[arg-type]
+    service = Service(settings, log=log, bus=MemoryBus())
     uploads.install(service, ctx, presigner=Presigner(b"k" * 32, ttl_seconds=60, max_bytes=1000, clock=clock))
     key = await issue_key(log, "client", "gaia")
     async with TestServer(service.app, host="127.0.0.1", port=0) as server:
@@ -174,10 +177,17 @@ async def test_bad_extensions_are_named(service) -> None:
 
 def test_the_signing_key_has_no_default() -> None:
     # Unset: a fresh random key per process, so no two processes share a guessable secret.
-    assert signing_key_from_env({}) != signing_key_from_env({})
+    assert load_settings({}).upload_signing_key == ""
+    assert signing_key("") != signing_key("")
+    # The settings refuse a short key at start, naming the variable; the presigner's check stays.
+    with pytest.raises(ConfigError, match="NEXUS_UPLOAD_SIGNING_KEY must be at least 32"):
+        load_settings({"NEXUS_UPLOAD_SIGNING_KEY": "short"})
     with pytest.raises(ValueError, match="at least 32"):
-        signing_key_from_env({"NEXUS_UPLOAD_SIGNING_KEY": "short"})
-    assert signing_key_from_env({"NEXUS_UPLOAD_SIGNING_KEY": "s" * 40}) == b"s" * 40
+        signing_key("short")
+    configured = load_settings({"NEXUS_UPLOAD_SIGNING_KEY": "s" * 40})
+    assert signing_key(configured.upload_signing_key) == b"s" * 40
+    # A secret: never in the settings' repr (which may be logged).
+    assert "s" * 40 not in repr(configured)
     with pytest.raises(UploadError):
         Presigner(b"k" * 32).verify_put("a" * 32, "pdf", {})
 

@@ -13,6 +13,7 @@ from typing import Any, Final
 import aiohttp
 
 from nexus.client._payload import PayloadError, PayloadField, build_instance, schema_from_json
+from nexus.client._sse import parse_sse
 
 FINAL_STATUSES: Final = ("COMPLETED", "FAILED")
 """Job statuses after which nothing changes; before them the status is ``IN PROGRESS``."""
@@ -361,25 +362,3 @@ async def _notify(callback: Callable[[dict[str, Any]], Awaitable[None] | None] |
     result = callback(update)
     if asyncio.iscoroutine(result):
         await result
-
-
-async def parse_sse(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, str]]:
-    """Server-Sent Events from a response body: one dict (``event``, ``data``, ``id``) per event."""
-    event: dict[str, str] = {}
-    data: list[str] = []
-    async for raw in content:
-        line = raw.decode("utf-8").rstrip("\r\n")
-        if not line:
-            if data or event:
-                event["data"] = "\n".join(data)
-                yield event
-            event, data = {}, []
-            continue
-        if line.startswith(":"):
-            continue  # a comment: the server's keep-alive
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            data.append(value)
-        elif name in ("event", "id", "retry"):
-            event[name] = value

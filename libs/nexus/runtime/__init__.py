@@ -65,6 +65,7 @@ from nexus.runtime._run import (
 )
 from nexus.runtime._service import AUDIT_STREAM, SERVICE_KEY, Health, Owned, Readiness, Service
 from nexus.runtime._settings import DEFAULT_PORTS, SERVICES, ServiceSettings, port_variable
+from nexus.runtime._sse import SSE_HEADERS, EventStream
 
 __all__ = [
     "AUDIT_STREAM",
@@ -72,8 +73,10 @@ __all__ = [
     "EXIT_PORT_IN_USE",
     "SERVICES",
     "SERVICE_KEY",
+    "SSE_HEADERS",
     "Adapters",
     "ErrorBody",
+    "EventStream",
     "HTTPError",
     "Health",
     "Owned",
