@@ -28,6 +28,7 @@ from prometheus_client import Counter
 
 from nexus.auth import AUTH
 from nexus.proto import PLATFORM_TENANT, CloudEvent
+from nexus.replay import tail
 from nexus.runtime import EventStream, HTTPError, Service
 from nexus.services.workflow.context import WorkflowContext
 from nexus.services.workflow.phases import user_has_phases
@@ -251,9 +252,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         async def run() -> None:
             # From the head: updates are live; earlier history is in the audit endpoints. Executions
             # queued earlier are learned from their streams when one of their events arrives.
-            start = await ctx.log.head() + 1
-            async for event in ctx.log.subscribe(start):
-                hub.publish(event)
+            await tail(ctx.log, hub.publish, start=await ctx.log.head() + 1, name="workflow live")
 
         task = asyncio.create_task(run(), name="workflow-live")
         yield

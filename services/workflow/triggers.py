@@ -8,11 +8,10 @@ and the set of triggers is a fold of that stream; ids are unique per tenant, so 
 caller's own (an admin's: every tenant's); ``DELETE /triggers/{id}`` records ``trigger.removed``
 for the caller's own only (another tenant's id is answered 404, as a missing one).
 
-Every event of the platform is offered to the triggers: from the bus's durable consumer
-``workflow-triggers`` on ``nexus.evt.>`` when the service has a bus (replicas share it), else by
-following the event log. The consumer fills from the log any hole in the log positions it
-receives (events JetStream lost), so an event reaches the triggers even then. External events
-ingested from ``nexus.ext.<source>.<event>`` arrive as events of stream ``ext-<source>``. A
+Every event of the platform is offered to the triggers by following the event log
+(``nexus.replay.tail``): in position order, none missed, with or without NATS; every replica
+follows it and the starts are idempotent. External events ingested from
+``nexus.ext.<source>.<event>`` arrive as events of stream ``ext-<source>``. A
 trigger matches an event when
 
 - its tenant may see the event: the platform's triggers see every event, a client's only the
@@ -45,7 +44,6 @@ with a count).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -61,12 +59,12 @@ import msgspec
 from aiohttp import web
 
 from nexus.auth import AUTH, KeyInfo
-from nexus.bus import BusError, ConsumerSpec, Delivery, PoisonMessageError, RetryableError
-from nexus.bus.jetstream import JetStreamBus
+from nexus.bus import RetryableError
 from nexus.config import env_float, env_int
 from nexus.eventlog import ConcurrencyError, EventLog
-from nexus.proto import PLATFORM_TENANT, STREAM_EVT, CloudEvent, EnvelopeError, decode_event, new_event
+from nexus.proto import PLATFORM_TENANT, CloudEvent, new_event
 from nexus.proto.events.jobs import TriggerFired, TriggerLink, TriggerRefused, TriggerRegistered, TriggerRemoved
+from nexus.replay import tail
 from nexus.runtime import HTTPError, Service, json_response
 from nexus.services.workflow.context import WorkflowContext
 from nexus.services.workflow.errors import (
@@ -83,6 +81,7 @@ __all__ = [
     "Trigger",
     "TriggerEngine",
     "TriggerError",
+    "TriggerFold",
     "TriggerSettings",
     "fired_stream",
     "install",
@@ -98,7 +97,6 @@ TRIGGER_FIRED = "nexus.workflow.trigger.fired"
 TRIGGER_REFUSED = "nexus.workflow.trigger.refused"
 _OWN_EVENTS = frozenset({TRIGGER_REGISTERED, TRIGGER_REMOVED, TRIGGER_FIRED, TRIGGER_REFUSED})
 SOURCE = "nexus/workflow"
-CONSUMER = "workflow-triggers"
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 _PATTERN = re.compile(r"^[A-Za-z0-9_\-*>]+(\.[A-Za-z0-9_\-*>]+)*$")
 _FIELDS = {"id", "event_type", "workflow_id", "input_map", "condition", "priority", "active"}
@@ -308,6 +306,32 @@ def parse_trigger(document: str | bytes | Mapping[str, Any]) -> tuple[TriggerReg
     return spec, condition, mapping
 
 
+class TriggerFold:
+    """The set of triggers of every tenant: the fold of stream ``triggers``."""
+
+    def __init__(self) -> None:
+        self.triggers: dict[tuple[str, str], Trigger] = {}
+        self.version = 0
+        """The last version of stream ``triggers`` folded in."""
+
+    def apply(self, event: CloudEvent) -> None:
+        """Fold one event of stream ``triggers``."""
+        if event.type == TRIGGER_REGISTERED:
+            spec, condition, mapping = parse_trigger(msgspec.to_builtins(_spec_document(event.data)))
+            tenant = str((event.data or {}).get("tenant") or event.tenant or PLATFORM_TENANT)
+            spec = msgspec.structs.replace(spec, tenant=tenant)
+            self.triggers[(tenant, spec.trigger_id)] = Trigger(spec, condition, mapping, event.position or 0)
+        elif event.type == TRIGGER_REMOVED:
+            removed = msgspec.convert(event.data, TriggerRemoved)
+            self.triggers.pop((removed.tenant or event.tenant or PLATFORM_TENANT, removed.trigger_id), None)
+        self.version = max(self.version, event.streamversion or 0)
+
+    async def refresh(self, log: EventLog) -> None:
+        """Fold what was appended to stream ``triggers`` since the last refresh (by any replica)."""
+        for event in await log.read_stream(TRIGGERS_STREAM, self.version + 1):
+            self.apply(event)
+
+
 class TriggerEngine:
     """The triggers of every tenant (a fold of stream ``triggers``) and their evaluation.
 
@@ -320,8 +344,8 @@ class TriggerEngine:
         self.ctx = ctx
         self.log: EventLog = ctx.log
         self.settings = settings or TriggerSettings.from_env()
-        self._triggers: dict[tuple[str, str], Trigger] = {}
-        self._version = 0
+        self.fold = TriggerFold()
+        self._triggers = self.fold.triggers
         self._lock = asyncio.Lock()
         self._rate = _RateLimit(self.settings.rate, self.settings.burst)
         self._refusals = _RefusalLog()
@@ -339,21 +363,12 @@ class TriggerEngine:
 
     def apply(self, event: CloudEvent) -> None:
         """Fold one event of stream ``triggers``."""
-        if event.type == TRIGGER_REGISTERED:
-            spec, condition, mapping = parse_trigger(msgspec.to_builtins(_spec_document(event.data)))
-            tenant = str((event.data or {}).get("tenant") or event.tenant or PLATFORM_TENANT)
-            spec = msgspec.structs.replace(spec, tenant=tenant)
-            self._triggers[(tenant, spec.trigger_id)] = Trigger(spec, condition, mapping, event.position or 0)
-        elif event.type == TRIGGER_REMOVED:
-            removed = msgspec.convert(event.data, TriggerRemoved)
-            self._triggers.pop((removed.tenant or event.tenant or PLATFORM_TENANT, removed.trigger_id), None)
-        self._version = max(self._version, event.streamversion or 0)
+        self.fold.apply(event)
 
     async def refresh(self) -> None:
         """Fold what was appended to stream ``triggers`` since the last refresh (by any replica)."""
         async with self._lock:
-            for event in await self.log.read_stream(TRIGGERS_STREAM, self._version + 1):
-                self.apply(event)
+            await self.fold.refresh(self.log)
 
     async def register(self, document: str | bytes | Mapping[str, Any], *, tenant: str = PLATFORM_TENANT) -> Trigger:
         """Validate and record a trigger of ``tenant``; the same definition registered again records nothing.
@@ -590,92 +605,25 @@ def _spec_document(data: Any) -> dict[str, Any]:
 # --- how events reach the triggers -------------------------------------------------------------
 
 
-async def _follow_log(engine: TriggerEngine) -> None:
-    """Offer every event of the log to the triggers, from the start (starts are idempotent)."""
-    async for event in engine.log.subscribe(1):
+async def _offer(engine: TriggerEngine, event: CloudEvent) -> None:
+    """Offer one event of the log to the triggers, retrying a start the engine could not make now."""
+    for delay in (0.1, 0.5, 2.0, None):
         try:
             await engine.handle(event)
-        except RetryableError as exc:
-            # Without a bus there is no redelivery: try again a few times, then leave it logged.
-            for delay in (0.1, 0.5, 2.0):
-                await asyncio.sleep(delay)
-                try:
-                    await engine.handle(event)
-                    break
-                except RetryableError:
-                    continue
-            else:
-                logger.error("event %s was not offered to every trigger: %s", event.id, exc)
-
-
-class _PositionGuard:
-    """Fills the holes JetStream leaves in the log's sequence before the triggers see an event.
-
-    The relay publishes every event of the log on ``nexus.evt.>`` in position order, and the
-    trigger consumer receives all of them; an event whose position is beyond the next one
-    means JetStream lost the events between (a crash of its lazy fsync, a deleted message, a
-    limit). They are read from the log and offered first, so no external event is missed.
-    Offering an event twice starts nothing new (the starts are idempotent), which also makes
-    replicas sharing the durable safe: a hole that is only another replica's share is filled
-    again, at the cost of the reads.
-
-    Args:
-        engine: the trigger engine.
-        last: the last position handled, when known (from the durable's acknowledged floor).
-    """
-
-    def __init__(self, engine: TriggerEngine, last: int | None) -> None:
-        self.engine = engine
-        self.last = last
-
-    async def handle(self, delivery: Delivery) -> None:
-        try:
-            event = decode_event(delivery.data)
-        except EnvelopeError as exc:
-            raise PoisonMessageError(str(exc)) from exc
-        position = event.position
-        if position is not None and self.last is not None and position > self.last + 1:
-            await self._fill(self.last + 1, position)
-        await self.engine.handle(event)
-        if position is not None and (self.last is None or position > self.last):
-            self.last = position
-
-    async def _fill(self, start: int, end: int) -> None:
-        """Offer the log's events with positions in [start, end) to the triggers."""
-        await self.engine.refresh()
-        triggers = self.engine.triggers()
-        if not triggers:
             return
-        # A trigger fires only for events after its registration: skip what none can match.
-        start = max(start, min(t.position for t in triggers) + 1)
-        while start < end:
-            events = await self.engine.log.read_all(start, limit=min(_FILL_PAGE, end - start))
-            events = [e for e in events if (e.position or 0) < end]
-            if not events:
+        except RetryableError as exc:
+            if delay is None:
+                logger.error("event %s was not offered to every trigger: %s", event.id, exc)
                 return
-            for event in events:
-                await self.engine.handle(event)
-            start = (events[-1].position or start) + 1
+            await asyncio.sleep(delay)
 
 
-_FILL_PAGE = 1000
-
-
-async def _acknowledged_position(bus: Any) -> int | None:
-    """The log position of the last event the durable consumer acknowledged, when JetStream knows it."""
-    if not isinstance(bus, JetStreamBus):
-        return None
-    try:
-        info = await bus.api(f"$JS.API.CONSUMER.INFO.{STREAM_EVT}.{CONSUMER}")
-        seq = int(info.get("ack_floor", {}).get("stream_seq") or 0)
-        if not seq:
-            return None  # a new consumer: it starts with the first event it gets
-        found = await bus.api(f"$JS.API.STREAM.MSG.GET.{STREAM_EVT}", {"seq": seq})
-        return decode_event(base64.b64decode(found["message"]["data"])).position
-    except (BusError, EnvelopeError, KeyError, ValueError) as exc:
-        # Not found (a new durable, a deleted message) or not an event: no floor to start from.
-        logger.info("trigger consumer: no acknowledged position to resume from: %s", exc)
-        return None
+def _first_position(engine: TriggerEngine) -> int:
+    """Where the triggers' tail starts: a trigger fires only for events after its registration,
+    so nothing before the earliest registration can start anything (starts are idempotent, so
+    reading an event again after a restart starts nothing twice)."""
+    triggers = engine.triggers()
+    return min(t.position for t in triggers) + 1 if triggers else 1
 
 
 TRIGGER_ENGINE = web.AppKey("nexus.workflow.triggers", TriggerEngine)
@@ -816,21 +764,16 @@ def install(service: Service, ctx: WorkflowContext, *, bundled: Path | None = No
         await engine.refresh()
         if bundled is not None:
             await engine.load_directory(bundled)
-        consumer = None
-        task = None
-        if ctx.bus is not None:
-            spec = ConsumerSpec(name=CONSUMER, stream=STREAM_EVT, filter_subjects=("nexus.evt.>",))
-            guard = _PositionGuard(engine, await _acknowledged_position(ctx.bus))
-            consumer = await ctx.bus.consume(spec, guard.handle)
-        else:
-            task = asyncio.create_task(_follow_log(engine), name="workflow-triggers")
+        # Every replica follows the log (exact and ordered, with or without NATS); the event id
+        # as idempotency key and the trigger's fired stream make each start happen once.
+        task = asyncio.create_task(
+            tail(ctx.log, lambda event: _offer(engine, event), start=lambda: _first_position(engine), name="triggers"),
+            name="workflow-triggers",
+        )
         yield
-        if consumer is not None:
-            await consumer.stop()
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     app.cleanup_ctx.append(run)
 

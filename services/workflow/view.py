@@ -21,6 +21,7 @@ from typing import Any
 from nexus.atlas import Atlas
 from nexus.eventlog import EventLog
 from nexus.proto import CloudEvent
+from nexus.replay import tail
 from nexus.services.workflow.context import FINAL_STATUSES, TransitionCallback
 from nexus.services.workflow.handlers import ExecutionState, apply, fold, parse_time, stream_id, with_changes
 
@@ -95,15 +96,8 @@ class ExecutionView:
             self._tail = None
 
     async def _follow(self) -> None:
-        while True:
-            try:
-                async for event in self.log.subscribe(self.position + 1):
-                    self.observe(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("following the log failed; resuming in 1 s")
-                await asyncio.sleep(1)
+        # After a failure the tail resumes after what this view has folded (its own appends included).
+        await tail(self.log, self.observe, start=lambda: self.position + 1, name="workflow view")
 
     def add_listener(self, listener: Callable[[CloudEvent], None]) -> None:
         """Call ``listener(event)`` for every event of the log this view sees (registrations, ...)."""

@@ -11,7 +11,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from nexus.bus import Bus, ConsumerSpec, Delivery, PoisonMessageError, RetryableError
+from nexus.bus import (
+    Bus,
+    BusArgumentError,
+    BusError,
+    BusUnavailableError,
+    ConsumerSpec,
+    Delivery,
+    OutboundMessage,
+    PoisonMessageError,
+    RetryableError,
+)
 from nexus.bus.events import EventConsumer, MemoryCheckpointStore
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.ingest import CommandRejected, CommandRouter, send_command
@@ -29,7 +39,7 @@ async def take(queue: asyncio.Queue[Delivery], count: int) -> list[Delivery]:
 
 
 class BusContract:
-    """Subclasses provide the ``bus`` fixture (a fresh bus, streams ensured) and ``delete_message``."""
+    """Subclasses provide the ``bus`` fixture (a fresh bus, streams ensured)."""
 
     tracer_provider: TracerProvider | None = None
 
@@ -37,9 +47,6 @@ class BusContract:
     async def bus(self) -> AsyncIterator[Bus]:
         raise NotImplementedError
         yield  # pragma: no cover
-
-    async def delete_message(self, bus: Bus, stream: str, seq: int) -> None:
-        raise NotImplementedError
 
     async def collect(self, bus: Bus, consumer: ConsumerSpec) -> asyncio.Queue[Delivery]:
         queue: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -262,7 +269,7 @@ class BusContract:
         await asyncio.wait_for(holding.wait(), WAIT)
         acks = await bus.publish_events(stored[2:])
         # Version 3 disappears from the stream (a lost tail, a deleted message).
-        await self.delete_message(bus, STREAM_EVT, acks[0].seq)
+        assert await bus.delete_message(STREAM_EVT, acks[0].seq)
         # Versions 1 and 2 arrive again (a relay that re-published them after a restart).
         await bus.publish("nexus.evt.test.thing.changed", bus_payload(stored[0]), msg_id="republished-1")
         gate.set()
@@ -295,6 +302,111 @@ class BusContract:
         assert publish.parent is not None and publish.parent.span_id == operation.get_span_context().span_id
         assert consume.parent is not None and consume.parent.span_id == publish.context.span_id
         assert consume.context.trace_id == operation.get_span_context().trace_id
+
+    @pytest.mark.parametrize("subject", ["", "nexus.evt.a b.c", "nexus.evt.a\r\nPUB x 1", "nexus.evt.\ttab"])
+    async def test_a_bad_subject_is_an_argument_error(self, bus: Bus, subject: str) -> None:
+        for call in (
+            bus.publish(subject, b"x"),
+            bus.publish_many([OutboundMessage("nexus.evt.test.thing.ok", b"x"), OutboundMessage(subject, b"x")]),
+            bus.request(subject, b"x", timeout=1),
+        ):
+            with pytest.raises(BusArgumentError, match="invalid subject") as raised:
+                await call
+            assert not isinstance(raised.value, BusUnavailableError)
+        # Nothing of a batch with a bad subject in it was stored.
+        assert (await bus.stream_state(STREAM_EVT)).messages == 0
+
+    @pytest.mark.parametrize("name", ["Bad Name", "a:b", "é"])
+    async def test_a_bad_header_name_is_an_argument_error(self, bus: Bus, name: str) -> None:
+        with pytest.raises(BusArgumentError, match="invalid header name"):
+            await bus.publish("nexus.evt.test.thing.x", b"x", headers={name: "v"})
+        assert (await bus.stream_state(STREAM_EVT)).messages == 0
+
+    async def test_header_values_travel_on_one_line_and_blank_names_are_dropped(self, bus: Bus) -> None:
+        queue = await self.collect(bus, spec("headers"))
+        await bus.publish(
+            "nexus.evt.test.thing.h", b"x", headers={"X-Reason": " two\r\nlines ", " ": "dropped", " X-Pad ": "k"}
+        )
+        (delivery,) = await take(queue, 1)
+        assert delivery.headers["X-Reason"] == "two  lines"
+        assert delivery.headers["X-Pad"] == "k"
+        assert " " not in delivery.headers and "" not in delivery.headers
+
+    async def test_a_message_larger_than_max_payload_is_refused(self, bus: Bus) -> None:
+        with pytest.raises(BusError, match=f"NATS allows {bus.max_payload}"):
+            await bus.publish("nexus.evt.test.thing.big", b"x" * (bus.max_payload + 1))
+
+    async def test_messages_are_looked_up_by_sequence_and_subject_and_deleted(self, bus: Bus) -> None:
+        for n in range(1, 5):
+            await bus.publish(f"nexus.dlq.c{n % 2}", str(n).encode(), headers={"X-N": str(n)})
+        state = await bus.stream_state(STREAM_DLQ)
+        assert (state.name, state.messages, state.first_seq, state.last_seq) == (STREAM_DLQ, 4, 1, 4)
+        assert state.subjects == ("nexus.dlq.>",)
+        second = await bus.get_message(STREAM_DLQ, 2)
+        assert second is not None
+        assert (second.stream, second.seq, second.subject, second.data) == (STREAM_DLQ, 2, "nexus.dlq.c0", b"2")
+        assert second.headers["X-N"] == "2"
+        assert await bus.get_message(STREAM_DLQ, 99) is None
+        found = await bus.next_message(STREAM_DLQ, 2, "nexus.dlq.c1")
+        assert found is not None and found.seq == 3
+        assert await bus.next_message(STREAM_DLQ, 4, "nexus.dlq.c1") is None
+        everything = await bus.next_message(STREAM_DLQ, 1, "nexus.dlq.>")
+        assert everything is not None and everything.seq == 1
+        last = await bus.last_message(STREAM_DLQ, "nexus.dlq.c0")
+        assert last is not None and last.seq == 4
+        assert await bus.last_message(STREAM_DLQ, "nexus.dlq.nobody") is None
+        assert await bus.delete_message(STREAM_DLQ, 3)
+        assert not await bus.delete_message(STREAM_DLQ, 3)
+        assert await bus.get_message(STREAM_DLQ, 3) is None
+        assert (await bus.stream_state(STREAM_DLQ)).messages == 3
+        assert STREAM_DLQ in {s.name for s in await bus.streams()}
+        with pytest.raises(BusError):
+            await bus.stream_state("NO_SUCH_STREAM")
+
+    async def test_consumer_state_reports_progress(self, bus: Bus) -> None:
+        assert await bus.consumer_state(STREAM_EVT, "progress") is None
+        queue = await self.collect(bus, spec("progress", "nexus.evt.test.>"))
+        for n in range(3):
+            await bus.publish("nexus.evt.test.thing.p", str(n).encode())
+        await take(queue, 3)
+        for _ in range(200):
+            state = await bus.consumer_state(STREAM_EVT, "progress")
+            assert state is not None
+            if state.ack_floor == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert (state.name, state.stream, state.filter_subjects) == ("progress", STREAM_EVT, ("nexus.evt.test.>",))
+        assert (state.ack_floor, state.num_pending, state.num_ack_pending) == (3, 0, 0)
+        assert [c.name for c in await bus.consumers(STREAM_EVT)] == ["progress"]
+
+    async def test_key_value_create_update_and_purge(self, bus: Bus) -> None:
+        kv = await bus.key_value("nexus_test_kv")
+        assert await kv.get("k") is None
+        first = await kv.create("k", b"one")
+        assert first is not None
+        assert await kv.create("k", b"again") is None
+        entry = await kv.get("k")
+        assert entry is not None and (entry.key, entry.value, entry.revision) == ("k", b"one", first)
+        second = await kv.update("k", b"two", last=first)
+        assert second is not None and second > first
+        assert await kv.update("k", b"stale", last=first) is None
+        third = await kv.put("k", b"three")
+        assert third > second
+        await kv.purge("k")
+        assert await kv.get("k") is None
+        assert await kv.update("k", b"gone", last=third) is None
+        assert await kv.create("k", b"fresh") is not None
+        # The same bucket again: its entries are still there.
+        again = await (await bus.key_value("nexus_test_kv")).get("k")
+        assert again is not None and again.value == b"fresh"
+
+    async def test_key_value_entries_expire_after_the_ttl(self, bus: Bus) -> None:
+        kv = await bus.key_value("nexus_test_lease", ttl=1.0)
+        assert await kv.create("leader", b"a") is not None
+        assert await kv.create("leader", b"b") is None
+        await asyncio.sleep(1.6)
+        assert await kv.get("leader") is None
+        assert await kv.create("leader", b"b") is not None
 
 
 def bus_payload(event: CloudEvent) -> bytes:

@@ -28,10 +28,6 @@ class TestJetStreamBus(BusContract):
         yield bus
         await bus.close()
 
-    async def delete_message(self, bus: Bus, stream: str, seq: int) -> None:
-        assert isinstance(bus, JetStreamBus)
-        assert await bus.js.delete_msg(stream, seq)
-
 
 async def test_ensure_streams_is_idempotent_and_repairs_settings(nats_server: str) -> None:
     bus = await JetStreamBus.connect(nats_server, ensure_streams=False)

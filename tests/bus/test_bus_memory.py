@@ -20,7 +20,3 @@ class TestMemoryBus(BusContract):
         await bus.ensure_streams()
         yield bus
         await bus.close()
-
-    async def delete_message(self, bus: Bus, stream: str, seq: int) -> None:
-        assert isinstance(bus, MemoryBus)
-        bus.delete_msg(stream, seq)

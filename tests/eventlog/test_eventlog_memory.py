@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eventlog_contract import EventLogContract
-
 from nexus.eventlog import EventLog, open_event_log
 from nexus.eventlog.memory import MemoryEventLog
+from nexus.testing import EventLogContract
 
 
 class TestMemoryEventLog(EventLogContract):

@@ -18,10 +18,10 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from eventlog_contract import EventLogContract, ev, take
 
 from nexus.eventlog import EventLog, EventLogUnavailableError, open_event_log
 from nexus.eventlog.mongo import MongoEventLog
+from nexus.testing import EventLogContract, ev, take
 
 pytestmark = pytest.mark.mongo
 

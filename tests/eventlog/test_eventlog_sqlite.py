@@ -10,7 +10,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from eventlog_contract import EventLogContract, ev, evs
 
 from nexus.eventlog import (
     GENESIS_HASH,
@@ -24,6 +23,7 @@ from nexus.eventlog import (
     open_event_log,
 )
 from nexus.eventlog.sqlite import _REPLAY_PAGE, SCHEMA_VERSION, SqliteEventLog
+from nexus.testing import EventLogContract, ev, evs
 
 
 def url_for(tmp_path: Path, query: str = "") -> str:

@@ -65,7 +65,7 @@ class Recorder:
 
 
 async def stream_count(bus: JetStreamBus) -> int:
-    return (await bus.js.stream_info(STREAM_EVT)).state.messages
+    return (await bus.stream_state(STREAM_EVT)).messages
 
 
 async def test_relay_publishes_every_event_once_and_checkpoints(bus: JetStreamBus, memory_log: MemoryEventLog) -> None:
@@ -83,8 +83,9 @@ async def test_relay_publishes_every_event_once_and_checkpoints(bus: JetStreamBu
     await relay.stop()
     assert sorted(e.position or 0 for e in recorder.applied) == list(range(1, 76))
     assert await stream_count(bus) == 75
-    kv = await bus.js.key_value(RELAY_BUCKET)
-    assert (await kv.get("checkpoint")).value == b"75"
+    kv = await bus.key_value(RELAY_BUCKET)
+    entry = await kv.get("checkpoint")
+    assert entry is not None and entry.value == b"75"
 
 
 async def test_relay_republishes_a_tail_jetstream_lost(bus: JetStreamBus, memory_log: MemoryEventLog) -> None:
@@ -92,22 +93,22 @@ async def test_relay_republishes_a_tail_jetstream_lost(bus: JetStreamBus, memory
     events = await memory_log.read_all(1)
     # JetStream kept events 1-7 but lost 8-10 (not yet fsynced), though the checkpoint says 10.
     await bus.publish_events(events[:7])
-    kv = await bus.js.create_key_value(bucket=RELAY_BUCKET)
+    kv = await bus.key_value(RELAY_BUCKET)
     await kv.put("checkpoint", b"10")
     relay = Relay(memory_log, bus, lease=False)
     await relay.start()
     await asyncio.wait_for(relay.wait_relayed(head), WAIT)
     await relay.stop()
     assert await stream_count(bus) == 10
-    last = await bus.js.get_msg(STREAM_EVT, 10)
-    assert last.headers is not None and last.headers["Nexus-Position"] == "10"
+    last = await bus.get_message(STREAM_EVT, 10)
+    assert last is not None and last.headers["Nexus-Position"] == "10"
 
 
 async def test_relay_without_relayed_events_in_the_stream_resumes_from_its_checkpoint(
     bus: JetStreamBus, memory_log: MemoryEventLog
 ) -> None:
     await append_events(memory_log, 10)
-    kv = await bus.js.create_key_value(bucket=RELAY_BUCKET)
+    kv = await bus.key_value(RELAY_BUCKET)
     await kv.put("checkpoint", b"6")
     relay = Relay(memory_log, bus, lease=False)
     await relay.start()
@@ -149,8 +150,9 @@ async def test_batches_in_flight_settle_in_order_and_a_failed_one_is_published_a
     # It resumed after the last contiguous acknowledged event, not after what the stream holds.
     assert any(batch[0] == refused[0] for batch in sent[3:])
     assert await stream_count(bus) == 100
-    kv = await bus.js.key_value(RELAY_BUCKET)
-    assert (await kv.get("checkpoint")).value == b"100"
+    kv = await bus.key_value(RELAY_BUCKET)
+    entry = await kv.get("checkpoint")
+    assert entry is not None and entry.value == b"100"
 
 
 def start_relay_process(nats_url: str, log_url: str, data_dir: Path) -> asyncio.Future[asyncio.subprocess.Process]:

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Sequence
 
 import msgspec
 import pytest
-from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
 from nexus.bus import BusError
@@ -47,14 +46,12 @@ async def append(log: MemoryEventLog, *events: CloudEvent) -> int:
 
 async def relayed_positions(bus: JetStreamBus) -> list[int]:
     """The Nexus-Position of every message on NEXUS_EVT, in stream order."""
-    info = await bus.js.stream_info(STREAM_EVT)
+    state = await bus.stream_state(STREAM_EVT)
     out = []
-    for seq in range(max(info.state.first_seq, 1), info.state.last_seq + 1):
-        try:
-            msg = await bus.js.get_msg(STREAM_EVT, seq)
-        except NotFoundError:
-            continue
-        out.append(int((msg.headers or {}).get("Nexus-Position", "-1")))
+    for seq in range(max(state.first_seq, 1), state.last_seq + 1):
+        msg = await bus.get_message(STREAM_EVT, seq)
+        if msg is not None:
+            out.append(int(msg.headers.get("Nexus-Position", "-1")))
     return out
 
 
@@ -90,12 +87,13 @@ async def test_an_event_nats_cannot_carry_is_dead_lettered_and_the_relay_goes_on
         await wait_until_relayed(bus, {7, 8})
     finally:
         await relay.stop()
-    kv = await bus.js.key_value(RELAY_BUCKET)
-    assert (await kv.get("checkpoint")).value == str(head).encode()
+    kv = await bus.key_value(RELAY_BUCKET)
+    entry = await kv.get("checkpoint")
+    assert entry is not None and entry.value == str(head).encode()
     # A placeholder per undeliverable event on nexus.dlq.relay, naming it and why.
     letters = [message async for message in dead_letters(bus, "relay")]
     assert len(letters) == 2
-    large, subject = (message.headers or {} for message in letters)
+    large, subject = (message.headers for message in letters)
     assert large["Nexus-Error"] == "EventTooLarge"
     assert (large["Nexus-Event-Id"], large["Nexus-Event-Position"], large["Nexus-Event-Stream"]) == (
         big.id,
@@ -166,7 +164,7 @@ async def run_relay_until_relayed(log: MemoryEventLog, bus: JetStreamBus, head: 
 async def test_a_checkpoint_beyond_the_log_is_not_believed(bus: JetStreamBus) -> None:
     log = MemoryEventLog()
     head = await append(log, *(thing(n) for n in range(5)))
-    kv = await bus.js.create_key_value(bucket=RELAY_BUCKET)
+    kv = await bus.key_value(RELAY_BUCKET)
     await kv.put("checkpoint", b"999999")
     relay = Relay(log, bus, lease=False)
     try:

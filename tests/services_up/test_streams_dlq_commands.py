@@ -58,11 +58,11 @@ async def test_dead_letters_are_listed_and_redriven_to_their_original_subject(em
 
         count, problems = await redrive(bus, "kam-costs")
         assert (count, problems) == (1, [])
-        remaining = [m.headers["Nexus-Consumer"] async for m in dead_letters(bus)]  # type: ignore[index]
+        remaining = [m.headers["Nexus-Consumer"] async for m in dead_letters(bus)]
         assert remaining == ["studio-deltas"]
-        redriven = await bus.js.get_last_msg(STREAM_EVT, "nexus.evt.kam.cost.recorded")
-        assert redriven.data == b'{"n": 1}'
-        assert redriven.headers is not None and "Nexus-Error" not in redriven.headers
+        redriven = await bus.last_message(STREAM_EVT, "nexus.evt.kam.cost.recorded")
+        assert redriven is not None and redriven.data == b'{"n": 1}'
+        assert "Nexus-Error" not in redriven.headers
         assert redriven.headers["traceparent"].startswith("00-4bf92f35")
     finally:
         await bus.close()

@@ -12,40 +12,59 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from nexus.bus._dispatch import DEAD_LETTER_HEADERS
 from nexus.bus._port import (
     Bus,
+    BusArgumentError,
     BusError,
     BusTimeoutError,
     BusUnavailableError,
     Consumer,
     ConsumerSpec,
+    ConsumerState,
     Delivery,
     Handler,
+    KeyValueBucket,
+    KeyValueEntry,
     OutboundMessage,
+    PendingAcks,
     PoisonMessageError,
     PublishAck,
     RetryableError,
+    StoredMessage,
     StreamConfigError,
+    StreamState,
 )
+from nexus.bus._streams import NEXUS_STREAMS, StreamSpec
 
 if TYPE_CHECKING:
     from nexus.bus.jetstream import JetStreamBus
     from nexus.config import PlatformSettings
 
 __all__ = [
+    "DEAD_LETTER_HEADERS",
+    "NEXUS_STREAMS",
     "Bus",
+    "BusArgumentError",
     "BusError",
     "BusTimeoutError",
     "BusUnavailableError",
     "Consumer",
     "ConsumerSpec",
+    "ConsumerState",
     "Delivery",
     "Handler",
+    "KeyValueBucket",
+    "KeyValueEntry",
     "OutboundMessage",
+    "PendingAcks",
     "PoisonMessageError",
     "PublishAck",
     "RetryableError",
+    "StoredMessage",
     "StreamConfigError",
+    "StreamSpec",
+    "StreamState",
     "nats_credentials",
     "open_bus",
 ]

@@ -222,7 +222,7 @@ def dead_letter_headers(spec: ConsumerSpec, delivery: Delivery, stream: str, out
 TRUNCATED_HEADER = "Nexus-Payload-Truncated"
 """On a dead letter whose payload was cut to fit the server's max payload: the original size in bytes."""
 
-_DEAD_LETTER_KEYS = (
+DEAD_LETTER_HEADERS: tuple[str, ...] = (
     MSG_ID_HEADER,
     "Nexus-Error",
     "Nexus-Error-Reason",
@@ -233,6 +233,8 @@ _DEAD_LETTER_KEYS = (
     "Nexus-Original-Seq",
     "Nexus-Original-Msg-Id",
 )
+"""The headers the bus adds when it dead-letters a message (``dead_letter_headers``): kept first
+when a dead letter must be cut to fit, and left out when ``nexus dlq redrive`` republishes it."""
 # Room kept free for the trace context the publish may add, and the block's own framing.
 _HEADER_SLACK = 128
 
@@ -255,7 +257,7 @@ def fit_dead_letter(
     room = max_payload - _HEADER_SLACK
     if block_size(headers) + len(data) <= room:
         return headers, data
-    kept = {key: headers[key] for key in _DEAD_LETTER_KEYS if key in headers}
+    kept = {key: headers[key] for key in DEAD_LETTER_HEADERS if key in headers}
     if block_size(kept) + len(data) <= room:
         return kept, data
     reason = kept.get("Nexus-Error-Reason", "")

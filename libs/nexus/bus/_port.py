@@ -27,6 +27,12 @@ class StreamConfigError(BusError):
     """A Nexus stream exists with settings that cannot be updated in place; the message says what to do."""
 
 
+class BusArgumentError(BusError, ValueError):
+    """The caller passed what the bus refuses: an empty subject or one with whitespace, a header
+    name that is not an HTTP token. Raised before anything is sent, identically by every adapter;
+    retrying the same call can never succeed."""
+
+
 class RetryableError(Exception):
     """Raised by a handler: the message could not be processed now; redeliver it later (nak with back-off)."""
 
@@ -65,6 +71,104 @@ class Delivery(msgspec.Struct, frozen=True):
     stream_seq: int = 0
     reply: str | None = None
     """Where to send a result, for request/reply commands."""
+
+
+class StoredMessage(msgspec.Struct, frozen=True):
+    """A message as a stream holds it (looked up by sequence or subject, not delivered)."""
+
+    stream: str
+    seq: int
+    subject: str
+    data: bytes
+    headers: Mapping[str, str]
+
+
+class StreamState(msgspec.Struct, frozen=True):
+    """A stream's configuration and what it holds now."""
+
+    name: str
+    subjects: tuple[str, ...]
+    messages: int
+    bytes: int
+    first_seq: int
+    last_seq: int
+    consumer_count: int
+
+
+class ConsumerState(msgspec.Struct, frozen=True):
+    """A durable consumer's progress, as the server reports it."""
+
+    stream: str
+    name: str
+    filter_subjects: tuple[str, ...]
+    num_pending: int
+    """Messages of the stream not yet delivered to it."""
+    num_ack_pending: int
+    """Messages delivered and not yet acknowledged."""
+    num_redelivered: int
+    ack_floor: int
+    """Stream sequence up to which every message is acknowledged (0: none yet)."""
+
+
+class KeyValueEntry(msgspec.Struct, frozen=True):
+    key: str
+    value: bytes
+    revision: int
+
+
+class KeyValueBucket(abc.ABC):
+    """A key-value bucket (one value per key, revisions for compare-and-set, optional TTL)."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> KeyValueEntry | None:
+        """The key's current entry, or None when it has none (never set, purged or expired)."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, value: bytes) -> int:
+        """Set the value whatever it was; returns the new revision."""
+
+    @abc.abstractmethod
+    async def create(self, key: str, value: bytes) -> int | None:
+        """Set the value only if the key has none; returns the revision, or None when it has one."""
+
+    @abc.abstractmethod
+    async def update(self, key: str, value: bytes, *, last: int) -> int | None:
+        """Set the value only if its revision is still ``last``; returns the new one, or None."""
+
+    @abc.abstractmethod
+    async def purge(self, key: str) -> None:
+        """Remove the key's value."""
+
+
+class PendingAcks(abc.ABC):
+    """The acks of messages already sent (``Bus.send_events``), not yet awaited."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def discard(self) -> None:
+        """Stop waiting for these acks (the caller gave up on them, e.g. it lost its lease)."""
+
+    @abc.abstractmethod
+    async def acks(self) -> list[PublishAck]:
+        """Wait for the acks, in order; raises as ``publish_events`` would."""
+
+
+class _SettledAcks(PendingAcks):
+    """Acks already at hand (an adapter that publishes synchronously)."""
+
+    def __init__(self, acks: list[PublishAck]) -> None:
+        self._acks = acks
+
+    def __len__(self) -> int:
+        return len(self._acks)
+
+    def discard(self) -> None:
+        self._acks = []
+
+    async def acks(self) -> list[PublishAck]:
+        return self._acks
 
 
 Handler = Callable[[Delivery], Awaitable[bytes | None]]
@@ -129,6 +233,19 @@ class Bus(abc.ABC):
         """``publish_event`` for several events, pipelined where the adapter can; acks in order."""
         return [await self.publish_event(event) for event in events]
 
+    async def send_events(self, events: Sequence[CloudEvent]) -> PendingAcks:
+        """Publish ``events`` now and return their pending acks, for callers that pipeline batches.
+
+        The relay sends batch k+1 while the acks of batch k are on their way; ``acks()`` on the
+        result waits for them (in order) and raises as ``publish_events`` would.
+        """
+        return _SettledAcks(await self.publish_events(events))
+
+    @property
+    @abc.abstractmethod
+    def max_payload(self) -> int:
+        """The largest message (headers and payload) the server accepts, in bytes."""
+
     @abc.abstractmethod
     async def request(
         self,
@@ -154,6 +271,44 @@ class Bus(abc.ABC):
                 persist their state there, so one write covers a batch and a crash before it
                 means the batch is delivered again rather than lost.
         """
+
+    # -- looking into streams (the relay, the DLQ and streams commands, resumption) ------------
+
+    @abc.abstractmethod
+    async def stream_state(self, stream: str) -> StreamState:
+        """One stream's state; BusError when it does not exist."""
+
+    @abc.abstractmethod
+    async def streams(self) -> list[StreamState]:
+        """Every stream's state."""
+
+    @abc.abstractmethod
+    async def consumers(self, stream: str) -> list[ConsumerState]:
+        """The durable consumers of ``stream``."""
+
+    @abc.abstractmethod
+    async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:
+        """One durable consumer's state, or None when it does not exist."""
+
+    @abc.abstractmethod
+    async def get_message(self, stream: str, seq: int) -> StoredMessage | None:
+        """The message at ``seq``, or None (never stored, deleted, or beyond the end)."""
+
+    @abc.abstractmethod
+    async def next_message(self, stream: str, seq: int, subject: str) -> StoredMessage | None:
+        """The first message at ``seq`` or after on a subject matching ``subject``, or None."""
+
+    @abc.abstractmethod
+    async def last_message(self, stream: str, subject: str) -> StoredMessage | None:
+        """The last message on ``subject`` (a subject, not a wildcard), or None."""
+
+    @abc.abstractmethod
+    async def delete_message(self, stream: str, seq: int) -> bool:
+        """Remove one message; False when there was none at ``seq``."""
+
+    @abc.abstractmethod
+    async def key_value(self, bucket: str, *, ttl: float | None = None) -> KeyValueBucket:
+        """The bucket, created (one value per key, entries expiring after ``ttl`` s) if missing."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

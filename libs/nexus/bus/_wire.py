@@ -25,8 +25,7 @@ them is refused with a clear error rather than misbehaving.
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats import errors as nats_errors
@@ -47,71 +46,10 @@ _REQUIRED = (
     "_max_payload",
     "_flush_queue",
 )
-_SUBJECT_INVALID = re.compile(r"[\s]")
-_HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
-HEADER_LINE = b"NATS/1.0\r\n"
 
 
 class WireError(Exception):
     """nats-py lacks an internal the bus relies on (an unsupported nats-py version)."""
-
-
-def check_subject(subject: str) -> None:
-    """Refuse an empty subject or one with whitespace (CR/LF would inject protocol commands)."""
-    if not subject or _SUBJECT_INVALID.search(subject):
-        raise nats_errors.BadSubjectError(f"invalid subject {subject!r}")
-
-
-def header_block(headers: Iterable[tuple[str, str]]) -> bytes:
-    """A NATS header block (``NATS/1.0`` line, ``Key: Value`` lines, blank line), validated.
-
-    Keys must be HTTP tokens; CR and LF in values become spaces (as nats-py does).
-    """
-    parts = ["NATS/1.0\r\n"]
-    for key, value in headers:
-        key = key.strip()
-        if not key:
-            continue
-        if not _HEADER_KEY.fullmatch(key):
-            raise nats_errors.BadHeaderError(f"invalid header name {key!r}")
-        parts.append(f"{key}: {value.strip().translate(_NEWLINES)}\r\n")
-    parts.append("\r\n")
-    return "".join(parts).encode()
-
-
-def clean_value(value: str) -> str:
-    """A header value safe to format into a block (CR and LF would end the header line)."""
-    if "\r" in value or "\n" in value:
-        return value.translate(_NEWLINES)
-    return value
-
-
-def parse_headers(raw: bytes | None) -> dict[str, str]:
-    """The header block of a received message as a dict (first line and blank lines skipped).
-
-    A status line (``NATS/1.0 404 No Messages``) becomes ``Status`` and ``Description``, as
-    nats-py reports it.
-    """
-    if not raw:
-        return {}
-    lines = raw.split(b"\r\n")
-    out: dict[str, str] = {}
-    first = lines[0]
-    if len(first) > 9:
-        status = first[9:].decode(errors="replace").strip()
-        code, _, description = status.partition(" ")
-        if code:
-            out["Status"] = code
-        if description:
-            out["Description"] = description.strip()
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(b":")
-        if sep:
-            out[name.strip().decode(errors="replace")] = value.strip().decode(errors="replace")
-    return out
 
 
 class Wire:
@@ -185,52 +123,6 @@ class Wire:
 async def _unreachable(msg: Any) -> None:
     """The callback nats-py holds for a wire subscription; the wire handler gets the messages."""
     logger.warning("unexpected message on %s", msg.subject)
-
-
-class LazyHeaders(Mapping[str, str]):
-    """A received header block, parsed only when a header is actually read.
-
-    Most deliveries are only asked whether a ``traceparent`` or a reply header is present; a
-    byte search of the raw block answers "absent" without building a dict.
-    """
-
-    __slots__ = ("_parsed", "_raw")
-
-    def __init__(self, raw: bytes | None) -> None:
-        self._raw = raw or b""
-        self._parsed: dict[str, str] | None = None
-
-    def _dict(self) -> dict[str, str]:
-        if self._parsed is None:
-            self._parsed = parse_headers(self._raw)
-        return self._parsed
-
-    def __contains__(self, key: object) -> bool:
-        if self._parsed is None and (not isinstance(key, str) or key.encode() not in self._raw):
-            return False
-        return key in self._dict()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        if self._parsed is None and key.encode() not in self._raw:
-            return default
-        return self._dict().get(key, default)
-
-    def __getitem__(self, key: str) -> str:
-        return self._dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._dict())
-
-    def __len__(self) -> int:
-        return len(self._dict())
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return self._dict() == dict(other.items())
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"LazyHeaders({self._dict()!r})"
 
 
 def _fast_parse(

@@ -19,7 +19,7 @@ import itertools
 import json
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,11 +29,28 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, NotFoundError
+from nats.js.api import (
+    ConsumerInfo,
+    KeyValueConfig,
+    RawStreamMsg,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from nats.js.kv import KeyValue
 from opentelemetry import trace
 
-from nexus.bus import _dispatch
+from nexus.bus import _dispatch, _port
 from nexus.bus._metrics import CONSUMER_LAG, CONSUMER_PROCESSED, PUBLISHED
 from nexus.bus._port import (
     Bus,
@@ -42,18 +59,33 @@ from nexus.bus._port import (
     BusUnavailableError,
     Consumer,
     ConsumerSpec,
+    ConsumerState,
     Delivery,
     Handler,
+    KeyValueBucket,
+    KeyValueEntry,
     OutboundMessage,
     PublishAck,
+    StoredMessage,
     StreamConfigError,
+    StreamState,
 )
-from nexus.bus._subjects import matches_any
-from nexus.bus._wire import LazyHeaders, Wire, WireError, check_subject, clean_value, header_block, parse_headers
+from nexus.bus._protocol import LazyHeaders, header_block, parse_headers
+from nexus.bus._streams import DUPLICATE_WINDOW_SECONDS, NEXUS_STREAMS, StreamSpec
+from nexus.bus._subjects import check_subject, clean_value, matches_any
+from nexus.bus._wire import Wire, WireError
 from nexus.obs import Backoff, RateLimitedLog
-from nexus.proto import STREAM_CMD, STREAM_DLQ, STREAM_EVT, STREAM_EXT, CloudEvent, encode_event, subject_for
+from nexus.proto import CloudEvent, encode_event, subject_for
 
-__all__ = ["NEXUS_STREAMS", "JetStreamAPIError", "JetStreamBus", "PendingAcks", "StreamSpec", "redact_url"]
+__all__ = [
+    "DUPLICATE_WINDOW_SECONDS",
+    "NEXUS_STREAMS",
+    "JetStreamAPIError",
+    "JetStreamBus",
+    "PendingAcks",
+    "StreamSpec",
+    "redact_url",
+]
 
 logger = logging.getLogger("nexus.bus")
 
@@ -65,6 +97,8 @@ _quiet = RateLimitedLog(logger, interval=QUIET_INTERVAL)
 # JetStream API error codes (``err_code`` of an API error response).
 ERR_CONSUMER_NOT_FOUND = 10014
 ERR_STREAM_NOT_FOUND = 10059
+ERR_MESSAGE_NOT_FOUND = 10037
+ERR_SEQUENCE_NOT_FOUND = 10043
 
 
 class JetStreamAPIError(BusError):
@@ -108,36 +142,71 @@ def redact_url(url: str) -> str:
     return ",".join(redacted)
 
 
-DUPLICATE_WINDOW_SECONDS = 120.0
-"""De-duplication window of every Nexus stream: a re-published event id within it is stored once."""
+def _stream_config(spec: StreamSpec) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        retention=RetentionPolicy(spec.retention),
+        storage=StorageType(spec.storage),
+        duplicate_window=spec.duplicate_window,
+    )
 
 
-class StreamSpec(msgspec.Struct, frozen=True):
-    """The settings Nexus requires of one of its streams."""
-
-    name: str
-    subjects: tuple[str, ...]
-    retention: str = "limits"
-    storage: str = "file"
-    duplicate_window: float = DUPLICATE_WINDOW_SECONDS
-
-    def config(self) -> StreamConfig:
-        return StreamConfig(
-            name=self.name,
-            subjects=list(self.subjects),
-            retention=RetentionPolicy(self.retention),
-            storage=StorageType(self.storage),
-            duplicate_window=self.duplicate_window,
-        )
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """nats-py's errors as the bus's: callers never see nats-py's exceptions."""
+    try:
+        yield
+    except ServiceUnavailableError as exc:
+        raise BusUnavailableError(f"{what}: JetStream is not available ({exc.description or 'no responders'})") from exc
+    except APIError as exc:
+        raise JetStreamAPIError(what, exc.code or 0, exc.err_code or 0, exc.description or type(exc).__name__) from exc
+    except (NatsError, TimeoutError) as exc:
+        raise BusUnavailableError(f"{what}: {_describe(exc)}") from exc
 
 
-NEXUS_STREAMS: tuple[StreamSpec, ...] = (
-    StreamSpec(STREAM_EVT, ("nexus.evt.>",)),
-    StreamSpec(STREAM_CMD, ("nexus.cmd.>",), retention="workqueue"),
-    StreamSpec(STREAM_EXT, ("nexus.ext.>",)),
-    StreamSpec(STREAM_DLQ, ("nexus.dlq.>",)),
-)
-"""The streams of ARCHITECTURE.md, "Subjects"."""
+def _stored(stream: str, raw: RawStreamMsg) -> StoredMessage:
+    headers = {str(key): str(value) for key, value in (raw.headers or {}).items()}
+    return StoredMessage(stream, raw.seq or 0, raw.subject or "", raw.data or b"", headers)
+
+
+class _Bucket(KeyValueBucket):
+    """A JetStream key-value bucket through nats-py's KeyValue."""
+
+    def __init__(self, kv: KeyValue, name: str) -> None:
+        self._kv = kv
+        self._name = name
+
+    async def get(self, key: str) -> KeyValueEntry | None:
+        with _translated(f"bucket {self._name}: get {key}"):
+            try:
+                entry = await self._kv.get(key)
+            except (KeyNotFoundError, KeyDeletedError):
+                return None
+        return KeyValueEntry(key, entry.value or b"", entry.revision or 0)
+
+    async def put(self, key: str, value: bytes) -> int:
+        with _translated(f"bucket {self._name}: put {key}"):
+            return await self._kv.put(key, value)
+
+    async def create(self, key: str, value: bytes) -> int | None:
+        with _translated(f"bucket {self._name}: create {key}"):
+            try:
+                return await self._kv.create(key, value)
+            except KeyWrongLastSequenceError:
+                return None
+
+    async def update(self, key: str, value: bytes, *, last: int) -> int | None:
+        with _translated(f"bucket {self._name}: update {key}"):
+            try:
+                return await self._kv.update(key, value, last=last)
+            except (KeyWrongLastSequenceError, KeyNotFoundError, KeyDeletedError):
+                return None
+
+    async def purge(self, key: str) -> None:
+        with _translated(f"bucket {self._name}: purge {key}"):
+            await self._kv.purge(key)
+
 
 _ACK = b"+ACK"
 _TERM = b"+TERM"
@@ -205,6 +274,7 @@ class _Pipeline:
         """Send (subject, header block, payload) messages; the batch's future gets the acks in order."""
         max_payload = self._wire.max_payload
         for subject, header, payload in items:
+            self._subject(subject)  # refused before anything of the batch is sent or awaited
             if len(header) + len(payload) > max_payload:
                 raise BusError(f"message on {subject} is {len(header) + len(payload)} bytes; NATS allows {max_payload}")
         batch = _Batch(len(items), asyncio.get_running_loop().create_future())
@@ -290,7 +360,7 @@ class _Pipeline:
                 batch.future.set_exception(error)
 
 
-class PendingAcks:
+class PendingAcks(_port.PendingAcks):
     """The acks of events sent by ``JetStreamBus.send_events``, not yet awaited."""
 
     def __init__(self, bus: JetStreamBus, batch: _Batch | None, spans: list[trace.Span]) -> None:
@@ -476,7 +546,7 @@ class JetStreamBus(Bus):
             raise BusUnavailableError(f"JetStream did not answer about stream {spec.name}: {exc!r}") from exc
         if info is None:
             try:
-                await self.js.add_stream(spec.config())
+                await self.js.add_stream(_stream_config(spec))
                 logger.info("created stream %s", spec.name)
                 return
             except APIError as exc:
@@ -693,6 +763,78 @@ class JetStreamBus(Bus):
             raise JetStreamAPIError(subject, code, err_code, str(error.get("description", error)))
         return response
 
+    # -- looking into streams --------------------------------------------------------------
+
+    @property
+    def max_payload(self) -> int:
+        return self._wire.max_payload
+
+    async def stream_state(self, stream: str) -> StreamState:
+        with _translated(f"stream {stream}"):
+            info = await self.js.stream_info(stream)
+        return _stream_state(info)
+
+    async def streams(self) -> list[StreamState]:
+        with _translated("streams"):
+            return [_stream_state(info) for info in await self.js.streams_info()]
+
+    async def consumers(self, stream: str) -> list[ConsumerState]:
+        with _translated(f"consumers of {stream}"):
+            return [_consumer_state(stream, info) for info in await self.js.consumers_info(stream)]
+
+    async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:
+        try:
+            with _translated(f"consumer {name} of {stream}"):
+                info = await self.js.consumer_info(stream, name)
+        except JetStreamAPIError as exc:
+            if exc.missing:
+                return None
+            raise
+        return _consumer_state(stream, info)
+
+    async def get_message(self, stream: str, seq: int) -> StoredMessage | None:
+        if seq < 1:
+            return None
+        return await self._get(stream, f"message {seq} of {stream}", seq=seq)
+
+    async def next_message(self, stream: str, seq: int, subject: str) -> StoredMessage | None:
+        check_subject(subject)
+        return await self._get(
+            stream, f"next message on {subject} of {stream}", seq=max(seq, 1), subject=subject, next=True
+        )
+
+    async def last_message(self, stream: str, subject: str) -> StoredMessage | None:
+        check_subject(subject)
+        return await self._get(stream, f"last message on {subject} of {stream}", subject=subject)
+
+    async def _get(self, stream: str, what: str, **lookup: Any) -> StoredMessage | None:
+        try:
+            with _translated(what):
+                raw = await self.js.get_msg(stream, **lookup)
+        except JetStreamAPIError as exc:
+            if exc.err_code == ERR_MESSAGE_NOT_FOUND:
+                return None
+            raise
+        return _stored(stream, raw)
+
+    async def delete_message(self, stream: str, seq: int) -> bool:
+        try:
+            with _translated(f"delete message {seq} of {stream}"):
+                return bool(await self.js.delete_msg(stream, seq))
+        except JetStreamAPIError as exc:
+            if exc.err_code in (ERR_MESSAGE_NOT_FOUND, ERR_SEQUENCE_NOT_FOUND):
+                return False
+            raise
+
+    async def key_value(self, bucket: str, *, ttl: float | None = None) -> KeyValueBucket:
+        with _translated(f"bucket {bucket}"):
+            try:
+                kv = await self.js.key_value(bucket)
+            except BucketNotFoundError:
+                config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, ttl=ttl)
+                kv = await self.js.create_key_value(config)
+        return _Bucket(kv, bucket)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def ping(self) -> None:
@@ -726,6 +868,32 @@ class JetStreamBus(Bus):
     def _check_open(self) -> None:
         if self._closed:
             raise BusUnavailableError("the bus is closed")
+
+
+def _stream_state(info: StreamInfo) -> StreamState:
+    return StreamState(
+        name=info.config.name or "",
+        subjects=tuple(info.config.subjects or ()),
+        messages=info.state.messages,
+        bytes=info.state.bytes,
+        first_seq=info.state.first_seq,
+        last_seq=info.state.last_seq,
+        consumer_count=info.state.consumer_count,
+    )
+
+
+def _consumer_state(stream: str, info: ConsumerInfo) -> ConsumerState:
+    config = info.config
+    filters = config.filter_subjects or ([config.filter_subject] if config.filter_subject else [])
+    return ConsumerState(
+        stream=stream,
+        name=info.name,
+        filter_subjects=tuple(filters),
+        num_pending=info.num_pending or 0,
+        num_ack_pending=info.num_ack_pending or 0,
+        num_redelivered=info.num_redelivered or 0,
+        ack_floor=(info.ack_floor.stream_seq if info.ack_floor is not None else 0) or 0,
+    )
 
 
 def _differences(spec: StreamSpec, current: StreamConfig) -> list[str]:

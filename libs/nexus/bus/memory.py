@@ -2,7 +2,8 @@
 
 Streams keep their messages with sequence numbers, de-duplicate by ``Nats-Msg-Id`` within a
 window, and NEXUS_CMD drops a message once it is acknowledged (work-queue retention).
-Durable consumers are shared by name: every replica started with the same name takes the
+Subjects and headers are checked, and messages measured against ``max_payload``, exactly as
+the JetStream adapter does. Durable consumers are shared by name: every replica started with the same name takes the
 next message not yet handed out, so replicas split the work as on JetStream. Handler
 outcomes (ack, retry with back-off, dead letter) are decided by the same code as JetStream's.
 """
@@ -28,13 +29,19 @@ from nexus.bus._port import (
     BusUnavailableError,
     Consumer,
     ConsumerSpec,
+    ConsumerState,
     Delivery,
     Handler,
+    KeyValueBucket,
+    KeyValueEntry,
     OutboundMessage,
     PublishAck,
+    StoredMessage,
+    StreamState,
 )
-from nexus.bus._subjects import matches_any
-from nexus.bus.jetstream import NEXUS_STREAMS, StreamSpec
+from nexus.bus._protocol import header_block
+from nexus.bus._streams import NEXUS_STREAMS, StreamSpec
+from nexus.bus._subjects import check_subject, clean_header_dict, matches_any, subject_matches
 from nexus.proto import CloudEvent, encode_event, subject_for
 
 __all__ = ["MemoryBus"]
@@ -71,7 +78,9 @@ class _Durable:
 class MemoryBus(Bus):
     """An in-process bus with the JetStream adapter's semantics (see the module docstring)."""
 
-    def __init__(self, *, tracer_provider: trace.TracerProvider | None = None) -> None:
+    def __init__(self, *, tracer_provider: trace.TracerProvider | None = None, max_payload: int = 1024 * 1024) -> None:
+        self._max_payload = max_payload
+        self._buckets: dict[str, _MemoryBucket] = {}
         self._streams: dict[str, _Stream] = {}
         self._durables: dict[tuple[str, str], _Durable] = {}
         self._consumers: list[_MemoryConsumer] = []
@@ -94,6 +103,15 @@ class MemoryBus(Bus):
             if matches_any(stream.spec.subjects, subject):
                 return stream
         raise BusError(f"no stream accepts subject {subject!r}: call ensure_streams() first")
+
+    def _checked(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> dict[str, str]:
+        """The headers as JetStream would carry them; refuses what JetStream's adapter refuses."""
+        check_subject(subject)
+        cleaned = clean_header_dict(headers)
+        size = (len(header_block(cleaned.items())) if cleaned else 0) + len(payload)
+        if size > self._max_payload:
+            raise BusError(f"message on {subject} is {size} bytes; NATS allows {self._max_payload}")
+        return cleaned
 
     def _store(self, subject: str, payload: bytes, headers: dict[str, str]) -> PublishAck:
         stream = self._stream_for(subject)
@@ -118,11 +136,14 @@ class MemoryBus(Bus):
 
     async def publish_many(self, messages: Sequence[OutboundMessage]) -> list[PublishAck]:
         self._check_open()
-        acks = []
+        checked = []
         for message in messages:
             headers = dict(message.headers) if message.headers else {}
             if message.msg_id:
                 headers[_dispatch.MSG_ID_HEADER] = message.msg_id
+            checked.append((message, self._checked(message.subject, message.payload, headers)))
+        acks = []
+        for message, headers in checked:
             span = _dispatch.publish_span(self._tracer, message.subject, None)
             _dispatch.inject(span, headers)
             try:
@@ -137,17 +158,21 @@ class MemoryBus(Bus):
 
     async def publish_events(self, events: Sequence[CloudEvent]) -> list[PublishAck]:
         self._check_open()
-        acks = []
+        checked = []
         for event in events:
             subject = subject_for(event)
             headers = {_dispatch.MSG_ID_HEADER: event.id}
             if event.position is not None:
                 headers["Nexus-Position"] = str(event.position)
+            payload = encode_event(event)
+            checked.append((event, subject, payload, self._checked(subject, payload, headers)))
+        acks = []
+        for event, subject, payload, headers in checked:
             parent = {"traceparent": event.traceparent} if event.traceparent else None
             span = _dispatch.publish_span(self._tracer, subject, parent)
             _dispatch.inject(span, headers)
             try:
-                acks.append(self._store(subject, encode_event(event), headers))
+                acks.append(self._store(subject, payload, headers))
             finally:
                 span.end()
         return acks
@@ -193,13 +218,95 @@ class MemoryBus(Bus):
         self._consumers.append(consumer)
         return consumer
 
-    def delete_msg(self, stream: str, seq: int) -> None:
-        """Remove one message, as ``js.delete_msg`` does (tests of gap filling use it)."""
-        self._streams[stream].messages.pop(seq, None)
+    # -- looking into streams --------------------------------------------------------------
 
-    def messages(self, stream: str) -> list[tuple[str, bytes, dict[str, str]]]:
-        """(subject, payload, headers) of every message a stream holds, in order."""
-        return [(m.subject, m.data, dict(m.headers)) for m in self._streams[stream].messages.values()]
+    @property
+    def max_payload(self) -> int:
+        return self._max_payload
+
+    def _stream(self, name: str) -> _Stream:
+        stream = self._streams.get(name)
+        if stream is None:
+            raise BusError(f"stream {name}: stream not found")
+        return stream
+
+    async def stream_state(self, stream: str) -> StreamState:
+        return self._state(self._stream(stream))
+
+    def _state(self, stream: _Stream) -> StreamState:
+        seqs = stream.messages.keys()
+        return StreamState(
+            name=stream.spec.name,
+            subjects=stream.spec.subjects,
+            messages=len(stream.messages),
+            bytes=sum(len(m.data) for m in stream.messages.values()),
+            first_seq=min(seqs) if seqs else stream.last_seq + 1,
+            last_seq=stream.last_seq,
+            consumer_count=sum(1 for (name, _) in self._durables if name == stream.spec.name),
+        )
+
+    async def streams(self) -> list[StreamState]:
+        return [self._state(stream) for stream in self._streams.values()]
+
+    async def consumers(self, stream: str) -> list[ConsumerState]:
+        self._stream(stream)
+        return [self._consumer_state(d) for (name, _), d in self._durables.items() if name == stream]
+
+    async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:
+        durable = self._durables.get((stream, name))
+        return None if durable is None else self._consumer_state(durable)
+
+    @staticmethod
+    def _consumer_state(durable: _Durable) -> ConsumerState:
+        spec = durable.spec
+        stream = durable.stream
+        waiting = [
+            seq
+            for seq, m in stream.messages.items()
+            if seq >= durable.cursor and matches_any(spec.filter_subjects, m.subject)
+        ]
+        unsettled = [*durable.pending, *(seq for _, seq in durable.redeliver)]
+        return ConsumerState(
+            stream=spec.stream,
+            name=spec.name,
+            filter_subjects=spec.filter_subjects,
+            num_pending=len(waiting),
+            num_ack_pending=len(durable.pending),
+            num_redelivered=sum(1 for count in durable.deliveries.values() if count > 1),
+            ack_floor=min([*unsettled, durable.cursor]) - 1,
+        )
+
+    async def get_message(self, stream: str, seq: int) -> StoredMessage | None:
+        stored = self._stream(stream).messages.get(seq)
+        return None if stored is None else self._message(stream, stored)
+
+    async def next_message(self, stream: str, seq: int, subject: str) -> StoredMessage | None:
+        check_subject(subject)
+        for stored in self._stream(stream).messages.values():
+            if stored.seq >= seq and subject_matches(subject, stored.subject):
+                return self._message(stream, stored)
+        return None
+
+    async def last_message(self, stream: str, subject: str) -> StoredMessage | None:
+        check_subject(subject)
+        for stored in reversed(self._stream(stream).messages.values()):
+            if stored.subject == subject:
+                return self._message(stream, stored)
+        return None
+
+    @staticmethod
+    def _message(stream: str, stored: _Stored) -> StoredMessage:
+        return StoredMessage(stream, stored.seq, stored.subject, stored.data, dict(stored.headers))
+
+    async def delete_message(self, stream: str, seq: int) -> bool:
+        return self._stream(stream).messages.pop(seq, None) is not None
+
+    async def key_value(self, bucket: str, *, ttl: float | None = None) -> KeyValueBucket:
+        self._check_open()
+        found = self._buckets.get(bucket)
+        if found is None:
+            found = self._buckets[bucket] = _MemoryBucket(ttl)
+        return found
 
     async def ping(self) -> None:
         if self._closed:
@@ -250,6 +357,44 @@ class MemoryBus(Bus):
             if durable.stream.spec.retention == "workqueue":
                 durable.stream.messages.pop(seq, None)
         self._notify()
+
+
+class _MemoryBucket(KeyValueBucket):
+    """A key-value bucket: revisions count every write to the bucket; entries expire after ``ttl``."""
+
+    def __init__(self, ttl: float | None) -> None:
+        self._ttl = ttl
+        self._entries: dict[str, tuple[bytes, int, float]] = {}
+        self._revision = 0
+
+    def _current(self, key: str) -> tuple[bytes, int, float] | None:
+        entry = self._entries.get(key)
+        if entry is not None and self._ttl and time.monotonic() - entry[2] >= self._ttl:
+            del self._entries[key]
+            return None
+        return entry
+
+    def _write(self, key: str, value: bytes) -> int:
+        self._revision += 1
+        self._entries[key] = (bytes(value), self._revision, time.monotonic())
+        return self._revision
+
+    async def get(self, key: str) -> KeyValueEntry | None:
+        entry = self._current(key)
+        return None if entry is None else KeyValueEntry(key, entry[0], entry[1])
+
+    async def put(self, key: str, value: bytes) -> int:
+        return self._write(key, value)
+
+    async def create(self, key: str, value: bytes) -> int | None:
+        return None if self._current(key) is not None else self._write(key, value)
+
+    async def update(self, key: str, value: bytes, *, last: int) -> int | None:
+        entry = self._current(key)
+        return self._write(key, value) if entry is not None and entry[1] == last else None
+
+    async def purge(self, key: str) -> None:
+        self._entries.pop(key, None)
 
 
 class _MemoryConsumer(Consumer):
@@ -313,8 +458,13 @@ class _MemoryConsumer(Consumer):
         elif outcome.kind == "retry":
             self._bus._settle(self._durable, stored.seq, "retry", outcome.delay)
         else:
-            headers = _dispatch.dead_letter_headers(self.spec, delivery, self.spec.stream, outcome)
-            self._bus._store(_dispatch.dlq_subject_for(self.spec), stored.data, headers)
+            headers, data = _dispatch.fit_dead_letter(
+                _dispatch.dead_letter_headers(self.spec, delivery, self.spec.stream, outcome),
+                stored.data,
+                self._bus.max_payload,
+                lambda headers: len(header_block(headers.items())),
+            )
+            self._bus._store(_dispatch.dlq_subject_for(self.spec), data, headers)
             if delivery.reply:
                 error = {"accepted": False, "error": outcome.error, "reason": outcome.reason}
                 self._bus._reply(delivery.reply, json.dumps(error).encode())

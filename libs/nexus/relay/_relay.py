@@ -11,16 +11,11 @@ from collections import deque
 from collections.abc import Mapping
 
 import msgspec
-from nats.errors import Error as NatsError
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
-from nats.js.kv import KeyValue
 
+from nexus.bus import Bus, BusError, KeyValueBucket, PendingAcks
 from nexus.bus._dispatch import MSG_ID_HEADER, TRUNCATED_HEADER, header_value
 from nexus.bus._metrics import RELAY_DUPLICATES, RELAY_LAG, RELAY_LEADER, RELAY_POSITION, RELAY_PUBLISHED
-from nexus.bus._port import BusError
-from nexus.bus._wire import check_subject
-from nexus.bus.jetstream import JetStreamBus, PendingAcks
+from nexus.bus._subjects import check_subject
 from nexus.eventlog import EventLog, EventLogError
 from nexus.obs._metrics import RELAY_DEAD_LETTERED, RELAY_FAILURES, RELAY_FORGED_POSITIONS, RELAY_HEALTHY
 from nexus.proto import STREAM_EVT, CloudEvent, dlq_subject, encode_event, subject_for
@@ -64,15 +59,7 @@ class _Relayed(msgspec.Struct):
 _relayed_decoder = msgspec.json.Decoder(_Relayed)
 
 
-async def _bucket(bus: JetStreamBus, name: str, ttl: float | None = None) -> KeyValue:
-    try:
-        return await bus.js.key_value(name)
-    except BucketNotFoundError:
-        config = KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE, ttl=ttl)
-        return await bus.js.create_key_value(config)
-
-
-async def last_relayed_position(bus: JetStreamBus, log: EventLog | None = None) -> int:
+async def last_relayed_position(bus: Bus, log: EventLog | None = None) -> int:
     """The log position of the last relayed event NEXUS_EVT holds (0 when it holds none).
 
     With ``log``, a message counts only when it matches the log's event at its
@@ -82,23 +69,22 @@ async def last_relayed_position(bus: JetStreamBus, log: EventLog | None = None) 
     ``nexus_relay_forged_positions_total`` and logged, and the search goes on further back
     (at most 256 messages).
     """
-    info = await bus.js.stream_info(STREAM_EVT)
-    last, first = info.state.last_seq, info.state.first_seq
+    state = await bus.stream_state(STREAM_EVT)
+    last, first = state.last_seq, state.first_seq
     head = await log.head() if log is not None else 0
     for seq in range(last, max(first, last - _SCAN_BACK) - 1, -1):
         if seq <= 0:
             break
-        try:
-            msg = await bus.js.get_msg(STREAM_EVT, seq)
-        except NotFoundError:
+        msg = await bus.get_message(STREAM_EVT, seq)
+        if msg is None:
             continue  # deleted
-        headers = msg.headers or {}
+        headers = msg.headers
         claimed = headers.get("Nexus-Position")
         if not claimed or not claimed.isdigit():
             continue  # not from the relay
         if log is None:
             return int(claimed)
-        problem = await _mismatch(log, head, claimed, headers, msg.data or b"")
+        problem = await _mismatch(log, head, claimed, headers, msg.data)
         if problem is None:
             return int(claimed)
         kind, detail = problem
@@ -145,8 +131,8 @@ def undeliverable(event: CloudEvent, max_payload: int) -> tuple[str, str, str | 
     try:
         subject = subject_for(event)
         check_subject(subject)
-    except (ValueError, NatsError) as exc:
-        detail = str(exc) if isinstance(exc, ValueError) else "it would contain whitespace"
+    except ValueError as exc:  # BusArgumentError included: whitespace in it
+        detail = str(exc)
         return "bad_subject", f"the event has no valid nexus.evt subject: {detail}", None
     size = len(encode_event(event))
     if size + _HEADER_ROOM > max_payload:
@@ -179,39 +165,33 @@ class Lease:
     over after a pause longer than the TTL) stops relaying at once.
     """
 
-    def __init__(self, kv: KeyValue, owner: str, ttl: float) -> None:
+    def __init__(self, kv: KeyValueBucket, owner: str, ttl: float) -> None:
         self.kv = kv
         self.owner = owner.encode()
         self.ttl = ttl
         self._revision: int | None = None
 
     @classmethod
-    async def open(cls, bus: JetStreamBus, owner: str, ttl: float = 3.0) -> Lease:
-        return cls(await _bucket(bus, LEASE_BUCKET, ttl=ttl), owner, ttl)
+    async def open(cls, bus: Bus, owner: str, ttl: float = 3.0) -> Lease:
+        return cls(await bus.key_value(LEASE_BUCKET, ttl=ttl), owner, ttl)
 
     @property
     def held(self) -> bool:
         return self._revision is not None
 
     async def try_acquire(self) -> bool:
-        try:
-            self._revision = await self.kv.create("leader", self.owner)
-        except KeyWrongLastSequenceError:
-            self._revision = None
+        self._revision = await self.kv.create("leader", self.owner)
         return self.held
 
     async def renew(self) -> bool:
         if self._revision is None:
             return False
-        try:
-            self._revision = await self.kv.update("leader", self.owner, last=self._revision)
-        except (KeyWrongLastSequenceError, KeyNotFoundError):
-            self._revision = None
+        self._revision = await self.kv.update("leader", self.owner, last=self._revision)
         return self.held
 
     async def release(self) -> None:
         if self._revision is not None:
-            with contextlib.suppress(NatsError, BusError, KeyWrongLastSequenceError):
+            with contextlib.suppress(BusError, TimeoutError):
                 await self.kv.purge("leader")
             self._revision = None
 
@@ -236,7 +216,7 @@ class Relay:
 
     Args:
         log: the event log (the outbox).
-        bus: a connected JetStreamBus.
+        bus: a connected bus (JetStream in production).
         batch: events published per pipelined batch (at most).
         window: batches in flight at most (sent, acks not yet settled).
         lease: elect a leader among replicas (default True).
@@ -247,7 +227,7 @@ class Relay:
     def __init__(
         self,
         log: EventLog,
-        bus: JetStreamBus,
+        bus: Bus,
         *,
         batch: int = 1000,
         window: int = 4,
@@ -267,7 +247,7 @@ class Relay:
         self.position = 0
         """The last log position relayed and acknowledged."""
         self._lease: Lease | None = None
-        self._kv: KeyValue | None = None
+        self._kv: KeyValueBucket | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._progress = asyncio.Condition()
@@ -302,7 +282,7 @@ class Relay:
 
     async def start(self) -> None:
         """Start relaying (or standing by) in a background task."""
-        self._kv = await _bucket(self.bus, RELAY_BUCKET)
+        self._kv = await self.bus.key_value(RELAY_BUCKET)
         if self.use_lease:
             self._lease = await Lease.open(self.bus, self.owner, self.lease_ttl)
         self._task = asyncio.create_task(self.run(), name="nexus-relay")
@@ -317,7 +297,7 @@ class Relay:
             # while this replica still holds the lease (a new leader's checkpoint must win).
             try:
                 await self._save_checkpoint()
-            except (NatsError, BusError, TimeoutError) as exc:
+            except (BusError, TimeoutError) as exc:
                 logger.warning("relay %s: cannot write the last checkpoint: %r", self.owner, exc)
         if self._lease is not None:
             await self._lease.release()
@@ -334,7 +314,7 @@ class Relay:
             if self._lease is not None:
                 try:
                     acquired = await self._lease.try_acquire()
-                except (NatsError, BusError, TimeoutError) as exc:
+                except (BusError, TimeoutError) as exc:
                     await self._failed(exc, "cannot take the lease")
                     continue
                 if not acquired:
@@ -396,7 +376,7 @@ class Relay:
             if self._lease is not None:
                 try:
                     renewed = await self._lease.renew()
-                except (NatsError, TimeoutError) as exc:
+                except (BusError, TimeoutError) as exc:
                     logger.warning("relay %s: cannot renew the lease: %r", self.owner, exc)
                     renewed = False
                 if not renewed:
@@ -414,9 +394,8 @@ class Relay:
         if held:
             return held
         assert self._kv is not None
-        try:
-            entry = await self._kv.get("checkpoint")
-        except KeyNotFoundError:
+        entry = await self._kv.get("checkpoint")
+        if entry is None:
             return 0
         text = (entry.value or b"0").decode("utf-8", "replace")
         if not text.isdigit() or len(text) > _MAX_POSITION_DIGITS or int(text) > await self.log.head():
@@ -501,7 +480,7 @@ class Relay:
         Re-raises ``error`` when every event could be published (the failure is not theirs).
         Rare, so it settles each part before the next: the position moves in log order.
         """
-        max_payload = self.bus.nc.max_payload
+        max_payload = self.bus.max_payload
         verdicts = [undeliverable(event, max_payload) for event in events]
         if not any(verdicts):
             raise error
@@ -574,7 +553,7 @@ class Relay:
             self._dirty.clear()
             try:
                 await self._save_checkpoint()
-            except (NatsError, BusError, TimeoutError) as exc:
+            except (BusError, TimeoutError) as exc:
                 failures += 1
                 delay = min(_BACKOFF_FIRST * 2 ** min(failures - 1, 16), _BACKOFF_MAX)
                 logger.warning(

@@ -11,6 +11,8 @@ replay; ``Atlas.digest()`` of both agrees, which ``nexus replay --verify`` check
 
 from __future__ import annotations
 
+from nexus.replay._fold import FoldCheck, FoldProjection, state_digest
+from nexus.replay._keys import Keys
 from nexus.replay._projection import (
     ALL_EVENTS,
     PROJECTIONS,
@@ -31,12 +33,16 @@ from nexus.replay._runner import (
     follow,
     replay,
 )
+from nexus.replay._tail import tail
 
 __all__ = [
     "ALL_EVENTS",
     "PROJECTIONS",
     "Checkpoint",
     "CheckpointStore",
+    "FoldCheck",
+    "FoldProjection",
+    "Keys",
     "Projection",
     "ProjectionError",
     "ProjectionRunner",
@@ -49,4 +55,6 @@ __all__ = [
     "register_projection",
     "registered",
     "replay",
+    "state_digest",
+    "tail",
 ]

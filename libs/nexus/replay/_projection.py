@@ -63,6 +63,8 @@ class Projection:
     name: ClassVar[str] = ""
     version: ClassVar[int] = 1
     """Bump when handlers change meaning: checkpoints of another version are not reused."""
+    resumable: ClassVar[bool] = True
+    """Whether a replay may start from a checkpoint's snapshot (False: always from position 0)."""
     _handler_names: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -78,6 +80,9 @@ class Projection:
 
     def setup(self, atlas: Atlas) -> None:
         """Prepare the Atlas (indexes); called once before the first event."""
+
+    def sync(self, atlas: Atlas) -> None:
+        """Bring the views up to date before a digest or a checkpoint (for state kept outside them)."""
 
     def handlers(self) -> dict[str, Handler]:
         """Event type → one callable running every handler of that type (and the ``*`` ones)."""

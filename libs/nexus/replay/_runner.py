@@ -105,6 +105,7 @@ class ProjectionRunner:
 
     def digest(self) -> str:
         """The views' content digest (independent of insertion order and wall-clock times)."""
+        self.projection.sync(self.atlas)
         return self.atlas.digest()
 
     def checkpoint(self) -> Checkpoint:
@@ -254,7 +255,7 @@ async def replay(
         The runner (holding the Atlas) and a summary.
     """
     runner = projection if isinstance(projection, ProjectionRunner) else ProjectionRunner(projection)
-    if resume and checkpoints is not None and runner.position == 0:
+    if resume and checkpoints is not None and runner.position == 0 and runner.projection.resumable:
         found = await checkpoints.latest(at_most=to_position)
         if found is not None and found.projection_version == runner.projection.version:
             runner.restore(found)

@@ -7,29 +7,11 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from nats.js.api import RawStreamMsg
-from nats.js.errors import NotFoundError
-
-from nexus.bus import BusError
-from nexus.bus.jetstream import JetStreamBus
+from nexus.bus import DEAD_LETTER_HEADERS, Bus, BusError, StoredMessage
+from nexus.bus._dispatch import TRUNCATED_HEADER
 from nexus.cli.commands.streams import connect
 from nexus.config import PlatformSettings
 from nexus.proto import DLQ_PREFIX, STREAM_DLQ, dlq_subject
-
-# Headers the bus adds when it dead-letters a message; a redriven message goes out without them.
-_DEAD_LETTER_HEADERS = frozenset(
-    {
-        "Nats-Msg-Id",
-        "Nexus-Error",
-        "Nexus-Error-Reason",
-        "Nexus-Consumer",
-        "Nexus-Deliveries",
-        "Nexus-Original-Subject",
-        "Nexus-Original-Stream",
-        "Nexus-Original-Seq",
-        "Nexus-Original-Msg-Id",
-    }
-)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,20 +25,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     redrive.set_defaults(func=_redrive)
 
 
-async def dead_letters(bus: JetStreamBus, consumer: str | None = None) -> AsyncIterator[RawStreamMsg]:
+async def dead_letters(bus: Bus, consumer: str | None = None) -> AsyncIterator[StoredMessage]:
     """Every message in NEXUS_DLQ (of one consumer's subject when given), in stream order."""
     subject = dlq_subject(consumer) if consumer else f"{DLQ_PREFIX}.>"
     seq = 1
     while True:
-        try:
-            message = await bus.js.get_msg(STREAM_DLQ, seq, subject=subject, next=True)
-        except NotFoundError:
+        message = await bus.next_message(STREAM_DLQ, seq, subject)
+        if message is None:
             return
         yield message
-        seq = (message.seq or seq) + 1
+        seq = message.seq + 1
 
 
-async def redrive(bus: JetStreamBus, consumer: str | None = None) -> tuple[int, list[str]]:
+async def redrive(bus: Bus, consumer: str | None = None) -> tuple[int, list[str]]:
     """Republish dead letters to their original subject, then delete them from NEXUS_DLQ.
 
     Returns:
@@ -65,36 +46,36 @@ async def redrive(bus: JetStreamBus, consumer: str | None = None) -> tuple[int, 
     count = 0
     problems: list[str] = []
     async for message in dead_letters(bus, consumer):
-        headers = dict(message.headers or {})
+        headers = dict(message.headers)
         original = headers.get("Nexus-Original-Subject")
         if not original:
             problems.append(f"seq {message.seq}: no Nexus-Original-Subject header; left in {STREAM_DLQ}")
             continue
-        if "Nexus-Payload-Truncated" in headers:
+        if TRUNCATED_HEADER in headers:
             # Too large to dead-letter whole: republishing the cut payload would be a new, wrong message.
             problems.append(
-                f"seq {message.seq}: payload truncated from {headers['Nexus-Payload-Truncated']} bytes "
+                f"seq {message.seq}: payload truncated from {headers[TRUNCATED_HEADER]} bytes "
                 f"when it was dead-lettered; left in {STREAM_DLQ}"
             )
             continue
-        outgoing = {k: v for k, v in headers.items() if k not in _DEAD_LETTER_HEADERS}
+        outgoing = {k: v for k, v in headers.items() if k not in DEAD_LETTER_HEADERS}
         # A fresh id per dead letter: redriving again after an interruption is de-duplicated,
         # while the original id (still inside JetStream's window) would be dropped as a duplicate.
-        await bus.publish(original, message.data or b"", msg_id=f"redrive:{message.seq}", headers=outgoing)
-        await bus.js.delete_msg(STREAM_DLQ, message.seq)  # type: ignore[arg-type]
+        await bus.publish(original, message.data, msg_id=f"redrive:{message.seq}", headers=outgoing)
+        await bus.delete_message(STREAM_DLQ, message.seq)
         count += 1
     return count, problems
 
 
 def _list(args: argparse.Namespace) -> int:
-    async def show(bus: JetStreamBus) -> int:
+    async def show(bus: Bus) -> int:
         rows = [("SEQ", "CONSUMER", "ORIGINAL SUBJECT", "DELIVERIES", "ERROR", "REASON")]
         async for message in dead_letters(bus, args.consumer):
-            headers = message.headers or {}
+            headers = message.headers
             rows.append(
                 (
                     str(message.seq),
-                    headers.get("Nexus-Consumer", (message.subject or "").removeprefix(f"{DLQ_PREFIX}.")),
+                    headers.get("Nexus-Consumer", message.subject.removeprefix(f"{DLQ_PREFIX}.")),
                     headers.get("Nexus-Original-Subject", "?"),
                     headers.get("Nexus-Deliveries", "?"),
                     headers.get("Nexus-Error", ""),
@@ -113,7 +94,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _redrive(args: argparse.Namespace) -> int:
-    async def send(bus: JetStreamBus) -> int:
+    async def send(bus: Bus) -> int:
         count, problems = await redrive(bus, args.consumer)
         for line in problems:
             print(f"nexus dlq: {line}", file=sys.stderr)
@@ -123,7 +104,7 @@ def _redrive(args: argparse.Namespace) -> int:
     return _with_bus(send)
 
 
-def _with_bus(action: Callable[[JetStreamBus], Awaitable[int]]) -> int:
+def _with_bus(action: Callable[[Bus], Awaitable[int]]) -> int:
     platform = PlatformSettings.from_env()
 
     async def main() -> int:

@@ -73,33 +73,30 @@ def _streams(args: argparse.Namespace) -> int:
             print(f"nexus streams: {exc} (is Nexus running? start it with `nexus up`)", file=sys.stderr)
             return 1
         try:
-            streams = sorted(await bus.js.streams_info(), key=lambda s: s.config.name or "")
+            streams = sorted(await bus.streams(), key=lambda s: s.name)
             rows = [("STREAM", "MESSAGES", "BYTES", "CONSUMERS", "SUBJECTS")]
             for info in streams:
                 rows.append(
                     (
-                        info.config.name or "",
-                        str(info.state.messages),
-                        human_bytes(info.state.bytes),
-                        str(info.state.consumer_count),
-                        " ".join(info.config.subjects or []),
+                        info.name,
+                        str(info.messages),
+                        human_bytes(info.bytes),
+                        str(info.consumer_count),
+                        " ".join(info.subjects),
                     )
                 )
             _print_table(rows)
             consumer_rows = [("STREAM", "CONSUMER", "PENDING", "ACK PENDING", "REDELIVERED", "FILTER")]
             for info in streams:
-                for consumer in sorted(await bus.js.consumers_info(info.config.name or ""), key=lambda c: c.name):
-                    filters = consumer.config.filter_subjects or (
-                        [consumer.config.filter_subject] if consumer.config.filter_subject else []
-                    )
+                for consumer in sorted(await bus.consumers(info.name), key=lambda c: c.name):
                     consumer_rows.append(
                         (
-                            info.config.name or "",
+                            info.name,
                             consumer.name,
-                            str(consumer.num_pending or 0),
-                            str(consumer.num_ack_pending or 0),
-                            str(consumer.num_redelivered or 0),
-                            " ".join(filters),
+                            str(consumer.num_pending),
+                            str(consumer.num_ack_pending),
+                            str(consumer.num_redelivered),
+                            " ".join(consumer.filter_subjects),
                         )
                     )
             if len(consumer_rows) > 1:

@@ -1,11 +1,14 @@
-"""The event log's behaviour, written once; every adapter's test module subclasses it."""
+"""The event log's behaviour, written once; every adapter's test module subclasses it.
+
+Part of ``nexus.testing`` (needs the dev extras: pytest and pytest-asyncio in auto mode).
+"""
 
 from __future__ import annotations
 
 import abc
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +50,27 @@ async def take(iterator: AsyncIterator[CloudEvent], count: int, within: float = 
     return out
 
 
+def _closing(tail: AsyncIterator[CloudEvent]) -> contextlib.aclosing[AsyncGenerator[CloudEvent, None]]:
+    """Close a subscription when the test stops reading it.
+
+    The port types ``subscribe`` as an AsyncIterator; the suite also requires that it can be
+    closed (an async generator), since a reader that stops must release what it holds.
+    """
+    assert isinstance(tail, AsyncGenerator), f"subscribe() returned {type(tail).__name__}, not an async generator"
+    return contextlib.aclosing(tail)
+
+
 class InjectedFault(Exception):
     """Raised by a test in the middle of sealing a batch."""
 
 
 class EventLogContract(abc.ABC):
-    """Subclass per adapter and implement ``make_log``."""
+    """The contract of ``nexus.eventlog.EventLog``: subclass it per adapter as ``Test...`` and
+    implement ``make_log``; pytest then runs every case against that adapter.
+
+    The adapter may add its own cases to the subclass and use the ``log`` fixture (a fresh log
+    from ``make_log``, closed after the test).
+    """
 
     @abc.abstractmethod
     async def make_log(self, tmp_path: Path) -> EventLog:
@@ -222,14 +240,14 @@ class EventLogContract(abc.ABC):
 
     async def test_subscribe_from_zero_and_from_the_middle(self, log: EventLog) -> None:
         stored = await log.append("s", evs(6))
-        async with contextlib.aclosing(log.subscribe()) as tail:
+        async with _closing(log.subscribe()) as tail:
             assert await take(tail, 6) == stored
-        async with contextlib.aclosing(log.subscribe(4)) as tail:
+        async with _closing(log.subscribe(4)) as tail:
             assert await take(tail, 3) == stored[3:]
 
     async def test_subscribe_waits_for_new_events(self, log: EventLog) -> None:
         first = await log.append("s", evs(2))
-        async with contextlib.aclosing(log.subscribe(1)) as tail:
+        async with _closing(log.subscribe(1)) as tail:
             got = await take(tail, 2)
             # Nothing more yet: the next read waits.
             pending = asyncio.ensure_future(take(tail, 3))
@@ -247,7 +265,7 @@ class EventLogContract(abc.ABC):
             for i in range(per_writer):
                 await log.append(f"writer-{n}", [ev(n=i)])
 
-        async with contextlib.aclosing(log.subscribe()) as tail:
+        async with _closing(log.subscribe()) as tail:
             reader = asyncio.ensure_future(take(tail, total, within=30))
             await asyncio.gather(*(writer(n) for n in range(writers)))
             got = await reader

@@ -1,0 +1,79 @@
+"""The one way a service reads the platform's events: the log's own subscription.
+
+Every fold a service keeps in memory (the executions view, the live updates, the triggers) is
+fed by ``tail``: events in position order, each once, from a given position, waiting for new
+ones. It needs no NATS, so a service behaves the same with or without a bus, and a fold never
+sees a gap it would have to fill. The bus's durable consumers (``nexus.bus``) are for commands
+and external ingest, whose work is shared between replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+
+from nexus.eventlog import EventLog
+from nexus.proto import CloudEvent
+
+__all__ = ["tail"]
+
+_log = logging.getLogger("nexus.replay.tail")
+
+Apply = Callable[[CloudEvent], Awaitable[None] | None]
+
+
+async def tail(
+    log: EventLog,
+    apply: Apply,
+    *,
+    start: int | Callable[[], int] = 1,
+    name: str = "tail",
+    retry_delay: float = 1.0,
+) -> None:
+    """Call ``apply(event)`` for every event of the log from ``start`` on, in position order, until cancelled.
+
+    ``apply`` may be a function or a coroutine function. An exception it raises is logged with
+    the event and the tail goes on with the next event (a fold that wants retries makes them
+    itself). When reading the log fails, the tail subscribes again ``retry_delay`` seconds later,
+    after the last event it handed over, so no event is skipped or repeated.
+
+    Args:
+        log: The event log.
+        apply: What to do with each event.
+        start: The first position (or a function giving it when the tail starts, and again after
+            a failure: a fold that also folds events by other means says where it stands).
+        name: Names the tail in log lines.
+        retry_delay: Seconds before subscribing again after the log failed.
+    """
+    last: int | None = None
+    while True:
+        first = start() if callable(start) else start
+        if last is not None:
+            first = max(first, last + 1)
+        subscription = log.subscribe(first)
+        try:
+            async for event in subscription:
+                if event.position is not None:
+                    last = event.position
+                try:
+                    result = apply(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    _log.exception("%s: handling event %s at position %s failed", name, event.id, event.position)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception("%s: following the log failed; resuming in %.1f s", name, retry_delay)
+            await asyncio.sleep(retry_delay)
+        finally:
+            aclose = getattr(subscription, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
