@@ -24,7 +24,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 import jsonschema
 
@@ -39,18 +39,26 @@ from nexus.services.workflow.expressions import (
 from nexus.yamlsafe import YAMLInputError, load_yaml
 
 __all__ = [
+    "COMPENSATION_TYPES",
     "STEP_TYPES",
     "CompensationDefinition",
+    "CompensationKind",
     "RetryPolicy",
     "SchemaDefinition",
     "StepDefinition",
+    "StepKind",
     "WorkflowDefinition",
     "load_document",
     "parse_schema",
     "parse_workflow",
 ]
 
-STEP_TYPES = ("api_call", "task", "wait_event")
+StepKind = Literal["api_call", "task", "wait_event"]
+"""Every step type; each has one module in ``steps/`` registered under its name."""
+CompensationKind = Literal["api_call", "task"]
+"""The step types a compensation may be (it acts at once; it does not wait for an event)."""
+STEP_TYPES: tuple[StepKind, ...] = get_args(StepKind)
+COMPENSATION_TYPES: tuple[CompensationKind, ...] = get_args(CompensationKind)
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -139,7 +147,7 @@ class RetryPolicy:
 class CompensationDefinition:
     """The action that undoes a completed step (saga)."""
 
-    type: str
+    type: CompensationKind
     service: str
     endpoint: str
     method: str
@@ -155,7 +163,7 @@ class StepDefinition:
 
     id: str
     name: str
-    type: str
+    type: StepKind
     service: str
     endpoint: str
     method: str
@@ -511,7 +519,7 @@ def _parse_step(
     return StepDefinition(
         id=step_id,
         name=_string(raw, "name", where, problems) or step_id,
-        type=step_type,
+        type=cast(StepKind, step_type),
         service=service,
         endpoint=endpoint,
         method=method,
@@ -537,7 +545,7 @@ def _parse_compensation(
         return None
     _check_fields(raw, _COMPENSATION_FIELDS, where, problems)
     comp_type = _string(raw, "type", where, problems, default="api_call")
-    if comp_type not in ("api_call", "task"):
+    if comp_type not in COMPENSATION_TYPES:
         problems.append((f"{where}.type", f"must be 'api_call' or 'task', got {comp_type!r}"))
     service = _string(raw, "service", where, problems, required=True)
     endpoint = _string(raw, "endpoint", where, problems, required=comp_type == "api_call")
@@ -549,7 +557,7 @@ def _parse_compensation(
         if method not in _METHODS:
             problems.append((f"{where}.method", f"unknown method {method!r} (use {', '.join(_METHODS)})"))
     return CompensationDefinition(
-        type=comp_type,
+        type=cast(CompensationKind, comp_type),
         service=service,
         endpoint=endpoint,
         method=method,

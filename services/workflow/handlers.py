@@ -1,7 +1,8 @@
 """Pure functions of the workflow engine: the state of an execution as a fold of its events, and
 what to do next given that state, its definition and the time.
 
-Nothing here does I/O; the engine (``engine.py``) reads and appends events and calls these.
+Nothing here does I/O; the driver of an execution (``driver.py``) reads and appends events and
+calls these. ``next_action`` answers with one of the ``Action`` Structs, tagged by kind.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
 
 from nexus.proto import PLATFORM_TENANT, CloudEvent
 from nexus.services.workflow.context import FINAL_STATUSES
@@ -17,7 +20,16 @@ from nexus.services.workflow.definitions import StepDefinition, WorkflowDefiniti
 
 __all__ = [
     "Action",
+    "Attempting",
+    "Compensate",
+    "CompensationReason",
     "ExecutionState",
+    "Final",
+    "Finish",
+    "Idle",
+    "Resume",
+    "Run",
+    "Sleep",
     "StepState",
     "apply",
     "context_of",
@@ -30,6 +42,9 @@ __all__ = [
 ]
 
 PREFIX = "nexus.workflow."
+
+CompensationReason = Literal["failed", "cancelled", "timed_out"]
+"""Why an execution compensates (and so the status it ends in)."""
 
 
 def stream_id(execution_id: str) -> str:
@@ -357,28 +372,58 @@ def context_of(state: ExecutionState, workflow: WorkflowDefinition) -> dict[str,
 # --- decisions --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Action:
-    """What the driver of an execution does next.
+class Run(msgspec.Struct, frozen=True, tag="run"):
+    """Start attempt ``attempt`` of ``step`` (``compensation``: of its compensation)."""
 
-    kinds:
-        ``run``: start attempt ``attempt`` of ``step`` (``compensation``: its compensation);
-        ``resume``: attempt ``attempt`` was started and has no result: send it again (same key);
-        ``sleep``: nothing to do before ``until`` (a back-off), then decide again;
-        ``skip``: ``step``'s condition is false;
-        ``compensate``: stop and compensate ``plan`` for ``reason`` (failed, cancelled, timed_out);
-        ``finish``: every step is done: complete (output computed by the engine);
-        ``final``: compensation is over: end with ``reason``'s status;
-        ``none``: the execution is final (or not started).
-    """
-
-    kind: str
-    step: StepDefinition | None = None
-    attempt: int = 0
+    step: StepDefinition
+    attempt: int
     compensation: bool = False
-    until: datetime | None = None
-    reason: str = ""
+
+
+class Resume(msgspec.Struct, frozen=True, tag="resume"):
+    """Attempt ``attempt`` was started and has no result: send it again (the same key)."""
+
+    step: StepDefinition
+    attempt: int
+    compensation: bool = False
+
+
+class Sleep(msgspec.Struct, frozen=True, tag="sleep"):
+    """Nothing to do before ``until`` (a back-off of ``step``), then decide again."""
+
+    step: StepDefinition
+    until: datetime
+    compensation: bool = False
+
+
+class Compensate(msgspec.Struct, frozen=True, tag="compensate"):
+    """Stop and compensate ``plan`` (step ids, in order) for ``reason``."""
+
+    reason: CompensationReason
     plan: tuple[str, ...] = ()
+
+
+class Finish(msgspec.Struct, frozen=True, tag="finish"):
+    """Every step is done: complete (the engine computes the output)."""
+
+
+class Final(msgspec.Struct, frozen=True, tag="final"):
+    """Compensation is over: end with ``reason``'s status."""
+
+    reason: str
+
+
+class Idle(msgspec.Struct, frozen=True, tag="idle"):
+    """The execution is final (or not started): nothing to drive."""
+
+
+Attempting = Run | Resume
+"""The actions that run an attempt of a step."""
+Action = Run | Resume | Sleep | Compensate | Finish | Final | Idle
+"""What the driver of an execution does next: one tagged Struct per kind of move."""
+
+_IDLE = Idle()
+_FINISH = Finish()
 
 
 def compensation_plan(state: ExecutionState, workflow: WorkflowDefinition) -> tuple[str, ...]:
@@ -390,12 +435,12 @@ def compensation_plan(state: ExecutionState, workflow: WorkflowDefinition) -> tu
 def next_action(state: ExecutionState, workflow: WorkflowDefinition, now: datetime) -> Action:
     """Decide the next move of a RUNNING or COMPENSATING execution."""
     if state.final or state.status == "QUEUED":
-        return Action("none")
+        return _IDLE
     if state.status == "RUNNING":
         if state.cancel_requested:
-            return Action("compensate", reason="cancelled", plan=compensation_plan(state, workflow))
+            return Compensate("cancelled", compensation_plan(state, workflow))
         if state.deadline and now >= parse_time(state.deadline):
-            return Action("compensate", reason="timed_out", plan=compensation_plan(state, workflow))
+            return Compensate("timed_out", compensation_plan(state, workflow))
         for step in workflow.steps:
             s = _step(state, step.id)
             if s.status in ("completed", "skipped"):
@@ -403,17 +448,17 @@ def next_action(state: ExecutionState, workflow: WorkflowDefinition, now: dateti
             if s.status == "failed":
                 if step.on_failure == "continue":
                     continue
-                return Action("compensate", reason="failed", plan=compensation_plan(state, workflow))
+                return Compensate("failed", compensation_plan(state, workflow))
             if s.status == "pending":
-                return Action("run", step=step, attempt=1)
+                return Run(step, 1)
             if s.status == "running":
-                return Action("resume", step=step, attempt=s.attempts)
+                return Resume(step, s.attempts)
             if s.status == "retrying":
                 due = parse_time(s.retry_at) if s.retry_at else now
                 if due > now:
-                    return Action("sleep", step=step, until=due)
-                return Action("run", step=step, attempt=s.attempts + 1)
-        return Action("finish")
+                    return Sleep(step, due)
+                return Run(step, s.attempts + 1)
+        return _FINISH
     # COMPENSATING
     for step_id in state.compensation_plan:
         planned = workflow.step(step_id)
@@ -422,14 +467,14 @@ def next_action(state: ExecutionState, workflow: WorkflowDefinition, now: dateti
             continue
         step = planned
         if s.compensation_status is None:
-            return Action("run", step=step, attempt=1, compensation=True)
+            return Run(step, 1, compensation=True)
         if s.compensation_status == "running":
-            return Action("resume", step=step, attempt=s.compensation_attempts, compensation=True)
+            return Resume(step, s.compensation_attempts, compensation=True)
         due = parse_time(s.compensation_retry_at) if s.compensation_retry_at else now
         if due > now:
-            return Action("sleep", step=step, until=due, compensation=True)
-        return Action("run", step=step, attempt=s.compensation_attempts + 1, compensation=True)
-    return Action("final", reason=state.compensating_reason or "failed")
+            return Sleep(step, due, compensation=True)
+        return Run(step, s.compensation_attempts + 1, compensation=True)
+    return Final(state.compensating_reason or "failed")
 
 
 def final_status(state: ExecutionState) -> str:

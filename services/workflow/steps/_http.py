@@ -1,9 +1,7 @@
-"""Running one attempt of a step: ``api_call`` over HTTP, ``task`` through a worker, ``wait_event``.
+"""What steps send: one HTTP call classified as an ``Outcome``, a task command's headers, the trace.
 
-Each runner returns an ``Outcome``: success with a result, or a failure that is retryable
-(connection error, timeout, 5xx, 429) or not (any other 4xx, an unknown service, a worker's
-final refusal). Every request carries ``Idempotency-Key: <execution id>:<step id>`` (plus
-``:compensate`` for a compensation) and a W3C ``traceparent``.
+Every request carries ``Idempotency-Key: <execution id>:<step id>`` (plus ``:compensate`` for a
+compensation) and a W3C ``traceparent``.
 """
 
 from __future__ import annotations
@@ -13,17 +11,17 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import msgspec
 
+from nexus.services.workflow.steps._base import Outcome
+
 __all__ = [
     "EXECUTION_HEADER",
     "TENANT_HEADER",
-    "Outcome",
     "call_http",
     "fill_endpoint",
     "task_headers",
@@ -39,21 +37,6 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The result of one attempt."""
-
-    ok: bool
-    result: Any = None
-    error: str = ""
-    retryable: bool = False
-    status: int | None = None
-    sent_at: float = 0.0
-    """``time.perf_counter()`` when the request left (for the dispatch latency figure)."""
-    interrupted: bool = False
-    """The attempt was cut short by a cancel request; it has no outcome to record."""
 
 
 async def _read_bounded(response: aiohttp.ClientResponse, limit: int | None) -> bytes | None:
