@@ -1,6 +1,11 @@
-"""The Python client of the workflow service's job API (seed 000).
+"""The Python clients of the workflow service: its job API (seed 000) and its workflow API.
 
-It does a user's whole flow: fetch the workflow's ``jobPayloadSchema``, initiate a job, upload
+``WorkflowClient`` registers workflows and schemas, starts executions, reads their state and
+history and follows them (Server-Sent Events); the ``nexus workflow`` and ``nexus demo`` commands
+use it. ``JobClient`` is seed 000's job flow (below). Both raise one error each, carrying the
+HTTP status (0 when the service could not be reached) and the decoded body.
+
+``JobClient`` does a user's whole flow: fetch the workflow's ``jobPayloadSchema``, initiate a job, upload
 files through presigned URLs, map a record's fields to the schema's types, execute, monitor
 (Server-Sent Events, polling as fallback), and fetch results and the audit trail::
 
@@ -18,7 +23,6 @@ from nexus.client._jobs import (
     JobApiError,
     JobClient,
     TriggerResult,
-    parse_sse,
 )
 from nexus.client._payload import (
     JOB_TYPES,
@@ -33,8 +37,11 @@ from nexus.client._payload import (
     job_type,
     schema_from_json,
 )
+from nexus.client._sse import parse_sse
+from nexus.client._workflows import EXECUTION_FINAL_STATUSES, WorkflowApiError, WorkflowClient
 
 __all__ = [
+    "EXECUTION_FINAL_STATUSES",
     "FINAL_STATUSES",
     "JOB_TYPES",
     "BatchResult",
@@ -43,6 +50,8 @@ __all__ = [
     "PayloadError",
     "PayloadField",
     "TriggerResult",
+    "WorkflowApiError",
+    "WorkflowClient",
     "build_instance",
     "check_instance",
     "check_value",

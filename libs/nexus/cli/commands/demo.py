@@ -32,8 +32,8 @@ from typing import Any, TextIO
 import aiohttp
 
 from nexus.auth import issue_key
-from nexus.cli.commands.workflow import CommandError, WorkflowApi, follow_execution
-from nexus.client import JobApiError, JobClient
+from nexus.cli.commands.workflow import CommandError, command_error, follow_execution
+from nexus.client import JobApiError, JobClient, WorkflowApiError, WorkflowClient
 from nexus.config import PlatformSettings
 from nexus.eventlog import open_event_log
 from nexus.runtime import SERVICES, port_variable
@@ -188,19 +188,26 @@ async def _wait_ready(platform: asyncio.subprocess.Process, urls: dict[str, str]
 
 async def _run_workflow(say: _Printer, url: str, key: str) -> None:
     say.title(f"Running the bundled workflow {WORKFLOW_ID!r}: the granulator expands a text")
-    async with WorkflowApi(url, key) as api:
-        definition = await api.call("GET", f"/workflows/{WORKFLOW_ID}")
-        steps = ", ".join(f"{s['id']} ({s['service']} {s['endpoint']})" for s in definition.get("steps", []))
-        say.line(f"workflow {WORKFLOW_ID} version {definition.get('version')}: steps {steps}")
-        say.line(f"input: {DEMO_INPUT}")
-        accepted = await api.start(WORKFLOW_ID, DEMO_INPUT)
-        say.line(f"execution {accepted['id']} queued")
-        final = await follow_execution(api, accepted["id"], _Indented(say))
+    try:
+        async with WorkflowClient(url, key) as api:
+            final = await _follow_workflow(say, api)
+    except WorkflowApiError as exc:
+        raise command_error(exc, url) from None
     duration = (final.get("timings") or {}).get("duration_ms")
     say.line(f"final state: {final['status']}" + (f" after {duration:.0f} ms" if duration is not None else ""))
     if final["status"] != "COMPLETED":
         raise DemoError(f"the execution ended {final['status']}: {final.get('error')}")
     _print_output(say, final.get("output") or {})
+
+
+async def _follow_workflow(say: _Printer, api: WorkflowClient) -> dict[str, Any]:
+    definition = await api.workflow(WORKFLOW_ID)
+    steps = ", ".join(f"{s['id']} ({s['service']} {s['endpoint']})" for s in definition.get("steps", []))
+    say.line(f"workflow {WORKFLOW_ID} version {definition.get('version')}: steps {steps}")
+    say.line(f"input: {DEMO_INPUT}")
+    accepted = await api.start(WORKFLOW_ID, DEMO_INPUT)
+    say.line(f"execution {accepted['id']} queued")
+    return await follow_execution(api, accepted["id"], _Indented(say))
 
 
 async def _run_job(say: _Printer, url: str, key: str) -> None:

@@ -20,18 +20,17 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
-
+from nexus.client import EXECUTION_FINAL_STATUSES, WorkflowApiError, WorkflowClient
 from nexus.yamlsafe import YAMLInputError, load_yaml
 
 __all__ = [
     "FINAL_STATUSES",
     "CommandError",
-    "WorkflowApi",
+    "command_error",
     "describe_event",
     "format_state",
     "register",
@@ -40,7 +39,7 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 8082
-FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "COMPENSATED", "CANCELLED", "TIMED_OUT"})
+FINAL_STATUSES = EXECUTION_FINAL_STATUSES
 
 
 class CommandError(Exception):
@@ -87,114 +86,19 @@ def service_key(env: Mapping[str, str] | None = None) -> str:
     return key
 
 
-class WorkflowApi:
-    """A small client of the workflow service's HTTP API (used by these commands and ``nexus demo``).
+def command_error(exc: WorkflowApiError, url: str) -> CommandError:
+    """The one-line report (and exit status) of a workflow API error.
 
-    Args:
-        url: The service's base URL.
-        key: A client API key (sent as ``x-service-key``).
-        timeout: Seconds per request (the event stream has no total bound).
+    Exit 3: the service could not be reached; 4: the key was refused; 1: any other error.
     """
-
-    def __init__(self, url: str, key: str, *, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
-        self._headers = {"x-service-key": key, "Accept": "application/json"}
-        self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> WorkflowApi:
-        self._session = aiohttp.ClientSession(headers=self._headers)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("use WorkflowApi as an async context manager")
-        return self._session
-
-    def _unreachable(self, exc: BaseException) -> CommandError:
+    if exc.status == 0:
+        cause = exc.__cause__ or exc
         return CommandError(
-            f"cannot reach the workflow service at {self.url} ({exc}); is the platform running "
+            f"cannot reach the workflow service at {url} ({cause}); is the platform running "
             "(`nexus up`)? NEXUS_WORKFLOW_URL or NEXUS_WORKFLOW_PORT says where it is",
             3,
         )
-
-    async def call(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None) -> Any:
-        """One request; the decoded JSON answer.
-
-        Raises:
-            CommandError: the service is unreachable, refuses the key, or answers an error.
-        """
-        try:
-            async with self._http().request(
-                method,
-                self.url + path,
-                json=json_body if data is None else None,
-                data=data,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-            ) as response:
-                text = await response.text()
-                status = response.status
-        except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
-            raise self._unreachable(exc) from None
-        try:
-            body = json.loads(text) if text else None
-        except ValueError:
-            body = {"message": text[:500]}
-        if status >= 400:
-            raise CommandError(_error_text(status, body), 4 if status in (401, 403) else 1)
-        return body
-
-    async def register(self, document: bytes | str, kind: str) -> dict[str, Any]:
-        """Register a workflow (``kind="workflow"``) or a schema (``"schema"``); the stored definition."""
-        raw = document.encode() if isinstance(document, str) else document
-        return await self.call("POST", "/schemas" if kind == "schema" else "/workflows", data=raw)
-
-    async def start(
-        self, workflow_id: str, input: Any, *, priority: int = 50, idempotency_key: str | None = None
-    ) -> dict[str, Any]:
-        """Queue an execution; ``{id, status, workflow_id}``."""
-        body: dict[str, Any] = {"workflow_id": workflow_id, "input": input, "priority": priority}
-        if idempotency_key:
-            body["idempotency_key"] = idempotency_key
-        return await self.call("POST", "/executions", json_body=body)
-
-    async def state(self, execution_id: str) -> dict[str, Any]:
-        """The execution's current state."""
-        return await self.call("GET", f"/executions/{execution_id}")
-
-    async def follow(self, execution_id: str) -> AsyncIterator[dict[str, Any]]:
-        """The execution's state after each transition, until a final one (Server-Sent Events)."""
-        try:
-            async with self._http().get(
-                f"{self.url}/executions/{execution_id}/stream",
-                headers={"Accept": "text/event-stream"},
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
-            ) as response:
-                if response.status >= 400:
-                    text = await response.text()
-                    try:
-                        body = json.loads(text)
-                    except ValueError:
-                        body = {"message": text[:500]}
-                    raise CommandError(_error_text(response.status, body), 4 if response.status in (401, 403) else 1)
-                data: list[bytes] = []
-                async for line in response.content:
-                    line = line.rstrip(b"\r\n")
-                    if line.startswith(b"data:"):
-                        data.append(line[5:].lstrip())
-                    elif not line and data:
-                        state = json.loads(b"\n".join(data))
-                        data = []
-                        yield state
-                        if state.get("status") in FINAL_STATUSES:
-                            return
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise self._unreachable(exc) from None
+    return CommandError(_error_text(exc.status, exc.body), 4 if exc.status in (401, 403) else 1)
 
 
 def _error_text(status: int, body: Any) -> str:
@@ -291,13 +195,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.set_defaults(func=_status)
 
 
-def _main(work: Callable[[WorkflowApi], Any]) -> int:
+def _main(work: Callable[[WorkflowClient], Any]) -> int:
     try:
-        api = WorkflowApi(service_url(), service_key())
+        url, key = service_url(), service_key()
 
         async def go() -> int:
-            async with api:
-                return int(await work(api) or 0)
+            async with WorkflowClient(url, key) as client:
+                try:
+                    return int(await work(client) or 0)
+                except WorkflowApiError as exc:
+                    raise command_error(exc, url) from None
 
         return asyncio.run(go())
     except CommandError as exc:
@@ -343,7 +250,7 @@ def _register(args: argparse.Namespace) -> int:
     except CommandError as exc:
         return _fail(exc)
 
-    async def work(api: WorkflowApi) -> int:
+    async def work(api: WorkflowClient) -> int:
         stored = await api.register(raw, kind)
         # A schema's own "version" is its document's (e.g. "1.0"); the registry numbers it apart.
         version = stored.get("registry_version") if kind == "schema" else stored.get("version")
@@ -385,7 +292,7 @@ class TextSink(Protocol):
     def flush(self) -> None: ...
 
 
-async def follow_execution(api: WorkflowApi, execution_id: str, out: TextSink) -> dict[str, Any]:
+async def follow_execution(api: WorkflowClient, execution_id: str, out: TextSink) -> dict[str, Any]:
     """Print each transition of an execution as it happens, until it is final; its final state.
 
     The event stream says when the state changed; the execution's history (its events) says
@@ -395,7 +302,7 @@ async def follow_execution(api: WorkflowApi, execution_id: str, out: TextSink) -
 
     async def catch_up() -> None:
         nonlocal printed
-        events = (await api.call("GET", f"/executions/{execution_id}/events"))["events"]
+        events = await api.history(execution_id)
         for event in events[printed:]:
             print(describe_event(event), file=out, flush=True)
         printed = max(printed, len(events))
@@ -406,7 +313,7 @@ async def follow_execution(api: WorkflowApi, execution_id: str, out: TextSink) -
         final = state
     if final is None or final.get("status") not in FINAL_STATUSES:
         # The stream ended early (the service restarted): the state as it is now.
-        final = await api.state(execution_id)
+        final = await api.get(execution_id)
         await catch_up()
     return final
 
@@ -420,7 +327,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"nexus workflow: --priority {args.priority} must be between 0 and 100", file=sys.stderr)
         return 2
 
-    async def work(api: WorkflowApi) -> int:
+    async def work(api: WorkflowClient) -> int:
         accepted = await api.start(
             args.workflow_id, payload, priority=args.priority, idempotency_key=args.idempotency_key
         )
@@ -435,8 +342,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    async def work(api: WorkflowApi) -> int:
-        state = await api.state(args.execution_id)
+    async def work(api: WorkflowClient) -> int:
+        state = await api.get(args.execution_id)
         print(json.dumps(state, indent=2, ensure_ascii=False) if args.json else format_state(state))
         return 0
 
