@@ -38,7 +38,7 @@ from nexus.services.workflow.errors import (
     UnknownWorkflowError,
 )
 
-__all__ = ["OPTIONAL_MODULES", "install", "install_optional"]
+__all__ = ["OPTIONAL_MODULES", "WorkflowRoutes", "install", "install_optional"]
 
 logger = logging.getLogger("nexus.workflow.api")
 
@@ -129,54 +129,35 @@ def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) 
     return value
 
 
-def install(service: Service, ctx: WorkflowContext) -> None:
-    """Add the engine's routes and commands to ``service``."""
-    engine = ctx.engine
-    registry = ctx.registry
-    # Every route of the engine needs a client API key, checked against the KeyView folded from
-    # the log; the platform endpoints (/healthz, /readyz, /metrics, /openapi.json) stay open.
-    route = functools.partial(service.route, auth="client")
+class WorkflowRoutes:
+    """The handlers of the engine's routes and commands, over one ``WorkflowContext``.
+
+    The handlers carry no docstrings on purpose: ``Service.route`` would publish a handler's
+    docstring as the route's OpenAPI description, and the descriptions are the summaries given
+    in ``install``. The command handlers' docstrings document their subjects.
+    """
+
+    def __init__(self, ctx: WorkflowContext) -> None:
+        self.ctx = ctx
+        self.engine = ctx.engine
+        self.registry = ctx.registry
 
     # -- definitions ----------------------------------------------------------------------
 
-    @route(
-        "POST",
-        "/workflows",
-        summary="Register a workflow (YAML or JSON); a new version each time",
-        status=201,
-        responses={400: "The definition is refused; every problem is listed by path"},
-        tags=["workflows"],
-    )
-    async def post_workflow(request: web.Request) -> web.Response:
+    async def post_workflow(self, request: web.Request) -> web.Response:
         try:
             tenant = _caller(request).tenant
-            workflow = await registry.register_workflow(await _document(request), source="api", tenant=tenant)
+            workflow = await self.registry.register_workflow(await _document(request), source="api", tenant=tenant)
         except DefinitionError as exc:
             return _problems(exc, "invalid_definition")
         return json_response(_with_tenant(workflow.to_json(), tenant), status=201)
 
-    @route(
-        "GET",
-        "/workflows",
-        summary="The latest version of every workflow the caller sees (its own and the platform's)",
-        tags=["workflows"],
-    )
-    async def list_workflows(request: web.Request) -> web.Response:
-        listed = registry.workflow_entries(_scope(request))
+    async def list_workflows(self, request: web.Request) -> web.Response:
+        listed = self.registry.workflow_entries(_scope(request))
         return json_response({"workflows": [_with_tenant(w.to_json(), t) for t, w in listed]})
 
-    def workflow_tenant(request: web.Request) -> str | None:
-        return registry.workflow_tenant(request.match_info["workflow_id"], _caller(request).tenant)
-
-    @route(
-        "GET",
-        "/workflows/{workflow_id}",
-        summary="A workflow (latest version, or ?version=N)",
-        responses={404: "No such workflow or version"},
-        query={"version": "a version number (default: the latest)"},
-        tags=["workflows"],
-    )
-    async def get_workflow(request: web.Request) -> web.Response:
+    async def get_workflow(self, request: web.Request) -> web.Response:
+        registry = self.registry
         workflow_id = request.match_info["workflow_id"]
         tenant = _caller(request).tenant
         version = _int_query(request, "version", 0, 0, 1_000_000) or None
@@ -187,47 +168,27 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         body["versions"] = len(registry.workflow_versions(workflow_id, tenant=tenant))
         return json_response(body)
 
-    @route(
-        "POST",
-        "/schemas",
-        summary="Register a JSON schema (seed 004 format, YAML or JSON)",
-        status=201,
-        responses={400: "The schema is refused; every problem is listed by path"},
-        tags=["schemas"],
-    )
-    async def post_schema(request: web.Request) -> web.Response:
+    async def post_schema(self, request: web.Request) -> web.Response:
         try:
             tenant = _caller(request).tenant
-            schema = await registry.register_schema(await _document(request), source="api", tenant=tenant)
+            schema = await self.registry.register_schema(await _document(request), source="api", tenant=tenant)
         except DefinitionError as exc:
             return _problems(exc, "invalid_schema")
         return json_response(_with_tenant(schema.to_json(), tenant), status=201)
 
-    @route("GET", "/schemas", summary="Every schema the caller sees (its own and the platform's)", tags=["schemas"])
-    async def list_schemas(request: web.Request) -> web.Response:
-        listed = registry.schema_entries(_scope(request))
+    async def list_schemas(self, request: web.Request) -> web.Response:
+        listed = self.registry.schema_entries(_scope(request))
         return json_response({"schemas": [_with_tenant(s.to_json(), t) for t, s in listed]})
 
-    @route("GET", "/schemas/{schema_id}", summary="A schema", responses={404: "No such schema"}, tags=["schemas"])
-    async def get_schema(request: web.Request) -> web.Response:
-        schema = registry.get_schema(request.match_info["schema_id"], tenant=_caller(request).tenant)
+    async def get_schema(self, request: web.Request) -> web.Response:
+        schema = self.registry.get_schema(request.match_info["schema_id"], tenant=_caller(request).tenant)
         if schema is None:
             raise HTTPError(404, f"schema {request.match_info['schema_id']!r} is not registered")
         return json_response(schema.to_json())
 
     # -- executions -----------------------------------------------------------------------
 
-    @route(
-        "POST",
-        "/executions",
-        summary="Start an execution (queued durably; 202 with its id)",
-        request=StartExecution,
-        response=Accepted,
-        status=202,
-        responses={400: "Bad body or input (every field at fault is named)", 404: "No such workflow"},
-        tags=["executions"],
-    )
-    async def post_execution(request: web.Request) -> web.Response:
+    async def post_execution(self, request: web.Request) -> web.Response:
         raw = await request.read()
         try:
             body = msgspec.json.decode(raw or b"null", type=StartExecution)
@@ -240,7 +201,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         except msgspec.DecodeError as exc:
             raise HTTPError(400, f"the body is not JSON: {exc}", error="bad_json") from None
         try:
-            execution_id = await engine.start(
+            execution_id = await self.engine.start(
                 body.workflow_id,
                 body.input,
                 priority=body.priority,
@@ -254,7 +215,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             raise HTTPError(404, str(exc)) from None
         except InactiveWorkflowError as exc:
             raise HTTPError(409, str(exc), error="inactive") from None
-        state = engine.get(execution_id)
+        state = self.engine.get(execution_id)
         status = state.status if state else "QUEUED"
         return json_response(
             Accepted(id=execution_id, status=status, workflow_id=body.workflow_id),
@@ -262,19 +223,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             headers={"Location": f"/executions/{execution_id}"},
         )
 
-    @route(
-        "GET",
-        "/executions",
-        summary="The caller's executions, newest first (an admin: every tenant's)",
-        query={
-            "status": f"one of {', '.join(STATUSES)}",
-            "workflow_id": "only this workflow's",
-            "limit": "1-1000 (default 50)",
-            "offset": "how many to skip (default 0)",
-        },
-        tags=["executions"],
-    )
-    async def list_executions(request: web.Request) -> web.Response:
+    async def list_executions(self, request: web.Request) -> web.Response:
         status = request.query.get("status") or None
         if status is not None and status.upper() not in STATUSES:
             raise HTTPError(400, f"status={status!r} is not one of {', '.join(STATUSES)}")
@@ -285,55 +234,28 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             "workflow_id": request.query.get("workflow_id") or None,
             "tenant": _scope(request),
         }
-        states = engine.list(limit=limit, offset=offset, **filters)
-        total = ctx.views.count(**filters)
+        states = self.engine.list(limit=limit, offset=offset, **filters)
+        total = self.ctx.views.count(**filters)
         return json_response(
             {"executions": [s.to_json() for s in states], "total": total, "limit": limit, "offset": offset}
         )
 
-    async def _state(execution_id: str) -> Any:
-        state = engine.get(execution_id) or await engine.load(execution_id)
+    async def _state(self, execution_id: str) -> Any:
+        state = self.engine.get(execution_id) or await self.engine.load(execution_id)
         if state is None:
             raise HTTPError(404, str(UnknownExecutionError(execution_id)))
         return state
 
-    owned_execution = Owned("execution", "execution_id", engine.tenant_of)
+    async def get_execution(self, request: web.Request) -> web.Response:
+        return json_response((await self._state(request.match_info["execution_id"])).to_json())
 
-    @route(
-        "GET",
-        "/executions/{execution_id}",
-        summary="An execution: status, current step, outputs, error, timings",
-        owned=owned_execution,
-        responses={404: "No such execution"},
-        tags=["executions"],
-    )
-    async def get_execution(request: web.Request) -> web.Response:
-        return json_response((await _state(request.match_info["execution_id"])).to_json())
-
-    @route(
-        "GET",
-        "/executions/{execution_id}/events",
-        summary="The execution's history: every event of stream execution-<id>",
-        owned=owned_execution,
-        responses={404: "No such execution"},
-        tags=["executions"],
-    )
-    async def get_events(request: web.Request) -> web.Response:
-        events = await engine.history(request.match_info["execution_id"])
+    async def get_events(self, request: web.Request) -> web.Response:
+        events = await self.engine.history(request.match_info["execution_id"])
         if not events:
             raise HTTPError(404, str(UnknownExecutionError(request.match_info["execution_id"])))
         return json_response({"events": events})
 
-    @route(
-        "POST",
-        "/executions/{execution_id}/cancel",
-        summary="Cancel an execution (compensations of completed steps run; final status CANCELLED)",
-        owned=owned_execution,
-        status=202,
-        responses={404: "No such execution"},
-        tags=["executions"],
-    )
-    async def cancel_execution(request: web.Request) -> web.Response:
+    async def cancel_execution(self, request: web.Request) -> web.Response:
         reason = "cancelled"
         raw = await request.read()
         if raw.strip():
@@ -344,28 +266,19 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             if isinstance(body, dict) and isinstance(body.get("reason"), str):
                 reason = body["reason"]
         try:
-            state = await engine.cancel(request.match_info["execution_id"], reason)
+            state = await self.engine.cancel(request.match_info["execution_id"], reason)
         except UnknownExecutionError as exc:
             raise HTTPError(404, str(exc)) from None
         return json_response(state.to_json(), status=202)
 
-    @route(
-        "GET",
-        "/executions/{execution_id}/stream",
-        summary="Server-Sent Events: the state after each transition, until a final one",
-        owned=owned_execution,
-        content_type="text/event-stream",
-        responses={404: "No such execution"},
-        tags=["executions"],
-    )
-    async def stream_execution(request: web.Request) -> web.StreamResponse:
+    async def stream_execution(self, request: web.Request) -> web.StreamResponse:
         execution_id = request.match_info["execution_id"]
-        await _state(execution_id)
+        await self._state(execution_id)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         await response.prepare(request)
-        states = engine.watch(execution_id).__aiter__()
+        states = self.engine.watch(execution_id).__aiter__()
         try:
             while True:
                 try:
@@ -388,24 +301,17 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         await response.write_eof()
         return response
 
-    @route(
-        "GET",
-        "/queue/stats",
-        summary="The queue as the caller sees it (its own executions; an admin: all, and the replicas' load)",
-        tags=["executions"],
-    )
-    async def queue_stats(request: web.Request) -> web.Response:
-        return json_response(engine.queue_stats(_scope(request)))
+    async def queue_stats(self, request: web.Request) -> web.Response:
+        return json_response(self.engine.queue_stats(_scope(request)))
 
     # -- commands -------------------------------------------------------------------------
 
-    @service.command("start")
-    async def start_command(delivery: Delivery) -> bytes:
+    async def start_command(self, delivery: Delivery) -> bytes:
         """``nexus.cmd.workflow.start``: {workflow_id, input, priority, idempotency_key} as a CloudEvent's data
         (or bare JSON). Without a key, the message's id is the key, so a redelivery starts nothing new."""
         data, message_id = _command_data(delivery)
         try:
-            execution_id = await engine.start(
+            execution_id = await self.engine.start(
                 str(data.get("workflow_id", "")),
                 data.get("input"),
                 priority=data.get("priority", 50),
@@ -419,20 +325,137 @@ def install(service: Service, ctx: WorkflowContext) -> None:
             raise PoisonMessageError(str(exc)) from None
         return msgspec.json.encode({"id": execution_id})
 
-    @service.command("register")
-    async def register_command(delivery: Delivery) -> bytes:
+    async def register_command(self, delivery: Delivery) -> bytes:
         """``nexus.cmd.workflow.register``: {kind: workflow|schema, document} (document: YAML/JSON text or object)."""
         data, _ = _command_data(delivery)
         document = data.get("document", data)
         try:
             tenant = _command_tenant(delivery)
             if data.get("kind") == "schema":
-                item: Any = await registry.register_schema(document, source="command", tenant=tenant)
+                item: Any = await self.registry.register_schema(document, source="command", tenant=tenant)
             else:
-                item = await registry.register_workflow(document, source="command", tenant=tenant)
+                item = await self.registry.register_workflow(document, source="command", tenant=tenant)
         except DefinitionError as exc:
             raise PoisonMessageError(str(exc)) from None
         return msgspec.json.encode({"id": item.id, "version": item.version})
+
+
+def install(service: Service, ctx: WorkflowContext) -> None:
+    """Add the engine's routes and commands to ``service`` (the handlers are ``WorkflowRoutes``'s)."""
+    routes = WorkflowRoutes(ctx)
+    # Every route of the engine needs a client API key, checked against the KeyView folded from
+    # the log; the platform endpoints (/healthz, /readyz, /metrics, /openapi.json) stay open.
+    route = functools.partial(service.route, auth="client")
+
+    # -- definitions ----------------------------------------------------------------------
+
+    route(
+        "POST",
+        "/workflows",
+        summary="Register a workflow (YAML or JSON); a new version each time",
+        status=201,
+        responses={400: "The definition is refused; every problem is listed by path"},
+        tags=["workflows"],
+    )(routes.post_workflow)
+    route(
+        "GET",
+        "/workflows",
+        summary="The latest version of every workflow the caller sees (its own and the platform's)",
+        tags=["workflows"],
+    )(routes.list_workflows)
+    route(
+        "GET",
+        "/workflows/{workflow_id}",
+        summary="A workflow (latest version, or ?version=N)",
+        responses={404: "No such workflow or version"},
+        query={"version": "a version number (default: the latest)"},
+        tags=["workflows"],
+    )(routes.get_workflow)
+    route(
+        "POST",
+        "/schemas",
+        summary="Register a JSON schema (seed 004 format, YAML or JSON)",
+        status=201,
+        responses={400: "The schema is refused; every problem is listed by path"},
+        tags=["schemas"],
+    )(routes.post_schema)
+    route("GET", "/schemas", summary="Every schema the caller sees (its own and the platform's)", tags=["schemas"])(
+        routes.list_schemas
+    )
+    route("GET", "/schemas/{schema_id}", summary="A schema", responses={404: "No such schema"}, tags=["schemas"])(
+        routes.get_schema
+    )
+
+    # -- executions -----------------------------------------------------------------------
+
+    route(
+        "POST",
+        "/executions",
+        summary="Start an execution (queued durably; 202 with its id)",
+        request=StartExecution,
+        response=Accepted,
+        status=202,
+        responses={400: "Bad body or input (every field at fault is named)", 404: "No such workflow"},
+        tags=["executions"],
+    )(routes.post_execution)
+    route(
+        "GET",
+        "/executions",
+        summary="The caller's executions, newest first (an admin: every tenant's)",
+        query={
+            "status": f"one of {', '.join(STATUSES)}",
+            "workflow_id": "only this workflow's",
+            "limit": "1-1000 (default 50)",
+            "offset": "how many to skip (default 0)",
+        },
+        tags=["executions"],
+    )(routes.list_executions)
+    owned_execution = Owned("execution", "execution_id", ctx.engine.tenant_of)
+    route(
+        "GET",
+        "/executions/{execution_id}",
+        summary="An execution: status, current step, outputs, error, timings",
+        owned=owned_execution,
+        responses={404: "No such execution"},
+        tags=["executions"],
+    )(routes.get_execution)
+    route(
+        "GET",
+        "/executions/{execution_id}/events",
+        summary="The execution's history: every event of stream execution-<id>",
+        owned=owned_execution,
+        responses={404: "No such execution"},
+        tags=["executions"],
+    )(routes.get_events)
+    route(
+        "POST",
+        "/executions/{execution_id}/cancel",
+        summary="Cancel an execution (compensations of completed steps run; final status CANCELLED)",
+        owned=owned_execution,
+        status=202,
+        responses={404: "No such execution"},
+        tags=["executions"],
+    )(routes.cancel_execution)
+    route(
+        "GET",
+        "/executions/{execution_id}/stream",
+        summary="Server-Sent Events: the state after each transition, until a final one",
+        owned=owned_execution,
+        content_type="text/event-stream",
+        responses={404: "No such execution"},
+        tags=["executions"],
+    )(routes.stream_execution)
+    route(
+        "GET",
+        "/queue/stats",
+        summary="The queue as the caller sees it (its own executions; an admin: all, and the replicas' load)",
+        tags=["executions"],
+    )(routes.queue_stats)
+
+    # -- commands -------------------------------------------------------------------------
+
+    service.command("start")(routes.start_command)
+    service.command("register")(routes.register_command)
 
 
 def _command_tenant(delivery: Delivery) -> str:
