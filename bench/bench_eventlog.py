@@ -22,7 +22,6 @@ import asyncio
 import itertools
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from eventsourcing.persistence import (
 from bench._harness import Context, Row, median_rate, target_row
 from nexus.eventlog.sqlite import SqliteEventLog
 from nexus.proto import CloudEvent, encode_event, new_event
+from nexus.proto._envelope import parse_rfc3339
 
 SUITE = "eventlog"
 _NOTE = "about 400 bytes of event JSON"
@@ -81,7 +81,7 @@ def _domain_events(events: list[CloudEvent], streams: list[tuple[uuid.UUID, int]
         OrderPlaced(
             originator_id=originator,
             originator_version=version,
-            timestamp=datetime.fromisoformat(e.time),
+            timestamp=parse_rfc3339(e.time),
             source=e.source,
             correlation_id=uuid.UUID(e.correlationid),
             data=e.data,

@@ -179,6 +179,21 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def parse_rfc3339(text: str) -> datetime:
+    """An RFC 3339 instant (``2025-11-19T10:00:00.123456Z``, or with an offset) as an aware datetime.
+
+    The one parser of the platform's timestamps (events' ``time``, deadlines, retry times). ``Z``
+    and ``z`` mean UTC; a time without an offset is taken as UTC.
+
+    Raises:
+        ValueError: not an ISO 8601 / RFC 3339 date-time.
+    """
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
 def new_event(
     type: str,
     data: Any,

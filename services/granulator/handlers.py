@@ -6,12 +6,12 @@ No I/O here: the worker reads the log, calls these functions, and appends what t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from nexus.proto import PLATFORM_TENANT, CloudEvent
+from nexus.proto._envelope import parse_rfc3339
 from nexus.proto.events import granulator as ev
 from nexus.services.granulator.generators.builtin import (
     BODY_SECTIONS,
@@ -154,7 +154,7 @@ class HandshakeState:
 
 
 def _epoch(rfc3339: str) -> float:
-    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+    return parse_rfc3339(rfc3339).timestamp()
 
 
 def fold(events: list[CloudEvent]) -> HandshakeState | None:

@@ -17,6 +17,7 @@ import pytest
 
 from nexus.auth import issue_key
 from nexus.eventlog import open_event_log
+from nexus.proto._envelope import parse_rfc3339
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
@@ -212,6 +213,4 @@ async def test_back_off_and_deadline_survive_a_restart(tmp_path, nats_server, st
 
 
 def _seconds(rfc3339: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+    return parse_rfc3339(rfc3339).timestamp()

@@ -211,3 +211,19 @@ def test_building_from_a_record_names_missing_and_unconvertible_fields() -> None
     problems = dict(info.value.problems)
     assert set(problems) == {"confidence", "bogus"}
     assert "'score'" in problems["confidence"]
+
+
+def test_the_one_rfc3339_parser() -> None:
+    from nexus.proto._envelope import now_rfc3339, parse_rfc3339
+
+    utc = dt.UTC
+    assert parse_rfc3339("2025-11-19T10:00:00Z") == dt.datetime(2025, 11, 19, 10, tzinfo=utc)
+    assert parse_rfc3339("2025-11-19t10:00:00.250000z") == dt.datetime(2025, 11, 19, 10, 0, 0, 250000, tzinfo=utc)
+    # An offset is kept as the same instant; a time without one is taken as UTC, never as local time.
+    assert parse_rfc3339("2025-11-19T12:00:00+02:00") == dt.datetime(2025, 11, 19, 10, tzinfo=utc)
+    assert parse_rfc3339("2025-11-19T10:00:00").tzinfo is not None
+    now = parse_rfc3339(now_rfc3339())
+    assert abs((dt.datetime.now(utc) - now).total_seconds()) < 60
+    for bad in ("", "yesterday", "2025-13-01T00:00:00Z", "2025-02-30T00:00:00Z"):
+        with pytest.raises(ValueError):
+            parse_rfc3339(bad)

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+# The platform's one RFC 3339 parser (nexus.proto exports it once the lead adds the line).
+from nexus.proto._envelope import parse_rfc3339
+
 JOB_TYPES: Final = ("str", "float", "bool", "date", "object", "array", "file", "array_files")
 """Every job payload type, in the order of ARCHITECTURE.md's table."""
 
@@ -199,7 +202,7 @@ def is_date(value: Any) -> bool:
         return True
     if _DATETIME.match(value):
         try:
-            _dt.datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+            parse_rfc3339(value)
         except ValueError:
             return False
         return True
