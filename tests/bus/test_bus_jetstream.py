@@ -21,10 +21,16 @@ pytestmark = pytest.mark.nats
 
 
 class TestJetStreamBus(BusContract):
-    @pytest.fixture
-    async def bus(self, nats_server: str) -> AsyncIterator[Bus]:
+    """The contract on both paths: nats-py's public API, and the accelerator (``_wire``)."""
+
+    @pytest.fixture(params=["accelerated", "public"])
+    async def bus(self, nats_server: str, request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
         self.tracer_provider = TracerProvider()
-        bus = await JetStreamBus.connect(nats_server, tracer_provider=self.tracer_provider)
+        accelerated = request.param == "accelerated"
+        bus = await JetStreamBus.connect(
+            nats_server, tracer_provider=self.tracer_provider, accelerator="on" if accelerated else "off"
+        )
+        assert bus.accelerated is accelerated
         yield bus
         await bus.close()
 

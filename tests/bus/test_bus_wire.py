@@ -1,17 +1,23 @@
-"""The wire layer's parser front end and header helpers, fed protocol bytes split anywhere."""
+"""The accelerator (``_wire``): its parser front end fed bytes split anywhere, its start-up check and
+fallback, that it is on the read path when enabled, and that a malformed frame reconnects; header helpers."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from types import SimpleNamespace
+from urllib.parse import urlsplit, urlunsplit
 
+import nats
 import pytest
 from nats.protocol.parser import Parser
 
-from nexus.bus import BusArgumentError
+from nexus.bus import BusArgumentError, ConsumerSpec, Delivery, OutboundMessage, _wire
 from nexus.bus._protocol import LazyHeaders, header_block, parse_headers
 from nexus.bus._subjects import check_subject
 from nexus.bus._wire import Wire, WireError, _fast_parse
+from nexus.bus.jetstream import JetStreamBus, _Pipeline
+from nexus.proto import STREAM_EVT
 
 
 class FakeClient:
@@ -115,5 +121,175 @@ def test_received_headers_are_parsed_when_read() -> None:
 
 
 def test_a_nats_client_without_the_internals_the_wire_needs_is_refused_by_name() -> None:
-    with pytest.raises(WireError, match=r"_process_msg.*requirements\.lock"):
+    with pytest.raises(WireError, match=r"client has no _process_msg.*client has no _max_pending_size"):
         Wire(SimpleNamespace(_ps=Parser()))  # type: ignore[arg-type]
+
+
+@pytest.mark.nats
+async def test_the_check_covers_every_private_name_and_signature_on_a_real_client(nats_server: str) -> None:
+    nc = await nats.connect(nats_server)
+    try:
+        assert _wire.check(nc) == []
+        # Each private name the accelerator touches is checked: remove any one and it is named.
+        for name in _wire._CLIENT_ATTRIBUTES:
+            fake = SimpleNamespace(**{n: getattr(nc, n) for n in _wire._CLIENT_ATTRIBUTES if n != name})
+            assert f"client has no {name}" in _wire.check(fake)
+        for name in _wire._PARSER_ATTRIBUTES:
+            parser = SimpleNamespace(**{n: getattr(nc._ps, n) for n in _wire._PARSER_ATTRIBUTES if n != name})
+            fake = SimpleNamespace(**{n: getattr(nc, n) for n in _wire._CLIENT_ATTRIBUTES})
+            fake._ps = parser
+            assert f"parser has no {name}" in _wire.check(fake)
+
+        # A changed signature is named too.
+        async def send_command(data: bytes) -> None: ...
+
+        fake = SimpleNamespace(**{n: getattr(nc, n) for n in _wire._CLIENT_ATTRIBUTES})
+        fake._send_command = send_command
+        assert any("_send_command takes" in problem for problem in _wire.check(fake))
+        fake = SimpleNamespace(**{n: getattr(nc, n) for n in _wire._CLIENT_ATTRIBUTES})
+        fake.stats = {"in_msgs": 0}
+        assert "client stats has no out_bytes" in _wire.check(fake)
+    finally:
+        await nc.close()
+
+
+def test_auto_runs_the_accelerator_only_on_the_tested_nats_py_versions(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert _wire.tested_version((2, 16, 0)) and not _wire.tested_version((2, 17, 0))
+    assert not _wire.tested_version((2, 15, 9)) and not _wire.tested_version(())
+    assert _wire.tested_version()  # the version in requirements.lock
+    monkeypatch.setattr(_wire, "nats_py_version", lambda: (2, 99, 0))
+    monkeypatch.setattr(_wire, "_warned", set())
+    fake = SimpleNamespace()
+    with caplog.at_level("WARNING", logger="nexus.bus"):
+        assert _wire.choose("auto", fake) is False
+        assert _wire.choose("auto", fake) is False
+        assert _wire.choose("off", fake) is False
+        # "on" still requires the check to pass.
+        assert _wire.choose("on", fake) is False
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len([w for w in warnings if "2.99.0" in w]) == 1
+    assert len([w for w in warnings if "cannot run" in w and "client has no _ps" in w]) == 1
+    with pytest.raises(ValueError, match="auto, on, off"):
+        _wire.choose("fast", fake)
+
+
+@pytest.mark.nats
+async def test_a_failed_check_falls_back_to_the_public_path_with_one_warning(
+    nats_server: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_wire, "check", lambda nc: ["client has no _ps"])
+    monkeypatch.setattr(_wire, "_warned", set())
+    with caplog.at_level("WARNING", logger="nexus.bus"):
+        buses = [await JetStreamBus.connect(nats_server, accelerator="on") for _ in range(2)]
+    try:
+        assert [bus.accelerated for bus in buses] == [False, False]
+        ack = await buses[0].publish("nexus.evt.test.thing.x", b"x")
+        assert ack.seq == 1
+    finally:
+        for bus in buses:
+            await bus.close()
+    assert len([r for r in caplog.records if "cannot run" in r.getMessage()]) == 1
+
+
+@pytest.mark.nats
+async def test_the_fast_parser_is_on_the_read_path_when_the_accelerator_is_on(nats_server: str) -> None:
+    bus = await JetStreamBus.connect(nats_server, accelerator="on")
+    try:
+        assert bus.accelerated and bus._wire is not None
+        got: asyncio.Queue[Delivery] = asyncio.Queue()
+
+        async def handler(delivery: Delivery) -> None:
+            got.put_nowait(delivery)
+
+        before = list(bus._wire.counts)
+        await bus.consume(ConsumerSpec("fast", STREAM_EVT, ("nexus.evt.>",)), handler)
+        await bus.publish_many([OutboundMessage(f"nexus.evt.test.thing.n{n}", b"x") for n in range(500)])
+        for _ in range(500):
+            await asyncio.wait_for(got.get(), 10)
+        fast, slow = bus._wire.counts[0] - before[0], bus._wire.counts[1] - before[1]
+        # 500 acks of the publishes and 500 pulled messages, nearly all split by the fast parser
+        # (a message cut by a read boundary may finish in nats-py's parser).
+        assert fast + slow >= 1000
+        assert fast >= 0.9 * (fast + slow)
+    finally:
+        await bus.close()
+    public = await JetStreamBus.connect(nats_server, accelerator="off")
+    try:
+        assert not public.accelerated and public._wire is None
+        # nats-py's own parser, untouched.
+        assert type(public.nc._ps).parse is Parser.parse
+        assert public.nc._ps.parse.__func__ is Parser.parse  # type: ignore[attr-defined]
+    finally:
+        await public.close()
+
+
+class Proxy:
+    """A TCP proxy to the nats-server that can slip bytes into what the client receives."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.clients: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        self.clients.append(writer)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        for writer in self.clients:
+            writer.close()
+        self.server.close()
+
+
+@pytest.mark.nats
+@pytest.mark.parametrize("accelerator", ["on", "off"])
+async def test_a_malformed_frame_makes_the_client_reconnect_instead_of_killing_its_reader(
+    nats_server: str, accelerator: str
+) -> None:
+    url = urlsplit(nats_server)
+    assert url.hostname is not None and url.port is not None
+    proxy = Proxy(url.hostname, url.port)
+    port = await proxy.start()
+    bus = await JetStreamBus.connect(
+        urlunsplit(url._replace(netloc=f"{url.username}:{url.password}@127.0.0.1:{port}")), accelerator=accelerator
+    )
+    try:
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def handler(delivery: Delivery) -> None:
+            got.put_nowait(delivery.data)
+
+        await bus.consume(ConsumerSpec("after-garbage", STREAM_EVT, ("nexus.evt.>",)), handler)
+        await bus.publish("nexus.evt.test.thing.before", b"before")
+        assert await asyncio.wait_for(got.get(), 10) == b"before"
+        reconnects = bus.nc.stats["reconnects"]
+        # A MSG for a live subscription whose size is not a number.
+        sid = bus._pipeline._sub._id if isinstance(bus._pipeline, _Pipeline) else 1
+        proxy.clients[-1].write(b"MSG nexus.x %d notanumber\r\nhi\r\n" % sid)
+        async with asyncio.timeout(10):
+            while bus.nc.stats["reconnects"] == reconnects:  # noqa: ASYNC110 - nats-py offers no event
+                await asyncio.sleep(0.05)
+        await bus.publish("nexus.evt.test.thing.after", b"after")
+        assert await asyncio.wait_for(got.get(), 10) == b"after"
+    finally:
+        await bus.close()
+        await proxy.stop()

@@ -112,9 +112,13 @@ async def open_bus(settings: PlatformSettings, *, name: str = "nexus") -> JetStr
     from nexus.bus.embedded import EmbeddedNats
     from nexus.bus.jetstream import JetStreamBus
 
+    # NEXUS_BUS_ACCELERATOR (auto|on|off), once PlatformSettings carries it; auto until then.
+    accelerator = str(getattr(settings, "bus_accelerator", "auto"))
     if settings.nats_url:
         user, password = (settings.nats_user, settings.nats_password)
-        return await JetStreamBus.connect(settings.nats_url, name=name, user=user, password=password)
+        return await JetStreamBus.connect(
+            settings.nats_url, name=name, user=user, password=password, accelerator=accelerator
+        )
     server = EmbeddedNats(
         settings.data_dir / "nats", port=settings.nats_port, sync_always=settings.nats_sync == "always"
     )
@@ -123,7 +127,7 @@ async def open_bus(settings: PlatformSettings, *, name: str = "nexus") -> JetStr
         # The process that starts the server owns it (and its data directory): it connects as
         # NEXUS_NATS_USER when given, else as the operator.
         user, password = nats_credentials(settings) or server.credentials()
-        bus = await JetStreamBus.connect(server.url, name=name, user=user, password=password)
+        bus = await JetStreamBus.connect(server.url, name=name, user=user, password=password, accelerator=accelerator)
     except BaseException:
         await server.stop()
         raise

@@ -1,14 +1,17 @@
-"""The bus over NATS JetStream: pipelined publishing and batched pull consumers.
+"""The bus over NATS JetStream, on nats-py's public API, with an optional accelerator.
 
-nats-py's JetStream helpers await one round trip per publish and per fetch, which caps a
-Python process near 10,000 messages/s. This adapter speaks the JetStream wire protocol over
-the core connection instead: a publish is a core publish to the stream subject with a reply
-inbox, and the PubAcks are collected asynchronously (a bounded window keeps the pipeline
-full); a consumer keeps one pull request open for a batch and acks with core publishes to
-the messages' ack subjects, without waiting. The per-message work itself (encoding HPUB
-commands, parsing MSG lines, dispatching acks and pulled messages) is done by ``_wire``
-rather than by nats-py's publish and subscription machinery. nats-py's management API is
-used for the rare calls (streams, key-value buckets, message lookups).
+The public path: a publish is ``js.publish_async`` (at most ``window`` unacknowledged, nats-py's
+``publish_async_max_pending``), whose futures are gathered per batch; a consumer creates its
+durable with ``add_consumer(ConsumerConfig)``, pulls with ``pull_subscribe_bind().fetch()``,
+reads ``msg.metadata`` and settles with ``ack``/``nak(delay)``/``term``. nats-py's management
+API serves the rare calls (streams, key-value buckets, message lookups); its errors are told
+apart by class and ``err_code``, never by their text, and never reach callers.
+
+The accelerated path (``_wire``, ``NEXUS_BUS_ACCELERATOR``): publishes are written as one
+buffer of ``HPUB`` commands per batch with the PubAcks collected by a raw inbox handler, and a
+consumer keeps one pull request open and acks with one buffer of ``PUB`` commands. It touches
+nats-py internals, checked at start-up; when the check fails the bus takes the public path.
+Both paths pass the same contract suite (tests/bus/bus_contract.py).
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
     ConsumerInfo,
+    DeliverPolicy,
     KeyValueConfig,
     RawStreamMsg,
     RetentionPolicy,
@@ -41,16 +47,18 @@ from nats.js.api import (
 from nats.js.errors import (
     APIError,
     BucketNotFoundError,
+    FetchTimeoutError,
     KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
+    NoStreamResponseError,
     NotFoundError,
     ServiceUnavailableError,
 )
 from nats.js.kv import KeyValue
 from opentelemetry import trace
 
-from nexus.bus import _dispatch, _port
+from nexus.bus import _dispatch, _port, _wire
 from nexus.bus._metrics import CONSUMER_LAG, CONSUMER_PROCESSED, PUBLISHED
 from nexus.bus._port import (
     Bus,
@@ -72,7 +80,7 @@ from nexus.bus._port import (
 )
 from nexus.bus._protocol import LazyHeaders, header_block, parse_headers
 from nexus.bus._streams import DUPLICATE_WINDOW_SECONDS, NEXUS_STREAMS, StreamSpec
-from nexus.bus._subjects import check_subject, clean_value, matches_any
+from nexus.bus._subjects import check_subject, clean_header_dict, clean_value, matches_any
 from nexus.bus._wire import Wire, WireError
 from nexus.obs import Backoff, RateLimitedLog
 from nexus.proto import CloudEvent, encode_event, subject_for
@@ -225,14 +233,16 @@ _pub_ack_decoder = msgspec.json.Decoder(_PubAck)
 class _Batch:
     """The acks of one ``_Pipeline.send``: filled in by index as they arrive."""
 
-    __slots__ = ("acks", "chunks", "future", "remaining")
+    __slots__ = ("acks", "chunks", "future", "futures", "remaining")
 
     def __init__(self, size: int, future: asyncio.Future[list[PublishAck]]) -> None:
         self.acks: list[Any] = [None] * size
         self.remaining = size
         self.future = future
         self.chunks: list[tuple[int, int]] = []
-        """(first token, count) of each part sent, to forget them on a timeout."""
+        """(first token, count) of each part sent, to forget them on a timeout (accelerated path)."""
+        self.futures: list[asyncio.Future[Any]] = []
+        """nats-py's publish_async futures (public path)."""
 
 
 class _Pipeline:
@@ -270,7 +280,12 @@ class _Pipeline:
             encoded = self._subjects[subject] = subject.encode()
         return encoded
 
-    async def send(self, items: Sequence[tuple[str, bytes, bytes]]) -> _Batch:
+    @staticmethod
+    def headers(headers: Mapping[str, str]) -> bytes:
+        """Headers as this pipeline sends them: a header block."""
+        return header_block(headers.items()) if headers else b""
+
+    async def send(self, items: Sequence[tuple[str, Any, bytes]]) -> _Batch:
         """Send (subject, header block, payload) messages; the batch's future gets the acks in order."""
         max_payload = self._wire.max_payload
         for subject, header, payload in items:
@@ -360,6 +375,85 @@ class _Pipeline:
                 batch.future.set_exception(error)
 
 
+class _PublicPipeline:
+    """Publishes with nats-py's ``js.publish_async`` (at most ``window`` unacknowledged, its
+    ``publish_async_max_pending``); the futures of a batch resolve one future, as ``_Pipeline``'s do."""
+
+    def __init__(self, nc: NatsClient, js: JetStreamContext) -> None:
+        self._nc = nc
+        self._js = js
+        self._batches: set[_Batch] = set()
+
+    async def start(self) -> None:
+        return None
+
+    @staticmethod
+    def headers(headers: Mapping[str, str]) -> dict[str, str]:
+        """Headers as this pipeline sends them: a dict, checked and cleaned as the bus does."""
+        return clean_header_dict(headers)
+
+    async def send(self, items: Sequence[tuple[str, Any, bytes]]) -> _Batch:
+        max_payload = self._nc.max_payload
+        prepared = []
+        for subject, header, payload in items:
+            check_subject(subject)
+            headers = parse_headers(header) if isinstance(header, bytes) else header
+            size = (len(header_block(headers.items())) if headers else 0) + len(payload)
+            if size > max_payload:
+                raise BusError(f"message on {subject} is {size} bytes; NATS allows {max_payload}")
+            prepared.append((subject, payload, headers or None))
+        batch = _Batch(len(items), asyncio.get_running_loop().create_future())
+        self._batches.add(batch)
+        batch.future.add_done_callback(lambda _: self._batches.discard(batch))
+        try:
+            for index, (subject, payload, headers) in enumerate(prepared):
+                future = await self._js.publish_async(subject, payload, headers=headers)
+                batch.futures.append(future)
+                future.add_done_callback(_PublicPipeline._on_ack(batch, index))
+        except BaseException:
+            self.abandon(batch)
+            if not batch.future.done():
+                batch.future.cancel()
+            raise
+        return batch
+
+    @staticmethod
+    def _on_ack(batch: _Batch, index: int) -> Callable[[asyncio.Future[Any]], None]:
+        def done(future: asyncio.Future[Any]) -> None:
+            if batch.future.done() or future.cancelled():
+                return
+            exc = future.exception()
+            if exc is not None:
+                batch.future.set_exception(_publish_error(exc))
+                return
+            ack = future.result()
+            batch.acks[index] = PublishAck(ack.stream, ack.seq, bool(ack.duplicate))
+            batch.remaining -= 1
+            if not batch.remaining:
+                batch.future.set_result(batch.acks)
+
+        return done
+
+    def abandon(self, batch: _Batch) -> None:
+        for future in batch.futures:
+            future.cancel()  # nats-py forgets it and frees its place in the window
+        batch.futures = []
+
+    def fail_all(self, error: Exception) -> None:
+        for batch in list(self._batches):
+            self.abandon(batch)
+            if not batch.future.done():
+                batch.future.set_exception(error)
+
+
+def _publish_error(exc: BaseException) -> BusError:
+    if isinstance(exc, NoStreamResponseError):
+        return _NoStreamError("no JetStream stream accepts this subject (no responders)")
+    if isinstance(exc, APIError):
+        return BusError(f"JetStream refused the message: {exc.description or exc}")
+    return BusUnavailableError(f"cannot publish: {_describe(exc)}")
+
+
 class PendingAcks(_port.PendingAcks):
     """The acks of events sent by ``JetStreamBus.send_events``, not yet awaited."""
 
@@ -407,19 +501,28 @@ class JetStreamBus(Bus):
         window: int = 8192,
         tracer_provider: trace.TracerProvider | None = None,
         owned: Sequence[Any] = (),
+        accelerator: str = "auto",
     ) -> None:
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream()
         self.ack_timeout = ack_timeout
-        try:
-            self._wire = Wire(nc)
-        except WireError as exc:
-            raise BusError(str(exc)) from exc
-        self._pipeline = _Pipeline(self._wire, window)
+        self.accelerated = _wire.choose(accelerator, nc)
+        """Whether the accelerator (``_wire``) runs under this connection; else nats-py's public API."""
+        self._wire: Wire | None = None
+        self._pipeline: _Pipeline | _PublicPipeline
+        if self.accelerated:
+            try:
+                self._wire = Wire(nc)
+            except WireError as exc:  # choose() checked the same: only a bug gets here
+                raise BusError(str(exc)) from exc
+            self.js: JetStreamContext = nc.jetstream()
+            self._pipeline = _Pipeline(self._wire, window)
+        else:
+            self.js = nc.jetstream(publish_async_max_pending=window)
+            self._pipeline = _PublicPipeline(nc, self.js)
         self._published: dict[str, Any] = {}
         self._event_subjects: dict[str, str] = {}
         self._tracer = trace.get_tracer("nexus.bus", tracer_provider=tracer_provider)
-        self._consumers: list[_JetStreamConsumer] = []
+        self._consumers: list[_JetStreamConsumer | _PublicConsumer] = []
         self._replies: dict[str, asyncio.Future[bytes]] = {}
         self._reply_prefix = nc.new_inbox()
         self._reply_tokens = itertools.count(1)
@@ -442,6 +545,7 @@ class JetStreamBus(Bus):
         user: str | None = None,
         password: str | None = None,
         reconnect: bool = True,
+        accelerator: str = "auto",
     ) -> JetStreamBus:
         """Connect to ``url`` and (by default) create or update the Nexus streams.
 
@@ -459,6 +563,9 @@ class JetStreamBus(Bus):
             reconnect: keep reconnecting, forever, when the connection is lost (services).
                 False fails at once, with the reason, when the server cannot be reached or
                 refuses the credentials, and never reconnects (one-shot commands).
+            accelerator: ``NEXUS_BUS_ACCELERATOR``: ``auto`` runs the accelerator (``_wire``) on
+                the nats-py versions it was tested with, ``on`` on any that passes its check,
+                ``off`` never; without it the bus uses nats-py's public API only.
 
         Raises:
             BusUnavailableError: the server cannot be reached, or refused the credentials.
@@ -500,7 +607,9 @@ class JetStreamBus(Bus):
             reason = "; ".join(errors[:3]) if errors else _describe(exc)
             raise BusUnavailableError(f"cannot connect to NATS at {redact_url(url)}: {reason}") from exc
         try:
-            bus = cls(nc, ack_timeout=ack_timeout, window=window, tracer_provider=tracer_provider)
+            bus = cls(
+                nc, ack_timeout=ack_timeout, window=window, tracer_provider=tracer_provider, accelerator=accelerator
+            )
             await bus._pipeline.start()
             await nc.subscribe(f"{bus._reply_prefix}.*", cb=bus._on_reply)
             if ensure_streams:
@@ -603,7 +712,7 @@ class JetStreamBus(Bus):
                 else:
                     # Nothing records spans: the current context (if any) still travels on.
                     _dispatch.inject_current(headers)
-                items.append((message.subject, header_block(headers.items()) if headers else b"", message.payload))
+                items.append((message.subject, self._pipeline.headers(headers), message.payload))
             return await self._settle(await self._send(items), ack_timeout)
         finally:
             for span in spans:
@@ -636,7 +745,15 @@ class JetStreamBus(Bus):
                 span = _dispatch.publish_span(self._tracer, subject, parent)
                 _dispatch.inject(span, headers)
                 spans.append(span)
-                items.append((subject, header_block(headers.items()), encode_event(event)))
+                items.append((subject, self._pipeline.headers(headers), encode_event(event)))
+        elif not self.accelerated:
+            for event in events:
+                headers = {_dispatch.MSG_ID_HEADER: event.id}
+                if event.position is not None:
+                    headers["Nexus-Position"] = str(event.position)
+                if event.traceparent:
+                    headers["traceparent"] = event.traceparent
+                items.append((subject_for(event), clean_header_dict(headers), encode_event(event)))
         else:
             # Nothing records spans: the event's own traceparent travels as is, so a consumer
             # that does trace still joins the trace of the operation that appended it.
@@ -663,7 +780,7 @@ class JetStreamBus(Bus):
             raise
         return PendingAcks(self, batch, spans)
 
-    async def _send(self, items: Sequence[tuple[str, bytes, bytes]]) -> _Batch | None:
+    async def _send(self, items: Sequence[tuple[str, Any, bytes]]) -> _Batch | None:
         if not items:
             return None
         try:
@@ -745,7 +862,11 @@ class JetStreamBus(Bus):
         self, spec: ConsumerSpec, handler: Handler, *, flush: Callable[[], Awaitable[None]] | None = None
     ) -> Consumer:
         self._check_open()
-        consumer = _JetStreamConsumer(self, spec, handler, flush)
+        consumer: _JetStreamConsumer | _PublicConsumer
+        if self._wire is not None:
+            consumer = _JetStreamConsumer(self, spec, handler, flush, self._wire)
+        else:
+            consumer = _PublicConsumer(self, spec, handler, flush)
         await consumer.start()
         self._consumers.append(consumer)
         return consumer
@@ -767,7 +888,7 @@ class JetStreamBus(Bus):
 
     @property
     def max_payload(self) -> int:
-        return self._wire.max_payload
+        return self.nc.max_payload
 
     async def stream_state(self, stream: str) -> StreamState:
         with _translated(f"stream {stream}"):
@@ -791,6 +912,17 @@ class JetStreamBus(Bus):
                 return None
             raise
         return _consumer_state(stream, info)
+
+    async def consumer_config(self, stream: str, name: str) -> ConsumerConfig | None:
+        """A durable's configuration as the server holds it, or None when it does not exist."""
+        try:
+            with _translated(f"consumer {name} of {stream}"):
+                info = await self.js.consumer_info(stream, name)
+        except JetStreamAPIError as exc:
+            if exc.missing:
+                return None
+            raise
+        return info.config
 
     async def get_message(self, stream: str, seq: int) -> StoredMessage | None:
         if seq < 1:
@@ -948,10 +1080,16 @@ class _JetStreamConsumer(Consumer):
     """
 
     def __init__(
-        self, bus: JetStreamBus, spec: ConsumerSpec, handler: Handler, flush: Callable[[], Awaitable[None]] | None
+        self,
+        bus: JetStreamBus,
+        spec: ConsumerSpec,
+        handler: Handler,
+        flush: Callable[[], Awaitable[None]] | None,
+        wire: Wire,
     ) -> None:
         self.spec = spec
         self._bus = bus
+        self._wire = wire
         self._nc = bus.nc
         self._handler = handler
         self._flush = flush
@@ -983,7 +1121,7 @@ class _JetStreamConsumer(Consumer):
 
     async def start(self) -> None:
         await self._create()
-        self._sub = await self._bus._wire.subscribe(self._inbox, self._on_msg)
+        self._sub = await self._wire.subscribe(self._inbox, self._on_msg)
         self._task = asyncio.create_task(self._run(), name=f"nexus-consumer-{self.spec.name}")
 
     async def _create(self) -> None:
@@ -1176,7 +1314,7 @@ class _JetStreamConsumer(Consumer):
             dead_headers, dead_data = _dispatch.fit_dead_letter(
                 _dispatch.dead_letter_headers(self.spec, delivery, stream, outcome),
                 data,
-                self._bus._wire.max_payload,
+                self._wire.max_payload,
                 lambda headers: len(header_block(headers.items())),
             )
             # The dead letter must be stored before the original is terminated, or it is lost.
@@ -1210,7 +1348,7 @@ class _JetStreamConsumer(Consumer):
         line = b" %d\r\n" % len(body) + body + b"\r\n"
         data = b"".join([b"PUB " + subject + line for subject in subjects])
         try:
-            await self._bus._wire.send(data, len(subjects), len(body) * len(subjects))
+            await self._wire.send(data, len(subjects), len(body) * len(subjects))
         except NatsError as exc:
             # Unacknowledged messages are redelivered after ack_wait: nothing is lost.
             logger.warning("consumer %s: could not send %d acks: %r", self.spec.name, len(subjects), exc)
@@ -1228,8 +1366,209 @@ class _JetStreamConsumer(Consumer):
             except Exception as exc:
                 logger.warning("consumer %s stopped with an error: %r", self.spec.name, exc)
         if self._sub is not None:
-            self._bus._wire.forget(self._sub)
+            self._wire.forget(self._sub)
             with contextlib.suppress(NatsError):
                 await self._sub.unsubscribe()
         with contextlib.suppress(NatsError, TimeoutError):
             await self._nc.flush(timeout=2)
+
+
+class _PublicConsumer(Consumer):
+    """One replica of a durable pull consumer on nats-py's public API.
+
+    ``add_consumer(ConsumerConfig)`` creates the durable, ``pull_subscribe_bind().fetch()``
+    pulls batches, ``msg.metadata`` gives the delivery count and stream sequence, and the
+    outcome is settled with ``msg.ack()``, ``msg.nak(delay)`` or ``msg.term()``. Same
+    semantics as the accelerated consumer: one message at a time, in order; acks held back
+    until ``flush`` persisted the batch; a missing consumer or stream recreated.
+    """
+
+    def __init__(
+        self, bus: JetStreamBus, spec: ConsumerSpec, handler: Handler, flush: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        self.spec = spec
+        self._bus = bus
+        self._handler = handler
+        self._flush = flush
+        self._sub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._held: list[Msg] = []
+        self._stopped = asyncio.Event()
+        self._lag = CONSUMER_LAG.labels(spec.name)
+        self._acked = CONSUMER_PROCESSED.labels(spec.name, "ack")
+        self._expires = float(spec.extra.get("pull_expires_seconds", 0.5))  # type: ignore[arg-type]
+        self._backoff = Backoff(0.1, 5.0)
+        self._quiet = RateLimitedLog(logger, interval=QUIET_INTERVAL)
+
+    async def start(self) -> None:
+        await self._create()
+        await self._bind()
+        self._task = asyncio.create_task(self._run(), name=f"nexus-consumer-{self.spec.name}")
+
+    async def _bind(self) -> None:
+        with _translated(f"consumer {self.spec.name}"):
+            self._sub = await self._bus.js.pull_subscribe_bind(durable=self.spec.name, stream=self.spec.stream)
+
+    async def _create(self) -> None:
+        spec = self.spec
+        config = ConsumerConfig(
+            name=spec.name,
+            durable_name=spec.name,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=spec.ack_wait_seconds,
+            # One delivery more than the handler gets: see _dispatch.run_handler.
+            max_deliver=spec.max_deliver + 1,
+            max_ack_pending=spec.max_ack_pending,
+            max_waiting=512,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        if len(spec.filter_subjects) == 1:
+            config.filter_subject = spec.filter_subjects[0]
+        else:
+            config.filter_subjects = list(spec.filter_subjects)
+        if spec.deliver_from_seq:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = spec.deliver_from_seq
+        # An existing durable keeps where it started: the start position cannot be updated.
+        existing = await self._bus.consumer_config(spec.stream, spec.name)
+        if existing is not None:
+            config.deliver_policy = existing.deliver_policy
+            config.opt_start_seq = existing.opt_start_seq
+        with _translated(f"create consumer {spec.name} on {spec.stream}"):
+            await self._bus.js.add_consumer(spec.stream, config)
+
+    async def _repair(self) -> None:
+        """Recreate the consumer, and first its stream if it is a Nexus stream, when either is gone."""
+        state = await self._bus.consumer_state(self.spec.stream, self.spec.name)
+        if state is not None:
+            return
+        stream_missing = False
+        try:
+            await self._bus.stream_state(self.spec.stream)
+        except JetStreamAPIError as exc:
+            if exc.err_code != ERR_STREAM_NOT_FOUND:
+                raise
+            stream_missing = True
+            for stream in NEXUS_STREAMS:
+                if stream.name == self.spec.stream:
+                    await self._bus._ensure_stream(stream)
+        await self._create()
+        logger.warning(
+            "consumer %s: %s was missing and has been recreated",
+            self.spec.name,
+            f"stream {self.spec.stream}" if stream_missing else "the durable consumer",
+        )
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                messages = await self._sub.fetch(self.spec.batch, timeout=self._expires)
+            except (FetchTimeoutError, TimeoutError):
+                await self._flush_acks()
+                self._backoff.reset()
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._flush_acks()
+                if self._stopping:
+                    break
+                self._quiet.warning(
+                    f"fetch:{type(exc).__name__}", "consumer %s: fetch failed: %s", self.spec.name, _describe(exc)
+                )
+                await self._recover()
+                continue
+            for msg in messages:
+                try:
+                    await self._process(msg)
+                except Exception as exc:
+                    # No ack was sent: JetStream redelivers after ack_wait. The replica keeps going.
+                    self._quiet.warning("settle", "consumer %s: could not settle a message: %r", self.spec.name, exc)
+            await self._flush_acks()
+        await self._flush_acks()
+
+    async def _recover(self) -> None:
+        try:
+            await self._repair()
+            await self._bind()
+        except BusError as exc:
+            self._quiet.warning("repair", "consumer %s: could not check or recreate it: %s", self.spec.name, exc)
+        # The next back-off delay, or less if the consumer is stopped meanwhile.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._backoff.next()):
+                await self._stopped.wait()
+
+    async def _process(self, msg: Msg) -> None:
+        metadata = msg.metadata
+        headers = msg.headers or {}
+        delivery = Delivery(
+            subject=msg.subject,
+            data=msg.data,
+            headers=headers,
+            num_delivered=metadata.num_delivered or 1,
+            stream_seq=metadata.sequence.stream,
+            reply=headers.get(_dispatch.REPLY_HEADER),
+        )
+        outcome = await _dispatch.run_handler(self.spec, self._handler, delivery, self._bus._tracer)
+        self._lag.set(metadata.num_pending or 0)
+        if outcome.kind == "ack":
+            if outcome.reply is not None and delivery.reply:
+                await self._bus.nc.publish(delivery.reply, outcome.reply)
+            self._held.append(msg)
+            return
+        if outcome.kind == "retry":
+            await msg.nak(delay=outcome.delay)
+        else:
+            dead_headers, dead_data = _dispatch.fit_dead_letter(
+                _dispatch.dead_letter_headers(self.spec, delivery, metadata.stream, outcome),
+                msg.data,
+                self._bus.max_payload,
+                lambda headers: len(header_block(headers.items())),
+            )
+            # The dead letter must be stored before the original is terminated, or it is lost.
+            await self._bus.publish(_dispatch.dlq_subject_for(self.spec), dead_data, headers=dead_headers)
+            if delivery.reply:
+                error = {"accepted": False, "error": outcome.error, "reason": outcome.reason}
+                await self._bus.nc.publish(delivery.reply, json.dumps(error).encode())
+            await msg.term()
+        _dispatch.count(self.spec, outcome)
+
+    async def _flush_acks(self) -> None:
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        try:
+            if self._flush is not None:
+                try:
+                    await self._flush()
+                except Exception as exc:
+                    # Nothing of the batch is acknowledged: it is delivered again at once.
+                    logger.warning("consumer %s: flush failed, the batch will be redelivered: %r", self.spec.name, exc)
+                    for msg in held:
+                        await msg.nak()
+                    return
+            for msg in held:
+                await msg.ack()
+            self._acked.inc(len(held))
+        except NatsError as exc:
+            # Unacknowledged messages are redelivered after ack_wait: nothing is lost.
+            logger.warning("consumer %s: could not send %d acks: %r", self.spec.name, len(held), exc)
+
+    async def stop(self) -> None:
+        if self._stopping:
+            if self._task is not None:
+                await asyncio.shield(self._task)
+            return
+        self._stopping = True
+        self._stopped.set()
+        if self._task is not None:
+            try:
+                await self._task
+            except Exception as exc:
+                logger.warning("consumer %s stopped with an error: %r", self.spec.name, exc)
+        if self._sub is not None:
+            with contextlib.suppress(NatsError):
+                await self._sub.unsubscribe()
+        with contextlib.suppress(NatsError, TimeoutError):
+            await self._bus.nc.flush(timeout=2)
