@@ -1,7 +1,10 @@
 """The bus: relay, consumer, end to end and latency on the embedded defaults, with a nats-py peer.
 
 Every measurement runs on a fresh embedded nats-server (JetStream file storage) in the
-suite's work directory, so no run sees another's messages or de-duplication state.
+suite's work directory, so no run sees another's messages or de-duplication state. Relay,
+consumer, end to end and publishing are measured on both paths of the JetStream bus in the
+same run: the accelerator (``NEXUS_BUS_ACCELERATOR=on``, the default on the tested nats-py)
+and nats-py's public API (``off``); the rows of the public path say "public API".
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ _client_urls: dict[int, str] = {}
 
 
 @asynccontextmanager
-async def _server(ctx: Context, *, sync_always: bool = False) -> AsyncIterator[JetStreamBus]:
+async def _server(ctx: Context, *, sync_always: bool = False, accelerator: str = "on") -> AsyncIterator[JetStreamBus]:
     async with EmbeddedNats(_fresh_dir(ctx, "nats"), sync_always=sync_always) as server:
-        bus = await JetStreamBus.connect(server.client_url())
+        bus = await JetStreamBus.connect(server.client_url(), accelerator=accelerator)
+        assert bus.accelerated is (accelerator == "on")
         _client_urls[id(bus)] = server.client_url()
         try:
             yield bus
@@ -96,11 +100,11 @@ def _spec(name: str) -> ConsumerSpec:
     return ConsumerSpec(name, STREAM_EVT, ("nexus.evt.>",), batch=512, max_ack_pending=8192)
 
 
-async def _relay_alone(ctx: Context, count: int) -> tuple[int, float]:
+async def _relay_alone(ctx: Context, count: int, accelerator: str = "on") -> tuple[int, float]:
     """Steady state: from ``Relay.start()`` until every event is acknowledged (the fill is not timed)."""
     log = await _open_log(ctx)
     head = await _fill(log, count)
-    async with _server(ctx) as bus:
+    async with _server(ctx, accelerator=accelerator) as bus:
         relay = Relay(log, bus, lease=False)
         started = time.perf_counter()
         await relay.start()
@@ -130,11 +134,11 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-async def _consumer_alone(ctx: Context, count: int) -> tuple[int, float]:
+async def _consumer_alone(ctx: Context, count: int, accelerator: str = "on") -> tuple[int, float]:
     log = await _open_log(ctx)
     await _fill(log, count)
     events = await log.read_all(1)
-    async with _server(ctx) as bus:
+    async with _server(ctx, accelerator=accelerator) as bus:
         for first in range(0, count, 1000):
             await bus.publish_events(events[first : first + 1000])
         projection = _Projection(count)
@@ -148,9 +152,9 @@ async def _consumer_alone(ctx: Context, count: int) -> tuple[int, float]:
     return count, elapsed
 
 
-async def _end_to_end(ctx: Context, count: int) -> tuple[int, float]:
+async def _end_to_end(ctx: Context, count: int, accelerator: str = "on") -> tuple[int, float]:
     log = await _open_log(ctx)
-    async with _server(ctx) as bus:
+    async with _server(ctx, accelerator=accelerator) as bus:
         projection = _Projection(count)
         consumer = EventConsumer(bus, log, _spec("projection"), projection.apply)
         await consumer.start()
@@ -196,9 +200,9 @@ async def _latency(ctx: Context, count: int, rate: float) -> list[float]:
     return [(projection.seen_at[i] - t) * 1000 for i, t in appended.items()]
 
 
-async def _publish(ctx: Context, count: int, *, sync_always: bool) -> tuple[int, float]:
+async def _publish(ctx: Context, count: int, *, sync_always: bool, accelerator: str = "on") -> tuple[int, float]:
     """Pipelined publish in batches of 1,000 (server start-up not timed)."""
-    async with _server(ctx, sync_always=sync_always) as bus:
+    async with _server(ctx, sync_always=sync_always, accelerator=accelerator) as bus:
         started = time.perf_counter()
         for first in range(0, count, 1000):
             await bus.publish_many(
@@ -260,6 +264,19 @@ async def run(ctx: Context) -> list[Row]:
             note="steady state: start() to last ack, fill excluded",
         )
     )
+    public_relay = _median(
+        [done / elapsed for done, elapsed in [await _relay_alone(ctx, count, "off") for _ in range(repeats)]]
+    )
+    rows.append(
+        target_row(
+            SUITE,
+            f"relay alone, public API ({count:,} events, js.publish_async)",
+            public_relay,
+            "events/s",
+            peer=f"accelerated x{relay_rate / public_relay:.1f}",
+            note="NEXUS_BUS_ACCELERATOR=off",
+        )
+    )
     start_up = _median([await _relay_start_up(ctx) for _ in range(repeats)])
     rows.append(target_row(SUITE, "relay start-up (start() → first event acknowledged, lease on)", start_up, "ms"))
 
@@ -279,6 +296,20 @@ async def run(ctx: Context) -> list[Row]:
         )
     )
 
+    public_consumer = _median(
+        [done / elapsed for done, elapsed in [await _consumer_alone(ctx, count, "off") for _ in range(repeats)]]
+    )
+    rows.append(
+        target_row(
+            SUITE,
+            "consumer alone, public API (fetch, ack/nak/term)",
+            public_consumer,
+            "events/s",
+            peer=f"accelerated x{consumer_rate / public_consumer:.1f}",
+            note="NEXUS_BUS_ACCELERATOR=off",
+        )
+    )
+
     e2e_rates = []
     for _ in range(repeats):
         done, elapsed = await _end_to_end(ctx, count)
@@ -291,6 +322,19 @@ async def run(ctx: Context) -> list[Row]:
             "events/s",
             at_least=15_000,
             note="one process; appends of 100; events built before timing",
+        )
+    )
+    public_e2e = _median(
+        [done / elapsed for done, elapsed in [await _end_to_end(ctx, count, "off") for _ in range(repeats)]]
+    )
+    rows.append(
+        target_row(
+            SUITE,
+            "end to end, public API (append → relay → consumer)",
+            public_e2e,
+            "events/s",
+            peer=f"accelerated x{_median(e2e_rates) / public_e2e:.1f}",
+            note="NEXUS_BUS_ACCELERATOR=off",
         )
     )
 
@@ -308,4 +352,21 @@ async def run(ctx: Context) -> list[Row]:
         rate = _median(rates)
         label = "always" if sync_always else "default"
         rows.append(target_row(SUITE, f"publish, pipelined, NEXUS_NATS_SYNC={label}", rate, "msg/s"))
+    public_publish = _median(
+        [
+            done / elapsed
+            for done, elapsed in [
+                await _publish(ctx, count, sync_always=False, accelerator="off") for _ in range(repeats)
+            ]
+        ]
+    )
+    rows.append(
+        target_row(
+            SUITE,
+            "publish, public API (js.publish_async), NEXUS_NATS_SYNC=default",
+            public_publish,
+            "msg/s",
+            note="NEXUS_BUS_ACCELERATOR=off",
+        )
+    )
     return rows
