@@ -41,10 +41,11 @@ async def wait_for(received: list[bytes], payload: bytes, within: float = 10.0) 
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("accelerator", ["on", "off"])
 async def test_a_deleted_stream_and_a_deleted_consumer_are_recreated_under_a_running_consumer(
-    nats_server: str, caplog: pytest.LogCaptureFixture
+    nats_server: str, caplog: pytest.LogCaptureFixture, accelerator: str
 ) -> None:
-    bus = await JetStreamBus.connect(nats_server)
+    bus = await JetStreamBus.connect(nats_server, accelerator=accelerator)
     received: list[bytes] = []
 
     async def handler(delivery: Delivery) -> None:
