@@ -104,6 +104,8 @@ async def _stub_app(calls: list[dict[str, Any]]) -> web.Application:
         calls.append({"path": request.path, "body": body, "key": request.headers.get("Idempotency-Key")})
         if body["title"] == "poison":
             return web.json_response({"error": "cannot analyze"}, status=422)
+        if body["title"] == "slow":
+            await asyncio.sleep(0.6)  # several of the monitor's keep-alive intervals
         sizes = []
         # The step passes file URLs: the service downloads them, no key needed.
         for url in [body.get("report"), *(body.get("evidence") or [])]:
@@ -157,6 +159,7 @@ async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
                 "NEXUS_SERVICE_GAIA": stub_url,
                 "NEXUS_SERVICE_INTEGRATIONS": stub_url,
                 "NEXUS_GRANULATOR_PORT": str(granulator.port),
+                "NEXUS_JOB_SSE_KEEPALIVE": "0.1",
             }
         )
         raw = await open_raw(f"file://{tmp_path / 'raw'}")
@@ -202,6 +205,23 @@ ANOMALY = {
     "verified": True,
 }
 MAPPING = {"detected_at": "timestamp", "metadata": "location"}
+
+
+async def test_the_monitor_stays_open_through_a_step_slower_than_its_keep_alive(platform: Platform) -> None:
+    # The step takes 0.6 s, the keep-alive is 0.1 s: the stream sends keep-alive comments while it
+    # waits and still carries the final status (a keep-alive once cut the watch off, and the
+    # client had to fall back to polling).
+    async with JobClient(platform.url, platform.key, timeout=20) as client:
+        outcome = await client.trigger("anomaly_review", {"title": "slow", "confidence": 0.5})
+        assert outcome.success, outcome.error
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{platform.url}/job/{outcome.job_id}/monitor", headers={"x-service-key": platform.key}) as sse,
+        ):
+            raw = await asyncio.wait_for(sse.read(), 20)
+    assert raw.count(b": keep-alive\n\n") >= 2
+    frames = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith(b"data: ")]
+    assert frames[-1]["status"] == "COMPLETED" and frames[-1]["results"]["verdict"] == "confirmed"
 
 
 async def test_seed_000_flow_end_to_end_through_the_client(platform: Platform) -> None:
