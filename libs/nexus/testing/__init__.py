@@ -14,25 +14,27 @@ The suites are pytest code: this package imports pytest, so it needs the dev ext
 (``pip install 'nexus[dev]'``: pytest and pytest-asyncio) and is never imported by a service.
 Run them with pytest-asyncio in auto mode (``asyncio_mode = "auto"``), as Nexus does.
 
-==================  ============================  =============================================
-Suite               Port                          Factory
-==================  ============================  =============================================
-``EventLogContract``  ``nexus.eventlog.EventLog``   ``async make_log(tmp_path) -> EventLog``
-``RawContract``       ``nexus.raw.RawBackend``      ``async make_raw(tmp_path) -> RawBackend``
-==================  ============================  =============================================
+The suites, each with the factory to implement:
+
+- ``EventLogContract`` (``nexus.eventlog.EventLog``): ``async make_log(tmp_path) -> EventLog``.
+- ``BusContract`` (``nexus.bus.Bus``): ``async make_bus(tracer_provider) -> Bus``, or override
+  the ``bus`` fixture when building the bus needs other fixtures (a server).
+- ``RawContract`` (``nexus.raw.RawBackend``): ``async make_raw(tmp_path) -> RawBackend``.
 """
 
 import pytest
 
 # The suites' asserts report their operands, as in a test module (before the import below).
-pytest.register_assert_rewrite("nexus.testing._eventlog", "nexus.testing._raw")
+pytest.register_assert_rewrite("nexus.testing._bus", "nexus.testing._eventlog", "nexus.testing._raw")
 
+from nexus.testing._bus import BusContract  # noqa: E402
 from nexus.testing._eventlog import EventLogContract, InjectedFault, ev, evs, take  # noqa: E402
 from nexus.testing._raw import BAD_KEYS, BAD_PREFIXES, RawContract  # noqa: E402
 
 __all__ = [
     "BAD_KEYS",
     "BAD_PREFIXES",
+    "BusContract",
     "EventLogContract",
     "InjectedFault",
     "RawContract",

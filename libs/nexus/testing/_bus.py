@@ -1,10 +1,13 @@
-"""The bus contract: one suite, run against every adapter (see test_bus_memory, test_bus_jetstream)."""
+"""The bus contract: one suite, run against every adapter (see test_bus_memory, test_bus_jetstream).
+
+Part of ``nexus.testing`` (needs the dev extras: pytest and pytest-asyncio in auto mode).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -39,14 +42,36 @@ async def take(queue: asyncio.Queue[Delivery], count: int) -> list[Delivery]:
 
 
 class BusContract:
-    """Subclasses provide the ``bus`` fixture (a fresh bus, streams ensured)."""
+    """The contract of ``nexus.bus.Bus``: subclass it per adapter as ``Test...`` and implement
+    ``make_bus``; pytest then runs every case against that adapter.
+
+    An adapter that needs other fixtures to build its bus (a server, parameters) overrides the
+    ``bus`` fixture instead, setting ``self.tracer_provider`` to the provider the bus traces to.
+    """
 
     tracer_provider: TracerProvider | None = None
 
+    async def make_bus(self, tracer_provider: TracerProvider) -> Bus:
+        """A fresh bus with the platform's streams ensured, tracing to ``tracer_provider``."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither make_bus nor the bus fixture")
+
     @pytest.fixture
     async def bus(self) -> AsyncIterator[Bus]:
-        raise NotImplementedError
-        yield  # pragma: no cover
+        self.tracer_provider = TracerProvider()
+        bus = await self.make_bus(self.tracer_provider)
+        try:
+            yield bus
+        finally:
+            await bus.close()
+
+    @pytest.fixture
+    async def memory_log(self) -> AsyncIterator[MemoryEventLog]:
+        """An empty in-memory event log for the cases that pair the bus with a log."""
+        log = MemoryEventLog()
+        try:
+            yield log
+        finally:
+            await log.close()
 
     async def collect(self, bus: Bus, consumer: ConsumerSpec) -> asyncio.Queue[Delivery]:
         queue: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -168,7 +193,7 @@ class BusContract:
         total = 200
         done = asyncio.Event()
 
-        def handler_for(replica: str):  # type: ignore[no-untyped-def]
+        def handler_for(replica: str) -> Callable[[Delivery], Awaitable[None]]:
             async def handler(delivery: Delivery) -> None:
                 seen[replica].append(delivery.data)
                 # Yield so the other replica gets its turn, as real work would.
@@ -237,7 +262,7 @@ class BusContract:
         assert delivery.data == b"job"
 
     @staticmethod
-    def _appender(applied: list[CloudEvent]):  # type: ignore[no-untyped-def]
+    def _appender(applied: list[CloudEvent]) -> Callable[[CloudEvent], Awaitable[None]]:
         async def apply(event: CloudEvent) -> None:
             applied.append(event)
 
@@ -375,6 +400,7 @@ class BusContract:
             if state.ack_floor == 3:
                 break
             await asyncio.sleep(0.02)
+        assert state is not None
         assert (state.name, state.stream, state.filter_subjects) == ("progress", STREAM_EVT, ("nexus.evt.test.>",))
         assert (state.ack_floor, state.num_pending, state.num_ack_pending) == (3, 0, 0)
         assert [c.name for c in await bus.consumers(STREAM_EVT)] == ["progress"]
