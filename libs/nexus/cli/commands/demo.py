@@ -79,6 +79,8 @@ def demo_environment(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
         NEXUS_HOST="127.0.0.1",
         NEXUS_LOG_LEVEL="warning",
         NEXUS_NATS_PORT=str(ports["nats"]),
+        # The relay's health port too: a fixed default would collide with a platform already running.
+        NEXUS_RELAY_PORT=str(ports["relay"]),
         PYTHONUNBUFFERED="1",
     )
     for name in SERVICES:
@@ -120,7 +122,7 @@ async def run_demo(out: TextIO, *, ready_timeout: float = 45.0) -> int:
     """Run the demo, printing to ``out``; the exit status (0: every step succeeded)."""
     say = _Printer(out)
     data_dir = Path(tempfile.mkdtemp(prefix="nexus-demo-"))
-    names = ["nats", *SERVICES]
+    names = ["nats", "relay", *SERVICES]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = demo_environment(data_dir, ports)
     print(f"Nexus demo: a throw-away platform in {data_dir}", file=out, flush=True)
