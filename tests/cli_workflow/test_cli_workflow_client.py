@@ -75,3 +75,49 @@ async def test_an_unreachable_service_is_status_0_with_its_cause() -> None:
 def test_a_key_is_required() -> None:
     with pytest.raises(ValueError, match="service key"):
         WorkflowClient("http://127.0.0.1:1", "")
+
+
+async def test_following_reconnects_when_the_stream_ends_before_a_final_state(monkeypatch) -> None:
+    from nexus.cli.commands import workflow as command
+
+    monkeypatch.setattr(command, "RECONNECT_SECONDS", 0.01)
+
+    class EndsEarly(WorkflowClient):
+        """A stream that breaks off twice (as after a restart) before it carries the final state."""
+
+        def __init__(self) -> None:
+            super().__init__("http://127.0.0.1:1", "key")
+            self.streams = 0
+            self.events = [{"type": "nexus.workflow.execution.queued", "time": "", "data": {}}]
+
+        async def follow(self, execution_id):  # type: ignore[override]
+            self.streams += 1
+            if self.streams < 3:
+                yield {"status": "RUNNING"}
+                return
+            self.events.append({"type": "nexus.workflow.execution.completed", "time": "", "data": {}})
+            yield {"status": "COMPLETED", "output": {"ok": True}}
+
+        async def get(self, execution_id):  # type: ignore[override]
+            return {"status": "RUNNING"}
+
+        async def history(self, execution_id):  # type: ignore[override]
+            return list(self.events)
+
+    class Lines:
+        def __init__(self) -> None:
+            self.text = ""
+
+        def write(self, text: str) -> int:
+            self.text += text
+            return len(text)
+
+        def flush(self) -> None:
+            return None
+
+    client, out = EndsEarly(), Lines()
+    final = await command.follow_execution(client, "e1", out)
+    assert final == {"status": "COMPLETED", "output": {"ok": True}}
+    assert client.streams == 3
+    # Each transition printed once, across the reconnections.
+    assert out.text.count("execution.queued") == 1 and out.text.count("execution.completed") == 1

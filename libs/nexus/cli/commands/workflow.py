@@ -40,6 +40,8 @@ __all__ = [
 
 DEFAULT_PORT = 8082
 FINAL_STATUSES = EXECUTION_FINAL_STATUSES
+RECONNECT_SECONDS = 0.5
+"""Pause before following an execution again after its event stream ended early."""
 
 
 class CommandError(Exception):
@@ -307,15 +309,18 @@ async def follow_execution(api: WorkflowClient, execution_id: str, out: TextSink
             print(describe_event(event), file=out, flush=True)
         printed = max(printed, len(events))
 
-    final: dict[str, Any] | None = None
-    async for state in api.follow(execution_id):
+    while True:
+        async for state in api.follow(execution_id):
+            await catch_up()
+            if state.get("status") in FINAL_STATUSES:
+                return state
+        # The stream ended before a final state (the service restarted, or a proxy closed an idle
+        # connection): the state as it is now, and if it is still going, follow it again.
+        state = await api.get(execution_id)
         await catch_up()
-        final = state
-    if final is None or final.get("status") not in FINAL_STATUSES:
-        # The stream ended early (the service restarted): the state as it is now.
-        final = await api.get(execution_id)
-        await catch_up()
-    return final
+        if state.get("status") in FINAL_STATUSES:
+            return state
+        await asyncio.sleep(RECONNECT_SECONDS)
 
 
 def _run(args: argparse.Namespace) -> int:
