@@ -5,6 +5,11 @@ the log on ``nexus.evt.>`` (one replica at a time, by lease), and the ingest app
 CloudEvents external producers publish on ``nexus.ext.>`` to the log (every replica shares its
 durable consumer). ``nexus up`` runs one such process; scale it like any service.
 
+Like the services, the process serves ``/healthz``, ``/readyz`` and ``/metrics`` (on
+``NEXUS_RELAY_PORT``, 8085 by default; 0 picks a free one): ``/readyz`` answers 503 while the
+relay keeps failing to publish (``relay`` names the last error), so an orchestrator sees a stuck
+relay instead of a process that is merely alive, and ``nexus_relay_*`` metrics can be scraped.
+
 Settings come from the environment (``NEXUS_NATS_URL``, ``NEXUS_EVENT_LOG_URL``, …); with
 ``NEXUS_NATS_URL`` unset the embedded nats-server is started as for any service. Logs are JSON
 lines on stdout (``NEXUS_LOG_LEVEL``), as for the services.
@@ -12,43 +17,48 @@ lines on stdout (``NEXUS_LOG_LEVEL``), as for the services.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 
-from nexus.bus import open_bus
-from nexus.config import PlatformSettings
-from nexus.eventlog import open_event_log
 from nexus.ingest import ExtIngest
-from nexus.obs import setup_logging
 from nexus.relay._relay import Relay
+from nexus.runtime import Service, ServiceSettings, open_adapters, run
 
 logger = logging.getLogger("nexus.relay")
 
 
-async def main() -> None:
-    settings = PlatformSettings.from_env()
-    setup_logging("relay", settings.log_level)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    bus = await open_bus(settings, name="nexus-relay")
-    log = await open_event_log(settings.event_log_url)
-    relay = Relay(log, bus)
-    ingest = ExtIngest(bus, log)
-    try:
+async def build(settings: ServiceSettings) -> Service:
+    """The relay process as a Service: the relay and the ingest, with the platform endpoints."""
+    adapters = await open_adapters(settings)
+    service = Service(
+        settings,
+        log=adapters.log,
+        bus=adapters.bus,
+        title="Nexus relay",
+        description="The outbox relay (log → nexus.evt.>) and the external ingest (nexus.ext.> → log).",
+    )
+    relay = Relay(service.log, service.bus)
+    ingest = ExtIngest(service.bus, service.log)
+
+    async def relaying() -> None:
+        if not relay.healthy:
+            raise RuntimeError(f"the relay keeps failing: {relay.last_error or 'no progress'}")
+
+    service.readiness_check("relay", relaying)
+
+    @service.on_startup
+    async def start(_: Service) -> None:
         await relay.start()
         await ingest.start()
         # Supervisors and tests wait for this line (INFO level or lower shows it).
         logger.info("relay started")
-        await stop.wait()
-    finally:
+
+    @service.on_shutdown
+    async def stop(_: Service) -> None:
         await ingest.stop()
         await relay.stop()
-        await bus.close()
-        await log.close()
+
+    return service
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    raise SystemExit(run(build, lambda: ServiceSettings.from_env("relay")))

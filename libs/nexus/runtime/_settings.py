@@ -15,6 +15,9 @@ DEFAULT_PORTS: Mapping[str, int] = {"kam": 8081, "workflow": 8082, "granulator":
 SERVICES: tuple[str, ...] = tuple(DEFAULT_PORTS)
 """The four services, in the order ``nexus up`` starts them."""
 
+RELAY_PORT = 8085
+"""The relay process's HTTP port (health, readiness, metrics) when ``NEXUS_RELAY_PORT`` is unset."""
+
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 
@@ -63,7 +66,7 @@ class ServiceSettings:
         return cls(
             name=name,
             host=platform.host,
-            port=port_from_env(env, port_variable(name), DEFAULT_PORTS.get(name, 0)),
+            port=port_from_env(env, port_variable(name), {**DEFAULT_PORTS, "relay": RELAY_PORT}.get(name, 0)),
             platform=platform,
             max_body_bytes=int(max_body),
             shutdown_timeout=env_float(env, "NEXUS_SHUTDOWN_TIMEOUT", 3.0, above=0),

@@ -12,6 +12,7 @@ import time
 
 from nexus.bus.embedded import EmbeddedNats, EmbeddedNatsError, load_credentials
 from nexus.config import PlatformSettings
+from nexus.fs import make_private_dir
 from nexus.obs import setup_logging
 from nexus.runtime import SERVICES, ServiceSettings, port_variable
 from nexus.runtime._supervisor import ChildSpec, PortInUseError, Supervisor, check_ports
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_up(args: argparse.Namespace) -> int:
     platform = PlatformSettings.from_env()
-    services = {name: ServiceSettings.from_env(name) for name in SERVICES}
+    services = {name: ServiceSettings.from_env(name) for name in (*SERVICES, "relay")}
     setup_logging("nexus-up", platform.log_level)
     wanted = {name: (s.port, port_variable(name)) for name, s in services.items()}
     if not platform.nats_url:
@@ -58,7 +59,7 @@ async def _up(platform: PlatformSettings, services: dict[str, ServiceSettings], 
     stop_requested = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop_requested.set)
-    platform.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(platform.data_dir)
     nats: EmbeddedNats | None = None
     if platform.nats_url:
         nats_url = platform.nats_url
@@ -92,14 +93,13 @@ async def _up(platform: PlatformSettings, services: dict[str, ServiceSettings], 
     children = [
         ChildSpec(
             name=name,
-            argv=[sys.executable, "-m", f"nexus.services.{name}"],
+            argv=[sys.executable, "-m", "nexus.relay" if name == "relay" else f"nexus.services.{name}"],
             env=identity(name),
             ready_url=f"http://{_connect_host(s.host)}:{s.port}/readyz",
             url=f"http://{_connect_host(s.host)}:{s.port}",
         )
         for name, s in services.items()
     ]
-    children.append(ChildSpec(name="relay", argv=[sys.executable, "-m", "nexus.relay"], env=identity("relay")))
     if nats is not None:
         # Supervised like the others: after a crash it is started again on the same port and
         # store (EmbeddedNats keeps the port it bound first), and the services reconnect.
