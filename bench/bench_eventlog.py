@@ -37,8 +37,7 @@ from eventsourcing.persistence import (
 
 from bench._harness import Context, Row, median_rate, target_row
 from nexus.eventlog.sqlite import SqliteEventLog
-from nexus.proto import CloudEvent, encode_event, new_event
-from nexus.proto._envelope import parse_rfc3339
+from nexus.proto import CloudEvent, encode_event, new_event, parse_rfc3339
 
 SUITE = "eventlog"
 _NOTE = "about 400 bytes of event JSON"

@@ -20,6 +20,7 @@ from nexus.proto._envelope import (
     encode_event,
     new_event,
     now_rfc3339,
+    parse_rfc3339,
 )
 from nexus.proto._ids import RandomPool, new_event_id
 from nexus.proto._subjects import (
@@ -68,5 +69,6 @@ __all__ = [
     "new_event",
     "new_event_id",
     "now_rfc3339",
+    "parse_rfc3339",
     "subject_for",
 ]

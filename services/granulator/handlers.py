@@ -10,8 +10,7 @@ from typing import Any
 
 import msgspec
 
-from nexus.proto import PLATFORM_TENANT, CloudEvent
-from nexus.proto._envelope import parse_rfc3339
+from nexus.proto import PLATFORM_TENANT, CloudEvent, parse_rfc3339
 from nexus.proto.events import granulator as ev
 from nexus.services.granulator.generators.builtin import (
     BODY_SECTIONS,

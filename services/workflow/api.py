@@ -14,7 +14,6 @@ definition or an input is refused (400), naming every field at fault.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import importlib
 import json
@@ -27,7 +26,7 @@ from aiohttp import web
 from nexus.auth import AUTH, KeyInfo
 from nexus.bus import Delivery, PoisonMessageError
 from nexus.proto import PLATFORM_TENANT, EnvelopeError, decode_event
-from nexus.runtime import HTTPError, Owned, Service, json_response
+from nexus.runtime import EventStream, HTTPError, Owned, Service, json_response
 from nexus.services.workflow.context import FINAL_STATUSES, STATUSES, WorkflowContext
 from nexus.services.workflow.definitions import load_document
 from nexus.services.workflow.errors import (
@@ -274,32 +273,18 @@ class WorkflowRoutes:
     async def stream_execution(self, request: web.Request) -> web.StreamResponse:
         execution_id = request.match_info["execution_id"]
         await self._state(execution_id)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
-        await response.prepare(request)
-        states = self.engine.watch(execution_id).__aiter__()
-        try:
-            while True:
-                try:
-                    state = await asyncio.wait_for(states.__anext__(), 15.0)
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                except StopAsyncIteration:
+        async with EventStream(request, keepalive=self.ctx.settings.sse_keepalive_seconds) as sse:
+            # Event ids are the execution's versions: a client reconnecting with Last-Event-ID
+            # gets only the states after the last one it saw.
+            after = sse.last_event_version()
+            async for state in sse.each(self.engine.watch(execution_id)):
+                final = state.status in FINAL_STATUSES
+                if after is None or state.version > after:
+                    event = "final" if final else "state"
+                    await sse.send(msgspec.json.encode(state.to_json()), event=event, id=state.version)
+                if final:
                     break
-                payload = msgspec.json.encode(state.to_json())
-                event = "final" if state.status in FINAL_STATUSES else "state"
-                await response.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (state.version, event.encode(), payload))
-                if state.status in FINAL_STATUSES:
-                    break
-        except ConnectionResetError:
-            # The client went away: an ordinary end of a stream, not an error.
-            return response
-        finally:
-            await states.aclose()  # type: ignore[attr-defined]
-        await response.write_eof()
-        return response
+        return sse.response
 
     async def queue_stats(self, request: web.Request) -> web.Response:
         return json_response(self.engine.queue_stats(_scope(request)))

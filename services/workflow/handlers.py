@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from nexus.proto import PLATFORM_TENANT, CloudEvent
+from nexus.proto import PLATFORM_TENANT, CloudEvent, parse_rfc3339
 from nexus.services.workflow.context import FINAL_STATUSES
 from nexus.services.workflow.definitions import StepDefinition, WorkflowDefinition
 
@@ -54,7 +54,7 @@ def stream_id(execution_id: str) -> str:
 
 def parse_time(text: str) -> datetime:
     """An RFC 3339 instant (as the events store them) as an aware datetime."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    return parse_rfc3339(text)
 
 
 def time_after(now: datetime, seconds: float) -> str:

@@ -47,7 +47,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -60,7 +59,6 @@ from aiohttp import web
 
 from nexus.auth import AUTH, KeyInfo
 from nexus.bus import RetryableError
-from nexus.config import env_float, env_int
 from nexus.eventlog import ConcurrencyError, EventLog
 from nexus.proto import PLATFORM_TENANT, CloudEvent, new_event
 from nexus.proto.events.jobs import TriggerFired, TriggerLink, TriggerRefused, TriggerRegistered, TriggerRemoved
@@ -74,6 +72,7 @@ from nexus.services.workflow.errors import (
     UnknownWorkflowError,
 )
 from nexus.services.workflow.expressions import Condition, Mapping_, compile_condition, compile_mapping
+from nexus.services.workflow.settings import WorkflowSettings
 from nexus.yamlsafe import YAMLInputError, load_yaml
 
 __all__ = [
@@ -107,7 +106,8 @@ _REFUSAL_LOG_INTERVAL = 10.0
 
 @dataclass(frozen=True)
 class TriggerSettings:
-    """How far trigger chains go and how fast one trigger may start workflows, from the environment."""
+    """How far trigger chains go and how fast one trigger may start workflows (``NEXUS_TRIGGER_*``,
+    read by the service's settings)."""
 
     max_depth: int = 8
     """``NEXUS_TRIGGER_MAX_DEPTH``: the longest chain of trigger-started executions (an execution's
@@ -118,18 +118,9 @@ class TriggerSettings:
     """``NEXUS_TRIGGER_BURST``: starts a trigger may make at once before ``rate`` applies."""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> TriggerSettings:
-        """Read the settings.
-
-        Raises:
-            ConfigError: a value is not a number, or not positive (the message names the variable).
-        """
-        env = os.environ if env is None else env
-        return cls(
-            max_depth=env_int(env, "NEXUS_TRIGGER_MAX_DEPTH", cls.max_depth, low=1),
-            rate=env_float(env, "NEXUS_TRIGGER_RATE", cls.rate, above=0),
-            burst=env_int(env, "NEXUS_TRIGGER_BURST", cls.burst, low=1),
-        )
+    def of(cls, settings: WorkflowSettings) -> TriggerSettings:
+        """The trigger limits of the workflow service's settings (read and checked at start)."""
+        return cls(max_depth=settings.trigger_max_depth, rate=settings.trigger_rate, burst=settings.trigger_burst)
 
 
 class TriggerError(ValueError):
@@ -343,7 +334,7 @@ class TriggerEngine:
     def __init__(self, ctx: WorkflowContext, settings: TriggerSettings | None = None) -> None:
         self.ctx = ctx
         self.log: EventLog = ctx.log
-        self.settings = settings or TriggerSettings.from_env()
+        self.settings = settings or TriggerSettings.of(ctx.settings)
         self.fold = TriggerFold()
         self._triggers = self.fold.triggers
         self._lock = asyncio.Lock()

@@ -74,19 +74,17 @@ Starter = Callable[..., Awaitable[Platform]]
 
 
 @pytest.fixture
-async def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Starter]:
+async def platform(tmp_path: Path) -> AsyncIterator[Starter]:
     """``await platform(**env)``: the platform, with ``NEXUS_TRIGGER_*`` settings from ``env``."""
     cleanup: list[Callable[[], Awaitable[None]]] = []
 
     async def start(**env: str) -> Platform:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
         stub = TestServer(await _stub(), host="127.0.0.1", port=0)
         await stub.start_server()
         cleanup.append(stub.close)
         stub_url = str(stub.make_url("")).rstrip("/")
         settings = load_settings(
-            {"NEXUS_SERVICE_STUB": stub_url, "NEXUS_SERVICE_CORE": stub_url, "NEXUS_DATA_DIR": str(tmp_path)}
+            {"NEXUS_SERVICE_STUB": stub_url, "NEXUS_SERVICE_CORE": stub_url, "NEXUS_DATA_DIR": str(tmp_path), **env}
         )
         log = MemoryEventLog()
         registry = WorkflowRegistry(log, settings.services)

@@ -200,3 +200,28 @@ async def test_bundled_definitions_register_once(workflow_service, tmp_path):
         "/executions", {"workflow_id": "blob_processing_workflow", "input": {"blob_id": "x"}}
     )
     assert code == 400 and {p["path"] for p in body["problems"]} >= {"$.input.blob_id", "$.input.user_id"}
+
+
+async def test_a_stream_outlives_its_keep_alive_and_resumes_after_last_event_id(workflow_service, stub):
+    # A keep-alive shorter than a step: the stream must stay on the execution, not end early.
+    svc = await workflow_service(NEXUS_JOB_SSE_KEEPALIVE="0.1")
+    await svc.post("/workflows", {"id": "quiet", "steps": [{"id": "s", "service": "stub", "endpoint": "/slow/600"}]})
+    _, body = await svc.post("/executions", {"workflow_id": "quiet", "input": {}})
+    url = f"{svc.url}/executions/{body['id']}/stream"
+    seen: list[tuple[str, int]] = []
+    keepalives = 0
+    async with svc.http.get(url) as response:
+        async for line in response.content:
+            text = line.decode().strip()
+            if text.startswith(":"):
+                keepalives += 1
+            elif text.startswith("event:"):
+                kind = text.split(":", 1)[1].strip()
+            elif text.startswith("data:"):
+                seen.append((kind, json.loads(text[5:])["version"]))
+    assert seen[-1][0] == "final" and keepalives >= 2, (seen, keepalives)
+    # A client reconnecting with the id of a state it saw gets only what came after it.
+    last_but_one = seen[-2][1]
+    async with svc.http.get(url, headers={"Last-Event-ID": str(last_but_one)}) as response:
+        replayed = [json.loads(line[5:])["version"] async for line in response.content if line.startswith(b"data:")]
+    assert replayed == [seen[-1][1]]

@@ -17,7 +17,7 @@ import pytest
 
 from nexus.auth import issue_key
 from nexus.eventlog import open_event_log
-from nexus.proto._envelope import parse_rfc3339
+from nexus.proto import parse_rfc3339
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 # The platform's one RFC 3339 parser (nexus.proto exports it once the lead adds the line).
-from nexus.proto._envelope import parse_rfc3339
+from nexus.proto import parse_rfc3339
 
 JOB_TYPES: Final = ("str", "float", "bool", "date", "object", "array", "file", "array_files")
 """Every job payload type, in the order of ARCHITECTURE.md's table."""
