@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from bus_contract import BusContract
 from nats.js.api import RetentionPolicy, StreamConfig
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -16,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from nexus.bus import Bus, ConsumerSpec, Delivery, StreamConfigError
 from nexus.bus.jetstream import JetStreamBus
 from nexus.proto import STREAM_CMD, STREAM_EVT
+from nexus.testing import BusContract
 
 pytestmark = pytest.mark.nats
 
