@@ -39,6 +39,11 @@ __all__ = [
 PLATFORM_IDENTITIES = ("kam", "workflow", "granulator", "studio", "operator")
 """Who may publish on ``nexus.cmd.>`` (the NATS permissions of ``nexus.bus.embedded``)."""
 
+TENANT_HEADER = "Nexus-Tenant"
+"""The header naming the tenant a command acts for (see COMMAND_HEADERS)."""
+EXECUTION_HEADER = "Nexus-Execution-ID"
+"""The header naming the execution a workflow task step's command belongs to."""
+
 COMMAND_HEADERS: dict[str, str] = {
     "Nexus-Reply-To": (
         "The requester's inbox: JetStream messages carry no core reply subject, so the handler "

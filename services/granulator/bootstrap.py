@@ -8,7 +8,7 @@ from aiohttp import web
 
 from nexus.bus import Bus
 from nexus.eventlog import EventLog
-from nexus.runtime import Service, open_adapters
+from nexus.runtime import Service, build_service
 from nexus.services.granulator import api
 from nexus.services.granulator.generators import BuiltinGenerator, Generator, HttpGenerator
 from nexus.services.granulator.handlers import Limits
@@ -66,17 +66,17 @@ async def bootstrap(
     generator: Generator | None = None,
 ) -> Service:
     """Build the granulator service; adapters not injected are opened from the settings' URLs."""
-    adapters = await open_adapters(settings, log=log, bus=bus, raw=raw, need_raw=True)
-    service = Service(
+    service = await build_service(
         settings,
-        log=adapters.log,
-        bus=adapters.bus,
-        raw=adapters.raw,
         title="Nexus granulator",
         description="Content-structure worker: handshake, process, acknowledge (seed 002), and text expansion.",
+        log=log,
+        bus=bus,
+        raw=raw,
+        need_raw=True,
     )
     gen = generator if generator is not None else make_generator(settings)
-    worker = make_worker(settings, log=service.log, raw=adapters.raw, generator=gen)
+    worker = make_worker(settings, log=service.log, raw=service.raw, generator=gen)
     service.app[WORKER_KEY] = worker
     api.install(service, worker)
 

@@ -7,7 +7,7 @@ from typing import Any
 from nexus.auth import ensure_admin
 from nexus.bus import Bus
 from nexus.eventlog import EventLog
-from nexus.runtime import Service, open_adapters
+from nexus.runtime import Service, build_service
 from nexus.services.kam import api
 from nexus.services.kam.settings import KamSettings
 
@@ -16,14 +16,13 @@ async def bootstrap(
     settings: KamSettings, *, log: EventLog | None = None, bus: Bus | None = None, raw: Any = None
 ) -> Service:
     """Build KAM from its settings; adapters are opened from their URLs unless injected."""
-    adapters = await open_adapters(settings, log=log, bus=bus, raw=raw)
-    service = Service(
+    service = await build_service(
         settings,
-        log=adapters.log,
-        bus=adapters.bus,
-        raw=adapters.raw,
         title="Nexus KAM",
         description="Key-account manager: clients, logins and sessions, API keys, requests, costs.",
+        log=log,
+        bus=bus,
+        raw=raw,
     )
     api.install(service)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from nexus.bus import Bus
 from nexus.eventlog import EventLog
-from nexus.runtime import Service, open_adapters
+from nexus.runtime import Service, build_service
 from nexus.services.studio import api
 from nexus.services.studio.settings import StudioSettings
 
@@ -15,18 +15,18 @@ async def bootstrap(
     settings: StudioSettings, *, log: EventLog | None = None, bus: Bus | None = None, raw: Any = None
 ) -> Service:
     """Build Studio from its settings; adapters are opened from their URLs unless injected."""
-    adapters = await open_adapters(settings, log=log, bus=bus, raw=raw, need_raw=True)
-    service = Service(
+    service = await build_service(
         settings,
-        log=adapters.log,
-        bus=adapters.bus,
-        raw=adapters.raw,
         title="Nexus Studio",
         description="Blobs with full version history, providers and their triggers, workflow outputs as deltas.",
+        log=log,
+        bus=bus,
+        raw=raw,
+        need_raw=True,
     )
 
     async def raw_answers() -> None:
-        await adapters.raw.list("", None, 1)
+        await service.raw.list("", None, 1)
 
     # Blobs are Studio's data: it is not ready while Raw does not answer.
     service.readiness_check("raw", raw_answers)

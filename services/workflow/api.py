@@ -26,6 +26,7 @@ from aiohttp import web
 from nexus.auth import AUTH, KeyInfo
 from nexus.bus import Delivery, PoisonMessageError
 from nexus.proto import PLATFORM_TENANT, EnvelopeError, decode_event
+from nexus.proto.commands import TENANT_HEADER
 from nexus.runtime import EventStream, HTTPError, Owned, Service, json_response
 from nexus.services.workflow.context import FINAL_STATUSES, STATUSES, WorkflowContext
 from nexus.services.workflow.definitions import load_document
@@ -43,11 +44,6 @@ logger = logging.getLogger("nexus.workflow.api")
 
 OPTIONAL_MODULES = ("jobapi", "uploads", "triggers", "phases", "live")
 """Modules of the service that add routes of their own when present (``install(service, ctx)``)."""
-
-TENANT_HEADER = "Nexus-Tenant"
-"""The tenant a command is sent for. Only platform identities may publish on ``nexus.cmd.>``
-(NATS authorization), so the header is the platform's word, not the payload's claim; a
-command without it acts for the platform."""
 
 
 class Problem(msgspec.Struct, frozen=True):

@@ -7,7 +7,7 @@ from typing import Any
 
 from nexus.bus import Bus
 from nexus.eventlog import EventLog
-from nexus.runtime import Service, open_adapters
+from nexus.runtime import Service, build_service
 from nexus.services.workflow import api
 from nexus.services.workflow.context import CTX_KEY, WorkflowContext
 from nexus.services.workflow.engine import WorkflowEngine
@@ -43,14 +43,14 @@ async def bootstrap(
         raw: A Raw store to use instead of opening ``NEXUS_RAW_URL``.
         optional_modules: Install the job API, uploads, triggers, phases and live updates when present.
     """
-    adapters = await open_adapters(settings, log=log, bus=bus, raw=raw, need_raw=True)
-    service = Service(
+    service = await build_service(
         settings,
-        log=adapters.log,
-        bus=adapters.bus,
-        raw=adapters.raw,
         title="Nexus workflow",
         description="YAML workflows run as durable, event-sourced executions.",
+        log=log,
+        bus=bus,
+        raw=raw,
+        need_raw=True,
     )
     registry = WorkflowRegistry(service.log, settings.services)
     view = ExecutionView(service.log)

@@ -21,18 +21,15 @@ import logging
 
 from nexus.ingest import ExtIngest
 from nexus.relay._relay import Relay
-from nexus.runtime import Service, ServiceSettings, open_adapters, run
+from nexus.runtime import Service, ServiceSettings, build_service, run
 
 logger = logging.getLogger("nexus.relay")
 
 
 async def build(settings: ServiceSettings) -> Service:
     """The relay process as a Service: the relay and the ingest, with the platform endpoints."""
-    adapters = await open_adapters(settings)
-    service = Service(
+    service = await build_service(
         settings,
-        log=adapters.log,
-        bus=adapters.bus,
         title="Nexus relay",
         description="The outbox relay (log → nexus.evt.>) and the external ingest (nexus.ext.> → log).",
     )

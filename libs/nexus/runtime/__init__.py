@@ -15,8 +15,8 @@ settings.py::
 bootstrap.py (adapters are opened from URLs only when not injected; tests inject them)::
 
     async def bootstrap(settings, *, log=None, bus=None, raw=None) -> Service:
-        adapters = await open_adapters(settings, log=log, bus=bus, raw=raw)
-        service = Service(settings, log=adapters.log, bus=adapters.bus, title="Nexus KAM")
+        service = await build_service(settings, title="Nexus KAM", description="...",
+                                      log=log, bus=bus, raw=raw)
         api.install(service)
         return service
 
@@ -53,6 +53,7 @@ JSON lines, traces requests and appends, and stops gracefully on SIGTERM/SIGINT.
 ``Supervisor`` (used by ``nexus up``) runs services as child processes and restarts them.
 """
 
+from nexus.runtime._build import build_service
 from nexus.runtime._http import ErrorBody, HTTPError, json_response, read_json, route_template
 from nexus.runtime._openapi import RouteSpec, build_openapi
 from nexus.runtime._run import (
@@ -85,6 +86,7 @@ __all__ = [
     "Service",
     "ServiceSettings",
     "build_openapi",
+    "build_service",
     "json_response",
     "open_adapters",
     "open_bus",

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
+from nexus.proto.commands import EXECUTION_HEADER, TENANT_HEADER
 from nexus.services.workflow.steps._base import Outcome
 
 __all__ = [
@@ -28,10 +29,6 @@ __all__ = [
     "traceparent_for",
 ]
 
-TENANT_HEADER = "Nexus-Tenant"
-"""On a ``task`` command: the tenant the worker acts for (also the envelope's ``tenant``)."""
-EXECUTION_HEADER = "Nexus-Execution-ID"
-"""On a ``task`` command: the execution whose step sent it."""
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
