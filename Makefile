@@ -56,7 +56,7 @@ lint: $(STAMP) ## ruff check and format check; AsyncAPI document up to date (par
 	$(BIN)/python -m nexus.proto.asyncapi --check
 
 .PHONY: proto
-proto: $(STAMP) ## Regenerate proto/asyncapi.yaml from the event Structs
+proto: $(STAMP) ## Regenerate proto/asyncapi.yaml from the event and command catalogues
 	$(BIN)/python -m nexus.proto.asyncapi --write
 
 .PHONY: lock

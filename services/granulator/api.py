@@ -166,7 +166,8 @@ async def _task(
     kind = TASK_COMPLETED if isinstance(outcome, TaskCompleted) else TASK_FAILED
     recorded = new_event(kind, outcome, source=SOURCE, correlationid=event.correlationid, causationid=event.id)
     await worker.log.append(stream, [recorded], expected_version=ANY)
-    return msgspec.to_builtins(outcome)
+    answer: dict[str, Any] = msgspec.to_builtins(outcome)
+    return answer
 
 
 def install(service: Service, worker: Granulator) -> None:

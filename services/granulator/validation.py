@@ -17,6 +17,7 @@ from nexus.services.granulator import _text
 from nexus.services.granulator.generators._port import OutlineRequest, strategy_for
 from nexus.services.granulator.model import (
     InvalidRequestError,
+    Section,
     Structure,
     ValidationConfig,
     ValidationResult,
@@ -112,7 +113,7 @@ def _facet_group(facet: _text.Facet) -> tuple[frozenset[str], ...]:
     return tuple(frozenset({s}) for s in sorted(_text.stems(facet.name)) if s not in ("and", "the"))
 
 
-def _section_text(section) -> set[str]:
+def _section_text(section: Section) -> set[str]:
     parts = [section.title, section.summary]
     for sub in section.subsections:
         parts.append(sub.title)

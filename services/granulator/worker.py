@@ -619,7 +619,8 @@ class Granulator:
         except GeneratorOutputError:
             m.GENERATOR_ERRORS.labels(self.generator.name, "invalid_output").inc()
             raise
-        return msgspec.to_builtins(result)
+        answer: dict[str, Any] = msgspec.to_builtins(result)
+        return answer
 
 
 def _result(completed: ev.GranulatorCompleted, state: HandshakeState) -> dict[str, Any]:

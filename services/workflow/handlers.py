@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -45,6 +45,9 @@ PREFIX = "nexus.workflow."
 
 CompensationReason = Literal["failed", "cancelled", "timed_out"]
 """Why an execution compensates (and so the status it ends in)."""
+
+
+_T = TypeVar("_T")
 
 
 def stream_id(execution_id: str) -> str:
@@ -177,10 +180,10 @@ def _step(state: ExecutionState, step_id: str) -> StepState:
     return state.steps.get(step_id) or StepState()
 
 
-def _replace(obj: Any, changes: dict[str, Any]) -> Any:
+def _replace(obj: _T, changes: dict[str, Any]) -> _T:
     """``dataclasses.replace`` for these frozen dataclasses without re-running ``__init__``
     (the fold runs for every event, and ``replace`` was its main cost)."""
-    new = object.__new__(type(obj))
+    new: _T = object.__new__(type(obj))
     object.__setattr__(new, "__dict__", {**obj.__dict__, **changes})
     return new
 

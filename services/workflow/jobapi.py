@@ -81,14 +81,15 @@ def base_url(request: web.Request, public_url: str | None) -> str:
 def fail(status: int, message: str, **extra: Any) -> web.HTTPException:
     """An error in seed 000's shape: ``{"success": false, "error": message}``."""
     body = json.dumps({"success": False, "error": message, **extra})
-    cls = {
+    classes: dict[int, type[web.HTTPException]] = {
         400: web.HTTPBadRequest,
         403: web.HTTPForbidden,
         404: web.HTTPNotFound,
         409: web.HTTPConflict,
         410: web.HTTPGone,
         413: web.HTTPRequestEntityTooLarge,
-    }.get(status, web.HTTPInternalServerError)
+    }
+    cls = classes.get(status, web.HTTPInternalServerError)
     if cls is web.HTTPRequestEntityTooLarge:
         return web.HTTPRequestEntityTooLarge(
             max_size=extra.get("max_bytes", 0),
@@ -180,9 +181,11 @@ def state_json(state: Any) -> dict[str, Any]:
     if state is None:
         return {}
     if isinstance(state, msgspec.Struct):
-        return msgspec.to_builtins(state)
+        built: dict[str, Any] = msgspec.to_builtins(state)
+        return built
     if hasattr(state, "to_json"):
-        return state.to_json()
+        shown: dict[str, Any] = state.to_json()
+        return shown
     return {k: v for k, v in vars(state).items() if not k.startswith("_")}
 
 

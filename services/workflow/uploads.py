@@ -192,7 +192,8 @@ class Uploads:
     def _raw(self) -> RawBackend:
         if self.ctx.raw is None:
             raise UploadError(503, "file uploads need Raw storage (NEXUS_RAW_URL), which is not configured")
-        return self.ctx.raw
+        raw: RawBackend = self.ctx.raw
+        return raw
 
     def _file_url(self, request: web.Request, upload_id: str, extension: str) -> str:
         """The capability URL a job payload passes for the file (signed, read-only)."""

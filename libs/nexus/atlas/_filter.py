@@ -337,7 +337,7 @@ def _operator(op: str, operand: Any, field: str) -> Callable[[Any], bool]:
         return lambda v: v is _MISSING or value_key(v) not in wanted
     if op in RANGE_OPERATORS:
         rank, bound = value_key(operand)
-        compare = {
+        compare: Callable[[Any], bool] = {
             "gt": lambda a: a > bound,
             "gte": lambda a: a >= bound,
             "lt": lambda a: a < bound,

@@ -58,7 +58,6 @@ from nexus.auth._passwords import (
     ADMIN_PASSWORD_SET,
     ADMIN_STREAM,
     AdminCredentials,
-    AdminPasswordSet,
     ensure_admin,
     hash_password,
     load_admin,
@@ -66,6 +65,7 @@ from nexus.auth._passwords import (
 )
 from nexus.auth._ratelimit import SlidingWindowLimiter
 from nexus.proto import PLATFORM_TENANT
+from nexus.proto.events.platform import AdminPasswordSet
 
 __all__ = [
     "ADMIN_PASSWORD_SET",

@@ -130,7 +130,7 @@ class JobClient:
     def _headers(self) -> dict[str, str]:
         return {"x-service-key": self._key, "Content-Type": "application/json"}
 
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+    async def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         url = f"{self.base_url}{path}"
         try:
             async with self._http().request(
@@ -144,6 +144,10 @@ class JobClient:
                 if resp.status >= 400:
                     message = data.get("error") or data.get("message") if isinstance(data, dict) else text
                     raise JobApiError(f"{method} {path}: {resp.status} {message}", status=resp.status, body=data)
+                if not isinstance(data, dict):
+                    raise JobApiError(
+                        f"{method} {path}: the answer is not a JSON object", status=resp.status, body=data
+                    )
                 return data
         except aiohttp.ClientError as exc:
             raise JobApiError(f"{method} {path}: {exc}") from exc

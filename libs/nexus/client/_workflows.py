@@ -95,8 +95,8 @@ class WorkflowClient:
         error.__cause__ = exc
         return error
 
-    async def call(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None) -> Any:
-        """One request; the decoded JSON answer.
+    async def call(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None) -> dict[str, Any]:
+        """One request; the decoded JSON answer (every route of the service answers an object).
 
         Raises:
             WorkflowApiError: the service is unreachable (status 0) or answers an error.
@@ -117,6 +117,8 @@ class WorkflowClient:
         body = _decode(text)
         if status >= 400:
             raise WorkflowApiError(f"{method} {path}: {status} {_message(body)}".rstrip(), status=status, body=body)
+        if not isinstance(body, dict):
+            raise WorkflowApiError(f"{method} {path}: the answer is not a JSON object", status=status, body=body)
         return body
 
     async def register(self, document: bytes | str, kind: str = "workflow") -> dict[str, Any]:

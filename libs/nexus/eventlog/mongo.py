@@ -162,7 +162,7 @@ class MongoEventLog(EventLog):
                     async with self._client.start_session() as session:
                         # with_transaction retries the whole callback on TransientTransactionError
                         # (a write conflict on the counter) and the commit on an unknown result.
-                        stored = await session.with_transaction(
+                        stored: list[CloudEvent] = await session.with_transaction(
                             lambda s: self._append_in(s, stream_id, batch, contents, expected_version)
                         )
             except _AlreadyStored as done:

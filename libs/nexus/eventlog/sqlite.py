@@ -392,7 +392,8 @@ class SqliteEventLog(EventLog):
         with self._submit_lock:
             self._check_open()
             self._queue.put(call)
-        return await call.future
+        pragmas: dict[str, Any] = await call.future
+        return pragmas
 
     def _commit_group(self, group: list[_Append]) -> list[_Outcome]:
         """Commit every append of ``group`` that succeeds in one transaction."""

@@ -99,7 +99,10 @@ class MongoRaw(RawBackend):
 
     async def _newest(self, key: str) -> dict[str, Any] | None:
         try:
-            return await self._files.find_one({"filename": key}, sort=[("uploadDate", DESCENDING)])
+            newest: dict[str, Any] | None = await self._files.find_one(
+                {"filename": key}, sort=[("uploadDate", DESCENDING)]
+            )
+            return newest
         except PyMongoError as exc:
             raise RawUnavailableError(f"looking up {key!r} in GridFS failed: {exc}") from None
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from nexus.backup import BackupError, create_backup, restore_backup
 from nexus.replay._platform import open_platform
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("backup", help="back up or restore the event log and Raw blobs")
     sub = parser.add_subparsers(dest="backup_command", metavar="SUBCOMMAND", required=True)
     create = sub.add_parser("create", help="write the log, the blobs and a manifest into a new directory")
@@ -44,9 +46,9 @@ def _restore(args: argparse.Namespace) -> int:
     return _guard(run)
 
 
-def _guard(run: object) -> int:
+def _guard(run: Callable[[], Coroutine[Any, Any, int]]) -> int:
     try:
-        return asyncio.run(run())  # type: ignore[operator]
+        return asyncio.run(run())
     except BackupError as exc:
         print(f"nexus backup: {exc}", file=sys.stderr)
         return 1

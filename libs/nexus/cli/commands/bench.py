@@ -33,7 +33,7 @@ def find_bench() -> Path | None:
     return next((root for root in candidates if _is_bench(root)), None)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "bench",
         help="run the benchmark suites (python -m bench; --help lists its options)",

@@ -88,7 +88,7 @@ def demo_environment(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
     return env
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run a workflow end to end on a throw-away platform",

@@ -14,7 +14,7 @@ from nexus.client import JobApiError, JobClient
 from nexus.config import port_from_env
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("job", help="submit jobs to the workflow service's job API")
     sub = parser.add_subparsers(dest="job_command", metavar="SUBCOMMAND", required=True)
     submit = sub.add_parser(

@@ -13,7 +13,7 @@ from nexus.eventlog import open_event_log
 from nexus.ingest import register_producer
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("keys", help="issue and revoke API keys and worker tokens")
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     create = sub.add_parser("create", help="issue a client API key or a worker token (printed once)")

@@ -12,7 +12,7 @@ from nexus.proto import CloudEvent, encode_event
 from nexus.replay._platform import ProgressLine, open_platform
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("log", help="read, count, verify and seal the event log")
     sub = parser.add_subparsers(dest="log_command", metavar="SUBCOMMAND", required=True)
 

@@ -11,6 +11,7 @@ from nexus.eventlog import EventLog
 from nexus.replay import (
     CheckpointStore,
     FoldProjection,
+    Projection,
     ProjectionRunner,
     ReplayProgress,
     load_projection,
@@ -35,7 +36,7 @@ def load_service_projections() -> list[str]:
     return missing
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "replay",
         help="rebuild views from the event log (resuming from checkpoints in Raw); --verify checks determinism",
@@ -85,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(_verify(args, projections) if args.verify else _rebuild(args, projections))
 
 
-async def _rebuild(args: argparse.Namespace, projections: list) -> int:
+async def _rebuild(args: argparse.Namespace, projections: list[Projection]) -> int:
     async with open_platform() as (log, raw):
         for projection in projections:
             bar, report = _progress(f"replay {projection.name}")
@@ -109,7 +110,7 @@ async def _rebuild(args: argparse.Namespace, projections: list) -> int:
     return 0
 
 
-async def _verify(args: argparse.Namespace, projections: list) -> int:
+async def _verify(args: argparse.Namespace, projections: list[Projection]) -> int:
     failures = 0
     async with open_platform() as (log, raw):
         for projection in projections:

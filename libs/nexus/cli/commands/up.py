@@ -23,7 +23,7 @@ STOP_BUDGET = 5.0
 """Seconds from Ctrl-C until every process is gone."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "up",
         help="start NATS and the four services, supervise them until Ctrl-C",

@@ -171,7 +171,7 @@ def format_state(state: Mapping[str, Any]) -> str:
 # -- commands -------------------------------------------------------------------------------
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "workflow",
         help="register workflows and schemas, run executions, show their status",
