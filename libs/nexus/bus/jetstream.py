@@ -917,12 +917,13 @@ class JetStreamBus(Bus):
         """A durable's configuration as the server holds it, or None when it does not exist."""
         try:
             with _translated(f"consumer {name} of {stream}"):
-                info = await self.js.consumer_info(stream, name)
+                info: ConsumerInfo = await self.js.consumer_info(stream, name)
         except JetStreamAPIError as exc:
             if exc.missing:
                 return None
             raise
-        return info.config
+        config: ConsumerConfig = info.config
+        return config
 
     async def get_message(self, stream: str, seq: int) -> StoredMessage | None:
         if seq < 1:
