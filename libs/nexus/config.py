@@ -39,6 +39,10 @@ class PlatformSettings:
     unset, the ``nexus`` commands use the operator identity kept in ``<data dir>/nats/credentials.json``."""
     nats_password: str | None = field(default=None, repr=False)
     """``NEXUS_NATS_PASSWORD``: that identity's password (no default; required with ``NEXUS_NATS_USER``)."""
+    bus_accelerator: str = "auto"
+    """``NEXUS_BUS_ACCELERATOR``: ``auto`` (the bus's fast path on the nats-py versions it was tested
+    with, after its start-up check), ``on`` (on any version that passes the check) or ``off``
+    (nats-py's public API only)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PlatformSettings:
@@ -54,6 +58,9 @@ class PlatformSettings:
         level = env.get("NEXUS_LOG_LEVEL", "info").lower()
         if level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"NEXUS_LOG_LEVEL={level!r}: use debug, info, warning or error")
+        accelerator = env.get("NEXUS_BUS_ACCELERATOR", "auto").lower()
+        if accelerator not in ("auto", "on", "off"):
+            raise ConfigError(f"NEXUS_BUS_ACCELERATOR={accelerator!r}: use 'auto', 'on' or 'off'")
         nats_user = env.get("NEXUS_NATS_USER") or None
         nats_password = env.get("NEXUS_NATS_PASSWORD") or None
         if nats_user and not nats_password:
@@ -69,6 +76,7 @@ class PlatformSettings:
             nats_sync=nats_sync,
             nats_user=nats_user,
             nats_password=nats_password,
+            bus_accelerator=accelerator,
             host=env.get("NEXUS_HOST", "127.0.0.1"),
             log_level=level,
             otel_exporter=otel,

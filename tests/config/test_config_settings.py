@@ -26,6 +26,7 @@ def test_defaults_are_the_embedded_platform_on_loopback(tmp_path: Path) -> None:
         ({"NEXUS_LOG_LEVEL": "loud"}, "NEXUS_LOG_LEVEL"),
         ({"NEXUS_NATS_PORT": "http"}, "NEXUS_NATS_PORT"),
         ({"NEXUS_NATS_PORT": "70000"}, "NEXUS_NATS_PORT"),
+        ({"NEXUS_BUS_ACCELERATOR": "turbo"}, "NEXUS_BUS_ACCELERATOR"),
     ],
 )
 def test_a_bad_value_names_its_variable(env: dict[str, str], named: str) -> None:
@@ -55,3 +56,8 @@ def test_the_delegated_token_lifetime_is_a_bounded_setting() -> None:
     for bad in ("0", "3601", "soon"):
         with pytest.raises(ConfigError, match="NEXUS_WORKFLOW_DELEGATION_TTL_SECONDS"):
             load_settings({"NEXUS_WORKFLOW_DELEGATION_TTL_SECONDS": bad})
+
+
+def test_the_bus_accelerator_setting() -> None:
+    assert PlatformSettings.from_env({}).bus_accelerator == "auto"
+    assert PlatformSettings.from_env({"NEXUS_BUS_ACCELERATOR": "OFF"}).bus_accelerator == "off"

@@ -112,8 +112,8 @@ async def open_bus(settings: PlatformSettings, *, name: str = "nexus") -> JetStr
     from nexus.bus.embedded import EmbeddedNats
     from nexus.bus.jetstream import JetStreamBus
 
-    # NEXUS_BUS_ACCELERATOR (auto|on|off), once PlatformSettings carries it; auto until then.
-    accelerator = str(getattr(settings, "bus_accelerator", "auto"))
+    # NEXUS_BUS_ACCELERATOR: auto, on or off (see JetStreamBus.connect).
+    accelerator = settings.bus_accelerator
     if settings.nats_url:
         user, password = (settings.nats_user, settings.nats_password)
         return await JetStreamBus.connect(

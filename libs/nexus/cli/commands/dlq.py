@@ -14,7 +14,7 @@ from nexus.config import PlatformSettings
 from nexus.proto import DLQ_PREFIX, STREAM_DLQ, dlq_subject
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("dlq", help="list or redrive dead letters (stream NEXUS_DLQ)")
     sub = parser.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
     listing = sub.add_parser("list", help="show the dead letters with their consumer and reason")

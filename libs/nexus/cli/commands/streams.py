@@ -12,7 +12,7 @@ from nexus.bus.jetstream import JetStreamBus
 from nexus.config import PlatformSettings
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "streams",
         help="JetStream state: streams, messages, bytes, consumers",
