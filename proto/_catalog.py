@@ -71,7 +71,7 @@ def event_type(type_: str, description: str = "") -> Callable[[S], S]:
 
     def register(struct: S) -> S:
         CATALOG.register(type_, struct, description)
-        struct.__event_type__ = type_  # type: ignore[attr-defined]
+        struct.__event_type__ = type_  # type: ignore[attr-defined]  # a class attribute msgspec does not declare
         return struct
 
     return register

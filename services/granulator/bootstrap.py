@@ -88,5 +88,5 @@ async def bootstrap(
     async def close_generator(service: Service) -> None:
         await gen.close()
 
-    service.worker = worker  # type: ignore[attr-defined]
+    service.worker = worker  # type: ignore[attr-defined]  # for tests and tools; routes use WORKER_KEY
     return service

@@ -56,7 +56,12 @@ class Registry(Protocol):
     client (a client sees its own, then the platform's); every registration is an event in the log."""
 
     async def register_workflow(
-        self, document: str | bytes | Mapping[str, Any], *, source: str = "api", tenant: str = PLATFORM_TENANT
+        self,
+        document: str | bytes | Mapping[str, Any],
+        *,
+        source: str = "api",
+        only_if_changed: bool = False,
+        tenant: str = PLATFORM_TENANT,
     ) -> WorkflowDefinition:
         """Validate and register a workflow (YAML or JSON text, or a mapping) in ``tenant``'s
         namespace; a new version each time.
@@ -91,7 +96,12 @@ class Registry(Protocol):
         ...
 
     async def register_schema(
-        self, document: str | bytes | Mapping[str, Any], *, source: str = "api", tenant: str = PLATFORM_TENANT
+        self,
+        document: str | bytes | Mapping[str, Any],
+        *,
+        source: str = "api",
+        only_if_changed: bool = False,
+        tenant: str = PLATFORM_TENANT,
     ) -> SchemaDefinition:
         """Validate and register a schema (seed 004 format: JSON Schema 2020-12 under ``definition``).
 

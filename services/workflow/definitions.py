@@ -343,9 +343,9 @@ def _mapping(value: Any, where: str, problems: list[Problem]) -> Mapping_ | None
     try:
         return compile_mapping(value, where)
     except ExpressionError as exc:
-        problems.extend(exc.problems)  # type: ignore[attr-defined]
+        problems.extend(exc.problems or [(where, str(exc))])
         # The well-formed paths are still checked, so one answer lists every problem.
-        return Mapping_(lambda _data: None, tuple(exc.paths))  # type: ignore[attr-defined]
+        return Mapping_(lambda _data: None, tuple(exc.paths))
 
 
 def _condition(value: Any, where: str, problems: list[Problem]) -> Condition | None:

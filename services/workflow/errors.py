@@ -49,7 +49,20 @@ class OutputValidationError(ProblemsError):
 
 
 class ExpressionError(WorkflowError, ValueError):
-    """A JSONPath, template or condition is malformed or cannot be evaluated."""
+    """A JSONPath, template or condition is malformed or cannot be evaluated.
+
+    Attributes:
+        problems: (where, message) of each malformed part, when the error lists several.
+        paths: (where, JSONPath) of the well-formed paths of a mapping, still checked by the
+            caller so that one answer names every problem.
+    """
+
+    def __init__(
+        self, message: str, *, problems: list[tuple[str, str]] | None = None, paths: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+        self.paths = paths or []
 
 
 class UnknownWorkflowError(WorkflowError, LookupError):

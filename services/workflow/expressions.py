@@ -395,10 +395,7 @@ def compile_mapping(value: Any, where: str = "$") -> Mapping_:
     paths: list[tuple[str, str]] = []
     evaluate = _compile_value(value, where, problems, paths)
     if problems:
-        error = ExpressionError("\n".join(f"{w}: {m}" for w, m in problems))
-        error.problems = problems  # type: ignore[attr-defined]
-        error.paths = paths  # type: ignore[attr-defined]
-        raise error
+        raise ExpressionError("\n".join(f"{w}: {m}" for w, m in problems), problems=problems, paths=paths)
     return Mapping_(evaluate, tuple(paths))
 
 

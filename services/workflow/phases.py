@@ -302,13 +302,9 @@ def install(service: Service, ctx: WorkflowContext, *, directory: Path = PHASES_
         services = getattr(ctx.settings, "services", {}) or {}
         mirror = INTEGRATIONS_SERVICE in services
         for path in sorted((directory / "schemas").glob("*.y*ml")):
-            await ctx.registry.register_schema(  # type: ignore[call-arg]
-                path.read_bytes(), source=f"bundled:{path.name}", only_if_changed=True
-            )
+            await ctx.registry.register_schema(path.read_bytes(), source=f"bundled:{path.name}", only_if_changed=True)
         for name, document in phase_workflows(directory, mirror=mirror):
-            await ctx.registry.register_workflow(  # type: ignore[call-arg]
-                document, source=f"bundled:{name}", only_if_changed=True
-            )
+            await ctx.registry.register_workflow(document, source=f"bundled:{name}", only_if_changed=True)
         logger.info(
             "phase workflows registered%s",
             " (mirrored to the integrations service)" if mirror else " (on the core service)",

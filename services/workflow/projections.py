@@ -64,7 +64,7 @@ class Registry(FoldProjection):
 
     def new_fold(self) -> WorkflowRegistry:
         # Services named by api_call steps are checked at registration, not when folding.
-        return WorkflowRegistry(_NoLog(), lambda _name: True)  # type: ignore[arg-type]
+        return WorkflowRegistry(_NoLog(), lambda _name: True)  # type: ignore[arg-type]  # folds only, never appends
 
     def fold_event(self, fold: WorkflowRegistry, event: CloudEvent) -> None:
         fold.apply(event)

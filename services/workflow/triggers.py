@@ -285,10 +285,11 @@ def parse_trigger(document: str | bytes | Mapping[str, Any]) -> tuple[TriggerReg
         problems.append(("$.active", "must be true or false"))
     if problems or mapping is None:
         raise TriggerError(problems)
+    # No problem was found: the three are strings (checked above).
     spec = TriggerRegistered(
-        trigger_id=trigger_id,  # type: ignore[arg-type]
-        event_type=event_type,  # type: ignore[arg-type]
-        workflow_id=workflow_id,  # type: ignore[arg-type]
+        trigger_id=str(trigger_id),
+        event_type=str(event_type),
+        workflow_id=str(workflow_id),
         input_map=dict(input_map),
         condition=condition_text,
         priority=priority,

@@ -147,8 +147,8 @@ class ExecutionView:
         state = None
         for event in events:
             self.observe(event)
-        if events:
-            state = self.states.get(events[0].streamid[len(EXECUTION_PREFIX) :])  # type: ignore[index]
+        if events and events[0].streamid:
+            state = self.states.get(events[0].streamid[len(EXECUTION_PREFIX) :])
         return state
 
     def apply_own(self, events: builtins.list[CloudEvent], states: builtins.list[ExecutionState]) -> None:

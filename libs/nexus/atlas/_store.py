@@ -76,8 +76,8 @@ class Subscription:
     def _deliver(self, change: AtlasChange) -> None:
         if self._callback is not None:
             self._callback(change)
-        else:
-            self._queue.put_nowait(change)  # type: ignore[union-attr]
+        elif self._queue is not None:
+            self._queue.put_nowait(change)
 
     def close(self) -> None:
         """Stop receiving changes; an iterator ends after the changes already queued."""
@@ -376,7 +376,9 @@ class AtlasStore:
         for sub in list(self._subscriptions):
             if (view is not None and sub._test(view.data)) or (previous is not None and sub._test(previous.data)):
                 if change is None:
-                    change = AtlasChange(kind, self.name, (view or previous).id, view, previous)  # type: ignore[union-attr]
+                    subject = view if view is not None else previous
+                    assert subject is not None  # the test above matched one of them
+                    change = AtlasChange(kind, self.name, subject.id, view, previous)
                 try:
                     sub._deliver(change)
                 except Exception:

@@ -100,6 +100,14 @@ def parse_secret(secret: str) -> tuple[str, str] | None:
     return prefix, key_id
 
 
+def _kind(kind: str) -> KeyKind:
+    if kind == "client":
+        return "client"
+    if kind == "worker":
+        return "worker"
+    raise ValueError(f"key kind {kind!r}: use 'client' or 'worker'")
+
+
 def valid_tenant(name: str) -> bool:
     """Whether ``name`` can be a client's name (a tenant): 1-64 letters, digits, ``_-.``, not ``platform``."""
     return bool(_TENANT_NAME.fullmatch(name)) and name != PLATFORM_TENANT
@@ -130,7 +138,7 @@ async def issue_key(
     secret = f"{_PREFIX[kind]}_{key_id}.{secrets.token_urlsafe(32)}"
     data = KeyIssued(key_id=key_id, kind=kind, owner=owner, hash=hash_secret(secret), scopes=list(scopes))
     [stored] = await log.append(KEYS_STREAM, [new_event(KEY_ISSUED, data, source=source, subject=key_id)])
-    info = KeyInfo(key_id=key_id, kind=kind, owner=owner, scopes=tuple(scopes))  # type: ignore[arg-type]
+    info = KeyInfo(key_id=key_id, kind=_kind(kind), owner=owner, scopes=tuple(scopes))
     return IssuedKey(info=info, secret=secret, event=stored)
 
 
@@ -202,7 +210,7 @@ class KeyView:
             issued = msgspec.convert(event.data, KeyIssued)
             info = KeyInfo(
                 key_id=issued.key_id,
-                kind=issued.kind,  # type: ignore[arg-type]
+                kind=_kind(issued.kind),
                 owner=issued.owner,
                 scopes=tuple(issued.scopes),
             )

@@ -190,6 +190,6 @@ def _non_empty(path: Path) -> bool:
     return path.exists() and any(path.iterdir())
 
 
-def _flush(fh: object) -> None:
-    fh.flush()  # type: ignore[attr-defined]
-    os.fsync(fh.fileno())  # type: ignore[attr-defined]
+def _flush(fh: BinaryIO) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())

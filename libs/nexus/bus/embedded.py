@@ -480,7 +480,8 @@ class EmbeddedNats:
                 "or set NEXUS_NATS_URL to use that server"
             )
         last = tail.strip().splitlines()[-1] if tail.strip() else "no output"
-        return EmbeddedNatsError(f"nats-server exited with status {self._process.returncode}: {last}")  # type: ignore[union-attr]
+        status = self._process.returncode if self._process is not None else None
+        return EmbeddedNatsError(f"nats-server exited with status {status}: {last}")
 
     async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - grace period before SIGKILL
         """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Safe to call twice."""

@@ -62,6 +62,7 @@ from nexus.bus import _dispatch, _port, _wire
 from nexus.bus._metrics import CONSUMER_LAG, CONSUMER_PROCESSED, PUBLISHED
 from nexus.bus._port import (
     Bus,
+    BusArgumentError,
     BusError,
     BusTimeoutError,
     BusUnavailableError,
@@ -1110,7 +1111,7 @@ class _JetStreamConsumer(Consumer):
         self._acked = CONSUMER_PROCESSED.labels(spec.name, "ack")
         # Open pull requests expire quickly so that a stopping replica is not handed messages
         # after it has stopped asking (they would wait out ack_wait before anyone got them).
-        self._expires = float(spec.extra.get("pull_expires_seconds", 0.5))  # type: ignore[arg-type]
+        self._expires = _seconds(spec.extra.get("pull_expires_seconds"), 0.5)
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.name}"
         # A pull that ended in an error status (503: no consumer answers; 409: deleted, limits…)
         # makes the loop check the consumer, recreate it (and its stream) if it is gone, and
@@ -1398,7 +1399,7 @@ class _PublicConsumer(Consumer):
         self._stopped = asyncio.Event()
         self._lag = CONSUMER_LAG.labels(spec.name)
         self._acked = CONSUMER_PROCESSED.labels(spec.name, "ack")
-        self._expires = float(spec.extra.get("pull_expires_seconds", 0.5))  # type: ignore[arg-type]
+        self._expires = _seconds(spec.extra.get("pull_expires_seconds"), 0.5)
         self._backoff = Backoff(0.1, 5.0)
         self._quiet = RateLimitedLog(logger, interval=QUIET_INTERVAL)
 
@@ -1573,3 +1574,12 @@ class _PublicConsumer(Consumer):
                 await self._sub.unsubscribe()
         with contextlib.suppress(NatsError, TimeoutError):
             await self._bus.nc.flush(timeout=2)
+
+
+def _seconds(value: object, default: float) -> float:
+    """A duration from a consumer spec's ``extra`` (seconds), or ``default`` when unset."""
+    if value is None:
+        return default
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    raise BusArgumentError(f"pull_expires_seconds must be a positive number of seconds, got {value!r}")

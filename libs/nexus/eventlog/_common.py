@@ -165,7 +165,7 @@ def match_stored(
         difference = same_content(stored, event)
         if difference:
             raise DuplicateEventError(event.id, difference)
-    return list(found)  # type: ignore[arg-type]
+    return [stored for stored in found if stored is not None]  # every one is: checked above
 
 
 def check_types(types: object) -> frozenset[str] | None:

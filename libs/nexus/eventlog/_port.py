@@ -81,7 +81,7 @@ class EventLog(abc.ABC):
             if not batch:
                 return
             yield batch
-            position = batch[-1].position + 1  # type: ignore[operator]
+            position = (batch[-1].position or position) + 1
 
     @abc.abstractmethod
     async def head(self) -> int:

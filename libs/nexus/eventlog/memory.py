@@ -57,7 +57,7 @@ class MemoryEventLog(EventLog):
                 stream_id=stream_id,
                 version=len(stream) + offset + 1,
                 position=len(self._events) + offset + 1,
-                prevhash=prevhash,  # type: ignore[arg-type]
+                prevhash=prevhash or GENESIS_HASH,  # a stored event always has its hash
                 content=contents[offset][1].decode(),
             )
             prevhash = placed.hash

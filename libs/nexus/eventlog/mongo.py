@@ -57,7 +57,7 @@ try:
     from pymongo.read_concern import ReadConcern
     from pymongo.write_concern import WriteConcern
 except ImportError:  # pragma: no cover - pymongo is a declared dependency
-    AsyncMongoClient = None  # type: ignore[assignment,misc]
+    AsyncMongoClient = None  # type: ignore[assignment,misc]  # pymongo missing: refused at open
 
 REPLICA_SET_NEEDED: Final = (
     "the MongoDB event log needs a replica set (multi-document transactions): start mongod with "
@@ -217,7 +217,7 @@ class MongoEventLog(EventLog):
                 stream_id=stream_id,
                 version=version + offset + 1,
                 position=first_position + offset,
-                prevhash=prevhash,  # type: ignore[arg-type]
+                prevhash=prevhash or GENESIS_HASH,  # a stored event always has its hash
                 content=contents[offset],
             )
             prevhash = sealed.hash
@@ -340,7 +340,7 @@ class MongoEventLog(EventLog):
                 idle = _POLL_MIN_S
                 for event in batch:
                     yield event
-                position = batch[-1].position + 1  # type: ignore[operator]
+                position = (batch[-1].position or position) + 1
                 continue
             # Our own appends wake us at once; other clients' are found by polling, backing off.
             with contextlib.suppress(TimeoutError):

@@ -759,7 +759,7 @@ class SqliteEventLog(EventLog):
                 if batch:
                     for event in batch:
                         yield event
-                    position = batch[-1].position + 1  # type: ignore[operator]
+                    position = (batch[-1].position or position) + 1
                     continue
                 # Another process may append to the same file: look again now and then.
                 with contextlib.suppress(TimeoutError):
@@ -827,8 +827,8 @@ def _decode_fetched(payload: bytes | None) -> list[CloudEvent]:
         return []
     events = decode_page(payload)
     # group_concat keeps the subquery's order in practice but SQLite does not promise it.
-    if any(a.position >= b.position for a, b in itertools.pairwise(events)):  # type: ignore[operator]
-        events.sort(key=lambda e: e.position)  # type: ignore[arg-type,return-value]
+    if any((a.position or 0) >= (b.position or 0) for a, b in itertools.pairwise(events)):
+        events.sort(key=lambda e: e.position or 0)
     return events
 
 

@@ -114,13 +114,14 @@ async def verify_log(
         if seal.from_position < first or seal.to_position > last:
             continue
         seals_checked += 1
-        covered = [hashes.get(p) for p in range(seal.from_position, seal.to_position + 1)]
-        if any(h is None for h in covered):
+        found = [hashes.get(p) for p in range(seal.from_position, seal.to_position + 1)]
+        covered = [h for h in found if h is not None]
+        if len(covered) != len(found):
             problems.append(
                 LogProblem(pos, SEAL_STREAM, f"seal over {seal.from_position}..{seal.to_position}: events are missing")
             )
             continue
-        root = seal_root(covered)  # type: ignore[arg-type]
+        root = seal_root(covered)
         if root != seal.merkle_root:
             problems.append(
                 LogProblem(

@@ -166,7 +166,7 @@ class FileRaw(RawBackend):
                 size=st.st_size,
                 sha256=str(meta["sha256"]),
                 content_type=str(meta.get("content_type", DEFAULT_CONTENT_TYPE)),
-                created=float(meta.get("created", st.st_mtime)),  # type: ignore[arg-type]
+                created=_number(meta.get("created"), st.st_mtime),
             )
         # The metadata is missing or predates the content (a crash between the two renames,
         # or a file put there by hand): rebuild it from the content.
@@ -248,3 +248,8 @@ def _prune_empty(base: Path, directory: Path) -> None:
         except OSError:
             return
         directory = directory.parent
+
+
+def _number(value: object, default: float) -> float:
+    """A number recorded in a blob's metadata file, or ``default`` when it is missing or not one."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default

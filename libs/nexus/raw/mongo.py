@@ -24,7 +24,7 @@ try:
     from pymongo.errors import PyMongoError
     from pymongo.write_concern import WriteConcern
 except ImportError:  # pragma: no cover - pymongo is a declared dependency
-    AsyncMongoClient = None  # type: ignore[assignment,misc]
+    AsyncMongoClient = None  # type: ignore[assignment,misc]  # pymongo missing: refused at open
 
 
 class MongoRaw(RawBackend):

@@ -330,8 +330,9 @@ class Relay:
                 await _cancel(relaying)
                 RELAY_LEADER.set(0)
                 self.leading.clear()
-            if relaying.done() and not relaying.cancelled() and relaying.exception() is not None:
-                await self._failed(relaying.exception(), "stopped relaying")  # type: ignore[arg-type]
+            failure = relaying.exception() if relaying.done() and not relaying.cancelled() else None
+            if isinstance(failure, Exception):
+                await self._failed(failure, "stopped relaying")
 
     async def _failed(self, error: BaseException, what: str) -> None:
         """Count a failed attempt and wait before the next one, longer after each in a row."""

@@ -34,6 +34,7 @@ def handles(*types: str) -> Callable[[Callable[..., None]], Callable[..., None]]
         raise TypeError("handles() takes one or more event type names")
 
     def mark(method: Callable[..., None]) -> Callable[..., None]:
+        # The types ride on the function itself (a decorator mark), which no type can declare.
         method.__nexus_handles__ = (*getattr(method, "__nexus_handles__", ()), *types)  # type: ignore[attr-defined]
         return method
 

@@ -334,6 +334,8 @@ async def follow(
         stopper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stopper
-        await subscription.aclose()  # type: ignore[attr-defined]
+        close = getattr(subscription, "aclose", None)  # an async generator's, when it is one
+        if close is not None:
+            await close()
         if checkpoints is not None and pending:
             await checkpoints.save(runner.checkpoint())

@@ -185,12 +185,12 @@ class Supervisor:
     async def wait_ready(self, within: float) -> list[str]:
         """Wait until every child's ``ready_url`` answers 200; return the names still not ready."""
         deadline = time.monotonic() + within
-        pending = {c.name: c for c in self.children if c.ready_url}
+        pending = {c.name: c.ready_url for c in self.children if c.ready_url}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             while pending and time.monotonic() < deadline and not self._stopping.is_set():
-                for name, child in list(pending.items()):
+                for name, ready_url in list(pending.items()):
                     with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
-                        async with session.get(child.ready_url) as response:  # type: ignore[arg-type]
+                        async with session.get(ready_url) as response:
                             if response.status == 200:
                                 del pending[name]
                 if pending:

@@ -394,7 +394,7 @@ class EventLogContract(abc.ABC):
         with pytest.raises(EventLogArgumentError, match="at least one event"):
             await log.append("s", [])
         with pytest.raises(EventLogArgumentError, match="not a CloudEvent"):
-            await log.append("s", [{"id": "x"}])  # type: ignore[list-item]
+            await log.append("s", [{"id": "x"}])  # type: ignore[list-item]  # the wrong type is the test
         with pytest.raises(EventLogArgumentError, match="JSON"):
             await log.append("s", [new_event("nexus.test.x", {"when": object()}, source="nexus/test")])
         with pytest.raises(EventLogArgumentError, match="twice"):

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import sys
+from collections.abc import Callable
 
 from nexus.eventlog import EventLog
 from nexus.replay import (
@@ -63,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=_run)
 
 
-def _progress(label: str) -> tuple[ProgressLine, object]:
+def _progress(label: str) -> tuple[ProgressLine, Callable[[ReplayProgress], None]]:
     bar = ProgressLine(label)
 
     def report(p: ReplayProgress) -> None:
@@ -98,7 +99,7 @@ async def _rebuild(args: argparse.Namespace, projections: list[Projection]) -> i
                     resume=not args.from_scratch,
                     to_position=args.to_position,
                     checkpoint_every=args.checkpoint_every,
-                    progress=report,  # type: ignore[arg-type]
+                    progress=report,
                 )
             finally:
                 bar.close()
@@ -134,7 +135,7 @@ async def _verify(args: argparse.Namespace, projections: list[Projection]) -> in
                     ProjectionRunner(type(projection)()),
                     resume=False,
                     to_position=live_position,
-                    progress=report,  # type: ignore[arg-type]
+                    progress=report,
                 )
                 if live_digest is None:
                     _, again = await replay(log, ProjectionRunner(type(projection)()), to_position=rebuilt.position)
@@ -161,7 +162,7 @@ async def _verify_fold(log: EventLog, projection: FoldProjection, to_position: i
             ProjectionRunner(type(projection)()),
             resume=False,
             to_position=to_position,
-            progress=report,  # type: ignore[arg-type]
+            progress=report,
         )
     finally:
         bar.close()
