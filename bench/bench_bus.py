@@ -19,9 +19,9 @@ from pathlib import Path
 import nats
 
 from bench._harness import Context, Row, percentile, target_row
-from nexus.bus import ConsumerSpec, OutboundMessage
+from nexus.bus import Consumer, ConsumerSpec, Delivery, OutboundMessage
 from nexus.bus.embedded import EmbeddedNats
-from nexus.bus.events import EventConsumer
+from nexus.bus.events import decode_delivery
 from nexus.bus.jetstream import JetStreamBus
 from nexus.eventlog import EventLog, open_event_log
 from nexus.proto import STREAM_EVT, CloudEvent, new_event
@@ -77,23 +77,38 @@ async def _fill(log: EventLog, count: int, per_append: int = 500) -> int:
 
 
 class _Projection:
-    """A simple projection: a count per stream; signals when it has applied ``wanted`` events."""
+    """A simple projection fed by a plain durable consumer (``bus.consume``).
+
+    Per delivery: the CloudEvent decoded and checked against the catalogue (``decode_delivery``),
+    skipped when its stream already has that version (a redelivery), else a count and the last
+    version per stream; it signals when it has applied ``wanted`` events.
+    """
 
     def __init__(self, wanted: int) -> None:
         self.counts: dict[str, int] = {}
+        self.versions: dict[str, int] = {}
         self.applied = 0
         self.wanted = wanted
         self.done = asyncio.Event()
         self.seen_at: dict[str, float] = {}
         self.track = False
 
-    async def apply(self, event: CloudEvent) -> None:
-        self.counts[event.streamid or ""] = self.counts.get(event.streamid or "", 0) + 1
+    async def handle(self, delivery: Delivery) -> None:
+        event = decode_delivery(delivery)
+        stream = event.streamid or ""
+        version = event.streamversion or 0
+        if version <= self.versions.get(stream, 0):
+            return
+        self.versions[stream] = version
+        self.counts[stream] = self.counts.get(stream, 0) + 1
         self.applied += 1
         if self.track:
             self.seen_at[event.id] = time.perf_counter()
         if self.applied >= self.wanted:
             self.done.set()
+
+    async def start(self, bus: JetStreamBus) -> Consumer:
+        return await bus.consume(_spec("projection"), self.handle)
 
 
 def _spec(name: str) -> ConsumerSpec:
@@ -142,9 +157,8 @@ async def _consumer_alone(ctx: Context, count: int, accelerator: str = "on") -> 
         for first in range(0, count, 1000):
             await bus.publish_events(events[first : first + 1000])
         projection = _Projection(count)
-        consumer = EventConsumer(bus, log, _spec("projection"), projection.apply)
         started = time.perf_counter()
-        await consumer.start()
+        consumer = await projection.start(bus)
         await projection.done.wait()
         elapsed = time.perf_counter() - started
         await consumer.stop()
@@ -156,8 +170,7 @@ async def _end_to_end(ctx: Context, count: int, accelerator: str = "on") -> tupl
     log = await _open_log(ctx)
     async with _server(ctx, accelerator=accelerator) as bus:
         projection = _Projection(count)
-        consumer = EventConsumer(bus, log, _spec("projection"), projection.apply)
-        await consumer.start()
+        consumer = await projection.start(bus)
         relay = Relay(log, bus, lease=False)
         await relay.start()
         # The producer's events are built before the clock starts: what is timed is appending
@@ -178,8 +191,7 @@ async def _latency(ctx: Context, count: int, rate: float) -> list[float]:
     async with _server(ctx) as bus:
         projection = _Projection(count)
         projection.track = True
-        consumer = EventConsumer(bus, log, _spec("projection"), projection.apply)
-        await consumer.start()
+        consumer = await projection.start(bus)
         relay = Relay(log, bus, lease=False)
         await relay.start()
         appended: dict[str, float] = {}
@@ -288,7 +300,7 @@ async def run(ctx: Context) -> list[Row]:
     rows.append(
         target_row(
             SUITE,
-            "consumer alone (EventConsumer, simple projection)",
+            "consumer alone (bus.consume, simple projection)",
             consumer_rate,
             "events/s",
             at_least=30_000,

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from nexus.bus import BusError, ConsumerSpec, PublishAck
-from nexus.bus.events import EventConsumer
+from nexus.bus import BusError, ConsumerSpec, Delivery, PublishAck
+from nexus.bus.events import decode_delivery
 from nexus.bus.jetstream import JetStreamBus, PendingAcks
 from nexus.eventlog import EventLog, open_event_log
 from nexus.eventlog.memory import MemoryEventLog
+from nexus.proof import verify_log
 from nexus.proto import STREAM_EVT, CloudEvent, new_event
 from nexus.relay import RELAY_BUCKET, Relay
 
@@ -43,25 +44,58 @@ async def append_events(log: EventLog, count: int, streams: int = 10, start: int
     return await log.head()
 
 
-class Recorder:
-    """A projection that records what it applies, and signals when it has seen a given count."""
+class StreamView:
+    """A plain durable consumer of NEXUS_EVT that keeps every message it is handed.
+
+    No de-duplication and no gap filling from the log: what it holds is what the relay put on the
+    stream, so a lost or doubled event shows. A redelivery of the same stream message (a consumer
+    matter, not the relay's) is kept once, by its stream sequence.
+    """
 
     def __init__(self) -> None:
-        self.applied: list[CloudEvent] = []
+        self._by_seq: dict[int, Delivery] = {}
         self._wanted = 0
         self._reached = asyncio.Event()
 
-    async def apply(self, event: CloudEvent) -> None:
-        self.applied.append(event)
-        if len(self.applied) >= self._wanted:
+    async def start(self, bus: JetStreamBus) -> None:
+        await bus.consume(ConsumerSpec("view", STREAM_EVT, ("nexus.evt.>",)), self._handle)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        self._by_seq.setdefault(delivery.stream_seq, delivery)
+        if len(self._by_seq) >= self._wanted:
             self._reached.set()
+
+    @property
+    def messages(self) -> list[Delivery]:
+        """The distinct stream messages received, in stream order."""
+        return [self._by_seq[seq] for seq in sorted(self._by_seq)]
 
     async def wait_for(self, count: int) -> None:
         self._wanted = count
         self._reached.clear()
-        if len(self.applied) >= count:
+        if len(self._by_seq) >= count:
             return
         await asyncio.wait_for(self._reached.wait(), WAIT)
+
+
+def assert_each_event_once_in_order(messages: Sequence[Delivery], events: Sequence[CloudEvent]) -> None:
+    """Every event of ``events`` is on the stream exactly once (by ``Nats-Msg-Id``), and nothing else
+    is; each message carries its event and its log position; a log stream's events are in version order."""
+    by_id = {event.id: event for event in events}
+    ids = [message.headers["Nats-Msg-Id"] for message in messages]
+    doubled = sorted({i for i in ids if ids.count(i) > 1})
+    assert not doubled, f"published more than once: {doubled[:10]}"
+    missing = sorted((by_id[i].position or 0) for i in by_id.keys() - set(ids))
+    assert not missing, f"never published, at positions {missing[:10]}"
+    assert set(ids) == by_id.keys()
+    versions: dict[str, list[int]] = {}
+    for message in messages:
+        expected = by_id[message.headers["Nats-Msg-Id"]]
+        assert decode_delivery(message) == expected
+        assert message.headers["Nexus-Position"] == str(expected.position)
+        versions.setdefault(expected.streamid or "", []).append(expected.streamversion or 0)
+    for stream, seen in versions.items():
+        assert seen == list(range(1, len(seen) + 1)), f"stream {stream} out of order: {seen}"
 
 
 async def stream_count(bus: JetStreamBus) -> int:
@@ -69,9 +103,8 @@ async def stream_count(bus: JetStreamBus) -> int:
 
 
 async def test_relay_publishes_every_event_once_and_checkpoints(bus: JetStreamBus, memory_log: MemoryEventLog) -> None:
-    recorder = Recorder()
-    consumer = EventConsumer(bus, memory_log, ConsumerSpec("view", STREAM_EVT, ("nexus.evt.>",)), recorder.apply)
-    await consumer.start()
+    view = StreamView()
+    await view.start(bus)
     head = await append_events(memory_log, 50)
     relay = Relay(memory_log, bus, lease=False)
     await relay.start()
@@ -79,9 +112,9 @@ async def test_relay_publishes_every_event_once_and_checkpoints(bus: JetStreamBu
     # Events appended while it runs are relayed too.
     head = await append_events(memory_log, 25, start=50)
     await asyncio.wait_for(relay.wait_relayed(head), WAIT)
-    await recorder.wait_for(75)
+    await view.wait_for(75)
     await relay.stop()
-    assert sorted(e.position or 0 for e in recorder.applied) == list(range(1, 76))
+    assert_each_event_once_in_order(view.messages, await memory_log.read_all(1))
     assert await stream_count(bus) == 75
     kv = await bus.key_value(RELAY_BUCKET)
     entry = await kv.get("checkpoint")
@@ -187,9 +220,8 @@ async def test_a_killed_relay_process_loses_nothing_and_nothing_is_applied_twice
 ) -> None:
     log_url = f"sqlite:///{tmp_path / 'events.db'}"
     log = await open_event_log(log_url)
-    recorder = Recorder()
-    consumer = EventConsumer(bus, log, ConsumerSpec("view", STREAM_EVT, ("nexus.evt.>",)), recorder.apply)
-    await consumer.start()
+    view = StreamView()
+    await view.start(bus)
     try:
         await append_events(log, 3000, per_append=50)
         for round_ in range(2):
@@ -197,20 +229,56 @@ async def test_a_killed_relay_process_loses_nothing_and_nothing_is_applied_twice
             assert process.stdout is not None
             await asyncio.wait_for(wait_started(process.stdout), WAIT)
             # Kill it mid-stream: between a publish and its checkpoint, most likely.
-            await recorder.wait_for(1000 * (round_ + 1))
+            await view.wait_for(1000 * (round_ + 1))
             process.send_signal(signal.SIGKILL)
             await process.wait()
             await append_events(log, 500, start=3000 + 500 * round_, per_append=50)
         process = await start_relay_process(nats_server, log_url, tmp_path)
-        await recorder.wait_for(4000)
+        await view.wait_for(4000)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), WAIT) == 0
-        positions = [e.position for e in recorder.applied]
-        assert len(positions) == len(set(positions)) == 4000
+        assert_each_event_once_in_order(view.messages, await log.read_all(1))
         assert await stream_count(bus) == 4000
     finally:
-        await consumer.stop()
         await log.close()
+
+
+async def test_a_message_deleted_from_the_stream_leaves_the_relay_and_the_log_whole(
+    bus: JetStreamBus, memory_log: MemoryEventLog
+) -> None:
+    # Services read the log, not NEXUS_EVT: a message lost from the stream (deleted by an
+    # operator, a lost tail) is not filled back in by anyone, and must not stop or rewind the
+    # relay, nor touch the log.
+    head = await append_events(memory_log, 10)
+    relay = Relay(memory_log, bus, lease=False)
+    await relay.start()
+    await asyncio.wait_for(relay.wait_relayed(head), WAIT)
+    deleted = await bus.get_message(STREAM_EVT, 5)
+    assert deleted is not None and await bus.delete_message(STREAM_EVT, 5)
+    head = await append_events(memory_log, 10, start=10)
+    await asyncio.wait_for(relay.wait_relayed(head), WAIT)
+    await relay.stop()
+    # A restarted relay resumes after the last relayed event: it neither republishes the hole
+    # nor anything before it.
+    relay = Relay(memory_log, bus, lease=False)
+    await relay.start()
+    head = await append_events(memory_log, 5, start=20)
+    await asyncio.wait_for(relay.wait_relayed(head), WAIT)
+    await relay.stop()
+    events = await memory_log.read_all(1)
+    state = await bus.stream_state(STREAM_EVT)
+    assert (state.messages, state.last_seq) == (24, 25)
+    kept = [await bus.get_message(STREAM_EVT, seq) for seq in range(1, 26) if seq != 5]
+    assert [m.headers["Nats-Msg-Id"] if m else None for m in kept] == [e.id for e in events if e.position != 5]
+    assert await bus.get_message(STREAM_EVT, 5) is None
+    kv = await bus.key_value(RELAY_BUCKET)
+    entry = await kv.get("checkpoint")
+    assert entry is not None and entry.value == b"25"
+    # The log is whole: every position, the deleted message's event included, and it verifies.
+    assert [e.position for e in events] == list(range(1, 26))
+    assert events[4].id == deleted.headers["Nats-Msg-Id"]
+    report = await verify_log(memory_log)
+    assert report.ok and report.events == 25 and report.problems == []
 
 
 async def test_a_standby_relay_takes_over_when_the_leader_dies(nats_server: str, memory_log: MemoryEventLog) -> None:

@@ -16,16 +16,6 @@ CONSUMER_LAG = Gauge(
     ["consumer"],
 )
 DEAD_LETTERS = Counter("nexus_dead_letters_total", "Messages a consumer sent to its dead-letter subject.", ["consumer"])
-EVENT_GAPS_FILLED = Counter(
-    "nexus_consumer_gap_events_total",
-    "Events an event consumer read from the log to fill a gap in a stream.",
-    ["consumer"],
-)
-EVENT_DUPLICATES = Counter(
-    "nexus_consumer_duplicate_events_total",
-    "Redelivered or re-published events an event consumer skipped.",
-    ["consumer"],
-)
 RELAY_PUBLISHED = Counter("nexus_relay_published_total", "Events the relay published and JetStream acknowledged.")
 RELAY_DUPLICATES = Counter(
     "nexus_relay_duplicates_total", "Events the relay re-published that JetStream already held (de-duplicated)."

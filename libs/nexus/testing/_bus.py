@@ -25,8 +25,7 @@ from nexus.bus import (
     PoisonMessageError,
     RetryableError,
 )
-from nexus.bus.events import EventConsumer, MemoryCheckpointStore
-from nexus.eventlog.memory import MemoryEventLog
+from nexus.bus.events import decode_delivery
 from nexus.ingest import CommandRejected, CommandRouter, send_command
 from nexus.proto import STREAM_CMD, STREAM_DLQ, STREAM_EVT, CloudEvent, new_event
 
@@ -63,15 +62,6 @@ class BusContract:
             yield bus
         finally:
             await bus.close()
-
-    @pytest.fixture
-    async def memory_log(self) -> AsyncIterator[MemoryEventLog]:
-        """An empty in-memory event log for the cases that pair the bus with a log."""
-        log = MemoryEventLog()
-        try:
-            yield log
-        finally:
-            await log.close()
 
     async def collect(self, bus: Bus, consumer: ConsumerSpec) -> asyncio.Queue[Delivery]:
         queue: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -159,16 +149,18 @@ class BusContract:
         assert dead.headers["Nexus-Original-Subject"] == "nexus.evt.test.thing.bad"
         assert dead.headers["X-Origin"] == "test"
 
-    async def test_invalid_cloudevent_is_dead_lettered_with_the_field(
-        self, bus: Bus, memory_log: MemoryEventLog
-    ) -> None:
+    async def test_invalid_cloudevent_is_dead_lettered_with_the_field(self, bus: Bus) -> None:
         dlq = await self.collect(bus, spec("dlq-reader", "nexus.dlq.>", stream=STREAM_DLQ))
         applied: list[CloudEvent] = []
-        consumer = EventConsumer(bus, memory_log, spec("view"), self._appender(applied))
-        await consumer.start()
+
+        async def view(delivery: Delivery) -> None:
+            applied.append(decode_delivery(delivery))
+
+        await bus.consume(spec("view"), view)
         await bus.publish("nexus.evt.test.thing.bad", b'{"specversion": "0.3"}')
         (dead,) = await take(dlq, 1)
         assert dead.headers["Nexus-Error"] == "EnvelopeError"
+        assert dead.headers["Nexus-Consumer"] == "view"
         assert "$." in dead.headers["Nexus-Error-Reason"]
         assert applied == []
 
@@ -260,48 +252,6 @@ class BusContract:
         await bus.publish("nexus.cmd.work.do", b"job")
         (delivery,) = await take(queue, 1)
         assert delivery.data == b"job"
-
-    @staticmethod
-    def _appender(applied: list[CloudEvent]) -> Callable[[CloudEvent], Awaitable[None]]:
-        async def apply(event: CloudEvent) -> None:
-            applied.append(event)
-
-        return apply
-
-    async def test_event_consumer_skips_duplicates_and_fills_gaps(self, bus: Bus, memory_log: MemoryEventLog) -> None:
-        stored = await memory_log.append(
-            "thing-1", [new_event("nexus.test.thing.changed", {"n": n}, source="nexus/test") for n in range(1, 6)]
-        )
-        applied: list[CloudEvent] = []
-        gate = asyncio.Event()
-        holding = asyncio.Event()
-        finished = asyncio.Event()
-        checkpoint = MemoryCheckpointStore()
-
-        async def apply(event: CloudEvent) -> None:
-            applied.append(event)
-            if event.streamversion == 2:
-                # Hold the consumer so that what is published next waits in the stream.
-                holding.set()
-                await gate.wait()
-            if event.streamversion == 5:
-                finished.set()
-
-        # batch=1: nothing is fetched ahead while the handler is held.
-        consumer = EventConsumer(bus, memory_log, spec("view", batch=1), apply, checkpoint=checkpoint)
-        await consumer.start()
-        await bus.publish_events(stored[:2])
-        await asyncio.wait_for(holding.wait(), WAIT)
-        acks = await bus.publish_events(stored[2:])
-        # Version 3 disappears from the stream (a lost tail, a deleted message).
-        assert await bus.delete_message(STREAM_EVT, acks[0].seq)
-        # Versions 1 and 2 arrive again (a relay that re-published them after a restart).
-        await bus.publish("nexus.evt.test.thing.changed", bus_payload(stored[0]), msg_id="republished-1")
-        gate.set()
-        await asyncio.wait_for(finished.wait(), WAIT)
-        await consumer.stop()
-        assert [e.streamversion for e in applied] == [1, 2, 3, 4, 5]
-        assert checkpoint.versions == {"thing-1": 5}
 
     async def test_consumer_span_is_a_child_of_the_producer(self, bus: Bus) -> None:
         assert self.tracer_provider is not None
@@ -433,9 +383,3 @@ class BusContract:
         await asyncio.sleep(1.6)
         assert await kv.get("leader") is None
         assert await kv.create("leader", b"b") is not None
-
-
-def bus_payload(event: CloudEvent) -> bytes:
-    from nexus.proto import encode_event
-
-    return encode_event(event)
