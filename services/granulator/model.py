@@ -11,6 +11,13 @@ from typing import Annotated, Any
 
 import msgspec
 
+from nexus.proto.commands import (
+    GranulatorAcknowledgeRequest,
+    GranulatorExpandRequest,
+    GranulatorExpandResult,
+    GranulatorHandshakeRequest,
+    GranulatorProcessRequest,
+)
 from nexus.proto.events.granulator import (
     GranulatorEstimate,
     GranulatorRequirements,
@@ -183,54 +190,13 @@ class GranulationInput(msgspec.Struct, frozen=True, kw_only=True):
     """Who the content is for (used in titles and learning objectives)."""
 
 
-class HandshakeRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """``POST /api/handshake`` / ``nexus.cmd.granulator.handshake``."""
-
-    stage: str
-    input: dict[str, Any]
-    requirements: Requirements
-    execution_id: str = ""
-    """Also accepted as the ``X-Execution-ID`` header."""
-    validation: ValidationConfig | None = None
-    """When absent, ``input.validation`` or the replica's default."""
-
-
-class ProcessRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """``POST /api/process`` / ``nexus.cmd.granulator.process``."""
-
-    execution_id: str
-    handshake_id: str
-    data_ref: str | dict[str, Any] | None = None
-    """``raw://…`` (a JSON object in Raw), an inline object, or absent (the handshake's input)."""
-
-
-class AcknowledgeRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """``POST /api/acknowledge`` / ``nexus.cmd.granulator.acknowledge``."""
-
-    execution_id: str
-    handshake_id: str
-    status: str = "completed"
-    output_ref: str | None = None
-
-
-class ExpandRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """``POST /generate``: expand a text (the ``core`` service of seed 004)."""
-
-    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=200_000)]
-    model: str = ""
-    """Model to ask for (the http generator passes it on; the builtin one ignores it)."""
-    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.7
-    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
-
-
-class ExpandResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The expanded text."""
-
-    text: str
-    word_count: int
-    model: str
-    generator: str
-    finish_reason: str = "stop"
+# The request and answer bodies are declared once, in the command catalogue (they travel over
+# HTTP and NATS alike): these are their names here.
+HandshakeRequest = GranulatorHandshakeRequest
+ProcessRequest = GranulatorProcessRequest
+AcknowledgeRequest = GranulatorAcknowledgeRequest
+ExpandRequest = GranulatorExpandRequest
+ExpandResult = GranulatorExpandResult
 
 
 class Subsection(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
