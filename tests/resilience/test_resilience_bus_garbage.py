@@ -120,7 +120,8 @@ def _garbage(max_payload: int) -> dict[str, tuple[bytes, str]]:
     assert len(full) == max_payload
     return {
         # Random bytes behind a byte that can never start JSON (0xFF is not UTF-8): bare random
-        # bytes are now and then a number followed by whitespace, which is valid JSON.
+        # bytes that happen to begin like a JSON number are refused as the wrong type (an int,
+        # not an object) before the decoder reaches the garbage, and the reason names no JSON.
         "random bytes": (b"\xff" + os.urandom(511), "JSON"),
         "not JSON": (b"this is not JSON {", "JSON"),
         "JSON that is not a CloudEvent": (json.dumps({"hello": "world"}).encode(), "specversion"),
