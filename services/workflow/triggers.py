@@ -345,10 +345,29 @@ class TriggerEngine:
         """Starts made by this replica (for metrics and tests)."""
         self.refused = 0
         """Starts this replica refused (depth or rate), for metrics and tests."""
+        self._candidates: dict[str, list[Trigger]] = {}
+        self._candidates_of = (-1, -1)
+        """(fold version, number of triggers) the candidates were computed for."""
 
     def triggers(self, tenant: str | None = None) -> list[Trigger]:
         """Every trigger, or those of one tenant."""
         return [t for t in self._triggers.values() if tenant is None or t.tenant == tenant]
+
+    def candidates(self, event: CloudEvent) -> list[Trigger]:
+        """The triggers whose event type matches ``event``'s (cached per type: most events of a
+        busy platform match no trigger, and each reaches every replica)."""
+        stream = event.streamid or ""
+        key = event.type if not stream.startswith("ext-") else f"{event.type}\x00{stream}\x00{event.extevent}"
+        current = (self.fold.version, len(self._triggers))
+        if current != self._candidates_of:
+            self._candidates.clear()
+            self._candidates_of = current
+        found = self._candidates.get(key)
+        if found is None:
+            found = [t for t in self._triggers.values() if t.matches_type(event)]
+            if len(self._candidates) < 10_000:
+                self._candidates[key] = found
+        return found
 
     def get(self, tenant: str, trigger_id: str) -> Trigger | None:
         return self._triggers.get((tenant, trigger_id))
@@ -411,8 +430,10 @@ class TriggerEngine:
                 await self.refresh()
             return []
         started: list[str] = []
-        triggers = self.triggers()
-        event_tenant = await self._tenant_of(event) if triggers else None
+        triggers = self.candidates(event)
+        if not triggers:
+            return started
+        event_tenant = await self._tenant_of(event)
         chain: tuple[int, list[TriggerLink]] | None = None
         for trigger in triggers:
             try:

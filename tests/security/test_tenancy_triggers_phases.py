@@ -274,3 +274,23 @@ async def test_a_burst_of_matching_events_starts_what_the_rate_allows_and_record
     assert {r[0].data["reason"] for r in records if r[0].type.endswith("refused")} == {"rate"}
     assert len(p.engine.list(workflow_id="hot", limit=200)) == engine.fired
     assert json.dumps(records[-1][0].data)  # plain JSON, as the log stores it
+
+
+async def test_triggers_registered_or_removed_later_see_an_event_type_already_seen(platform: Starter) -> None:
+    # The triggers a type reaches are cached per type: registering and removing must still count.
+    p = await platform()
+    engine = p.service.app[TRIGGER_ENGINE]
+    assert (await p.call(ACME, "POST", "/workflows", _workflow("first")))[0] == 201
+    assert (await p.call(ACME, "POST", "/workflows", _workflow("second")))[0] == 201
+    await p.log.append("pings", [new_event("x.seen", {}, source="test", tenant=ACME)])  # no trigger yet
+    await asyncio.sleep(0.2)
+    for trigger_id in ("first", "second"):
+        body = {"id": trigger_id, "event_type": "x.seen", "workflow_id": trigger_id}
+        assert (await p.call(ACME, "POST", "/triggers", body))[0] == 201
+        await p.log.append("pings", [new_event("x.seen", {}, source="test", tenant=ACME)])
+    await _until(lambda: engine.fired == 3)  # first fires twice, second once
+    assert (await p.call(ACME, "DELETE", "/triggers/first"))[0] == 200
+    await p.log.append("pings", [new_event("x.seen", {}, source="test", tenant=ACME)])
+    await _until(lambda: engine.fired == 4)
+    await asyncio.sleep(0.2)
+    assert len(p.engine.list(workflow_id="first")) == 2 and len(p.engine.list(workflow_id="second")) == 2
