@@ -13,6 +13,7 @@ from typing import Any, Final
 import aiohttp
 
 from nexus.client._payload import PayloadError, PayloadField, build_instance, schema_from_json
+from nexus.client._session import ServiceSession
 from nexus.client._sse import parse_sse
 
 FINAL_STATUSES: Final = ("COMPLETED", "FAILED")
@@ -71,7 +72,7 @@ class BatchResult:
 FileLike = bytes | bytearray | Path
 
 
-class JobClient:
+class JobClient(ServiceSession):
     """A client of the workflow service's job API.
 
     Args:
@@ -99,32 +100,10 @@ class JobClient:
         timeout: float = 300.0,
         request_timeout: float = 30.0,
     ) -> None:
-        if not service_key:
-            raise ValueError("a service key is required (x-service-key)")
-        self.base_url = base_url.rstrip("/")
-        self._key = service_key
-        self._session = session
-        self._own_session = session is None
+        super().__init__(base_url, service_key, session=session)
         self.poll_interval = poll_interval
         self.timeout = timeout
         self._request_timeout = aiohttp.ClientTimeout(total=request_timeout)
-
-    async def __aenter__(self) -> JobClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the session if this client created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        return self._session
 
     @property
     def _headers(self) -> dict[str, str]:

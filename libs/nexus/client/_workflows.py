@@ -8,6 +8,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from nexus.client._session import ServiceSession
 from nexus.client._sse import parse_sse
 
 __all__ = ["EXECUTION_FINAL_STATUSES", "WorkflowApiError", "WorkflowClient"]
@@ -37,7 +38,7 @@ def _decode(text: str) -> Any:
         return {"message": text[:500]}
 
 
-class WorkflowClient:
+class WorkflowClient(ServiceSession):
     """A client of the workflow service's HTTP API (``/workflows``, ``/schemas``, ``/executions``).
 
     Args:
@@ -62,30 +63,8 @@ class WorkflowClient:
         session: aiohttp.ClientSession | None = None,
         timeout: float = 30.0,
     ) -> None:
-        if not service_key:
-            raise ValueError("a service key is required (x-service-key)")
-        self.base_url = base_url.rstrip("/")
-        self._key = service_key
-        self._session = session
-        self._own_session = session is None
+        super().__init__(base_url, service_key, session=session)
         self._timeout = timeout
-
-    async def __aenter__(self) -> WorkflowClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the session if this client created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        return self._session
 
     def _headers(self, accept: str = "application/json") -> dict[str, str]:
         return {"x-service-key": self._key, "Accept": accept}
