@@ -1362,11 +1362,7 @@ class _JetStreamConsumer(Consumer):
             return
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            try:
-                await self._task
-            except Exception as exc:
-                logger.warning("consumer %s stopped with an error: %r", self.spec.name, exc)
+        await _wait_for_loop(self.spec.name, self._task)
         if self._sub is not None:
             self._wire.forget(self._sub)
             with contextlib.suppress(NatsError):
@@ -1564,16 +1560,22 @@ class _PublicConsumer(Consumer):
             return
         self._stopping = True
         self._stopped.set()
-        if self._task is not None:
-            try:
-                await self._task
-            except Exception as exc:
-                logger.warning("consumer %s stopped with an error: %r", self.spec.name, exc)
+        await _wait_for_loop(self.spec.name, self._task)
         if self._sub is not None:
             with contextlib.suppress(NatsError):
                 await self._sub.unsubscribe()
         with contextlib.suppress(NatsError, TimeoutError):
             await self._bus.nc.flush(timeout=2)
+
+
+async def _wait_for_loop(name: str, task: asyncio.Task[None] | None) -> None:
+    """Wait for a consumer's pull loop to end; an error it ended with is logged, not raised."""
+    if task is None:
+        return
+    try:
+        await task
+    except Exception as exc:
+        logger.warning("consumer %s stopped with an error: %r", name, exc)
 
 
 def _seconds(value: object, default: float) -> float:
