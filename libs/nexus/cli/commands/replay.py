@@ -15,6 +15,7 @@ from nexus.replay import (
     Projection,
     ProjectionRunner,
     ReplayProgress,
+    ReplayResult,
     load_projection,
     registered,
     replay,
@@ -128,20 +129,10 @@ async def _verify(args: argparse.Namespace, projections: list[Projection]) -> in
                     origin = f"the live checkpoint at position {live.position}"
                 else:
                     live_digest, live_position, origin = None, args.to_position, "a second independent replay"
-            bar, report = _progress(f"verify {projection.name}")
-            try:
-                _, rebuilt = await replay(
-                    log,
-                    ProjectionRunner(type(projection)()),
-                    resume=False,
-                    to_position=live_position,
-                    progress=report,
-                )
-                if live_digest is None:
-                    _, again = await replay(log, ProjectionRunner(type(projection)()), to_position=rebuilt.position)
-                    live_digest = again.digest
-            finally:
-                bar.close()
+            _, rebuilt = await _rebuild_fresh(log, projection, live_position)
+            if live_digest is None:
+                _, again = await replay(log, ProjectionRunner(type(projection)()), to_position=rebuilt.position)
+                live_digest = again.digest
             same = rebuilt.digest == live_digest
             failures += not same
             verdict = "OK" if same else "MISMATCH"
@@ -153,19 +144,22 @@ async def _verify(args: argparse.Namespace, projections: list[Projection]) -> in
     return 1 if failures else 0
 
 
-async def _verify_fold(log: EventLog, projection: FoldProjection, to_position: int | None) -> bool:
-    """Rebuild a service's fold by replay and compare it with the fold the service builds from the log."""
+async def _rebuild_fresh(
+    log: EventLog, projection: Projection, to_position: int | None
+) -> tuple[ProjectionRunner, ReplayResult]:
+    """Replay ``projection`` from the start into a fresh instance, showing progress."""
     bar, report = _progress(f"verify {projection.name}")
     try:
-        runner, rebuilt = await replay(
-            log,
-            ProjectionRunner(type(projection)()),
-            resume=False,
-            to_position=to_position,
-            progress=report,
+        return await replay(
+            log, ProjectionRunner(type(projection)()), resume=False, to_position=to_position, progress=report
         )
     finally:
         bar.close()
+
+
+async def _verify_fold(log: EventLog, projection: FoldProjection, to_position: int | None) -> bool:
+    """Rebuild a service's fold by replay and compare it with the fold the service builds from the log."""
+    runner, rebuilt = await _rebuild_fresh(log, projection, to_position)
     fold = runner.projection
     assert isinstance(fold, FoldProjection)
     mine = fold.check(fold.fold)
