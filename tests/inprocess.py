@@ -62,7 +62,7 @@ async def build(
         from nexus.services.kam.bootstrap import bootstrap as kam
         from nexus.services.kam.settings import load_settings as kam_settings
 
-        return await kam(kam_settings(settings_env), log=log, bus=bus)
+        return await kam(kam_settings(settings_env), log=log, bus=bus, raw=raw)
     if name == "workflow":
         from nexus.services.workflow.bootstrap import bootstrap as workflow
         from nexus.services.workflow.settings import load_settings as workflow_settings

@@ -8,7 +8,8 @@ from nexus.auth import ensure_admin
 from nexus.bus import Bus
 from nexus.eventlog import EventLog
 from nexus.runtime import Service, build_service
-from nexus.services.kam import api
+from nexus.services.kam import accounts, delivery, requests
+from nexus.services.kam.context import KamContext
 from nexus.services.kam.settings import KamSettings
 
 
@@ -19,16 +20,32 @@ async def bootstrap(
     service = await build_service(
         settings,
         title="Nexus KAM",
-        description="Key-account manager: clients, logins and sessions, API keys, requests, costs.",
+        description=(
+            "Key-account manager, the AI factory's front door (seed 002): clients, users, logins and "
+            "sessions, API keys, requests, templates and their recommendation, execution through the "
+            "workflow service, deliverables, a per-client cost ledger, notifications and audit."
+        ),
         log=log,
         bus=bus,
         raw=raw,
+        need_raw=True,
     )
-    api.install(service)
+    ctx = KamContext(service=service, settings=settings)
+    accounts.install(ctx)
+    requests.install(ctx)
+    delivery.install(ctx)
 
     @service.on_startup
     async def record_admin(service: Service) -> None:
         # KAM owns logins, so it records the bootstrap admin at first start (hash only).
         await ensure_admin(service.log, settings.admin_user, settings.admin_password, source="nexus/kam")
+
+    @service.on_startup
+    async def load_state(service: Service) -> None:
+        await ctx.load()
+
+    @service.background
+    async def follow_log(service: Service) -> None:
+        await ctx.follow()
 
     return service

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-import nexus.services.kam.api as kam_api
+import nexus.services.kam.accounts as kam_api
 from nexus.auth._ratelimit import SlidingWindowLimiter
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.runtime import Service

@@ -62,6 +62,8 @@ class RouteSpec:
     content_type: str | None = None
     query: Mapping[str, str] = field(default_factory=dict)
     owned: tuple[str, str] | None = None
+    scope: str | None = None
+    """The scope the caller must hold (``x-nexus-scope``), or None."""
     error_model: Any = None
     """The type of the route's error bodies (default ErrorBody)."""
 
@@ -141,7 +143,9 @@ def build_openapi(
             security.update(schemes)
             operation["security"] = [{name: []} for name in schemes]
             responses["401"] = {"description": "Missing, unknown or revoked credentials", **error}
-            responses["403"] = {"description": "Credentials of the wrong kind", **error}
+            responses["403"] = {"description": "Credentials of the wrong kind, or without the route's scope", **error}
+        if spec.scope is not None:
+            operation["x-nexus-scope"] = spec.scope
         if spec.owned is not None:
             noun, param = spec.owned
             operation["x-nexus-owned"] = {"resource": noun, "parameter": param}

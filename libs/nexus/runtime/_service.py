@@ -17,7 +17,17 @@ from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from nexus.auth import AUTH, KeyInfo, KeyView, can_see, require_api_key, require_client_or_worker, require_worker
+from nexus.auth import (
+    AUTH,
+    Authenticator,
+    KeyInfo,
+    KeyView,
+    can_see,
+    require_api_key,
+    require_client_or_worker,
+    require_scope,
+    require_worker,
+)
 from nexus.auth._middleware import ErrorShape, nexus_error
 from nexus.bus import Bus, Consumer, ConsumerSpec, Delivery
 from nexus.eventlog import EventLog
@@ -168,6 +178,7 @@ class Service:
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._checks: dict[str, ReadinessCheck] = {"nats": bus.ping, "log": self.log.ping}
+        self._authenticators: list[Authenticator] = []
         self._consumers: list[Consumer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -199,6 +210,7 @@ class Service:
         content_type: str | None = None,
         query: Mapping[str, str] | None = None,
         owned: Owned | None = None,
+        scope: str | None = None,
         error_shape: ErrorShape = nexus_error,
         error_model: Any = None,
     ) -> Callable[[Handler], Handler]:
@@ -221,6 +233,8 @@ class Service:
             query: Query parameters, ``{name: description}``.
             owned: The resource the path names and how to find its tenant: a caller of
                 another tenant gets 404 (needs ``auth``).
+            scope: The scope the caller's key or session must hold (``nexus.auth.has_scope``;
+                ``admin``: admins only), else 403 (needs ``auth``).
             error_shape: Builds the body of the 401/403/404 this decorator answers (the
                 seed-000 job API answers ``{"success": false, "error"}``).
             error_model: The msgspec type of the route's error bodies in OpenAPI (default
@@ -230,15 +244,21 @@ class Service:
             raise ValueError(f"auth={auth!r}: use None, 'client', 'worker' or 'any'")
         if owned is not None and auth is None:
             raise ValueError(f"{method} {path}: an owned resource needs auth")
+        if scope is not None and auth is None:
+            raise ValueError(f"{method} {path}: a scope needs auth")
 
         def register(handler: Handler) -> Handler:
             served = handler if owned is None else self._owner_check(handler, owned, method, path, error_shape)
+            if scope is not None:
+                served = require_scope(scope, shape=error_shape)(served)
+            # The list itself, not a copy: authenticators added after this route still count.
+            extra = self._authenticators
             if auth == "client":
-                served = require_api_key(self.keys, shape=error_shape)(served)
+                served = require_api_key(self.keys, shape=error_shape, authenticators=extra)(served)
             elif auth == "worker":
                 served = require_worker(self.keys, shape=error_shape)(served)
             elif auth == "any":
-                served = require_client_or_worker(self.keys, shape=error_shape)(served)
+                served = require_client_or_worker(self.keys, shape=error_shape, authenticators=extra)(served)
             self.app.router.add_route(method.upper(), path, served)
             self._routes.append(
                 RouteSpec(
@@ -255,12 +275,22 @@ class Service:
                     content_type=content_type,
                     query=dict(query or {}),
                     owned=(owned.noun, owned.param) if owned is not None else None,
+                    scope=scope,
                     error_model=error_model,
                 )
             )
             return handler
 
         return register
+
+    def authenticator(self, authenticate: Authenticator) -> Authenticator:
+        """Decorator: accept another credential on this service's ``client`` and ``any`` routes.
+
+        Asked when a request carries no API key (see ``nexus.auth.Authenticator``); KAM adds its
+        login sessions this way, so every route it declares accepts a session or a key.
+        """
+        self._authenticators.append(authenticate)
+        return authenticate
 
     def _owner_check(self, handler: Handler, owned: Owned, method: str, path: str, shape: ErrorShape) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:

@@ -22,7 +22,11 @@ from nexus.replay import (
 )
 from nexus.replay._platform import ProgressLine, open_platform
 
-SERVICE_PROJECTIONS = ("nexus.services.workflow.projections", "nexus.services.granulator.projections")
+SERVICE_PROJECTIONS = (
+    "nexus.services.workflow.projections",
+    "nexus.services.granulator.projections",
+    "nexus.services.kam.projections",
+)
 """Modules registering the folds the services keep in memory. Named, not imported at the top: a
 library does not depend on the services; the command loads those installed beside it."""
 

@@ -1,4 +1,4 @@
-"""KAM's HTTP API: decode, call, encode. Domain routes arrive with their issues."""
+"""KAM's accounts: logins, sessions, clients, users, API keys, audit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from aiohttp import web
 
 from nexus.auth import AUTH, KeyInfo, SlidingWindowLimiter, hash_password, load_admin, verify_password
 from nexus.runtime import ErrorBody, HTTPError, Service, json_response, read_json
+from nexus.services.kam.context import KamContext
 from nexus.services.kam.settings import KamSettings
 
 # A valid Argon2id hash of a random string: verified against when the user is unknown.
@@ -43,8 +44,9 @@ class LoginResult(msgspec.Struct, frozen=True, kw_only=True):
     """``admin`` for the bootstrap admin."""
 
 
-def install(service: Service) -> None:
-    """Add KAM's routes to ``service``."""
+def install(ctx: KamContext) -> None:
+    """Add the accounts routes to KAM."""
+    service: Service = ctx.service
     settings = service.settings
     assert isinstance(settings, KamSettings)
     window = settings.login_window_seconds

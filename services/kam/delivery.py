@@ -1,0 +1,9 @@
+"""KAM's execution of requests, deliverables, costs and notifications."""
+
+from __future__ import annotations
+
+from nexus.services.kam.context import KamContext
+
+
+def install(ctx: KamContext) -> None:
+    """Add these routes to KAM (being built)."""
