@@ -11,15 +11,34 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from nexus.auth import KeyInfo
 from nexus.eventlog import ANY
 from nexus.proto import CloudEvent
 from nexus.replay import tail
-from nexus.runtime import Service
+from nexus.runtime import Handler, Service
 from nexus.services.kam.settings import KamSettings
 from nexus.services.kam.state import KAM_TYPES, KamState
 
-__all__ = ["Follower", "KamContext"]
+__all__ = ["CLIENT_SCOPES", "PREFIXES", "SESSION_KEY_PREFIX", "Follower", "KamContext"]
+
+PREFIXES = ("/api", "/api/kam")
+"""KAM serves each of its routes under both: ``/api/...`` and the seed frontend's ``/api/kam/...``."""
+
+SESSION_KEY_PREFIX = "session:"
+"""``KeyInfo.key_id`` of a caller who presented a login session: ``session:<session id>``."""
+
+CLIENT_SCOPES = (
+    "requests:read",
+    "requests:write",
+    "templates:read",
+    "deliverables:read",
+    "costs:read",
+    "notifications:read",
+    "audit:read",
+)
+"""What a client user's session may do, and what a key issued by KAM may hold (a subset)."""
 
 _CATCH_UP_SECONDS = 10.0
 
@@ -40,6 +59,24 @@ class KamContext:
     def source(self) -> str:
         """The ``source`` of KAM's events."""
         return f"nexus/{self.service.name}"
+
+    def route(self, method: str, path: str, **declaration: Any) -> Callable[[Handler], Handler]:
+        """``Service.route`` under each of PREFIXES: ``ctx.route("GET", "/requests", ...)`` serves
+        ``/api/requests`` and ``/api/kam/requests`` with the same handler and declaration."""
+
+        def register(handler: Handler) -> Handler:
+            for prefix in PREFIXES:
+                self.service.route(method, prefix + path, **declaration)(handler)
+            return handler
+
+        return register
+
+    def actor(self, info: KeyInfo) -> str:
+        """Who a caller is (for ``created_by`` and the audit): ``user:<id>``, ``key:<id>`` or ``worker:<name>``."""
+        if info.key_id.startswith(SESSION_KEY_PREFIX):
+            session = self.state.sessions.get(info.key_id.removeprefix(SESSION_KEY_PREFIX))
+            return f"user:{session.user_id}" if session is not None else info.key_id
+        return f"worker:{info.owner}" if info.kind == "worker" else f"key:{info.key_id}"
 
     async def load(self) -> None:
         """Fold KAM's events already in the log (at start, before serving)."""

@@ -54,7 +54,7 @@ JSON lines, traces requests and appends, and stops gracefully on SIGTERM/SIGINT.
 """
 
 from nexus.runtime._build import build_service
-from nexus.runtime._http import ErrorBody, HTTPError, json_response, read_json, route_template
+from nexus.runtime._http import ErrorBody, Handler, HTTPError, json_response, read_json, route_template
 from nexus.runtime._openapi import RouteSpec, build_openapi
 from nexus.runtime._run import (
     EXIT_PORT_IN_USE,
@@ -79,6 +79,7 @@ __all__ = [
     "ErrorBody",
     "EventStream",
     "HTTPError",
+    "Handler",
     "Health",
     "Owned",
     "Readiness",
