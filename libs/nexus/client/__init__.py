@@ -1,4 +1,6 @@
-"""The Python clients of the workflow service: its job API (seed 000) and its workflow API.
+"""The Python clients of the services: KAM (seed 002), the job API (seed 000) and the workflow API.
+
+``KamClient`` is an AI-factory client's and an admin's flow, from login to deliverable (see its module).
 
 ``WorkflowClient`` registers workflows and schemas, starts executions, reads their state and
 history and follows them (Server-Sent Events); the ``nexus workflow`` and ``nexus demo`` commands
@@ -24,6 +26,7 @@ from nexus.client._jobs import (
     JobClient,
     TriggerResult,
 )
+from nexus.client._kam import KamApiError, KamClient
 from nexus.client._payload import (
     JOB_TYPES,
     PayloadError,
@@ -47,6 +50,8 @@ __all__ = [
     "BatchResult",
     "JobApiError",
     "JobClient",
+    "KamApiError",
+    "KamClient",
     "PayloadError",
     "PayloadField",
     "TriggerResult",
