@@ -220,3 +220,21 @@ class KamAuditRecorded(msgspec.Struct, frozen=True, kw_only=True):
     status: int
     address: str = ""
     duration_ms: float = 0.0
+
+
+# -- keys issued through KAM ------------------------------------------------------------------
+
+
+@event_type("nexus.kam.key.issued")
+class KamKeyIssued(msgspec.Struct, frozen=True, kw_only=True):
+    """An admin issued an API key to a client through KAM (``POST /api/clients/{id}/keys``).
+
+    The key itself is ``nexus.platform.key.issued`` in stream ``keys`` (hash only), which every
+    service checks; this records what KAM adds: the name the admin gave it and who issued it.
+    Stream ``kam-accounts``."""
+
+    key_id: str
+    client_id: str
+    name: str = ""
+    scopes: list[str] = []
+    issued_by: str = ""

@@ -19,6 +19,7 @@ from nexus.proto.events.kam import (
     KamClientCreated,
     KamCostRecorded,
     KamDeliverableRecorded,
+    KamKeyIssued,
     KamRequestCompleted,
     KamRequestCreated,
     KamRequestExecuting,
@@ -42,6 +43,7 @@ __all__ = [
     "TEMPLATES_STREAM",
     "Client",
     "Deliverable",
+    "IssuedKey",
     "KamState",
     "LedgerEntry",
     "Request",
@@ -83,6 +85,7 @@ REQUEST_COMPLETED = _type(KamRequestCompleted)
 REQUEST_FAILED = _type(KamRequestFailed)
 DELIVERABLE_RECORDED = _type(KamDeliverableRecorded)
 COST_RECORDED = _type(KamCostRecorded)
+KEY_ISSUED = _type(KamKeyIssued)
 
 KAM_TYPES = (
     CLIENT_CREATED,
@@ -99,6 +102,7 @@ KAM_TYPES = (
     REQUEST_FAILED,
     DELIVERABLE_RECORDED,
     COST_RECORDED,
+    KEY_ISSUED,
 )
 """The event types the fold reads (audit records are read from their stream, not folded)."""
 
@@ -190,6 +194,18 @@ class Request:
 
 
 @dataclass
+class IssuedKey:
+    """What KAM recorded of an API key it issued (the key itself is in stream ``keys``)."""
+
+    key_id: str
+    client_id: str
+    name: str
+    scopes: list[str]
+    issued_by: str
+    issued_at: str = ""
+
+
+@dataclass
 class LedgerEntry:
     """One cost of a client."""
 
@@ -222,6 +238,8 @@ class KamState:
         self.deliverables: dict[str, Deliverable] = {}
         self.ledger: list[LedgerEntry] = []
         self.ledger_ids: set[str] = set()
+        self.keys: dict[str, IssuedKey] = {}
+        """key id → the API keys KAM issued (names, who issued them)."""
         self.position = 0
         """The log position of the last event folded."""
 
@@ -420,6 +438,20 @@ class KamState:
             )
         )
 
+    def _key_issued(self, event: CloudEvent) -> None:
+        data = msgspec.convert(event.data, KamKeyIssued)
+        self.keys.setdefault(
+            data.key_id,
+            IssuedKey(
+                key_id=data.key_id,
+                client_id=data.client_id,
+                name=data.name,
+                scopes=list(data.scopes),
+                issued_by=data.issued_by,
+                issued_at=event.time or "",
+            ),
+        )
+
     # -- questions --------------------------------------------------------------------------
 
     def user_named(self, username: str) -> User | None:
@@ -451,6 +483,7 @@ class KamState:
             *((f"request/{k}", v) for k, v in self.requests.items()),
             *((f"deliverable/{k}", v) for k, v in self.deliverables.items()),
             *((f"cost/{e.entry_id}", e) for e in self.ledger),
+            *((f"key/{k}", v) for k, v in self.keys.items()),
         ):
             out[key] = msgspec.to_builtins(value, order="sorted")
         for key, template in self.templates.items():
@@ -473,4 +506,5 @@ _HANDLERS = {
     REQUEST_FAILED: KamState._request_failed,
     DELIVERABLE_RECORDED: KamState._deliverable_recorded,
     COST_RECORDED: KamState._cost_recorded,
+    KEY_ISSUED: KamState._key_issued,
 }
