@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from nexus.config import ConfigError, env_float, env_int
 from nexus.runtime import ServiceSettings
@@ -27,6 +28,19 @@ class KamSettings(ServiceSettings):
     login_window_seconds: float = 60.0
     """``NEXUS_LOGIN_WINDOW_SECONDS``: the sliding window the two limits count over."""
 
+    # -- the template recommender (requests, templates and recommendation) --
+    recommender: str = "builtin"
+    """``NEXUS_KAM_RECOMMENDER``: ``builtin`` (deterministic, offline; the default) or ``openai`` (an
+    OpenAI-compatible chat completions endpoint, falling back to builtin when it fails)."""
+    openai_url: str | None = None
+    """``NEXUS_KAM_OPENAI_URL``: the endpoint's base URL (``…/v1``); required with ``openai``."""
+    openai_model: str = "gpt-4o-mini"
+    """``NEXUS_KAM_OPENAI_MODEL``: the model asked."""
+    openai_api_key: str | None = None
+    """``NEXUS_KAM_OPENAI_API_KEY``: sent as a Bearer token when set; no default."""
+    openai_timeout_seconds: float = 10.0
+    """``NEXUS_KAM_OPENAI_TIMEOUT_SECONDS``: how long the model may take before builtin answers instead."""
+
     def __repr__(self) -> str:
         # The dataclass repr would print the password wherever settings are logged.
         shown = "<set>" if self.admin_password else None
@@ -47,4 +61,24 @@ def load_settings(env: Mapping[str, str] | None = None) -> KamSettings:
         login_failures_per_user=env_int(env, "NEXUS_LOGIN_FAILURES_PER_USER", 5, low=1),
         login_failures_per_address=env_int(env, "NEXUS_LOGIN_FAILURES_PER_ADDRESS", 20, low=1),
         login_window_seconds=env_float(env, "NEXUS_LOGIN_WINDOW_SECONDS", 60.0, above=0),
+        **_recommender(env),
     )
+
+
+def _recommender(env: Mapping[str, str]) -> dict[str, Any]:
+    """The recommender's settings (``NEXUS_KAM_RECOMMENDER`` and ``NEXUS_KAM_OPENAI_*``)."""
+    kind = (env.get("NEXUS_KAM_RECOMMENDER") or "builtin").strip().lower()
+    if kind not in ("builtin", "openai"):
+        raise ConfigError(f"NEXUS_KAM_RECOMMENDER={kind!r}: use 'builtin' or 'openai'")
+    url = (env.get("NEXUS_KAM_OPENAI_URL") or "").strip().rstrip("/") or None
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"NEXUS_KAM_OPENAI_URL={url!r} must be an http:// or https:// base URL")
+    if kind == "openai" and url is None:
+        raise ConfigError("NEXUS_KAM_RECOMMENDER=openai needs NEXUS_KAM_OPENAI_URL (the endpoint's base URL)")
+    return {
+        "recommender": kind,
+        "openai_url": url,
+        "openai_model": (env.get("NEXUS_KAM_OPENAI_MODEL") or "gpt-4o-mini").strip(),
+        "openai_api_key": env.get("NEXUS_KAM_OPENAI_API_KEY") or None,
+        "openai_timeout_seconds": env_float(env, "NEXUS_KAM_OPENAI_TIMEOUT_SECONDS", 10.0, above=0, high=300),
+    }
