@@ -13,7 +13,7 @@ from nexus.runtime import ServiceSettings
 
 @dataclass(frozen=True, kw_only=True)
 class KamSettings(ServiceSettings):
-    """The runtime's settings plus the bootstrap admin."""
+    """The runtime's settings plus the bootstrap admin, logins, sessions and the audit."""
 
     admin_user: str = "admin"
     """``NEXUS_ADMIN_USER``: login name of the bootstrap admin (default ``admin``)."""
@@ -27,6 +27,15 @@ class KamSettings(ServiceSettings):
     within the window."""
     login_window_seconds: float = 60.0
     """``NEXUS_LOGIN_WINDOW_SECONDS``: the sliding window the two limits count over."""
+    session_ttl_seconds: float = 86400.0
+    """``NEXUS_KAM_SESSION_TTL_SECONDS``: a login session's absolute lifetime (default 24 h, the
+    seed's); it is not extended by use, so a stolen token stops working at the latest then."""
+    audit_flush_seconds: float = 0.5
+    """``NEXUS_KAM_AUDIT_FLUSH_SECONDS``: how long audit records wait to be appended together
+    (one append per batch instead of one per call); ``GET /api/audit`` and shutdown flush at once."""
+    audit_index_max: int = 500_000
+    """``NEXUS_KAM_AUDIT_INDEX_MAX``: audit records ``GET /api/audit`` keeps in memory (the newest;
+    about 0.5 KB each). Older records stay in stream ``kam-audit`` of the log."""
 
     # -- the template recommender (requests, templates and recommendation) --
     recommender: str = "builtin"
@@ -61,6 +70,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> KamSettings:
         login_failures_per_user=env_int(env, "NEXUS_LOGIN_FAILURES_PER_USER", 5, low=1),
         login_failures_per_address=env_int(env, "NEXUS_LOGIN_FAILURES_PER_ADDRESS", 20, low=1),
         login_window_seconds=env_float(env, "NEXUS_LOGIN_WINDOW_SECONDS", 60.0, above=0),
+        session_ttl_seconds=env_float(env, "NEXUS_KAM_SESSION_TTL_SECONDS", 86400.0, above=0, high=31 * 86400.0),
+        audit_flush_seconds=env_float(env, "NEXUS_KAM_AUDIT_FLUSH_SECONDS", 0.5, low=0, high=60),
+        audit_index_max=env_int(env, "NEXUS_KAM_AUDIT_INDEX_MAX", 500_000, low=1000),
         **_recommender(env),
     )
 
