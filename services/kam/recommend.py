@@ -33,7 +33,7 @@ from nexus.runtime import HTTPError, json_response, read_json
 from nexus.services.kam.context import KamContext
 from nexus.services.kam.settings import KamSettings
 from nexus.services.kam.state import Request
-from nexus.services.kam.templates import TIERS, estimated_cost
+from nexus.services.kam.templates import TIERS, catalogue_order, estimated_cost
 
 __all__ = [
     "ClientContext",
@@ -106,7 +106,8 @@ def tokens(text: str) -> list[tuple[str, str]]:
 class Recommendation(msgspec.Struct, frozen=True, kw_only=True):
     """One ranked template."""
 
-    template_id: int
+    template_id: int | str
+    """The template's number (the id of a template registered with another id, as it is)."""
     template_name: str
     tier: str
     score: float
@@ -148,6 +149,11 @@ class RecommendBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     request_id: str | int
     client_context: ClientContext = ClientContext()
+
+
+def _public_id(template: dict[str, Any]) -> int | str:
+    key = str(template.get("id"))
+    return int(key) if key.isdigit() else key
 
 
 # -- builtin ----------------------------------------------------------------------------------
@@ -279,7 +285,7 @@ def builtin_recommend(
         score = sum(WEIGHTS[p.name] * p.value for p in present) / total if total else 0.0
         ranked.append(
             Recommendation(
-                template_id=int(template["id"]),
+                template_id=_public_id(template),
                 template_name=str(template["name"]),
                 tier=tier,
                 score=round(min(1.0, max(0.0, score)), 4),
@@ -288,7 +294,7 @@ def builtin_recommend(
                 reasons=[p.reason for p in present],
             )
         )
-    ranked.sort(key=lambda r: (-r.score, r.template_id))
+    ranked.sort(key=lambda r: (-r.score, catalogue_order({"id": r.template_id})))
     return ranked
 
 
@@ -330,11 +336,11 @@ def _prompt(request: Request, templates: list[dict[str, Any]], context: ClientCo
             "client_context": msgspec.to_builtins(context),
             "templates": [
                 {
-                    "template_name": t["name"],
-                    "tier": t["tier"],
+                    "template_name": t.get("name"),
+                    "tier": t.get("tier"),
                     "title": t.get("title", ""),
-                    "description": t["description"],
-                    "category": t["category"],
+                    "description": t.get("description", ""),
+                    "category": t.get("category", ""),
                     "keywords": t.get("keywords", []),
                     "estimated_cost": estimated_cost(t),
                     "currency": (t.get("cost") or {}).get("currency", "USD"),
@@ -422,9 +428,9 @@ async def openai_recommend(
         reasons = [str(r).strip()[:300] for r in pick.reasons if str(r).strip()][:6]
         ranked.append(
             Recommendation(
-                template_id=int(template["id"]),
+                template_id=_public_id(template),
                 template_name=pick.template_name,
-                tier=str(template["tier"]),
+                tier=str(template.get("tier")),
                 score=round(pick.score, 4),
                 estimated_cost=estimated_cost(template),
                 currency=str((template.get("cost") or {}).get("currency", "USD")),
@@ -433,7 +439,7 @@ async def openai_recommend(
         )
     if not ranked:
         raise RecommenderError("the model named no known template with a score in 0..1")
-    ranked.sort(key=lambda r: (-r.score, r.template_id))
+    ranked.sort(key=lambda r: (-r.score, catalogue_order({"id": r.template_id})))
     return ranked
 
 
@@ -462,7 +468,7 @@ def install(ctx: KamContext) -> None:
         found = ctx.state.requests.get(request_id)
         if found is None:
             raise HTTPError(404, f"no request {request_id!r}")
-        known = sorted(ctx.state.templates.values(), key=lambda t: int(t["id"]))
+        known = sorted(ctx.state.templates.values(), key=catalogue_order)
         client = ctx.state.clients.get(found.client_id)
         settings = ctx.settings
         fallback_reason: str | None = None

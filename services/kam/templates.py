@@ -41,6 +41,7 @@ __all__ = [
     "Template",
     "TemplateError",
     "apply_parameters",
+    "catalogue_order",
     "estimated_cost",
     "find_template",
     "install",
@@ -259,6 +260,12 @@ def find_template(state: KamState, template_id: int | str | None, template_name:
     return found
 
 
+def catalogue_order(template: dict[str, Any]) -> tuple[int, int, str]:
+    """Sort key of templates: numeric ids in order, then any other id (registered by older tools)."""
+    key = str(template.get("id"))
+    return (0, int(key), "") if key.isdigit() else (1, 0, key)
+
+
 def _by_name(state: KamState, name: str) -> dict[str, Any] | None:
     return next((t for t in state.templates.values() if t.get("name") == name), None)
 
@@ -315,13 +322,21 @@ async def register_bundled(log: EventLog, directory: Path = BUNDLED_TEMPLATES) -
             names[str(data.template.get("name"))] = key
             if data.registered_by.startswith("bundled:"):
                 bundled[key] = _canonical(data.template)
-        fresh = [d for d in documents if bundled.get(str(d["id"])) != _canonical(d)]
-        for document in fresh:
+        fresh = []
+        for document in documents:
+            if bundled.get(str(document["id"])) == _canonical(document):
+                continue
             owner = names.get(document["name"])
             if owner is not None and owner != str(document["id"]):
-                raise TemplateError(
-                    f"{document['name']}:name", f"template {owner} already has the name {document['name']!r}"
+                # An admin gave the name to another template: theirs stays, this one is not offered.
+                logger.error(
+                    "bundled template %s not registered: template %s already has the name %r",
+                    document["id"],
+                    owner,
+                    document["name"],
                 )
+                continue
+            fresh.append(document)
         if not fresh:
             return []
         events = [_registration(d, f"bundled:{d['name']}") for d in fresh]
@@ -380,7 +395,7 @@ def install(ctx: KamContext) -> None:
         tier = request.query.get("tier")
         if tier is not None and tier not in TIERS:
             raise HTTPError(400, f"tier: {tier!r} is not one of {', '.join(TIERS)}")
-        found = sorted(ctx.state.templates.values(), key=lambda t: int(t["id"]))
+        found = sorted(ctx.state.templates.values(), key=catalogue_order)
         return json_response({"templates": [view(t) for t in found if tier is None or t["tier"] == tier]})
 
     @ctx.route(
