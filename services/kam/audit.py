@@ -64,6 +64,7 @@ BATCH_MAX = 500
 PAGE_MAX = 500
 _RESOURCE_MAX = 256
 _READ_BATCH = 5000
+_RETRY_SECONDS = 1.0
 _SKEW_SECONDS = 300.0
 """How far out of time order records of different replicas may be (``from=`` stops scanning
 once records are this much older)."""
@@ -106,16 +107,20 @@ class AuditWriter:
         self._wake.set()
 
     async def run(self, service: Service) -> None:
-        """Background task: append what is pending every ``flush_seconds`` while there is some."""
+        """Background task: append what is pending every ``flush_seconds`` while there is some;
+        after a failed append, try again a second later even if no call comes in."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             if self.flush_seconds:
                 await asyncio.sleep(self.flush_seconds)
-            await self.flush()
+            if not await self.flush():
+                await asyncio.sleep(_RETRY_SECONDS)
+                self._wake.set()
 
-    async def flush(self) -> None:
-        """Append every record pending now (one batch per BATCH_MAX); a failure keeps them for later."""
+    async def flush(self) -> bool:
+        """Append every record pending now (one batch per BATCH_MAX); False when an append failed
+        (its records are kept for the next try)."""
         async with self._lock:
             while self.pending:
                 batch = self.pending[:BATCH_MAX]
@@ -125,7 +130,8 @@ class AuditWriter:
                 self._writes.add(write)
                 write.add_done_callback(self._writes.discard)
                 if not await asyncio.shield(write):
-                    return
+                    return False
+        return True
 
     async def _write(self, batch: list[CloudEvent]) -> bool:
         try:
