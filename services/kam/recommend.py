@@ -54,6 +54,9 @@ MAX_MODEL_ANSWER_BYTES = 1024 * 1024
 WEIGHTS = {"text": 0.45, "category": 0.15, "budget": 0.15, "urgency": 0.10, "tier": 0.10, "history": 0.05}
 """How much each part counts in the builtin score (parts that do not apply are left out of the mean)."""
 
+OVER_BUDGET_FACTOR = 0.5
+"""What the score of a template whose estimated cost exceeds the client's budget is multiplied by."""
+
 URGENCY_FIT = {
     "low": {"basic": 0.6, "standard": 0.8, "premium": 1.0},
     "normal": {"basic": 0.8, "standard": 1.0, "premium": 0.9},
@@ -192,7 +195,7 @@ def _text_part(query: list[tuple[str, str]], doc_vector: dict[str, float], idf: 
     for stem, word in query:
         if stem in doc_vector:
             words.setdefault(stem, word)
-    shared = sorted(words, key=lambda s: (-doc_vector[s] * counts[s], s))[:6]
+    shared = sorted(words, key=lambda s: (-doc_vector[s] * counts[s], s))[:8]
     if shared:
         listed = ", ".join(repr(words[s]) for s in shared)
         reason = f"text: the request shares {listed} with the template (similarity {similarity:.2f})"
@@ -228,9 +231,10 @@ def _budget_part(budget: float | None, cost: float, currency: str) -> _Part | No
         return None
     if cost <= budget:
         return _Part("budget", 1.0, f"budget: {cost:.2f} {currency} estimated, within the budget of {budget:.2f}")
-    ratio = budget / cost if cost else 0.0
     return _Part(
-        "budget", ratio, f"budget: {cost:.2f} {currency} estimated, over the budget of {budget:.2f} ({ratio:.0%} of it)"
+        "budget",
+        0.0,
+        f"budget: {cost:.2f} {currency} estimated, over the budget of {budget:.2f}: score halved",
     )
 
 
@@ -283,6 +287,9 @@ def builtin_recommend(
         present = [p for p in parts if p is not None]
         total = sum(WEIGHTS[p.name] for p in present)
         score = sum(WEIGHTS[p.name] * p.value for p in present) / total if total else 0.0
+        if context.budget is not None and cost > context.budget:
+            # A template the client cannot pay for is a poor first suggestion, however well it matches.
+            score *= OVER_BUDGET_FACTOR
         ranked.append(
             Recommendation(
                 template_id=_public_id(template),
