@@ -169,11 +169,34 @@ class Notifier:
             position = batch[-1].position or upto
         return max(after, upto)
 
+    def close_all(self) -> None:
+        """End every open stream (its clients reconnect with Last-Event-ID elsewhere or later)."""
+        for subscriber in list(self.subscribers):
+            self.subscribers.discard(subscriber)
+            with contextlib.suppress(asyncio.QueueFull):
+                subscriber.queue.put_nowait((_OVERFLOW, None))
+
+    async def hold(self) -> None:
+        """Runs while the service runs; when a stop cancels it, the open streams end.
+
+        A stopping service cancels its background tasks before it waits for the requests in
+        flight: without this, every open stream would hold the stop for the whole shutdown
+        timeout."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.close_all()
+
 
 def install(ctx: KamContext) -> Notifier:
     """Add the notification stream to KAM."""
     notifier = Notifier(ctx)
     ctx.on_event(notifier.observe)
+
+    @ctx.service.background
+    async def end_streams_at_stop(service: Any) -> None:
+        await notifier.hold()
+
     ctx.route(
         "GET",
         "/notifications/stream",
