@@ -289,23 +289,28 @@ async def test_of_two_concurrent_edits_one_wins(kam: Kam, monkeypatch: pytest.Mo
     request_id = (await kam.create())["request_id"]
     real = kam_requests.read_json
     arrived: list[int] = []
-    both = asyncio.Event()
+    both, first_done = asyncio.Event(), asyncio.Event()
 
     async def read_together(request: Any, type_: Any) -> Any:
-        # Each PUT has read the request's version; hold both until the other has too.
+        # Both PUTs have read the request's version before either decides. The first goes on; the
+        # second waits until the first has answered (its change folded), then decides on what it read.
         arrived.append(1)
-        if len(arrived) == 2:
+        mine = len(arrived)
+        if mine == 2:
             both.set()
+            await first_done.wait()
         await both.wait()
         return await real(request, type_)
 
     monkeypatch.setattr(kam_requests, "read_json", read_together)
-    results = await asyncio.gather(
-        kam.call("PUT", f"/api/requests/{request_id}", "alpha", {"title": "First"}),
-        kam.call("PUT", f"/api/requests/{request_id}", "admin", {"template_id": 1}),
-    )
-    statuses = sorted(status for status, _, _ in results)
-    assert statuses == [200, 409], results
-    loser = next(body for status, body, _ in results if status == 409)
-    assert "changed meanwhile" in loser["message"]
+    calls = [
+        asyncio.create_task(kam.call("PUT", f"/api/requests/{request_id}", "alpha", {"title": "First"})),
+        asyncio.create_task(kam.call("PUT", f"/api/requests/{request_id}", "admin", {"template_id": 1})),
+    ]
+    done, pending = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+    first_done.set()
+    [winner] = [task.result() for task in done]
+    [loser] = [await task for task in pending]
+    assert winner[0] == 200, winner
+    assert loser[0] == 409 and "changed meanwhile" in loser[1]["message"], loser
     assert len(await kam.log.read_stream(request_stream(request_id))) == 2
