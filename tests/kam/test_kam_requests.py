@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from inprocess import build
+from inprocess import KAM_ADMIN, build
 
 import nexus.services.kam.requests as kam_requests
 from nexus.auth import issue_key
@@ -314,3 +314,48 @@ async def test_of_two_concurrent_edits_one_wins(kam: Kam, monkeypatch: pytest.Mo
     assert winner[0] == 200, winner
     assert loser[0] == 409 and "changed meanwhile" in loser[1]["message"], loser
     assert len(await kam.log.read_stream(request_stream(request_id))) == 2
+
+
+async def test_the_seed_flow_with_login_sessions(kam: Kam) -> None:
+    # Phases 1-3 as the seed's frontend drives them: sessions in x-bitware-session-token.
+    async def login(username: str, password: str, login_type: str) -> str:
+        body = {"username": username, "password": password, "loginType": login_type}
+        async with kam.http.post(kam.url + "/api/kam/auth/login", json=body) as r:
+            answer = await r.json()
+            assert r.status == 200, answer
+            return str(answer["sessionToken"])
+
+    async def as_session(token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"x-bitware-session-token": token}
+        async with kam.http.request(method, kam.url + path, json=body, headers=headers) as r:
+            return r.status, await r.json()
+
+    admin = await login(KAM_ADMIN[0], KAM_ADMIN[1], "admin")
+    status, body = await as_session(
+        admin, "POST", "/api/clients/alpha/users", {"username": "alice", "password": "a long enough passphrase"}
+    )
+    assert status == 201, body
+    alice = await login("alice", "a long enough passphrase", "client")
+    status, created = await as_session(alice, "POST", "/api/kam/requests", SEED_REQUEST)
+    assert status == 201 and created["client_id"] == "alpha", created
+    assert created["created_by"] == f"user:{body['id']}"
+    status, listed = await as_session(alice, "GET", "/api/kam/requests")
+    assert [r["request_id"] for r in listed["requests"]] == [created["request_id"]]
+    status, templates = await as_session(admin, "GET", "/api/kam/templates?tier=premium")
+    assert status == 200 and templates["templates"][0]["id"] == 5
+    status, advice = await as_session(
+        admin, "POST", "/api/kam/recommend-template", {"request_id": created["request_id"], "client_context": {}}
+    )
+    assert status == 200 and advice["recommendations"][0]["template_name"] == "comprehensive_report_pipeline"
+    seed = {
+        "template_id": 5,
+        "template_name": "comprehensive_report_pipeline",
+        "parameters": {"depth": "detailed", "sources": 10},
+    }
+    status, assigned = await as_session(admin, "PUT", f"/api/kam/requests/{created['request_id']}", seed)
+    assert status == 200 and assigned["status"] == "template_assigned", assigned
+    # The client's session cannot assign, nor ask for a recommendation.
+    status, _ = await as_session(alice, "PUT", f"/api/kam/requests/{created['request_id']}", {"template_id": 1})
+    assert status == 403
+    status, _ = await as_session(alice, "POST", "/api/kam/recommend-template", {"request_id": created["request_id"]})
+    assert status == 403
