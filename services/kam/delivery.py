@@ -9,6 +9,7 @@ their content, streamed from Raw to their owner (another client gets 404).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -40,7 +41,7 @@ class DeliverableView(msgspec.Struct, frozen=True, kw_only=True):
     storage_ref: str
     size_bytes: int
     content_type: str
-    metadata: dict[str, object]
+    metadata: dict[str, Any]
     created_at: str
 
 

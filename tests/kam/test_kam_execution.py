@@ -357,3 +357,17 @@ def test_the_output_is_encoded_as_the_template_says() -> None:
     assert execution.encode_output(output, "application/json") == (msgspec.json.encode(output), "application/json")
     # A text type the output cannot fill falls back to JSON, saying so.
     assert execution.encode_output({"n": 1}, "text/plain") == (b'{"n":1}', "application/json")
+
+
+async def test_the_openapi_document_describes_these_routes(platform: Factory) -> None:
+    status, document = await platform.call("GET", "/openapi.json", ALPHA)
+    assert status == 200, document
+    for path in (
+        "/api/requests/{request_id}/execute",
+        "/api/worker-sessions/{execution_id}/complete",
+        "/api/requests/{request_id}/deliverables",
+        "/api/deliverables/{deliverable_id}",
+        "/api/clients/{client_id}/costs",
+        "/api/notifications/stream",
+    ):
+        assert path in document["paths"] and "/api/kam" + path.removeprefix("/api") in document["paths"], path
