@@ -278,3 +278,38 @@ async def test_each_bundled_template_runs_on_the_platform(
         assert output["outline"]["validation"]["passed"] is True
         assert state.steps["acknowledge"].output["status"] == "acknowledged"
         assert "Market Analysis for AI Tools" in output["title"]
+
+
+async def test_kam_executes_a_request_with_a_bundled_template_to_its_deliverable(platform: Platform) -> None:
+    # The contract between the templates and KAM's execution: KAM's own execute body starts the
+    # template's workflow, and the workflow's output becomes the request's deliverable.
+    status, created = await platform.call(
+        "POST",
+        "/api/requests",
+        "alpha",
+        {"title": "Tea market in Europe", "description": "Who buys loose-leaf tea, and why.", "category": "research"},
+    )
+    assert status == 201, created
+    path = f"/api/requests/{created['request_id']}"
+    status, body = await platform.call("PUT", path, "admin", {"template_id": 5, "parameters": {"depth": "standard"}})
+    assert status == 200, body
+    status, started = await platform.call("POST", f"{path}/execute", "admin", {})
+    assert status == 202, started
+    async with asyncio.timeout(30):
+        while True:
+            status, body = await platform.call("GET", path, "alpha")
+            if body["status"] in ("completed", "failed"):
+                break
+            await asyncio.sleep(0.05)
+    assert body["status"] == "completed", body
+    assert body["metrics"]["stages_completed"] == 5
+    contents = []
+    for deliverable_id in body["deliverable_ids"]:
+        status, content = await platform.call("GET", f"/api/deliverables/{deliverable_id}", "alpha")
+        assert status == 200, content
+        contents.append(content)
+    # The workflow's output is the report; the outline it refers to in Raw is delivered too.
+    [report] = [c for c in contents if c.get("template") == "comprehensive_report_pipeline"]
+    assert report["request_id"] == created["request_id"] and report["summary"] and report["body"]
+    assert report["outline"]["sections"] >= 3 and report["outline"]["validation"]["passed"] is True
+    assert any(len(c.get("sections", [])) == report["outline"]["sections"] for c in contents if c is not report)
