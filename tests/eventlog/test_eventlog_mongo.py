@@ -21,6 +21,7 @@ import pytest
 
 from nexus.eventlog import EventLog, EventLogUnavailableError, open_event_log
 from nexus.eventlog.mongo import MongoEventLog
+from nexus.proto import CloudEvent
 from nexus.testing import EventLogContract, ev, take
 
 pytestmark = pytest.mark.mongo
@@ -111,6 +112,18 @@ class TestMongoEventLog(EventLogContract):
         log = await open_event_log(_with_database(self.server_url, self.databases[0]))
         assert isinstance(log, MongoEventLog)
         return log
+
+    def record_subscription_reads(self, log: EventLog, monkeypatch: pytest.MonkeyPatch) -> list[int] | None:
+        assert isinstance(log, MongoEventLog)
+        starts: list[int] = []
+        real = log._scan_types
+
+        async def scan(start: int, types: list[str]) -> tuple[list[CloudEvent], int, bool]:
+            starts.append(start)
+            return await real(start, types)
+
+        monkeypatch.setattr(log, "_scan_types", scan)
+        return starts
 
     @pytest.fixture
     async def two_clients(self, log: EventLog) -> AsyncIterator[tuple[EventLog, EventLog]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -22,8 +23,10 @@ from nexus.eventlog import (
     event_hash,
     open_event_log,
 )
+from nexus.eventlog import sqlite as sqlite_module
 from nexus.eventlog.sqlite import _REPLAY_PAGE, SCHEMA_VERSION, SqliteEventLog
-from nexus.testing import EventLogContract, ev, evs
+from nexus.proto import CloudEvent
+from nexus.testing import EventLogContract, ev, evs, take
 
 
 def url_for(tmp_path: Path, query: str = "") -> str:
@@ -35,6 +38,22 @@ class TestSqliteEventLog(EventLogContract):
         log = await open_event_log(url_for(tmp_path))
         assert isinstance(log, SqliteEventLog)
         return log
+
+    def record_subscription_reads(self, log: EventLog, monkeypatch: pytest.MonkeyPatch) -> list[int] | None:
+        return _record_scans(monkeypatch)
+
+
+def _record_scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Where each read of a filtered subscription starts."""
+    starts: list[int] = []
+    real = sqlite_module._scan_types
+
+    def scan(con: sqlite3.Connection, *, types: list[str], position: int) -> tuple[list[CloudEvent], int, bool]:
+        starts.append(position)
+        return real(con, types=types, position=position)
+
+    monkeypatch.setattr(sqlite_module, "_scan_types", scan)
+    return starts
 
 
 async def open_sqlite(tmp_path: Path, query: str = "") -> SqliteEventLog:
@@ -326,5 +345,51 @@ async def test_a_long_append_with_data_that_is_not_json_stores_nothing(tmp_path:
         stored = await log.append("s", evs(250))
         assert [e.position for e in stored] == list(range(1, 251))
         assert await log.read_all() == stored
+    finally:
+        await log.close()
+
+
+async def test_a_filtered_subscription_reads_in_bounded_windows_and_pages_with_concurrent_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A window of 7 positions and pages of 3 events: every boundary a long log has, in a short one.
+    monkeypatch.setattr(sqlite_module, "_SCAN_WINDOW", 7)
+    monkeypatch.setattr(sqlite_module, "_SUBSCRIBE_PAGE", 3)
+    starts = _record_scans(monkeypatch)
+    log = await open_sqlite(tmp_path)
+    try:
+        await log.append("early", evs(40, "nexus.test.other"))
+        kinds = ("nexus.test.a", "nexus.test.other", "nexus.test.other", "nexus.test.a", "nexus.test.a")
+
+        async def writer(n: int) -> None:
+            for i in range(30):
+                await log.append(f"w{n}", [ev(kinds[(n + i) % len(kinds)], i=i)])
+
+        async with contextlib.aclosing(log.subscribe(types=["nexus.test.a"])) as tail:
+            reader = asyncio.ensure_future(take(tail, 4 * 30 * 3 // 5, within=30))
+            await asyncio.gather(*(writer(n) for n in range(4)))
+            got = await reader
+        assert got == await log.read_all(types=["nexus.test.a"])
+        assert [e.position for e in got] == sorted({e.position for e in got})
+        # The 40 events before the first match were looked at once, a window at a time.
+        assert starts[:6] == [1, 8, 15, 22, 29, 36], starts
+    finally:
+        await log.close()
+
+
+async def test_a_filtered_subscription_uses_the_type_index(tmp_path: Path) -> None:
+    log = await open_sqlite(tmp_path)
+    try:
+        await log.append("s", evs(3))
+        con = sqlite3.connect(url_for(tmp_path).removeprefix("sqlite:///"))
+        try:
+            plan = con.execute(
+                "EXPLAIN QUERY PLAN SELECT position, body FROM events "
+                "WHERE position >= ? AND position < ? AND type IN (?, ?) ORDER BY position LIMIT ?",
+                [1, 100, "a", "b", 10],
+            ).fetchall()
+        finally:
+            con.close()
+        assert any("events_type_position" in str(row) for row in plan), plan
     finally:
         await log.close()

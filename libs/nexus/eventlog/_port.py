@@ -96,10 +96,16 @@ class EventLog(abc.ABC):
         """The stored event with this id, or None."""
 
     @abc.abstractmethod
-    def subscribe(self, from_position: int = 0) -> AsyncIterator[CloudEvent]:
+    def subscribe(self, from_position: int = 0, *, types: Iterable[str] | None = None) -> AsyncIterator[CloudEvent]:
         """Committed events from ``from_position`` on, in position order, waiting for new ones.
 
         Never skips an event and never yields one twice, also with concurrent writers.
+
+        ``types`` keeps only events of those types (an empty collection: none). The filter runs
+        where it is cheap (in the store's query), so a follower that needs a few types of a busy
+        log neither fetches nor decodes the others. When a read finds no matching event, the
+        subscription still moves past the events that read covered, up to the committed
+        watermark: a rare type does not make it scan the same events again on every wake.
         """
 
     async def ping(self) -> None:

@@ -114,16 +114,21 @@ class MemoryEventLog(EventLog):
         self._check_open()
         return self._by_id.get(event_id)
 
-    async def subscribe(self, from_position: int = 0) -> AsyncIterator[CloudEvent]:
+    async def subscribe(
+        self, from_position: int = 0, *, types: Iterable[str] | None = None
+    ) -> AsyncIterator[CloudEvent]:
         check_position("from_position", from_position)
+        wanted = check_types(types)
         position = max(from_position, 1)
         while True:
             self._check_open()
             changed = self._changed
             batch = self._events[position - 1 :]
-            for event in batch:
-                yield event
+            # Past the whole batch, matching or not: it is all committed (appends are atomic here).
             position += len(batch)
+            for event in batch:
+                if wanted is None or event.type in wanted:
+                    yield event
             if not batch:
                 await changed.wait()
 

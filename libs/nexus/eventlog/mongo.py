@@ -323,30 +323,71 @@ class MongoEventLog(EventLog):
             doc = await self._events.find_one({"event_id": event_id}, {"body": 1})
         return None if doc is None else decode_bodies([bytes(doc["body"])])[0]
 
-    async def subscribe(self, from_position: int = 0) -> AsyncIterator[CloudEvent]:
+    async def subscribe(
+        self, from_position: int = 0, *, types: Iterable[str] | None = None
+    ) -> AsyncIterator[CloudEvent]:
         check_position("from_position", from_position)
+        wanted = check_types(types)
+        names = sorted(wanted) if wanted is not None else []
         position = max(from_position, 1)
         idle = _POLL_MIN_S
         while True:
             self._check_open()
             changed = self._changed
             try:
-                batch = await self.read_all(position, _SUBSCRIBE_PAGE)
+                if wanted is None:
+                    batch = await self.read_all(position, _SUBSCRIBE_PAGE)
+                    following = (batch[-1].position or position) + 1 if batch else position
+                    more = bool(batch)
+                else:
+                    batch, following, more = await self._scan_types(position, names)
             except EventLogUnavailableError:
                 # A read cut short by close() reports the close, not a failing server.
                 self._check_open()
                 raise
+            position = following
             if batch:
                 idle = _POLL_MIN_S
-                for event in batch:
-                    yield event
-                position = (batch[-1].position or position) + 1
+            for event in batch:
+                yield event
+            if more:
                 continue
             # Our own appends wake us at once; other clients' are found by polling, backing off.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(idle):
                     await changed.wait()
             idle = min(idle * 2, _POLL_MAX_S)
+
+    async def _scan_types(self, start: int, types: list[str]) -> tuple[list[CloudEvent], int, bool]:
+        """A filtered subscription's next page: the matching events, where the next read starts,
+        and whether it should start at once (the page was full) or wait for new events.
+
+        The events of other types are neither fetched nor decoded, yet the range the query
+        covered (up to the watermark when the page is not full) is passed for good. Passing a
+        range is only safe when no position in it can still appear, so, as ``read_all`` does
+        for an unfiltered read, the range's positions are counted (on the ``_id`` index, no
+        document is fetched) and a hole is waited for, never stepped over.
+        """
+        deadline = asyncio.get_running_loop().time() + _GAP_WAIT_S
+        while True:
+            with _driver_errors():
+                async with self._client.start_session(causal_consistency=True) as session:
+                    watermark = await self._watermark(session)
+                    if start > watermark:
+                        return [], start, False
+                    query: dict[str, Any] = {"_id": {"$gte": start, "$lte": watermark}, "type": {"$in": types}}
+                    cursor = self._events.find(query, {"body": 1}, session=session).sort("_id", ASCENDING)
+                    docs = await cursor.limit(_SUBSCRIBE_PAGE).to_list()
+                    full = len(docs) >= _SUBSCRIBE_PAGE
+                    end = int(docs[-1]["_id"]) if full else watermark
+                    present = await self._events.count_documents({"_id": {"$gte": start, "$lte": end}}, session=session)
+            if present == end - start + 1:
+                return decode_bodies([bytes(d["body"]) for d in docs]), end + 1, full
+            if asyncio.get_running_loop().time() > deadline:
+                raise EventLogUnavailableError(
+                    f"positions {start}-{end} are below the committed watermark {watermark} but not all readable"
+                )
+            await asyncio.sleep(_POLL_MIN_S)
 
     async def ping(self) -> None:
         self._check_open()

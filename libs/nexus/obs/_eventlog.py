@@ -87,8 +87,8 @@ class InstrumentedEventLog(EventLog):
     async def get_event(self, event_id: str) -> CloudEvent | None:
         return await self.inner.get_event(event_id)
 
-    def subscribe(self, from_position: int = 0) -> AsyncIterator[CloudEvent]:
-        return self.inner.subscribe(from_position)
+    def subscribe(self, from_position: int = 0, *, types: Iterable[str] | None = None) -> AsyncIterator[CloudEvent]:
+        return self.inner.subscribe(from_position, types=types)
 
     async def ping(self) -> None:
         await self.inner.ping()

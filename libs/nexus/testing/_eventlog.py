@@ -76,6 +76,13 @@ class EventLogContract(abc.ABC):
     async def make_log(self, tmp_path: Path) -> EventLog:
         """A new, empty log (skip the test when the backend cannot be reached)."""
 
+    def record_subscription_reads(self, log: EventLog, monkeypatch: pytest.MonkeyPatch) -> list[int] | None:
+        """Make ``log``'s subscriptions with ``types`` record the first position of each read
+        they make, in the list returned; None (the default): the adapter does not say, and the
+        case that needs it is skipped. Override it to prove that a filtered subscription moves
+        past the events it looked at instead of reading them again on every wake."""
+        return None
+
     @pytest.fixture
     async def log(self, tmp_path: Path) -> AsyncIterator[EventLog]:
         log = await self.make_log(tmp_path)
@@ -275,6 +282,89 @@ class EventLogContract(abc.ABC):
         for n in range(writers):
             mine = [e.streamversion for e in got if e.streamid == f"writer-{n}"]
             assert mine == list(range(1, per_writer + 1))
+
+    async def test_subscribe_with_types_yields_only_those_in_position_order(self, log: EventLog) -> None:
+        # More than one page of each kind (adapters read 1000 events at a time).
+        for n in range(5):
+            await log.append(f"s{n}", [ev(("nexus.test.a", "nexus.test.b")[i % 2], i=i) for i in range(500)])
+        await log.append("t", evs(3, "nexus.test.c"))
+        wanted = {"nexus.test.a", "nexus.test.c"}
+        expected = await log.read_all(101, types=wanted)
+        assert len(expected) == 1203
+        async with _closing(log.subscribe(101, types=wanted)) as tail:
+            got = await take(tail, len(expected))
+            assert got == expected
+            # Nothing more matches: the next read waits, past events of other types too.
+            pending = asyncio.ensure_future(take(tail, 1))
+            await log.append("u", evs(5, "nexus.test.b"))
+            await asyncio.sleep(0.2)
+            assert not pending.done()
+            [later] = await log.append("u", [ev("nexus.test.c")])
+            assert await asyncio.wait_for(pending, 10) == [later]
+        # The same types in another collection, and an empty one, which yields nothing.
+        async with _closing(log.subscribe(types=("nexus.test.c",))) as tail:
+            assert await take(tail, 4) == await log.read_all(types=["nexus.test.c"])
+        async with _closing(log.subscribe(types=[])) as tail:
+            with pytest.raises(TimeoutError):
+                await take(tail, 1, within=0.3)
+        with pytest.raises(EventLogArgumentError, match="types"):
+            await anext(log.subscribe(types="nexus.test.a"))
+
+    async def test_subscribe_with_types_and_concurrent_writers_yields_each_match_once_in_order(
+        self, log: EventLog
+    ) -> None:
+        writers, per_writer = 8, 40
+        kinds = ("nexus.test.a", "nexus.test.b", "nexus.test.c", "nexus.test.b")
+        wanted = {"nexus.test.a", "nexus.test.c"}
+
+        def batch(n: int, i: int) -> list[CloudEvent]:
+            kind = kinds[(n + i) % len(kinds)]
+            # Some appends mix a match between two others, so a page can end inside a batch.
+            return [ev(kind, i=i)] if i % 5 else [ev("nexus.test.b", i=i), ev(kind, i=i), ev("nexus.test.b", i=i)]
+
+        plans = {n: [batch(n, i) for i in range(per_writer)] for n in range(writers)}
+        matching = sum(e.type in wanted for plan in plans.values() for b in plan for e in b)
+
+        async def writer(n: int) -> None:
+            for events in plans[n]:
+                await log.append(f"writer-{n}", events)
+
+        async with _closing(log.subscribe(types=wanted)) as tail:
+            reader = asyncio.ensure_future(take(tail, matching, within=30))
+            await asyncio.gather(*(writer(n) for n in range(writers)))
+            got = await reader
+            # And nothing after them.
+            with pytest.raises(TimeoutError):
+                await take(tail, 1, within=0.3)
+        assert got == await log.read_all(types=wanted)
+        positions = [e.position or 0 for e in got]
+        assert positions == sorted(set(positions))
+        assert {e.type for e in got} == wanted
+        for n in range(writers):
+            mine = [e.id for e in got if e.streamid == f"writer-{n}"]
+            assert mine == [e.id for b in plans[n] for e in b if e.type in wanted]
+
+    async def test_a_filtered_subscription_moves_past_the_events_it_looked_at(
+        self, log: EventLog, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        reads = self.record_subscription_reads(log, monkeypatch)
+        if reads is None:
+            pytest.skip("the adapter does not record its subscriptions' reads (record_subscription_reads)")
+        await log.append("s", evs(30, "nexus.test.other"))
+        async with _closing(log.subscribe(types=["nexus.test.wanted"])) as tail:
+            pending = asyncio.ensure_future(take(tail, 1))
+            await asyncio.sleep(0.2)
+            await log.append("s", evs(20, "nexus.test.other"))
+            await asyncio.sleep(0.2)
+            assert not pending.done()
+            # The first read looked at the 30 events and found none: no later read looks at
+            # them again, and once the 20 others are seen, reads start past them as well.
+            assert reads[0] == 1
+            assert len(reads) >= 2
+            assert all(start > 30 for start in reads[1:]), reads
+            assert reads[-1] == 51, reads
+            [wanted] = await log.append("t", [ev("nexus.test.wanted")])
+            assert await asyncio.wait_for(pending, 10) == [wanted]
 
     # ---- tamper evidence --------------------------------------------------------------
 
