@@ -8,9 +8,11 @@ and the set of triggers is a fold of that stream; ids are unique per tenant, so 
 caller's own (an admin's: every tenant's); ``DELETE /triggers/{id}`` records ``trigger.removed``
 for the caller's own only (another tenant's id is answered 404, as a missing one).
 
-Every event of the platform is offered to the triggers by following the event log
-(``nexus.replay.tail``): in position order, none missed, with or without NATS; every replica
-follows it and the starts are idempotent. External events ingested from
+Every event of the platform that a trigger could match is offered to the triggers by following
+the event log (``nexus.replay.tail``): in position order, none missed, with or without NATS;
+every replica follows it and the starts are idempotent. The tail reads only the types the
+triggers name (``TriggerEngine.followed_types``; every type while a trigger names a pattern or
+an external event), so the events no trigger names are not even decoded. External events ingested from
 ``nexus.ext.<source>.<event>`` arrive as events of stream ``ext-<source>``. A
 trigger matches an event when
 
@@ -49,7 +51,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -225,6 +227,23 @@ class _RefusalLog:
             self.counts[key] = 0
 
 
+_FOLLOWED_ALWAYS = frozenset({TRIGGER_REGISTERED, TRIGGER_REMOVED})
+"""What the triggers' tail reads even with no trigger: the events that change the set."""
+
+
+def _followed_types(triggers: Iterable[Trigger]) -> frozenset[str] | None:
+    """The event types ``triggers`` can fire for, with ``_FOLLOWED_ALWAYS``; None: any type."""
+    names = set(_FOLLOWED_ALWAYS)
+    for trigger in triggers:
+        if not trigger.spec.active:
+            continue  # an inactive trigger fires for nothing; re-registering it active changes the set
+        tokens = trigger.spec.event_type.split(".")
+        if tokens[0] == "ext" or "*" in tokens or ">" in tokens:
+            return None
+        names.add(trigger.spec.event_type)
+    return frozenset(names)
+
+
 def _type_matches(pattern: str, name: str) -> bool:
     want, have = pattern.split("."), name.split(".")
     for i, token in enumerate(want):
@@ -348,6 +367,9 @@ class TriggerEngine:
         self._candidates: dict[str, list[Trigger]] = {}
         self._candidates_of = (-1, -1)
         """(fold version, number of triggers) the candidates were computed for."""
+        self._followed: frozenset[str] | None = _FOLLOWED_ALWAYS
+        self._followed_of = (-1, -1)
+        """(fold version, number of triggers) the followed types were computed for."""
 
     def triggers(self, tenant: str | None = None) -> list[Trigger]:
         """Every trigger, or those of one tenant."""
@@ -368,6 +390,22 @@ class TriggerEngine:
             if len(self._candidates) < 10_000:
                 self._candidates[key] = found
         return found
+
+    def followed_types(self) -> frozenset[str] | None:
+        """The event types the triggers' tail reads: those some active trigger names, and the
+        registrations and removals that change the set; None (every event) when a trigger's
+        type is a pattern (``*``, ``>``) or an external one (``ext.<source>.<event>`` names the
+        stream and the event's name, not its type, which the producer chose).
+
+        Why: each replica's tail would otherwise fetch and decode every event of the log, most
+        of which no trigger names. Recomputed when the trigger set changes; the tail asks after
+        every event it hands over and follows the new set from the next position.
+        """
+        current = (self.fold.version, len(self._triggers))
+        if current != self._followed_of:
+            self._followed_of = current
+            self._followed = _followed_types(self._triggers.values())
+        return self._followed
 
     def get(self, tenant: str, trigger_id: str) -> Trigger | None:
         return self._triggers.get((tenant, trigger_id))
@@ -780,7 +818,13 @@ def install(service: Service, ctx: WorkflowContext, *, bundled: Path | None = No
         # Every replica follows the log (exact and ordered, with or without NATS); the event id
         # as idempotency key and the trigger's fired stream make each start happen once.
         task = asyncio.create_task(
-            tail(ctx.log, lambda event: _offer(engine, event), start=lambda: _first_position(engine), name="triggers"),
+            tail(
+                ctx.log,
+                lambda event: _offer(engine, event),
+                start=lambda: _first_position(engine),
+                name="triggers",
+                types=engine.followed_types,
+            ),
             name="workflow-triggers",
         )
         yield

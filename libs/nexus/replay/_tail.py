@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from nexus.eventlog import EventLog
 from nexus.proto import CloudEvent
@@ -23,6 +23,8 @@ __all__ = ["tail"]
 _log = logging.getLogger("nexus.replay.tail")
 
 Apply = Callable[[CloudEvent], Awaitable[None] | None]
+Types = Iterable[str] | None
+"""Event types to follow; None follows every event."""
 
 
 async def tail(
@@ -32,6 +34,7 @@ async def tail(
     start: int | Callable[[], int] = 1,
     name: str = "tail",
     retry_delay: float = 1.0,
+    types: Types | Callable[[], Types] = None,
 ) -> None:
     """Call ``apply(event)`` for every event of the log from ``start`` on, in position order, until cancelled.
 
@@ -47,13 +50,21 @@ async def tail(
             a failure: a fold that also folds events by other means says where it stands).
         name: Names the tail in log lines.
         retry_delay: Seconds before subscribing again after the log failed.
+        types: Only events of these types (None: every event). The log filters them where it
+            is cheap, so a fold that needs a few types of a busy log does not decode the rest.
+            A function is asked again after each event handed over: when its answer changes,
+            the tail subscribes again right after that event with the new set, so a fold whose
+            needs change with an event it follows (a trigger registered for a new type) gets
+            every event of the new types after it.
     """
     last: int | None = None
     while True:
         first = start() if callable(start) else start
         if last is not None:
             first = max(first, last + 1)
-        subscription = log.subscribe(first)
+        wanted = _types(types() if callable(types) else types)
+        changed = False
+        subscription = log.subscribe(first, types=wanted)
         try:
             async for event in subscription:
                 if event.position is not None:
@@ -66,7 +77,14 @@ async def tail(
                     raise
                 except Exception:
                     _log.exception("%s: handling event %s at position %s failed", name, event.id, event.position)
-            return
+                if callable(types):
+                    now = _types(types())
+                    if now is not wanted and now != wanted:
+                        changed = True
+                        break
+            if not changed:
+                return
+            _log.info("%s: the followed types changed; subscribing again after position %s", name, last)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -77,3 +95,12 @@ async def tail(
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
+
+
+def _types(types: Types) -> frozenset[str] | None:
+    """A set, so two answers compare equal whatever collection each came in."""
+    if types is None or isinstance(types, frozenset):
+        return types
+    if isinstance(types, str | bytes):
+        raise TypeError("types must be a collection of event types, not one string")
+    return frozenset(types)
