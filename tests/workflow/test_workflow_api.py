@@ -189,6 +189,9 @@ async def test_bundled_definitions_register_once(workflow_service, tmp_path):
     assert {w["id"] for w in body["workflows"]} == {
         "blob_processing_workflow",
         "book_chapter_expansion",
+        "kam_comprehensive_report",
+        "kam_quick_brief",
+        "kam_structured_content",
         "text_expansion",
     }
     await first.ctx.engine.stop_processing()

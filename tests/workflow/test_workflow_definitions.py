@@ -247,6 +247,9 @@ def test_bundled_directory_layout():
     assert sorted(p.name for p in (BUNDLED_DIR / "workflows").glob("*.yaml")) == [
         "blob-processing.yaml",
         "book-chapter-expansion.yaml",
+        "kam-comprehensive-report.yaml",
+        "kam-quick-brief.yaml",
+        "kam-structured-content.yaml",
         "text-expansion.yaml",
     ]
     assert Path(BUNDLED_DIR / "schemas" / "blob-output-schema.yaml").exists()
