@@ -1,9 +1,9 @@
 """KAM's execution of requests, deliverables, costs and notifications (seed 002, phases 4 and 8).
 
-``install`` adds the routes of ``execution`` (execute, the orchestrator's completion and the
-watcher that learns from the log how executions end), ``costs`` (the ledger report),
-``notifications`` (the live stream) and, here, the deliverables: their listing per request and
-their content, streamed from Raw to their owner (another client gets 404).
+``install`` adds the routes of ``execution`` (execute, and the watcher that learns from the log
+how executions end), ``worker_sessions`` (an external orchestrator's completion), ``costs`` (the
+ledger report), ``notifications`` (the live stream) and, here, the deliverables: their listing
+per request and their content, streamed from Raw to their owner (another client gets 404).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aiohttp import web
 
 from nexus.raw import RawError, RawKeyError, RawNotFoundError, key_tenant, ref_key
 from nexus.runtime import HTTPError, Owned, json_response
-from nexus.services.kam import costs, execution, notifications
+from nexus.services.kam import costs, execution, notifications, worker_sessions
 from nexus.services.kam.context import KamContext
 from nexus.services.kam.state import Deliverable
 
@@ -122,6 +122,7 @@ def install(ctx: KamContext) -> None:
     """Add execution, deliverables, costs and notifications to KAM."""
     ctx.service.app[KAM_CONTEXT] = ctx
     execution.install(ctx)
+    worker_sessions.install(ctx)
     costs.install(ctx)
     notifications.install(ctx)
     routes = DeliverableRoutes(ctx)

@@ -15,22 +15,17 @@ restarted half-way) record each outcome once: the second writer meets a duplicat
 ConcurrencyError and stops. At start, requests still ``executing`` are checked against their
 execution's stream, so an execution that ended while KAM was down is recorded then.
 
-``POST /api/worker-sessions/{execution_id}/complete`` takes the same outcome from an external
-orchestrator (seed 002, phase 8), idempotently.
+What is recorded, and how it is kept to once, is ``outcomes``; an external orchestrator reports
+an end through ``worker_sessions``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import math
-import mimetypes
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -38,46 +33,36 @@ from aiohttp import web
 from nexus.auth import AUTH, KeyInfo
 from nexus.bus import BusError
 from nexus.eventlog import ConcurrencyError, DuplicateEventError
-from nexus.proto import CMD_PREFIX, CloudEvent, cmd_subject, encode_event, new_event, now_rfc3339, parse_rfc3339
+from nexus.proto import CMD_PREFIX, CloudEvent, cmd_subject, encode_event, new_event, now_rfc3339
 from nexus.proto.commands import TENANT_HEADER, WorkflowStartCommand
-from nexus.proto.events.kam import (
-    KamCostRecorded,
-    KamDeliverableRecorded,
-    KamRequestCompleted,
-    KamRequestExecuting,
-    KamRequestFailed,
-)
-from nexus.raw import REF_SCHEME, RawError, RawKeyError, RawNotFoundError, is_ref, key_tenant, ref_key, tenant_key
+from nexus.proto.events.kam import KamRequestExecuting
+from nexus.raw import REF_SCHEME, RawKeyError, RawNotFoundError, tenant_key
 from nexus.runtime import HTTPError, Owned, json_response, read_json
 from nexus.services.kam.context import KamContext
-from nexus.services.kam.costs import CostModel, Usage, price, total
-from nexus.services.kam.state import (
-    COST_RECORDED,
-    DELIVERABLE_RECORDED,
-    LEDGER_STREAM,
-    REQUEST_COMPLETED,
-    REQUEST_EXECUTING,
-    REQUEST_FAILED,
-    Request,
-    request_stream,
+from nexus.services.kam.costs import CostModel, price, total
+from nexus.services.kam.outcomes import (
+    EXECUTION_STREAM,
+    TERMINAL,
+    NewDeliverable,
+    Outcome,
+    client_key,
+    encode_output,
+    extension,
+    find_refs,
+    measure,
+    record_outcome,
+    stable_id,
 )
+from nexus.services.kam.state import REQUEST_EXECUTING, Request, request_stream
 
 __all__ = [
+    "DEFAULT_RESOURCES",
     "START_TIMEOUT_SECONDS",
-    "TERMINAL",
-    "Completion",
     "ExecuteBody",
     "ExecutionRoutes",
     "ExecutionWatcher",
-    "Outcome",
     "Started",
-    "WorkerCompletion",
-    "encode_output",
     "install",
-    "measure",
-    "record_outcome",
-    "stable_id",
-    "tokens_of",
 ]
 
 logger = logging.getLogger("nexus.kam.execution")
@@ -85,32 +70,12 @@ logger = logging.getLogger("nexus.kam.execution")
 START_TIMEOUT_SECONDS = 10.0
 """How long ``execute`` waits for the workflow service to answer the start command (then 503)."""
 
-TERMINAL: Mapping[str, str] = {
-    "nexus.workflow.execution.completed": "completed",
-    "nexus.workflow.execution.failed": "failed",
-    "nexus.workflow.execution.compensated": "failed",
-    "nexus.workflow.execution.cancelled": "failed",
-    "nexus.workflow.execution.timed_out": "failed",
-}
-"""The events that end an execution, and what they make of the request."""
-
-STEP_COMPLETED = "nexus.workflow.step.completed"
-EXECUTION_STREAM = "execution-"
-"""The workflow service's stream of one execution is ``execution-<id>`` (ARCHITECTURE, Log streams)."""
-
 DEFAULT_RESOURCES = {"max_workers": 5, "timeout_ms": 300_000}
 """The seed's resources, when the template names none."""
 
-_IDS = uuid.UUID("ec4acd95-fe99-4bd4-adcd-4f4ddad992ce")
 _RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 _WORKERS = 4
 _CONFLICT_ROUNDS = 3
-
-
-def stable_id(execution_id: str, *parts: str) -> str:
-    """An event id derived from the execution and what the event records: every replica (and a
-    restarted KAM) writes the same id for the same fact, so the log keeps it once."""
-    return str(uuid.uuid5(_IDS, "\x00".join((execution_id, *parts))))
 
 
 # -- bodies and answers -----------------------------------------------------------------------
@@ -137,283 +102,6 @@ class Started(msgspec.Struct, frozen=True, kw_only=True):
     status: str = "executing"
     workflow_id: str
     attempt: int
-
-
-class WorkerDeliverable(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One deliverable an orchestrator stored in Raw."""
-
-    type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    storage_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=1100)]
-    """``raw://<key>`` in the request's client's namespace (``t/<client>/…``), already stored."""
-    size_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
-    metadata: dict[str, Any] = {}
-    content_type: str | None = None
-    """Default: the content type Raw stored it with."""
-
-
-class WorkerMetrics(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The orchestrator's figures of the run (seed 002, phase 8)."""
-
-    total_time_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
-    stages_completed: Annotated[int, msgspec.Meta(ge=0)] = 0
-    tokens_used: Annotated[int, msgspec.Meta(ge=0)] = 0
-    estimated_cost: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-
-
-class WorkerCompletion(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``POST /api/worker-sessions/{execution_id}/complete``: the seed's completion body."""
-
-    execution_id: str
-    status: Literal["completed", "failed"]
-    deliverables: Annotated[list[WorkerDeliverable], msgspec.Meta(max_length=100)] = []
-    metrics: WorkerMetrics = WorkerMetrics()
-    error: Annotated[str, msgspec.Meta(max_length=4000)] = ""
-    """Why it failed (``status: failed``)."""
-
-
-class Completion(msgspec.Struct, frozen=True, kw_only=True):
-    """What KAM recorded for an execution's end."""
-
-    execution_id: str
-    request_id: str
-    status: str
-    deliverable_ids: list[str]
-    metrics: dict[str, Any]
-
-
-# -- measuring an execution -------------------------------------------------------------------
-
-
-def _count(value: Any) -> int | None:
-    """A non-negative whole count, or None when ``value`` is not one."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        return None
-    return int(value)
-
-
-def _words(value: Any) -> int:
-    """Words in the text of a step's output (every string but ``raw://`` references)."""
-    if isinstance(value, str):
-        return 0 if is_ref(value) else len(value.split())
-    if isinstance(value, Mapping):
-        return sum(_words(v) for v in value.values())
-    if isinstance(value, list):
-        return sum(_words(v) for v in value)
-    return 0
-
-
-def tokens_of(output: Any) -> tuple[int, bool]:
-    """The tokens one step used, and whether the number is an estimate.
-
-    Reported: the output's ``tokens_used``, or ``usage.total_tokens`` (OpenAI's shape). Else
-    estimated as words × 4/3 (about 0.75 words per token in English), from ``word_count`` when
-    the step gives it, else from the words of its text.
-    """
-    if isinstance(output, Mapping):
-        reported = _count(output.get("tokens_used"))
-        if reported is not None:
-            return reported, False
-        usage = output.get("usage")
-        if isinstance(usage, Mapping):
-            reported = _count(usage.get("total_tokens"))
-            if reported is not None:
-                return reported, False
-        words = _count(output.get("word_count"))
-        if words is None:
-            words = _words(output)
-    else:
-        words = _words(output)
-    return (math.ceil(words * 4 / 3), True) if words else (0, False)
-
-
-def measure(events: Sequence[CloudEvent], end: CloudEvent) -> tuple[Usage, dict[str, Any]]:
-    """The metrics of an execution from its own stream: time from its first event (queued) to
-    ``end``, the steps completed (compensations not counted), the tokens their outputs used."""
-    outputs: dict[str, Any] = {}
-    for event in events:
-        data = event.data if isinstance(event.data, Mapping) else {}
-        if event.type == STEP_COMPLETED and not data.get("compensation"):
-            outputs[str(data.get("step_id"))] = data.get("output")
-    tokens, estimated = 0, False
-    for output in outputs.values():
-        used, guessed = tokens_of(output)
-        tokens += used
-        estimated = estimated or guessed
-    elapsed = 0
-    if events and events[0].time and end.time:
-        elapsed = max(0, round((parse_rfc3339(end.time) - parse_rfc3339(events[0].time)).total_seconds() * 1000))
-    metrics: dict[str, Any] = {
-        "total_time_ms": elapsed,
-        "stages_completed": len(outputs),
-        "tokens_used": tokens,
-    }
-    if estimated:
-        metrics["tokens_estimated"] = True
-    return Usage(stages=len(outputs), tokens=tokens), metrics
-
-
-# -- recording an outcome ---------------------------------------------------------------------
-
-
-@dataclass
-class NewDeliverable:
-    """A deliverable about to be recorded."""
-
-    deliverable_id: str
-    type: str
-    storage_ref: str
-    size_bytes: int
-    content_type: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Outcome:
-    """How an execution ended, as KAM records it (from its events or from an orchestrator)."""
-
-    execution_id: str
-    status: str
-    """``completed`` or ``failed``."""
-    event_id: str
-    """The id of the request's ``completed``/``failed`` event (derived, so it is written once)."""
-    metrics: dict[str, Any]
-    costs: list[tuple[str, float, float]]
-    currency: str
-    at: str
-    """RFC 3339: when the execution ended (the ledger entries' time)."""
-    error: str = ""
-    deliverables: list[NewDeliverable] = field(default_factory=list)
-
-
-async def record_outcome(ctx: KamContext, request: Request, outcome: Outcome) -> bool:
-    """Append the ledger entries, the deliverables and the request's transition, exactly once.
-
-    The ledger entries go first, under ids derived from the execution and the cost kind: if
-    KAM stops before the transition, the next attempt writes the same entries again, which the
-    log keeps once. The transition is appended at the version the request had when it was
-    read; a writer that lost the race gets ConcurrencyError (or a duplicate) and the answer
-    False, having added nothing.
-    """
-    client = request.client_id
-    template_id = request.template_id
-    eid = outcome.execution_id
-    source = ctx.source
-    ledger = [
-        new_event(
-            COST_RECORDED,
-            KamCostRecorded(
-                entry_id=stable_id(eid, "cost", kind),
-                client_id=client,
-                amount=amount,
-                currency=outcome.currency,
-                kind=kind,
-                quantity=quantity,
-                request_id=request.request_id,
-                execution_id=eid,
-                template_id=template_id,
-                at=outcome.at,
-            ),
-            source=source,
-            id=stable_id(eid, "cost", kind),
-            subject=request.request_id,
-            correlationid=request.request_id,
-            tenant=client,
-        )
-        for kind, quantity, amount in outcome.costs
-    ]
-    if ledger:
-        try:
-            await ctx.service.log.append(LEDGER_STREAM, ledger)
-        except DuplicateEventError:
-            pass  # written by another replica, or before a restart: the log keeps the first
-    events = [
-        new_event(
-            DELIVERABLE_RECORDED,
-            KamDeliverableRecorded(
-                deliverable_id=item.deliverable_id,
-                request_id=request.request_id,
-                client_id=client,
-                execution_id=eid,
-                type=item.type,
-                storage_ref=item.storage_ref,
-                size_bytes=item.size_bytes,
-                content_type=item.content_type,
-                metadata=item.metadata,
-            ),
-            source=source,
-            id=item.deliverable_id,
-            subject=request.request_id,
-            correlationid=request.request_id,
-            tenant=client,
-        )
-        for item in outcome.deliverables
-    ]
-    final: Any
-    if outcome.status == "completed":
-        final = KamRequestCompleted(
-            request_id=request.request_id,
-            execution_id=eid,
-            metrics=outcome.metrics,
-            deliverable_ids=[item.deliverable_id for item in outcome.deliverables],
-        )
-    else:
-        final = KamRequestFailed(
-            request_id=request.request_id, execution_id=eid, error=outcome.error, metrics=outcome.metrics
-        )
-    events.append(
-        new_event(
-            REQUEST_COMPLETED if outcome.status == "completed" else REQUEST_FAILED,
-            final,
-            source=source,
-            id=outcome.event_id,
-            subject=request.request_id,
-            correlationid=request.request_id,
-            tenant=client,
-        )
-    )
-    try:
-        await ctx.append(request_stream(request.request_id), events, expected_version=request.version)
-    except (ConcurrencyError, DuplicateEventError):
-        return False
-    return True
-
-
-def _find_refs(value: Any, path: str = "$") -> Iterator[tuple[str, str]]:
-    """Every ``raw://`` reference in an output, with the path it was found at."""
-    if is_ref(value):
-        yield path, value
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _find_refs(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _find_refs(item, f"{path}[{index}]")
-
-
-_EXTENSIONS = {"application/json": ".json", "text/markdown": ".md", "text/plain": ".txt", "text/html": ".html"}
-
-
-def _is_json(content_type: str) -> bool:
-    base = content_type.split(";", 1)[0].strip().lower()
-    return base == "application/json" or base.endswith("+json")
-
-
-def encode_output(output: Any, content_type: str) -> tuple[bytes, str]:
-    """The deliverable's bytes and content type: JSON for a JSON type; for a text type, the output
-    when it is a string, or its ``text`` / ``content`` / ``markdown``; JSON otherwise."""
-    if not _is_json(content_type):
-        text = output if isinstance(output, str) else None
-        if text is None and isinstance(output, Mapping):
-            text = next((output[k] for k in ("text", "content", "markdown") if isinstance(output.get(k), str)), None)
-        if text is not None:
-            return text.encode(), content_type
-        content_type = "application/json"
-    return msgspec.json.encode(output), content_type
-
-
-def _extension(content_type: str) -> str:
-    base = content_type.split(";", 1)[0].strip().lower()
-    return _EXTENSIONS.get(base) or mimetypes.guess_extension(base) or ".bin"
 
 
 # -- the watcher ------------------------------------------------------------------------------
@@ -579,7 +267,7 @@ class ExecutionWatcher:
         spec: Mapping[str, Any] = declared if isinstance(declared, Mapping) else {}
         kind = str(spec.get("type") or "json")
         body, content_type = encode_output(output, str(spec.get("content_type") or "application/json"))
-        key = tenant_key(client, "kam", "deliverables", request.request_id, execution_id + _extension(content_type))
+        key = tenant_key(client, "kam", "deliverables", request.request_id, execution_id + extension(content_type))
         stat = await raw.store(key, body, content_type)
         common = {
             "workflow_id": request.workflow_id,
@@ -598,12 +286,12 @@ class ExecutionWatcher:
         found = [main]
         skipped: list[dict[str, str]] = []
         seen: set[str] = set()
-        for path, ref in _find_refs(output):
+        for path, ref in find_refs(output):
             if ref in seen:
                 continue
             seen.add(ref)
             try:
-                ref_stat = await raw.stat(_client_key(ref, client))
+                ref_stat = await raw.stat(client_key(ref, client))
             except (RawKeyError, RawNotFoundError) as exc:
                 skipped.append({"path": path, "storage_ref": ref, "reason": str(exc) or type(exc).__name__})
                 continue
@@ -620,19 +308,6 @@ class ExecutionWatcher:
         if skipped:
             main.metadata["skipped_refs"] = skipped
         return found
-
-
-def _client_key(ref: str, client: str) -> str:
-    """The Raw key of ``ref`` when it lies in ``client``'s namespace.
-
-    Raises:
-        RawKeyError: not a reference, or one outside the client's namespace (a deliverable may
-            never name another tenant's or the platform's blobs).
-    """
-    key = ref_key(ref)
-    if key_tenant(key) != client:
-        raise RawKeyError(f"{ref} is outside client {client!r}'s namespace")
-    return key
 
 
 # -- the routes -------------------------------------------------------------------------------
@@ -661,7 +336,7 @@ def _defaults(template: Mapping[str, Any], parameters: Mapping[str, Any]) -> dic
 
 
 class ExecutionRoutes:
-    """The handlers of ``execute`` and of the orchestrator's completion."""
+    """The handler of ``execute``."""
 
     def __init__(self, ctx: KamContext, watcher: ExecutionWatcher) -> None:
         self.ctx = ctx
@@ -779,119 +454,20 @@ class ExecutionRoutes:
             raise HTTPError(502, "the workflow service's answer to the start command names no execution")
         return execution_id
 
-    async def complete(self, request: web.Request) -> web.Response:
-        """An external orchestrator reports how an execution KAM started ended (seed 002, phase 8).
-        The same body again answers the same and records nothing; another body for an execution
-        that already ended is 409. Deliverables must be ``raw://`` references already stored in
-        the client's namespace; the costs are priced with the template's cost model (the
-        orchestrator's own estimate is kept as ``reported_cost``)."""
-        execution_id = request.match_info["execution_id"]
-        body = await read_json(request, WorkerCompletion)
-        if body.execution_id != execution_id:
-            raise HTTPError(400, f"execution_id {body.execution_id!r} in the body is not the path's {execution_id!r}")
-        state = self.ctx.state
-        request_id = state.by_execution.get(execution_id)
-        if request_id is None:
-            raise HTTPError(404, f"no execution {execution_id!r} started by KAM")
-        digest = hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
-        event_id = stable_id(execution_id, "worker", digest)
-        item = state.requests[request_id]
-        settled = self._settled(item, execution_id, event_id)
-        if settled is not None:
-            return json_response(settled)
-        if item.execution_id != execution_id or item.status != "executing":
-            raise HTTPError(409, f"execution {execution_id} of request {request_id} already ended ({item.status})")
-        outcome = await self._reported(item, body, event_id, self.ctx.actor(request[AUTH]))
-        if not await record_outcome(self.ctx, item, outcome):
-            await self.ctx.caught_up(await self.ctx.service.log.head())
-            settled = self._settled(state.requests[request_id], execution_id, event_id)
-            if settled is None:
-                raise HTTPError(409, f"execution {execution_id} of request {request_id} ended meanwhile")
-            return json_response(settled)
-        answer = self._settled(state.requests[request_id], execution_id, event_id)
-        assert answer is not None  # the fold has the transition: ctx.append waits for it
-        return json_response(answer)
-
-    def _settled(self, item: Request, execution_id: str, event_id: str) -> Completion | None:
-        """The answer when the transition ``event_id`` is recorded, else None (409 when another one is)."""
-        entry = next((h for h in item.history if h.get("event_id") == event_id), None)
-        if entry is None:
-            if item.execution_id == execution_id and item.status in ("completed", "failed"):
-                raise HTTPError(
-                    409, f"execution {execution_id} already ended ({item.status}) with other results than these"
-                )
-            return None
-        deliverables = self.ctx.state.deliverables
-        return Completion(
-            execution_id=execution_id,
-            request_id=item.request_id,
-            status=str(entry["status"]),
-            deliverable_ids=[d for d in item.deliverable_ids if deliverables[d].execution_id == execution_id],
-            metrics=item.metrics if item.execution_id == execution_id else {},
-        )
-
-    async def _reported(self, item: Request, body: WorkerCompletion, event_id: str, actor: str) -> Outcome:
-        raw = self.ctx.service.raw
-        deliverables: list[NewDeliverable] = []
-        for index, reported in enumerate(body.deliverables):
-            where = f"deliverables[{index}].storage_ref"
-            try:
-                stat = await raw.stat(_client_key(reported.storage_ref, item.client_id))
-            except RawKeyError as exc:
-                raise HTTPError(400, f"{where}: {exc}; store deliverables under t/{item.client_id}/") from None
-            except RawNotFoundError:
-                raise HTTPError(400, f"{where}: nothing is stored at {reported.storage_ref}") from None
-            except RawError as exc:
-                raise HTTPError(503, f"{where}: Raw cannot be read now ({exc})") from None
-            deliverables.append(
-                NewDeliverable(
-                    deliverable_id=stable_id(body.execution_id, "worker-deliverable", str(index), reported.storage_ref),
-                    type=reported.type,
-                    storage_ref=reported.storage_ref,
-                    size_bytes=stat.size,
-                    content_type=reported.content_type or stat.content_type,
-                    metadata={
-                        **reported.metadata,
-                        "execution_id": body.execution_id,
-                        "template_id": item.template_id,
-                        "reported_size_bytes": reported.size_bytes,
-                        "source": "worker_session",
-                    },
-                )
-            )
-        template = self.ctx.state.templates.get(item.template_id or "") or {}
-        model = CostModel.of(template)
-        figures = body.metrics
-        costs = price(model, Usage(stages=figures.stages_completed, tokens=figures.tokens_used))
-        metrics: dict[str, Any] = {
-            **msgspec.to_builtins(figures),
-            "estimated_cost": total(amount for _, _, amount in costs),
-            "reported_cost": figures.estimated_cost,
-            "currency": model.currency,
-            "reported_by": actor,
-        }
-        return Outcome(
-            execution_id=body.execution_id,
-            status=body.status,
-            event_id=event_id,
-            metrics=metrics,
-            costs=costs,
-            currency=model.currency,
-            at=now_rfc3339(),
-            error=body.error or ("the orchestrator reported a failure" if body.status == "failed" else ""),
-            deliverables=deliverables if body.status == "completed" else [],
-        )
-
 
 def _resources(template: Mapping[str, Any]) -> dict[str, Any]:
     resources = template.get("resources")
     if not isinstance(resources, Mapping):
         return {}
-    return {k: resources[k] for k in ("max_workers", "timeout_ms") if _count(resources.get(k))}
+    return {
+        name: value
+        for name in ("max_workers", "timeout_ms")
+        if isinstance(value := resources.get(name), int) and not isinstance(value, bool) and value > 0
+    }
 
 
 def install(ctx: KamContext) -> ExecutionWatcher:
-    """Add ``execute`` and the orchestrator's completion to KAM, and start watching executions."""
+    """Add ``execute`` to KAM, and watch the executions it starts."""
     watcher = ExecutionWatcher(ctx)
     routes = ExecutionRoutes(ctx, watcher)
     ctx.on_event(watcher.observe)
@@ -919,18 +495,4 @@ def install(ctx: KamContext) -> ExecutionWatcher:
         scope="admin",
         owned=Owned("request", "request_id", ctx.state.tenant_of_request),
     )(routes.execute)
-    ctx.route(
-        "POST",
-        "/worker-sessions/{execution_id}/complete",
-        summary="An orchestrator reports how an execution ended (worker token)",
-        request=WorkerCompletion,
-        response=Completion,
-        responses={
-            400: "The body is not understood, or a deliverable is not stored in the client's namespace",
-            404: "KAM started no such execution",
-            409: "The execution already ended with other results",
-        },
-        tags=["execution"],
-        auth="worker",
-    )(routes.complete)
     return watcher

@@ -21,6 +21,7 @@ import pytest
 from factory_harness import ALPHA, BETA, COST, DRAFT_TEXT, FINAL_TOKENS, Factory, factory, template, until
 
 import nexus.services.kam.execution as execution
+import nexus.services.kam.outcomes as outcomes
 from nexus.eventlog import EventLogUnavailableError
 from nexus.proto import new_event
 from nexus.services.kam.context import KamContext
@@ -343,20 +344,20 @@ async def test_an_orchestrator_completes_an_execution_once(platform: Factory) ->
 
 
 def test_tokens_are_read_from_the_outputs_or_estimated() -> None:
-    assert execution.tokens_of({"tokens_used": 12, "text": "a b c"}) == (12, False)
-    assert execution.tokens_of({"usage": {"total_tokens": 30}}) == (30, False)
-    assert execution.tokens_of({"text": "one two three", "word_count": 300}) == (400, True)
-    assert execution.tokens_of({"text": "one two three", "ref": "raw://t/a/x"}) == (4, True)
-    assert execution.tokens_of({"ok": True}) == (0, False)
-    assert execution.tokens_of({"tokens_used": True, "text": "a b c"}) == (4, True)
+    assert outcomes.tokens_of({"tokens_used": 12, "text": "a b c"}) == (12, False)
+    assert outcomes.tokens_of({"usage": {"total_tokens": 30}}) == (30, False)
+    assert outcomes.tokens_of({"text": "one two three", "word_count": 300}) == (400, True)
+    assert outcomes.tokens_of({"text": "one two three", "ref": "raw://t/a/x"}) == (4, True)
+    assert outcomes.tokens_of({"ok": True}) == (0, False)
+    assert outcomes.tokens_of({"tokens_used": True, "text": "a b c"}) == (4, True)
 
 
 def test_the_output_is_encoded_as_the_template_says() -> None:
     output = {"title": "T", "text": "# Tea\n"}
-    assert execution.encode_output(output, "text/markdown") == (b"# Tea\n", "text/markdown")
-    assert execution.encode_output(output, "application/json") == (msgspec.json.encode(output), "application/json")
+    assert outcomes.encode_output(output, "text/markdown") == (b"# Tea\n", "text/markdown")
+    assert outcomes.encode_output(output, "application/json") == (msgspec.json.encode(output), "application/json")
     # A text type the output cannot fill falls back to JSON, saying so.
-    assert execution.encode_output({"n": 1}, "text/plain") == (b'{"n":1}', "application/json")
+    assert outcomes.encode_output({"n": 1}, "text/plain") == (b'{"n":1}', "application/json")
 
 
 async def test_the_openapi_document_describes_these_routes(platform: Factory) -> None:
