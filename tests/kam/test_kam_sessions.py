@@ -14,6 +14,8 @@ import argon2
 import msgspec
 import pytest
 from accounts_harness import PASSWORD, Kam, running_kam
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from inprocess import KAM_ADMIN
 
 import nexus.services.kam.accounts as accounts
@@ -270,3 +272,32 @@ async def test_a_hash_with_older_parameters_is_replaced_at_login(kam: Kam) -> No
     # finds nothing to upgrade.
     assert (await kam.login("ana@acme.example", PASSWORD)).status == 200
     assert len([e for e in await kam.log.read_stream(ACCOUNTS_STREAM) if e.type == PASSWORD_CHANGED]) == 2
+
+
+async def test_the_cookie_is_secure_when_the_login_came_over_https(kam: Kam) -> None:
+    # KAM behind TLS (or an https-terminating proxy aiohttp trusts): the request's scheme is https.
+    request = make_mocked_request("POST", "/api/auth/login").clone(scheme="https")
+    response = web.Response()
+    kam.sessions.set_cookie(request, response, "sess_0123456789abcdef." + "A" * 43)
+    plain = web.Response()
+    kam.sessions.set_cookie(make_mocked_request("POST", "/api/auth/login"), plain, "x")
+    assert "Secure" not in plain.cookies["nexus_session"].OutputString()
+    cookie = response.cookies["nexus_session"].OutputString()
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+async def test_the_admin_session_says_who_it_is(kam: Kam) -> None:
+    login = await kam.call(
+        "POST", "/api/kam/auth/login", json={"username": KAM_ADMIN[0], "password": KAM_ADMIN[1], "loginType": "admin"}
+    )
+    assert login.status == 200, login.text
+    who = await kam.call("GET", "/api/auth/session", token=login.body["sessionToken"])
+    assert who.body["authenticated"] == "session" and who.body["expiresAt"] == login.body["expiresAt"]
+    assert who.body["user"] == {
+        "id": "admin",
+        "username": KAM_ADMIN[0],
+        "role": "admin",
+        "client_id": None,
+        "display_name": "Administrator",
+    }
+    assert who.body["kamContext"] == {"role": "admin", "client_id": None, "permissions": ["admin"]}
