@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import mimetypes
+import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from nexus.services.kam.state import (
 )
 
 __all__ = [
+    "CONTENT_TYPE",
     "EXECUTION_STREAM",
     "TERMINAL",
     "NewDeliverable",
@@ -47,6 +49,7 @@ __all__ = [
     "record_outcome",
     "stable_id",
     "tokens_of",
+    "valid_content_type",
 ]
 
 TERMINAL: Mapping[str, str] = {
@@ -288,9 +291,22 @@ def _is_json(content_type: str) -> bool:
     return base == "application/json" or base.endswith("+json")
 
 
+CONTENT_TYPE = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+( *;[ -~]*)?$"
+"""A media type with optional parameters, printable ASCII only (it becomes a response header)."""
+_CONTENT_TYPE = re.compile(CONTENT_TYPE)
+
+
+def valid_content_type(content_type: str) -> bool:
+    """Whether ``content_type`` may be served as a ``Content-Type`` header."""
+    return len(content_type) <= 255 and _CONTENT_TYPE.match(content_type) is not None
+
+
 def encode_output(output: Any, content_type: str) -> tuple[bytes, str]:
     """The deliverable's bytes and content type: JSON for a JSON type; for a text type, the output
-    when it is a string, or its ``text`` / ``content`` / ``markdown``; JSON otherwise."""
+    when it is a string, or its ``text`` / ``content`` / ``markdown``; JSON otherwise (also for a
+    content type that could not be a header)."""
+    if not valid_content_type(content_type):
+        content_type = "application/json"
     if not _is_json(content_type):
         text = output if isinstance(output, str) else None
         if text is None and isinstance(output, Mapping):

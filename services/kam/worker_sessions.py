@@ -20,7 +20,7 @@ from nexus.raw import RawError, RawKeyError, RawNotFoundError
 from nexus.runtime import HTTPError, json_response, read_json
 from nexus.services.kam.context import KamContext
 from nexus.services.kam.costs import CostModel, Usage, price, total
-from nexus.services.kam.outcomes import NewDeliverable, Outcome, client_key, record_outcome, stable_id
+from nexus.services.kam.outcomes import CONTENT_TYPE, NewDeliverable, Outcome, client_key, record_outcome, stable_id
 from nexus.services.kam.state import Request
 
 __all__ = ["Completion", "WorkerCompletion", "WorkerDeliverable", "WorkerMetrics", "WorkerSessionRoutes", "install"]
@@ -34,7 +34,7 @@ class WorkerDeliverable(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     """``raw://<key>`` in the request's client's namespace (``t/<client>/…``), already stored."""
     size_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
     metadata: dict[str, Any] = {}
-    content_type: str | None = None
+    content_type: Annotated[str, msgspec.Meta(max_length=255, pattern=CONTENT_TYPE)] | None = None
     """Default: the content type Raw stored it with."""
 
 

@@ -307,6 +307,9 @@ async def test_an_orchestrator_completes_an_execution_once(platform: Factory) ->
     assert status == 400 and "deliverables[0].storage_ref" in refused["message"]
     status, refused = await platform.call("POST", path, "worker", {**body, "extra": 1})
     assert status == 400 and "extra" in refused["message"]
+    header = {**body, "deliverables": [{**body["deliverables"][0], "content_type": "text/html\nX-Evil: 1"}]}
+    status, refused = await platform.call("POST", path, "worker", header)
+    assert status == 400 and "content_type" in refused["message"]
 
     stream = request_stream(request_id)
     status, first = await platform.call("POST", path, "worker", body)
@@ -356,8 +359,11 @@ def test_the_output_is_encoded_as_the_template_says() -> None:
     output = {"title": "T", "text": "# Tea\n"}
     assert outcomes.encode_output(output, "text/markdown") == (b"# Tea\n", "text/markdown")
     assert outcomes.encode_output(output, "application/json") == (msgspec.json.encode(output), "application/json")
-    # A text type the output cannot fill falls back to JSON, saying so.
+    # A text type the output cannot fill falls back to JSON, saying so; so does a type that
+    # could not be a header.
     assert outcomes.encode_output({"n": 1}, "text/plain") == (b'{"n":1}', "application/json")
+    assert outcomes.encode_output("x", "text/plain\r\nSet-Cookie: a=b") == (b'"x"', "application/json")
+    assert outcomes.valid_content_type("text/markdown; charset=utf-8")
 
 
 async def test_the_openapi_document_describes_these_routes(platform: Factory) -> None:
