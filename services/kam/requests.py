@@ -274,7 +274,8 @@ async def _assign(ctx: KamContext, request: Request, seen: int, info: KeyInfo, b
         )
     try:
         template = templates.find_template(ctx.state, assignment.template_id, assignment.template_name)
-        parameters = templates.apply_parameters(template["parameters"], assignment.parameters)
+        schema = template.get("parameters") or {"type": "object"}
+        parameters = templates.apply_parameters(schema, assignment.parameters)
     except templates.TemplateError as exc:
         raise HTTPError(400, str(exc)) from None
     data = KamTemplateAssigned(
@@ -294,13 +295,12 @@ async def _edit(ctx: KamContext, request: Request, seen: int, info: KeyInfo, bod
     edit: ClientEdit = _decode(body, ClientEdit)
     if request.status not in EDITABLE:
         raise HTTPError(409, f"request {request.request_id} is {request.status}: it can be edited while pending")
-    changes = {
-        name: value
-        for name in CLIENT_FIELDS
-        if (value := getattr(edit, name)) is not None and value != getattr(request, name)
-    }
-    if "title" in changes and not str(changes["title"]).strip():
+    if edit.title is not None and not edit.title.strip():
         raise HTTPError(400, "title: must not be blank")
+    wanted = {name: getattr(edit, name) for name in CLIENT_FIELDS if getattr(edit, name) is not None}
+    if "title" in wanted:
+        wanted["title"] = wanted["title"].strip()
+    changes = {name: value for name, value in wanted.items() if value != getattr(request, name)}
     if not changes:
         return request
     data = KamRequestUpdated(request_id=request.request_id, changes=changes, updated_by=ctx.actor(info))

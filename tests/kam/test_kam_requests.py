@@ -269,6 +269,8 @@ async def test_a_client_edits_its_own_fields_while_pending(kam: Kam) -> None:
     assert status == 400 and "status" in body["message"]
     status, body, _ = await kam.call("PUT", path, "alpha", {"urgency": "whenever"})
     assert status == 400 and "urgency" in body["message"]
+    status, body, _ = await kam.call("PUT", path, "alpha", {"title": "   "})
+    assert status == 400 and "title" in body["message"]
     status, body, _ = await kam.call("PUT", path, "beta", {"title": "mine now"})
     assert status == 404
     status, body, _ = await kam.call("PUT", path, "alpha_reader", {"title": "x"})
