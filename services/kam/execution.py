@@ -36,7 +36,7 @@ from nexus.eventlog import ConcurrencyError, DuplicateEventError
 from nexus.proto import CMD_PREFIX, CloudEvent, cmd_subject, encode_event, new_event, now_rfc3339
 from nexus.proto.commands import TENANT_HEADER, WorkflowStartCommand
 from nexus.proto.events.kam import KamRequestExecuting
-from nexus.raw import REF_SCHEME, RawKeyError, RawNotFoundError, tenant_key
+from nexus.raw import REF_SCHEME, RawKeyError, RawNotFoundError, RawQuotaError, tenant_key
 from nexus.runtime import HTTPError, Owned, json_response, read_json
 from nexus.services.kam.context import KamContext
 from nexus.services.kam.costs import CostModel, price, total
@@ -250,7 +250,16 @@ class ExecutionWatcher:
             at=end.time or now_rfc3339(),
         )
         if status == "completed":
-            outcome.deliverables = await self._deliverables(request, template, outcome.execution_id, data.get("output"))
+            try:
+                outcome.deliverables = await self._deliverables(
+                    request, template, outcome.execution_id, data.get("output")
+                )
+            except (RawQuotaError, RawKeyError) as exc:
+                # Trying again would not help (RawUnavailableError, which might, is raised on):
+                # the run is over, its result cannot be kept, and the request must say so.
+                outcome.status = "failed"
+                outcome.event_id = stable_id(outcome.execution_id, "request", "failed")
+                outcome.error = f"the execution completed but its output could not be stored in Raw: {exc}"
         else:
             kind = end.type.rsplit(".", 1)[-1]
             reason = str(data.get("error") or data.get("reason") or "")

@@ -24,6 +24,7 @@ import nexus.services.kam.execution as execution
 import nexus.services.kam.outcomes as outcomes
 from nexus.eventlog import EventLogUnavailableError
 from nexus.proto import new_event
+from nexus.raw import RawQuotaError
 from nexus.services.kam.context import KamContext
 from nexus.services.kam.state import LEDGER_STREAM, request_stream
 
@@ -378,3 +379,23 @@ async def test_the_openapi_document_describes_these_routes(platform: Factory) ->
         "/api/notifications/stream",
     ):
         assert path in document["paths"] and "/api/kam" + path.removeprefix("/api") in document["paths"], path
+
+
+async def test_an_output_raw_refuses_to_keep_fails_the_request_with_its_costs(
+    platform: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_store = platform.raw.store
+
+    async def full(key: str, data: bytes, content_type: str = "application/octet-stream") -> Any:
+        if "/kam/deliverables/" in key:
+            raise RawQuotaError(f"storing {len(data)} bytes would exceed the quota")
+        return await real_store(key, data, content_type)
+
+    monkeypatch.setattr(platform.raw, "store", full)
+    request_id = await platform.add_request(ALPHA, "report")
+    status, _ = await platform.call("POST", f"/api/requests/{request_id}/execute", "admin", {})
+    assert status == 202
+    failed = await platform.until_status(request_id, "failed", "completed")
+    assert failed.status == "failed" and "could not be stored" in (failed.error or "") and "quota" in failed.error
+    assert not failed.deliverable_ids and failed.metrics["stages_completed"] == 2
+    assert {e.kind for e in ledger_of(platform, request_id)} == {"run", "tokens", "stage"}
