@@ -93,6 +93,47 @@ async def test_messages_split_anywhere_reach_their_handler_in_order(seed: int) -
     assert not parser.buf
 
 
+class CopyCountingBuffer(bytearray):
+    """nats-py's parser buffer, counting the copies made of it whole."""
+
+    copies = 0
+
+    def __bytes__(self) -> bytes:
+        type(self).copies += 1
+        return bytes(memoryview(self))
+
+
+async def test_a_large_message_arriving_over_many_reads_is_never_copied_whole() -> None:
+    client = FakeClient()
+    parser = Parser(client)
+    parser.buf = CopyCountingBuffer()
+    got: list[tuple[bytes, bytes, bytes, bytes | None]] = []
+
+    def handler(subject: bytes, reply: bytes, payload: bytes, headers: bytes | None) -> None:
+        got.append((subject, reply, payload, headers))
+
+    parse = _fast_parse(parser, {7: handler}, {"in_msgs": 0, "in_bytes": 0})
+    header = b"NATS/1.0\r\nNats-Msg-Id: big\r\n\r\n"
+    big = bytes(range(256)) * 1024  # 256 KiB
+    data = (
+        b"MSG small 7 2\r\nhi\r\n"
+        + b"HMSG nexus.evt.a.b.c 7 %d %d\r\n%s%s\r\n" % (len(header), len(header) + len(big), header, big)
+        + b"MSG after 7 _INBOX.r 3\r\nend\r\n"
+    )
+    for offset in range(0, len(data), 1024):
+        await parse(data[offset : offset + 1024])
+    assert got == [
+        (b"small", b"", b"hi", None),
+        (b"nexus.evt.a.b.c", b"", big, header),
+        (b"after", b"_INBOX.r", b"end", None),
+    ]
+    assert not parser.buf
+    assert not client.slow  # every message went the fast way, none through nats-py's parser
+    # Over 250 reads each added 1 KiB to a buffer holding the start of the large message: none
+    # of them copied the buffer (which made receiving it quadratic in its size).
+    assert CopyCountingBuffer.copies == 0
+
+
 def test_header_block_refuses_bad_names_and_neutralises_line_breaks() -> None:
     block = header_block([("Nats-Msg-Id", "a\r\nPUB x 1"), ("traceparent", "00-ab-cd-01")])
     assert block == b"NATS/1.0\r\nNats-Msg-Id: a  PUB x 1\r\ntraceparent: 00-ab-cd-01\r\n\r\n"

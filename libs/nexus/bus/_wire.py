@@ -249,6 +249,9 @@ def _fast_parse(
 
     original = parser.parse
     counts = [0, 0] if counts is None else counts
+    # Bytes the buffer must hold before parsing it again is worth it (0: any): while the rest
+    # of a message is on its way, each read only appends to the buffer.
+    need = [0]
 
     async def parse(data: bytes = b"") -> None:
         try:
@@ -257,65 +260,81 @@ def _fast_parse(
             # A malformed frame: as nats-py's own parser does, a ProtocolError, on which the
             # client reconnects (anything else would end its read loop for good).
             parser.buf.clear()
+            need[0] = 0
             raise nats_errors.ProtocolError(f"nats: malformed message from the server: {exc}") from exc
 
     async def _parse(data: bytes) -> None:
         buf = parser.buf
         if buf:
             buf.extend(data)
-            # One copy of the whole buffer; every field below is then one slice (one copy).
-            raw = bytes(buf)
+            if len(buf) < need[0]:
+                return
+            pos, waiting = _messages(buf)
+            if pos:
+                del buf[:pos]
         else:
-            raw = bytes(data)
+            pos, waiting = _messages(data)
+            if pos < len(data):
+                buf.extend(memoryview(data)[pos:])
+        if buf and not waiting:
+            need[0] = 0
+            await original()
+
+    def _messages(raw: bytes | bytearray) -> tuple[int, bool]:
+        """Hand the wire's complete messages at the start of ``raw`` to their handlers, in place.
+
+        ``raw`` is the new bytes or the parser's buffer, read where it is: a message large
+        enough to arrive over many reads used to copy the whole buffer on each of them. Each
+        field is copied once, out of a view that is released before the buffer is trimmed.
+        Returns how many bytes were consumed and whether the next is a message still arriving.
+        """
         size = len(raw)
         pos = 0
         waiting = False
-        while parser.state == AWAITING_CONTROL_LINE and size - pos > 5:
-            if raw.startswith(b"MSG ", pos):
-                args_at, with_headers = pos + 4, False
-            elif raw.startswith(b"HMSG ", pos):
-                args_at, with_headers = pos + 5, True
-            else:
-                break
-            line_end = raw.find(b"\r\n", args_at)
-            if line_end < 0:
-                # Wait for the rest of the line here: handing a partial message to nats-py's
-                # parser would leave it mid-message, and it would then take every message
-                # after it the slow way.
-                waiting = size - args_at < 4096
-                break
-            args = raw[args_at:line_end].split()
-            handler = handlers.get(int(args[1]))
-            if handler is None:
-                break
-            total = int(args[-1])
-            start = line_end + 2
-            if size < start + total + 2:
-                waiting = True
-                break
-            if with_headers:
-                header_size = int(args[-2])
-                headers: bytes | None = raw[start : start + header_size]
-                payload = raw[start + header_size : start + total]
-                reply = args[2] if len(args) == 5 else b""
-            else:
-                headers = None
-                payload = raw[start : start + total]
-                reply = args[2] if len(args) == 4 else b""
-            pos = start + total + 2
-            stats["in_msgs"] += 1
-            stats["in_bytes"] += total
-            counts[0] += 1
-            try:
-                handler(args[0], reply, payload, headers)
-            except Exception:
-                logger.exception("handler of %s failed", args[0].decode(errors="replace"))
-        if buf:
-            if pos:
-                del buf[:pos]
-        elif pos < size:
-            buf.extend(raw[pos:] if pos else raw)
-        if buf and not waiting:
-            await original()
+        need[0] = 0
+        with memoryview(raw) as view:
+            while parser.state == AWAITING_CONTROL_LINE and size - pos > 5:
+                if raw.startswith(b"MSG ", pos):
+                    args_at, with_headers = pos + 4, False
+                elif raw.startswith(b"HMSG ", pos):
+                    args_at, with_headers = pos + 5, True
+                else:
+                    break
+                line_end = raw.find(b"\r\n", args_at)
+                if line_end < 0:
+                    # Wait for the rest of the line here: handing a partial message to nats-py's
+                    # parser would leave it mid-message, and it would then take every message
+                    # after it the slow way.
+                    waiting = size - args_at < 4096
+                    need[0] = size - pos + 1 if waiting else 0
+                    break
+                args = bytes(view[args_at:line_end]).split()
+                handler = handlers.get(int(args[1]))
+                if handler is None:
+                    break
+                total = int(args[-1])
+                start = line_end + 2
+                if size < start + total + 2:
+                    waiting = True
+                    need[0] = start + total + 2 - pos
+                    break
+                if with_headers:
+                    header_size = int(args[-2])
+                    headers: bytes | None = bytes(view[start : start + header_size])
+                    payload = bytes(view[start + header_size : start + total])
+                    reply = args[2] if len(args) == 5 else b""
+                else:
+                    headers = None
+                    payload = bytes(view[start : start + total])
+                    reply = args[2] if len(args) == 4 else b""
+                pos = start + total + 2
+                stats["in_msgs"] += 1
+                stats["in_bytes"] += total
+                counts[0] += 1
+                try:
+                    handler(args[0], reply, payload, headers)
+                except Exception:
+                    logger.exception("handler of %s failed", args[0].decode(errors="replace"))
+        return pos, waiting
 
     return parse
