@@ -12,27 +12,59 @@ from __future__ import annotations
 import msgspec
 
 __all__ = [
+    "CONSUMER_HEADER",
     "DEAD_LETTER_HEADERS",
+    "DELIVERIES_HEADER",
+    "ERROR_HEADER",
+    "EVENT_ID_HEADER",
+    "EVENT_POSITION_HEADER",
+    "EVENT_SIZE_HEADER",
+    "EVENT_STREAM_HEADER",
+    "EVENT_TYPE_HEADER",
     "EXT_HEADERS",
+    "MSG_ID_HEADER",
+    "ORIGINAL_MSG_ID_HEADER",
+    "ORIGINAL_SEQ_HEADER",
+    "ORIGINAL_STREAM_HEADER",
+    "ORIGINAL_SUBJECT_HEADER",
+    "REASON_HEADER",
     "RELAY_CONSUMER",
     "RELAY_PLACEHOLDER_HEADERS",
     "TRUNCATED_HEADER",
     "RelayPlaceholder",
 ]
 
+# The header names, defined here once: the bus and the relay write them, the command line reads
+# them, and the AsyncAPI document describes them from the tables below.
+MSG_ID_HEADER = "Nats-Msg-Id"
+ERROR_HEADER = "Nexus-Error"
+REASON_HEADER = "Nexus-Error-Reason"
+CONSUMER_HEADER = "Nexus-Consumer"
+DELIVERIES_HEADER = "Nexus-Deliveries"
+ORIGINAL_SUBJECT_HEADER = "Nexus-Original-Subject"
+ORIGINAL_STREAM_HEADER = "Nexus-Original-Stream"
+ORIGINAL_SEQ_HEADER = "Nexus-Original-Seq"
+ORIGINAL_MSG_ID_HEADER = "Nexus-Original-Msg-Id"
+EVENT_ID_HEADER = "Nexus-Event-Id"
+EVENT_STREAM_HEADER = "Nexus-Event-Stream"
+EVENT_POSITION_HEADER = "Nexus-Event-Position"
+EVENT_TYPE_HEADER = "Nexus-Event-Type"
+EVENT_SIZE_HEADER = "Nexus-Event-Size"
+
 DEAD_LETTER_HEADERS: dict[str, str] = {
-    "Nats-Msg-Id": "dlq:<consumer>:<stream>:<sequence>: one dead letter per original message and consumer.",
-    "Nexus-Error": "Why it was dead-lettered, as a code (PoisonMessageError, EnvelopeError, MaxDeliveries…).",
-    "Nexus-Error-Reason": "The reason in words (one line, at most 1,000 characters).",
-    "Nexus-Consumer": "The durable consumer that gave up on it.",
-    "Nexus-Deliveries": "How many times it was delivered.",
-    "Nexus-Original-Subject": "Where it was published; `nexus dlq redrive` republishes it there.",
-    "Nexus-Original-Stream": "The stream it was stored in.",
-    "Nexus-Original-Seq": "Its sequence in that stream.",
-    "Nexus-Original-Msg-Id": "Its own Nats-Msg-Id, when it had one.",
+    MSG_ID_HEADER: "dlq:<consumer>:<stream>:<sequence>: one dead letter per original message and consumer.",
+    ERROR_HEADER: "Why it was dead-lettered, as a code (PoisonMessageError, EnvelopeError, MaxDeliveries…).",
+    REASON_HEADER: "The reason in words (one line, at most 1,000 characters).",
+    CONSUMER_HEADER: "The durable consumer that gave up on it.",
+    DELIVERIES_HEADER: "How many times it was delivered.",
+    ORIGINAL_SUBJECT_HEADER: "Where it was published; `nexus dlq redrive` republishes it there.",
+    ORIGINAL_STREAM_HEADER: "The stream it was stored in.",
+    ORIGINAL_SEQ_HEADER: "Its sequence in that stream.",
+    ORIGINAL_MSG_ID_HEADER: "Its own Nats-Msg-Id, when it had one.",
 }
-"""The headers the bus adds to a dead letter (``nexus.bus.DEAD_LETTER_HEADERS`` names the same
-ones); the original message's other headers are kept beside them."""
+"""The headers the bus adds to a dead letter, in the order it keeps them when one must be cut
+(``nexus.bus.DEAD_LETTER_HEADERS`` is this table's names); the original message's other headers
+are kept beside them."""
 
 TRUNCATED_HEADER = "Nexus-Payload-Truncated"
 """On a dead letter whose payload was cut to fit the server's max payload: the original size in bytes."""
@@ -41,21 +73,21 @@ RELAY_CONSUMER = "relay"
 """The relay's dead letters go to ``nexus.dlq.relay``."""
 
 RELAY_PLACEHOLDER_HEADERS: dict[str, str] = {
-    "Nexus-Error": "EventTooLarge, UndeliverableSubject or Undeliverable.",
-    "Nexus-Error-Reason": "Why the event cannot be published.",
-    "Nexus-Consumer": "Always `relay`.",
-    "Nexus-Event-Id": "The event's id in the log.",
-    "Nexus-Event-Stream": "Its stream.",
-    "Nexus-Event-Position": "Its position in the log.",
-    "Nexus-Event-Type": "Its type.",
-    "Nexus-Event-Size": "Its encoded size in bytes.",
+    ERROR_HEADER: "EventTooLarge, UndeliverableSubject or Undeliverable.",
+    REASON_HEADER: "Why the event cannot be published.",
+    CONSUMER_HEADER: "Always `relay`.",
+    EVENT_ID_HEADER: "The event's id in the log.",
+    EVENT_STREAM_HEADER: "Its stream.",
+    EVENT_POSITION_HEADER: "Its position in the log.",
+    EVENT_TYPE_HEADER: "Its type.",
+    EVENT_SIZE_HEADER: "Its encoded size in bytes.",
     TRUNCATED_HEADER: "Its encoded size: the event is not in the dead letter, so a redrive leaves it alone.",
-    "Nexus-Original-Subject": "The subject it would have been published on, when it has a valid one.",
+    ORIGINAL_SUBJECT_HEADER: "The subject it would have been published on, when it has a valid one.",
 }
 """The headers of the relay's placeholder (Nats-Msg-Id ``dlq:relay:<event id>``)."""
 
 EXT_HEADERS: dict[str, str] = {
-    "Nats-Msg-Id": "Optional JetStream de-duplication id; the log also stores a (source, id) pair once.",
+    MSG_ID_HEADER: "Optional JetStream de-duplication id; the log also stores a (source, id) pair once.",
     "traceparent": "W3C trace context, continued by the ingest.",
 }
 """The headers an external producer may send with an event on ``nexus.ext.<source>.<event>``."""

@@ -19,13 +19,26 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags
 
 from nexus.bus._metrics import CONSUMER_PROCESSED, DEAD_LETTERS
 from nexus.bus._port import ConsumerSpec, Delivery, Handler, PoisonMessageError, RetryableError
-from nexus.proto import EnvelopeError, dlq_subject
+from nexus.proto import EnvelopeError, deadletters, dlq_subject
+from nexus.proto.deadletters import (
+    CONSUMER_HEADER,
+    DELIVERIES_HEADER,
+    ERROR_HEADER,
+    ORIGINAL_MSG_ID_HEADER,
+    ORIGINAL_SEQ_HEADER,
+    ORIGINAL_STREAM_HEADER,
+    ORIGINAL_SUBJECT_HEADER,
+    REASON_HEADER,
+)
+
+# Named here too for the bus's modules and the dlq command, which read them from the bus.
+from nexus.proto.deadletters import MSG_ID_HEADER as MSG_ID_HEADER
+from nexus.proto.deadletters import TRUNCATED_HEADER as TRUNCATED_HEADER
 
 logger = logging.getLogger("nexus.bus")
 
 REPLY_HEADER = "Nexus-Reply-To"
 """JetStream messages carry no core reply subject; a command's reply inbox travels in this header."""
-MSG_ID_HEADER = "Nats-Msg-Id"
 
 # Exceptions that can never succeed on a retry: dead-letter at once.
 _POISON = (PoisonMessageError, EnvelopeError, msgspec.MsgspecError)
@@ -203,38 +216,26 @@ def dead_letter_headers(spec: ConsumerSpec, delivery: Delivery, stream: str, out
     headers = {k: v for k, v in delivery.headers.items() if k != MSG_ID_HEADER}
     original_id = delivery.headers.get(MSG_ID_HEADER)
     if original_id:
-        headers["Nexus-Original-Msg-Id"] = original_id
+        headers[ORIGINAL_MSG_ID_HEADER] = original_id
     headers.update(
         {
             MSG_ID_HEADER: f"dlq:{spec.name}:{stream}:{delivery.stream_seq}",
-            "Nexus-Error": outcome.error,
-            "Nexus-Error-Reason": header_value(outcome.reason),
-            "Nexus-Consumer": spec.name,
-            "Nexus-Deliveries": str(delivery.num_delivered),
-            "Nexus-Original-Subject": delivery.subject,
-            "Nexus-Original-Stream": stream,
-            "Nexus-Original-Seq": str(delivery.stream_seq),
+            ERROR_HEADER: outcome.error,
+            REASON_HEADER: header_value(outcome.reason),
+            CONSUMER_HEADER: spec.name,
+            DELIVERIES_HEADER: str(delivery.num_delivered),
+            ORIGINAL_SUBJECT_HEADER: delivery.subject,
+            ORIGINAL_STREAM_HEADER: stream,
+            ORIGINAL_SEQ_HEADER: str(delivery.stream_seq),
         }
     )
     return headers
 
 
-TRUNCATED_HEADER = "Nexus-Payload-Truncated"
-"""On a dead letter whose payload was cut to fit the server's max payload: the original size in bytes."""
-
-DEAD_LETTER_HEADERS: tuple[str, ...] = (
-    MSG_ID_HEADER,
-    "Nexus-Error",
-    "Nexus-Error-Reason",
-    "Nexus-Consumer",
-    "Nexus-Deliveries",
-    "Nexus-Original-Subject",
-    "Nexus-Original-Stream",
-    "Nexus-Original-Seq",
-    "Nexus-Original-Msg-Id",
-)
-"""The headers the bus adds when it dead-letters a message (``dead_letter_headers``): kept first
-when a dead letter must be cut to fit, and left out when ``nexus dlq redrive`` republishes it."""
+DEAD_LETTER_HEADERS: tuple[str, ...] = tuple(deadletters.DEAD_LETTER_HEADERS)
+"""The headers the bus adds when it dead-letters a message (``dead_letter_headers``), named once
+in ``nexus.proto.deadletters``: kept first when a dead letter must be cut to fit, and left out
+when ``nexus dlq redrive`` republishes it."""
 # Room kept free for the trace context the publish may add, and the block's own framing.
 _HEADER_SLACK = 128
 
@@ -260,12 +261,12 @@ def fit_dead_letter(
     kept = {key: headers[key] for key in DEAD_LETTER_HEADERS if key in headers}
     if block_size(kept) + len(data) <= room:
         return kept, data
-    reason = kept.get("Nexus-Error-Reason", "")
+    reason = kept.get(REASON_HEADER, "")
     spare = room - len(data) - (block_size(kept) - len(reason))
     if spare >= 80:
-        kept["Nexus-Error-Reason"] = reason[: spare - 3] + "..."
+        kept[REASON_HEADER] = reason[: spare - 3] + "..."
         return kept, data
-    kept["Nexus-Error-Reason"] = reason[:200]
+    kept[REASON_HEADER] = reason[:200]
     kept[TRUNCATED_HEADER] = str(len(data))
     return kept, data[: max(room - block_size(kept), 0)]
 

@@ -13,12 +13,26 @@ from collections.abc import Mapping
 import msgspec
 
 from nexus.bus import Bus, BusError, KeyValueBucket, PendingAcks
-from nexus.bus._dispatch import MSG_ID_HEADER, TRUNCATED_HEADER, header_value
+from nexus.bus._dispatch import header_value
 from nexus.bus._metrics import RELAY_DUPLICATES, RELAY_LAG, RELAY_LEADER, RELAY_POSITION, RELAY_PUBLISHED
 from nexus.bus._subjects import check_subject
 from nexus.eventlog import EventLog, EventLogError
 from nexus.obs._metrics import RELAY_DEAD_LETTERED, RELAY_FAILURES, RELAY_FORGED_POSITIONS, RELAY_HEALTHY
 from nexus.proto import STREAM_EVT, CloudEvent, dlq_subject, encode_event, subject_for
+from nexus.proto.deadletters import (
+    CONSUMER_HEADER,
+    ERROR_HEADER,
+    EVENT_ID_HEADER,
+    EVENT_POSITION_HEADER,
+    EVENT_SIZE_HEADER,
+    EVENT_STREAM_HEADER,
+    EVENT_TYPE_HEADER,
+    MSG_ID_HEADER,
+    ORIGINAL_SUBJECT_HEADER,
+    REASON_HEADER,
+    RELAY_CONSUMER,
+    TRUNCATED_HEADER,
+)
 
 logger = logging.getLogger("nexus.relay")
 
@@ -27,7 +41,7 @@ RELAY_BUCKET = "nexus_relay"
 LEASE_BUCKET = "nexus_relay_lease"
 """KV bucket holding the relay lease (key ``leader``); its TTL makes a dead leader's lease lapse."""
 
-DLQ_CONSUMER = "relay"
+DLQ_CONSUMER = RELAY_CONSUMER
 """The relay's dead letters (placeholders of events it cannot publish) go to ``nexus.dlq.relay``."""
 
 # How far back from the end of NEXUS_EVT to look for the last relayed event, past messages
@@ -505,19 +519,19 @@ class Relay:
         size = len(encode_event(event))
         error = {"too_large": "EventTooLarge", "bad_subject": "UndeliverableSubject"}.get(reason, "Undeliverable")
         headers = {
-            "Nexus-Error": error,
-            "Nexus-Error-Reason": header_value(explanation),
-            "Nexus-Consumer": DLQ_CONSUMER,
-            "Nexus-Event-Id": header_value(event.id),
-            "Nexus-Event-Stream": header_value(event.streamid or ""),
-            "Nexus-Event-Position": str(event.position),
-            "Nexus-Event-Type": header_value(event.type),
-            "Nexus-Event-Size": str(size),
+            ERROR_HEADER: error,
+            REASON_HEADER: header_value(explanation),
+            CONSUMER_HEADER: DLQ_CONSUMER,
+            EVENT_ID_HEADER: header_value(event.id),
+            EVENT_STREAM_HEADER: header_value(event.streamid or ""),
+            EVENT_POSITION_HEADER: str(event.position),
+            EVENT_TYPE_HEADER: header_value(event.type),
+            EVENT_SIZE_HEADER: str(size),
             # The event itself is not in the dead letter: `nexus dlq redrive` leaves it alone.
             TRUNCATED_HEADER: str(size),
         }
         if subject is not None:
-            headers["Nexus-Original-Subject"] = subject
+            headers[ORIGINAL_SUBJECT_HEADER] = subject
         placeholder = msgspec.json.encode(
             {
                 "id": header_value(event.id),
