@@ -315,13 +315,14 @@ async def register_bundled(log: EventLog, directory: Path = BUNDLED_TEMPLATES) -
     for _ in range(5):
         stored = await log.read_stream(TEMPLATES_STREAM)
         bundled: dict[str, str] = {}
-        names: dict[str, str] = {}
+        latest: dict[str, dict[str, Any]] = {}
         for event in stored:
             data = msgspec.convert(event.data, KamTemplateRegistered)
             key = str(data.template.get("id"))
-            names[str(data.template.get("name"))] = key
+            latest[key] = data.template
             if data.registered_by.startswith("bundled:"):
                 bundled[key] = _canonical(data.template)
+        names = {str(template.get("name")): key for key, template in latest.items()}
         fresh = []
         for document in documents:
             if bundled.get(str(document["id"])) == _canonical(document):

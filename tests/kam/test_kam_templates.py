@@ -198,6 +198,14 @@ async def test_bundled_templates_are_listed_and_registered_once(platform: Platfo
     assert await register_bundled(platform.log, changed) == ["quick_brief"]
     assert await register_bundled(platform.log, changed) == []
     assert len(await platform.log.read_stream(TEMPLATES_STREAM)) == 5
+    # A bundled template whose name another template already has is skipped, not forced in.
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    renumbered = text.replace("\nid: 1\n", "\nid: 9\n")
+    assert renumbered != text
+    (clash / "brief.yaml").write_text(renumbered)
+    assert await register_bundled(platform.log, clash) == []
+    assert len(await platform.log.read_stream(TEMPLATES_STREAM)) == 5
 
 
 async def test_an_admin_registers_a_template_as_yaml_or_json(platform: Platform) -> None:
