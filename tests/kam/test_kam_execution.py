@@ -399,3 +399,29 @@ async def test_an_output_raw_refuses_to_keep_fails_the_request_with_its_costs(
     assert failed.status == "failed" and "could not be stored" in (failed.error or "") and "quota" in failed.error
     assert not failed.deliverable_ids and failed.metrics["stages_completed"] == 2
     assert {e.kind for e in ledger_of(platform, request_id)} == {"run", "tokens", "stage"}
+
+
+async def test_an_execution_that_ends_before_its_request_says_it_executes_is_recorded(
+    platform: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_append = KamContext.append
+
+    async def late_append(self: KamContext, stream: str, events: Any, expected_version: int = -1) -> Any:
+        if events[0].type == "nexus.kam.request.executing":
+            # Hold the transition back until the execution has ended: its end is then in the log
+            # before KAM knows the execution is one of its requests'.
+            stream_id = f"execution-{events[0].data['execution_id']}"
+            for _ in range(1000):
+                if any(e.type.endswith(".completed") for e in await platform.log.read_stream(stream_id)):
+                    break
+                await asyncio.sleep(0.01)
+        return await real_append(self, stream, events, expected_version)
+
+    monkeypatch.setattr(KamContext, "append", late_append)
+    request_id = await platform.add_request(ALPHA, "report")
+    status, started = await platform.call("POST", f"/api/requests/{request_id}/execute", "admin", {})
+    assert status == 202, started
+    positions = {e.type: e.position for e in await platform.log.read_all(1)}
+    assert positions["nexus.workflow.execution.completed"] < positions["nexus.kam.request.executing"]
+    done = await platform.until_status(request_id, "completed", "failed")
+    assert done.status == "completed" and done.execution_id == started["execution_id"]
