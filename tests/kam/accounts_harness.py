@@ -110,9 +110,12 @@ class Kam:
 
 
 @asynccontextmanager
-async def running_kam(tmp_path: Path, service_hook: Any = None, **env: str) -> AsyncIterator[Kam]:
-    """KAM started on a KeptLog; ``service_hook(service)`` may declare more routes before the start."""
-    log = KeptLog()
+async def running_kam(
+    tmp_path: Path, service_hook: Any = None, log: MemoryEventLog | None = None, **env: str
+) -> AsyncIterator[Kam]:
+    """KAM started on a KeptLog (or ``log``: replicas share one); ``service_hook(service)`` may
+    declare more routes before the start."""
+    log = log if log is not None else KeptLog()
     env = {"NEXUS_KAM_AUDIT_FLUSH_SECONDS": "0.02", **env}
     service = await build("kam", tmp_path / secrets.token_hex(4), log=log, **env)
     if service_hook is not None:

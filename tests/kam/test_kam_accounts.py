@@ -10,7 +10,7 @@ from accounts_harness import PASSWORD, Kam, running_kam
 from aiohttp import web
 from inprocess import KAM_ADMIN
 
-from nexus.auth import KeyView, issue_key
+from nexus.auth import KeyView, issue_key, revoke_key
 from nexus.runtime import Service, json_response
 from nexus.services.kam.context import CLIENT_SCOPES
 
@@ -161,3 +161,7 @@ async def test_keys_are_listed_without_secrets_and_revoked_by_admins(kam: Kam) -
     assert (await kam.call("GET", "/v1/whoami", key=secret)).status == 401
     assert await KeyView(kam.service.log).verify(secret) is None
     assert (await kam.call("GET", "/v1/whoami", key=beta_secret)).status == 200
+    # What `nexus keys revoke` does (nexus.auth.revoke_key) shows in KAM's listing as well.
+    await revoke_key(kam.service.log, cli_key.info.key_id)
+    after = await kam.call("GET", "/api/clients/acme/keys", token=admin)
+    assert [k["revoked"] for k in after.body["keys"]] == [True, True]

@@ -13,7 +13,7 @@ from pathlib import Path
 import argon2
 import msgspec
 import pytest
-from accounts_harness import PASSWORD, Kam, running_kam
+from accounts_harness import PASSWORD, Kam, KeptLog, running_kam
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from inprocess import KAM_ADMIN
@@ -301,3 +301,19 @@ async def test_the_admin_session_says_who_it_is(kam: Kam) -> None:
         "display_name": "Administrator",
     }
     assert who.body["kamContext"] == {"role": "admin", "client_id": None, "permissions": ["admin"]}
+
+
+async def test_a_session_opened_on_one_replica_is_accepted_and_closed_on_every_replica(tmp_path: Path) -> None:
+    log = KeptLog()
+    async with running_kam(tmp_path, log=log) as first, running_kam(tmp_path, log=log) as second:
+        admin = await first.admin()
+        _, token = await first.client_with_user(admin, "acme")
+        # At once on the other replica: it folds the log up to its head before calling a session unknown.
+        assert (await second.call("GET", "/api/auth/session", token=token)).status == 200
+        assert (await first.call("POST", "/api/auth/logout", token=token)).status == 200
+        for _ in range(100):  # the other replica follows the log (milliseconds)
+            refused = await second.call("GET", "/api/auth/session", token=token)
+            if refused.status == 401:
+                break
+            await asyncio.sleep(0.02)
+        assert refused.status == 401 and "logout" in refused.body["message"]
