@@ -35,7 +35,7 @@ class KamSettings(ServiceSettings):
     (one append per batch instead of one per call); ``GET /api/audit`` and shutdown flush at once."""
     audit_index_max: int = 500_000
     """``NEXUS_KAM_AUDIT_INDEX_MAX``: audit records ``GET /api/audit`` keeps in memory (the newest;
-    about 0.5 KB each). Older records stay in stream ``kam-audit`` of the log."""
+    about 200 bytes each). Older records stay in stream ``kam-audit`` of the log."""
 
     # -- the template recommender (requests, templates and recommendation) --
     recommender: str = "builtin"
