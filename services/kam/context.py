@@ -80,10 +80,13 @@ class KamContext:
 
     async def load(self) -> None:
         """Fold KAM's events already in the log (at start, before serving)."""
+        # The head is read first: an event appended while the log is read is then folded by
+        # the reading or by ``follow``, never skipped by a head read after the reading ended.
+        head = await self.service.log.head()
         async for batch in self.service.log.iter_all(1, types=KAM_TYPES):
             for event in batch:
                 self.state.apply(event)
-        self.state.position = max(self.state.position, await self.service.log.head())
+        self.state.position = max(self.state.position, head)
 
     async def follow(self) -> None:
         """Fold the events appended from now on, by any replica, until cancelled."""
