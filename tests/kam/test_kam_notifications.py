@@ -119,3 +119,31 @@ async def test_the_stream_needs_a_credential_and_the_scope(platform: Factory) ->
     await platform.ctx().caught_up(await platform.log.head())
     status, body = await platform.call("GET", "/api/notifications/stream", "narrow")
     assert status == 403 and "notifications:read" in body["message"]
+
+
+async def test_a_users_login_session_opens_the_stream_by_header_or_cookie(platform: Factory) -> None:
+    password = "a long enough passphrase for ana"
+    status, body = await platform.call(
+        "POST", f"/api/clients/{ALPHA}/users", "admin", {"username": "ana@alpha.example", "password": password}
+    )
+    assert status in (200, 201), body
+    async with platform.http.post(  # type: ignore[union-attr]
+        platform.url() + "/api/auth/login",
+        json={"username": "ana@alpha.example", "password": password, "loginType": "client"},
+    ) as response:
+        login = await response.json()
+        assert response.status == 200 and login["success"] is True, login
+    token = login["sessionToken"]
+    platform.headers["ana-header"] = {"x-bitware-session-token": token}
+    platform.headers["ana-cookie"] = {"Cookie": f"nexus_session={token}"}
+    async with AsyncExitStack() as stack:
+        by_header = await listen(stack, platform, "ana-header")
+        by_cookie = await listen(stack, platform, "ana-cookie")
+        first = await platform.add_request(ALPHA, None, title="Ana's")
+        other = await platform.add_request(BETA, None, title="Not Ana's")
+        second = await platform.add_request(ALPHA, None, title="Ana's second")
+        # Beta's event lies between alpha's two: once the second is in, it would have been too.
+        for listener in (by_header, by_cookie):
+            await listener.until("request.created", second)
+            assert [n["data"]["request_id"] for n in listener.seen] == [first, second]
+            assert other not in json.dumps(listener.seen)
