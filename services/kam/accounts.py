@@ -29,7 +29,7 @@ from aiohttp import web
 from argon2.exceptions import InvalidHashError
 
 from nexus.auth import AUTH, KeyInfo, SlidingWindowLimiter, hash_password, load_admin, verify_password
-from nexus.proto import CloudEvent, new_event
+from nexus.proto import PLATFORM_TENANT, CloudEvent, new_event
 from nexus.proto.events.kam import KamUserPasswordChanged
 from nexus.runtime import ErrorBody, HTTPError, Service, json_response, read_json
 from nexus.services.kam import audit, clients, keys, sessions
@@ -241,15 +241,17 @@ class AuthRoutes:
 
     def _answer(self, request: web.Request, token: str, account: Account, expires_at: float) -> web.Response:
         session_id = token.removeprefix(sessions.TOKEN_PREFIX).split(".", 1)[0]
+        caller = account.key_info(session_id)
         answer = LoginAnswer(
             sessionToken=token,
             expiresAt=rfc3339(expires_at),
             user=_user_of(account),
-            kamContext=_role_of(account.key_info(session_id)),
+            kamContext=_role_of(caller),
         )
         response = json_response(answer)
         self.sessions.set_cookie(request, response, token)
-        request[audit.AUDIT_ACTOR] = (f"user:{account.user_id}", account.client_id)
+        # Recorded as the session's later calls are: the user, and the tenant it acts for.
+        request[audit.AUDIT_ACTOR] = (f"user:{account.user_id}", caller.tenant)
         return response
 
     async def login(self, request: web.Request) -> web.Response:
@@ -393,7 +395,7 @@ class AuthRoutes:
         if not (known and matches):
             raise HTTPError(401, "unknown user or wrong password")
         self.limits.succeeded(user_key, address)
-        request[audit.AUDIT_ACTOR] = (f"user:{ADMIN_USER_ID}", None)
+        request[audit.AUDIT_ACTOR] = (f"user:{ADMIN_USER_ID}", PLATFORM_TENANT)
         return json_response(LoginResult(user=body.user, role="admin"))
 
     async def whoami(self, request: web.Request) -> web.Response:
