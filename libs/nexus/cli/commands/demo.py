@@ -8,7 +8,11 @@
    is printed as it happens, then the output;
 4. run one job through seed 000's job API with the Python client (``nexus.client.JobClient``):
    payload schema, initiate, execute, monitor, results, audit;
-5. stop the platform and remove the temporary directory.
+5. the AI factory of seed 002 through KAM (``nexus.client.KamClient``): the admin creates a
+   client and its user; the user logs in and asks for a report; the admin asks for a template
+   recommendation, assigns it and executes it; the user follows the request live, fetches the
+   deliverable and reads the costs;
+6. stop the platform and remove the temporary directory.
 
 It exits 0 when every step succeeded. Nothing outside the temporary directory is touched.
 """
@@ -19,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -33,7 +38,7 @@ import aiohttp
 
 from nexus.auth import issue_key
 from nexus.cli.commands.workflow import CommandError, command_error, follow_execution
-from nexus.client import JobApiError, JobClient, WorkflowApiError, WorkflowClient
+from nexus.client import JobApiError, JobClient, KamApiError, KamClient, WorkflowApiError, WorkflowClient
 from nexus.config import PlatformSettings
 from nexus.eventlog import open_event_log
 from nexus.runtime import SERVICES, port_variable
@@ -49,6 +54,13 @@ JOB_RECORD = {
     "title": "a mountain village",
     "text": "Snow closed the pass in November. The village lived on what it had stored.",
 }
+FACTORY_REQUEST = {
+    "title": "Market analysis of AI developer tools",
+    "description": "A comprehensive report on the market for AI developer tools: vendors, pricing, trends.",
+    "urgency": "high",
+    "category": "research",
+}
+FACTORY_SECONDS = 60.0
 STOP_SECONDS = 15.0
 
 
@@ -81,6 +93,9 @@ def demo_environment(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
         NEXUS_NATS_PORT=str(ports["nats"]),
         # The relay's health port too: a fixed default would collide with a platform already running.
         NEXUS_RELAY_PORT=str(ports["relay"]),
+        # KAM's bootstrap admin, for the AI-factory scenario; random, never shown.
+        NEXUS_ADMIN_USER="admin",
+        NEXUS_ADMIN_PASSWORD=secrets.token_urlsafe(24),
         PYTHONUNBUFFERED="1",
     )
     for name in SERVICES:
@@ -152,8 +167,9 @@ async def run_demo(out: TextIO, *, ready_timeout: float = 45.0) -> int:
 
         await _run_workflow(say, urls["workflow"], issued.secret)
         await _run_job(say, urls["workflow"], issued.secret)
+        await _run_factory(say, urls["kam"], env["NEXUS_ADMIN_PASSWORD"])
         status = 0
-    except (DemoError, CommandError, JobApiError) as exc:
+    except (DemoError, CommandError, JobApiError, KamApiError) as exc:
         message = exc.message if isinstance(exc, CommandError) else str(exc)
         print(f"\nnexus demo: {message}", file=sys.stderr, flush=True)
         tail = _tail(output_path)
@@ -248,6 +264,68 @@ async def _run_job(say: _Printer, url: str, key: str) -> None:
         say.line(f"  {entry.get('time', entry.get('timestamp', ''))}  {kind}")
     if len(trail) > 12:
         say.line(f"  … and {len(trail) - 12} more")
+
+
+async def _run_factory(say: _Printer, url: str, admin_password: str) -> None:
+    say.title("The AI factory of seed 002 through KAM, with the Python client (nexus.client.KamClient)")
+    user, password = "ana@acme.example", secrets.token_urlsafe(16)
+    async with KamClient(url) as admin, KamClient(url) as ana:
+        await admin.login("admin", admin_password, login_type="admin")
+        await admin.create_client("acme", name="Acme Corp", monthly_budget=100.0)
+        await admin.create_user("acme", user, password)
+        say.line(f"admin: created client 'acme' and its user {user}")
+        login = await ana.login(user, password)
+        say.line(f"{user}: logged in, permissions {', '.join(login['kamContext']['permissions'])}")
+        request = await ana.create_request(**FACTORY_REQUEST)
+        request_id = str(request["request_id"])
+        say.line(f"{user}: request {request_id} {FACTORY_REQUEST['title']!r} ({request['status']})")
+
+        transitions: list[str] = []
+
+        async def follow() -> None:
+            async for note in ana.notifications():
+                kind = str(note.get("event") or "").removeprefix("nexus.kam.")
+                data = note.get("data")
+                if not isinstance(data, dict) or data.get("request_id") != request_id:
+                    continue
+                transitions.append(kind)
+                say.line(f"{user}: notified {kind}")
+                if kind in ("request.completed", "request.failed"):
+                    return
+
+        listener = asyncio.create_task(follow())
+        try:
+            recommended = await admin.recommend(request_id, {"budget": 50.0})
+            ranked = recommended["recommendations"]
+            if not ranked:
+                raise DemoError("KAM recommended no template")
+            for item in ranked[:3]:
+                say.line(f"admin: recommended {item['template_name']} score {item['score']:.2f}: {item['reasons'][0]}")
+            best = ranked[0]
+            await admin.assign(request_id, best["template_id"], best["template_name"])
+            started = await admin.execute(request_id)
+            say.line(f"admin: assigned {best['template_name']}, execution {started['execution_id']} started")
+            await asyncio.wait_for(listener, FACTORY_SECONDS)
+        except TimeoutError:
+            raise DemoError(f"the request did not finish within {FACTORY_SECONDS:g} s") from None
+        finally:
+            listener.cancel()
+        final = await ana.request(request_id)
+        if final["status"] != "completed":
+            raise DemoError(f"the request ended {final['status']}: {final.get('error')}")
+        metrics = final.get("metrics") or {}
+        say.line(
+            f"completed: {metrics.get('stages_completed')} stages, {metrics.get('tokens_used')} tokens, "
+            f"{metrics.get('total_time_ms')} ms, estimated cost {metrics.get('estimated_cost')}"
+        )
+        listed = (await ana.deliverables(request_id))["deliverables"]
+        for deliverable in listed:
+            content = await ana.deliverable(str(deliverable["id"]))
+            say.line(f"deliverable {deliverable['type']} {deliverable['storage_ref']} ({len(content)} bytes)")
+        costs = await ana.costs("acme", group="template")
+        say.line(f"costs of acme: {costs['total']} {costs['currency']}")
+        for group in costs["groups"]:
+            say.line(f"  {group['key']}: {group['amount']}")
 
 
 def _print_output(say: _Printer, output: dict[str, Any]) -> None:
