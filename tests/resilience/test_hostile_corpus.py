@@ -54,6 +54,39 @@ ROWS: dict[tuple[str, str, str], Row] = {
     },
     ("kam", "POST", "/v1/login"): Row(),
     ("kam", "GET", "/v1/whoami"): Row(),
+    **{
+        ("kam", method, prefix + path): row
+        for prefix in ("/api", "/api/kam")
+        for (method, path), row in {
+            ("POST", "/auth/login"): Row(),
+            ("POST", "/auth/logout"): Row(),
+            ("PUT", "/auth/password"): Row(),
+            ("GET", "/auth/session"): Row(),
+            ("GET", "/clients"): Row(),
+            ("POST", "/clients"): Row(),
+            ("GET", "/clients/{client_id}"): Row({"client_id": "acme"}),
+            ("GET", "/clients/{client_id}/users"): Row({"client_id": "acme"}),
+            ("POST", "/clients/{client_id}/users"): Row({"client_id": "acme"}),
+            ("GET", "/clients/{client_id}/keys"): Row({"client_id": "acme"}),
+            ("POST", "/clients/{client_id}/keys"): Row({"client_id": "acme"}),
+            ("DELETE", "/clients/{client_id}/keys/{key_id}"): Row({"client_id": "acme", "key_id": "0123456789abcdef"}),
+            ("GET", "/clients/{client_id}/costs"): Row({"client_id": "acme"}),
+            ("GET", "/audit"): Row(),
+            ("POST", "/requests"): Row(),
+            ("GET", "/requests"): Row(),
+            ("GET", "/requests/{request_id}"): Row({"request_id": "req_0123456789abcdef01234567"}),
+            ("PUT", "/requests/{request_id}"): Row({"request_id": "req_0123456789abcdef01234567"}),
+            ("POST", "/requests/{request_id}/execute"): Row({"request_id": "req_0123456789abcdef01234567"}),
+            ("GET", "/requests/{request_id}/deliverables"): Row({"request_id": "req_0123456789abcdef01234567"}),
+            ("GET", "/deliverables/{deliverable_id}"): Row({"deliverable_id": "dlv_1"}),
+            ("GET", "/templates"): Row(),
+            ("POST", "/templates"): Row(),
+            ("GET", "/templates/{template_id}"): Row({"template_id": "5"}),
+            ("POST", "/recommend-template"): Row(),
+            ("POST", "/worker-sessions/{execution_id}/complete"): Row({"execution_id": "exec_1"}),
+            ("GET", "/notifications/stream"): Row(stream=True),
+        }.items()
+    },
     ("granulator", "POST", "/api/handshake"): Row(),
     ("granulator", "POST", "/api/process"): Row(),
     ("granulator", "POST", "/api/acknowledge"): Row(),
@@ -215,7 +248,9 @@ async def case(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         token = (await issue_key(built.service.log, "worker", "orchestrator")).secret
         built.headers = {"Authorization": f"Bearer {token}", "X-Worker-ID": "orchestrator"}
     else:
-        key = (await issue_key(built.service.log, "client", "hostile")).secret
+        # An admin key at KAM, so hostile bodies reach the admin routes' handlers too.
+        scopes = ("admin",) if built.name == "kam" else ()
+        key = (await issue_key(built.service.log, "client", "hostile", scopes=scopes)).secret
         built.headers = {"X-API-Key": key}
     try:
         yield built

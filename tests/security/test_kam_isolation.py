@@ -133,7 +133,8 @@ ROWS: dict[tuple[str, str], Row] = {
 }
 
 
-def _row(path: str, method: str) -> Row | None:
+def kam_row(path: str, method: str) -> Row | None:
+    """The row of a KAM route, whichever of its prefixes the path has."""
     for prefix in sorted(PREFIXES, key=len, reverse=True):
         if path.startswith(prefix + "/"):
             return ROWS.get((method, path.removeprefix(prefix)))
@@ -290,7 +291,7 @@ async def test_every_kam_route_has_a_row(world: World) -> None:
     missing = [
         f"{method} {path}"
         for method, path, _ in world.routes
-        if (method, path) not in PUBLIC and _row(path, method) is None
+        if (method, path) not in PUBLIC and kam_row(path, method) is None
     ]
     assert missing == [], "routes without a row in the KAM isolation matrix: " + ", ".join(missing)
     assert len([r for r in world.routes if (r[0], r[1]) not in PUBLIC]) >= 2 * (len(ROWS) - 1)
@@ -300,7 +301,7 @@ async def test_every_kam_route_refuses_who_must_be_refused(world: World) -> None
     checked = 0
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         for method, path, operation in world.routes:
-            row = _row(path, method)
+            row = kam_row(path, method)
             if (method, path) in PUBLIC or row is None:
                 continue
             url = world.url + _fill(path, row, world.ids)
@@ -331,7 +332,7 @@ async def test_another_clients_session_gets_404_exactly_as_for_nothing_and_sees_
     alpha_ids = set(world.ids.values()) - {world.ids["template"]}
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         for method, path, _ in world.routes:
-            row = _row(path, method)
+            row = kam_row(path, method)
             if (method, path) in PUBLIC or row is None or row.worker or (row.caller and row.lists is None):
                 continue
             url = world.url + _fill(path, row, world.ids)
@@ -362,7 +363,7 @@ async def test_another_clients_session_gets_404_exactly_as_for_nothing_and_sees_
 async def test_the_owner_and_the_admin_are_served(world: World) -> None:
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         for method, path, _ in world.routes:
-            row = _row(path, method)
+            row = kam_row(path, method)
             if row is None or not row.reads or path.endswith("/stream"):
                 continue
             url = world.url + _fill(path, row, world.ids)
