@@ -393,3 +393,32 @@ async def test_a_filtered_subscription_uses_the_type_index(tmp_path: Path) -> No
         assert any("events_type_position" in str(row) for row in plan), plan
     finally:
         await log.close()
+
+
+async def test_a_commit_wakes_only_the_subscribers_following_one_of_its_types(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No look for another process's appends during the test: only commits wake a subscriber.
+    monkeypatch.setattr(sqlite_module, "_EXTERNAL_POLL_S", 30.0)
+    starts = _record_scans(monkeypatch)
+    log = await open_sqlite(tmp_path)
+    try:
+        async with (
+            contextlib.aclosing(log.subscribe(types=["nexus.test.wanted"])) as filtered,
+            contextlib.aclosing(log.subscribe()) as everything,
+        ):
+            wanted = asyncio.ensure_future(take(filtered, 1, within=5))
+            await asyncio.sleep(0.1)
+            assert starts == [1]
+            others = await log.append("s", evs(3, "nexus.test.other"))
+            # The unfiltered subscriber is woken and reads them; the filtered one sleeps on.
+            assert await take(everything, 3, within=5) == others
+            await asyncio.sleep(0.1)
+            assert starts == [1]
+            # A commit of a type it follows wakes it at once (not 30 s later), and its read
+            # starts where it stood, past nothing it has not looked at.
+            [event] = await log.append("t", [ev("nexus.test.wanted")])
+            assert await wanted == [event]
+            assert starts == [1, 1]
+    finally:
+        await log.close()

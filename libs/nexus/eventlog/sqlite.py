@@ -267,7 +267,8 @@ class SqliteEventLog(EventLog):
         self._readers_lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="nexus-eventlog-read")
         # Subscribers waiting for a commit.
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: dict[asyncio.Future[None], frozenset[str] | None] = {}
+        """Each waiting subscriber and the types it follows (None: every type)."""
         self._waiters_lock = threading.Lock()
         # Runs the insert statements of long appends while the writer seals the next chunk.
         self._inserter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nexus-eventlog-insert")
@@ -367,7 +368,7 @@ class SqliteEventLog(EventLog):
                 outcomes = self._commit_group(group)
                 self._settle(outcomes)
                 self._writer_cpu += time.thread_time() - started
-                self._wake_subscribers()
+                self._wake_subscribers(outcomes)
 
     def _run_call(self, call: _Call) -> None:
         result, error = None, None
@@ -760,7 +761,7 @@ class SqliteEventLog(EventLog):
         while True:
             self._check_open()
             # Registered before reading, so a commit between the read and the wait wakes us.
-            waiter = self._add_waiter()
+            waiter = self._add_waiter(wanted)
             try:
                 if wanted is None:
                     batch = await self.read_all(position, _SUBSCRIBE_PAGE)
@@ -782,20 +783,35 @@ class SqliteEventLog(EventLog):
             finally:
                 self._drop_waiter(waiter)
 
-    def _add_waiter(self) -> asyncio.Future[None]:
+    def _add_waiter(self, types: frozenset[str] | None) -> asyncio.Future[None]:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._waiters_lock:
-            self._waiters.append(waiter)
+            self._waiters[waiter] = types
         return waiter
 
     def _drop_waiter(self, waiter: asyncio.Future[None]) -> None:
-        with self._waiters_lock, contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
-
-    def _wake_subscribers(self) -> None:
         with self._waiters_lock:
-            waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
+            self._waiters.pop(waiter, None)
+
+    def _wake_subscribers(self, committed: list[_Outcome] | None = None) -> None:
+        """Wake the subscribers a commit concerns: those following every type, and those
+        following a type of an event ``committed`` stored (None: every subscriber, at close).
+
+        Why: a service's triggers follow a few types of a log that commits hundreds of times a
+        second; waking them for each commit would cost a thread hop and a query per commit for
+        nothing. A subscriber left asleep loses nothing: its next read starts where it stood
+        and, through the type index, reads the matching rows only.
+        """
+        with self._waiters_lock:
+            if committed is None or all(types is None for types in self._waiters.values()):
+                woken = list(self._waiters)
+                self._waiters = {}
+            else:
+                stored = {event.type for request, _, error in committed if error is None for event in request.events}
+                woken = [w for w, types in self._waiters.items() if types is None or not types.isdisjoint(stored)]
+                for waiter in woken:
+                    del self._waiters[waiter]
+        for waiter in woken:
             with contextlib.suppress(RuntimeError):
                 waiter.get_loop().call_soon_threadsafe(_resolve, waiter, None, None)
 
