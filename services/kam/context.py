@@ -9,7 +9,7 @@ same story and a restart loses nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ CLIENT_SCOPES = (
 """What a client user's session may do, and what a key issued by KAM may hold (a subset)."""
 
 _CATCH_UP_SECONDS = 10.0
+_CATCH_UP_PAGE = 1000
 
 Follower = Callable[[CloudEvent], Awaitable[None] | None]
 
@@ -52,8 +53,13 @@ class KamContext:
     service: Service
     settings: KamSettings
     state: KamState = field(default_factory=KamState)
-    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _followers: list[Follower] = field(default_factory=list)
+    _extra_types: list[str] = field(default_factory=list)
+    _every_type: bool = False
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _covered: int = 0
+    """A log position up to which every followed event is folded (``caught_up`` sets it; the
+    fold's own position moves only with the events it folds)."""
 
     @property
     def source(self) -> str:
@@ -87,25 +93,55 @@ class KamContext:
             for event in batch:
                 self.state.apply(event)
         self.state.position = max(self.state.position, head)
+        self._covered = self.state.position
+
+    @property
+    def followed_types(self) -> tuple[str, ...] | None:
+        """The event types KAM reads from the log: its own and those its followers asked for
+        (None: every type, when a follower asked for all)."""
+        if self._every_type:
+            return None
+        return tuple(dict.fromkeys((*KAM_TYPES, *self._extra_types)))
 
     async def follow(self) -> None:
-        """Fold the events appended from now on, by any replica, until cancelled."""
-        await tail(self.service.log, self._observe, start=lambda: self.state.position + 1, name="kam")
+        """Fold the events appended from now on, by any replica, until cancelled.
+
+        Only ``followed_types`` are read: the log filters them, so the workflow's hundreds of
+        step events a second cost KAM nothing."""
+        await tail(
+            self.service.log,
+            self._observe,
+            start=lambda: self.state.position + 1,
+            name="kam",
+            types=self.followed_types,
+        )
 
     async def _observe(self, event: CloudEvent) -> None:
+        async with self._lock:
+            await self._observe_locked(event)
+
+    async def _observe_locked(self, event: CloudEvent) -> None:
+        # An event ``caught_up`` already read is handed over again by the tail: skip it whole,
+        # so followers see each event once.
+        if event.position is not None and event.position <= self.state.position:
+            return
         self.state.apply(event)
         for follower in self._followers:
             result = follower(event)
             if result is not None:
                 await result
-        async with self._changed:
-            self._changed.notify_all()
 
-    def on_event(self, follower: Follower) -> None:
-        """Also hand every event the fold sees to ``follower(event)`` (sync or async), after folding it.
+    def on_event(self, follower: Follower, types: Iterable[str] | None = ()) -> None:
+        """Also hand ``follower(event)`` (sync or async) the events of KAM's fold and of ``types``
+        (None: every event of the log), after folding each.
 
-        The execution watcher learns that a workflow ended this way, and the notifications
-        stream learns of request transitions."""
+        The execution watcher learns that a workflow ended this way (it asks for the workflow's
+        end types), and the notifications stream learns of request transitions. A follower must
+        not wait for the fold (it runs inside it): work that appends is queued, not awaited."""
+        if types is None:
+            self._every_type = True
+        else:
+            self._extra_types.extend(types)
         self._followers.append(follower)
 
     async def append(self, stream: str, events: Sequence[CloudEvent], expected_version: int = ANY) -> list[CloudEvent]:
@@ -119,8 +155,22 @@ class KamContext:
         return stored
 
     async def caught_up(self, position: int) -> None:
-        """Wait until the state has folded the log up to ``position`` (TimeoutError after 10 s)."""
-        if self.state.position >= position:
+        """Return once the state has folded every followed event up to ``position``.
+
+        The events the tail has not handed over yet are read here and folded (in order, under
+        the fold's lock; the tail skips them later). Waiting for the tail instead would wait for
+        ever when ``position`` is an event KAM does not follow (another service's), since a
+        filtered tail never hands that one over.
+        """
+        if max(self.state.position, self._covered) >= position:
             return
-        async with asyncio.timeout(_CATCH_UP_SECONDS), self._changed:
-            await self._changed.wait_for(lambda: self.state.position >= position)
+        async with asyncio.timeout(_CATCH_UP_SECONDS), self._lock:
+            while True:
+                batch = await self.service.log.read_all(self.state.position + 1, _CATCH_UP_PAGE, self.followed_types)
+                for event in batch:
+                    await self._observe_locked(event)
+                if len(batch) < _CATCH_UP_PAGE:
+                    break
+            # Every committed event up to ``position`` is in the log (it was appended or seen
+            # before this call), so every followed one up to it is now folded.
+            self._covered = max(self._covered, position)

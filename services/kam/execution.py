@@ -483,7 +483,7 @@ def install(ctx: KamContext) -> ExecutionWatcher:
     """Add ``execute`` to KAM, and watch the executions it starts."""
     watcher = ExecutionWatcher(ctx)
     routes = ExecutionRoutes(ctx)
-    ctx.on_event(watcher.observe)
+    ctx.on_event(watcher.observe, types=TERMINAL)
 
     @ctx.service.background
     async def watch_executions(service: Any) -> None:
