@@ -94,3 +94,13 @@ async def test_a_set_that_changes_with_an_event_takes_effect_right_after_it(log:
 async def test_a_lone_string_is_refused(log: EventLog) -> None:
     with pytest.raises(TypeError, match="not one string"):
         await tail(log, lambda event: None, types=lambda: "t.a")
+
+
+async def test_a_tail_ends_quietly_when_its_log_is_closed(log: EventLog, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[CloudEvent] = []
+    task = asyncio.create_task(tail(log, seen.append, retry_delay=0.05))
+    await log.append("s", [_event("t.a")])
+    await _until(lambda: len(seen) == 1)
+    await log.close()
+    await asyncio.wait_for(task, 5)  # ends, instead of retrying a closed log for ever
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

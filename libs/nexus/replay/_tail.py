@@ -15,7 +15,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
-from nexus.eventlog import EventLog
+from nexus.eventlog import EventLog, EventLogClosedError
 from nexus.proto import CloudEvent
 
 __all__ = ["tail"]
@@ -41,7 +41,8 @@ async def tail(
     ``apply`` may be a function or a coroutine function. An exception it raises is logged with
     the event and the tail goes on with the next event (a fold that wants retries makes them
     itself). When reading the log fails, the tail subscribes again ``retry_delay`` seconds later,
-    after the last event it handed over, so no event is skipped or repeated.
+    after the last event it handed over, so no event is skipped or repeated. When the log is
+    closed under it (its owner is stopping), the tail ends quietly.
 
     Args:
         log: The event log.
@@ -87,6 +88,10 @@ async def tail(
             _log.info("%s: the followed types changed; subscribing again after position %s", name, last)
         except asyncio.CancelledError:
             raise
+        except EventLogClosedError:
+            # The log was closed under the tail (its owner is stopping): nothing more will come.
+            _log.debug("%s: the log was closed; the tail ends", name)
+            return
         except Exception:
             _log.exception("%s: following the log failed; resuming in %.1f s", name, retry_delay)
             await asyncio.sleep(retry_delay)
