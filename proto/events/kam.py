@@ -2,8 +2,10 @@
 
 Streams: ``kam-accounts`` (clients and users), ``kam-sessions`` (logins and logouts, hashes
 only), ``kam-templates`` (templates registered), ``kam-request-<request_id>`` (one request's
-whole life: created, edited, assigned, executing, completed or failed, its deliverables),
-``kam-ledger`` (every cost, per client) and ``kam-audit`` (every call to KAM). Events about a
+whole life: created, edited, assigned, executing, completed or failed, its deliverables and the
+costs of its runs, each run's appended with its outcome), ``kam-ledger`` (costs not tied to a
+request) and ``kam-audit`` (every call to KAM). The ledger of a client is every
+``nexus.kam.cost.recorded`` of its tenant, wherever it is. Events about a
 client's resources carry the client as their ``tenant``, so the request transitions reach the
 client's NATS subscribers as ``nexus.evt.kam.…`` events.
 """
@@ -188,7 +190,8 @@ class KamDeliverableRecorded(msgspec.Struct, frozen=True, kw_only=True):
 
 @event_type("nexus.kam.cost.recorded")
 class KamCostRecorded(msgspec.Struct, frozen=True, kw_only=True):
-    """One entry of a client's cost ledger (stream ``kam-ledger``)."""
+    """One entry of a client's cost ledger (in the request's stream, appended atomically with the
+    outcome it prices; ``kam-ledger`` for costs not tied to a request)."""
 
     entry_id: str
     client_id: str

@@ -20,6 +20,7 @@ the same limiters for both logins: 429 with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 
@@ -161,35 +162,62 @@ class PasswordChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 # -- limits --------------------------------------------------------------------------------------
 
 
-class LoginLimits:
-    """Failed logins per (user name, address) and per address, shared by both logins.
+PER_NAME_FACTOR = 10
+"""A user name's failures from every address together may reach this many times the per-(user,
+address) limit within the window before that name is refused from everywhere."""
 
-    Not per user alone: that would let anyone lock a user out by failing on purpose, and the
-    right password from another address must still work.
+
+def address_bucket(address: str) -> str:
+    """What the per-address limit counts: the address, or its /64 for IPv6 (one host commonly
+    holds a whole /64, so counting single addresses would not limit it at all)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class LoginLimits:
+    """Failed logins per (user name, address), per address and per user name, shared by both logins.
+
+    The per-(user, address) limit is tight; the per-name one (``PER_NAME_FACTOR`` times it) bounds
+    guessing one user's password from many addresses, yet is loose enough that failing on
+    purpose from one address cannot lock the user out, and the right password from another
+    address still works until the name's limit is reached.
     """
 
     def __init__(self, settings: KamSettings) -> None:
         window = settings.login_window_seconds
         self.per_user = SlidingWindowLimiter(settings.login_failures_per_user, window)
         self.per_address = SlidingWindowLimiter(settings.login_failures_per_address, window)
+        self.per_name = SlidingWindowLimiter(settings.login_failures_per_user * PER_NAME_FACTOR, window)
 
     def refuse(self, user_key: str, address: str) -> web.Response | None:
-        """A 429 while either limit is reached; else counts the attempt (taken back on success).
+        """A 429 while a limit is reached; else counts the attempt (taken back on success).
 
         Counted before the slow check, so a burst of parallel attempts is bounded too."""
-        wait = max(self.per_user.retry_after_seconds(user_key), self.per_address.retry_after_seconds(address))
+        bucket, name = address_bucket(address), user_key.split("\x00", 1)[0].casefold()
+        wait = max(
+            self.per_user.retry_after_seconds(user_key),
+            self.per_address.retry_after_seconds(bucket),
+            self.per_name.retry_after_seconds(name),
+        )
         if wait:
             message = f"too many failed logins for this user or from {address}; retry in {wait} s"
             body = ErrorBody(error="too_many_requests", message=message)
             return json_response(body, status=429, headers={"Retry-After": str(wait)})
         self.per_user.hit(user_key)
-        self.per_address.hit(address)
+        self.per_address.hit(bucket)
+        self.per_name.hit(name)
         return None
 
     def succeeded(self, user_key: str, address: str) -> None:
-        """Forget the user's failures from this address and take back this attempt's count."""
+        """Forget the user's failures from this address and take back this attempt's counts."""
         self.per_user.reset(user_key)
-        self.per_address.forgive(address)
+        self.per_address.forgive(address_bucket(address))
+        self.per_name.forgive(user_key.split("\x00", 1)[0].casefold())
 
 
 # -- the routes ----------------------------------------------------------------------------------

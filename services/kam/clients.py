@@ -312,6 +312,7 @@ def install(ctx: KamContext) -> None:
         response=ClientList,
         tags=["clients"],
         auth="client",
+        scope="clients:read",
     )(routes.list_clients)
     ctx.route(
         "GET",
@@ -320,6 +321,7 @@ def install(ctx: KamContext) -> None:
         response=ClientView,
         tags=["clients"],
         auth="client",
+        scope="clients:read",
         owned=owned,
         responses={404: "No such client (or not the caller's)"},
     )(routes.get_client)
@@ -347,6 +349,7 @@ def install(ctx: KamContext) -> None:
         response=UserList,
         tags=["clients"],
         auth="client",
+        scope="clients:read",
         owned=owned,
         responses={404: "No such client (or not the caller's)"},
     )(routes.list_users)

@@ -37,6 +37,7 @@ CLIENT_SCOPES = (
     "costs:read",
     "notifications:read",
     "audit:read",
+    "clients:read",
 )
 """What a client user's session may do, and what a key issued by KAM may hold (a subset)."""
 
@@ -57,6 +58,7 @@ class KamContext:
     _extra_types: list[str] = field(default_factory=list)
     _every_type: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _catching: asyncio.Future[None] | None = None
     _covered: int = 0
     """A log position up to which every followed event is folded (``caught_up`` sets it; the
     fold's own position moves only with the events it folds)."""
@@ -160,17 +162,28 @@ class KamContext:
         The events the tail has not handed over yet are read here and folded (in order, under
         the fold's lock; the tail skips them later). Waiting for the tail instead would wait for
         ever when ``position`` is an event KAM does not follow (another service's), since a
-        filtered tail never hands that one over.
+        filtered tail never hands that one over. Concurrent callers share one catch-up at a
+        time, so a burst of them (a flood of unknown session tokens, say) costs one read of
+        the log, not one each under the lock.
+
+        Raises:
+            TimeoutError: the catch-up took longer than 10 s.
         """
-        if max(self.state.position, self._covered) >= position:
-            return
-        async with asyncio.timeout(_CATCH_UP_SECONDS), self._lock:
+        async with asyncio.timeout(_CATCH_UP_SECONDS):
+            while max(self.state.position, self._covered) < position:
+                if self._catching is None or self._catching.done():
+                    self._catching = asyncio.ensure_future(self._catch_up())
+                await asyncio.shield(self._catching)
+
+    async def _catch_up(self) -> None:
+        # Every committed event up to the head read here is in the log, so once the followed
+        # ones after the fold's position are folded, the fold covers the head.
+        head = await self.service.log.head()
+        async with self._lock:
             while True:
                 batch = await self.service.log.read_all(self.state.position + 1, _CATCH_UP_PAGE, self.followed_types)
                 for event in batch:
                     await self._observe_locked(event)
                 if len(batch) < _CATCH_UP_PAGE:
                     break
-            # Every committed event up to ``position`` is in the log (it was appended or seen
-            # before this call), so every followed one up to it is now folded.
-            self._covered = max(self._covered, position)
+        self._covered = max(self._covered, head)

@@ -211,6 +211,7 @@ class ExecutionWatcher:
             request = self._executing(execution_id)
             if request is None:
                 return False
+            version = request.version  # before anything is awaited: the fold's request moves on
             events = await ctx.service.log.read_stream(EXECUTION_STREAM + execution_id)
             end = next((e for e in reversed(events) if e.type in TERMINAL), None)
             if end is None:
@@ -219,7 +220,7 @@ class ExecutionWatcher:
                 logger.error("execution %s is not owned by client %s; not recorded", execution_id, request.client_id)
                 return False
             outcome = await self._outcome(request, events, end)
-            if await record_outcome(ctx, request, outcome):
+            if await record_outcome(ctx, request, outcome, version):
                 return True
             # Another writer got there first, or this replica's fold was behind the request's
             # stream: catch up and look again (the ids are derived, so trying again is safe).

@@ -169,6 +169,7 @@ def install(ctx: KamContext) -> None:
         response=KeyList,
         tags=["keys"],
         auth="client",
+        scope="clients:read",
         owned=owned,
         responses={404: "No such client (or not the caller's)"},
     )(routes.list)

@@ -5,7 +5,9 @@
 KAM's fold sees it (a follower, ``ctx.on_event``), with the event's log position as its SSE
 ``id``. A client reconnecting with ``Last-Event-ID`` first gets what it missed, read from the
 log, then the live ones, none twice. A subscriber that cannot keep up is disconnected (its
-queue is bounded) and catches up from the log when it reconnects.
+queue is bounded) and catches up from the log when it reconnects. A stream ends when the
+credential that opened it does: its session's expiry, a logout or password change
+(``nexus.kam.session.closed``), or its key's revocation (``nexus.platform.key.revoked``).
 
 The same events reach NATS subscribers without KAM: the relay publishes every log event on
 ``nexus.evt.<type without "nexus.">`` (``nexus.evt.kam.request.completed``…), each carrying its
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +26,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from nexus.auth import AUTH, KeyInfo
+from nexus.auth import AUTH, KEY_REVOKED, KeyInfo
 from nexus.proto import CloudEvent
 from nexus.runtime import EventStream
-from nexus.services.kam.context import KamContext
+from nexus.services.kam.context import SESSION_KEY_PREFIX, KamContext
 from nexus.services.kam.state import (
     DELIVERABLE_RECORDED,
     REQUEST_COMPLETED,
@@ -34,6 +37,7 @@ from nexus.services.kam.state import (
     REQUEST_EXECUTING,
     REQUEST_FAILED,
     REQUEST_UPDATED,
+    SESSION_CLOSED,
     TEMPLATE_ASSIGNED,
     KamState,
 )
@@ -91,7 +95,14 @@ class Subscriber:
     """One open stream: its tenant (None: an admin, every tenant) and its queue of (position, event)."""
 
     tenant: str | None
+    key_id: str = ""
+    """The credential that opened the stream (``session:<id>`` or a key id): it ends with it."""
     queue: asyncio.Queue[tuple[int, CloudEvent | None]] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+
+    def end(self) -> None:
+        """End the stream (the marker takes the slot kept for it)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait((_OVERFLOW, None))
 
     def sees(self, tenant: str | None) -> bool:
         return self.tenant is None or (tenant is not None and tenant == self.tenant)
@@ -113,6 +124,16 @@ class Notifier:
 
     def observe(self, event: CloudEvent) -> None:
         """Follower of the fold (runs after the event is folded, so its request is known)."""
+        if event.type in (SESSION_CLOSED, KEY_REVOKED) and isinstance(event.data, Mapping):
+            ended = (
+                SESSION_KEY_PREFIX + str(event.data.get("session_id"))
+                if event.type == SESSION_CLOSED
+                else str(event.data.get("key_id"))
+            )
+            for subscriber in [s for s in self.subscribers if s.key_id == ended]:
+                self.subscribers.discard(subscriber)
+                subscriber.end()
+            return
         if event.type not in NOTIFIED_TYPES or not self.subscribers or event.position is None:
             return
         tenant = tenant_of(self.ctx.state, event)
@@ -131,21 +152,27 @@ class Notifier:
         """The caller's request transitions as Server-Sent Events (``event`` = the event type, ``id`` =
         its log position); with ``Last-Event-ID``, the ones after it first, read from the log."""
         info: KeyInfo = request[AUTH]
-        subscriber = Subscriber(tenant=None if info.is_admin else info.tenant)
+        subscriber = Subscriber(tenant=None if info.is_admin else info.tenant, key_id=info.key_id)
+        session = self.ctx.state.sessions.get(info.key_id.removeprefix(SESSION_KEY_PREFIX))
+        lifetime = session.expires_at - time.time() if session is not None else None
         # Subscribed before the log is read: an event folded meanwhile is in the queue and
         # maybe in the history too; positions tell which ones were sent.
         self.subscribers.add(subscriber)
         try:
             async with EventStream(request, keepalive=KEEPALIVE_SECONDS) as sse:
-                last = 0
-                after = sse.last_event_version()
-                if after is not None:
-                    last = await self._missed(sse, subscriber, after)
-                async for position, event in sse.each(subscriber.items()):
-                    if position <= last:
-                        continue
-                    last = position
-                    await sse.send(notification(event, tenant_of(self.ctx.state, event)), event=event.type, id=position)
+                # A session's stream ends at the session's expiry, as the session does.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(lifetime):
+                        last = 0
+                        after = sse.last_event_version()
+                        if after is not None:
+                            last = await self._missed(sse, subscriber, after)
+                        async for position, event in sse.each(subscriber.items()):
+                            if position <= last:
+                                continue
+                            last = position
+                            frame = notification(event, tenant_of(self.ctx.state, event))
+                            await sse.send(frame, event=event.type, id=position)
             return sse.response
         finally:
             with contextlib.suppress(KeyError):
@@ -173,8 +200,7 @@ class Notifier:
         """End every open stream (its clients reconnect with Last-Event-ID elsewhere or later)."""
         for subscriber in list(self.subscribers):
             self.subscribers.discard(subscriber)
-            with contextlib.suppress(asyncio.QueueFull):
-                subscriber.queue.put_nowait((_OVERFLOW, None))
+            subscriber.end()
 
     async def hold(self) -> None:
         """Runs while the service runs; when a stop cancels it, the open streams end.
@@ -191,7 +217,8 @@ class Notifier:
 def install(ctx: KamContext) -> Notifier:
     """Add the notification stream to KAM."""
     notifier = Notifier(ctx)
-    ctx.on_event(notifier.observe)
+    # Key revocations too (stream ``keys``), to end the streams of a revoked key.
+    ctx.on_event(notifier.observe, types=(KEY_REVOKED,))
 
     @ctx.service.background
     async def end_streams_at_stop(service: Any) -> None:

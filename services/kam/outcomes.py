@@ -3,8 +3,10 @@
 Shared by the execution watcher (which learns of the end from the log) and the worker-session
 route (an external orchestrator reporting it). ``record_outcome`` appends the ledger entries, the
 deliverables and the request's ``completed`` or ``failed`` under ids derived from the execution,
-and the transition at the version the request had, so two replicas (or a KAM that restarted
-half-way) record each outcome once: the second writer meets a duplicate or a ConcurrencyError.
+in one append to the request's stream at the version the request had when the writer saw it
+executing, so two replicas (or a KAM that restarted half-way) record each outcome once, and the
+ledger prices exactly the outcome recorded: the second writer meets a duplicate or a
+ConcurrencyError and adds nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from nexus.services.kam.costs import Usage
 from nexus.services.kam.state import (
     COST_RECORDED,
     DELIVERABLE_RECORDED,
-    LEDGER_STREAM,
     REQUEST_COMPLETED,
     REQUEST_FAILED,
     Request,
@@ -178,14 +179,15 @@ class Outcome:
     deliverables: list[NewDeliverable] = field(default_factory=list)
 
 
-async def record_outcome(ctx: KamContext, request: Request, outcome: Outcome) -> bool:
+async def record_outcome(ctx: KamContext, request: Request, outcome: Outcome, version: int) -> bool:
     """Append the ledger entries, the deliverables and the request's transition, exactly once.
 
-    The ledger entries go first, under ids derived from the execution and the cost kind: if
-    KAM stops before the transition, the next attempt writes the same entries again, which the
-    log keeps once. The transition is appended at the version the request had when it was
-    read; a writer that lost the race gets ConcurrencyError (or a duplicate) and the answer
-    False, having added nothing.
+    All of them in one atomic append to the request's stream, at ``version``: the request's
+    version when the caller saw it executing, taken before anything was awaited (the fold's
+    ``request`` object moves on while the caller reads the execution or stores its output). A
+    writer that lost the race gets ConcurrencyError (or a duplicate) and the answer False,
+    having added nothing, so the ledger always prices the outcome that was recorded and never
+    a losing one.
     """
     client = request.client_id
     template_id = request.template_id
@@ -214,12 +216,7 @@ async def record_outcome(ctx: KamContext, request: Request, outcome: Outcome) ->
         )
         for kind, quantity, amount in outcome.costs
     ]
-    if ledger:
-        try:
-            await ctx.service.log.append(LEDGER_STREAM, ledger)
-        except DuplicateEventError:
-            pass  # written by another replica, or before a restart: the log keeps the first
-    events = [
+    deliverables = [
         new_event(
             DELIVERABLE_RECORDED,
             KamDeliverableRecorded(
@@ -241,6 +238,7 @@ async def record_outcome(ctx: KamContext, request: Request, outcome: Outcome) ->
         )
         for item in outcome.deliverables
     ]
+    events = [*ledger, *deliverables]
     final: Any
     if outcome.status == "completed":
         final = KamRequestCompleted(
@@ -265,7 +263,7 @@ async def record_outcome(ctx: KamContext, request: Request, outcome: Outcome) ->
         )
     )
     try:
-        await ctx.append(request_stream(request.request_id), events, expected_version=request.version)
+        await ctx.append(request_stream(request.request_id), events, expected_version=version)
     except (ConcurrencyError, DuplicateEventError):
         return False
     return True

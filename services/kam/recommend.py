@@ -370,7 +370,16 @@ async def _ask(settings: KamSettings, body: dict[str, Any]) -> bytes:
             aiohttp.ClientSession(timeout=timeout) as http,
             http.post(url, json=body, headers=headers) as resp,
         ):
-            raw = await resp.content.read(MAX_MODEL_ANSWER_BYTES + 1)
+            # read(n) answers what is buffered (at most n), not n bytes: read until the end or
+            # just past the limit, so an answer split across chunks is read whole.
+            chunks: list[bytes] = []
+            size = 0
+            while size <= MAX_MODEL_ANSWER_BYTES and (
+                chunk := await resp.content.read(MAX_MODEL_ANSWER_BYTES + 1 - size)
+            ):
+                chunks.append(chunk)
+                size += len(chunk)
+            raw = b"".join(chunks)
             if resp.status != 200:
                 raise RecommenderError(f"the model answered HTTP {resp.status}")
     except TimeoutError:

@@ -37,6 +37,11 @@ class KamSettings(ServiceSettings):
     """``NEXUS_KAM_AUDIT_INDEX_MAX``: audit records ``GET /api/audit`` keeps in memory (the newest;
     about 200 bytes each). Older records stay in stream ``kam-audit`` of the log."""
 
+    orchestrators: tuple[str, ...] = ("orchestrator",)
+    """``NEXUS_KAM_ORCHESTRATORS``: the workers (names of worker tokens, comma-separated) that may
+    report an execution's end on ``POST /api/worker-sessions/{id}/complete``; any other worker
+    token gets 403 (a granulator's token must not settle a client's bill)."""
+
     # -- the template recommender (requests, templates and recommendation) --
     recommender: str = "builtin"
     """``NEXUS_KAM_RECOMMENDER``: ``builtin`` (deterministic, offline; the default) or ``openai`` (an
@@ -73,8 +78,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> KamSettings:
         session_ttl_seconds=env_float(env, "NEXUS_KAM_SESSION_TTL_SECONDS", 86400.0, above=0, high=31 * 86400.0),
         audit_flush_seconds=env_float(env, "NEXUS_KAM_AUDIT_FLUSH_SECONDS", 0.5, low=0, high=60),
         audit_index_max=env_int(env, "NEXUS_KAM_AUDIT_INDEX_MAX", 500_000, low=1000),
+        orchestrators=_names(env, "NEXUS_KAM_ORCHESTRATORS", "orchestrator"),
         **_recommender(env),
     )
+
+
+def _names(env: Mapping[str, str], variable: str, default: str) -> tuple[str, ...]:
+    """A comma-separated list of names (an empty one is refused: say which)."""
+    names = tuple(n.strip() for n in env.get(variable, default).split(",") if n.strip())
+    if not names:
+        raise ConfigError(f"{variable} is empty: name at least one worker, comma-separated")
+    return names
 
 
 def _recommender(env: Mapping[str, str]) -> dict[str, Any]:

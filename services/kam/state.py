@@ -56,6 +56,7 @@ ACCOUNTS_STREAM = "kam-accounts"
 SESSIONS_STREAM = "kam-sessions"
 TEMPLATES_STREAM = "kam-templates"
 LEDGER_STREAM = "kam-ledger"
+"""Costs not tied to a request; a run's costs are in its request's stream, with its outcome."""
 AUDIT_STREAM = "kam-audit"
 
 STATUSES = ("pending", "template_assigned", "executing", "completed", "failed")

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
-from nexus.auth import AUTH
+from nexus.auth import AUTH, WORKER_ID
 from nexus.proto import now_rfc3339
 from nexus.raw import RawError, RawKeyError, RawNotFoundError
 from nexus.runtime import HTTPError, json_response, read_json
@@ -41,10 +41,11 @@ class WorkerDeliverable(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 class WorkerMetrics(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The orchestrator's figures of the run (seed 002, phase 8)."""
 
-    total_time_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
-    stages_completed: Annotated[int, msgspec.Meta(ge=0)] = 0
-    tokens_used: Annotated[int, msgspec.Meta(ge=0)] = 0
-    estimated_cost: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Bounded: these figures price the client's bill.
+    total_time_ms: Annotated[int, msgspec.Meta(ge=0, le=366 * 86_400_000)] = 0
+    stages_completed: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
+    tokens_used: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)] = 0
+    estimated_cost: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)] = 0.0
 
 
 class WorkerCompletion(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -81,6 +82,10 @@ class WorkerSessionRoutes:
         the client's namespace; the costs are priced with the template's cost model (the
         orchestrator's own estimate is kept as ``reported_cost``)."""
         execution_id = request.match_info["execution_id"]
+        worker = request[WORKER_ID]
+        if worker not in self.ctx.settings.orchestrators:
+            names = ", ".join(self.ctx.settings.orchestrators)
+            raise HTTPError(403, f"worker {worker!r} may not report executions; NEXUS_KAM_ORCHESTRATORS names {names}")
         body = await read_json(request, WorkerCompletion)
         if body.execution_id != execution_id:
             raise HTTPError(400, f"execution_id {body.execution_id!r} in the body is not the path's {execution_id!r}")
@@ -96,8 +101,9 @@ class WorkerSessionRoutes:
             return json_response(settled)
         if item.execution_id != execution_id or item.status != "executing":
             raise HTTPError(409, f"execution {execution_id} of request {request_id} already ended ({item.status})")
+        version = item.version  # before anything is awaited: the fold's request moves on
         outcome = await self._reported(item, body, event_id, self.ctx.actor(request[AUTH]))
-        if not await record_outcome(self.ctx, item, outcome):
+        if not await record_outcome(self.ctx, item, outcome, version):
             await self.ctx.caught_up(await self.ctx.service.log.head())
             settled = self._settled(state.requests[request_id], execution_id, event_id)
             if settled is None:
