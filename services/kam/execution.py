@@ -3,8 +3,9 @@
 ``POST /api/requests/{id}/execute`` (admin) sends ``nexus.cmd.workflow.start`` with the seed's
 body as the execution's input and the request's client in ``Nexus-Tenant``: the execution is the
 client's (it can follow it on the workflow service; nobody else can), KAM appears only as the
-command's source. The idempotency key ``kam:<request>:<attempt>`` makes a retried command start
-one execution.
+command's source. The idempotency key ``kam:<request>:<attempt>:v<request version>`` makes a
+retried command start one execution, and a retry after the request changed start the run the
+request now describes.
 
 KAM learns that an execution ended from the log (``ExecutionWatcher``, a follower of the fold),
 never by polling: it reads the execution's own stream, computes the metrics and the costs,
@@ -401,7 +402,10 @@ class ExecutionRoutes:
             },
             "resources": resources,
         }
-        execution_id = await self._start(item, workflow_id, execution_input, attempt)
+        # The key names the request's version too: a retry after the request changed (another
+        # template assigned meanwhile) starts the run it now describes, never the old one.
+        key = f"kam:{request_id}:{attempt}:v{version}"
+        execution_id = await self._start(item, workflow_id, execution_input, key)
         started_by = self.ctx.actor(info)
         event = new_event(
             REQUEST_EXECUTING,
@@ -431,12 +435,12 @@ class ExecutionRoutes:
         answer = Started(execution_id=execution_id, request_id=request_id, workflow_id=workflow_id, attempt=attempt)
         return json_response(answer, status=202)
 
-    async def _start(self, item: Request, workflow_id: str, execution_input: Any, attempt: int) -> str:
+    async def _start(self, item: Request, workflow_id: str, execution_input: Any, key: str) -> str:
         """Send ``nexus.cmd.workflow.start`` for the request's client; the execution id."""
         command = WorkflowStartCommand(
             workflow_id=workflow_id,
             input=execution_input,
-            idempotency_key=f"kam:{item.request_id}:{attempt}",
+            idempotency_key=key,
             correlation_id=item.request_id,
         )
         event = new_event(f"{CMD_PREFIX}.workflow.start", command, source=self.ctx.source, subject=item.request_id)
