@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from nexus.replay._fold import FoldCheck, FoldProjection, state_digest
 from nexus.replay._keys import Keys
+from nexus.replay._live import FoldState, Follower, LiveFold
 from nexus.replay._projection import (
     ALL_EVENTS,
     PROJECTIONS,
@@ -42,7 +43,10 @@ __all__ = [
     "CheckpointStore",
     "FoldCheck",
     "FoldProjection",
+    "FoldState",
+    "Follower",
     "Keys",
+    "LiveFold",
     "Projection",
     "ProjectionError",
     "ProjectionRunner",
