@@ -7,7 +7,8 @@ from typing import Any
 from nexus.bus import Bus
 from nexus.eventlog import EventLog
 from nexus.runtime import Service, build_service
-from nexus.services.studio import api
+from nexus.services.studio import api, blobs, providers
+from nexus.services.studio.context import StudioContext
 from nexus.services.studio.settings import StudioSettings
 
 
@@ -31,4 +32,16 @@ async def bootstrap(
     # Blobs are Studio's data: it is not ready while Raw does not answer.
     service.readiness_check("raw", raw_answers)
     api.install(service)
+    ctx = StudioContext(service=service, settings=settings)
+    blobs.install(ctx)
+    providers.install(ctx)
+
+    @service.on_startup
+    async def load_state(service: Service) -> None:
+        await ctx.fold.load()
+
+    @service.background
+    async def follow_log(service: Service) -> None:
+        await ctx.fold.follow()
+
     return service

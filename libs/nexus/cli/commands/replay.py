@@ -26,6 +26,7 @@ SERVICE_PROJECTIONS = (
     "nexus.services.workflow.projections",
     "nexus.services.granulator.projections",
     "nexus.services.kam.projections",
+    "nexus.services.studio.projections",
 )
 """Modules registering the folds the services keep in memory. Named, not imported at the top: a
 library does not depend on the services; the command loads those installed beside it."""

@@ -1,0 +1,9 @@
+"""The studio's blobs: versions, deltas, content in Raw (being built)."""
+
+from __future__ import annotations
+
+from nexus.services.studio.context import StudioContext
+
+
+def install(ctx: StudioContext) -> None:
+    """Add these routes to the studio (being built)."""
