@@ -99,6 +99,9 @@ class DeltaApplied(msgspec.Struct, frozen=True, kw_only=True):
     """Blobs derived from this one by the run (``create_derived``)."""
     operations: int = 0
     """How many operations the output held."""
+    error: str = ""
+    """Why the output changed nothing although it asked to (operations that do not apply, the
+    blob deleted meanwhile); empty when it applied."""
 
 
 @event_type("nexus.studio.provider.registered")
@@ -132,6 +135,9 @@ class StudioRunStarted(msgspec.Struct, frozen=True, kw_only=True):
     trigger: str
     """``onCreate``, ``onUpdate``, ``onDelete`` or ``manual`` (``POST /providers/trigger``)."""
     priority: int = 50
+    requested_by: str = ""
+    """For a ``manual`` start: the execution whose step asked for it (``POST /providers/trigger``
+    with a delegated token), so rolling that execution back undoes this run too."""
 
 
 @event_type("nexus.studio.run.rolled_back")

@@ -157,6 +157,8 @@ class Run:
     applied_version: int | None = None
     created_blobs: list[str] = field(default_factory=list)
     rolled_back: bool = False
+    requested_by: str = ""
+    """The execution that asked for a ``manual`` run (its rollback undoes this run too)."""
 
 
 class StudioState:
@@ -282,6 +284,7 @@ class StudioState:
             trigger=data.trigger,
             priority=data.priority,
             started_at=event.time or "",
+            requested_by=data.requested_by,
         )
         self.started[(data.blob_id, data.blob_version, data.provider_id, data.workflow_id)] = data.execution_id
 

@@ -1,0 +1,450 @@
+"""Blob events start the providers' workflows (seed 004, "Workflow Execution Flow").
+
+``Triggers.observe`` follows the studio's fold: a ``BlobCreated`` is an ``onCreate``, a
+``BlobUpdated`` an ``onUpdate``, a ``BlobDeleted`` an ``onDelete``. For each provider reacting
+to the blob's owner (``providers.visible_providers``) and each of its workflows with a trigger
+of that event whose conditions hold of the blob (``providers.matches``), a start is queued;
+a few workers send ``nexus.cmd.workflow.start`` with ``Nexus-Tenant`` = the blob's owner (the
+execution is the client's, its steps act with the client's delegated token), the input
+``{blob_id, user_id, provider_ids, metadata}`` and the provider's priority, then append
+``StudioRunStarted`` to ``run_stream(execution_id)``.
+
+Each start happens once per (blob version, provider, workflow): the command's idempotency key
+is derived from them, so a start sent twice (two replicas following the same event, a retry
+after the bus timed out) names one execution, and the run's first event has a derived id and
+is appended to a new stream only (``NO_STREAM``). The follower only queues (it must not wait
+for appends, which wait for the fold it runs inside).
+
+No loop: a write made by a run (its ``origin`` names the run) does not trigger the provider of
+that run again, and a chain of runs writing blobs that trigger other providers stops at
+``MAX_CHAIN`` runs deep (the depth is read from the origins, so it survives restarts).
+
+``POST /providers/trigger`` (called by seed 004's ``blob_processing_workflow``) starts the named
+providers' workflows for a blob now, trigger ``manual``: every workflow of each provider, as
+the seed's step asks providers to process the blob, whatever their triggers say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import msgspec
+from aiohttp import web
+
+from nexus.auth import AUTH, KeyInfo
+from nexus.bus import BusError
+from nexus.eventlog import NO_STREAM, ConcurrencyError, DuplicateEventError
+from nexus.proto import CMD_PREFIX, CloudEvent, cmd_subject, encode_event, new_event
+from nexus.proto.commands import TENANT_HEADER, WorkflowStartCommand
+from nexus.proto.events.studio import BlobOrigin, StudioRunStarted
+from nexus.runtime import HTTPError, json_response, read_json
+from nexus.services.studio.context import StudioContext
+from nexus.services.studio.providers import matches, trigger_document, visible_providers
+from nexus.services.studio.state import (
+    BLOB_CREATED,
+    BLOB_DELETED,
+    BLOB_UPDATED,
+    RUN_STARTED,
+    Blob,
+    Provider,
+    StudioState,
+    run_stream,
+)
+
+__all__ = [
+    "MAX_CHAIN",
+    "START_TIMEOUT_SECONDS",
+    "Start",
+    "TriggerAnswer",
+    "TriggerBody",
+    "Triggers",
+    "chain_depth",
+    "install",
+    "stable_id",
+]
+
+logger = logging.getLogger("nexus.studio.triggers")
+
+MAX_CHAIN = 4
+"""How many runs deep a chain of provider runs may go (a run's write triggering another provider,
+whose run writes...): the write of a run at this depth triggers nothing."""
+
+START_TIMEOUT_SECONDS = 10.0
+_WORKERS = 8
+_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
+_EVENT_OF = {BLOB_CREATED: "onCreate", BLOB_UPDATED: "onUpdate", BLOB_DELETED: "onDelete"}
+_IDS = uuid.UUID("5f0c2f61-3c55-4f33-9c0e-0b6a3c1d7e21")
+
+
+def stable_id(*parts: str) -> str:
+    """An id derived from what it names: every replica (and a restarted studio) derives the same."""
+    return str(uuid.uuid5(_IDS, "\x00".join(parts)))
+
+
+def chain_depth(state: StudioState, origin: BlobOrigin | None) -> int:
+    """How many runs deep a write with ``origin`` is: 0 for a client's write, 1 for a run started
+    by a client's write, and so on (read from the origins of the versions that started the runs)."""
+    depth = 0
+    seen: set[str] = set()
+    while origin is not None and depth <= MAX_CHAIN and origin.execution_id not in seen:
+        seen.add(origin.execution_id)
+        depth += 1
+        run = state.runs.get(origin.execution_id)
+        blob = state.blobs.get(run.blob_id) if run is not None else None
+        if run is None or blob is None or not 1 <= run.blob_version <= blob.version:
+            break
+        origin = blob.versions[run.blob_version - 1].origin
+    return depth
+
+
+@dataclass
+class Start:
+    """One workflow start to send."""
+
+    blob_id: str
+    blob_version: int
+    owner: str
+    provider_id: str
+    provider_owner: str
+    workflow_id: str
+    priority: int
+    trigger: str
+    metadata: dict[str, Any]
+    key: str
+    requested_by: str = ""
+    queued_at: float = field(default_factory=time.perf_counter)
+    attempt: int = 0
+
+
+class TriggerBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /providers/trigger``: start these providers' workflows for the blob now."""
+
+    blob_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    provider_ids: (
+        Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=128)]], msgspec.Meta(max_length=32)] | None
+    ) = None
+    """None or empty: every provider reacting to the blob's owner."""
+    metadata: dict[str, Any] | None = None
+    """Passed to the workflows' input as ``metadata`` (default: the blob's metadata)."""
+
+
+class TriggeredRun(msgspec.Struct, frozen=True, kw_only=True):
+    """One execution started."""
+
+    execution_id: str
+    provider_id: str
+    workflow_id: str
+    priority: int
+
+
+class TriggerAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The executions started, and the providers named that the caller has no such provider of."""
+
+    blob_id: str
+    blob_version: int
+    executions: list[TriggeredRun]
+    unknown_providers: list[str] = []
+
+
+class Triggers:
+    """Starts providers' workflows for blob events; see the module."""
+
+    def __init__(self, ctx: StudioContext) -> None:
+        self.ctx = ctx
+        self._queue: asyncio.Queue[Start] = asyncio.Queue()
+        self._retries: set[asyncio.TimerHandle] = set()
+        self.latencies: list[float] = []
+        """Seconds from a blob event's folding to its run's start being recorded (bench, tests)."""
+        self.keep_latencies = False
+
+    # -- matching ---------------------------------------------------------------------------------
+
+    def observe(self, event: CloudEvent) -> None:
+        """Follower of the fold: queue the starts a blob event asks for."""
+        trigger = _EVENT_OF.get(event.type)
+        if trigger is None:
+            return
+        data = event.data if isinstance(event.data, Mapping) else {}
+        blob = self.ctx.state.blobs.get(str(data.get("blob_id") or ""))
+        if blob is None:
+            return
+        version = int(data.get("version") or 1) if trigger == "onUpdate" else blob.version
+        if trigger == "onUpdate" and version != blob.version:
+            return  # an update the fold refused (out of order)
+        raw_origin = data.get("origin")
+        origin = msgspec.convert(raw_origin, BlobOrigin) if isinstance(raw_origin, Mapping) else None
+        depth = chain_depth(self.ctx.state, origin)
+        if depth >= MAX_CHAIN:
+            logger.warning("blob %s v%d: a chain of %d runs deep triggers nothing more", blob.blob_id, version, depth)
+            return
+        for start in self.matching(blob, version, trigger, origin):
+            self._queue.put_nowait(start)
+
+    def matching(self, blob: Blob, version: int, trigger: str, origin: BlobOrigin | None) -> list[Start]:
+        """The starts ``trigger`` on ``blob`` at ``version`` asks for."""
+        document = trigger_document(blob)
+        starts = []
+        for provider in visible_providers(self.ctx.state.providers, blob.owner):
+            if origin is not None and origin.provider_id == provider.provider_id:
+                continue  # a run's own write does not trigger its provider again
+            for workflow in provider.document.get("workflows") or []:
+                fired = any(
+                    t.get("event") == trigger and matches(list(t.get("conditions") or []), document)
+                    for t in workflow.get("triggers") or []
+                )
+                if fired:
+                    starts.append(self._start(blob, version, provider, workflow, trigger, None))
+        return starts
+
+    def _start(
+        self,
+        blob: Blob,
+        version: int,
+        provider: Provider,
+        workflow: Mapping[str, Any],
+        trigger: str,
+        request_key: str | None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Start:
+        workflow_id = str(workflow.get("workflow_id"))
+        parts = ["studio", blob.blob_id, f"v{version}", provider.owner, provider.provider_id, workflow_id]
+        if request_key is not None:
+            parts += ["manual", request_key]
+        return Start(
+            blob_id=blob.blob_id,
+            blob_version=version,
+            owner=blob.owner,
+            provider_id=provider.provider_id,
+            provider_owner=provider.owner,
+            workflow_id=workflow_id,
+            priority=int(workflow.get("priority", 50)),
+            trigger=trigger,
+            metadata=dict(metadata if metadata is not None else blob.current.metadata),
+            key=stable_id(*parts),
+        )
+
+    # -- starting ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Send queued starts with a few workers until cancelled."""
+        workers = [asyncio.create_task(self._work(), name=f"studio-trigger-{i}") for i in range(_WORKERS)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            for handle in self._retries:
+                handle.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while True:
+            start = await self._queue.get()
+            try:
+                await self.start(start)
+            except asyncio.CancelledError:
+                raise
+            except _Refused as exc:
+                logger.warning(
+                    "provider %s: workflow %s not started for blob %s: %s",
+                    start.provider_id,
+                    start.workflow_id,
+                    start.blob_id,
+                    exc,
+                )
+            except Exception:
+                attempt = start.attempt
+                if attempt >= len(_RETRY_SECONDS):
+                    logger.exception("provider %s: starting %s failed; given up", start.provider_id, start.workflow_id)
+                    continue
+                logger.warning("provider %s: starting %s failed; again soon", start.provider_id, start.workflow_id)
+                start.attempt = attempt + 1
+                self._later(start, _RETRY_SECONDS[attempt])
+
+    def _later(self, start: Start, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def again() -> None:
+            self._retries.discard(handle)
+            self._queue.put_nowait(start)
+
+        handle = loop.call_later(delay, again)
+        self._retries.add(handle)
+
+    async def start(self, start: Start) -> str:
+        """Send the start command (idempotent by ``start.key``) and record the run; the execution id.
+
+        Raises:
+            _Refused: the workflow service refused (no such workflow, input refused).
+            BusError: it did not answer in time.
+        """
+        state = self.ctx.state
+        if start.trigger != "manual":
+            known = state.started.get((start.blob_id, start.blob_version, start.provider_id, start.workflow_id))
+            run = state.runs.get(known) if known else None
+            if run is not None and run.trigger == start.trigger:
+                return run.execution_id
+        provider_ids = [start.provider_id]
+        command = WorkflowStartCommand(
+            workflow_id=start.workflow_id,
+            input={
+                "blob_id": start.blob_id,
+                "user_id": start.owner,
+                "provider_ids": provider_ids,
+                "metadata": start.metadata,
+            },
+            priority=max(0, min(100, start.priority)),
+            idempotency_key=start.key,
+            correlation_id=start.blob_id,
+            trigger={
+                "kind": "studio",
+                "event": start.trigger,
+                "provider_id": start.provider_id,
+                "blob_version": start.blob_version,
+            },
+        )
+        event = new_event(f"{CMD_PREFIX}.workflow.start", command, source=self.ctx.source, subject=start.blob_id)
+        reply = await self.ctx.service.bus.request(
+            cmd_subject("workflow", "start"),
+            encode_event(event),
+            timeout=START_TIMEOUT_SECONDS,
+            headers={TENANT_HEADER: start.owner},
+        )
+        try:
+            answer = json.loads(reply)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise _Refused("the workflow service answered with something that is not JSON")
+        if answer.get("accepted") is False or not isinstance(answer.get("id"), str) or not answer.get("id"):
+            raise _Refused(str(answer.get("reason") or answer.get("error") or "refused"))
+        execution_id = str(answer["id"])
+        started = new_event(
+            RUN_STARTED,
+            StudioRunStarted(
+                execution_id=execution_id,
+                blob_id=start.blob_id,
+                blob_version=start.blob_version,
+                provider_id=start.provider_id,
+                workflow_id=start.workflow_id,
+                trigger=start.trigger,
+                priority=start.priority,
+                requested_by=start.requested_by,
+            ),
+            source=self.ctx.source,
+            id=stable_id(execution_id, "started"),
+            subject=start.blob_id,
+            correlationid=start.blob_id,
+            tenant=start.owner,
+        )
+        try:
+            await self.ctx.fold.append(run_stream(execution_id), [started], expected_version=NO_STREAM)
+        except (ConcurrencyError, DuplicateEventError):
+            pass  # recorded already (another replica, or a start sent again)
+        if self.keep_latencies:
+            self.latencies.append(time.perf_counter() - start.queued_at)
+        return execution_id
+
+    async def trigger_now(
+        self,
+        blob: Blob,
+        provider_ids: list[str] | None,
+        metadata: dict[str, Any] | None,
+        request_key: str,
+        requested_by: str = "",
+    ) -> TriggerAnswer:
+        """``POST /providers/trigger``: start the named providers' workflows for ``blob`` now."""
+        # The owner's own provider wins over a platform one of the same id.
+        ranked = sorted(visible_providers(self.ctx.state.providers, blob.owner), key=lambda p: p.owner == blob.owner)
+        visible = {p.provider_id: p for p in ranked}
+        wanted = list(dict.fromkeys(provider_ids)) if provider_ids else sorted(visible)
+        unknown = [p for p in wanted if p not in visible]
+        starts = [
+            self._start(blob, blob.version, visible[p], w, "manual", request_key, metadata)
+            for p in wanted
+            if p in visible
+            for w in visible[p].document.get("workflows") or []
+        ]
+        runs = []
+        for start in starts:
+            start.requested_by = requested_by
+            try:
+                execution_id = await self.start(start)
+            except BusError as exc:
+                raise HTTPError(
+                    503, f"the workflow service did not answer in time ({exc}); trigger again (at most one start each)"
+                ) from None
+            except _Refused as exc:
+                raise HTTPError(
+                    422, f"the workflow service refused to start {start.workflow_id!r} of {start.provider_id!r}: {exc}"
+                ) from None
+            runs.append(
+                TriggeredRun(
+                    execution_id=execution_id,
+                    provider_id=start.provider_id,
+                    workflow_id=start.workflow_id,
+                    priority=start.priority,
+                )
+            )
+        return TriggerAnswer(
+            blob_id=blob.blob_id, blob_version=blob.version, executions=runs, unknown_providers=unknown
+        )
+
+
+class _Refused(Exception):
+    """The workflow service refused a start: trying again would not help."""
+
+
+def install(ctx: StudioContext) -> Triggers:
+    """Follow blob events, start the matching providers' workflows; add ``POST /providers/trigger``."""
+    triggers = Triggers(ctx)
+    ctx.fold.on_event(triggers.observe)
+    ctx.service.app[TRIGGERS] = triggers
+
+    @ctx.service.background
+    async def start_runs(service: Any) -> None:
+        await triggers.run()
+
+    @ctx.service.route(
+        "POST",
+        "/providers/trigger",
+        summary="Start providers' workflows for a blob now (seed 004's blob_processing_workflow calls it)",
+        request=TriggerBody,
+        response=TriggerAnswer,
+        responses={
+            400: "The body is not understood",
+            404: "No such blob of the caller's",
+            409: "The blob is deleted",
+            422: "The workflow service refused a start",
+            503: "The workflow service did not answer in time",
+        },
+        tags=["providers"],
+        auth="client",
+    )
+    async def trigger(request: web.Request) -> web.Response:
+        info: KeyInfo = request[AUTH]
+        body = await read_json(request, TriggerBody)
+        blob = ctx.state.blobs.get(body.blob_id)
+        if blob is None or not (info.is_admin or blob.owner == info.tenant):
+            raise HTTPError(404, f"no blob {body.blob_id!r}")
+        if blob.deleted:
+            raise HTTPError(409, f"blob {body.blob_id} is deleted")
+        # A step's retry (same execution) starts nothing twice; another caller starts anew.
+        request_key = info.execution_id or str(uuid.uuid4())
+        answer = await triggers.trigger_now(
+            blob, body.provider_ids, body.metadata, request_key, requested_by=info.execution_id or ""
+        )
+        return json_response(answer)
+
+    return triggers
+
+
+TRIGGERS: web.AppKey[Triggers] = web.AppKey("studio_triggers", Triggers)
+"""The studio's ``Triggers`` on its application (tests and the bench read its latencies)."""
