@@ -27,17 +27,20 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from nexus.auth import AUTH, KeyInfo
 from nexus.eventlog import NO_STREAM, ConcurrencyError, DuplicateEventError
 from nexus.proto import new_event, new_event_id
 from nexus.proto.events.studio import BlobCreated, BlobDeleted, BlobOrigin, BlobUpdated, Delta
 from nexus.raw import RawNotFoundError, ref_key
-from nexus.runtime import HTTPError
+from nexus.runtime import HTTPError, Owned, json_response, read_json
+from nexus.services.studio import checks
 from nexus.services.studio.content import (
     ContentError,
     check_content_type,
     decode_json,
     encode_content,
     kind_of,
+    present,
     store_content,
 )
 from nexus.services.studio.context import StudioContext
@@ -188,7 +191,7 @@ class Blobs:
         if data is not None:
             return data
         try:
-            data = await self.ctx.service.raw.retrieve(ref_key(ref))
+            data = bytes(await self.ctx.service.raw.retrieve(ref_key(ref)))
         except RawNotFoundError:
             raise BlobError(503, f"the content {ref} is missing from Raw", error="content_missing") from None
         self._cache.put(ref, data)
@@ -521,10 +524,508 @@ class Blobs:
         raise BlobConflict(f"blob {blob_id} is being written too often to delete it; retry", self.get(blob_id).version)
 
 
+# -- the HTTP API --------------------------------------------------------------------------------
+
+
+class CreateBlob(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /blobs``: a new blob, owned by the caller's client."""
+
+    content_type: str
+    """Its media type: JSON types (``application/json``, ``*/*+json``) take a JSON value in
+    ``content``; text types (``text/*``, XML, YAML) a string; anything else ``content_base64``."""
+    content: Any = msgspec.UNSET
+    """The content (a JSON value or a string, by ``content_type``)."""
+    content_base64: str | None = None
+    """The content's bytes in base64 (any type; instead of ``content``)."""
+    metadata: dict[str, Any] = {}
+    """A JSON object kept with the version (``type``, ``title``...); ``GET /blobs?metadata.type=`` filters on it."""
+    parent_id: str | None = None
+    """The caller's blob this one derives from (lineage)."""
+
+
+class UpdateBlob(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``PUT /blobs/{blob_id}``: a new version, replacing the content whole."""
+
+    content: Any = msgspec.UNSET
+    content_base64: str | None = None
+    content_type: str | None = None
+    """None keeps the current one."""
+    metadata: dict[str, Any] | None = None
+    """None keeps the current version's metadata."""
+    expected_version: int | None = None
+    """The version the writer read (or the ``If-Match`` header): 409 when the blob is at another."""
+
+
+class BlobWritten(msgspec.Struct, frozen=True, kw_only=True):
+    """A blob as a write left it: its new version and the deltas that made it."""
+
+    id: str
+    version: int
+    deltas: list[Delta]
+    """From the previous version (none for version 1)."""
+    content_type: str
+    size: int
+    sha256: str
+    metadata: dict[str, Any]
+    parent_id: str | None
+    created_at: str
+    updated_at: str
+
+
+class BlobView(msgspec.Struct, frozen=True, kw_only=True):
+    """One version of a blob with its content."""
+
+    id: str
+    version: int
+    """The version shown (the current one unless ``?version=`` asked for another)."""
+    latest_version: int
+    content_type: str
+    content: Any = msgspec.UNSET
+    """JSON types: the JSON value; text types: the string."""
+    content_base64: str | msgspec.UnsetType = msgspec.UNSET
+    """Other types: the bytes in base64."""
+    size: int
+    sha256: str
+    metadata: dict[str, Any]
+    parent_id: str | None
+    owner: str
+    created_at: str
+    updated_at: str
+    """When the blob last changed (a deletion included)."""
+    deleted: bool = False
+    origin: BlobOrigin | None = None
+    """The provider run that wrote this version, when one did."""
+
+
+class VersionView(msgspec.Struct, frozen=True, kw_only=True):
+    """One version's description (no content)."""
+
+    version: int
+    content_type: str
+    size: int
+    sha256: str
+    metadata: dict[str, Any]
+    at: str
+    by: str
+    reason: str
+    """``create``, ``update``, ``patch``, ``delta``, ``rollback``."""
+    delta_kinds: list[str]
+    """The kinds of the deltas from the previous version (``GET …/deltas`` has them whole)."""
+    origin: BlobOrigin | None = None
+
+
+class VersionList(msgspec.Struct, frozen=True, kw_only=True):
+    """A blob's versions, oldest first."""
+
+    blob_id: str
+    deleted: bool
+    versions: list[VersionView]
+
+
+class VersionDeltas(msgspec.Struct, frozen=True, kw_only=True):
+    """The deltas that made one version from the previous one."""
+
+    version: int
+    deltas: list[Delta]
+
+
+class DeltaList(msgspec.Struct, frozen=True, kw_only=True):
+    """The deltas from version ``from`` to version ``to``: apply them in order to ``from``'s content."""
+
+    blob_id: str
+    from_version: int = msgspec.field(name="from")
+    to_version: int = msgspec.field(name="to")
+    versions: list[VersionDeltas]
+
+
+class BlobSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A blob in a listing (its current version, no content)."""
+
+    id: str
+    owner: str
+    version: int
+    content_type: str
+    size: int
+    metadata: dict[str, Any]
+    parent_id: str | None
+    created_at: str
+    updated_at: str
+    deleted: bool
+
+
+class BlobList(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of blobs, by id (ids are time-ordered: oldest first)."""
+
+    blobs: list[BlobSummary]
+    next_cursor: str | None = None
+    """Pass as ``cursor`` for the next page; absent on the last one."""
+
+
+_PAGE = 100
+_MAX_PAGE = 1000
+
+
+def _written(blob: Blob) -> BlobWritten:
+    current = blob.current
+    return BlobWritten(
+        id=blob.blob_id,
+        version=blob.version,
+        deltas=current.deltas,
+        content_type=current.content_type,
+        size=current.size,
+        sha256=current.sha256,
+        metadata=current.metadata,
+        parent_id=blob.parent_id,
+        created_at=blob.created_at,
+        updated_at=blob.updated_at,
+    )
+
+
+def _etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
+
+
+def _int_query(request: web.Request, name: str, low: int = 1) -> int | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or len(value) > 12 or int(value) < low:
+        raise HTTPError(
+            400, f"{name} must be a whole number of at least {low}, got {value[:40]!r}", error="invalid_query"
+        )
+    return int(value)
+
+
+def _if_match(request: web.Request) -> int | None:
+    """The version in ``If-Match`` (``"3"``, ``3`` or ``W/"3"``), None when absent."""
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    value = header.strip().removeprefix("W/").strip('"')
+    if not value.isdigit() or len(value) > 12:
+        raise HTTPError(400, f'If-Match must name a version ("3"), got {header[:40]!r}', error="invalid_header")
+    return int(value)
+
+
+def actor(info: KeyInfo) -> str:
+    """Who is writing: the execution for a workflow step's delegated token, else the key or worker."""
+    if info.execution_id:
+        return f"execution:{info.execution_id}"
+    return StudioContext.actor(info)
+
+
+def _matches(blob: Blob, filters: Mapping[str, str], media: str | None) -> bool:
+    current = blob.current
+    if media is not None and current.content_type.split(";", 1)[0].strip().lower() != media:
+        return False
+    for name, wanted in filters.items():
+        if name not in current.metadata:
+            return False
+        value = current.metadata[name]
+        if (value if isinstance(value, str) else _metadata_encoder.encode(value).decode()) != wanted:
+            return False
+    return True
+
+
 BLOBS: web.AppKey[Blobs] = web.AppKey("nexus_studio_blobs", Blobs)
 """``service.app[BLOBS]``: the studio's one ``Blobs`` (set by ``install``; other modules and tests use it)."""
 
 
 def install(ctx: StudioContext) -> None:
     """Add the blob routes to the studio, and its ``Blobs`` as ``ctx.service.app[BLOBS]``."""
-    ctx.service.app[BLOBS] = Blobs(ctx)
+    blobs = Blobs(ctx)
+    ctx.service.app[BLOBS] = blobs
+    service = ctx.service
+    owned = Owned("blob", "blob_id", ctx.state.tenant_of_blob)
+
+    async def body_content(body: CreateBlob | UpdateBlob, content_type: str) -> bytes:
+        try:
+            check_content_type(content_type)
+            return encode_content(
+                content_type, body.content, body.content_base64, has_content=body.content is not msgspec.UNSET
+            )
+        except ContentError as exc:
+            raise BlobInvalid(str(exc), error="invalid_content") from None
+
+    @service.route(
+        "POST",
+        "/blobs",
+        summary="Create a blob (version 1), owned by the caller's client",
+        request=CreateBlob,
+        response=BlobWritten,
+        status=201,
+        responses={
+            400: "Content that does not fit its content type, bad metadata, a parent_id that is not the caller's blob",
+            413: "Content above NEXUS_STUDIO_MAX_BLOB_BYTES (or a body above NEXUS_MAX_BODY_BYTES)",
+        },
+        tags=["blobs"],
+        auth="client",
+    )
+    async def create_blob(request: web.Request) -> web.Response:
+        """Stores the content in Raw (once per distinct content of the client) and appends
+        ``BlobCreated`` to the blob's stream. The answer carries ``ETag: "1"``."""
+        info: KeyInfo = request[AUTH]
+        body = await read_json(request, CreateBlob)
+        data = await body_content(body, body.content_type)
+        blob = await blobs.create(
+            info.tenant, actor(info), data, body.content_type, body.metadata, parent_id=body.parent_id
+        )
+        return json_response(_written(blob), status=201, headers=_etag(blob.version))
+
+    @service.route(
+        "GET",
+        "/blobs",
+        summary="List the caller's blobs, filtered by metadata and content type, a page at a time",
+        response=BlobList,
+        responses={400: "A malformed limit or cursor, or owner from a client key"},
+        tags=["blobs"],
+        auth="client",
+        query={
+            "owner": "Admin keys: only this client's blobs (a client key sees its own only)",
+            "metadata.<field>": "Only blobs whose current metadata has this field with this value "
+            "(strings as they are, other values as JSON: metadata.count=3)",
+            "type": "Only blobs of this media type (application/json)",
+            "include_deleted": "true: deleted blobs too",
+            "limit": f"At most this many (default {_PAGE}, at most {_MAX_PAGE})",
+            "cursor": "From a previous page's next_cursor",
+        },
+    )
+    async def list_blobs(request: web.Request) -> web.Response:
+        """Blobs by id (time-ordered), the current version of each; a client key sees its own
+        client's only, an admin key every client's (or ``owner``'s)."""
+        info: KeyInfo = request[AUTH]
+        owner = request.query.get("owner") or None
+        if owner is not None and not info.is_admin and owner != info.tenant:
+            raise HTTPError(400, "owner is for admin keys: a client key lists its own blobs", error="invalid_query")
+        if not info.is_admin:
+            owner = info.tenant
+        limit = min(_int_query(request, "limit") or _PAGE, _MAX_PAGE)
+        cursor = request.query.get("cursor") or ""
+        media = (request.query.get("type") or "").strip().lower() or None
+        include_deleted = request.query.get("include_deleted", "").lower() in ("1", "true", "yes")
+        filters = {k[len("metadata.") :]: v for k, v in request.query.items() if k.startswith("metadata.")}
+        # The fold's blobs, scanned: a listing costs a pass over the blobs in memory (a few
+        # milliseconds per hundred thousand), never a read of the log or Raw.
+        found = sorted(
+            blob_id
+            for blob_id, blob in ctx.state.blobs.items()
+            if blob_id > cursor
+            and (owner is None or blob.owner == owner)
+            and (include_deleted or not blob.deleted)
+            and _matches(blob, filters, media)
+        )
+        page = found[:limit]
+        items = []
+        for blob_id in page:
+            blob = ctx.state.blobs[blob_id]
+            current = blob.current
+            items.append(
+                BlobSummary(
+                    id=blob_id,
+                    owner=blob.owner,
+                    version=blob.version,
+                    content_type=current.content_type,
+                    size=current.size,
+                    metadata=current.metadata,
+                    parent_id=blob.parent_id,
+                    created_at=blob.created_at,
+                    updated_at=blob.updated_at,
+                    deleted=blob.deleted,
+                )
+            )
+        next_cursor = page[-1] if len(found) > limit else None
+        return json_response(BlobList(blobs=items, next_cursor=next_cursor))
+
+    @service.route(
+        "GET",
+        "/blobs/{blob_id}",
+        summary="Read a blob: its current version, or ?version=n",
+        response=BlobView,
+        responses={
+            404: "No such blob (or another client's), or no such version",
+            410: "The blob is deleted (its versions stay readable with ?version=n)",
+        },
+        tags=["blobs"],
+        auth="client",
+        owned=owned,
+        query={"version": "An earlier version (1 is the first)"},
+    )
+    async def get_blob(request: web.Request) -> web.Response:
+        """The content comes whole from Raw (at most NEXUS_STUDIO_MAX_BLOB_BYTES); a JSON blob's as
+        its canonical JSON (keys sorted). ``ETag`` names the version shown."""
+        blob_id = request.match_info["blob_id"]
+        version = _int_query(request, "version")
+        blob = blobs.get(blob_id)
+        if version is None and blob.deleted:
+            raise BlobGone(blob_id)
+        data, found = await blobs.read(blob_id, version)
+        shown = present(found.content_type, data)
+        view = BlobView(
+            id=blob_id,
+            version=found.version,
+            latest_version=blob.version,
+            content_type=found.content_type,
+            content=shown.get("content", msgspec.UNSET),
+            content_base64=shown.get("content_base64", msgspec.UNSET),
+            size=found.size,
+            sha256=found.sha256,
+            metadata=found.metadata,
+            parent_id=blob.parent_id,
+            owner=blob.owner,
+            created_at=blob.created_at,
+            updated_at=blob.updated_at,
+            deleted=blob.deleted,
+            origin=found.origin,
+        )
+        return json_response(view, headers=_etag(found.version))
+
+    @service.route(
+        "GET",
+        "/blobs/{blob_id}/versions",
+        summary="A blob's versions, oldest first (also of a deleted blob)",
+        response=VersionList,
+        responses={404: "No such blob (or another client's)"},
+        tags=["blobs"],
+        auth="client",
+        owned=owned,
+    )
+    async def list_versions(request: web.Request) -> web.Response:
+        """Each version's content type, size, sha256, metadata, author, reason and delta kinds."""
+        blob = blobs.get(request.match_info["blob_id"])
+        versions = [
+            VersionView(
+                version=v.version,
+                content_type=v.content_type,
+                size=v.size,
+                sha256=v.sha256,
+                metadata=v.metadata,
+                at=v.at,
+                by=v.by,
+                reason=v.reason,
+                delta_kinds=[d.kind for d in v.deltas],
+                origin=v.origin,
+            )
+            for v in blob.versions
+        ]
+        return json_response(VersionList(blob_id=blob.blob_id, deleted=blob.deleted, versions=versions))
+
+    @service.route(
+        "GET",
+        "/blobs/{blob_id}/deltas",
+        summary="The deltas between two versions of a blob (?from=&to=)",
+        response=DeltaList,
+        responses={400: "from after to", 404: "No such blob (or another client's), or no such version"},
+        tags=["blobs"],
+        auth="client",
+        owned=owned,
+        query={"from": "The version to start from (default 1)", "to": "The version to reach (default the current)"},
+    )
+    async def list_deltas(request: web.Request) -> web.Response:
+        """Applying the deltas of versions from+1..to, in order, to version ``from``'s content gives
+        version ``to``'s exactly; a ``replace`` delta names the new content in Raw."""
+        blob = blobs.get(request.match_info["blob_id"])
+        start = _int_query(request, "from") or 1
+        end = _int_query(request, "to") or blob.version
+        for v in (start, end):
+            blobs.version(blob.blob_id, v)
+        if start > end:
+            raise HTTPError(400, f"from ({start}) is after to ({end})", error="invalid_query")
+        versions = [VersionDeltas(version=v.version, deltas=v.deltas) for v in blob.versions[start:end]]
+        return json_response(DeltaList(blob_id=blob.blob_id, from_version=start, to_version=end, versions=versions))
+
+    @service.route(
+        "PUT",
+        "/blobs/{blob_id}",
+        summary="Write a new version of a blob, at the version the writer read (If-Match or expected_version)",
+        request=UpdateBlob,
+        response=BlobWritten,
+        responses={
+            400: "Bad content or metadata, or If-Match and expected_version disagreeing",
+            404: "No such blob (or another client's)",
+            409: "The blob is at another version (the message names it)",
+            410: "The blob is deleted",
+            413: "Content above NEXUS_STUDIO_MAX_BLOB_BYTES",
+            428: "Neither If-Match nor expected_version given",
+        },
+        tags=["blobs"],
+        auth="client",
+        owned=owned,
+    )
+    async def put_blob(request: web.Request) -> web.Response:
+        """A PUT must say which version it replaces (``If-Match: "3"`` or ``expected_version``):
+        without it, 428 (Precondition Required), so a writer never overwrites a version it has
+        not seen. The new version records the deltas from the previous one."""
+        info: KeyInfo = request[AUTH]
+        blob_id = request.match_info["blob_id"]
+        body = await read_json(request, UpdateBlob)
+        header = _if_match(request)
+        if header is not None and body.expected_version is not None and header != body.expected_version:
+            raise HTTPError(
+                400,
+                f"If-Match ({header}) and expected_version ({body.expected_version}) disagree",
+                error="invalid_body",
+            )
+        expected = header if header is not None else body.expected_version
+        if expected is None:
+            raise HTTPError(
+                428, 'say which version this replaces: If-Match: "<version>" or expected_version', error="precondition"
+            )
+        blob = blobs.get(blob_id)
+        if blob.deleted:
+            raise BlobGone(blob_id)
+        content_type = body.content_type or blob.current.content_type
+        data = await body_content(body, content_type)
+        updated = await blobs.update(
+            blob_id, actor(info), data, body.content_type, body.metadata, expected_version=expected
+        )
+        return json_response(_written(updated), headers=_etag(updated.version))
+
+    @service.route(
+        "PATCH",
+        "/blobs/{blob_id}",
+        summary="Apply an RFC 6902 JSON Patch to a JSON blob: a new version",
+        request=list[dict[str, Any]],
+        response=BlobWritten,
+        responses={
+            400: "Not a JSON Patch, an operation that fails (the message names it by index), or content not JSON",
+            404: "No such blob (or another client's)",
+            409: "If-Match names another version",
+            410: "The blob is deleted",
+        },
+        tags=["blobs"],
+        auth="client",
+        owned=owned,
+    )
+    async def patch_blob(request: web.Request) -> web.Response:
+        """The body is the patch (``application/json-patch+json`` or ``application/json``). With
+        ``If-Match`` it applies to that version only (409 otherwise); without, to the current
+        version when it is written (use a ``test`` operation to guard what it relies on). The
+        patch itself is recorded as the version's delta."""
+        info: KeyInfo = request[AUTH]
+        operations = await read_json(request, list[dict[str, Any]])
+        updated = await blobs.patch(
+            request.match_info["blob_id"], operations, actor(info), expected_version=_if_match(request)
+        )
+        return json_response(_written(updated), headers=_etag(updated.version))
+
+    @service.route(
+        "DELETE",
+        "/blobs/{blob_id}",
+        summary="Delete a blob (a tombstone: its versions stay readable to its owner)",
+        status=204,
+        responses={404: "No such blob (or another client's)", 410: "Already deleted"},
+        tags=["blobs"],
+        auth="client",
+        owned=owned,
+    )
+    async def delete_blob(request: web.Request) -> web.Response:
+        """Appends ``BlobDeleted``. Afterwards ``GET /blobs/{id}`` answers 410, while
+        ``?version=n``, ``/versions`` and ``/deltas`` still answer the owner; writes answer 410."""
+        info: KeyInfo = request[AUTH]
+        blob_id = request.match_info["blob_id"]
+        if blobs.get(blob_id).deleted:
+            raise BlobGone(blob_id)
+        await blobs.delete(blob_id, actor(info))
+        return web.Response(status=204)
+
+    checks.install(ctx, blobs)
