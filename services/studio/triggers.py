@@ -214,7 +214,7 @@ class Triggers:
         metadata: dict[str, Any] | None = None,
     ) -> Start:
         workflow_id = str(workflow.get("workflow_id"))
-        parts = ["studio", blob.blob_id, f"v{version}", provider.owner, provider.provider_id, workflow_id]
+        parts = ["studio", blob.blob_id, f"v{version}", trigger, provider.owner, provider.provider_id, workflow_id]
         if request_key is not None:
             parts += ["manual", request_key]
         return Start(

@@ -91,12 +91,18 @@ def workflow(workflow_id: str) -> dict[str, Any]:
 WORKFLOWS = ("wf_delta", "wf_other", "wf_ping", "wf_pong", "hold")
 
 
-def provider(provider_id: str, workflow_id: str, event: str = "onCreate", *conditions: dict[str, Any], priority: int = 20) -> dict[str, Any]:
+def provider(
+    provider_id: str, workflow_id: str, event: str = "onCreate", *conditions: dict[str, Any], priority: int = 20
+) -> dict[str, Any]:
     """A provider document (seed 004's shape) running ``workflow_id`` on ``event`` when ``conditions`` hold."""
     return {
         "provider": {"id": provider_id, "name": provider_id.title(), "type": "processor"},
         "workflows": [
-            {"workflow_id": workflow_id, "triggers": [{"event": event, "conditions": list(conditions)}], "priority": priority}
+            {
+                "workflow_id": workflow_id,
+                "triggers": [{"event": event, "conditions": list(conditions)}],
+                "priority": priority,
+            }
         ],
     }
 
@@ -152,7 +158,9 @@ class Platform:
     def url(self, service: Service | None = None) -> str:
         return f"http://127.0.0.1:{(service or self.studio).port}"
 
-    async def call(self, method: str, path: str, who: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, Any]:
+    async def call(
+        self, method: str, path: str, who: str, body: Any = None, *, raw: bytes | None = None
+    ) -> tuple[int, Any]:
         assert self.http is not None
         data = raw if raw is not None else (None if body is None else json.dumps(body))
         async with self.http.request(method, self.url() + path, data=data, headers=self.headers[who]) as response:
@@ -199,12 +207,20 @@ async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
     env = Platform(tmp_path, SharedLog(), bus, SharedRaw(), stub)
     try:
         env.workflow = await build(
-            "workflow", tmp_path, log=env.log, bus=env.bus, raw=env.raw, NEXUS_WORKFLOW_BUNDLED="none", NEXUS_SERVICE_STUB=stub.url
+            "workflow",
+            tmp_path,
+            log=env.log,
+            bus=env.bus,
+            raw=env.raw,
+            NEXUS_WORKFLOW_BUNDLED="none",
+            NEXUS_SERVICE_STUB=stub.url,
         )
         await env.workflow.start()
         for workflow_id in WORKFLOWS:
             document = workflow(workflow_id)
-            reply = await send_command(env.bus, "workflow", "register", {"kind": "workflow", "document": document}, source="test")
+            reply = await send_command(
+                env.bus, "workflow", "register", {"kind": "workflow", "document": document}, source="test"
+            )
             assert reply.get("id") == workflow_id, reply
         keys = {
             ALPHA: await issue_key(env.log, "client", ALPHA),

@@ -110,7 +110,11 @@ def test_a_bad_provider_is_refused_naming_the_field(path: str, value: Any, field
     assert caught.value.field == field
 
 
-BLOB = {"content_type": "text/markdown", "size": 120, "metadata": {"type": "chapter", "n": 3, "tags": ["a", "b"], "title": "The Sea"}}
+BLOB = {
+    "content_type": "text/markdown",
+    "size": 120,
+    "metadata": {"type": "chapter", "n": 3, "tags": ["a", "b"], "title": "The Sea"},
+}
 
 
 @pytest.mark.parametrize(
@@ -167,7 +171,10 @@ async def test_bundled_providers_are_registered_once(env: Platform) -> None:
 
 
 async def test_register_list_and_remove_over_http(env: Platform) -> None:
-    yaml_text = b"provider: {id: mine, name: Mine, type: processor}\nworkflows:\n  - workflow_id: wf_delta\n    triggers: [{event: onUpdate}]\n"
+    yaml_text = (
+        b"provider: {id: mine, name: Mine, type: processor}\n"
+        b"workflows:\n  - workflow_id: wf_delta\n    triggers: [{event: onUpdate}]\n"
+    )
     status, body = await env.call("POST", "/providers", ALPHA, raw=yaml_text)
     assert status == 201, body
     assert body["owner"] == ALPHA and body["workflows"][0]["priority"] == 50
@@ -175,7 +182,10 @@ async def test_register_list_and_remove_over_http(env: Platform) -> None:
     assert status == 201 and body["owner"] == PLATFORM_TENANT
 
     _, listed = await env.call("GET", "/providers", ALPHA)
-    assert {(p["owner"], p["provider"]["id"]) for p in listed["providers"]} >= {(ALPHA, "mine"), (PLATFORM_TENANT, "shared")}
+    assert {(p["owner"], p["provider"]["id"]) for p in listed["providers"]} >= {
+        (ALPHA, "mine"),
+        (PLATFORM_TENANT, "shared"),
+    }
     _, theirs = await env.call("GET", "/providers", BETA)
     assert (ALPHA, "mine") not in {(p["owner"], p["provider"]["id"]) for p in theirs["providers"]}
 
@@ -193,7 +203,11 @@ async def test_register_list_and_remove_over_http(env: Platform) -> None:
     ("body", "named"),
     [
         (b"provider: {id: p, name: P, type: t}\nworkflows: []\n", "workflows"),
-        (b'{"provider": {"id": "p", "name": "P", "type": "t"}, "workflows": [{"workflow_id": "w", "triggers": [{"event": "onMove"}]}]}', "workflows[0].triggers[0].event"),
+        (
+            b'{"provider": {"id": "p", "name": "P", "type": "t"}, '
+            b'"workflows": [{"workflow_id": "w", "triggers": [{"event": "onMove"}]}]}',
+            "workflows[0].triggers[0].event",
+        ),
         (b"a: &x [1]\nb: *x\n", "alias"),
         (b"[", "provider"),
     ],
