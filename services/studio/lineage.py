@@ -3,7 +3,7 @@
 Read from the fold: a blob's ``parent_id`` is its edge up, ``children`` its edges down, and
 each edge says what made it from the blob's ``BlobOrigin`` (provider, workflow, execution id
 and step) when a provider's run did (``created_blobs`` of the delta transformer, or a step of
-the run creating the blob with the run's delegated token). The versions of each blob a run
+the run creating the blob with the run's delegated token: step ``api``). The versions of each blob a run
 wrote (``delta``, ``rollback``) are listed with their origin too, so the answer shows every
 change a provider made along the tree.
 
@@ -24,6 +24,7 @@ from nexus.proto.events.studio import BlobOrigin
 from nexus.runtime import Owned, json_response
 from nexus.services.studio.context import StudioContext
 from nexus.services.studio.state import Blob, StudioState
+from nexus.services.studio.triggers import effective_origin
 
 __all__ = ["MAX_ANCESTORS", "MAX_NODES", "Edge", "Lineage", "LineageNode", "install", "lineage"]
 
@@ -104,11 +105,11 @@ def _node(state: StudioState, blob: Blob, owner: str, budget: list[int]) -> Line
         metadata=blob.current.metadata,
         deleted=blob.deleted,
         created_at=blob.created_at,
-        edge=Edge.of(blob.origin) if blob.parent_id else None,
+        edge=Edge.of(effective_origin(state, blob.origin, blob.created_by)) if blob.parent_id else None,
         versions_by_runs=[
-            RunVersion(version=v.version, reason=v.reason, edge=Edge.of(v.origin))
-            for v in blob.versions
-            if v.origin is not None and v.version > 1
+            RunVersion(version=v.version, reason=v.reason, edge=Edge.of(origin))
+            for v in blob.versions[1:]
+            if (origin := effective_origin(state, v.origin, v.by)) is not None
         ],
         children=children,
     )

@@ -60,7 +60,7 @@ from nexus.services.studio.state import (
     Run,
     run_stream,
 )
-from nexus.services.studio.triggers import stable_id
+from nexus.services.studio.triggers import WRITTEN_BY_EXECUTION, effective_origin, stable_id
 
 __all__ = [
     "COMPLETED",
@@ -416,10 +416,14 @@ class Transformer:
         state = ctx.state
         related = {execution_id} | {r.execution_id for r in state.runs.values() if r.requested_by == execution_id}
         by = ctx.actor(info)
-        first = next(
-            (v for v in blob.versions if v.origin is not None and v.origin.execution_id in related),
-            None,
-        )
+
+        def made_by_related(origin: BlobOrigin | None, by: str) -> bool:
+            found = effective_origin(state, origin, by)
+            if found is not None:
+                return found.execution_id in related
+            return by.startswith(WRITTEN_BY_EXECUTION) and by.removeprefix(WRITTEN_BY_EXECUTION) in related
+
+        first = next((v for v in blob.versions[1:] if made_by_related(v.origin, v.by)), None)
         restored: int | None = None
         if first is not None and not blob.deleted:
             already = (
@@ -448,7 +452,7 @@ class Transformer:
                 restored = first.version - 1
         deleted = []
         for other in list(state.blobs.values()):
-            made_here = other.origin is not None and other.origin.execution_id in related
+            made_here = made_by_related(other.origin, other.created_by)
             if made_here and other.owner == blob.owner and not other.deleted:
                 await self.blobs.delete(other.blob_id, by)
                 deleted.append(other.blob_id)

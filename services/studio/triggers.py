@@ -66,6 +66,7 @@ __all__ = [
     "TriggerBody",
     "Triggers",
     "chain_depth",
+    "effective_origin",
     "install",
     "stable_id",
 ]
@@ -88,6 +89,26 @@ def stable_id(*parts: str) -> str:
     return str(uuid.uuid5(_IDS, "\x00".join(parts)))
 
 
+WRITTEN_BY_EXECUTION = "execution:"
+"""How the blob routes name a writer acting with a workflow step's delegated token (``execution:<id>``)."""
+
+
+def effective_origin(state: StudioState, origin: BlobOrigin | None, by: str) -> BlobOrigin | None:
+    """The run behind a write: its ``origin`` when the transformer wrote it, else the run whose
+    execution's step wrote it through the blob routes (``by`` = ``execution:<id>``, the step
+    given as ``api``); None for a client's own write or an execution that is no provider run."""
+    if origin is not None:
+        return origin
+    if not by.startswith(WRITTEN_BY_EXECUTION):
+        return None
+    run = state.runs.get(by.removeprefix(WRITTEN_BY_EXECUTION))
+    if run is None:
+        return None
+    return BlobOrigin(
+        provider_id=run.provider_id, workflow_id=run.workflow_id, execution_id=run.execution_id, step="api"
+    )
+
+
 def chain_depth(state: StudioState, origin: BlobOrigin | None) -> int:
     """How many runs deep a write with ``origin`` is: 0 for a client's write, 1 for a run started
     by a client's write, and so on (read from the origins of the versions that started the runs)."""
@@ -100,7 +121,8 @@ def chain_depth(state: StudioState, origin: BlobOrigin | None) -> int:
         blob = state.blobs.get(run.blob_id) if run is not None else None
         if run is None or blob is None or not 1 <= run.blob_version <= blob.version:
             break
-        origin = blob.versions[run.blob_version - 1].origin
+        version = blob.versions[run.blob_version - 1]
+        origin = effective_origin(state, version.origin, version.by)
     return depth
 
 
@@ -179,7 +201,10 @@ class Triggers:
         if trigger == "onUpdate" and version != blob.version:
             return  # an update the fold refused (out of order)
         raw_origin = data.get("origin")
-        origin = msgspec.convert(raw_origin, BlobOrigin) if isinstance(raw_origin, Mapping) else None
+        by = str(data.get("created_by") or data.get("updated_by") or data.get("deleted_by") or "")
+        origin = effective_origin(
+            self.ctx.state, msgspec.convert(raw_origin, BlobOrigin) if isinstance(raw_origin, Mapping) else None, by
+        )
         depth = chain_depth(self.ctx.state, origin)
         if depth >= MAX_CHAIN:
             logger.warning("blob %s v%d: a chain of %d runs deep triggers nothing more", blob.blob_id, version, depth)
