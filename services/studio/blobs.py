@@ -44,7 +44,7 @@ from nexus.services.studio.content import (
     store_content,
 )
 from nexus.services.studio.context import StudioContext
-from nexus.services.studio.deltas import PatchError, apply_json_patch, compute_deltas
+from nexus.services.studio.deltas import PatchError, apply_json_patch, compute_deltas, replace_delta
 from nexus.services.studio.state import (
     BLOB_CREATED,
     BLOB_DELETED,
@@ -379,10 +379,9 @@ class Blobs:
             new_type = content_type or current.content_type
             data = self._encode(content, new_type)
             meta = dict(current.metadata) if metadata is None else self._metadata(metadata)
-            old = await self.content(current.content_ref)
             ref, digest = await store_content(self.ctx.service.raw, blob.owner, data, new_type)
             self._cache.put(ref, data)
-            deltas = await self._deltas(old, current.content_type, data, new_type, ref, digest, operations)
+            deltas = await self._deltas(current, data, new_type, ref, digest, operations)
             event = new_event(
                 BLOB_UPDATED,
                 BlobUpdated(
@@ -420,9 +419,18 @@ class Blobs:
         raise BlobConflict(f"blob {blob_id} is being written too often to update it; retry", self.get(blob_id).version)
 
     async def _deltas(
-        self, old: bytes, old_type: str, new: bytes, new_type: str, ref: str, digest: str, operations: list[Any] | None
+        self, current: Version, new: bytes, new_type: str, ref: str, digest: str, operations: list[Any] | None
     ) -> list[Delta]:
+        """The deltas from ``current`` to ``new``; the previous content is read only when a diff
+        is computed from it."""
         settings = self.ctx.settings
+        old_type = current.content_type
+        same_kind = kind_of(old_type) == kind_of(new_type)
+        if same_kind and current.sha256 == digest:
+            return []
+        if not same_kind or kind_of(new_type) == "binary" or max(current.size, len(new)) > settings.max_diff_bytes:
+            return [replace_delta(ref, len(new), digest)]
+        old = await self.content(current.content_ref)
 
         def compute() -> list[Delta]:
             return compute_deltas(
@@ -662,6 +670,7 @@ class BlobList(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _PAGE = 100
+_CHUNK = 64 * 1024
 _MAX_PAGE = 1000
 
 
@@ -1027,5 +1036,117 @@ def install(ctx: StudioContext) -> None:
             raise BlobGone(blob_id)
         await blobs.delete(blob_id, actor(info))
         return web.Response(status=204)
+
+    async def read_body(request: web.Request) -> bytes:
+        """The raw request body, read in chunks up to NEXUS_STUDIO_MAX_BLOB_BYTES (413 beyond):
+        not bounded by NEXUS_MAX_BODY_BYTES, which is for JSON documents."""
+        limit = ctx.settings.max_blob_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise BlobTooLarge(request.content_length, limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise BlobTooLarge(size, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def media_type(request: web.Request) -> str:
+        content_type = request.headers.get("Content-Type", "").strip()
+        if not content_type:
+            raise BlobInvalid("say what the content is in the Content-Type header", error="invalid_content")
+        return content_type
+
+    @service.route(
+        "POST",
+        "/blobs/content",
+        summary="Create a blob from the request body as it is (large content; the Content-Type header is its type)",
+        response=BlobWritten,
+        status=201,
+        responses={
+            400: "No Content-Type, content that does not fit it, or a parent_id that is not the caller's blob",
+            413: "Content above NEXUS_STUDIO_MAX_BLOB_BYTES",
+        },
+        tags=["blobs"],
+        auth="client",
+        query={
+            "parent_id": "The caller's blob this one derives from",
+            "metadata.<field>": "A metadata field (a string) of version 1",
+        },
+    )
+    async def create_from_body(request: web.Request) -> web.Response:
+        """The body is streamed in up to NEXUS_STUDIO_MAX_BLOB_BYTES, whatever NEXUS_MAX_BODY_BYTES
+        allows a JSON document: the way in for content too large to wrap in JSON."""
+        info: KeyInfo = request[AUTH]
+        content_type = media_type(request)
+        metadata = {k[len("metadata.") :]: v for k, v in request.query.items() if k.startswith("metadata.")}
+        data = await read_body(request)
+        blob = await blobs.create(
+            info.tenant, actor(info), data, content_type, metadata, parent_id=request.query.get("parent_id") or None
+        )
+        return json_response(_written(blob), status=201, headers=_etag(blob.version))
+
+    @service.route(
+        "GET",
+        "/blobs/{blob_id}/content",
+        summary="A blob's content as it is stored (the current version, or ?version=n), with its Content-Type",
+        content_type="application/octet-stream",
+        responses={
+            404: "No such blob (or another client's), or no such version",
+            410: "The blob is deleted (its versions stay readable with ?version=n)",
+        },
+        tags=["blobs"],
+        auth="client",
+        owned=owned,
+        query={"version": "An earlier version (1 is the first)"},
+    )
+    async def get_content(request: web.Request) -> web.StreamResponse:
+        """Written out in 64 KiB chunks (read whole from Raw first: at most NEXUS_STUDIO_MAX_BLOB_BYTES);
+        a JSON blob's content is its canonical JSON. ``ETag`` names the version."""
+        blob_id = request.match_info["blob_id"]
+        version = _int_query(request, "version")
+        if version is None and blobs.get(blob_id).deleted:
+            raise BlobGone(blob_id)
+        data, found = await blobs.read(blob_id, version)
+        response = web.StreamResponse(headers={"Content-Type": found.content_type, **_etag(found.version)})
+        response.content_length = len(data)
+        await response.prepare(request)
+        view = memoryview(data)
+        for start in range(0, len(data), _CHUNK):
+            await response.write(bytes(view[start : start + _CHUNK]))
+        await response.write_eof()
+        return response
+
+    @service.route(
+        "PUT",
+        "/blobs/{blob_id}/content",
+        summary="Write a new version from the request body as it is (large content), at the version in If-Match",
+        response=BlobWritten,
+        responses={
+            400: "No Content-Type, or content that does not fit it",
+            404: "No such blob (or another client's)",
+            409: "The blob is at another version (the message names it)",
+            410: "The blob is deleted",
+            413: "Content above NEXUS_STUDIO_MAX_BLOB_BYTES",
+            428: "No If-Match",
+        },
+        tags=["blobs"],
+        auth="client",
+        owned=owned,
+    )
+    async def put_content(request: web.Request) -> web.Response:
+        """As ``PUT /blobs/{blob_id}`` with the content streamed in; the metadata stays the current version's."""
+        info: KeyInfo = request[AUTH]
+        blob_id = request.match_info["blob_id"]
+        expected = _if_match(request)
+        if expected is None:
+            raise HTTPError(428, 'say which version this replaces: If-Match: "<version>"', error="precondition")
+        content_type = media_type(request)
+        if blobs.get(blob_id).deleted:
+            raise BlobGone(blob_id)
+        data = await read_body(request)
+        updated = await blobs.update(blob_id, actor(info), data, content_type, expected_version=expected)
+        return json_response(_written(updated), headers=_etag(updated.version))
 
     checks.install(ctx, blobs)

@@ -425,3 +425,51 @@ async def test_replay_of_the_log_rebuilds_the_running_state(studio: Studio_) -> 
     assert check.digest == state_digest("studio", projection.state(running))
     assert running.blobs[parent["id"]].children == [child["id"]]
     assert running.blobs[child["id"]].deleted and running.blobs[parent["id"]].version == 2
+
+
+async def test_content_streams_in_and_out_as_it_is(studio: Studio_) -> None:
+    acme = studio.acme
+    http, base = acme.http, acme.base
+    data = bytes(range(256)) * 12  # 3 KiB of bytes, no JSON around them
+    headers = {"X-API-Key": acme.key, "Content-Type": "application/pdf"}
+    async with http.post(base + "/blobs/content", data=data, headers=headers, params={"metadata.type": "scan"}) as r:
+        made = await r.json()
+        assert r.status == 201, made
+    assert made["metadata"] == {"type": "scan"} and made["size"] == len(data)
+    async with http.get(base + f"/blobs/{made['id']}/content", headers={"X-API-Key": acme.key}) as r:
+        assert r.status == 200 and r.headers["Content-Type"] == "application/pdf" and r.headers["ETag"] == '"1"'
+        assert await r.read() == data
+
+    # A new version streamed in, chunked (no Content-Length), at the version it replaces.
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 1000):
+            yield data[start : start + 1000][::-1]
+
+    url = base + f"/blobs/{made['id']}/content"
+    async with http.put(url, data=chunks(), headers=headers) as r:
+        assert r.status == 428
+    async with http.put(url, data=chunks(), headers={**headers, "If-Match": '"1"'}) as r:
+        put = await r.json()
+        assert r.status == 200 and put["version"] == 2 and put["deltas"][0]["kind"] == "replace"
+    async with http.get(url, headers={"X-API-Key": acme.key}, params={"version": "1"}) as r:
+        assert await r.read() == data
+
+    # Beyond NEXUS_STUDIO_MAX_BLOB_BYTES (4096 here), chunked or not: 413, nothing written.
+    async def too_much() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b"x" * 1000
+
+    async with http.put(url, data=too_much(), headers={**headers, "If-Match": '"2"'}) as r:
+        assert r.status == 413
+    async with http.post(base + "/blobs/content", data=b"x" * 5000, headers=headers) as r:
+        assert r.status == 413
+    async with http.post(base + "/blobs/content", data=b"\xff", headers={**headers, "Content-Type": "text/plain"}) as r:
+        assert r.status == 400 and "UTF-8" in (await r.json())["message"]
+    assert studio.blobs.get(made["id"]).version == 2
+    # Another client: 404, as for a blob that does not exist.
+    async with http.get(url, headers={"X-API-Key": studio.bob.key}) as r:
+        assert r.status == 404
+    async with http.put(
+        url, data=b"x", headers={"X-API-Key": studio.bob.key, "Content-Type": "text/plain", "If-Match": '"2"'}
+    ) as r:
+        assert r.status == 404
