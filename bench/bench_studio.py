@@ -1,0 +1,190 @@
+"""Studio: blob writes/s (1 KB JSON updates, each with its deltas) and delta applications/s.
+
+The studio is built by its own bootstrap in this process, on the embedded defaults: a SQLite
+event log with ``synchronous=FULL`` and a file Raw that fsyncs each new content. A write is
+``Blobs.update`` (what ``PUT /blobs/{id}`` runs after decoding): the previous version's content
+from the cache, the new content stored in Raw (every version here is new content), the RFC
+6902 patch computed with ``jsonpatch`` and checked to reproduce the version, one event appended
+at the stream's version, and the fold caught up. ``WRITERS`` writers each update their own blob
+in turn, so the log's group commit shares fsyncs among them as it does among HTTP clients.
+
+Peer, in the same run: the same events' bodies inserted by bare ``sqlite3`` (WAL,
+``synchronous=FULL``), one transaction each: what one writer without group commit gets.
+
+Delta applications/s: ``apply_deltas`` of each recorded version's deltas to the previous
+version's content (JSON patches of the 1 KB documents; line hunks of a 1 KB text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import random
+import shutil
+import sqlite3
+import time
+from typing import Any
+
+import msgspec
+
+from bench._harness import Context, Row, median_rate, target_row
+from nexus.bus.memory import MemoryBus
+from nexus.eventlog import open_event_log
+from nexus.proto.events.studio import Delta
+from nexus.raw.file import FileRaw
+from nexus.services.studio.blobs import BLOBS, Blobs
+from nexus.services.studio.bootstrap import bootstrap
+from nexus.services.studio.content import canonical_json
+from nexus.services.studio.deltas import apply_deltas, compute_deltas
+from nexus.services.studio.settings import load_settings
+
+SUITE = "studio"
+WRITERS = 32
+_WORDS = ["ink", "river", "lantern", "north", "quiet", "ember", "harbor", "violet", "stone", "glass"]
+
+
+def document(rng: random.Random, n: int) -> dict[str, Any]:
+    """A chapter-like JSON document of about 1 KB."""
+    return {
+        "title": f"Chapter {n}",
+        "status": rng.choice(["draft", "review", "final"]),
+        "revision": n,
+        "characters": [{"name": rng.choice(_WORDS).title(), "role": rng.choice(_WORDS)} for _ in range(6)],
+        "paragraphs": [" ".join(rng.choice(_WORDS) for _ in range(14)) for _ in range(8)],
+        "tags": rng.sample(_WORDS, 4),
+    }
+
+
+def edit(rng: random.Random, doc: dict[str, Any]) -> dict[str, Any]:
+    """The next version: a few fields changed, as an editor (or a provider) would."""
+    new = msgspec.json.decode(msgspec.json.encode(doc))
+    new["revision"] += 1
+    new["paragraphs"][rng.randrange(len(new["paragraphs"]))] = " ".join(rng.choice(_WORDS) for _ in range(14))
+    if rng.random() < 0.3:
+        new["characters"].append({"name": rng.choice(_WORDS).title(), "role": "new"})
+    new["status"] = rng.choice(["draft", "review", "final"])
+    return new
+
+
+Pairs = list[tuple[bytes, list[Delta]]]
+
+
+async def _writes(ctx: Context, total: int) -> tuple[float, list[bytes], Pairs, dict[str, bytes]]:
+    """Blob writes/s through the studio; the event bodies written, (previous content, deltas)
+    pairs, and every version's content by reference (what a replace delta reads)."""
+    workdir = ctx.workdir / "studio"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    log = await open_event_log(f"sqlite:///{workdir / 'events.db'}")
+    raw = FileRaw(workdir / "raw")
+    bus = MemoryBus()
+    await bus.ensure_streams()
+    env = {"NEXUS_DATA_DIR": str(workdir), "NEXUS_STUDIO_PORT": "0"}
+    settings = dataclasses.replace(load_settings(env), port=0)
+    service = await bootstrap(settings, log=log, bus=bus, raw=raw)
+    await service.start()
+    blobs: Blobs = service.app[BLOBS]
+    rng = random.Random(7)
+    pairs: Pairs = []
+    store: dict[str, bytes] = {}
+    try:
+        docs = [document(rng, i) for i in range(WRITERS)]
+        ids = [(await blobs.create("bench", "key:bench", d, "application/json")).blob_id for d in docs]
+        per_writer = max(1, total // WRITERS)
+
+        async def writer(i: int) -> None:
+            doc = docs[i]
+            for _ in range(per_writer):
+                doc = edit(rng, doc)
+                await blobs.update(ids[i], "key:bench", doc)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(writer(i) for i in range(WRITERS)))
+        rate = WRITERS * per_writer / (time.perf_counter() - start)
+        bodies = [msgspec.json.encode(e) for e in await log.read_all(1, None, ["nexus.studio.blob.updated"])]
+        for blob_id in ids:
+            blob = blobs.get(blob_id)
+            for version in blob.versions:
+                store[version.content_ref] = await blobs.content(version.content_ref)
+            for previous, version in itertools.pairwise(blob.versions):
+                pairs.append((store[previous.content_ref], version.deltas))
+    finally:
+        await service.stop()
+        await log.close()
+    return rate, bodies, pairs, store
+
+
+def _bare_sqlite(ctx: Context, bodies: list[bytes]) -> float:
+    """The same bodies inserted by bare sqlite3, one FULL transaction each."""
+    path = ctx.workdir / "studio-peer.db"
+    path.unlink(missing_ok=True)
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    con.execute("CREATE TABLE events (position INTEGER PRIMARY KEY, stream TEXT, version INTEGER, body BLOB)")
+    start = time.perf_counter()
+    for i, body in enumerate(bodies):
+        con.execute("BEGIN")
+        con.execute("INSERT INTO events (stream, version, body) VALUES (?, ?, ?)", (f"blob-{i % WRITERS}", i, body))
+        con.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    con.close()
+    return len(bodies) / elapsed
+
+
+def _text_pairs(count: int) -> Pairs:
+    """Line edits of a 1 KB markdown text, with their recorded hunks."""
+    rng = random.Random(11)
+    lines = [" ".join(rng.choice(_WORDS) for _ in range(6)) + "\n" for _ in range(24)]
+    pairs = []
+    for _ in range(count):
+        old = "".join(lines).encode()
+        lines[rng.randrange(len(lines))] = " ".join(rng.choice(_WORDS) for _ in range(6)) + "\n"
+        if rng.random() < 0.5:
+            lines.insert(rng.randrange(len(lines)), "## " + rng.choice(_WORDS) + "\n")
+            lines.pop(rng.randrange(len(lines)))
+        new = "".join(lines).encode()
+        pairs.append((old, compute_deltas(old, "text/markdown", new, "text/markdown", new_ref="r", new_sha256="s")))
+    return pairs
+
+
+async def run(ctx: Context) -> list[Row]:
+    total = ctx.scale(6400, 640)
+    rates = []
+    bodies: list[bytes] = []
+    json_pairs: Pairs = []
+    store: dict[str, bytes] = {}
+    for _ in range(ctx.repeats):
+        rate, bodies, json_pairs, store = await _writes(ctx, total)
+        rates.append(rate)
+    rates.sort()
+    ours = rates[len(rates) // 2]
+    peer = await asyncio.to_thread(_bare_sqlite, ctx, bodies[: ctx.scale(2000, 300)])
+    size = sum(len(canonical_json(msgspec.json.decode(p[0]))) for p in json_pairs) / max(1, len(json_pairs))
+    kinds = {d.kind for _, deltas in json_pairs for d in deltas}
+
+    def applications(pairs: Pairs) -> Any:
+        async def work() -> int:
+            for content, deltas in pairs:
+                apply_deltas(content, deltas, fetch=store.__getitem__)
+            return len(pairs)
+
+        return work
+
+    text_pairs = _text_pairs(ctx.scale(5000, 500))
+    json_rate = await median_rate(applications(json_pairs), ctx.repeats)
+    text_rate = await median_rate(applications(text_pairs), ctx.repeats)
+    return [
+        target_row(
+            SUITE,
+            f"blob writes (1 KB JSON update + deltas, {WRITERS} writers, sqlite FULL, file Raw fsync)",
+            ours,
+            "writes/s",
+            at_least=2000,
+            peer=f"bare sqlite3 one txn/event {peer:,.0f} (x{ours / peer:.1f})",
+            note=f"documents ~{size:,.0f} B; delta kinds {', '.join(sorted(kinds))}",
+        ),
+        target_row(SUITE, "delta applications (json-patch, 1 KB documents)", json_rate, "deltas/s"),
+        target_row(SUITE, "delta applications (text-diff, 1 KB text)", text_rate, "deltas/s"),
+    ]
