@@ -6,7 +6,7 @@ to the blob's owner (``providers.visible_providers``) and each of its workflows 
 of that event whose conditions hold of the blob (``providers.matches``), a start is queued;
 a few workers send ``nexus.cmd.workflow.start`` with ``Nexus-Tenant`` = the blob's owner (the
 execution is the client's, its steps act with the client's delegated token), the input
-``{blob_id, user_id, provider_ids, metadata}`` and the provider's priority, then append
+``{blob_id, user_id, provider_ids, metadata}`` (``user_id``: see ``user_id``) and the provider's priority, then append
 ``StudioRunStarted`` to ``run_stream(execution_id)``.
 
 Each start happens once per (blob version, provider, workflow): the command's idempotency key
@@ -17,7 +17,9 @@ for appends, which wait for the fold it runs inside).
 
 No loop: a write made by a run (its ``origin`` names the run) does not trigger the provider of
 that run again, and a chain of runs writing blobs that trigger other providers stops at
-``MAX_CHAIN`` runs deep (the depth is read from the origins, so it survives restarts).
+``MAX_CHAIN`` runs deep (the depth is read from the origins, so it survives restarts); a run
+calling ``POST /providers/trigger`` counts as the parent of the runs it starts, so a workflow
+that triggers its own provider stops there too.
 
 ``POST /providers/trigger`` (called by seed 004's ``blob_processing_workflow``) starts the named
 providers' workflows for a blob now, trigger ``manual``: every workflow of each provider, as
@@ -68,7 +70,9 @@ __all__ = [
     "chain_depth",
     "effective_origin",
     "install",
+    "run_depth",
     "stable_id",
+    "user_id",
 ]
 
 logger = logging.getLogger("nexus.studio.triggers")
@@ -109,21 +113,48 @@ def effective_origin(state: StudioState, origin: BlobOrigin | None, by: str) -> 
     )
 
 
-def chain_depth(state: StudioState, origin: BlobOrigin | None) -> int:
-    """How many runs deep a write with ``origin`` is: 0 for a client's write, 1 for a run started
-    by a client's write, and so on (read from the origins of the versions that started the runs)."""
+def run_depth(state: StudioState, execution_id: str) -> int:
+    """How many provider runs deep run ``execution_id`` is: 1 for a run started by a client's
+    write, one more for each run whose write (or whose ``POST /providers/trigger``) started the
+    next; 0 when it is no run. Counted up to ``MAX_CHAIN + 1``."""
     depth = 0
+    current: str | None = execution_id
     seen: set[str] = set()
-    while origin is not None and depth <= MAX_CHAIN and origin.execution_id not in seen:
-        seen.add(origin.execution_id)
+    while current and current not in seen and depth <= MAX_CHAIN:
+        seen.add(current)
+        run = state.runs.get(current)
+        if run is None:
+            break
         depth += 1
-        run = state.runs.get(origin.execution_id)
-        blob = state.blobs.get(run.blob_id) if run is not None else None
-        if run is None or blob is None or not 1 <= run.blob_version <= blob.version:
+        if run.requested_by:
+            current = run.requested_by
+            continue
+        blob = state.blobs.get(run.blob_id)
+        if blob is None or not 1 <= run.blob_version <= blob.version:
             break
         version = blob.versions[run.blob_version - 1]
         origin = effective_origin(state, version.origin, version.by)
+        current = origin.execution_id if origin is not None else None
     return depth
+
+
+def chain_depth(state: StudioState, origin: BlobOrigin | None) -> int:
+    """How many runs deep a write with ``origin`` is: 0 for a client's write, else the depth of
+    the run that wrote it (``run_depth``)."""
+    return run_depth(state, origin.execution_id) if origin is not None else 0
+
+
+_USERS = uuid.UUID("1b7d3c9e-6f0a-4a51-8e47-2a9c5d0b7f13")
+
+
+def user_id(owner: str) -> str:
+    """The ``user_id`` of a run's input: the owning client's id when it is a UUID, else a UUID
+    derived from it (the same for every run of the client). Seed 004's ``blob_input_schema_v1``
+    requires a UUID there; Nexus names clients freely (``acme``)."""
+    try:
+        return str(uuid.UUID(owner))
+    except ValueError:
+        return str(uuid.uuid5(_USERS, owner))
 
 
 @dataclass
@@ -321,7 +352,7 @@ class Triggers:
             workflow_id=start.workflow_id,
             input={
                 "blob_id": start.blob_id,
-                "user_id": start.owner,
+                "user_id": user_id(start.owner),
                 "provider_ids": provider_ids,
                 "metadata": start.metadata,
             },
@@ -461,6 +492,10 @@ def install(ctx: StudioContext) -> Triggers:
             raise HTTPError(404, f"no blob {body.blob_id!r}")
         if blob.deleted:
             raise HTTPError(409, f"blob {body.blob_id} is deleted")
+        if info.execution_id and run_depth(ctx.state, info.execution_id) >= MAX_CHAIN:
+            raise HTTPError(
+                409, f"execution {info.execution_id} is {MAX_CHAIN} provider runs deep; it starts no more (no loop)"
+            )
         # A step's retry (same execution) starts nothing twice; another caller starts anew.
         request_key = info.execution_id or str(uuid.uuid4())
         answer = await triggers.trigger_now(

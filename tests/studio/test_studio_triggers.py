@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from providers_harness import ALPHA, BETA, Platform, eq, platform, provider, until
 
+from nexus.auth import KeyInfo
 from nexus.services.studio.state import run_stream
-from nexus.services.studio.triggers import MAX_CHAIN
+from nexus.services.studio.triggers import MAX_CHAIN, run_depth, user_id
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ async def test_a_matching_create_starts_the_workflow_once_as_the_owner(env: Plat
     assert events[0].tenant == ALPHA  # the execution is the client's
     assert events[0].data["input"] == {
         "blob_id": blob_id,
-        "user_id": ALPHA,
+        "user_id": user_id(ALPHA),
         "provider_ids": ["writer"],
         "metadata": {"type": "draft", "book": "b1"},
     }
@@ -144,3 +145,24 @@ async def test_trigger_route_starts_the_named_providers_now(env: Platform) -> No
     assert status == 404
     status, body = await env.call("POST", "/providers/trigger", ALPHA, {"blob_id": blob_id, "extra": 1})
     assert status == 400 and "extra" in body["message"]
+
+
+async def test_a_run_triggering_its_own_provider_stops_at_the_chain_limit(env: Platform) -> None:
+    # The run's step asks for its own provider again (as a seed pipeline naming itself would).
+    await env.register(provider("again", "wf_other", "onCreate"))
+    blob_id = await env.blob(ALPHA)
+    await until(lambda: len(env.state().runs) == 1, "the first run")
+    state = env.state()
+    triggers = env.triggers()
+    caller = next(iter(state.runs))
+    for _ in range(MAX_CHAIN + 2):
+        info = KeyInfo(key_id="d", kind="client", owner=ALPHA, scopes=("delegated",), execution_id=caller)
+        if run_depth(state, caller) >= MAX_CHAIN:
+            break
+        answer = await triggers.trigger_now(
+            state.blobs[blob_id], ["again"], None, caller, requested_by=info.execution_id or ""
+        )
+        caller = answer.executions[0].execution_id
+        await until(lambda c=caller: c in state.runs, "the manual run folded")  # type: ignore[misc]
+    assert run_depth(state, caller) == MAX_CHAIN
+    assert len(state.runs) == MAX_CHAIN
