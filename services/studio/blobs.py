@@ -538,9 +538,11 @@ class Blobs:
 class CreateBlob(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``POST /blobs``: a new blob, owned by the caller's client."""
 
-    content_type: str
+    content_type: str | None = None
     """Its media type: JSON types (``application/json``, ``*/*+json``) take a JSON value in
-    ``content``; text types (``text/*``, XML, YAML) a string; anything else ``content_base64``."""
+    ``content``; text types (``text/*``, XML, YAML) a string; anything else ``content_base64``.
+    None (seed 004's ``book_chapter_expansion`` sends none): ``text/plain`` for a string,
+    ``application/json`` for any other JSON value, ``application/octet-stream`` for base64."""
     content: Any = msgspec.UNSET
     """The content (a JSON value or a string, by ``content_type``)."""
     content_base64: str | None = None
@@ -775,10 +777,15 @@ def install(ctx: StudioContext) -> None:
         ``BlobCreated`` to the blob's stream. The answer carries ``ETag: "1"``."""
         info: KeyInfo = request[AUTH]
         body = await read_json(request, CreateBlob)
-        data = await body_content(body, body.content_type)
-        blob = await blobs.create(
-            info.tenant, actor(info), data, body.content_type, body.metadata, parent_id=body.parent_id
+        content_type = body.content_type or (
+            "application/octet-stream"
+            if body.content is msgspec.UNSET
+            else "text/plain"
+            if isinstance(body.content, str)
+            else "application/json"
         )
+        data = await body_content(body, content_type)
+        blob = await blobs.create(info.tenant, actor(info), data, content_type, body.metadata, parent_id=body.parent_id)
         return json_response(_written(blob), status=201, headers=_etag(blob.version))
 
     @service.route(
