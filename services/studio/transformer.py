@@ -76,6 +76,9 @@ COMPLETED = "nexus.workflow.execution.completed"
 EXECUTION_STREAM = "execution-"
 """The workflow service's stream of one execution is ``execution-<id>``."""
 
+GENERATE_WAIT_SECONDS = 20.0
+"""How long ``POST /deltas/generate`` waits for the runs it is asked about to be applied."""
+
 MAX_OPERATIONS = 1000
 MAX_CREATED = 50
 _WORKERS = 4
@@ -495,7 +498,8 @@ class GenerateBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """``POST /deltas/generate``: the changes ``provider_outputs`` would make to blob ``blob_id``.
 
     ``provider_outputs``: one workflow output, a list of them, or what ``POST /providers/trigger``
-    answered (``{executions: [...]}``: the changes those runs made, once applied); null: none."""
+    answered (``{executions: [...]}``: the changes those runs made once applied, waiting up to
+    ``GENERATE_WAIT_SECONDS`` for them, and the blobs their steps created); null: none."""
 
     blob_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     provider_outputs: Any = None
@@ -575,7 +579,12 @@ def generate(ctx: StudioContext, blob: Blob, outputs: Any) -> Generated:
                                     version=made.version,
                                 )
                             )
-                    for child in run.created_blobs:
+                    by_steps = [
+                        b.blob_id
+                        for b in ctx.state.blobs.values()
+                        if b.created_by == WRITTEN_BY_EXECUTION + execution_id and b.blob_id not in run.created_blobs
+                    ]
+                    for child in [*run.created_blobs, *by_steps]:
                         deltas.append(
                             GeneratedDelta(
                                 type="create_derived",
@@ -646,7 +655,16 @@ def install(ctx: StudioContext) -> Transformer:
     async def generate_deltas(request: web.Request) -> web.Response:
         info: KeyInfo = request[AUTH]
         body = await read_json(request, GenerateBody)
-        return json_response(generate(ctx, _owned_blob(ctx, info, body.blob_id), body.provider_outputs))
+        blob = _owned_blob(ctx, info, body.blob_id)
+        answer = generate(ctx, blob, body.provider_outputs)
+        # Runs just triggered (the seed pipeline's previous step) are given a moment to end and be
+        # applied, so the answer holds what they did; those still running are listed as pending.
+        deadline = asyncio.get_running_loop().time() + GENERATE_WAIT_SECONDS
+        while answer.pending and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            if all(ctx.state.runs[e].applied or ctx.state.runs[e].rolled_back for e in answer.pending):
+                answer = generate(ctx, blob, body.provider_outputs)
+        return json_response(answer)
 
     return transformer
 
