@@ -405,7 +405,7 @@ def _owner_for(info: KeyInfo, request: web.Request) -> str:
     if info.is_admin:
         return asked or PLATFORM_TENANT
     if asked not in (None, info.tenant):
-        raise HTTPError(403, "a client registers providers for its own blobs only (leave out ?owner=)")
+        raise HTTPError(400, "owner is for admin keys: a client registers providers for its own blobs (leave it out)")
     return info.tenant
 
 

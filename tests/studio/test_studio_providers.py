@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,7 @@ async def test_register_list_and_remove_over_http(env: Platform) -> None:
     status, _ = await env.call("DELETE", "/providers/mine", BETA)
     assert status == 404
     status, _ = await env.call("POST", f"/providers?owner={ALPHA}", BETA, provider("x", "wf_other"))
-    assert status == 403
+    assert status == 400
     status, _ = await env.call("DELETE", "/providers/mine", ALPHA)
     assert status == 204
     assert (ALPHA, "mine") not in env.state().providers
@@ -216,3 +217,26 @@ async def test_a_bad_provider_gets_400_naming_it(env: Platform, body: bytes, nam
     status, answer = await env.call("POST", "/providers", ALPHA, raw=body)
     assert status == 400, answer
     assert named in answer["message"]
+
+
+async def test_the_cli_adds_lists_and_removes_providers(
+    env: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nexus.cli.main import main
+
+    monkeypatch.setenv("NEXUS_STUDIO_URL", env.url())
+    monkeypatch.setenv("NEXUS_SERVICE_KEY", env.headers[ALPHA]["X-API-Key"])
+    path = tmp_path / "p.yaml"
+    path.write_bytes(SEED_YAML)
+    assert await asyncio.to_thread(main, ["studio", "providers", "add", str(path)]) == 0
+    assert (ALPHA, "book-writer") in env.state().providers
+    assert await asyncio.to_thread(main, ["studio", "providers", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"{ALPHA}\tbook-writer\tbook_chapter_processing\tpriority 10\tonCreate,onUpdate" in listed
+    path.write_bytes(b"provider: {id: p, name: P, type: t}\nworkflows: []\n")
+    assert await asyncio.to_thread(main, ["studio", "providers", "add", str(path)]) == 1
+    assert "workflows" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, ["studio", "providers", "remove", "book-writer"]) == 0
+    assert (ALPHA, "book-writer") not in env.state().providers
+    monkeypatch.setenv("NEXUS_SERVICE_KEY", "nxk_bad.bad")
+    assert await asyncio.to_thread(main, ["studio", "providers", "list"]) == 4
