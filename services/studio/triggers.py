@@ -288,8 +288,37 @@ class Triggers:
 
     # -- starting ---------------------------------------------------------------------------------
 
+    def sweep(self) -> int:
+        """Queue the starts of each blob's latest event that no run records (at start: a studio
+        stopped between a write and its starts, or started after a replica wrote while none was
+        following). Only providers registered before that event was written count, so a provider
+        registered later does not fire on old blobs. Returns how many starts were queued."""
+        state = self.ctx.state
+        queued = 0
+        for blob in list(state.blobs.values()):
+            version = blob.current
+            trigger = "onDelete" if blob.deleted else "onUpdate" if blob.version > 1 else "onCreate"
+            at = blob.deleted_at if blob.deleted and blob.deleted_at else version.at
+            origin = effective_origin(state, version.origin, version.by)
+            if chain_depth(state, origin) >= MAX_CHAIN:
+                continue
+            for start in self.matching(blob, blob.version, trigger, origin):
+                provider = state.providers.get((start.provider_owner, start.provider_id))
+                if provider is None or provider.registered_at > at:
+                    continue
+                known = state.started.get((blob.blob_id, blob.version, start.provider_id, start.workflow_id))
+                run = state.runs.get(known) if known else None
+                if run is not None and run.trigger == trigger:
+                    continue
+                self._queue.put_nowait(start)
+                queued += 1
+        return queued
+
     async def run(self) -> None:
-        """Send queued starts with a few workers until cancelled."""
+        """Sweep, then send queued starts with a few workers until cancelled."""
+        swept = self.sweep()
+        if swept:
+            logger.info("%d provider starts recorded by no run are sent now", swept)
         workers = [asyncio.create_task(self._work(), name=f"studio-trigger-{i}") for i in range(_WORKERS)]
         try:
             await asyncio.gather(*workers)

@@ -11,7 +11,9 @@ import pytest
 from providers_harness import ALPHA, BETA, Platform, eq, platform, provider, until
 
 from nexus.auth import KeyInfo
-from nexus.services.studio.state import run_stream
+from nexus.proto import new_event
+from nexus.proto.events.studio import BlobCreated
+from nexus.services.studio.state import BLOB_CREATED, blob_stream, run_stream
 from nexus.services.studio.triggers import MAX_CHAIN, run_depth, user_id
 
 
@@ -166,3 +168,39 @@ async def test_a_run_triggering_its_own_provider_stops_at_the_chain_limit(env: P
         await until(lambda c=caller: c in state.runs, "the manual run folded")  # type: ignore[misc]
     assert run_depth(state, caller) == MAX_CHAIN
     assert len(state.runs) == MAX_CHAIN
+
+
+async def test_a_write_made_while_no_studio_followed_starts_its_run_at_start(env: Platform) -> None:
+    await env.register(provider("late", "wf_other", "onCreate", eq("metadata.type", "draft")))
+    blob_id = await env.blob(ALPHA)
+    await until(lambda: len(env.state().runs) == 1, "the first run")
+    await env.stop_studio(env.studio)
+    # Another replica wrote a blob and stopped before starting its run (its event is in the log).
+    event = new_event(
+        BLOB_CREATED,
+        BlobCreated(
+            blob_id="written-meanwhile",
+            owner=ALPHA,
+            created_by="key:t",
+            content_type="application/json",
+            content_ref="raw://t/alpha/studio/sha256/00",
+            size=2,
+            sha256="00",
+            metadata={"type": "draft"},
+        ),
+        source="test",
+        tenant=ALPHA,
+    )
+    await env.log.append(blob_stream("written-meanwhile"), [event])
+    await env.start_studio()
+    state = env.state()
+    await until(lambda: any(r.blob_id == "written-meanwhile" for r in state.runs.values()), "the missed start")
+    await asyncio.sleep(0.2)
+    assert len(state.runs) == 2  # the first blob's run is not started again
+    # A provider registered after the blobs were written does not fire on them at the next start.
+    await env.register(provider("newer", "wf_other", "onCreate"))
+    await env.stop_studio(env.studio)
+    await env.start_studio()
+    await asyncio.sleep(0.3)
+    assert not [r for r in env.state().runs.values() if r.provider_id == "newer"]
+    assert blob_id in env.state().blobs
