@@ -3,7 +3,8 @@
 Seed 004's ``book_chapter_expansion`` asks, before saving an expanded chapter, how consistent it
 is with the story so far. The earlier chapters are the caller's blobs (not deleted) whose
 metadata says ``type: chapter``, ``book_id`` = the body's ``book_id`` and a ``chapter_number``
-below the body's; their current content is read (text as it is; JSON: every string in it).
+below the body's; their current content is read (text as it is; JSON: every string in it),
+the earliest first, up to 200 chapters and 4 MB in all.
 
 The score is computed from words only (no model), so the same texts always score the same::
 
@@ -72,6 +73,9 @@ _PRESENT = frozenset(
 _TOP_TERMS = 20
 _MAX_CHAPTERS = 200
 _MAX_TEXT = 2_000_000
+_MAX_EARLIER_BYTES = 4_000_000
+"""The earlier chapters read are at most this many bytes in all (the earliest first), so a book of
+huge chapters cannot make one check read and scan gigabytes."""
 
 
 class CheckBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -240,7 +244,12 @@ async def earlier_chapters(
         found.append((own if own is not None else 0.0, blob.blob_id))
     found.sort()
     texts, ids = [], []
+    budget = _MAX_EARLIER_BYTES
     for _, blob_id in found[:_MAX_CHAPTERS]:
+        size = ctx.state.blobs[blob_id].current.size
+        if size > budget:
+            break
+        budget -= size
         try:
             data, version = await blobs.read(blob_id)
         except BlobError:

@@ -80,11 +80,11 @@ OPERATORS = ("eq", "ne", "in", "exists", "gt", "lt", "contains")
 EVENTS = ("onCreate", "onUpdate", "onDelete")
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_MAX_WORKFLOWS = 32
+_MAX_WORKFLOWS = 16
 _MAX_TRIGGERS = 16
 _MAX_CONDITIONS = 16
 _MAX_FIELD_DEPTH = 8
-_MAX_PROVIDERS_PER_OWNER = 200
+_MAX_PROVIDERS_PER_OWNER = 100
 _TOP_FIELDS = {"provider", "workflows"}
 _PROVIDER_FIELDS = {"id", "name", "type", "description"}
 _WORKFLOW_FIELDS = {"workflow_id", "triggers", "priority"}
