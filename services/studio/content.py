@@ -21,18 +21,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from typing import Any, Literal
 
 import msgspec
 
-from nexus.raw import REF_SCHEME, RawBackend, ref_key, tenant_key
+from nexus.raw import REF_SCHEME, RawBackend, tenant_key
 
 __all__ = [
     "MAX_CONTENT_DEPTH",
     "ContentError",
     "Kind",
     "canonical_json",
+    "content_key",
     "content_ref",
     "decode_json",
     "encode_content",
@@ -98,11 +100,11 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
         if isinstance(item, dict):
             if depth > limit:
                 return True
-            stack.extend((child, depth + 1) for child in item.values())
+            stack.extend((child, depth + 1) for child in item.values() if isinstance(child, dict | list))
         elif isinstance(item, list):
             if depth > limit:
                 return True
-            stack.extend((child, depth + 1) for child in item)
+            stack.extend((child, depth + 1) for child in item if isinstance(child, dict | list))
     return False
 
 
@@ -113,12 +115,15 @@ def canonical_json(value: Any) -> bytes:
         ContentError: ``value`` is not JSON (a NaN, a set, a non-string key...) or nests deeper
             than :data:`MAX_CONTENT_DEPTH`.
     """
-    if _depth_exceeds(value, MAX_CONTENT_DEPTH):
-        raise ContentError(f"JSON content nests deeper than {MAX_CONTENT_DEPTH} levels")
     try:
-        return _encoder.encode(value)
+        data = _encoder.encode(value)
+    except RecursionError:
+        raise ContentError(f"JSON content nests deeper than {MAX_CONTENT_DEPTH} levels") from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise ContentError(f"content is not a JSON value: {exc}") from None
+    if data.count(b"[") + data.count(b"{") > MAX_CONTENT_DEPTH and _depth_exceeds(value, MAX_CONTENT_DEPTH):
+        raise ContentError(f"JSON content nests deeper than {MAX_CONTENT_DEPTH} levels")
+    return data
 
 
 def decode_json(data: bytes) -> Any:
@@ -131,7 +136,7 @@ def decode_json(data: bytes) -> Any:
         value = _decoder.decode(data)
     except (msgspec.DecodeError, RecursionError) as exc:
         raise ContentError(f"content is not JSON: {exc}") from None
-    if _depth_exceeds(value, MAX_CONTENT_DEPTH):
+    if data.count(b"[") + data.count(b"{") > MAX_CONTENT_DEPTH and _depth_exceeds(value, MAX_CONTENT_DEPTH):
         raise ContentError(f"JSON content nests deeper than {MAX_CONTENT_DEPTH} levels")
     return value
 
@@ -197,9 +202,27 @@ def present(content_type: str, data: bytes) -> dict[str, Any]:
     return {"content_base64": base64.b64encode(data).decode("ascii")}
 
 
+@functools.lru_cache(maxsize=4096)
+def _content_prefix(owner: str) -> str:
+    # The owner is checked once (one key segment); a hex digest after it is always a valid key.
+    return tenant_key(owner, "studio/sha256") + "/"
+
+
+def content_key(owner: str, sha256: str) -> str:
+    """``t/<owner>/studio/sha256/<hex>``: the Raw key of the owner's content with this digest.
+
+    Raises:
+        RawKeyError: ``owner`` cannot name a Raw namespace.
+        ValueError: ``sha256`` is not a hex digest.
+    """
+    if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"{sha256!r} is not a sha256 hex digest")
+    return _content_prefix(owner) + sha256
+
+
 def content_ref(owner: str, sha256: str) -> str:
     """``raw://t/<owner>/studio/sha256/<hex>``: where the owner's content with this digest lives."""
-    return REF_SCHEME + tenant_key(owner, "studio", "sha256", sha256)
+    return REF_SCHEME + content_key(owner, sha256)
 
 
 async def store_content(raw: RawBackend, owner: str, data: bytes, content_type: str) -> tuple[str, str]:
@@ -209,8 +232,8 @@ async def store_content(raw: RawBackend, owner: str, data: bytes, content_type: 
         (the ``raw://`` reference, the sha256 in hex).
     """
     digest = hashlib.sha256(data).hexdigest()
-    ref = content_ref(owner, digest)
-    key = ref_key(ref)
+    key = content_key(owner, digest)
+    ref = REF_SCHEME + key
     # Equal content has one key: two writers racing store the same bytes, so no lock is needed.
     if not await raw.exists(key):
         await raw.store(key, data, _media_type(content_type) or "application/octet-stream")

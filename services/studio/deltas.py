@@ -77,8 +77,9 @@ def replace_delta(content_ref: str, size: int, sha256: str) -> Delta:
     return Delta(kind=REPLACE, operations=[{"content_ref": content_ref, "size": size, "sha256": sha256}])
 
 
-def apply_json_patch(document: Any, operations: Any) -> Any:
-    """``document`` with the RFC 6902 ``operations`` applied (``document`` is not changed).
+def apply_json_patch(document: Any, operations: Any, *, copy: bool = True) -> Any:
+    """``document`` with the RFC 6902 ``operations`` applied (``document`` is not changed unless
+    ``copy`` is False: then it may be, and the result must be used instead).
 
     Raises:
         PatchError: the patch is not a list of operations, or an operation is malformed or
@@ -86,15 +87,18 @@ def apply_json_patch(document: Any, operations: Any) -> Any:
     """
     if not isinstance(operations, list):
         raise PatchError(-1, None, "a JSON Patch is a JSON array of operations")
-    result = msgspec.json.decode(canonical_json(document))
+    result = msgspec.json.decode(canonical_json(document)) if copy else document
     for index, operation in enumerate(operations):
         if not isinstance(operation, dict):
             raise PatchError(index, operation, "an operation is a JSON object with op and path")
         try:
-            result = jsonpatch.JsonPatch([operation]).apply(result, in_place=True)
+            # A copy of the operation: jsonpatch inserts an operation's value as it is, so a later
+            # operation writing inside it would change the recorded patch too.
+            own = msgspec.json.decode(_encoder.encode(operation))
+            result = jsonpatch.JsonPatch([own]).apply(result, in_place=True)
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
             raise PatchError(index, operation, str(exc)) from None
-        except (TypeError, KeyError, IndexError, ValueError, AttributeError) as exc:
+        except (TypeError, KeyError, IndexError, ValueError, AttributeError, RecursionError) as exc:
             # jsonpatch lets a few malformed operations through as Python errors.
             raise PatchError(index, operation, f"malformed operation ({exc.__class__.__name__}: {exc})") from None
     return result
@@ -158,10 +162,10 @@ def compute_deltas(
         if operations is None:
             before = decode_json(old)
             patch = jsonpatch.make_patch(before, decode_json(new)).patch
-            # make_patch compares with ==: 1, 1.0 and true are "equal" to it. The patch is kept
-            # only if it reproduces the new version's bytes exactly.
+            # make_patch compares with ==: in a list, 1 and true are "equal" to it. The patch is
+            # kept only if it reproduces the new version's bytes exactly.
             try:
-                if canonical_json(apply_json_patch(before, patch)) != new:
+                if canonical_json(apply_json_patch(before, patch, copy=False)) != new:
                     return replace
             except (PatchError, ContentError):
                 return replace
@@ -207,7 +211,8 @@ def apply_deltas(
                     raise DeltaError(f"a JSON patch meets content that is not JSON: {exc}") from None
                 decoded = True
             try:
-                document = apply_json_patch(document, delta.operations)
+                # The document is this function's own (decoded here): patched in place.
+                document = apply_json_patch(document, delta.operations, copy=False)
             except PatchError as exc:
                 raise DeltaError(f"JSON patch does not apply: {exc}") from None
             continue

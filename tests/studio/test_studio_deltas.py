@@ -163,3 +163,14 @@ def test_a_patch_leaves_its_document_alone() -> None:
     patched = apply_json_patch(document, [{"op": "add", "path": "/a/-", "value": 3}])
     assert document == {"a": [1, 2]} and patched == {"a": [1, 2, 3]}
     assert msgspec.json.encode(patched) == b'{"a":[1,2,3]}'
+
+
+def test_a_patch_writing_inside_a_value_it_added_is_recorded_as_sent() -> None:
+    # jsonpatch inserts an operation's value as it is: without a copy, the second operation
+    # would change the first one's value, and a replay of the recorded patch would add 1 twice.
+    operations = [{"op": "add", "path": "/a", "value": []}, {"op": "add", "path": "/a/-", "value": 1}]
+    patched = apply_json_patch({}, operations)
+    assert patched == {"a": [1]} and operations[0]["value"] == []
+    delta = Delta(kind=JSON_PATCH, operations=operations)
+    assert apply_deltas(b"{}", delta) == b'{"a":[1]}'
+    assert apply_deltas(b"{}", delta) == b'{"a":[1]}' and delta.operations[0]["value"] == []
