@@ -23,6 +23,7 @@ import base64
 import binascii
 import functools
 import hashlib
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -62,10 +63,16 @@ class ContentError(ValueError):
     """Content that does not fit its content type (or any bound); the message names the problem."""
 
 
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""``type/subtype`` as RFC 9110 spells tokens."""
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
 def _media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
+@functools.lru_cache(maxsize=1024)
 def kind_of(content_type: str) -> Kind:
     """The kind of content a content type holds (see the module)."""
     media = _media_type(content_type)
@@ -79,14 +86,10 @@ def kind_of(content_type: str) -> Kind:
 def check_content_type(content_type: str) -> str:
     """``content_type`` when it is a media type (``type/subtype``, optional parameters); raise
     ContentError otherwise."""
-    media = _media_type(content_type)
-    kind, _, sub = media.partition("/")
     if (
         len(content_type) > 255
-        or not kind
-        or not sub
-        or any(c.isspace() or not c.isprintable() for c in media)
         or not content_type.isprintable()
+        or not _MEDIA_TYPE.fullmatch(_media_type(content_type))
     ):
         raise ContentError(f"content_type {content_type[:80]!r} is not a media type (type/subtype, e.g. text/markdown)")
     return content_type
@@ -215,7 +218,7 @@ def content_key(owner: str, sha256: str) -> str:
         RawKeyError: ``owner`` cannot name a Raw namespace.
         ValueError: ``sha256`` is not a hex digest.
     """
-    if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+    if not _HEX_DIGEST.fullmatch(sha256):
         raise ValueError(f"{sha256!r} is not a sha256 hex digest")
     return _content_prefix(owner) + sha256
 

@@ -83,25 +83,50 @@ def apply_json_patch(document: Any, operations: Any, *, copy: bool = True) -> An
 
     Raises:
         PatchError: the patch is not a list of operations, or an operation is malformed or
-            fails (a missing path, a failed ``test``); names the operation by index.
+            fails (a missing path, a failed ``test``); names the operation by index (-1 when
+            ``copy`` is False: the document was changed by the operations before it).
     """
     if not isinstance(operations, list):
         raise PatchError(-1, None, "a JSON Patch is a JSON array of operations")
-    result = msgspec.json.decode(canonical_json(document)) if copy else document
     for index, operation in enumerate(operations):
         if not isinstance(operation, dict):
             raise PatchError(index, operation, "an operation is a JSON object with op and path")
+    # Copies of the operations: jsonpatch inserts an operation's value as it is, so a later
+    # operation writing inside it would change the recorded patch too.
+    own = msgspec.json.decode(_encoder.encode(operations))
+    result = msgspec.json.decode(canonical_json(document)) if copy else document
+    try:
+        return jsonpatch.JsonPatch(own).apply(result, in_place=True)
+    except _PATCH_ERRORS as exc:
+        if not copy:
+            raise PatchError(-1, None, _reason(exc)) from None
+    # The patch failed somewhere: apply it again one operation at a time to name the one.
+    result = msgspec.json.decode(canonical_json(document))
+    for index, operation in enumerate(msgspec.json.decode(_encoder.encode(operations))):
         try:
-            # A copy of the operation: jsonpatch inserts an operation's value as it is, so a later
-            # operation writing inside it would change the recorded patch too.
-            own = msgspec.json.decode(_encoder.encode(operation))
-            result = jsonpatch.JsonPatch([own]).apply(result, in_place=True)
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-            raise PatchError(index, operation, str(exc)) from None
-        except (TypeError, KeyError, IndexError, ValueError, AttributeError, RecursionError) as exc:
-            # jsonpatch lets a few malformed operations through as Python errors.
-            raise PatchError(index, operation, f"malformed operation ({exc.__class__.__name__}: {exc})") from None
-    return result
+            result = jsonpatch.JsonPatch([operation]).apply(result, in_place=True)
+        except _PATCH_ERRORS as exc:
+            raise PatchError(index, operation, _reason(exc)) from None
+    raise PatchError(-1, None, "the patch does not apply")  # pragma: no cover - failed once, so fails again
+
+
+_PATCH_ERRORS = (
+    jsonpatch.JsonPatchException,
+    jsonpointer.JsonPointerException,
+    # jsonpatch lets a few malformed operations through as Python errors.
+    TypeError,
+    KeyError,
+    IndexError,
+    ValueError,
+    AttributeError,
+    RecursionError,
+)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, jsonpatch.JsonPatchException | jsonpointer.JsonPointerException):
+        return str(exc)
+    return f"malformed operation ({exc.__class__.__name__}: {exc})"
 
 
 def _text_hunks(old: str, new: str) -> list[dict[str, Any]]:
