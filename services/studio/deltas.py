@@ -33,6 +33,7 @@ from nexus.services.studio.content import ContentError, canonical_json, decode_j
 
 __all__ = [
     "JSON_PATCH",
+    "MAX_COPY_BYTES",
     "REPLACE",
     "TEXT_DIFF",
     "DeltaError",
@@ -52,6 +53,10 @@ DEFAULT_MAX_DELTA_BYTES = 64 * 1024
 DEFAULT_MAX_DIFF_BYTES = 1024 * 1024
 """Content larger than this (either side) is not diffed: difflib and make_patch grow faster than
 linearly, and a write must not stall the service."""
+
+MAX_COPY_BYTES = 256 * 1024
+"""What the ``copy`` operations of one JSON Patch may add in all, encoded (they are deep copies:
+256 KiB of small values is some 50,000 objects, a few tens of milliseconds)."""
 
 _encoder = msgspec.json.Encoder()
 
@@ -77,20 +82,30 @@ def replace_delta(content_ref: str, size: int, sha256: str) -> Delta:
     return Delta(kind=REPLACE, operations=[{"content_ref": content_ref, "size": size, "sha256": sha256}])
 
 
-def apply_json_patch(document: Any, operations: Any, *, copy: bool = True) -> Any:
+def apply_json_patch(
+    document: Any, operations: Any, *, copy: bool = True, max_bytes: int | None = MAX_COPY_BYTES
+) -> Any:
     """``document`` with the RFC 6902 ``operations`` applied (``document`` is not changed unless
     ``copy`` is False: then it may be, and the result must be used instead).
 
+    ``max_bytes`` bounds what ``copy`` operations may add (default :data:`MAX_COPY_BYTES`; None:
+    no bound): each one can double a document, so thirty of them in a small patch would build a
+    gigabyte. A patch whose copies add more than ``max_bytes`` in all, encoded, is refused before
+    they are made (what other operations add is in the patch itself, so bounded by its size).
+
     Raises:
         PatchError: the patch is not a list of operations, or an operation is malformed or
-            fails (a missing path, a failed ``test``); names the operation by index (-1 when
-            ``copy`` is False: the document was changed by the operations before it).
+            fails (a missing path, a failed ``test``) or copies too much; names the operation
+            by index (-1 when ``copy`` is False: the document was changed by the operations
+            before it).
     """
     if not isinstance(operations, list):
         raise PatchError(-1, None, "a JSON Patch is a JSON array of operations")
     for index, operation in enumerate(operations):
         if not isinstance(operation, dict):
             raise PatchError(index, operation, "an operation is a JSON object with op and path")
+    if max_bytes is not None and any(operation.get("op") == "copy" for operation in operations):
+        return _apply_with_copies(document, operations, max_bytes)
     # Copies of the operations: jsonpatch inserts an operation's value as it is, so a later
     # operation writing inside it would change the recorded patch too.
     own = msgspec.json.decode(_encoder.encode(operations))
@@ -108,6 +123,25 @@ def apply_json_patch(document: Any, operations: Any, *, copy: bool = True) -> An
         except _PATCH_ERRORS as exc:
             raise PatchError(index, operation, _reason(exc)) from None
     raise PatchError(-1, None, "the patch does not apply")  # pragma: no cover - failed once, so fails again
+
+
+def _apply_with_copies(document: Any, operations: list[Any], max_bytes: int) -> Any:
+    """``apply_json_patch`` one operation at a time, counting the bytes each copy adds."""
+    result = msgspec.json.decode(canonical_json(document))
+    copied = 0
+    for index, operation in enumerate(msgspec.json.decode(_encoder.encode(operations))):
+        try:
+            if operation.get("op") == "copy":
+                source = jsonpointer.resolve_pointer(result, str(operation.get("from")))
+                copied += len(_encoder.encode(source))
+                if copied > max_bytes:
+                    raise PatchError(index, operation, f"the patch's copies add more than {max_bytes} bytes")
+            result = jsonpatch.JsonPatch([operation]).apply(result, in_place=True)
+        except PatchError:
+            raise
+        except _PATCH_ERRORS as exc:
+            raise PatchError(index, operation, _reason(exc)) from None
+    return result
 
 
 _PATCH_ERRORS = (

@@ -473,3 +473,15 @@ async def test_content_streams_in_and_out_as_it_is(studio: Studio_) -> None:
         url, data=b"x", headers={"X-API-Key": studio.bob.key, "Content-Type": "text/plain", "If-Match": '"2"'}
     ) as r:
         assert r.status == 404
+
+
+async def test_a_patch_that_doubles_itself_is_refused_quickly(studio: Studio_) -> None:
+    acme = studio.acme
+    _, made = await acme.call("POST", "/blobs", {"content": {"a": [1]}, "content_type": "application/json"})
+    bomb = [{"op": "copy", "from": "/a", "path": "/a/0"}] * 40
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    status, err = await acme.call("PATCH", f"/blobs/{made['id']}", bomb)
+    assert status == 400 and "copies add more than" in err["message"], err
+    assert loop.time() - started < 2
+    assert studio.blobs.get(made["id"]).version == 1

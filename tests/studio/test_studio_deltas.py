@@ -174,3 +174,15 @@ def test_a_patch_writing_inside_a_value_it_added_is_recorded_as_sent() -> None:
     delta = Delta(kind=JSON_PATCH, operations=operations)
     assert apply_deltas(b"{}", delta) == b'{"a":[1]}'
     assert apply_deltas(b"{}", delta) == b'{"a":[1]}' and delta.operations[0]["value"] == []
+
+
+def test_copies_that_would_outgrow_the_bound_are_refused_before_they_are_made() -> None:
+    # Each copy doubles the document: thirty would make a billion elements.
+    doubling = [{"op": "copy", "from": "/a", "path": "/a/0"}] * 30
+    with pytest.raises(PatchError, match="copies add more than 10000 bytes") as caught:
+        apply_json_patch({"a": [1]}, doubling, max_bytes=10_000)
+    assert 5 < caught.value.index < 15
+    # A few copies within the bound apply as any patch does.
+    assert apply_json_patch({"a": [1]}, doubling[:2], max_bytes=10_000) == {"a": [[[1], 1], [1], 1]}
+    with pytest.raises(PatchError, match="operation 0"):
+        apply_json_patch({"a": [1]}, [{"op": "copy", "from": "/missing", "path": "/b"}], max_bytes=10)
