@@ -163,13 +163,30 @@ def _reason(exc: BaseException) -> str:
     return f"malformed operation ({exc.__class__.__name__}: {exc})"
 
 
+_DIFF_CELLS = 4_000_000
+"""Above this many (old lines × new lines) between the common head and tail, the middle is one
+hunk: difflib's matching can grow with the product, and a write must not stall the service."""
+
+
 def _text_hunks(old: str, new: str) -> list[dict[str, Any]]:
     a = old.splitlines(keepends=True)
     b = new.splitlines(keepends=True)
+    # The common head and tail cost a linear pass; only the middle is matched.
+    head = 0
+    while head < len(a) and head < len(b) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < len(a) - head and tail < len(b) - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    a_mid, b_mid = a[head : len(a) - tail], b[head : len(b) - tail]
+    if not a_mid and not b_mid:
+        return []
+    if len(a_mid) * len(b_mid) > _DIFF_CELLS:
+        return [{"at": head, "delete": len(a_mid), "insert": b_mid}]
     hunks: list[dict[str, Any]] = []
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a_mid, b_mid, autojunk=False).get_opcodes():
         if tag != "equal":
-            hunks.append({"at": i1, "delete": i2 - i1, "insert": b[j1:j2]})
+            hunks.append({"at": head + i1, "delete": i2 - i1, "insert": b_mid[j1:j2]})
     return hunks
 
 

@@ -186,3 +186,12 @@ def test_copies_that_would_outgrow_the_bound_are_refused_before_they_are_made() 
     assert apply_json_patch({"a": [1]}, doubling[:2], max_bytes=10_000) == {"a": [[[1], 1], [1], 1]}
     with pytest.raises(PatchError, match="operation 0"):
         apply_json_patch({"a": [1]}, [{"op": "copy", "from": "/missing", "path": "/b"}], max_bytes=10)
+
+
+def test_a_large_rewrite_of_a_text_is_one_hunk_between_its_common_head_and_tail() -> None:
+    old = "title\n" + "".join(f"line {i}\n" for i in range(3000)) + "end\n"
+    new = "title\n" + "".join(f"other {i}\n" for i in range(3000)) + "end\n"
+    [delta] = compute_deltas(old.encode(), TEXT, new.encode(), TEXT, new_ref="r", new_sha256="s", max_bytes=10**6)
+    [hunk] = delta.operations
+    assert hunk["at"] == 1 and hunk["delete"] == 3000 and len(hunk["insert"]) == 3000
+    assert apply_deltas(old.encode(), delta) == new.encode()
