@@ -111,6 +111,11 @@ async def check_a_valid_request(name: str, http: aiohttp.ClientSession, url: str
             assert resp.status == 200, await resp.text()
             assert (await resp.json())["accepted"] is True
     else:
-        async with http.get(url + "/v1/blobs", headers=headers) as resp:
+        # A blob written, then read back: the studio still serves after what came before.
+        blob = {"content": {"still": "serving"}, "content_type": "application/json"}
+        async with http.post(url + "/blobs", json=blob, headers=headers) as resp:
+            assert resp.status == 201, await resp.text()
+            blob_id = (await resp.json())["id"]
+        async with http.get(f"{url}/blobs/{blob_id}", headers=headers) as resp:
             assert resp.status == 200, await resp.text()
-            assert (await resp.json())["keys"] == []
+            assert (await resp.json())["content"] == {"still": "serving"}
