@@ -7,7 +7,7 @@ import each other.
 
 # Importing the event modules registers their types in CATALOG.
 from nexus.proto import events as events
-from nexus.proto._catalog import CATALOG, EventCatalog, event_type
+from nexus.proto._catalog import CATALOG, EventCatalog, event_type, type_of
 from nexus.proto._envelope import (
     PLATFORM_TENANT,
     SPECVERSION,
@@ -71,4 +71,5 @@ __all__ = [
     "now_rfc3339",
     "parse_rfc3339",
     "subject_for",
+    "type_of",
 ]

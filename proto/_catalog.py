@@ -75,3 +75,11 @@ def event_type(type_: str, description: str = "") -> Callable[[S], S]:
         return struct
 
     return register
+
+
+def type_of(struct: type) -> str:
+    """The event type a data Struct was registered under (``@event_type``)."""
+    registered = getattr(struct, "__event_type__", None)
+    if not isinstance(registered, str):
+        raise TypeError(f"{struct.__name__} is not registered with @event_type")
+    return registered

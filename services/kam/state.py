@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from nexus.proto import CloudEvent
+from nexus.proto import CloudEvent, type_of
 from nexus.proto.events.kam import (
     KamClientCreated,
     KamCostRecorded,
@@ -32,6 +32,7 @@ from nexus.proto.events.kam import (
     KamUserCreated,
     KamUserPasswordChanged,
 )
+from nexus.replay import EventFold
 
 __all__ = [
     "ACCOUNTS_STREAM",
@@ -68,25 +69,21 @@ def request_stream(request_id: str) -> str:
     return f"kam-request-{request_id}"
 
 
-def _type(struct: type) -> str:
-    return str(struct.__event_type__)  # type: ignore[attr-defined]  # set by @event_type
-
-
-CLIENT_CREATED = _type(KamClientCreated)
-USER_CREATED = _type(KamUserCreated)
-PASSWORD_CHANGED = _type(KamUserPasswordChanged)
-SESSION_OPENED = _type(KamSessionOpened)
-SESSION_CLOSED = _type(KamSessionClosed)
-TEMPLATE_REGISTERED = _type(KamTemplateRegistered)
-REQUEST_CREATED = _type(KamRequestCreated)
-REQUEST_UPDATED = _type(KamRequestUpdated)
-TEMPLATE_ASSIGNED = _type(KamTemplateAssigned)
-REQUEST_EXECUTING = _type(KamRequestExecuting)
-REQUEST_COMPLETED = _type(KamRequestCompleted)
-REQUEST_FAILED = _type(KamRequestFailed)
-DELIVERABLE_RECORDED = _type(KamDeliverableRecorded)
-COST_RECORDED = _type(KamCostRecorded)
-KEY_ISSUED = _type(KamKeyIssued)
+CLIENT_CREATED = type_of(KamClientCreated)
+USER_CREATED = type_of(KamUserCreated)
+PASSWORD_CHANGED = type_of(KamUserPasswordChanged)
+SESSION_OPENED = type_of(KamSessionOpened)
+SESSION_CLOSED = type_of(KamSessionClosed)
+TEMPLATE_REGISTERED = type_of(KamTemplateRegistered)
+REQUEST_CREATED = type_of(KamRequestCreated)
+REQUEST_UPDATED = type_of(KamRequestUpdated)
+TEMPLATE_ASSIGNED = type_of(KamTemplateAssigned)
+REQUEST_EXECUTING = type_of(KamRequestExecuting)
+REQUEST_COMPLETED = type_of(KamRequestCompleted)
+REQUEST_FAILED = type_of(KamRequestFailed)
+DELIVERABLE_RECORDED = type_of(KamDeliverableRecorded)
+COST_RECORDED = type_of(KamCostRecorded)
+KEY_ISSUED = type_of(KamKeyIssued)
 
 KAM_TYPES = (
     CLIENT_CREATED,
@@ -222,10 +219,11 @@ class LedgerEntry:
     at: str
 
 
-class KamState:
+class KamState(EventFold):
     """Everything KAM knows, folded from its events in log order."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.clients: dict[str, Client] = {}
         self.users: dict[str, User] = {}
         self.users_by_name: dict[str, str] = {}
@@ -241,20 +239,8 @@ class KamState:
         self.ledger_ids: set[str] = set()
         self.keys: dict[str, IssuedKey] = {}
         """key id → the API keys KAM issued (names, who issued them)."""
-        self.position = 0
-        """The log position of the last event folded."""
 
     # -- folding ----------------------------------------------------------------------------
-
-    def apply(self, event: CloudEvent) -> None:
-        """Fold one event (events of other types are ignored; a repeated position is ignored)."""
-        if event.position is not None:
-            if event.position <= self.position:
-                return
-            self.position = event.position
-        handler = _HANDLERS.get(event.type)
-        if handler is not None:
-            handler(self, event)
 
     def _client_created(self, event: CloudEvent) -> None:
         data = msgspec.convert(event.data, KamClientCreated)
@@ -492,7 +478,7 @@ class KamState:
         return out
 
 
-_HANDLERS = {
+KamState.handlers = {
     CLIENT_CREATED: KamState._client_created,
     USER_CREATED: KamState._user_created,
     PASSWORD_CHANGED: KamState._password_changed,

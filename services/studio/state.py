@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from nexus.proto import CloudEvent
+from nexus.proto import CloudEvent, type_of
 from nexus.proto.events.studio import (
     BlobCreated,
     BlobDeleted,
@@ -27,6 +27,7 @@ from nexus.proto.events.studio import (
     StudioRunRolledBack,
     StudioRunStarted,
 )
+from nexus.replay import EventFold
 
 __all__ = [
     "PROVIDERS_STREAM",
@@ -53,18 +54,14 @@ def run_stream(execution_id: str) -> str:
     return f"studio-run-{execution_id}"
 
 
-def _type(struct: type) -> str:
-    return str(struct.__event_type__)  # type: ignore[attr-defined]  # set by @event_type
-
-
-BLOB_CREATED = _type(BlobCreated)
-BLOB_UPDATED = _type(BlobUpdated)
-BLOB_DELETED = _type(BlobDeleted)
-DELTA_APPLIED = _type(DeltaApplied)
-PROVIDER_REGISTERED = _type(ProviderRegistered)
-PROVIDER_REMOVED = _type(ProviderRemoved)
-RUN_STARTED = _type(StudioRunStarted)
-RUN_ROLLED_BACK = _type(StudioRunRolledBack)
+BLOB_CREATED = type_of(BlobCreated)
+BLOB_UPDATED = type_of(BlobUpdated)
+BLOB_DELETED = type_of(BlobDeleted)
+DELTA_APPLIED = type_of(DeltaApplied)
+PROVIDER_REGISTERED = type_of(ProviderRegistered)
+PROVIDER_REMOVED = type_of(ProviderRemoved)
+RUN_STARTED = type_of(StudioRunStarted)
+RUN_ROLLED_BACK = type_of(StudioRunRolledBack)
 
 STUDIO_TYPES = (
     BLOB_CREATED,
@@ -161,10 +158,11 @@ class Run:
     """The execution that asked for a ``manual`` run (its rollback undoes this run too)."""
 
 
-class StudioState:
+class StudioState(EventFold):
     """Everything the studio knows, folded from its events in log order."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.blobs: dict[str, Blob] = {}
         self.providers: dict[tuple[str, str], Provider] = {}
         """(owner, provider id) → the provider."""
@@ -172,17 +170,6 @@ class StudioState:
         """execution id → the run."""
         self.started: dict[tuple[str, int, str, str], str] = {}
         """(blob id, blob version, provider id, workflow id) → the execution started for it."""
-        self.position = 0
-
-    def apply(self, event: CloudEvent) -> None:
-        """Fold one event (other types are ignored; a repeated position is ignored)."""
-        if event.position is not None:
-            if event.position <= self.position:
-                return
-            self.position = event.position
-        handler = _HANDLERS.get(event.type)
-        if handler is not None:
-            handler(self, event)
 
     # -- blobs ----------------------------------------------------------------------------------
 
@@ -322,7 +309,7 @@ class StudioState:
         return out
 
 
-_HANDLERS = {
+StudioState.handlers = {
     BLOB_CREATED: StudioState._blob_created,
     BLOB_UPDATED: StudioState._blob_updated,
     BLOB_DELETED: StudioState._blob_deleted,

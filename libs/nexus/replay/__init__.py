@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from nexus.replay._fold import FoldCheck, FoldProjection, state_digest
 from nexus.replay._keys import Keys
-from nexus.replay._live import FoldState, Follower, LiveFold
+from nexus.replay._live import EventFold, FoldState, Follower, LiveFold
 from nexus.replay._projection import (
     ALL_EVENTS,
     PROJECTIONS,
@@ -41,6 +41,7 @@ __all__ = [
     "PROJECTIONS",
     "Checkpoint",
     "CheckpointStore",
+    "EventFold",
     "FoldCheck",
     "FoldProjection",
     "FoldState",

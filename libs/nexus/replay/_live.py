@@ -20,14 +20,14 @@ and ``position`` (the log position of the last event it folded).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from nexus.eventlog import ANY, EventLog
 from nexus.proto import CloudEvent
 from nexus.replay._tail import tail
 
-__all__ = ["FoldState", "Follower", "LiveFold"]
+__all__ = ["EventFold", "FoldState", "Follower", "LiveFold"]
 
 Follower = Callable[[CloudEvent], Awaitable[None] | None]
 
@@ -44,6 +44,35 @@ class FoldState(Protocol):
 
 
 S = TypeVar("S", bound=FoldState)
+
+
+class EventFold:
+    """Base of a service's state: ``apply`` folds each event once, in log order, by its type.
+
+    A subclass sets ``handlers`` (event type → the method folding it) after its body; events of
+    other types are skipped, and an event at or below ``position`` (already folded) is ignored::
+
+        class StudioState(EventFold):
+            def _blob_created(self, event: CloudEvent) -> None: ...
+
+        StudioState.handlers = {type_of(BlobCreated): StudioState._blob_created}
+    """
+
+    handlers: ClassVar[Mapping[str, Callable[[Any, CloudEvent], None]]] = {}
+
+    def __init__(self) -> None:
+        self.position = 0
+        """The log position of the last event folded."""
+
+    def apply(self, event: CloudEvent) -> None:
+        """Fold one event (events of other types are ignored; a repeated position is ignored)."""
+        if event.position is not None:
+            if event.position <= self.position:
+                return
+            self.position = event.position
+        handler = self.handlers.get(event.type)
+        if handler is not None:
+            handler(self, event)
 
 
 class LiveFold(Generic[S]):
