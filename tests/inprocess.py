@@ -27,6 +27,28 @@ from nexus.runtime import Service
 SERVICES = ("kam", "workflow", "granulator", "studio")
 
 
+class SharedLog(MemoryEventLog):
+    """A platform's log shared by several services: one that stops (a replica restarting) leaves
+    it open for the others; the test owns it."""
+
+    async def close(self) -> None:
+        return None
+
+
+class SharedBus(MemoryBus):
+    """A platform's bus shared by several services, left open when one of them stops."""
+
+    async def close(self) -> None:
+        return None
+
+
+class SharedRaw(MemoryRaw):
+    """A platform's Raw shared by several services, left open when one of them stops."""
+
+    async def close(self) -> None:
+        return None
+
+
 async def memory_bus() -> MemoryBus:
     """An in-memory bus with the platform's streams."""
     bus = MemoryBus()

@@ -17,10 +17,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from inprocess import build
+from inprocess import SharedBus, SharedLog, SharedRaw, build
 
 from nexus.auth import issue_key
-from nexus.bus.memory import MemoryBus
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.ingest import send_command
 from nexus.proto import CloudEvent, new_event
@@ -51,27 +50,6 @@ COST = {"per_run": 0.5, "per_1k_tokens": 0.02, "per_stage": 0.1, "currency": "US
 DRAFT_TEXT = "Tea is a drink made from the leaves of Camellia sinensis " * 3
 """The draft step's text: 33 words, no token count (the tokens are estimated)."""
 FINAL_TOKENS = 120
-
-
-class SharedLog(MemoryEventLog):
-    """The platform's log: a service that stops (a KAM replica restarting) leaves it open."""
-
-    async def close(self) -> None:
-        return None
-
-
-class SharedBus(MemoryBus):
-    """The platform's bus, left open when a service stops."""
-
-    async def close(self) -> None:
-        return None
-
-
-class SharedRaw(MemoryRaw):
-    """The platform's Raw, left open when a service stops."""
-
-    async def close(self) -> None:
-        return None
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
-from inprocess import build
+from inprocess import SharedBus, SharedLog, build
 
 from nexus.auth import issue_key
 from nexus.bus.memory import MemoryBus
@@ -57,20 +57,6 @@ cost: {per_run: 0.02, per_1k_tokens: 0.001, per_stage: 0.0, currency: EUR, estim
 deliverable: {type: text}
 resources: {max_workers: 1, timeout_ms: 30000}
 """
-
-
-class SharedLog(MemoryEventLog):
-    """The platform's log: a service that stops leaves it open for the others (the test closes it)."""
-
-    async def close(self) -> None:
-        return None
-
-
-class SharedBus(MemoryBus):
-    """The platform's bus, left open when a service stops."""
-
-    async def close(self) -> None:
-        return None
 
 
 @dataclass

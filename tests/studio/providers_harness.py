@@ -17,13 +17,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from inprocess import build
+from inprocess import SharedBus, SharedLog, SharedRaw, build
 
 from nexus.auth import issue_key
-from nexus.bus.memory import MemoryBus
-from nexus.eventlog.memory import MemoryEventLog
 from nexus.ingest import send_command
-from nexus.raw.memory import MemoryRaw
 from nexus.runtime import Service
 from nexus.services.studio.blobs import Blobs
 from nexus.services.studio.context import StudioContext
@@ -32,23 +29,6 @@ from nexus.services.studio.transformer import TRANSFORMER, Transformer
 from nexus.services.studio.triggers import TRIGGERS, Triggers
 
 ALPHA, BETA = "alpha", "beta"
-
-
-class SharedLog(MemoryEventLog):
-    """The platform's log: a studio that stops (a replica restarting) leaves it open."""
-
-    async def close(self) -> None:
-        return None
-
-
-class SharedBus(MemoryBus):
-    async def close(self) -> None:
-        return None
-
-
-class SharedRaw(MemoryRaw):
-    async def close(self) -> None:
-        return None
 
 
 @dataclass
