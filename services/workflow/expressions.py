@@ -342,6 +342,12 @@ def evaluator(path: jsonpath.JSONPath, text: str) -> Callable[[Any], Any]:
 
 def _query(path: jsonpath.JSONPath, data: Any, text: str) -> Any:
     """Evaluate ``path`` (written ``text``) on ``data``, within a fresh node budget."""
+    if isinstance(data, str | bytes):
+        # python-jsonpath reads a string document as JSON text to parse; here a string is a
+        # value: ``$`` is the string itself, and no name or index selects anything in it.
+        if not path.segments:
+            return data if path.singular_query() else [data]
+        return None if path.singular_query() else []
     reset = _BUDGET.set(_Budget(text))
     try:
         matches = path.findall(data)

@@ -36,3 +36,11 @@ def test_other_paths_take_the_general_query() -> None:
         assert _member_names(path) is None
         document = {"a": [{"b": 1}, {"b": 2}], "b": 3}
         assert evaluator(path, text)(document) == _query(path, document, text)
+
+
+def test_a_string_document_is_a_value_not_json_text_to_parse() -> None:
+    # python-jsonpath would parse '{"a": 1}' and answer 1 for $.a; in a workflow it is a string.
+    for text, expected in (("$", '{"a": 1}'), ("$.a", None), ("$[0]", None), ("$.*", [])):
+        path = compile_path(text)
+        assert _query(path, '{"a": 1}', text) == expected
+        assert evaluator(path, text)('{"a": 1}') == expected
