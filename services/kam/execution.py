@@ -22,7 +22,6 @@ an end through ``worker_sessions``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -38,7 +37,7 @@ from nexus.proto import CMD_PREFIX, CloudEvent, cmd_subject, encode_event, new_e
 from nexus.proto.commands import TENANT_HEADER, WorkflowStartCommand
 from nexus.proto.events.kam import KamRequestExecuting
 from nexus.raw import REF_SCHEME, RawKeyError, RawNotFoundError, RawQuotaError, tenant_key
-from nexus.runtime import HTTPError, Owned, json_response, read_json
+from nexus.runtime import HTTPError, KeyedWork, Owned, json_response, read_json
 from nexus.services.kam.context import KamContext
 from nexus.services.kam.costs import CostModel, price, total
 from nexus.services.kam.outcomes import (
@@ -121,12 +120,13 @@ class ExecutionWatcher:
 
     def __init__(self, ctx: KamContext) -> None:
         self.ctx = ctx
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._queued: set[str] = set()
-        self._running: set[str] = set()
-        self._again: set[str] = set()
-        self._failures: dict[str, int] = {}
-        self._retries: set[asyncio.TimerHandle] = set()
+        self._work = KeyedWork(
+            self.settle,
+            name="kam-watcher",
+            what="recording the end of execution",
+            workers=_WORKERS,
+            retry_seconds=_RETRY_SECONDS,
+        )
 
     def observe(self, event: CloudEvent) -> None:
         """Follower of the fold: an execution KAM started has ended, or a request began executing.
@@ -143,11 +143,7 @@ class ExecutionWatcher:
 
     def check(self, execution_id: str) -> None:
         """Queue ``execution_id`` to be settled (once, however often it is asked)."""
-        if execution_id in self._running:
-            self._again.add(execution_id)
-        elif execution_id not in self._queued:
-            self._queued.add(execution_id)
-            self._queue.put_nowait(execution_id)
+        self._work.check(execution_id)
 
     def sweep(self) -> int:
         """Queue the execution of every request still ``executing``; answers how many."""
@@ -163,47 +159,7 @@ class ExecutionWatcher:
         swept = self.sweep()
         if swept:
             logger.info("checking %d executions of requests still executing", swept)
-        workers = [asyncio.create_task(self._work(), name=f"kam-watcher-{i}") for i in range(_WORKERS)]
-        try:
-            await asyncio.gather(*workers)
-        finally:
-            for worker in workers:
-                worker.cancel()
-            for handle in self._retries:
-                handle.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-
-    async def _work(self) -> None:
-        while True:
-            execution_id = await self._queue.get()
-            self._queued.discard(execution_id)
-            self._running.add(execution_id)
-            try:
-                await self.settle(execution_id)
-                self._failures.pop(execution_id, None)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                failures = self._failures.get(execution_id, 0)
-                self._failures[execution_id] = failures + 1
-                delay = _RETRY_SECONDS[min(failures, len(_RETRY_SECONDS) - 1)]
-                logger.exception("recording the end of execution %s failed; again in %g s", execution_id, delay)
-                self._retry_later(execution_id, delay)
-            finally:
-                self._running.discard(execution_id)
-                if execution_id in self._again:
-                    self._again.discard(execution_id)
-                    self.check(execution_id)
-
-    def _retry_later(self, execution_id: str, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-
-        def again() -> None:
-            self._retries.discard(handle)
-            self.check(execution_id)
-
-        handle = loop.call_later(delay, again)
-        self._retries.add(handle)
+        await self._work.run()
 
     async def settle(self, execution_id: str) -> bool:
         """Record how ``execution_id`` ended, if it has and nobody recorded it yet; True when this call did."""

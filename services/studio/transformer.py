@@ -47,7 +47,7 @@ from nexus.auth import AUTH, KeyInfo
 from nexus.eventlog import ConcurrencyError, DuplicateEventError
 from nexus.proto import CloudEvent, new_event
 from nexus.proto.events.studio import BlobOrigin, DeltaApplied, StudioRunRolledBack
-from nexus.runtime import HTTPError, json_response, read_json
+from nexus.runtime import HTTPError, KeyedWork, json_response, read_json
 from nexus.services.studio.blobs import BlobConflict, BlobError, BlobGone, Blobs
 from nexus.services.studio.content import ContentError, decode_json, kind_of
 from nexus.services.studio.context import StudioContext
@@ -217,12 +217,13 @@ class Transformer:
     def __init__(self, ctx: StudioContext) -> None:
         self.ctx = ctx
         self.blobs = Blobs(ctx)
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._queued: set[str] = set()
-        self._running: set[str] = set()
-        self._again: set[str] = set()
-        self._failures: dict[str, int] = {}
-        self._retries: set[asyncio.TimerHandle] = set()
+        self._work = KeyedWork(
+            self.settle,
+            name="studio-transformer",
+            what="applying the output of execution",
+            workers=_WORKERS,
+            retry_seconds=_RETRY_SECONDS,
+        )
 
     def observe(self, event: CloudEvent) -> None:
         """Follower of the fold: a run's execution completed, or a run was recorded (its execution
@@ -241,50 +242,14 @@ class Transformer:
 
     def check(self, execution_id: str) -> None:
         """Queue ``execution_id`` to be applied (once, however often it is asked)."""
-        if execution_id in self._running:
-            self._again.add(execution_id)
-        elif execution_id not in self._queued:
-            self._queued.add(execution_id)
-            self._queue.put_nowait(execution_id)
+        self._work.check(execution_id)
 
     async def run(self) -> None:
         """Look at every run not yet applied, then apply queued runs until cancelled."""
         for run in list(self.ctx.state.runs.values()):
             if not run.applied and not run.rolled_back:
                 self.check(run.execution_id)
-        workers = [asyncio.create_task(self._work(), name=f"studio-transformer-{i}") for i in range(_WORKERS)]
-        try:
-            await asyncio.gather(*workers)
-        finally:
-            for worker in workers:
-                worker.cancel()
-            for handle in self._retries:
-                handle.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-
-    async def _work(self) -> None:
-        while True:
-            execution_id = await self._queue.get()
-            self._queued.discard(execution_id)
-            self._running.add(execution_id)
-            try:
-                await self.settle(execution_id)
-                self._failures.pop(execution_id, None)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                failures = self._failures.get(execution_id, 0)
-                self._failures[execution_id] = failures + 1
-                delay = _RETRY_SECONDS[min(failures, len(_RETRY_SECONDS) - 1)]
-                logger.exception("applying the output of execution %s failed; again in %g s", execution_id, delay)
-                loop = asyncio.get_running_loop()
-                handle = loop.call_later(delay, self.check, execution_id)
-                self._retries.add(handle)
-            finally:
-                self._running.discard(execution_id)
-                if execution_id in self._again:
-                    self._again.discard(execution_id)
-                    self.check(execution_id)
+        await self._work.run()
 
     async def settle(self, execution_id: str) -> bool:
         """Apply the output of run ``execution_id`` if its execution completed and nobody applied

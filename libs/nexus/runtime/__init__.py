@@ -67,6 +67,7 @@ from nexus.runtime._run import (
 from nexus.runtime._service import AUDIT_STREAM, SERVICE_KEY, Health, Owned, Readiness, Service
 from nexus.runtime._settings import DEFAULT_PORTS, SERVICES, ServiceSettings, port_variable
 from nexus.runtime._sse import SSE_HEADERS, EventStream
+from nexus.runtime._work import KeyedWork
 
 __all__ = [
     "AUDIT_STREAM",
@@ -81,6 +82,7 @@ __all__ = [
     "HTTPError",
     "Handler",
     "Health",
+    "KeyedWork",
     "Owned",
     "Readiness",
     "RouteSpec",
