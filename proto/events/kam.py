@@ -77,6 +77,15 @@ class KamSessionOpened(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: float
     """Seconds since the epoch; the session is refused from then on."""
     address: str = ""
+    owner: str | None = None
+    """The tenant the session acts for: the user's client, or ``platform`` for an admin (every
+    service accepts the session from this and ``scopes`` alone, see ``nexus.auth.SessionView``);
+    None in sessions recorded before it was added, which only KAM accepts."""
+    scopes: list[str] = []
+    """What the session may do: ``["admin"]`` or the client scopes."""
+    csrf_hash: str = ""
+    """sha256 of the CSRF token the login set in the ``nexus_csrf`` cookie ("" before CSRF
+    tokens existed: such a session's cookie changes nothing)."""
 
 
 @event_type("nexus.kam.session.closed")

@@ -78,6 +78,7 @@ async def bootstrap(
     gen = generator if generator is not None else make_generator(settings)
     worker = make_worker(settings, log=service.log, raw=service.raw, generator=gen)
     service.app[WORKER_KEY] = worker
+    service.accept_sessions()
     api.install(service, worker)
 
     @service.on_startup

@@ -120,7 +120,8 @@ class KamRole(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LoginAnswer(msgspec.Struct, frozen=True, kw_only=True):
-    """A session: the token is shown here once (and set as the ``nexus_session`` cookie)."""
+    """A session: the token is shown here once (and set as the ``nexus_session`` cookie, with its
+    CSRF token in the readable ``nexus_csrf`` cookie for the web console)."""
 
     success: bool = True
     sessionToken: str
@@ -267,7 +268,7 @@ class AuthRoutes:
         admin = await load_admin(self.ctx.service.log)
         return Account(ADMIN_USER_ID, admin.user if admin else "", "admin", None, "Administrator", "", True)
 
-    def _answer(self, request: web.Request, token: str, account: Account, expires_at: float) -> web.Response:
+    def _answer(self, request: web.Request, token: str, csrf: str, account: Account, expires_at: float) -> web.Response:
         session_id = token.removeprefix(sessions.TOKEN_PREFIX).split(".", 1)[0]
         caller = account.key_info(session_id)
         answer = LoginAnswer(
@@ -277,7 +278,7 @@ class AuthRoutes:
             kamContext=_role_of(caller),
         )
         response = json_response(answer)
-        self.sessions.set_cookie(request, response, token)
+        self.sessions.set_cookie(request, response, token, csrf)
         # Recorded as the session's later calls are: the user, and the tenant it acts for.
         request[audit.AUDIT_ACTOR] = (f"user:{account.user_id}", caller.tenant)
         return response
@@ -306,8 +307,8 @@ class AuthRoutes:
             raise HTTPError(401, "unknown user or wrong password")
         self.limits.succeeded(user_key, address)
         await self._rehash(account, body.password)
-        token, session = await self.sessions.open(account, address)
-        return self._answer(request, token, account, session.expires_at)
+        token, csrf, session = await self.sessions.open(account, address)
+        return self._answer(request, token, csrf, account, session.expires_at)
 
     async def _rehash(self, account: Account, password: str) -> None:
         """Replace a hash made with older Argon2 parameters (the password is the same).
@@ -400,8 +401,8 @@ class AuthRoutes:
         await clients.append_accounts(self.ctx, decide)
         await self.sessions.close(self.sessions.open_sessions_of(account.user_id), "password_changed")
         fresh = Account.of(state.users[account.user_id])
-        token, session = await self.sessions.open(fresh, address)
-        return self._answer(request, token, fresh, session.expires_at)
+        token, csrf, session = await self.sessions.open(fresh, address)
+        return self._answer(request, token, csrf, fresh, session.expires_at)
 
     # -- the legacy /v1 routes ---------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from nexus.auth import ensure_admin
 from nexus.bus import Bus
 from nexus.eventlog import EventLog
 from nexus.runtime import Service, build_service
-from nexus.services.kam import accounts, delivery, requests
+from nexus.services.kam import accounts, console, delivery, requests
 from nexus.services.kam.context import KamContext
 from nexus.services.kam.settings import KamSettings
 
@@ -34,6 +34,7 @@ async def bootstrap(
     accounts.install(ctx)
     requests.install(ctx)
     delivery.install(ctx)
+    console.install(ctx)
 
     @service.on_startup
     async def record_admin(service: Service) -> None:

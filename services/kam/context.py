@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nexus.auth import KeyInfo
+from nexus.auth import SESSION_KEY_PREFIX, KeyInfo
 from nexus.eventlog import ANY
 from nexus.proto import CloudEvent
 from nexus.replay import Follower, LiveFold
@@ -24,9 +24,6 @@ __all__ = ["CLIENT_SCOPES", "PREFIXES", "SESSION_KEY_PREFIX", "Follower", "KamCo
 
 PREFIXES = ("/api", "/api/kam")
 """KAM serves each of its routes under both: ``/api/...`` and the seed frontend's ``/api/kam/...``."""
-
-SESSION_KEY_PREFIX = "session:"
-"""``KeyInfo.key_id`` of a caller who presented a login session: ``session:<session id>``."""
 
 CLIENT_SCOPES = (
     "requests:read",

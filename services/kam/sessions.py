@@ -19,8 +19,6 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import re
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,10 +26,25 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from nexus.auth import ADMIN_SCOPE, CredentialRefused, KeyInfo, hash_secret
+from nexus.auth import (
+    ADMIN_SCOPE,
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    SESSION_HEADERS,
+    SESSION_TOKEN_PREFIX,
+    CredentialRefused,
+    KeyInfo,
+    check_csrf,
+    hash_secret,
+    new_csrf_token,
+    new_session_token,
+    parse_session_token,
+    presented_session,
+    session_key_info,
+)
 from nexus.proto import PLATFORM_TENANT, new_event
 from nexus.proto.events.kam import KamSessionClosed, KamSessionOpened
-from nexus.services.kam.context import CLIENT_SCOPES, SESSION_KEY_PREFIX, KamContext
+from nexus.services.kam.context import CLIENT_SCOPES, KamContext
 from nexus.services.kam.state import SESSION_CLOSED, SESSION_OPENED, SESSIONS_STREAM, Session, User
 
 __all__ = [
@@ -49,29 +62,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TOKEN_PREFIX = "sess_"
-SESSION_HEADERS = ("x-bitware-session-token", "X-Session-Token")
-"""Headers a session token may come in (case-insensitive), in the order they are looked at."""
-COOKIE = "nexus_session"
+TOKEN_PREFIX = SESSION_TOKEN_PREFIX
+COOKIE = SESSION_COOKIE
 """The cookie the login sets for the web console."""
 ADMIN_USER_ID = "admin"
 """The user id of the bootstrap admin in sessions (client users' ids start with ``usr_``)."""
 
-_TOKEN = re.compile(r"sess_([0-9a-f]{16})\.([A-Za-z0-9_-]{43})")
 # Compared against when the session is unknown, so an unknown id costs the same hash and compare.
 _NO_HASH = "0" * 64
-
-
-def new_session_token() -> tuple[str, str]:
-    """(session id, token): 64 random bits of id, 256 random bits of secret."""
-    session_id = secrets.token_hex(8)
-    return session_id, f"{TOKEN_PREFIX}{session_id}.{secrets.token_urlsafe(32)}"
-
-
-def parse_session_token(token: str) -> str | None:
-    """The session id of a well-formed token, else None."""
-    match = _TOKEN.fullmatch(token)
-    return match.group(1) if match else None
 
 
 def rfc3339(seconds: float) -> str:
@@ -110,10 +108,14 @@ class Account:
         """What the account's sessions may do: ``admin``, or every client scope."""
         return (ADMIN_SCOPE,) if self.role == "admin" else CLIENT_SCOPES
 
+    @property
+    def owner(self) -> str:
+        """The tenant the account's sessions act for: its client, or the platform for an admin."""
+        return PLATFORM_TENANT if self.role == "admin" else str(self.client_id)
+
     def key_info(self, session_id: str) -> KeyInfo:
         """The caller a session of this account is, as routes see it (``request[AUTH]``)."""
-        owner = PLATFORM_TENANT if self.role == "admin" else str(self.client_id)
-        return KeyInfo(key_id=f"{SESSION_KEY_PREFIX}{session_id}", kind="client", owner=owner, scopes=self.scopes)
+        return session_key_info(session_id, self.owner, self.scopes)
 
 
 SESSIONS: web.AppKey[Sessions] = web.AppKey("kam_sessions")
@@ -139,19 +141,27 @@ class Sessions:
 
     # -- opening and closing ----------------------------------------------------------------
 
-    async def open(self, account: Account, address: str) -> tuple[str, Session]:
-        """Record a new session of ``account``; answers (the token, shown once; the session)."""
+    async def open(self, account: Account, address: str) -> tuple[str, str, Session]:
+        """Record a new session of ``account``.
+
+        Answers (the token, the CSRF token, both shown once; the session). The event names the
+        session's tenant and scopes, so every service accepts it without asking KAM.
+        """
         session_id, token = new_session_token()
+        csrf = new_csrf_token()
         data = KamSessionOpened(
             session_id=session_id,
             hash=hash_secret(token),
             user_id=account.user_id,
             expires_at=self.clock() + self.ttl,
             address=address,
+            owner=account.owner,
+            scopes=list(account.scopes),
+            csrf_hash=hash_secret(csrf),
         )
         event = new_event(SESSION_OPENED, data, source=self.ctx.source, subject=session_id)
         await self.ctx.append(SESSIONS_STREAM, [event])
-        return token, self.ctx.state.sessions[session_id]
+        return token, csrf, self.ctx.state.sessions[session_id]
 
     async def close(self, session_ids: list[str], reason: str) -> None:
         """Record that these sessions ended (``logout``, ``password_changed``): refused from then on."""
@@ -176,34 +186,30 @@ class Sessions:
 
     # -- cookies ------------------------------------------------------------------------------
 
-    def set_cookie(self, request: web.Request, response: web.StreamResponse, token: str) -> None:
-        """The console's cookie: HttpOnly, SameSite=Strict, Path=/, Secure over https, Max-Age = the TTL."""
-        response.set_cookie(
-            COOKIE,
-            token,
-            max_age=math.ceil(self.ttl),  # never gone before the session is
-            path="/",
-            httponly=True,
-            samesite="Strict",
-            secure=request.secure,
-        )
+    def set_cookie(self, request: web.Request, response: web.StreamResponse, token: str, csrf: str) -> None:
+        """The console's cookies: the session's (HttpOnly) and its CSRF token's (readable by the
+        page, which copies it into ``X-CSRF-Token``); both SameSite=Strict, Path=/, Secure over
+        https, Max-Age = the TTL."""
+        max_age = math.ceil(self.ttl)  # never gone before the session is
+        for name, value, httponly in ((COOKIE, token, True), (CSRF_COOKIE, csrf, False)):
+            response.set_cookie(
+                name, value, max_age=max_age, path="/", httponly=httponly, samesite="Strict", secure=request.secure
+            )
 
     @staticmethod
     def clear_cookie(request: web.Request, response: web.StreamResponse) -> None:
-        """Tell the browser to forget the session cookie (logout)."""
-        response.set_cookie(COOKIE, "", max_age=0, path="/", httponly=True, samesite="Strict", secure=request.secure)
+        """Tell the browser to forget the session's cookies (logout)."""
+        for name, httponly in ((COOKIE, True), (CSRF_COOKIE, False)):
+            response.set_cookie(
+                name, "", max_age=0, path="/", httponly=httponly, samesite="Strict", secure=request.secure
+            )
 
     # -- checking -----------------------------------------------------------------------------
 
     @staticmethod
     def presented(request: web.Request) -> tuple[str, str] | None:
         """(where, token) of the session token the request carries: a header, else the cookie."""
-        for header in SESSION_HEADERS:
-            value = request.headers.get(header, "").strip()
-            if value:
-                return header, value
-        cookie = request.cookies.get(COOKIE, "").strip()
-        return (f"cookie {COOKIE}", cookie) if cookie else None
+        return presented_session(request)
 
     def account(self, user_id: str) -> Account | None:
         """The account a session belongs to (the bootstrap admin's is ``admin``), if it still exists."""
@@ -263,6 +269,7 @@ class Sessions:
             return None
         where, token = presented
         session, account = await self.check(token, where)
+        check_csrf(request, where, session.csrf_hash)
         return account.key_info(session.session_id)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from nexus.config import ConfigError, env_float, env_int
-from nexus.runtime import ServiceSettings
+from nexus.config import ConfigError, env_float, env_int, port_from_env
+from nexus.runtime import RELAY_PORT, ServiceSettings, port_variable, service_urls
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +41,12 @@ class KamSettings(ServiceSettings):
     """``NEXUS_KAM_ORCHESTRATORS``: the workers (names of worker tokens, comma-separated) that may
     report an execution's end on ``POST /api/worker-sessions/{id}/complete``; any other worker
     token gets 403 (a granulator's token must not settle a client's bill)."""
+
+    services: Mapping[str, str] = field(default_factory=dict)
+    """Base URL of each service the console's gateway forwards to (``/svc/workflow/…``,
+    ``/svc/studio/…``) and whose readiness it shows: the platform's services at their
+    ``NEXUS_<NAME>_PORT``, or ``NEXUS_SERVICE_<NAME>=URL`` (the workflow service's variables),
+    and ``relay`` at ``NEXUS_RELAY_PORT``."""
 
     # -- the template recommender (requests, templates and recommendation) --
     recommender: str = "builtin"
@@ -79,8 +85,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> KamSettings:
         audit_flush_seconds=env_float(env, "NEXUS_KAM_AUDIT_FLUSH_SECONDS", 0.5, low=0, high=60),
         audit_index_max=env_int(env, "NEXUS_KAM_AUDIT_INDEX_MAX", 500_000, low=1000),
         orchestrators=_names(env, "NEXUS_KAM_ORCHESTRATORS", "orchestrator"),
+        services=_services(env),
         **_recommender(env),
     )
+
+
+def _services(env: Mapping[str, str]) -> dict[str, str]:
+    """The services' base URLs (``service_urls``) and the relay's (health only)."""
+    host = env.get("NEXUS_HOST", "127.0.0.1")
+    urls = service_urls(env, host)
+    target = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    urls.setdefault("relay", f"http://{target}:{port_from_env(env, port_variable('relay'), RELAY_PORT)}")
+    return urls
 
 
 def _names(env: Mapping[str, str], variable: str, default: str) -> tuple[str, ...]:

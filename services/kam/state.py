@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from nexus.auth import SESSIONS_STREAM as SESSIONS_STREAM_NAME
 from nexus.proto import CloudEvent, type_of
 from nexus.proto.events.kam import (
     KamClientCreated,
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 ACCOUNTS_STREAM = "kam-accounts"
-SESSIONS_STREAM = "kam-sessions"
+SESSIONS_STREAM = SESSIONS_STREAM_NAME
 TEMPLATES_STREAM = "kam-templates"
 LEDGER_STREAM = "kam-ledger"
 """Costs not tied to a request; a run's costs are in its request's stream, with its outcome."""
@@ -144,6 +145,8 @@ class Session:
     opened_at: str = ""
     closed: str | None = None
     """Why it ended before its expiry (``logout``, ``password_changed``), or None."""
+    csrf_hash: str = ""
+    """sha256 of the session's CSRF token ("" for a session opened before they existed)."""
 
 
 @dataclass
@@ -292,6 +295,7 @@ class KamState(EventFold):
                 user_id=data.user_id,
                 expires_at=data.expires_at,
                 opened_at=event.time or "",
+                csrf_hash=data.csrf_hash,
             ),
         )
 

@@ -31,6 +31,8 @@ async def bootstrap(
 
     # Blobs are Studio's data: it is not ready while Raw does not answer.
     service.readiness_check("raw", raw_answers)
+    # The console reaches the studio through KAM's gateway with the user's session.
+    service.accept_sessions()
     api.install(service)
     ctx = StudioContext(service=service, settings=settings)
     blobs.install(ctx)

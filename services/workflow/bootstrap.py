@@ -52,6 +52,8 @@ async def bootstrap(
         raw=raw,
         need_raw=True,
     )
+    # The console reaches the workflow service through KAM's gateway with the user's session.
+    service.accept_sessions()
     registry = WorkflowRegistry(service.log, settings.services)
     view = ExecutionView(service.log)
     view.add_listener(registry.apply)

@@ -9,34 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nexus.config import ConfigError, env_float, env_int, port_from_env
-from nexus.runtime import DEFAULT_PORTS, ServiceSettings, port_variable
+from nexus.runtime import DEFAULT_PORTS, ServiceSettings, port_variable, service_urls
 
 __all__ = ["BUNDLED_DIR", "WorkflowSettings", "load_settings", "platform_services", "service_urls"]
 
 BUNDLED_DIR = Path(__file__).with_name("bundled")
 """The workflows and schemas that ship with Nexus (seed 004's examples)."""
-
-
-def service_urls(env: Mapping[str, str], host: str = "127.0.0.1") -> dict[str, str]:
-    """The base URL of every service an ``api_call`` step may name.
-
-    The four platform services at their ``NEXUS_<NAME>_PORT``; ``core`` (seed 004's content
-    service) is the granulator unless ``NEXUS_SERVICE_CORE`` names another; every
-    ``NEXUS_SERVICE_<NAME>=URL`` adds (or overrides) ``<name>``.
-    """
-    target = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    urls = {
-        name: f"http://{target}:{port_from_env(env, port_variable(name), default)}"
-        for name, default in DEFAULT_PORTS.items()
-    }
-    urls["core"] = urls["granulator"]
-    for key, value in env.items():
-        if key.startswith("NEXUS_SERVICE_") and value:
-            name = key[len("NEXUS_SERVICE_") :].lower()
-            if not value.startswith(("http://", "https://")):
-                raise ConfigError(f"{key}={value!r} must be an http:// or https:// base URL")
-            urls[name] = value.rstrip("/")
-    return urls
 
 
 def platform_services(env: Mapping[str, str]) -> frozenset[str]:

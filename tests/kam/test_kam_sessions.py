@@ -278,12 +278,15 @@ async def test_the_cookie_is_secure_when_the_login_came_over_https(kam: Kam) -> 
     # KAM behind TLS (or an https-terminating proxy aiohttp trusts): the request's scheme is https.
     request = make_mocked_request("POST", "/api/auth/login").clone(scheme="https")
     response = web.Response()
-    kam.sessions.set_cookie(request, response, "sess_0123456789abcdef." + "A" * 43)
+    kam.sessions.set_cookie(request, response, "sess_0123456789abcdef." + "A" * 43, "csrf")
     plain = web.Response()
-    kam.sessions.set_cookie(make_mocked_request("POST", "/api/auth/login"), plain, "x")
+    kam.sessions.set_cookie(make_mocked_request("POST", "/api/auth/login"), plain, "x", "y")
     assert "Secure" not in plain.cookies["nexus_session"].OutputString()
     cookie = response.cookies["nexus_session"].OutputString()
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    # The CSRF cookie: the page reads it (no HttpOnly), other sites never get it sent.
+    csrf = response.cookies["nexus_csrf"].OutputString()
+    assert "Secure" in csrf and "HttpOnly" not in csrf and "SameSite=Strict" in csrf
 
 
 async def test_the_admin_session_says_who_it_is(kam: Kam) -> None:

@@ -48,6 +48,15 @@ PUBLIC = {
     ("kam", "POST", "/v1/login"): "checks a password: the credential is the body",
     ("workflow", "PUT", "/job/file/upload/{name}"): "presigned URL: its HMAC signature is the credential",
     ("workflow", "GET", "/job/file/{name}"): "signed file URL: its HMAC signature is the credential",
+    ("kam", "GET", "/"): "the console's page (no data: everything it shows comes from guarded calls)",
+    ("kam", "GET", "/console/{name}"): "the console's modules and style sheet (no data)",
+    **{
+        ("kam", method, "/svc/{service}/{tail}"): (
+            "the console's gateway: forwards to the workflow service or the studio, which check the "
+            "credential and the owner as for a direct call (tests/kam/test_kam_gateway.py)"
+        )
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+    },
 }
 
 

@@ -50,6 +50,15 @@ PUBLIC = {
     ("POST", "/v1/login"): "checks a password: the credential is the body",
     ("POST", "/api/auth/login"): "checks a password: the credential is the body",
     ("POST", "/api/kam/auth/login"): "checks a password: the credential is the body",
+    ("GET", "/"): "the console's page (no data: everything it shows comes from guarded calls)",
+    ("GET", "/console/{name}"): "the console's modules and style sheet (no data)",
+    **{
+        (method, "/svc/{service}/{tail}"): (
+            "the console's gateway: the service behind it checks the credential and the owner "
+            "(tests/kam/test_kam_gateway.py)"
+        )
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+    },
 }
 
 
@@ -130,6 +139,8 @@ ROWS: dict[tuple[str, str], Row] = {
         params={"execution_id": "execution"}, body=lambda ids: {"execution_id": ids["execution"]}, worker=True
     ),
     ("GET", "/notifications/stream"): Row(),
+    # the console
+    ("GET", "/console/health"): Row(admin_only=True),
 }
 
 

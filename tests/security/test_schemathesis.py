@@ -140,7 +140,9 @@ def _fuzz(document: dict[str, Any], base_url: str, headers: dict[str, str], find
         operation = result.ok()
         label = f"{operation.method.upper()} {operation.path}"
         raw = document["paths"][operation.path][operation.method.lower()]
-        if _is_stream(raw):
+        if _is_stream(raw) or operation.path.startswith("/svc/"):
+            # Streams do not end by themselves; KAM's gateway (/svc/...) answers what the service
+            # behind it does, and those operations are fuzzed on that service.
             skipped.append(label)
             continue
         for mode, checks in ((GenerationMode.POSITIVE, CHECKS), (GenerationMode.NEGATIVE, NEGATIVE_CHECKS)):
@@ -164,7 +166,7 @@ async def test_every_operation_answers_as_documented_and_never_a_5xx(running: Ru
     operations = sum(len(ops) for ops in document["paths"].values())
     print(
         f"schemathesis: {findings.sent} cases over {operations - len(skipped)} operations of {running.name} "
-        f"in {elapsed:.1f} s; streams left to the hostile corpus: {skipped}"
+        f"in {elapsed:.1f} s; streams and the gateway left out: {skipped}"
     )
     assert findings.sent > 0
     assert not findings.failures, f"{len(findings.failures)} kinds of failure in {running.name}:\n\n" + "\n\n".join(

@@ -22,7 +22,16 @@ CredentialRefused when it carries one that is not valid (expired, logged out).""
 
 
 class CredentialRefused(Exception):
-    """An Authenticator found its credential in the request and refuses it (401, with this message)."""
+    """An Authenticator found its credential in the request and refuses it (401, with this message).
+
+    ``status=403`` (with ``error``) refuses a credential that is valid but not enough for this
+    request: a session cookie without its CSRF token on a request that changes something.
+    """
+
+    def __init__(self, message: str, *, status: int = 401, error: str = "unauthorized") -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
 
 
 AUTH: web.RequestKey[KeyInfo] = web.RequestKey("nexus_auth", KeyInfo)
@@ -108,7 +117,7 @@ def require_api_key(
                     try:
                         found = await authenticate(request)
                     except CredentialRefused as exc:
-                        raise _refuse(401, "unauthorized", str(exc), shape=shape) from None
+                        raise _refuse(exc.status, exc.error, str(exc), shape=shape) from None
                     if found is not None:
                         request[AUTH] = found
                         return await handler(request)

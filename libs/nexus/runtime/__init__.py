@@ -65,7 +65,14 @@ from nexus.runtime._run import (
     run,
 )
 from nexus.runtime._service import AUDIT_STREAM, SERVICE_KEY, Health, Owned, Readiness, Service
-from nexus.runtime._settings import DEFAULT_PORTS, SERVICES, ServiceSettings, port_variable
+from nexus.runtime._settings import (
+    DEFAULT_PORTS,
+    RELAY_PORT,
+    SERVICES,
+    ServiceSettings,
+    port_variable,
+    service_urls,
+)
 from nexus.runtime._sse import SSE_HEADERS, EventStream
 from nexus.runtime._work import KeyedWork
 
@@ -73,6 +80,7 @@ __all__ = [
     "AUDIT_STREAM",
     "DEFAULT_PORTS",
     "EXIT_PORT_IN_USE",
+    "RELAY_PORT",
     "SERVICES",
     "SERVICE_KEY",
     "SSE_HEADERS",
@@ -98,4 +106,5 @@ __all__ = [
     "read_json",
     "route_template",
     "run",
+    "service_urls",
 ]

@@ -22,6 +22,7 @@ from nexus.auth import (
     Authenticator,
     KeyInfo,
     KeyView,
+    SessionView,
     can_see,
     require_api_key,
     require_client_or_worker,
@@ -291,6 +292,17 @@ class Service:
         """
         self._authenticators.append(authenticate)
         return authenticate
+
+    def accept_sessions(self) -> SessionView:
+        """Accept KAM's login sessions on this service's ``client`` and ``any`` routes.
+
+        The sessions are folded from the log (``nexus.auth.SessionView``), so the service never
+        asks KAM; a cookie-authenticated request that changes something needs its CSRF token.
+        This is how the web console reaches the service, through KAM's gateway, as its user.
+        """
+        view = SessionView(self.log)
+        self.authenticator(view.authenticate)
+        return view
 
     def _owner_check(self, handler: Handler, owned: Owned, method: str, path: str, shape: ErrorShape) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:

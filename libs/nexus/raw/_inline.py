@@ -1,0 +1,162 @@
+"""The file store's small blobs: rows of one SQLite database beside the files (``inline.db``).
+
+A file per blob costs the file system an inode, a journal commit for its flush and one for its
+directory; a row costs an append to SQLite's write-ahead log, and a batch of rows one ``fsync``
+of that log (``synchronous=FULL``). ``FileRaw`` keeps blobs up to its ``inline_max`` here and
+larger ones as files; see ``nexus.raw.file`` for which wins when a key has both.
+
+Every method blocks (worker threads call them); one writer at a time (``FileRaw``'s batches),
+any number of readers, each thread on its own connection. Other processes may share the
+database: SQLite locks it, and a writer waits up to ``_BUSY_MS`` for another's transaction.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sqlite3
+import threading
+
+from nexus.fs import create_private_file
+
+_BUSY_MS = 10_000
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (
+    key TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    sha256 TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    created REAL NOT NULL
+) WITHOUT ROWID
+"""
+
+Row = tuple[str, bytes, str, str, float]
+"""(key, data, sha256, content type, created): one blob as it is stored."""
+
+
+class InlineBlobs:
+    """The ``blobs`` table of ``path`` (the database is created on the first write).
+
+    Args:
+        path: The database file.
+        durable: ``synchronous=FULL`` (a committed batch survives a power cut); False: OFF.
+    """
+
+    def __init__(self, path: str, *, durable: bool = True) -> None:
+        self.path = path
+        self._durable = durable
+        self._writer: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._readers: builtins.list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._exists = os.path.exists(path)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        con.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        return con
+
+    def _write_connection(self) -> sqlite3.Connection:
+        if self._writer is None:
+            create_private_file(self.path)  # 0600, and SQLite's -wal and -shm files take its mode
+            con = self._connect()
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'OFF'}")
+            con.execute(_SCHEMA)
+            self._writer = con
+            self._exists = True
+        return self._writer
+
+    def _read_connection(self) -> sqlite3.Connection | None:
+        """This thread's reader; None while the database does not exist (nothing stored yet)."""
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        if con is not None:
+            return con
+        if not self._exists:
+            if not os.path.exists(self.path):
+                return None
+            self._exists = True
+        con = self._connect()
+        try:
+            con.execute("SELECT 1 FROM blobs LIMIT 0")
+        except sqlite3.OperationalError:
+            con.close()  # created by a writer that has not made the table yet
+            return None
+        self._local.con = con
+        with self._lock:
+            self._readers.append(con)
+        return con
+
+    def put(self, rows: builtins.list[Row]) -> None:
+        """Store the rows in one transaction, replacing any under their keys; durable on return.
+
+        Raises:
+            sqlite3.Error: nothing was stored.
+        """
+        con = self._write_connection()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+
+    def delete(self, keys: builtins.list[str]) -> int:
+        """Remove the rows of ``keys`` (durable on return); how many there were."""
+        if not self._exists:
+            return 0
+        con = self._write_connection()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            removed = sum(con.execute("DELETE FROM blobs WHERE key = ?", (key,)).rowcount for key in keys)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return removed
+
+    def get(self, key: str) -> bytes | None:
+        con = self._read_connection()
+        found = None if con is None else con.execute("SELECT data FROM blobs WHERE key = ?", (key,)).fetchone()
+        return None if found is None else bytes(found[0])
+
+    def stat(self, key: str) -> tuple[int, str, str, float] | None:
+        """(size, sha256, content type, created) of the row under ``key``."""
+        con = self._read_connection()
+        if con is None:
+            return None
+        found = con.execute(
+            "SELECT length(data), sha256, content_type, created FROM blobs WHERE key = ?", (key,)
+        ).fetchone()
+        return None if found is None else (int(found[0]), str(found[1]), str(found[2]), float(found[3]))
+
+    def has(self, key: str) -> bool:
+        con = self._read_connection()
+        return con is not None and con.execute("SELECT 1 FROM blobs WHERE key = ?", (key,)).fetchone() is not None
+
+    def keys(self, prefix: str) -> builtins.list[str]:
+        """Every key starting with ``prefix``, ascending."""
+        con = self._read_connection()
+        if con is None:
+            return []
+        # A range scan of the primary key from the prefix on (LIKE would read '%' and '_' as
+        # wildcards); SQLite orders text by its UTF-8 bytes, which is code point order, as Python's.
+        out: builtins.list[str] = []
+        for (key,) in con.execute("SELECT key FROM blobs WHERE key >= ? ORDER BY key", (prefix,)):
+            if not key.startswith(prefix):
+                break
+            out.append(key)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            readers, self._readers = self._readers, []
+        for con in readers:
+            con.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._local = threading.local()
