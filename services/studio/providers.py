@@ -55,6 +55,7 @@ from nexus.services.studio.state import (
     PROVIDERS_STREAM,
     Blob,
     Provider,
+    StudioState,
 )
 from nexus.yamlsafe import InvalidYAMLError, UnsafeYAMLError, load_yaml
 
@@ -64,11 +65,14 @@ __all__ = [
     "OPERATORS",
     "ProviderError",
     "ProviderView",
+    "TriggeredList",
+    "TriggeredRunView",
     "install",
     "matches",
     "parse_provider",
     "register_bundled",
     "trigger_document",
+    "triggered",
     "visible_providers",
 ]
 
@@ -376,6 +380,39 @@ class ProviderList(msgspec.Struct, frozen=True, kw_only=True):
     providers: list[ProviderView]
 
 
+class TriggeredRunView(msgspec.Struct, frozen=True, kw_only=True):
+    """One execution a provider started for a blob, and what became of its output."""
+
+    execution_id: str
+    blob_id: str
+    blob_owner: str
+    blob_version: int
+    """The version of the blob whose event (or ``POST /providers/trigger``) started it."""
+    workflow_id: str
+    trigger: str
+    """``onCreate``, ``onUpdate``, ``onDelete`` or ``manual``."""
+    priority: int
+    started_at: str
+    applied: bool
+    """Its output went through the delta transformer onto the blob."""
+    applied_version: int | None
+    """The blob's version the output made (None when it changed nothing or is not applied yet)."""
+    created_blobs: list[str]
+    """Derived blobs its output created."""
+    rolled_back: bool
+
+
+class TriggeredList(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /providers/{provider_id}/triggered``: a page of the provider's runs, newest first."""
+
+    provider_id: str
+    owner: str
+    """The provider's owner (``platform``: it reacts to every client's blobs)."""
+    runs: list[TriggeredRunView]
+    next_cursor: str | None = None
+    """Pass as ``cursor`` for the next (older) page; absent on the last one."""
+
+
 def _view(provider: Provider) -> ProviderView:
     return ProviderView(
         provider=dict(provider.document.get("provider") or {}),
@@ -407,6 +444,83 @@ def _owner_for(info: KeyInfo, request: web.Request) -> str:
     if asked not in (None, info.tenant):
         raise HTTPError(400, "owner is for admin keys: a client registers providers for its own blobs (leave it out)")
     return info.tenant
+
+
+_TRIGGERED_PAGE = 50
+_TRIGGERED_MAX_PAGE = 500
+
+
+def triggered(
+    state: StudioState,
+    provider: Provider,
+    tenant: str | None,
+    *,
+    blob_id: str | None = None,
+    cursor: str | None = None,
+    limit: int = _TRIGGERED_PAGE,
+) -> TriggeredList:
+    """What ``provider`` started, newest first, a page at a time.
+
+    A run records its provider's id, not its owner: a client's provider reacts to that client's
+    blobs only, so its runs are those on the client's blobs; a platform provider's are those on
+    every client's (``tenant`` given: that client's only, as a client sees them). A client
+    having a provider of the same id as a platform one sees the runs of both on its blobs.
+
+    Raises:
+        HTTPError: 400 when ``cursor`` names no run of this page's listing.
+    """
+    scope = tenant if tenant is not None else (None if provider.owner == PLATFORM_TENANT else provider.owner)
+    found: list[TriggeredRunView] = []
+    started = cursor is None
+    more = False
+    for execution_id in reversed(state.runs_of_provider.get(provider.provider_id, [])):
+        if not started:
+            started = execution_id == cursor
+            continue
+        run = state.runs.get(execution_id)
+        blob = state.blobs.get(run.blob_id) if run is not None else None
+        if run is None or blob is None:
+            continue
+        if (scope is not None and blob.owner != scope) or (blob_id is not None and run.blob_id != blob_id):
+            continue
+        if len(found) == limit:
+            more = True
+            break
+        found.append(
+            TriggeredRunView(
+                execution_id=run.execution_id,
+                blob_id=run.blob_id,
+                blob_owner=blob.owner,
+                blob_version=run.blob_version,
+                workflow_id=run.workflow_id,
+                trigger=run.trigger,
+                priority=run.priority,
+                started_at=run.started_at,
+                applied=run.applied,
+                applied_version=run.applied_version,
+                created_blobs=list(run.created_blobs),
+                rolled_back=run.rolled_back,
+            )
+        )
+    if not started:
+        raise HTTPError(
+            400, f"cursor {str(cursor)[:80]!r} names no run of provider {provider.provider_id}", error="invalid_query"
+        )
+    return TriggeredList(
+        provider_id=provider.provider_id,
+        owner=provider.owner,
+        runs=found,
+        next_cursor=found[-1].execution_id if more and found else None,
+    )
+
+
+def _limit(value: str | None) -> int:
+    """The ``limit`` query parameter: default ``_TRIGGERED_PAGE``, at most ``_TRIGGERED_MAX_PAGE``."""
+    if value is None or value == "":
+        return _TRIGGERED_PAGE
+    if not value.isdigit() or len(value) > 6 or int(value) < 1:
+        raise HTTPError(400, f"limit must be a whole number of at least 1, got {value[:40]!r}", error="invalid_query")
+    return min(int(value), _TRIGGERED_MAX_PAGE)
 
 
 def install(ctx: StudioContext) -> None:
@@ -485,6 +599,53 @@ def install(ctx: StudioContext) -> None:
         )
         await ctx.fold.append(PROVIDERS_STREAM, [event])
         return web.Response(status=204)
+
+    @service.route(
+        "GET",
+        "/providers/{provider_id}/triggered",
+        summary="What a provider triggered: the executions it started, for which blob, and what their output did",
+        response=TriggeredList,
+        responses={
+            400: "A malformed limit or cursor, or owner from a client",
+            404: "No such provider reacting to the caller's blobs",
+        },
+        tags=["providers"],
+        auth="client",
+        query={
+            "owner": "Admins: the provider's owner (default the platform's); a client sees its own or the platform's",
+            "blob_id": "Only the runs started for this blob",
+            "limit": f"At most this many (default {_TRIGGERED_PAGE}, at most {_TRIGGERED_MAX_PAGE})",
+            "cursor": "From a previous page's next_cursor",
+        },
+    )
+    async def list_triggered(request: web.Request) -> web.Response:
+        """Read from the studio's fold (its ``StudioRunStarted`` and ``DeltaApplied`` events). A
+        client sees the runs on its own blobs, of its own provider or of a platform provider (its
+        own wins when both have the id); another client's provider answers 404 as one that does
+        not exist. An admin sees every client's runs of the provider ``owner`` names."""
+        info: KeyInfo = request[AUTH]
+        provider_id = request.match_info["provider_id"]
+        if info.is_admin:
+            provider = ctx.state.providers.get((_owner_for(info, request), provider_id))
+            tenant = None
+        else:
+            _owner_for(info, request)
+            provider = ctx.state.providers.get((info.tenant, provider_id)) or ctx.state.providers.get(
+                (PLATFORM_TENANT, provider_id)
+            )
+            tenant = info.tenant
+        if provider is None:
+            raise HTTPError(404, f"no provider {provider_id!r}")
+        limit = _limit(request.query.get("limit"))
+        answer = triggered(
+            ctx.state,
+            provider,
+            tenant,
+            blob_id=request.query.get("blob_id") or None,
+            cursor=request.query.get("cursor") or None,
+            limit=limit,
+        )
+        return json_response(answer)
 
     triggers.install(ctx)
     transformer.install(ctx)

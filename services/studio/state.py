@@ -170,6 +170,9 @@ class StudioState(EventFold):
         """execution id → the run."""
         self.started: dict[tuple[str, int, str, str], str] = {}
         """(blob id, blob version, provider id, workflow id) → the execution started for it."""
+        self.runs_of_provider: dict[str, list[str]] = {}
+        """provider id → the executions its runs started, in log order (what a provider triggered,
+        read without a pass over every run; derived from ``runs``, so not in ``snapshot``)."""
 
     # -- blobs ----------------------------------------------------------------------------------
 
@@ -274,6 +277,7 @@ class StudioState(EventFold):
             requested_by=data.requested_by,
         )
         self.started[(data.blob_id, data.blob_version, data.provider_id, data.workflow_id)] = data.execution_id
+        self.runs_of_provider.setdefault(data.provider_id, []).append(data.execution_id)
 
     def _delta_applied(self, event: CloudEvent) -> None:
         data = msgspec.convert(event.data, DeltaApplied)

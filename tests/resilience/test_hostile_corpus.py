@@ -113,6 +113,7 @@ ROWS: dict[tuple[str, str, str], Row] = {
             ("POST", "/providers", {}),
             ("GET", "/providers", {}),
             ("DELETE", "/providers/{provider_id}", {"provider_id": "p-1"}),
+            ("GET", "/providers/{provider_id}/triggered", {"provider_id": "p-1"}),
             ("POST", "/providers/trigger", {}),
             ("POST", "/providers/rollback", {}),
             ("POST", "/deltas/generate", {}),

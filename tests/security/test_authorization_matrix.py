@@ -133,6 +133,7 @@ ROWS: dict[tuple[str, str, str], Row] = {
         }
     ),
     ("studio", "DELETE", "/providers/{provider_id}"): Row(params={"provider_id": "provider"}, cross=404),
+    ("studio", "GET", "/providers/{provider_id}/triggered"): Row(params={"provider_id": "provider"}, cross=404),
     ("studio", "POST", "/providers/trigger"): Row(
         body=lambda ids: {"blob_id": ids["blob"], "provider_ids": [ids["provider"]]}, cross=404
     ),
