@@ -1,11 +1,18 @@
 """API keys issued through KAM: for a client's programs, scoped, shown once, revocable.
 
-``POST /api/clients/{id}/keys`` (admin) issues a key with ``nexus.auth.issue_key``: the same
+``POST /api/clients/{id}/keys`` issues a key with ``nexus.auth.issue_key``: the same
 ``nexus.platform.key.issued`` event (hash only, stream ``keys``) that ``nexus keys create``
 writes, so every service accepts the key and ``nexus keys`` lists and revokes it as before. The
 key holds the scopes asked for (a subset of the client scopes; all of them by default), and a
 route declared with a scope the key lacks answers 403. KAM records what it adds (the key's name,
 who issued it) as ``nexus.kam.key.issued`` in stream ``kam-accounts``.
+
+Who manages a client's keys: an admin, and a signed-in user of that client (the console's keys
+page), for its own client only (another client's is 404, as for one that does not exist) and
+with scopes at most its session's (the client scopes: never ``admin``). An API key never issues
+or revokes keys, whatever its scopes: a leaked key must not mint more keys (nor revoke the
+client's others), so these routes need a person's session. A dedicated scope would not do it:
+a key made by ``nexus keys create`` without scopes passes every client scope.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from nexus.auth import AUTH, KeyInfo, KeyRecord, issue_key, revoke_key
 from nexus.proto import new_event
 from nexus.proto.events.kam import KamKeyIssued
 from nexus.runtime import HTTPError, Owned, json_response, read_json
-from nexus.services.kam.context import CLIENT_SCOPES, KamContext
+from nexus.services.kam.context import CLIENT_SCOPES, SESSION_KEY_PREFIX, KamContext
 from nexus.services.kam.state import ACCOUNTS_STREAM, KEY_ISSUED
 
 __all__ = ["IssuedKeyAnswer", "KeyList", "KeyView", "NewKey", "install"]
@@ -82,6 +89,19 @@ class KeyRoutes:
             revoked_at=record.revoked_by.time if record.revoked_by is not None else None,
         )
 
+    def _manager(self, info: KeyInfo) -> None:
+        """Refuse (403) a caller who may not issue or revoke keys: anyone but an admin or a
+        signed-in user (the owner check has already answered 404 for another client's user)."""
+        if info.is_admin:
+            return
+        session_id = info.key_id.removeprefix(SESSION_KEY_PREFIX)
+        if not info.key_id.startswith(SESSION_KEY_PREFIX) or session_id not in self.ctx.state.sessions:
+            raise HTTPError(
+                403,
+                "an API key cannot issue or revoke keys: sign in as a user of the client (or ask an admin)",
+                error="forbidden",
+            )
+
     async def _record(self, client_id: str, key_id: str) -> KeyRecord:
         keys = self.ctx.service.keys
         await keys.refresh()
@@ -91,19 +111,22 @@ class KeyRoutes:
         return record
 
     async def create(self, request: web.Request) -> web.Response:
-        """(admin) Issue an API key to the client, with the scopes asked for (default: every client
-        scope). The secret is in this answer only."""
+        """Issue an API key to the client (an admin, or a signed-in user of it), with the scopes
+        asked for (default: every scope the issuer may give). The secret is in this answer only."""
         client_id = request.match_info["client_id"]
+        info: KeyInfo = request[AUTH]
+        self._manager(info)
         body = await read_json(request, NewKey)
-        scopes = list(CLIENT_SCOPES) if body.scopes is None else list(dict.fromkeys(body.scopes))
-        unknown = [s for s in scopes if s not in CLIENT_SCOPES]
+        # An admin gives any client scope; a user, at most what its own session holds.
+        allowed = CLIENT_SCOPES if info.is_admin else tuple(s for s in CLIENT_SCOPES if s in info.scopes)
+        scopes = list(allowed) if body.scopes is None else list(dict.fromkeys(body.scopes))
+        unknown = [s for s in scopes if s not in allowed]
         if unknown:
-            raise HTTPError(400, f"scopes {unknown}: a client key may hold only {', '.join(CLIENT_SCOPES)}")
+            raise HTTPError(400, f"scopes {unknown}: a client key may hold only {', '.join(allowed)}")
         if not scopes:
             raise HTTPError(400, "scopes is empty: name at least one, or leave it out for all of them")
         if len(body.name) > 100:
             raise HTTPError(400, "name is longer than 100 characters")
-        info: KeyInfo = request[AUTH]
         issued = await issue_key(
             self.ctx.service.log, "client", client_id, scopes=tuple(scopes), source=self.ctx.source
         )
@@ -131,11 +154,12 @@ class KeyRoutes:
         return json_response(KeyList(keys=[self._view(r) for r in records]))
 
     async def revoke(self, request: web.Request) -> web.Response:
-        """(admin) Revoke one of the client's keys: every service refuses it from then on. 404 for
-        a key of another client, as for one that does not exist."""
+        """Revoke one of the client's keys (an admin, or a signed-in user of it): every service
+        refuses it from then on. 404 for a key of another client, as for one that does not exist."""
         client_id, key_id = request.match_info["client_id"], request.match_info["key_id"]
-        await self._record(client_id, key_id)
         info: KeyInfo = request[AUTH]
+        self._manager(info)
+        await self._record(client_id, key_id)
         await revoke_key(
             self.ctx.service.log,
             key_id,
@@ -152,15 +176,18 @@ def install(ctx: KamContext) -> None:
     ctx.route(
         "POST",
         "/clients/{client_id}/keys",
-        summary="Issue an API key to a client (admin); the secret is shown once",
+        summary="Issue an API key to a client (an admin, or a signed-in user of it); the secret is shown once",
         request=NewKey,
         response=IssuedKeyAnswer,
         status=201,
         tags=["keys"],
         auth="client",
-        scope="admin",
         owned=owned,
-        responses={400: "An unknown scope, an empty list, or a name too long", 404: "No such client"},
+        responses={
+            400: "An unknown scope, one the issuer does not hold, an empty list, or a name too long",
+            403: "An API key (keys are issued by a signed-in user or an admin)",
+            404: "No such client (or not the caller's)",
+        },
     )(routes.create)
     ctx.route(
         "GET",
@@ -176,11 +203,13 @@ def install(ctx: KamContext) -> None:
     ctx.route(
         "DELETE",
         "/clients/{client_id}/keys/{key_id}",
-        summary="Revoke a client's API key (admin)",
+        summary="Revoke a client's API key (an admin, or a signed-in user of it)",
         response=KeyView,
         tags=["keys"],
         auth="client",
-        scope="admin",
         owned=owned,
-        responses={404: "No such client, or no such key of this client"},
+        responses={
+            403: "An API key (keys are revoked by a signed-in user or an admin)",
+            404: "No such client (or not the caller's), or no such key of this client",
+        },
     )(routes.revoke)

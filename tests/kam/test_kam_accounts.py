@@ -127,8 +127,8 @@ async def test_keys_are_issued_with_scopes_and_a_missing_scope_is_403(kam: Kam) 
     for scopes, word in ((["admin"], "admin"), (["requests:delete"], "requests:delete"), ([], "empty")):
         bad = await kam.call("POST", "/api/clients/acme/keys", token=admin, json={"scopes": scopes})
         assert bad.status == 400 and word in bad.body["message"], bad.text
-    # Only an admin issues keys.
-    assert (await kam.call("POST", "/api/clients/acme/keys", token=acme, json={})).status == 403
+    # An API key issues none, even one holding every client scope (tests/kam/test_kam_client_keys.py).
+    assert (await kam.call("POST", "/api/clients/acme/keys", key=full, json={})).status == 403
 
 
 async def test_keys_are_listed_without_secrets_and_revoked_by_admins(kam: Kam) -> None:
@@ -151,8 +151,8 @@ async def test_keys_are_listed_without_secrets_and_revoked_by_admins(kam: Kam) -
     assert listed.body["keys"][0]["issued_by"] == "user:admin"
     assert secret not in listed.text and cli_key.secret not in listed.text and beta_key not in listed.text
     assert (await kam.call("GET", "/api/clients/beta/keys", token=acme)).status == 404
-    # A client revokes nothing (403); beta's key named under acme is 404, as a key that does not exist.
-    assert (await kam.call("DELETE", f"/api/clients/acme/keys/{key_id}", token=acme)).status == 403
+    # An API key revokes nothing (403); beta's key named under acme is 404, as a key that does not exist.
+    assert (await kam.call("DELETE", f"/api/clients/acme/keys/{key_id}", key=secret)).status == 403
     assert (await kam.call("DELETE", f"/api/clients/acme/keys/{beta_key}", token=admin)).status == 404
     assert (await kam.call("DELETE", "/api/clients/acme/keys/0000000000000000", token=admin)).status == 404
     revoked = await kam.call("DELETE", f"/api/clients/acme/keys/{key_id}", token=admin)

@@ -111,10 +111,9 @@ ROWS: dict[tuple[str, str], Row] = {
         owned=True,
     ),
     ("GET", "/clients/{client_id}/keys"): Row(params={"client_id": "client"}, owned=True, reads=True),
-    ("POST", "/clients/{client_id}/keys"): Row(params={"client_id": "client"}, body=lambda ids: {}, admin_only=True),
-    ("DELETE", "/clients/{client_id}/keys/{key_id}"): Row(
-        params={"client_id": "client", "key_id": "key"}, admin_only=True
-    ),
+    # A client's user manages its own client's keys (an API key never does: tests/kam/test_kam_client_keys.py).
+    ("POST", "/clients/{client_id}/keys"): Row(params={"client_id": "client"}, body=lambda ids: {}, owned=True),
+    ("DELETE", "/clients/{client_id}/keys/{key_id}"): Row(params={"client_id": "client", "key_id": "key"}, owned=True),
     ("GET", "/clients/{client_id}/costs"): Row(params={"client_id": "client"}, owned=True, reads=True),
     # The audit lists the caller's own calls, which name the ids it asked for (alpha's among them,
     # answered 404): only the tenant of each record is checked.
