@@ -238,6 +238,7 @@ async def store_content(raw: RawBackend, owner: str, data: bytes, content_type: 
     key = content_key(owner, digest)
     ref = REF_SCHEME + key
     # Equal content has one key: two writers racing store the same bytes, so no lock is needed.
-    if not await raw.exists(key):
-        await raw.store(key, data, _media_type(content_type) or "application/octet-stream")
+    # One call rather than exists-then-store: the file Raw looks the key up in the batch that
+    # would write it.
+    await raw.store_if_absent(key, data, _media_type(content_type) or "application/octet-stream")
     return ref, digest

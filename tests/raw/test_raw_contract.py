@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import os
+import sqlite3
+import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +19,9 @@ from nexus.raw import (
     RawKeyError,
     RawNotFoundError,
     RawQuotaError,
+    RawStat,
     RawStorage,
+    RawUnavailableError,
     check_key,
     check_prefix,
     key_tenant,
@@ -23,6 +30,7 @@ from nexus.raw import (
     tenant_key,
     tenant_prefix,
 )
+from nexus.raw._inline import InlineBlobs, Row
 from nexus.raw.file import FileRaw
 from nexus.testing import RawContract
 
@@ -78,19 +86,150 @@ class TestMemoryRaw(RawContract):
         assert await raw.retrieve("a") == b"1234567890"
 
 
-class TestFileRaw(RawContract):
+class StoreIfAbsentContract:
+    """``store_if_absent`` on every backend: written when the key is free, nothing otherwise."""
+
+    async def test_store_if_absent(self, raw: RawBackend) -> None:
+        stat = await raw.store_if_absent("c/k", b"first", "text/plain")
+        assert stat is not None and (stat.key, stat.size) == ("c/k", 5)
+        assert stat.sha256 == hashlib.sha256(b"first").hexdigest()
+        # The key holds a blob: nothing is written, whatever the content.
+        assert await raw.store_if_absent("c/k", b"second") is None
+        assert await raw.retrieve("c/k") == b"first"
+        assert (await raw.stat("c/k")).content_type == "text/plain"
+        with pytest.raises(RawKeyError):
+            await raw.store_if_absent("../escape", b"x")
+
+    async def test_store_if_absent_concurrently(self, raw: RawBackend) -> None:
+        # Equal content under one key from many writers at once (content addressing): one blob.
+        results = await asyncio.gather(*(raw.store_if_absent("same", b"content") for _ in range(20)))
+        assert any(r is not None for r in results)
+        assert await raw.retrieve("same") == b"content" and await raw.list_all() == ["same"]
+
+
+class TestMemoryRawIfAbsent(StoreIfAbsentContract):
+    @pytest.fixture
+    async def raw(self) -> RawBackend:
+        return await open_raw("memory://")
+
+
+class TestStorageWrapperIfAbsent(StoreIfAbsentContract):
+    @pytest.fixture
+    async def raw(self, tmp_path: Path) -> AsyncIterator[RawBackend]:
+        storage = RawStorage(FileRaw(tmp_path))
+        yield storage
+        await storage.close()
+
+
+class TestFileRaw(StoreIfAbsentContract, RawContract):
     async def make_raw(self, tmp_path: Path) -> RawBackend:
         return await open_raw(f"file://{tmp_path / 'raw'}")
 
-    async def test_blobs_are_plain_files_beside_metadata(self, tmp_path: Path) -> None:
-        raw = FileRaw(tmp_path, clock=FixedClock(42.0))
+    async def test_small_blobs_are_rows_large_ones_plain_files(self, tmp_path: Path) -> None:
+        raw = FileRaw(tmp_path, clock=FixedClock(42.0), inline_max=4)
         await raw.store("x/y.txt", b"hello", "text/plain")
+        await raw.store("x/s.txt", b"hi", "text/plain")
+        # Above inline_max: a plain file beside its metadata file.
         assert (tmp_path / "data/x/y.txt").read_bytes() == b"hello"
-        assert (await raw.stat("x/y.txt")).created == 42.0
         assert (tmp_path / "meta/x/y.txt.json").exists()
+        # Up to inline_max: a row of the store's database, no file.
+        assert not (tmp_path / "data/x/s.txt").exists()
+        with sqlite3.connect(tmp_path / "inline.db") as con:
+            assert con.execute("SELECT data, content_type FROM blobs WHERE key = 'x/s.txt'").fetchall() == [
+                (b"hi", "text/plain")
+            ]
+        for key in ("x/y.txt", "x/s.txt"):
+            assert (await raw.stat(key)).created == 42.0
+        assert await raw.list_all("x/") == ["x/s.txt", "x/y.txt"]
+        assert stat.S_IMODE((tmp_path / "inline.db").stat().st_mode) == 0o600
+        await raw.close()
+
+    async def test_a_key_moves_between_row_and_file(self, tmp_path: Path) -> None:
+        raw = FileRaw(tmp_path, inline_max=4)
+        await raw.store("k", b"abc", "text/plain")
+        await raw.store("k", b"a larger blob", "application/x-large")
+        assert await raw.retrieve("k") == b"a larger blob" and await raw.list_all() == ["k"]
+        assert (await raw.stat("k")).content_type == "application/x-large"
+        with sqlite3.connect(tmp_path / "inline.db") as con:
+            assert con.execute("SELECT count(*) FROM blobs").fetchone() == (0,)  # the row went
+        await raw.store("k", b"xy")
+        assert await raw.retrieve("k") == b"xy" and await raw.list_all() == ["k"]
+        assert not (tmp_path / "data/k").exists() and not (tmp_path / "meta/k.json").exists()  # the file went
+        await raw.delete("k")
+        assert not await raw.exists("k") and await raw.list_all() == []
+        await raw.close()
+
+    async def test_stores_written_as_files_are_read_and_moved(self, tmp_path: Path) -> None:
+        # A store from before small blobs became rows: every blob a file, metadata beside it.
+        (tmp_path / "data/t").mkdir(parents=True)
+        (tmp_path / "meta/t").mkdir(parents=True)
+        (tmp_path / "data/t/old.json").write_bytes(b'{"a": 1}')
+        st = (tmp_path / "data/t/old.json").stat()
+        meta = {"key": "t/old.json", "size": 8, "sha256": hashlib.sha256(b'{"a": 1}').hexdigest()}
+        meta |= {"content_type": "application/json", "created": 7.0, "mtime_ns": st.st_mtime_ns}
+        (tmp_path / "meta/t/old.json.json").write_text(json.dumps(meta, sort_keys=True))
+        raw = FileRaw(tmp_path)
+        assert await raw.retrieve("t/old.json") == b'{"a": 1}'
+        assert (await raw.stat("t/old.json")).content_type == "application/json"
+        assert await raw.exists("t/old.json") and await raw.list_all() == ["t/old.json"]
+        assert await raw.store_if_absent("t/old.json", b"other") is None  # the file counts
+        # Stored again, it becomes a row and its file goes.
+        await raw.store("t/old.json", b'{"a": 2}', "application/json")
+        assert not (tmp_path / "data/t/old.json").exists() and not (tmp_path / "meta/t/old.json.json").exists()
+        assert await raw.retrieve("t/old.json") == b'{"a": 2}' and await raw.list_all() == ["t/old.json"]
+        await raw.close()
+
+    async def test_concurrent_stores_share_one_commit(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        commits: list[int] = []
+        put = InlineBlobs.put
+
+        def counting(self: InlineBlobs, rows: list[Row]) -> None:
+            commits.append(len(rows))
+            put(self, rows)
+
+        monkeypatch.setattr(InlineBlobs, "put", counting)
+        raw = FileRaw(tmp_path)
+        await asyncio.gather(*(raw.store(f"g/{i}", f"blob {i}".encode()) for i in range(200)))
+        # The first store is written alone; every other waited for it and went in one batch.
+        assert sum(commits) == 200 and len(commits) < 10, commits
+        assert [await raw.retrieve(f"g/{i}") for i in (0, 199)] == [b"blob 0", b"blob 199"]
+        await raw.close()
+
+    async def test_one_failure_fails_only_its_store(self, tmp_path: Path) -> None:
+        raw = FileRaw(tmp_path, inline_max=0)
+        await raw.store("a", b"1")
+        results = await asyncio.gather(raw.store("a/b", b"2"), raw.store("c", b"3"), return_exceptions=True)
+        assert isinstance(results[0], RawKeyError) and "clashes" in str(results[0])
+        assert isinstance(results[1], RawStat) and await raw.retrieve("c") == b"3"
+        await raw.close()
+
+    async def test_stores_are_flushed_before_they_return(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        synced: list[str] = []
+        fsync = os.fsync
+
+        def recording(fd: int) -> None:
+            fsync(fd)
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+        monkeypatch.setattr(os, "fsync", recording)
+        raw = FileRaw(tmp_path, inline_max=4)
+        await asyncio.gather(raw.store("d/big", b"a large blob"), raw.store("d/big2", b"another large"))
+        # Each file and its metadata file flushed (under their temporary names), then each
+        # directory renamed into once.
+        assert sum(".nexus-tmp-" in path for path in synced) == 4
+        assert sorted(p for p in synced if ".nexus-tmp-" not in p) == [
+            str(tmp_path / "data/d"),
+            str(tmp_path / "meta/d"),
+        ]
+        await raw.store("small", b"ab")
+        # A row: committed by SQLite with synchronous=FULL (it flushes the write-ahead log).
+        with sqlite3.connect(tmp_path / "inline.db") as con:
+            assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert raw._rows._write_connection().execute("PRAGMA synchronous").fetchone() == (2,)
+        await raw.close()
 
     async def test_crash_during_write_leaves_old_content(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        raw = FileRaw(tmp_path)
+        raw = FileRaw(tmp_path, inline_max=0)
         await raw.store("k", b"old")
 
         def crash(src, dst):  # type: ignore[no-untyped-def]
@@ -104,8 +243,22 @@ class TestFileRaw(RawContract):
         leftovers = [p.name for p in (tmp_path / "data").iterdir()]
         assert leftovers == ["k"]  # no temporary file left behind
 
-    async def test_stale_metadata_is_rebuilt(self, tmp_path: Path) -> None:
+    async def test_failed_commit_leaves_old_row(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         raw = FileRaw(tmp_path)
+        await raw.store("k", b"old")
+
+        def fail(self: InlineBlobs, rows: list[Row]) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(InlineBlobs, "put", fail)
+        with pytest.raises(RawUnavailableError, match="disk I/O error"):
+            await raw.store("k", b"new")
+        monkeypatch.undo()
+        assert await raw.retrieve("k") == b"old"
+        await raw.close()
+
+    async def test_stale_metadata_is_rebuilt(self, tmp_path: Path) -> None:
+        raw = FileRaw(tmp_path, inline_max=0)
         await raw.store("k", b"old", "text/plain")
         # A crash between the data rename and the metadata rename: the content is new.
         (tmp_path / "data/k").write_bytes(b"newer")
@@ -113,19 +266,39 @@ class TestFileRaw(RawContract):
         assert (stat.size, stat.sha256, stat.content_type) == (5, hashlib.sha256(b"newer").hexdigest(), "text/plain")
 
     async def test_symlink_escape_is_refused(self, tmp_path: Path) -> None:
-        raw = FileRaw(tmp_path / "store")
+        raw = FileRaw(tmp_path / "store", inline_max=0)
         await raw.store("inside", b"1")
         (tmp_path / "outside").mkdir()
+        (tmp_path / "outside/secret").write_text("host file")
         (tmp_path / "store/data/link").symlink_to(tmp_path / "outside")
         with pytest.raises(RawKeyError, match="outside the store"):
             await raw.store("link/x", b"escape")
         assert not (tmp_path / "outside/x").exists()
+        for call in (raw.retrieve, raw.stat, raw.exists, raw.delete):
+            with pytest.raises(RawKeyError, match="outside the store"):
+                await call("link/secret")
+        assert (tmp_path / "outside/secret").read_text() == "host file"
+        # A small blob (a row) under that key is refused as well, and no row is written.
+        small = FileRaw(tmp_path / "store")
+        with pytest.raises(RawKeyError, match="outside the store"):
+            await small.store("link/y", b"row")
+        assert not (tmp_path / "outside/y").exists()
+        assert not (tmp_path / "store/inline.db").exists()  # no row was written
+        await small.close()
+
+    async def test_symlinked_blob_is_not_followed(self, tmp_path: Path) -> None:
+        raw = FileRaw(tmp_path / "store", inline_max=0)
+        await raw.store("d/k", b"1")
+        (tmp_path / "secret").write_text("host file")
+        (tmp_path / "store/data/d/planted").symlink_to(tmp_path / "secret")
+        with pytest.raises(RawKeyError, match="symbolic link"):
+            await raw.retrieve("d/planted")
 
     async def test_listing_stays_inside_the_store(self, tmp_path: Path) -> None:
         # Before the fix, list("../../../etc/") walked the host: the prefix was not checked.
         (tmp_path / "secret.txt").write_text("host file")
         (tmp_path / "events.db").write_text("the event log")
-        raw = FileRaw(tmp_path / "store")
+        raw = FileRaw(tmp_path / "store", inline_max=0)
         await raw.store("t/acme/a", b"1")
         for prefix in ("../", "../../", "data/../../", "../../../etc/"):
             with pytest.raises(RawKeyError):
@@ -140,10 +313,16 @@ class TestFileRaw(RawContract):
         assert await raw.list_all() == ["t/acme/a"]
 
     async def test_key_clash_is_a_clear_error(self, tmp_path: Path) -> None:
-        raw = FileRaw(tmp_path)
+        raw = FileRaw(tmp_path, inline_max=0)
         await raw.store("a", b"1")
         with pytest.raises(RawKeyError, match="clashes"):
             await raw.store("a/b", b"2")
+
+    async def test_url_options(self, tmp_path: Path) -> None:
+        raw = await open_raw(f"file://{tmp_path}?fsync=0&inline_max=0")
+        assert isinstance(raw, FileRaw) and (raw.fsync, raw.inline_max) == (False, 0)
+        with pytest.raises(RawKeyError, match="inline_max"):
+            await open_raw(f"file://{tmp_path}?inline_max=lots")
 
     async def test_storage_wrapper_counts(self, tmp_path: Path) -> None:
         metrics = RecordingMetrics()
@@ -152,9 +331,12 @@ class TestFileRaw(RawContract):
         await raw.retrieve("k")
         with pytest.raises(RawNotFoundError):
             await raw.retrieve("missing")
+        assert await raw.store_if_absent("k", b"abc") is None
         assert metrics.count("raw_operations_total", op="retrieve") == 2
         assert metrics.count("raw_operations_total", outcome="RawNotFoundError") == 1
+        assert metrics.count("raw_operations_total", op="store_if_absent") == 1
         assert metrics.count("raw_bytes_stored_total") == 3
+        await raw.close()
 
 
 def _mongo_url() -> str | None:
@@ -189,7 +371,7 @@ def mongo_url() -> str:
 
 
 @pytest.mark.mongo
-class TestMongoRaw(RawContract):
+class TestMongoRaw(StoreIfAbsentContract, RawContract):
     @pytest.fixture(autouse=True)
     def _server(self, mongo_url: str) -> None:
         self.server_url = mongo_url

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import abc
 import builtins
+import re
 
 import msgspec
 
 from nexus.raw._errors import RawKeyError
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+_BAD_CHARACTER = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+"""A control character (NUL, newline, DEL...) or a lone surrogate: no key may hold one."""
 MAX_KEY_LENGTH = 1024
 
 
@@ -48,6 +51,21 @@ class RawBackend(abc.ABC):
             RawQuotaError: the backend's size limit would be exceeded; nothing was stored.
             RawUnavailableError: the backend failed; the previous blob (if any) is intact.
         """
+
+    async def store_if_absent(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> RawStat | None:
+        """Store ``data`` under ``key`` unless a blob is already there; None when one was.
+
+        For content-addressed keys (equal content, equal key), where storing again would only
+        write the same bytes. This default looks the key up, then stores; a backend that can
+        do both in one step (the file store's batches) does. Two calls racing on one key may
+        both store it: the key then holds one of them.
+
+        Raises:
+            RawKeyError, RawQuotaError, RawUnavailableError: as ``store``.
+        """
+        if await self.exists(key):
+            return None
+        return await self.store(key, data, content_type)
 
     @abc.abstractmethod
     async def retrieve(self, key: str) -> bytes:
@@ -137,10 +155,12 @@ def _check_path(path: str, what: str, *, allow_trailing_slash: bool) -> None:
         raise RawKeyError(f"Raw {what} {path!r} is absolute; keys are relative paths like 'a/b.json'")
     if "\\" in path:
         raise RawKeyError(f"Raw {what} {path!r} contains a backslash; keys are '/'-separated")
-    bad = next((c for c in path if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    # One regular expression scan (in C) rather than a Python loop over the characters: every
+    # store and lookup checks its key, in the event loop.
+    bad = _BAD_CHARACTER.search(path)
+    if bad is not None and not 0xD800 <= ord(bad.group()) <= 0xDFFF:
+        raise RawKeyError(f"Raw {what} {path!r} contains the control character {bad.group()!r} (NUL, newline, …)")
     if bad is not None:
-        raise RawKeyError(f"Raw {what} {path!r} contains the control character {bad!r} (NUL, newline, …)")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in path):
         # A lone surrogate (from undecodable bytes) has no UTF-8 form: no backend could store it.
         raise RawKeyError(f"Raw {what} {path!r} is not valid Unicode (it holds a lone surrogate)")
     segments = path.split("/")

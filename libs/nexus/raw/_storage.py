@@ -54,6 +54,14 @@ class RawStorage(RawBackend):
         self._metrics.increment("raw_bytes_stored_total", len(data))
         return stat
 
+    async def store_if_absent(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> RawStat | None:
+        stat: RawStat | None = await self._run(
+            "store_if_absent", key, self.backend.store_if_absent(key, data, content_type)
+        )
+        if stat is not None:
+            self._metrics.increment("raw_bytes_stored_total", len(data))
+        return stat
+
     async def retrieve(self, key: str) -> bytes:
         data: bytes = await self._run("retrieve", key, self.backend.retrieve(key))
         self._metrics.increment("raw_bytes_retrieved_total", len(data))

@@ -84,13 +84,17 @@ class _Store:
     key: str
     data: bytes
     content_type: str
-    future: asyncio.Future[RawStat]
+    future: asyncio.Future[RawStat | None]
     stat: RawStat | None = None
     tmp: str = ""
     fd: int = -1
     meta_tmp: str = ""
     meta_fd: int = -1
     error: BaseException | None = None
+    only_new: bool = False
+    """``store_if_absent``: nothing is written when the key holds a blob."""
+    present: bool = False
+    """The key held a blob already (``only_new``): nothing was written."""
 
 
 class FileRaw(RawBackend):
@@ -127,6 +131,7 @@ class FileRaw(RawBackend):
         self._pending: builtins.list[_Store] = []
         self._writer: asyncio.Task[None] | None = None
         self._threads: ThreadPoolExecutor | None = None
+        self._root_made = False
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> FileRaw:
@@ -215,9 +220,18 @@ class FileRaw(RawBackend):
     # ------------------------------------------------------------------ store: group commit
 
     async def store(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> RawStat:
+        stat = await self._enqueue(key, data, content_type, only_new=False)
+        assert stat is not None
+        return stat
+
+    async def store_if_absent(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> RawStat | None:
+        # Looked up by the batch that would write it: no round trip to a thread of its own.
+        return await self._enqueue(key, data, content_type, only_new=True)
+
+    async def _enqueue(self, key: str, data: bytes, content_type: str, *, only_new: bool) -> RawStat | None:
         check_key(key)
         loop = asyncio.get_running_loop()
-        item = _Store(key, bytes(data), content_type, loop.create_future())
+        item = _Store(key, bytes(data), content_type, loop.create_future(), only_new=only_new)
         self._pending.append(item)
         if self._writer is None or self._writer.done() or self._writer.get_loop() is not loop:
             self._writer = loop.create_task(self._drain())
@@ -229,11 +243,13 @@ class FileRaw(RawBackend):
         while self._pending:
             size = 0
             count = 0
+            keys: set[str] = set()
             for item in self._pending:
-                if count and (count >= _BATCH_ITEMS or size + len(item.data) > _BATCH_BYTES):
-                    break
+                if count and (count >= _BATCH_ITEMS or size + len(item.data) > _BATCH_BYTES or item.key in keys):
+                    break  # a key twice waits for the next batch: the second store is written after the first
                 size += len(item.data)
                 count += 1
+                keys.add(item.key)
             batch, self._pending = self._pending[:count], self._pending[count:]
             try:
                 await loop.run_in_executor(None, self._write_batch, batch)
@@ -251,11 +267,17 @@ class FileRaw(RawBackend):
                 if item.error is not None:
                     item.future.set_exception(item.error)
                 else:
-                    assert item.stat is not None
-                    item.future.set_result(item.stat)
+                    item.future.set_result(None if item.present else item.stat)
 
     def _write_batch(self, batch: builtins.list[_Store]) -> None:
         """Store every blob of the batch durably; each failure is kept on its item."""
+        # Each directory is looked at once per batch: the thread takes the interpreter lock back
+        # after every system call, and may wait for it each time while the event loop is busy.
+        directories: dict[str, bool] = {}
+        news = [item for item in batch if item.only_new]
+        if news:
+            self._mark_present(news, directories)
+        batch = [item for item in batch if not item.present and item.error is None]
         for item in batch:
             item.stat = RawStat(
                 key=item.key,
@@ -267,35 +289,78 @@ class FileRaw(RawBackend):
         rows = [item for item in batch if len(item.data) <= self.inline_max]
         files = [item for item in batch if len(item.data) > self.inline_max]
         if rows:
-            self._write_rows(rows)
+            self._write_rows(rows, directories)
         if files:
             self._write_files(files)
 
-    def _write_rows(self, items: builtins.list[_Store]) -> None:
-        """One transaction for every row; then the files these keys had before are removed."""
+    def _has_directory(self, directory: str, directories: dict[str, bool]) -> bool:
+        found = directories.get(directory)
+        if found is None:
+            found = directories[directory] = self._directory(directory, self._data, create=False)
+        return found
+
+    def _has_file(self, key: str, directories: dict[str, bool]) -> bool:
+        directory, path = self._split(self._data, key)
+        if not self._has_directory(directory, directories):
+            return False
         try:
-            make_private_dir(self.root)
+            return stat_mode.S_ISREG(os.lstat(path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def _mark_present(self, items: builtins.list[_Store], directories: dict[str, bool]) -> None:
+        """Mark the ``store_if_absent`` items whose key holds a blob (a file or a row)."""
+        try:
+            rows = self._rows.present([item.key for item in items])
+        except sqlite3.Error as exc:
+            for item in items:
+                item.error = RawUnavailableError(f"looking up {item.key!r} under {self.root} failed: {exc}")
+            return
+        for item in items:
+            if item.key in rows:
+                item.present = True
+            else:
+                try:
+                    item.present = self._has_file(item.key, directories)
+                except (RawError, OSError) as exc:
+                    item.error = self._error(item.key, exc)
+
+    def _write_rows(self, items: builtins.list[_Store], directories: dict[str, bool]) -> None:
+        """One statement for every row; then the files these keys had before are removed."""
+        # A file under one of these keys (a larger blob stored before, or an older store) would
+        # win the lookup over the row: it goes, durably, before the store is answered. Looked
+        # up first, so that a key whose directory leaves the store is refused before any row is
+        # written. A key just found absent (``store_if_absent``) has none.
+        had_file: builtins.list[_Store] = []
+        for item in items:
+            if not item.only_new:
+                try:
+                    if self._has_file(item.key, directories):
+                        had_file.append(item)
+                except (RawError, OSError) as exc:
+                    item.error = self._error(item.key, exc)
+        items = [item for item in items if item.error is None]
+        if not items:
+            return
+        try:
+            if not self._root_made:
+                make_private_dir(self.root)
+                self._root_made = True
             self._rows.put([_row(item) for item in items])
         except (sqlite3.Error, OSError) as exc:
             for item in items:
                 item.error = self._error(item.key, exc)
             return
-        # A file under one of these keys (a larger blob stored before, or an older store) would
-        # win the lookup over the row: it goes, durably, before the store is answered.
         removed_from: dict[str, builtins.list[_Store]] = {}
-        for item in items:
+        for item in had_file:
             self._guard(item, self._remove_file, item, removed_from)
         self._flush_directories(removed_from)
 
     def _remove_file(self, item: _Store, removed_from: dict[str, builtins.list[_Store]]) -> None:
         directory, path = self._split(self._data, item.key)
-        if not self._directory(directory, self._data, create=False):
-            return
         try:
-            if not stat_mode.S_ISREG(os.lstat(path).st_mode):
-                return  # a directory: the key is also the prefix of files
             os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             return
         removed_from.setdefault(directory, []).append(item)
         _unlink_quietly(self._split(self._meta, item.key, ".json")[1])

@@ -63,6 +63,12 @@ class MemoryRaw(RawBackend):
         self.used_bytes = used
         return stat
 
+    async def store_if_absent(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> RawStat | None:
+        check_key(key)
+        if key in self._blobs:
+            return None
+        return await self.store(key, data, content_type)
+
     async def retrieve(self, key: str) -> bytes:
         return self._get(key)[0]
 
