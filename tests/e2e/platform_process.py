@@ -104,6 +104,7 @@ async def running_platform(tmp_path: Path) -> AsyncIterator[Up]:
             "NEXUS_ADMIN_PASSWORD": secrets.token_urlsafe(16),
             "NEXUS_SERVICE_GAIA": str(stub.make_url("")).rstrip("/"),
             **{f"NEXUS_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+            "NEXUS_RELAY_PORT": str(free_port()),
         }
         for variable in ("NEXUS_NATS_URL", "NEXUS_EVENT_LOG_URL", "NEXUS_RAW_URL", "NEXUS_WORKFLOW_URL"):
             env.pop(variable, None)
