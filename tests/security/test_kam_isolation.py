@@ -140,6 +140,10 @@ ROWS: dict[tuple[str, str], Row] = {
     ("GET", "/notifications/stream"): Row(),
     # the console
     ("GET", "/console/health"): Row(admin_only=True),
+    # the operator's pages: the ledger across clients, the dead letters
+    ("GET", "/costs"): Row(admin_only=True),
+    ("GET", "/dead-letters"): Row(admin_only=True),
+    ("POST", "/dead-letters/redrive"): Row(body=lambda ids: {}, admin_only=True),
 }
 
 

@@ -14,7 +14,7 @@ from processes import free_port
 
 from nexus.bus.embedded import EmbeddedNats
 from nexus.bus.jetstream import JetStreamBus
-from nexus.cli.commands.dlq import dead_letters, redrive
+from nexus.bus.deadletters import dead_letters, redrive
 from nexus.eventlog import open_event_log
 from nexus.proto import STREAM_DLQ, STREAM_EVT
 

@@ -38,6 +38,7 @@ from types import TracebackType
 from urllib.parse import quote
 
 from nexus.bus._port import BusError
+from nexus.bus._subjects import matches_any
 from nexus.fs import make_private_dir
 
 __all__ = [
@@ -66,6 +67,10 @@ class NatsPermissions:
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+
+    def may_publish(self, subject: str) -> bool:
+        """Whether the server lets this user publish on ``subject`` (a redrive checks before it sends)."""
+        return matches_any(self.publish, subject)
 
 
 # What nats-py's JetStream use needs, for the platform's own identities only: the JetStream API
