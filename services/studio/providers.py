@@ -398,7 +398,10 @@ class TriggeredRunView(msgspec.Struct, frozen=True, kw_only=True):
     applied_version: int | None
     """The blob's version the output made (None when it changed nothing or is not applied yet)."""
     created_blobs: list[str]
-    """Derived blobs its output created."""
+    """Derived blobs its output created (``created_blobs`` of the delta transformer)."""
+    derived_blobs: list[str]
+    """Every blob the run created: its output's and those its steps created through the blob
+    routes (seed 004's ``book_chapter_expansion`` saves its expansion that way)."""
     rolled_back: bool
 
 
@@ -499,6 +502,9 @@ def triggered(
                 applied=run.applied,
                 applied_version=run.applied_version,
                 created_blobs=list(run.created_blobs),
+                derived_blobs=list(
+                    dict.fromkeys([*state.blobs_of_execution.get(run.execution_id, []), *run.created_blobs])
+                ),
                 rolled_back=run.rolled_back,
             )
         )

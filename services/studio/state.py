@@ -173,6 +173,10 @@ class StudioState(EventFold):
         self.runs_of_provider: dict[str, list[str]] = {}
         """provider id → the executions its runs started, in log order (what a provider triggered,
         read without a pass over every run; derived from ``runs``, so not in ``snapshot``)."""
+        self.blobs_of_execution: dict[str, list[str]] = {}
+        """execution id → the blobs it created: through the delta transformer (``origin``) or
+        by a step calling ``POST /blobs`` with the run's delegated token (``created_by`` =
+        ``execution:<id>``), in log order. Derived from ``blobs``, so not in ``snapshot``."""
 
     # -- blobs ----------------------------------------------------------------------------------
 
@@ -205,6 +209,12 @@ class StudioState(EventFold):
             )
         )
         self.blobs[data.blob_id] = blob
+        # "execution:" is how the blob routes name a writer acting for a workflow step.
+        maker = data.origin.execution_id if data.origin is not None else None
+        if maker is None and data.created_by.startswith("execution:"):
+            maker = data.created_by.removeprefix("execution:")
+        if maker:
+            self.blobs_of_execution.setdefault(maker, []).append(data.blob_id)
         parent = self.blobs.get(data.parent_id) if data.parent_id else None
         if parent is not None:
             parent.children.append(data.blob_id)

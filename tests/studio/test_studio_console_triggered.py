@@ -49,6 +49,15 @@ async def test_a_clients_provider_lists_the_runs_it_started_newest_first(env: Pl
     [child] = run["created_blobs"]
     assert env.state().blobs[child].parent_id == first
     assert run["execution_id"] == env.state().started[(first, 1, "mine", "wf_delta")]
+    assert run["derived_blobs"] == [child]
+    # A blob a step of the run created through the blob routes (as the seed's book_chapter_expansion
+    # saves its expansion) counts as derived by the run too.
+    saved = await env.blobs().create(
+        ALPHA, f"execution:{run['execution_id']}", "Saved by a step.", "text/plain", {"type": "expanded"}, first
+    )
+    status, body = await env.call("GET", f"/providers/mine/triggered?blob_id={first}", ALPHA)
+    assert status == 200 and body["runs"][0]["derived_blobs"] == [child, saved.blob_id]
+    assert body["runs"][0]["created_blobs"] == [child]
 
     # A page at a time: the cursor goes on from the last run shown.
     status, page = await env.call("GET", "/providers/mine/triggered?limit=1", ALPHA)
