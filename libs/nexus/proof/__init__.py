@@ -2,7 +2,9 @@
 
 ::
 
-    manifest = await manifest_of(FileSource(backup_dir))
+    manifest = await manifest_of(FileSource(backup_dir))               # a folder
+    manifest = await manifest_of(RawSource(raw, "reports/"))           # a Raw prefix
+    manifest = await manifest_of_files([summary_path, events_path])    # named files, relative paths
     result = await verify_manifest(manifest, FileSource(backup_dir))   # result.valid, result.errors
     report = await verify_log(log)                                     # report.ok, report.problems
     await seal_log(log)                                                # nexus.platform.log.sealed
@@ -13,6 +15,7 @@ from __future__ import annotations
 from nexus.proof._log import SEAL_STREAM, SEAL_TYPE, LogProblem, LogReport, seal_log, seal_root, verify_log
 from nexus.proof._manifest import (
     ALGORITHM,
+    FileListSource,
     FileSource,
     InclusionProof,
     Manifest,
@@ -25,6 +28,7 @@ from nexus.proof._manifest import (
     build_manifest,
     inclusion_proof,
     manifest_of,
+    manifest_of_files,
     verify_inclusion_proof,
     verify_manifest,
 )
@@ -34,6 +38,7 @@ __all__ = [
     "ALGORITHM",
     "SEAL_STREAM",
     "SEAL_TYPE",
+    "FileListSource",
     "FileSource",
     "InclusionProof",
     "LogProblem",
@@ -50,6 +55,7 @@ __all__ = [
     "inclusion_proof",
     "leaf_hash",
     "manifest_of",
+    "manifest_of_files",
     "merkle_root",
     "node_hash",
     "seal_log",

@@ -146,6 +146,46 @@ class FileSource:
         return size, h.hexdigest()
 
 
+class FileListSource:
+    """Named files (seed 003's ``buildManifest([path, …])``); paths are relative to ``root``.
+
+    ``root`` defaults to the deepest directory that holds every file, so a manifest over
+    ``/data/run/summary.json`` and ``/data/run/events/1.json`` names ``summary.json`` and
+    ``events/1.json``: it never records where the files sat on the machine that built it.
+    The source holds exactly the listed files, so a manifest built from it verifies against it
+    without an ``extra`` problem for the other files of the directory; a path that is not in
+    the list is described as missing, whatever lies on disk.
+
+    Args:
+        files: The files, absolute or relative to the working directory (duplicates count once).
+        root: The directory the manifest's paths are relative to; every file must be inside it.
+
+    Raises:
+        ProofError: no files, or a file outside ``root``.
+    """
+
+    def __init__(self, files: Iterable[str | os.PathLike[str]], *, root: str | os.PathLike[str] | None = None) -> None:
+        absolute = sorted({os.path.abspath(f) for f in files})
+        if not absolute:
+            raise ProofError("a manifest over a list of files needs at least one file")
+        base = os.path.abspath(root) if root is not None else os.path.commonpath([os.path.dirname(f) for f in absolute])
+        self.root = Path(base)
+        self._files: dict[str, Path] = {}
+        for path in absolute:
+            if os.path.commonpath([base, path]) != base or path == base:
+                raise ProofError(f"{path!r} is not inside the manifest's root {base!r}")
+            self._files[Path(path).relative_to(base).as_posix()] = Path(path)
+        self._reader = FileSource(self.root)
+
+    async def paths(self) -> list[str]:
+        return sorted(self._files)
+
+    async def describe(self, path: str) -> tuple[int, str] | None:
+        if path not in self._files:
+            return None
+        return await self._reader.describe(path)
+
+
 class RawSource:
     """Blobs in a Raw store under ``prefix``; paths are their keys.
 
@@ -214,9 +254,27 @@ async def manifest_of(
     for path in wanted:
         described = await source.describe(path)
         if described is None:
-            raise ProofError(f"{path!r} does not exist, so it cannot go into a manifest")
+            raise ProofError(f"{path!r} does not exist or is not a file, so it cannot go into a manifest")
         entries.append(ManifestEntry(path, described[0], described[1]))
     return build_manifest(entries, clock=clock)
+
+
+async def manifest_of_files(
+    files: Iterable[str | os.PathLike[str]],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    clock: Clock | None = None,
+) -> Manifest:
+    """A manifest over named files, their paths relative to ``root`` (default: their common directory).
+
+    Seed 003's ``buildManifest([...paths])``. Verify it with the same list
+    (``verify_manifest(m, FileListSource(files))``) or against the whole directory
+    (``verify_manifest(m, FileSource(root), allow_extra=True)``).
+
+    Raises:
+        ProofError: no files, a file outside ``root``, or a file that does not exist (or is a directory).
+    """
+    return await manifest_of(FileListSource(files, root=root), clock=clock)
 
 
 async def verify_manifest(
