@@ -99,7 +99,7 @@ async def test_a_client_creates_a_request_and_watches_it_run_live_then_views_and
     await console.admin.execute(request_id)
     steps = page.get_by_role("list", name="Workflow steps")
     await expect(steps.get_by_role("listitem").first).to_be_visible(timeout=WAIT_MS)
-    status = page.locator(".request-status")
+    status = page.locator(".c-request-status")
     await expect(status.get_by_text("completed", exact=True)).to_be_visible(timeout=WAIT_MS)
     for item in await steps.get_by_role("listitem").all():
         await expect(item.get_by_text("completed", exact=True)).to_be_visible()
@@ -113,7 +113,7 @@ async def test_a_client_creates_a_request_and_watches_it_run_live_then_views_and
     deliverables = page.get_by_role("region", name="Deliverables")
     result = deliverables.get_by_role("listitem").filter(has_text="The run's result")
     await result.get_by_role("button", name=re.compile(r"^View ")).click()
-    shown = result.locator("pre.deliverable-text")
+    shown = result.locator("pre.c-deliverable-text")
     await expect(shown).to_contain_text('"request_id"')
     viewed = json.loads(await shown.inner_text())
     assert viewed["request_id"] == request_id and viewed["template"] == best["template_name"]
@@ -124,6 +124,92 @@ async def test_a_client_creates_a_request_and_watches_it_run_live_then_views_and
     assert download.suggested_filename.endswith(".json")
     path = await download.path()
     assert json.loads(path.read_text()) == viewed
+    assert errors == [], errors
+
+
+WAITING_WORKFLOW = {
+    "id": "console_waits_for_a_key",
+    "provider_id": "nexus",
+    "name": "Console test: a step, then a wait",
+    "active": True,
+    "timeout_seconds": 120,
+    "steps": [
+        {
+            "id": "analyze",
+            "name": "Ask the analyst",
+            "type": "api_call",
+            "service": "gaia",
+            "endpoint": "/analyze",
+            "method": "POST",
+            "input_map": {"title": "$.input.context.request.title"},
+        },
+        {
+            # An event of the client's that the test causes through the API when it chooses:
+            # a key issued to the client. Until then the step runs (waits).
+            "id": "approval",
+            "name": "Wait for the approval",
+            "type": "wait_event",
+            "event": "nexus.kam.key.issued",
+            "match": "$.event.data.client_id == $.input.context.client_id",
+            "timeout_seconds": 60,
+        },
+    ],
+    "output": {"verdict": "$.steps.analyze.output.verdict"},
+}
+WAITING_TEMPLATE = {
+    "id": 901,
+    "name": "console_waits_for_a_key",
+    "title": "Console test: a step, then a wait",
+    "tier": "basic",
+    "description": "A run that waits between its steps, so a page can be seen following it.",
+    "category": "testing",
+    "workflow_id": "console_waits_for_a_key",
+    "stages": ["analyze", "approval"],
+    "cost": {"per_run": 0.01, "currency": "USD"},
+    "deliverable": {"type": "verdict"},
+}
+
+
+async def test_the_request_page_follows_each_step_of_the_run_as_it_happens(console: Console, pages: list[Any]) -> None:
+    # A platform workflow whose second step waits for the test, and a template that runs it.
+    session = {"X-Session-Token": console.admin.session_token or ""}
+    async with aiohttp.ClientSession(headers=session) as http:
+        async with http.post(f"{console.up.workflow_url}/workflows", json=WAITING_WORKFLOW) as response:
+            assert response.status == 201, await response.text()
+    await console.admin.call("POST", "/templates", json_body=WAITING_TEMPLATE)
+    username, password = await console.client_user("acme")
+    async with KamClient(console.url) as user:
+        await user.login(username, password)
+        created = await user.create_request("Check the numbers", "Have the analyst confirm them.")
+    request_id = created["request_id"]
+    await console.admin.assign(request_id, WAITING_TEMPLATE["id"], WAITING_TEMPLATE["name"])
+
+    page = await console.page()
+    pages.append(page)
+    await console.sign_in(page, username, password)
+    errors = watch_errors(page)
+    await page.goto(f"{console.url}/#/requests/{request_id}")
+    await page.get_by_role("heading", name="Check the numbers").wait_for()
+    await expect(page.get_by_role("status").filter(has_text="Live updates: on")).to_be_visible()
+    await page.evaluate("window.__sameDocument = true")
+    await console.admin.execute(request_id)
+
+    # The first step completes and the second one runs: the page shows both as they are.
+    steps = page.get_by_role("list", name="Workflow steps")
+    analyze = steps.get_by_role("listitem").filter(has_text="Ask the analyst")
+    approval = steps.get_by_role("listitem").filter(has_text="Wait for the approval")
+    await expect(analyze.get_by_text("completed", exact=True)).to_be_visible(timeout=WAIT_MS)
+    await expect(approval.get_by_text("running", exact=True)).to_be_visible()
+    await expect(page.locator(".c-request-status").get_by_text("executing", exact=True)).to_be_visible()
+    await expect(page.get_by_role("status").filter(has_text="Progress: on")).to_be_visible()
+    await shot(page, "client-request-running")
+
+    # The awaited event: the execution's stream brings the last step and the end to the page.
+    await console.admin.create_key("acme", scopes=["requests:read"])
+    await expect(approval.get_by_text("completed", exact=True)).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator(".c-request-status").get_by_text("completed", exact=True)).to_be_visible()
+    await expect(page.get_by_role("region", name="Deliverables").get_by_text("The run's result")).to_be_visible()
+    assert await page.evaluate("window.__sameDocument") is True, "the page was reloaded"
     assert errors == [], errors
 
 

@@ -123,13 +123,13 @@ function newRequestForm(categories, onCreated) {
   const titleId = nextId("new-request");
   const form = h(
     "form",
-    { class: "card new-request", "aria-labelledby": titleId },
+    { class: "card c-new-request", "aria-labelledby": titleId },
     h("h2", { id: titleId }, "New request"),
     field("Title", title, "What you need, in a line."),
     field("Description", description, "Everything that helps: scope, audience, sources, format."),
     h(
       "div",
-      { class: "row" },
+      { class: "c-row" },
       field("Urgency", urgency),
       field("Category", category, "For example research, writing, education."),
       h("datalist", { id: listId }, categories.map((c) => h("option", { value: c }))),
@@ -176,7 +176,7 @@ function requestRows(requests) {
         title: "Request",
         value: (r) => [
           h("a", { href: `#/requests/${enc(r.request_id)}` }, r.title),
-          h("small", { class: "muted request-meta" }, `${r.urgency} urgency · ${r.category}`),
+          h("small", { class: "muted c-request-meta" }, `${r.urgency} urgency · ${r.category}`),
         ],
       },
       { title: "Status", value: (r) => statusBadge(r.status) },
@@ -196,7 +196,7 @@ async function dashboard(main, params, page) {
   let shown = PAGE_SIZE;
   let next = null;
   const line = liveLine();
-  const listArea = h("div", { class: "request-list", "aria-live": "polite", "aria-busy": "true" });
+  const listArea = h("div", { class: "c-request-list", "aria-live": "polite", "aria-busy": "true" });
   const more = button("Show more", async () => {
     shown = Math.min(shown + PAGE_SIZE, 500);
     await load();
@@ -252,12 +252,12 @@ async function dashboard(main, params, page) {
     heading("Dashboard", `${user.display_name || user.username} · ${user.client_id}`),
     h(
       "div",
-      { class: "client-dashboard" },
+      { class: "c-client-dashboard" },
       form,
       h(
         "section",
-        { class: "requests", "aria-labelledby": listTitle },
-        h("div", { class: "section-head" }, h("h2", { id: listTitle }, "Requests"), line.element),
+        { class: "c-requests", "aria-labelledby": listTitle },
+        h("div", { class: "c-section-head" }, h("h2", { id: listTitle }, "Requests"), line.element),
         filterForm,
         listArea,
         h("div", { class: "actions" }, more),
@@ -277,11 +277,11 @@ function progressSection(page) {
   const line = liveLine("Progress");
   line.element.hidden = true;
   const summary = h("p", { class: "muted" }, "Not started yet: an operator assigns a template and runs it.");
-  const steps = h("ol", { class: "steps", "aria-label": "Workflow steps" });
+  const steps = h("ol", { class: "c-steps", "aria-label": "Workflow steps" });
   const element = h(
     "section",
-    { class: "card progress", "aria-labelledby": titleId },
-    h("div", { class: "section-head" }, h("h2", { id: titleId }, "Progress"), line.element),
+    { class: "card c-progress", "aria-labelledby": titleId },
+    h("div", { class: "c-section-head" }, h("h2", { id: titleId }, "Progress"), line.element),
     summary,
     steps,
   );
@@ -297,18 +297,18 @@ function progressSection(page) {
 
   function draw(state) {
     const status = String(state.status || "").toLowerCase();
+    const names = Object.fromEntries(definition.map((d) => [d.id, d.name || d.id]));
     replace(
       summary,
       "Execution ",
       h("code", {}, state.id || current),
       ": ",
       badge(status),
-      state.current_step && status === "running" ? ` now at ${state.current_step}` : "",
+      state.current_step && status === "running" ? ` now at “${names[state.current_step] || state.current_step}”` : "",
       state.error ? ` — ${state.error}` : "",
     );
     const seen = state.steps || {};
     const order = [...definition.map((d) => d.id), ...Object.keys(seen).filter((id) => !definition.some((d) => d.id === id))];
-    const names = Object.fromEntries(definition.map((d) => [d.id, d.name || d.id]));
     replace(
       steps,
       order.map((id) => {
@@ -321,11 +321,11 @@ function progressSection(page) {
         if (step.retry_at) details.push(`retrying at ${when(step.retry_at)}`);
         return h(
           "li",
-          { class: `step step-${String(step.status).replace(/[^a-z_]/gi, "")}`, dataset: { step: id } },
-          h("span", { class: "step-name" }, names[id] || id),
+          { class: `c-step c-step-${String(step.status).replace(/[^a-z_]/gi, "")}`, dataset: { step: id } },
+          h("span", { class: "c-step-name" }, names[id] || id),
           " ",
           badge(step.status),
-          details.length ? h("span", { class: "muted step-details" }, ` ${details.join(" · ")}`) : null,
+          details.length ? h("span", { class: "muted c-step-details" }, ` ${details.join(" · ")}`) : null,
           step.error ? h("p", { class: "error" }, step.error) : null,
         );
       }),
@@ -373,7 +373,7 @@ function progressSection(page) {
 }
 
 function deliverableItem(item) {
-  const viewer = h("div", { class: "deliverable-view", hidden: true });
+  const viewer = h("div", { class: "c-deliverable-view", hidden: true });
   const href = kam(`/deliverables/${enc(item.id)}`);
   const name = (item.storage_ref || item.id).split("/").pop();
   const textual = /^(text\/|application\/(json|x-ndjson|xml|yaml|x-yaml|markdown))|\+json|\+xml/.test(item.content_type);
@@ -398,7 +398,7 @@ function deliverableItem(item) {
             // shown as it is
           }
         }
-        replace(viewer, h("pre", { class: "mono deliverable-text", tabindex: "0", "aria-label": `Content of ${name}` }, text));
+        replace(viewer, h("pre", { class: "mono c-deliverable-text", tabindex: "0", "aria-label": `Content of ${name}` }, text));
       }, { kind: "secondary", busy: "Loading…" })
     : h("span", { class: "muted" }, textual ? "Too large to show here" : "Not text: download it");
   if (viewable) {
@@ -410,10 +410,10 @@ function deliverableItem(item) {
   const what = meta.source === "execution_output" ? "The run's result" : meta.path ? `A file the result names (${meta.path})` : "Deliverable";
   return h(
     "li",
-    { class: "deliverable" },
+    { class: "c-deliverable" },
     h(
       "div",
-      { class: "deliverable-head" },
+      { class: "c-deliverable-head" },
       h("strong", {}, what),
       h("span", { class: "muted" }, ` · ${item.type || "deliverable"}`),
       h("span", { class: "muted" }, ` ${item.content_type} · ${bytes(item.size_bytes)} · ${when(item.created_at)}`),
@@ -443,7 +443,7 @@ async function requestPage(main, params, page) {
         "div",
         { class: "heading" },
         h("h1", {}, item.title),
-        h("span", { class: "request-status", "aria-label": `Status: ${item.status}` }, statusBadge(item.status)),
+        h("span", { class: "c-request-status", "aria-label": `Status: ${item.status}` }, statusBadge(item.status)),
         line.element,
       ),
       h("p", { class: "muted" }, h("a", { href: "#/" }, "← All requests"), ` · ${STATUS_WORDS[item.status] || item.status}`),
@@ -457,7 +457,7 @@ async function requestPage(main, params, page) {
       h("dt", {}, "Urgency"),
       h("dd", {}, item.urgency),
       h("dt", {}, "Category"),
-      h("dd", {}, item.category),
+      h("dd", {}, item.category || "—"),
       h("dt", {}, "Template"),
       h("dd", {}, template ? `${template.template_name}${template.tier ? ` (${template.tier})` : ""}` : "not assigned yet"),
       template && Object.keys(template.parameters || {}).length
@@ -470,7 +470,7 @@ async function requestPage(main, params, page) {
       h("dt", {}, "Updated"),
       h("dd", {}, when(item.updated_at)),
       h("dt", {}, "Description"),
-      h("dd", { class: "description" }, item.description || h("span", { class: "muted" }, "none")),
+      h("dd", { class: "c-description" }, item.description || h("span", { class: "muted" }, "none")),
     );
     replace(
       history,
@@ -501,7 +501,7 @@ async function requestPage(main, params, page) {
     }
     try {
       const listed = await get(kam(`/requests/${enc(id)}/deliverables`));
-      replace(deliverables, h("ul", { class: "deliverables" }, listed.deliverables.map(deliverableItem)));
+      replace(deliverables, h("ul", { class: "c-deliverables" }, listed.deliverables.map(deliverableItem)));
     } catch (failure) {
       replace(deliverables, errorBox(failure));
     }
@@ -513,7 +513,7 @@ async function requestPage(main, params, page) {
     head,
     h(
       "div",
-      { class: "request-grid" },
+      { class: "c-request-grid" },
       progress.element,
       h("section", { class: "card", "aria-labelledby": titleIds.deliverables }, h("h2", { id: titleIds.deliverables }, "Deliverables"), deliverables),
       h("section", { class: "card", "aria-labelledby": titleIds.about }, h("h2", { id: titleIds.about }, "About"), facts),
@@ -590,7 +590,7 @@ function timeChart(points, { title, format }) {
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", `${title}: ${points.filter((p) => p.value).map((p) => `${p.label} ${format(p.value)}`).join(", ") || "nothing yet"}`);
-  svg.classList.add("chart", "time-chart");
+  svg.classList.add("chart", "c-time-chart");
   const add = (tag, attributes, text) => {
     const node = document.createElementNS(svgNS, tag);
     for (const [k, v] of Object.entries(attributes)) node.setAttribute(k, String(v));
@@ -598,8 +598,8 @@ function timeChart(points, { title, format }) {
     svg.append(node);
     return node;
   };
-  add("line", { x1: left, x2: width - left, y1: height - bottom, y2: height - bottom, class: "axis" });
-  add("text", { x: left, y: 14, class: "chart-max" }, `max ${format(max)}`);
+  add("line", { x1: left, x2: width - left, y1: height - bottom, y2: height - bottom, class: "c-axis" });
+  add("text", { x: left, y: 14, class: "c-chart-max" }, `max ${format(max)}`);
   const every = Math.max(1, Math.ceil(points.length / 8));
   points.forEach((p, i) => {
     const barHeight = ((height - bottom - top) * p.value) / max;
@@ -609,7 +609,7 @@ function timeChart(points, { title, format }) {
     tip.textContent = `${p.label}: ${format(p.value)}`;
     bar.append(tip);
     if (i % every === 0 || i === points.length - 1) {
-      add("text", { x: left + i * slot + slot / 2, y: height - 8, "text-anchor": "middle", class: "chart-label" }, p.label.slice(5) || p.label);
+      add("text", { x: left + i * slot + slot / 2, y: height - 8, "text-anchor": "middle", class: "c-chart-label" }, p.label.slice(5) || p.label);
     }
   });
   return h("figure", { class: "chart-figure" }, h("figcaption", {}, title), svg);
@@ -648,10 +648,10 @@ async function costsPage(main, params, page) {
     const others = Object.entries(byDay.other_currencies || {});
     const summary = h(
       "div",
-      { class: "grid cost-summary" },
-      h("div", { class: "card" }, h("p", { class: "muted" }, "Total"), h("p", { class: "big", "data-testid": "cost-total" }, format(byDay.total))),
-      h("div", { class: "card" }, h("p", { class: "muted" }, "Ledger entries"), h("p", { class: "big" }, String(byDay.entries))),
-      h("div", { class: "card" }, h("p", { class: "muted" }, "Templates used"), h("p", { class: "big" }, String(byTemplate.groups.length))),
+      { class: "grid c-cost-summary" },
+      h("div", { class: "card" }, h("p", { class: "muted" }, "Total"), h("p", { class: "c-big", "data-testid": "cost-total" }, format(byDay.total))),
+      h("div", { class: "card" }, h("p", { class: "muted" }, "Ledger entries"), h("p", { class: "c-big" }, String(byDay.entries))),
+      h("div", { class: "card" }, h("p", { class: "muted" }, "Templates used"), h("p", { class: "c-big" }, String(byTemplate.groups.length))),
     );
     if (!byDay.entries) {
       replace(body, summary, h("p", { class: "empty muted" }, "No costs in this period: a request costs what its run uses, once it has run."));
@@ -663,7 +663,7 @@ async function costsPage(main, params, page) {
       others.length ? h("p", { class: "muted" }, `Also, in other currencies: ${others.map(([c, a]) => money(a, c)).join(", ")}`) : null,
       h(
         "div",
-        { class: "charts" },
+        { class: "c-charts" },
         h("section", { class: "card" }, timeChart(daily(byDay.groups), { title: "Costs per day", format })),
         h("section", { class: "card" }, barChart(byTemplate.groups.map((g) => ({ label: g.key, value: g.amount })), { title: "Costs by template", format })),
       ),
@@ -704,7 +704,7 @@ async function keysPage(main, params, page) {
   const path = kam(`/clients/${enc(clientId)}/keys`);
   const me = `user:${page.session.user.id}`;
   const listArea = h("div", { "aria-live": "polite" });
-  const revealed = h("div", { class: "new-key-area" });
+  const revealed = h("div", { class: "c-new-key-area" });
 
   async function load() {
     const answer = await get(path);
@@ -728,7 +728,7 @@ async function keysPage(main, params, page) {
 
   function revokeControl(key) {
     const label = key.name || key.key_id;
-    const area = h("div", { class: "actions revoke" });
+    const area = h("div", { class: "actions c-revoke" });
     const ask = button("Revoke", async () => {
       const yes = button(`Revoke ${label} now`, async () => {
         try {
@@ -770,9 +770,9 @@ async function keysPage(main, params, page) {
       revealed,
       h(
         "section",
-        { class: "card new-key", "aria-labelledby": titleId, role: "region" },
+        { class: "card c-new-key", "aria-labelledby": titleId, role: "region" },
         h("h2", { id: titleId }, `New key ${issued.name || issued.key_id}`),
-        h("p", { class: "warning" }, "Copy this secret now: it will not be shown again. Nexus keeps only its hash."),
+        h("p", { class: "c-warning" }, "Copy this secret now: it will not be shown again. Nexus keeps only its hash."),
         secret,
         h("p", { class: "muted" }, "Send it as the X-API-Key header. Scopes: ", issued.scopes.join(", ")),
         h("div", { class: "actions" }, copy, done),
@@ -788,14 +788,14 @@ async function keysPage(main, params, page) {
   const formTitle = nextId("create-key");
   const form = h(
     "form",
-    { class: "card client-form", "aria-labelledby": formTitle },
+    { class: "card c-client-form", "aria-labelledby": formTitle },
     h("h2", { id: formTitle }, "Create a key"),
     field("Name", name, "What the key is for, so you know which to revoke."),
     h(
       "fieldset",
-      { class: "scopes" },
+      { class: "c-scopes" },
       h("legend", {}, "Scopes"),
-      h("p", { class: "help scopes-help" }, "What programs holding the key may do. A key never creates or revokes keys."),
+      h("p", { class: "help c-scopes-help" }, "What programs holding the key may do. A key never creates or revokes keys."),
       boxes.map((box) => h("div", { class: "field-check" }, box, h("label", { for: box.id }, box.value))),
     ),
     error,
