@@ -37,6 +37,7 @@ from nexus.services.studio import checks
 from nexus.services.studio.content import (
     ContentError,
     check_content_type,
+    content_ref,
     decode_json,
     encode_content,
     kind_of,
@@ -379,9 +380,18 @@ class Blobs:
             new_type = content_type or current.content_type
             data = self._encode(content, new_type)
             meta = dict(current.metadata) if metadata is None else self._metadata(metadata)
-            ref, digest = await store_content(self.ctx.service.raw, blob.owner, data, new_type)
+            # The content is made durable while the deltas are computed (its reference is its
+            # digest); the event naming it is appended only once it is.
+            digest = hashlib.sha256(data).hexdigest()
+            ref = content_ref(blob.owner, digest)
+            stored = asyncio.ensure_future(store_content(self.ctx.service.raw, blob.owner, data, new_type))
+            try:
+                deltas = await self._deltas(current, data, new_type, ref, digest, operations)
+            except BaseException:
+                await asyncio.gather(stored, return_exceptions=True)
+                raise
+            await stored
             self._cache.put(ref, data)
-            deltas = await self._deltas(current, data, new_type, ref, digest, operations)
             event = new_event(
                 BLOB_UPDATED,
                 BlobUpdated(

@@ -37,8 +37,8 @@ Row = tuple[str, bytes, str, str, float]
 """(key, data, sha256, content type, created): one blob as it is stored."""
 
 
-def _insert(rows: int) -> str:
-    return "INSERT OR REPLACE INTO blobs VALUES " + ",".join(["(?, ?, ?, ?, ?)"] * rows)
+def _insert(verb: str, rows: int) -> str:
+    return f"INSERT OR {verb} INTO blobs VALUES " + ",".join(["(?, ?, ?, ?, ?)"] * rows)
 
 
 class InlineBlobs:
@@ -94,40 +94,49 @@ class InlineBlobs:
             self._readers.append(con)
         return con
 
-    def put(self, rows: builtins.list[Row]) -> None:
-        """Store the rows at once, replacing any under their keys; durable on return.
+    def put(self, rows: builtins.list[Row], *, replace: bool = True) -> int:
+        """Store the rows at once; durable on return. How many were written.
 
         One statement in one transaction: the interpreter lock is released and taken back
         twice per batch rather than once per row (a worker thread waits for it each time).
+
+        Args:
+            rows: The blobs, each key once.
+            replace: Replace the rows already under these keys; False leaves them as they are
+                (and does not count them).
 
         Raises:
             sqlite3.Error: nothing was stored.
         """
         con = self._write_connection()
+        verb = "REPLACE" if replace else "IGNORE"
         if len(rows) <= _ROWS_PER_STATEMENT:
-            con.execute(_insert(len(rows)), [value for row in rows for value in row])
-            return
+            return int(con.execute(_insert(verb, len(rows)), [value for row in rows for value in row]).rowcount)
+        written = 0
         con.execute("BEGIN IMMEDIATE")
         try:
             for start in range(0, len(rows), _ROWS_PER_STATEMENT):
                 chunk = rows[start : start + _ROWS_PER_STATEMENT]
-                con.execute(_insert(len(chunk)), [value for row in chunk for value in row])
+                written += con.execute(_insert(verb, len(chunk)), [value for row in chunk for value in row]).rowcount
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
+        return written
 
-    def present(self, keys: builtins.list[str]) -> set[str]:
-        """Which of ``keys`` have a row."""
+    def rows(self, keys: builtins.list[str]) -> dict[str, tuple[int, str, str, float]]:
+        """(size, sha256, content type, created) of each of ``keys`` that has a row."""
         con = self._read_connection()
-        found: set[str] = set()
+        found: dict[str, tuple[int, str, str, float]] = {}
         if con is None:
             return found
         for start in range(0, len(keys), _ROWS_PER_STATEMENT):
             chunk = keys[start : start + _ROWS_PER_STATEMENT]
             marks = ",".join("?" * len(chunk))
-            found.update(row[0] for row in con.execute(f"SELECT key FROM blobs WHERE key IN ({marks})", chunk))
+            query = f"SELECT key, length(data), sha256, content_type, created FROM blobs WHERE key IN ({marks})"
+            for key, size, sha256, content_type, created in con.execute(query, chunk):
+                found[key] = (int(size), str(sha256), str(content_type), float(created))
         return found
 
     def delete(self, keys: builtins.list[str]) -> int:

@@ -309,21 +309,12 @@ class FileRaw(RawBackend):
             return False
 
     def _mark_present(self, items: builtins.list[_Store], directories: dict[str, bool]) -> None:
-        """Mark the ``store_if_absent`` items whose key holds a blob (a file or a row)."""
-        try:
-            rows = self._rows.present([item.key for item in items])
-        except sqlite3.Error as exc:
-            for item in items:
-                item.error = RawUnavailableError(f"looking up {item.key!r} under {self.root} failed: {exc}")
-            return
+        """Mark the ``store_if_absent`` items whose key has a file (rows: see ``_write_rows``)."""
         for item in items:
-            if item.key in rows:
-                item.present = True
-            else:
-                try:
-                    item.present = self._has_file(item.key, directories)
-                except (RawError, OSError) as exc:
-                    item.error = self._error(item.key, exc)
+            try:
+                item.present = self._has_file(item.key, directories)
+            except (RawError, OSError) as exc:
+                item.error = self._error(item.key, exc)
 
     def _write_rows(self, items: builtins.list[_Store], directories: dict[str, bool]) -> None:
         """One statement for every row; then the files these keys had before are removed."""
@@ -346,7 +337,14 @@ class FileRaw(RawBackend):
             if not self._root_made:
                 make_private_dir(self.root)
                 self._root_made = True
-            self._rows.put([_row(item) for item in items])
+            replacing = [item for item in items if not item.only_new]
+            if replacing:
+                self._rows.put([_row(item) for item in replacing])
+            new = [item for item in items if item.only_new]
+            # A row already under a key is left as it is: one statement, which usually writes
+            # every row; when it did not, the rows say which were there.
+            if new and self._rows.put([_row(item) for item in new], replace=False) < len(new):
+                self._mark_rows_present(new)
         except (sqlite3.Error, OSError) as exc:
             for item in items:
                 item.error = self._error(item.key, exc)
@@ -355,6 +353,15 @@ class FileRaw(RawBackend):
         for item in had_file:
             self._guard(item, self._remove_file, item, removed_from)
         self._flush_directories(removed_from)
+
+    def _mark_rows_present(self, items: builtins.list[_Store]) -> None:
+        rows = self._rows.rows([item.key for item in items])
+        for item in items:
+            assert item.stat is not None
+            stat = item.stat
+            # A row that is not this blob was there before. One equal to it in every respect
+            # (content, type, creation time) cannot be told from it: the store is answered.
+            item.present = rows.get(item.key) != (stat.size, stat.sha256, stat.content_type, stat.created)
 
     def _remove_file(self, item: _Store, removed_from: dict[str, builtins.list[_Store]]) -> None:
         directory, path = self._split(self._data, item.key)
