@@ -90,6 +90,11 @@ async def test_a_client_edits_a_json_blob_sees_each_change_meets_a_conflict_and_
     }
     assert await _lines(page, "Version 2 → 3", "add").all_inner_texts() == ['+ /title: "The harbour"']
     await shot(page, "studio-blob")
+    # On a phone: one column, nothing wider than the screen.
+    await page.set_viewport_size({"width": 390, "height": 844})
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    await shot(page, "studio-blob-phone")
+    await page.set_viewport_size({"width": 1280, "height": 860})
 
     # Someone else saves version 4 in another tab; this tab still edits version 3.
     other = await page.context.new_page()

@@ -31,10 +31,6 @@ function field(text, control, help) {
 }
 
 const isJson = (type) => /^application\/(.+\+)?json\b|\+json\b/i.test(String(type || "").split(";")[0].trim());
-const isText = (type) => {
-  const media = String(type || "").split(";")[0].trim().toLowerCase();
-  return media.startsWith("text/") || /[/+](xml|yaml|x-yaml|markdown|csv)$/.test(media);
-};
 
 function bytes(n) {
   if (n === undefined || n === null) return "";
@@ -56,7 +52,8 @@ function label(blob) {
 
 function shortId(id) {
   const text = String(id || "");
-  return text.length > 14 ? `${text.slice(0, 8)}…${text.slice(-4)}` : text;
+  // Time-ordered ids share their first digits: the last ones tell blobs apart.
+  return text.length > 14 ? `…${text.slice(-10)}` : text;
 }
 
 function blobLink(id, text, version) {
