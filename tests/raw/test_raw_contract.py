@@ -212,18 +212,26 @@ class TestFileRaw(StoreIfAbsentContract, RawContract):
             synced.append(os.readlink(f"/proc/self/fd/{fd}"))
 
         monkeypatch.setattr(os, "fsync", recording)
-        raw = FileRaw(tmp_path, inline_max=4)
+        raw = FileRaw(tmp_path / "store", inline_max=4)
+        await raw.store("d/first", b"a first blob")
+        # New directories: their names in their parents were flushed as well.
+        for directory in ("data/d", "data", "", "meta/d", "meta"):
+            assert str(tmp_path / "store" / directory).rstrip("/") in synced
+        synced.clear()
         await asyncio.gather(raw.store("d/big", b"a large blob"), raw.store("d/big2", b"another large"))
         # Each file and its metadata file flushed (under their temporary names), then each
         # directory renamed into once.
         assert sum(".nexus-tmp-" in path for path in synced) == 4
         assert sorted(p for p in synced if ".nexus-tmp-" not in p) == [
-            str(tmp_path / "data/d"),
-            str(tmp_path / "meta/d"),
+            str(tmp_path / "store/data/d"),
+            str(tmp_path / "store/meta/d"),
         ]
+        synced.clear()
         await raw.store("small", b"ab")
-        # A row: committed by SQLite with synchronous=FULL (it flushes the write-ahead log).
-        with sqlite3.connect(tmp_path / "inline.db") as con:
+        # A row: committed by SQLite with synchronous=FULL (it flushes the write-ahead log), in
+        # a database whose name in the store's directory was flushed when it was created.
+        assert str(tmp_path / "store") in synced
+        with sqlite3.connect(tmp_path / "store/inline.db") as con:
             assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert raw._rows._write_connection().execute("PRAGMA synchronous").fetchone() == (2,)
         await raw.close()

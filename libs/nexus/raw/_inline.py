@@ -37,6 +37,14 @@ Row = tuple[str, bytes, str, str, float]
 """(key, data, sha256, content type, created): one blob as it is stored."""
 
 
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _insert(verb: str, rows: int) -> str:
     return f"INSERT OR {verb} INTO blobs VALUES " + ",".join(["(?, ?, ?, ?, ?)"] * rows)
 
@@ -70,6 +78,10 @@ class InlineBlobs:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'OFF'}")
             con.execute(_SCHEMA)
+            if self._durable and not self._exists:
+                # The new database's name in the store's directory, durable before any row is
+                # answered (SQLite flushes the directory for its log file, not for the database).
+                _fsync_dir(os.path.dirname(self.path) or ".")
             self._writer = con
             self._exists = True
         return self._writer

@@ -181,6 +181,14 @@ class FileRaw(RawBackend):
                 return False
         if create:
             make_private_dir(directory)
+            if st is None and self.fsync:
+                # New directories: each one's name in its parent is made durable too (a file
+                # renamed into a directory whose own entry is lost after a power cut is lost).
+                parent = directory
+                while parent != base and parent.startswith(base + "/"):
+                    parent = os.path.dirname(parent)
+                    _fsync_dir(parent)
+                _fsync_dir(os.path.dirname(base))
         resolved = os.path.realpath(directory)
         real_base = os.path.realpath(base)
         if resolved != real_base and not resolved.startswith(real_base + os.sep):
@@ -232,9 +240,11 @@ class FileRaw(RawBackend):
         check_key(key)
         loop = asyncio.get_running_loop()
         item = _Store(key, bytes(data), content_type, loop.create_future(), only_new=only_new)
-        self._pending.append(item)
         if self._writer is None or self._writer.done() or self._writer.get_loop() is not loop:
+            # Stores left waiting by a loop that has stopped can no longer be answered.
+            self._pending = [waiting for waiting in self._pending if waiting.future.get_loop() is loop]
             self._writer = loop.create_task(self._drain())
+        self._pending.append(item)
         return await item.future
 
     async def _drain(self) -> None:
@@ -277,6 +287,13 @@ class FileRaw(RawBackend):
         news = [item for item in batch if item.only_new]
         if news:
             self._mark_present(news, directories)
+        for item in news:
+            # A file would win over a row already under its key: a large one is looked up too.
+            if len(item.data) > self.inline_max and not item.present and item.error is None:
+                try:
+                    item.present = self._rows.has(item.key)
+                except sqlite3.Error as exc:
+                    item.error = self._error(item.key, exc)
         batch = [item for item in batch if not item.present and item.error is None]
         for item in batch:
             item.stat = RawStat(
