@@ -6,7 +6,7 @@
 // gateway (/svc/workflow/executions/{id}/stream); both are Server-Sent Events on the session
 // cookie, closed when the page is left.
 
-import { ApiError, del, get, kam, post, withQuery, workflow } from "./api.js";
+import { ApiError, del, get, kam, post, put, withQuery, workflow } from "./api.js";
 import { follow } from "./live.js";
 import { badge, barChart, button, errorBox, h, heading, money, notify, replace, table, when } from "./ui.js";
 
@@ -435,8 +435,74 @@ async function requestPage(main, params, page) {
   const costs = h("div");
   const titleIds = { about: nextId("about"), deliverables: nextId("deliverables"), costs: nextId("costs"), history: nextId("history") };
 
+  // The client edits its own fields while the request is pending (If-Match: a change someone
+  // else made meanwhile is not overwritten; the page says so and shows the request as it is).
+  const editor = h("div", { class: "c-editor" });
+  let editing = false;
+  function drawEditor() {
+    if (item.status !== "pending") {
+      if (editing) notify("The request is no longer pending: it cannot be edited now.", "error");
+      editing = false;
+      replace(editor);
+      return;
+    }
+    if (editing) return;
+    replace(editor, h("div", { class: "actions" }, button("Edit request", async () => openEditor(), { kind: "secondary" })));
+  }
+  function openEditor() {
+    editing = true;
+    const title = h("input", { name: "title", required: true, maxlength: 200, value: item.title });
+    const description = h("textarea", { name: "description", rows: 4, maxlength: 20000 });
+    description.value = item.description;
+    const urgency = select("urgency", URGENCIES, item.urgency);
+    const category = h("input", { name: "category", maxlength: 64, value: item.category });
+    const error = h("p", { class: "error", role: "alert", hidden: true });
+    const formTitle = nextId("edit");
+    const form = h(
+      "form",
+      { class: "c-edit", "aria-labelledby": formTitle },
+      h("h3", { id: formTitle }, "Edit request"),
+      field("Title", title),
+      field("Description", description),
+      h("div", { class: "c-row" }, field("Urgency", urgency), field("Category", category)),
+      error,
+      h(
+        "div",
+        { class: "actions" },
+        h("button", { type: "submit", class: "btn btn-primary" }, "Save changes"),
+        button("Cancel", async () => {
+          editing = false;
+          drawEditor();
+        }, { kind: "link" }),
+      ),
+    );
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      error.hidden = true;
+      const changes = { title: title.value.trim(), description: description.value, urgency: urgency.value, category: category.value.trim() };
+      if (!changes.title) {
+        error.textContent = "The title must not be empty.";
+        error.hidden = false;
+        return;
+      }
+      try {
+        item = await put(kam(`/requests/${enc(id)}`), changes, { headers: { "If-Match": `"${item.version}"` } });
+        editing = false;
+        notify("Changes saved.", "ok");
+        drawHead();
+      } catch (failure) {
+        error.textContent = failure.message;
+        error.hidden = false;
+        if (failure instanceof ApiError && (failure.status === 409 || failure.status === 412)) refresh();
+      }
+    });
+    replace(editor, form);
+    title.focus();
+  }
+
   function drawHead() {
     document.title = `${item.title} · Nexus console`;
+    drawEditor();
     replace(
       head,
       h(
@@ -516,7 +582,7 @@ async function requestPage(main, params, page) {
       { class: "c-request-grid" },
       progress.element,
       h("section", { class: "card", "aria-labelledby": titleIds.deliverables }, h("h2", { id: titleIds.deliverables }, "Deliverables"), deliverables),
-      h("section", { class: "card", "aria-labelledby": titleIds.about }, h("h2", { id: titleIds.about }, "About"), facts),
+      h("section", { class: "card", "aria-labelledby": titleIds.about }, h("h2", { id: titleIds.about }, "About"), facts, editor),
       h("section", { class: "card", "aria-labelledby": titleIds.costs }, h("h2", { id: titleIds.costs }, "Costs"), costs),
       h("section", { class: "card", "aria-labelledby": titleIds.history }, h("h2", { id: titleIds.history }, "History"), history),
     ),
