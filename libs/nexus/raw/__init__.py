@@ -6,8 +6,10 @@
     await raw.store("reports/2026-01.json", data, "application/json")
     data = await raw.retrieve("reports/2026-01.json")
 
-Backends: ``memory.py`` (tests, with a size limit), ``file.py`` (embedded default, atomic
-writes), ``mongo.py`` (GridFS). All pass the same contract suite.
+Backends: ``memory.py`` (tests, with a size limit), ``file.py`` (embedded default: small
+blobs as rows of one SQLite database, larger ones as files, concurrent stores committed
+together), ``mongo.py`` (GridFS). All pass the same contract suite. ``store_if_absent`` writes
+only when the key is free (content-addressed keys); a backend may do it in one step.
 
 Every key and prefix is checked in one place (``check_key``, ``check_prefix``) before any
 backend touches it: nothing can name a path outside the store. A tenant's blobs live under

@@ -12,23 +12,28 @@ written before small blobs became rows are read as they are: every key is looked
 first, then as a row. Storing a key again puts it where its new size belongs and removes it
 from the other place.
 
-**Group commit.** Concurrent ``store`` calls are written together: a batch takes every store
-waiting when the previous batch ends. Its rows are inserted in one transaction, committed
-(flushed) before any of them is answered. Its files are written by several threads at once,
-each to a temporary file in its final directory, flushed, then renamed over the key; the
-metadata file likewise, after the content. Each directory the batch renamed into is flushed
-once, and only then are the stores answered. A batch's failure for one blob (a key clash, a
-full disk) fails that blob's ``store`` alone.
+**Group commit.** Concurrent ``store`` and ``store_if_absent`` calls are written together: a
+batch takes every store waiting when the previous batch ends (a key at most once). Its rows are
+one INSERT, committed (flushed) before any of them is answered; ``store_if_absent`` rows are an
+``INSERT OR IGNORE``, so looking the key up costs no round trip of its own. Its files are
+written by several threads at once, each to a temporary file in its final directory, flushed,
+then renamed over the key; the metadata file likewise, after the content. Each directory the
+batch renamed into is flushed once, and only then are the stores answered. A batch's failure
+for one blob (a key clash, a full disk) fails that blob's ``store`` alone.
 
 **Durability.** A ``store`` that returned survives a power cut: its row was committed with
-``synchronous=FULL``, or its file was fsynced before its rename and its directory after.
-A crash before that leaves the previous blob, never half of one. When a key moves from a file
-to a row, the row is committed first and the file removed (and its directory flushed) before
-the store returns; when it moves from a row to a file, the file is in place (flushed) before
-the row is removed. Since the file wins a lookup, a crash at any point shows the previous
-blob or the new one. A metadata file records the size and modification time of the content it
-describes: one that a crash left behind its content no longer matches and is rebuilt from the
-content on the next ``stat``. With ``?fsync=0`` nothing is flushed (tests, scratch stores).
+``synchronous=FULL`` (SQLite flushed its write-ahead log, and the directory when that log was
+created; the database's own name was flushed when it was created), or its file was fsynced
+before its rename and its directory after (and a directory created for it was flushed in its
+parent). A crash before that leaves the previous blob, never half of one. When a key moves from
+a file to a row, the row is committed first and the file removed (and its directory flushed)
+before the store returns; when it moves from a row to a file, the file is in place (flushed)
+before the row is removed. Since the file wins a lookup, a crash at any point shows the
+previous blob or the new one. A metadata file records the size and modification time of the
+content it describes: one that a crash left behind its content no longer matches and is
+rebuilt from the content on the next ``stat``. With ``?fsync=0`` nothing is flushed (tests,
+scratch stores). Several processes may share a store: SQLite locks its database, files are
+renamed into place whole.
 
 **Keys stay inside the store.** ``check_key`` refuses ``..`` and absolute keys before anything
 runs; the directory a key's file lives in is resolved once (symlinks included), must lie under
