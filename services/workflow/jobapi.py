@@ -10,6 +10,7 @@
     GET  /job/{id}/audit             → {auditTrail}, read from the event log
     GET  /job/{id}/monitor           → Server-Sent Events until a final status
     POST /job/batch                  {workflowId, jobs: [...]} → {total, successful, failed, results}
+    GET  /jobs                       → {jobs, total, limit, offset}: the caller's jobs, newest first
 
 (``POST /job/file/upload`` and the presigned ``PUT`` live in ``uploads.py``.)
 
@@ -18,6 +19,10 @@ naming the execution the engine started. Every request carries an API key (``x-s
 checked against the KeyView folded from the log; a job belongs to the client that initiated it,
 and another client's key is answered 404 exactly as for a job that does not exist. Errors keep
 seed 000's shape, ``{"success": false, "error": …}``, authentication's included.
+
+The seed has no list of jobs; ``GET /jobs`` adds one (the console's job pages show it), answered
+from ``JobIndex``, a fold of the job events that every replica keeps from the log, so a job
+initiated on one replica is listed by all, and one initiated but never executed is not lost.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,14 +46,18 @@ from nexus.client import PayloadError, PayloadField, check_instance, job_payload
 from nexus.eventlog import ConcurrencyError, EventLog
 from nexus.proto import PLATFORM_TENANT, CloudEvent, new_event, new_event_id
 from nexus.proto.events.jobs import JobExecuted, JobInitiated
+from nexus.replay import EventFold, LiveFold
 from nexus.runtime import EventStream, HTTPError, Owned, Service, read_json
 from nexus.services.workflow.context import FINAL_STATUSES, WorkflowContext
 from nexus.services.workflow.errors import InactiveWorkflowError, InputValidationError, UnknownWorkflowError
 
 __all__ = [
+    "JOBS_PER_TENANT",
     "JOB_EXECUTED",
     "JOB_INITIATED",
+    "JobIndex",
     "JobRecord",
+    "JobSummary",
     "install",
     "job_status",
     "load_job",
@@ -56,6 +68,8 @@ SOURCE = "nexus/workflow"
 JOB_INITIATED = "nexus.workflow.job.initiated"
 JOB_EXECUTED = "nexus.workflow.job.executed"
 IN_PROGRESS, COMPLETED, FAILED = "IN PROGRESS", "COMPLETED", "FAILED"
+JOBS_PER_TENANT = 10_000
+"""How many of a tenant's latest jobs ``GET /jobs`` lists (older ones stay readable by id)."""
 
 
 class SeedError(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,6 +133,20 @@ def required_str(body: Mapping[str, Any], name: str) -> str:
     return value
 
 
+def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    """An integer query parameter within [lo, hi], or a 400 naming it."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise fail(400, f"query parameter {name}={raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise fail(400, f"query parameter {name}={value} must be between {lo} and {hi}")
+    return value
+
+
 # --- jobs as streams in the log ----------------------------------------------------------------
 
 
@@ -158,6 +186,87 @@ async def load_job(log: EventLog, job_id: str) -> JobRecord | None:
         execution_id=execution_id,
         events=events,
     )
+
+
+# --- the list of jobs --------------------------------------------------------------------------
+
+
+@dataclass
+class JobSummary:
+    """One job as ``GET /jobs`` lists it."""
+
+    job_id: str
+    workflow_id: str
+    title: str
+    description: str
+    owner: str
+    created_at: str | None
+    position: int
+    """The log position of its ``job.initiated``: the listing's order, newest first."""
+    execution_id: str | None = None
+
+
+class JobIndex(EventFold):
+    """Each tenant's jobs in the order they were initiated, folded from ``job.initiated`` and
+    ``job.executed``; at most ``per_tenant`` of a tenant's latest are kept (the oldest drop out
+    of the listing, not out of the log).
+
+    Args:
+        per_tenant: How many jobs of one tenant are kept.
+    """
+
+    def __init__(self, per_tenant: int = JOBS_PER_TENANT) -> None:
+        super().__init__()
+        if per_tenant <= 0:
+            raise ValueError("per_tenant must be positive")
+        self.per_tenant = per_tenant
+        self.jobs: dict[str, JobSummary] = {}
+        self._tenants: dict[str, OrderedDict[str, None]] = {}
+
+    def _initiated(self, event: CloudEvent) -> None:
+        data = msgspec.convert(event.data, JobInitiated)
+        tenant = data.owner or PLATFORM_TENANT
+        self.jobs[data.job_id] = JobSummary(
+            job_id=data.job_id,
+            workflow_id=data.workflow_id,
+            title=data.title,
+            description=data.description,
+            owner=tenant,
+            created_at=event.time,
+            position=event.position or 0,
+        )
+        ordered = self._tenants.setdefault(tenant, OrderedDict())
+        ordered[data.job_id] = None
+        if len(ordered) > self.per_tenant:
+            dropped, _ = ordered.popitem(last=False)
+            self.jobs.pop(dropped, None)
+
+    def _executed(self, event: CloudEvent) -> None:
+        data = msgspec.convert(event.data, JobExecuted)
+        summary = self.jobs.get(data.job_id)
+        if summary is not None:
+            summary.execution_id = data.execution_id
+
+    def _newest_first(self, tenant: str) -> Iterator[JobSummary]:
+        return (self.jobs[job_id] for job_id in reversed(self._tenants.get(tenant, {})))
+
+    def count(self, tenant: str | None) -> int:
+        """How many jobs are listed for ``tenant`` (None: every tenant's)."""
+        if tenant is not None:
+            return len(self._tenants.get(tenant, ()))
+        return len(self.jobs)
+
+    def listing(self, tenant: str | None, *, limit: int, offset: int = 0) -> list[JobSummary]:
+        """``tenant``'s jobs (None: every tenant's, merged), newest first, one page."""
+        if tenant is not None:
+            ordered: Iterator[JobSummary] = self._newest_first(tenant)
+        else:
+            # Each tenant's jobs are in log order already: a lazy merge reads only the page.
+            ordered = heapq.merge(*(self._newest_first(t) for t in self._tenants), key=lambda j: -j.position)
+        return list(itertools.islice(ordered, offset, offset + limit))
+
+
+JobIndex.handlers = {JOB_INITIATED: JobIndex._initiated, JOB_EXECUTED: JobIndex._executed}
 
 
 def job_status(execution_status: str | None) -> str:
@@ -234,6 +343,9 @@ class JobApi:
 
     def __init__(self, ctx: WorkflowContext) -> None:
         self.ctx = ctx
+        self.index = LiveFold(ctx.log, JobIndex(), types=(JOB_INITIATED, JOB_EXECUTED), name="jobs")
+        """The jobs of every tenant (``GET /jobs``); the job events are appended through it, so
+        a job is listed as soon as its initiate answers (read-your-writes)."""
 
     async def tenant_of(self, job_id: str) -> str | None:
         """The tenant that owns the job, or None when there is no such job."""
@@ -281,7 +393,7 @@ class JobApi:
             owner=auth.tenant,
         )
         event = new_event(JOB_INITIATED, data, source=SOURCE, subject=job_id, correlationid=job_id, tenant=auth.tenant)
-        await self.ctx.log.append(job_stream(job_id), [event], expected_version=0)
+        await self.index.append(job_stream(job_id), [event], expected_version=0)
         return job_id
 
     async def initiate(self, request: web.Request) -> web.Response:
@@ -325,7 +437,7 @@ class JobApi:
         )
         with contextlib.suppress(ConcurrencyError):
             # A concurrent execute of the same job got the same execution (same idempotency key).
-            await self.ctx.log.append(job_stream(job.job_id), [event], expected_version=len(job.events))
+            await self.index.append(job_stream(job.job_id), [event], expected_version=len(job.events))
         return execution_id
 
     async def execute(self, request: web.Request) -> web.Response:
@@ -402,6 +514,40 @@ class JobApi:
                 if body["status"] != IN_PROGRESS:
                     break
         return sse.response
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        auth: KeyInfo = request[AUTH]
+        limit = _int_query(request, "limit", 50, 1, 1000)
+        offset = _int_query(request, "offset", 0, 0, 10**9)
+        # A client lists its own jobs; an admin every client's (each item names its owner).
+        tenant = None if auth.is_admin else auth.tenant
+        page = self.index.state.listing(tenant, limit=limit, offset=offset)
+        return web.json_response(
+            {
+                "jobs": [self._listed(job) for job in page],
+                "total": self.index.state.count(tenant),
+                "limit": limit,
+                "offset": offset,
+            }
+        )
+
+    def _listed(self, job: JobSummary) -> dict[str, Any]:
+        state = self.ctx.engine.get(job.execution_id) if job.execution_id else None
+        item: dict[str, Any] = {
+            "jobExecutionId": job.job_id,
+            "workflowId": job.workflow_id,
+            "title": job.title,
+            "description": job.description,
+            "owner": job.owner,
+            "createdAt": job.created_at,
+            "executionId": job.execution_id,
+        }
+        if job.execution_id is None:
+            item.update(status=IN_PROGRESS, stage="initiated")
+        else:
+            status = state.status if state is not None else None
+            item.update(status=job_status(status), executionStatus=status)
+        return item
 
     async def batch(self, request: web.Request) -> web.Response:
         body = await read_body(request)
@@ -482,9 +628,48 @@ class BatchBody(msgspec.Struct, frozen=True, kw_only=True):
     jobs: list[BatchJob]
 
 
+class JobListed(msgspec.Struct, frozen=True, kw_only=True):
+    """One job of ``GET /jobs``."""
+
+    jobExecutionId: str
+    workflowId: str
+    title: str
+    description: str
+    owner: str
+    """The client the job belongs to."""
+    createdAt: str | None
+    executionId: str | None
+    """None until the job is executed."""
+    status: str
+    """IN PROGRESS, COMPLETED or FAILED."""
+    executionStatus: str | None = None
+    stage: str | None = None
+    """``initiated`` for a job not executed yet."""
+
+
+class JobList(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /jobs``: the caller's jobs, newest first (an admin: every client's)."""
+
+    jobs: list[JobListed]
+    total: int
+    limit: int
+    offset: int
+
+
 def install(service: Service, ctx: WorkflowContext) -> None:
     """Add the job routes to the workflow service."""
     api = JobApi(ctx)
+
+    async def follow_jobs(app: web.Application) -> AsyncIterator[None]:
+        # Loaded before the service answers, then kept current from the log (every replica's jobs).
+        await api.index.load()
+        task = asyncio.create_task(api.index.follow(), name="workflow-jobs")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    service.app.cleanup_ctx.append(follow_jobs)
     route = functools.partial(
         service.route, auth="client", tags=["jobs (seed 000)"], error_shape=seed_error, error_model=SeedError
     )
@@ -518,6 +703,14 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         request=BatchBody,
         responses={404: "No such workflow"},
     )(api.batch)
+    route(
+        "GET",
+        "/jobs",
+        summary="The caller's jobs, newest first (an admin: every client's); not in seed 000",
+        response=JobList,
+        query={"limit": "1-1000 (default 50)", "offset": "how many to skip (default 0)"},
+        responses={400: "A bad limit or offset"},
+    )(api.list_jobs)
     route("GET", "/job/{id}/status", summary="A job's status", owned=owned_job)(api.status)
     route(
         "GET",

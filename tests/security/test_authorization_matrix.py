@@ -170,6 +170,7 @@ ROWS: dict[tuple[str, str, str], Row] = {
     ("workflow", "POST", "/job/batch"): Row(
         body=lambda ids: {"workflowId": ids["workflow"], "jobs": [{"jobPayloadSchemaInstance": {}}]}, cross=404
     ),
+    ("workflow", "GET", "/jobs"): Row(hides=_ids("jobs", "jobExecutionId")),
     ("workflow", "GET", "/job/{id}/status"): Row(params={"id": "job"}),
     ("workflow", "GET", "/job/{id}/results"): Row(params={"id": "job"}),
     ("workflow", "GET", "/job/{id}/audit"): Row(params={"id": "job"}),
