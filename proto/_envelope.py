@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from nexus.proto._correlation import current_correlation_id
 from nexus.proto._ids import new_event_id
 
 SPECVERSION: Literal["1.0"] = "1.0"
@@ -210,7 +211,11 @@ def new_event(
     """Build a new event ready to append; the log assigns stream, version, position and hashes.
 
     ``data`` may be a msgspec Struct (it is converted to plain JSON values) or any JSON value.
+    Without ``correlationid``, the event carries the current correlation id
+    (``nexus.obs.correlation``), if one is set.
     """
+    if correlationid is None:
+        correlationid = current_correlation_id()
     if isinstance(data, msgspec.Struct):
         data = msgspec.to_builtins(data)
     return CloudEvent(

@@ -66,6 +66,13 @@ class ExecutionQueued(msgspec.Struct, frozen=True, kw_only=True):
     """The client that owns the execution (who started it, or the trigger's owner)."""
     workflow_tenant: str = "platform"
     """The namespace of the definition it runs (the owner's own, or the platform's)."""
+    max_retries: int | None = None
+    """Times the execution may be dispatched again after its driver stopped without finishing it
+    (a replica died or restarted, or the driver failed); past it the execution fails. None: no limit.
+    Seed 004's ``QueuedExecution.max_retries``; the start's value, else the workflow's."""
+    metadata: dict[str, Any] | None = None
+    """The caller's own fields for the execution (seed 004's ``QueuedExecution.metadata``),
+    shown with it and readable as ``$.execution.metadata`` in its mappings."""
 
 
 @event_type("nexus.workflow.execution.claimed")

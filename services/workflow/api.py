@@ -71,6 +71,11 @@ class StartExecution(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     idempotency_key: str | None = None
     """The same key returns the same execution."""
     correlation_id: str | None = None
+    max_retries: int | None = None
+    """Times the execution may be dispatched again after its driver stopped without finishing it
+    (default: the workflow's ``max_retries``, else no limit)."""
+    metadata: dict[str, Any] | None = None
+    """Your own fields, kept with the execution (at most 16 KiB of JSON)."""
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -203,6 +208,8 @@ class WorkflowRoutes:
                 idempotency_key=body.idempotency_key,
                 correlation_id=body.correlation_id,
                 tenant=_caller(request).tenant,
+                max_retries=body.max_retries,
+                metadata=body.metadata,
             )
         except ProblemsError as exc:
             return _problems(exc, "invalid_input")

@@ -137,6 +137,8 @@ class Engine(Protocol):
         causation_id: str | None = None,
         trigger: Mapping[str, Any] | None = None,
         tenant: str = PLATFORM_TENANT,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> str:
         """Queue an execution of the latest version of ``workflow_id`` for ``tenant`` (its owner);
         return its id at once.

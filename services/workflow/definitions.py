@@ -8,6 +8,11 @@ The workflow format is seed 004's, field for field (``id``, ``provider_id``, ``n
 
 - ``retry.multiplier`` (default 2), ``retry.max_backoff_ms`` (default 30000) and ``retry.jitter``
   (a fraction 0-1 of each delay drawn at random, default 0.1);
+- workflow ``variables`` (seed 004: a mapping of names to constant JSON values, read in any
+  mapping, condition or output as ``$.variables.<name>``; a path naming an undeclared variable is
+  refused at registration) and ``max_retries`` (how many times an execution may be dispatched
+  again after its driver stopped without finishing it, the default of each start's
+  ``max_retries``; see ``engine``);
 - workflow ``max_concurrent`` (executions of this workflow running at once, across replicas),
   ``timeout_seconds`` (the whole execution; TIMED_OUT past it) and ``output`` (a mapping over the
   execution context; by default the output of the last step that completed);
@@ -63,7 +68,9 @@ _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-_CONTEXT_ROOTS = ("input", "steps", "execution", "provider_id", "workflow")
+_CONTEXT_ROOTS = ("input", "steps", "execution", "provider_id", "workflow", "variables")
+MAX_RETRIES_LIMIT = 1000
+"""The largest ``max_retries`` a workflow or a start may ask for."""
 
 _WORKFLOW_FIELDS = {
     "id",
@@ -77,6 +84,8 @@ _WORKFLOW_FIELDS = {
     "max_concurrent",
     "timeout_seconds",
     "output",
+    "variables",
+    "max_retries",
 }
 _STEP_FIELDS = {
     "id",
@@ -196,6 +205,10 @@ class WorkflowDefinition:
     max_concurrent: int | None
     timeout_seconds: float | None
     output: Mapping_ | None
+    variables: dict[str, Any]
+    """Constants every mapping reads as ``$.variables.<name>`` (pinned to this version)."""
+    max_retries: int | None
+    """Default ``max_retries`` of its executions (None: no limit)."""
     document: dict[str, Any] = field(repr=False)
     """The definition as registered (plain JSON), for the API and the log."""
     registered_at: str = ""
@@ -310,8 +323,9 @@ def _retry(doc: Any, where: str, problems: list[Problem]) -> RetryPolicy:
 class _References:
     """Checks what the JSONPaths of a step may refer to."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], variables: Mapping[str, Any] | None = None) -> None:
         self.problems = problems
+        self.variables = variables or {}
 
     def check(
         self, where: str, path: str, visible: set[str], all_steps: set[str], extra_roots: tuple[str, ...]
@@ -329,6 +343,11 @@ class _References:
                 (where, f"JSONPath {path!r} starts at unknown ${'.' + names[0]} (the context has {', '.join(roots)})")
             )
             return
+        if names[0] == "variables" and len(names) > 1 and names[1] not in self.variables:
+            declared = ", ".join(sorted(self.variables)) or "none"
+            self.problems.append(
+                (where, f"JSONPath {path!r} refers to undeclared variable {names[1]!r} (declared: {declared})")
+            )
         if names[0] == "steps" and len(names) > 1:
             step = names[1]
             if step not in all_steps:
@@ -405,12 +424,16 @@ def parse_workflow(
         active = True
     max_concurrent = _number(doc, "max_concurrent", "$", problems, default=None, minimum=1, integer=True)
     timeout_seconds = _number(doc, "timeout_seconds", "$", problems, default=None, minimum=0.001)
+    max_retries = _number(
+        doc, "max_retries", "$", problems, default=None, minimum=0, maximum=MAX_RETRIES_LIMIT, integer=True
+    )
+    variables = _variables(doc.get("variables"), problems)
     raw_steps = doc.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
         problems.append(("$.steps", "must be a non-empty list of steps"))
         raw_steps = []
     all_ids = {s["id"] for s in raw_steps if isinstance(s, Mapping) and isinstance(s.get("id"), str)}
-    refs = _References(problems)
+    refs = _References(problems, variables)
     seen: set[str] = set()
     steps: list[StepDefinition] = []
     for index, raw in enumerate(raw_steps):
@@ -442,9 +465,35 @@ def parse_workflow(
         max_concurrent=max_concurrent,
         timeout_seconds=timeout_seconds,
         output=output,
+        variables=variables,
+        max_retries=max_retries,
         document=json.loads(json.dumps(doc, default=str)),
         registered_at=registered_at,
     )
+
+
+def _variables(raw: Any, problems: list[Problem]) -> dict[str, Any]:
+    """The workflow's ``variables``: a mapping of identifiers to JSON values (a copy, plain JSON)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        problems.append(("$.variables", f"must be a mapping of names to values, got {type(raw).__name__}"))
+        return {}
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _ID.match(name):
+            problems.append(
+                (
+                    f"$.variables.{name}",
+                    "a variable's name must start with a letter or '_' and contain only letters, digits, '_' and '-'",
+                )
+            )
+            continue
+        try:
+            out[name] = json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            problems.append((f"$.variables.{name}", f"must be a JSON value, got {type(value).__name__}"))
+    return out
 
 
 def _parse_step(

@@ -26,6 +26,18 @@ watch, the queue's figures); ``scheduler.py`` dispatches, beats the heartbeat an
 leases; ``driver.py`` drives one execution; ``steps/`` holds one module per step type,
 registered by its kind; ``handlers.py`` is the pure fold and the decisions.
 
+Retries of the queue (seed 004's ``QueuedExecution`` fields): an execution is dispatched again
+when its driver stopped without finishing it (its replica died or restarted, or the driver
+failed); each dispatch is an ``execution.claimed`` event and ``retry_count`` counts those after
+the first. ``max_retries`` (given at start, else the workflow's ``max_retries``, else no limit)
+bounds them: an execution whose retry count has reached it is not driven again but ends FAILED,
+its error saying so, without compensation (its driver kept failing, so nothing it would run is
+trusted to finish); that stops one poisonous execution from taking the replicas down in turn. A
+replica's ordinary restart counts as a retry too, so give long-lived executions room.
+``metadata`` is the caller's own JSON object, kept with the execution, shown with it and in the
+queue, and readable as ``$.execution.metadata`` in its mappings. ``GET /queue/stats`` lists the
+first waiting executions in the seed's shape (``queued_executions``).
+
 Priority semantics: strict within what a replica sees of the queue (its view of the log), so a
 higher-priority execution starts before every lower-priority one that is still waiting when a
 slot frees. Replicas share one queue; with several of them, each picks the best it sees, so
@@ -38,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import logging
 import os
 import random
@@ -52,10 +65,11 @@ import aiohttp
 
 from nexus.bus import Bus
 from nexus.eventlog import ConcurrencyError, EventLog
+from nexus.obs import current_correlation_id
 from nexus.proto import PLATFORM_TENANT, CloudEvent, RandomPool, new_event
 from nexus.proto.events import workflow as ev
 from nexus.services.workflow.context import TransitionCallback
-from nexus.services.workflow.definitions import WorkflowDefinition
+from nexus.services.workflow.definitions import MAX_RETRIES_LIMIT, WorkflowDefinition
 from nexus.services.workflow.driver import SOURCE, Driver, execution_event
 from nexus.services.workflow.errors import (
     InactiveWorkflowError,
@@ -69,7 +83,7 @@ from nexus.services.workflow.registry import WorkflowRegistry
 from nexus.services.workflow.scheduler import Scheduler
 from nexus.services.workflow.view import ACTIVE, ExecutionView
 
-__all__ = ["EngineStats", "WorkflowEngine"]
+__all__ = ["MAX_METADATA_BYTES", "EngineStats", "WorkflowEngine", "queued_execution"]
 
 logger = logging.getLogger("nexus.workflow.engine")
 
@@ -95,6 +109,23 @@ class EngineStats:
             del self.dispatch_ms[:50_000]
 
 
+def queued_execution(state: ExecutionState) -> dict[str, Any]:
+    """An execution as seed 004's ``QueuedExecution``: its place in the queue and its retries."""
+    return {
+        "id": state.execution_id,
+        "execution_id": state.execution_id,
+        "workflow_id": state.workflow_id,
+        "priority": state.priority,
+        "status": state.status,
+        "retry_count": state.retry_count,
+        "max_retries": state.max_retries,
+        "queued_at": state.created_at,
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+        "metadata": state.metadata,
+    }
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     """p50/p99/max of ``values`` (nearest rank), rounded to microseconds; empty when there are none."""
     if not values:
@@ -109,6 +140,29 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 _EVENT_OVERHEAD = 16 * 1024
 """Room an event needs beside a step's output (envelope, ids, hashes, the step's bookkeeping)."""
+MAX_METADATA_BYTES = 16 * 1024
+"""The largest ``metadata`` an execution may carry (as JSON): it is copied into every context."""
+
+
+def _check_start_fields(max_retries: Any, metadata: Any) -> None:
+    problems: list[tuple[str, str]] = []
+    if max_retries is not None and (
+        isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES_LIMIT
+    ):
+        problems.append(("$.max_retries", f"must be an integer from 0 to {MAX_RETRIES_LIMIT}, got {max_retries!r}"))
+    if metadata is not None:
+        if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+            problems.append(("$.metadata", "must be a JSON object"))
+        else:
+            try:
+                size = len(json.dumps(metadata, allow_nan=False))
+            except (TypeError, ValueError) as exc:
+                problems.append(("$.metadata", f"must be plain JSON: {exc}"))
+            else:
+                if size > MAX_METADATA_BYTES:
+                    problems.append(("$.metadata", f"is {size} bytes of JSON; at most {MAX_METADATA_BYTES}"))
+    if problems:
+        raise InputValidationError(problems)
 
 
 class WorkflowEngine:
@@ -235,9 +289,13 @@ class WorkflowEngine:
         causation_id: str | None = None,
         trigger: Mapping[str, Any] | None = None,
         tenant: str = PLATFORM_TENANT,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> str:
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
             raise InputValidationError([("$.priority", f"must be an integer from 0 to 100, got {priority!r}")])
+        metadata = dict(metadata) if isinstance(metadata, Mapping) else metadata
+        _check_start_fields(max_retries, metadata)
         workflow = self._workflow_for_start(workflow_id, tenant)
         workflow_tenant = self.registry.workflow_tenant(workflow_id, tenant) or PLATFORM_TENANT
         self.validate_input(workflow, input, tenant)
@@ -262,11 +320,14 @@ class WorkflowEngine:
                 trigger=dict(trigger) if trigger else None,
                 tenant=tenant,
                 workflow_tenant=workflow_tenant,
+                max_retries=max_retries if max_retries is not None else workflow.max_retries,
+                metadata=metadata,
             ),
             source=SOURCE,
             id=self.ids.event_id(),
             subject=execution_id,
-            correlationid=correlation_id or execution_id,
+            # A start inside a caller's correlation (nexus.obs.correlation) joins it.
+            correlationid=correlation_id or current_correlation_id() or execution_id,
             causationid=causation_id,
             tenant=tenant,
         )
@@ -384,6 +445,7 @@ class WorkflowEngine:
             "queued": len(queued),
             "queued_by_priority": {str(p): n for p, n in sorted(by_priority.items(), reverse=True)},
             "next": [s.execution_id for s in queued[:10]],
+            "queued_executions": [queued_execution(s) for s in queued[:10]],
         }
         if tenant is not None:
             mine = [s for s in self.view.states.values() if s.tenant == tenant]

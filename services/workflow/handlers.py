@@ -128,6 +128,17 @@ class ExecutionState:
     cancel_requested: str | None = None
     compensating_reason: str | None = None
     compensation_plan: tuple[str, ...] = ()
+    claims: int = 0
+    """``execution.claimed`` events so far: the first dispatch and every one after it."""
+    max_retries: int | None = None
+    """Dispatches allowed after the first (None: no limit); see ``engine``'s docstring."""
+    metadata: dict[str, Any] | None = None
+    """The caller's own fields, given at start."""
+
+    @property
+    def retry_count(self) -> int:
+        """Times the execution was dispatched again after its driver stopped without finishing it."""
+        return max(0, self.claims - 1)
 
     @property
     def final(self) -> bool:
@@ -172,6 +183,9 @@ class ExecutionState:
             "owner": self.owner,
             "deadline": self.deadline,
             "cancel_requested": self.cancel_requested,
+            "retry_count": self.retry_count,
+            "max_retries": self.max_retries,
+            "metadata": self.metadata,
             "version": self.version,
         }
 
@@ -227,9 +241,11 @@ def apply(state: ExecutionState | None, event: CloudEvent) -> ExecutionState:
             "correlation_id": event.correlationid,
             "created_at": event.time,
             "status": "QUEUED",
+            "max_retries": data.get("max_retries"),
+            "metadata": data.get("metadata"),
         }
     elif kind == "execution.claimed":
-        changes = {"owner": data["owner"], "incarnation": data["incarnation"]}
+        changes = {"owner": data["owner"], "incarnation": data["incarnation"], "claims": state.claims + 1}
         if state.status == "QUEUED":
             changes.update(status="RUNNING", started_at=event.time, deadline=data.get("deadline"))
     elif kind == "step.started":
@@ -352,7 +368,8 @@ def fold(events: list[CloudEvent]) -> ExecutionState | None:
 
 
 def context_of(state: ExecutionState, workflow: WorkflowDefinition) -> dict[str, Any]:
-    """The document JSONPaths are evaluated against: ``$.input``, ``$.steps.<id>.output``, ``$.execution``, ..."""
+    """The document JSONPaths are evaluated against: ``$.input``, ``$.steps.<id>.output``, ``$.execution``,
+    ``$.variables`` (the workflow's), ..."""
     return {
         "input": state.input,
         "steps": {
@@ -366,9 +383,11 @@ def context_of(state: ExecutionState, workflow: WorkflowDefinition) -> dict[str,
             "priority": state.priority,
             "idempotency_key": state.idempotency_key,
             "correlation_id": state.correlation_id,
+            "metadata": state.metadata,
         },
         "provider_id": state.provider_id or workflow.provider_id,
         "workflow": {"id": workflow.id, "version": workflow.version, "name": workflow.name},
+        "variables": workflow.variables,
     }
 
 

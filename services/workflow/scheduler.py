@@ -6,22 +6,26 @@
   replicas racing for one execution cannot both win.
 - The heartbeat appends ``replica.heartbeat`` every third of the lease.
 - The sweeper takes over the unfinished executions of replicas silent for the lease time, and
-  this replica's own from an earlier incarnation (a restart under the same id) at once.
+  this replica's own from an earlier incarnation (a restart under the same id) at once; an
+  execution that has used up its ``max_retries`` (dispatches after the first) ends FAILED instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from typing import TYPE_CHECKING
 
+from nexus.eventlog import ConcurrencyError
+from nexus.obs import CORRELATION_ID
 from nexus.proto import CloudEvent, new_event
 from nexus.proto.events import workflow as ev
 from nexus.services.workflow.definitions import WorkflowDefinition
-from nexus.services.workflow.driver import SOURCE, Driver
-from nexus.services.workflow.handlers import ExecutionState
+from nexus.services.workflow.driver import SOURCE, Driver, execution_event
+from nexus.services.workflow.handlers import ExecutionState, stream_id
 
 if TYPE_CHECKING:
     from nexus.services.workflow.engine import WorkflowEngine
@@ -91,7 +95,11 @@ class Scheduler:
         """Drive ``state``'s execution in a task of its own (with ``driver`` when one is prepared)."""
         driver = driver or Driver(self.engine, state)
         self.wakes[state.execution_id] = driver.wake
-        task = asyncio.create_task(driver.drive(takeover), name=f"execution-{state.execution_id}")
+        # The driver works for its execution, not for whoever woke the dispatcher: its log lines
+        # and the events it builds carry the execution's correlation id.
+        context = contextvars.copy_context()
+        context.run(CORRELATION_ID.set, state.correlation_id or state.execution_id)
+        task = asyncio.create_task(driver.drive(takeover), name=f"execution-{state.execution_id}", context=context)
         self.drivers[state.execution_id] = task
 
         def done(_t: asyncio.Task[None], execution_id: str = state.execution_id) -> None:
@@ -185,10 +193,43 @@ class Scheduler:
                 out.append(state)
         return out
 
+    async def give_up(self, state: ExecutionState) -> None:
+        """End an execution that was dispatched again ``max_retries`` times: FAILED, saying why.
+
+        The failure is appended at the version the view saw, so an execution that moved on
+        meanwhile (another replica drives it, it finished) is left alone.
+        """
+        error = (
+            f"dispatched {state.claims} times: its driver stopped without finishing it each time, and "
+            f"max_retries is {state.max_retries}; not retried again"
+        )
+        event = execution_event(
+            self.engine.ids,
+            state,
+            "execution.failed",
+            ev.ExecutionFailed,
+            workflow_id=state.workflow_id,
+            error=error,
+            step_id=state.current_step,
+        )
+        try:
+            stored = await self.engine.log.append(
+                stream_id(state.execution_id), [event], expected_version=state.version
+            )
+        except ConcurrencyError:
+            return
+        self.engine.view.apply_stored(stored)
+        logger.warning(
+            "execution %s failed: %s", state.execution_id, error, extra={"correlation_id": state.correlation_id}
+        )
+
     async def _sweep_loop(self) -> None:
         while True:
             try:
                 for state in self.orphans():
+                    if state.max_retries is not None and state.retry_count >= state.max_retries:
+                        await self.give_up(state)
+                        continue
                     if len(self.drivers) >= self.engine.concurrency:
                         break
                     self.spawn(state, takeover=True)

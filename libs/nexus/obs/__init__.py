@@ -1,5 +1,10 @@
 """Observability: Prometheus metrics, OpenTelemetry tracing and JSON logs for every process.
 
+Correlation: within ``with correlation(request_id):`` every event ``new_event`` builds carries
+``correlationid`` and every JSON log line ``correlation_id``; ``set_correlation_provider``
+installs where the id comes from outside such a block (seed 003's ``CorrelationProvider``).
+A workflow execution's driver runs inside its execution's correlation id.
+
 A service gets all three from ``nexus.runtime``; use this package directly to add a metric
 (declare it in the default registry: it then appears on the service's ``/metrics``), to open a
 span (``opentelemetry.trace.get_tracer(__name__)``), or to log (``logging.getLogger(__name__)``
@@ -19,8 +24,17 @@ from nexus.obs._metrics import (
 )
 from nexus.obs._ratelog import Backoff, RateLimitedLog
 from nexus.obs._tracing import EXPORTERS, current_traceparent, extract_context, setup_tracing
+from nexus.proto._correlation import (
+    CORRELATION_ID,
+    CorrelationProvider,
+    check_correlation_id,
+    correlation,
+    current_correlation_id,
+    set_correlation_provider,
+)
 
 __all__ = [
+    "CORRELATION_ID",
     "EVENTS_APPENDED",
     "EVENT_LOG_APPENDS",
     "EVENT_LOG_APPEND_DURATION",
@@ -31,14 +45,19 @@ __all__ = [
     "SECRET_FIELDS",
     "SERVICE_RESTARTS",
     "Backoff",
+    "CorrelationProvider",
     "InstrumentedEventLog",
     "JsonFormatter",
     "RateLimitedLog",
     "RedactSecretsFilter",
+    "check_correlation_id",
+    "correlation",
+    "current_correlation_id",
     "current_traceparent",
     "extract_context",
     "redact",
     "render_metrics",
+    "set_correlation_provider",
     "setup_logging",
     "setup_tracing",
 ]

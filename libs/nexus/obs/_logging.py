@@ -12,6 +12,8 @@ from typing import Any
 
 from opentelemetry import trace
 
+from nexus.proto._correlation import current_correlation_id
+
 SECRET_FIELDS = frozenset(
     {"authorization", "x-api-key", "x-service-key", "x-session-token", "password", "token", "secret"}
 )
@@ -63,8 +65,9 @@ class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON line.
 
     Fields: ``time`` (RFC 3339, UTC), ``service``, ``level``, ``logger``, ``message``,
-    ``trace_id`` and ``span_id`` of the current span when there is one, ``event_id`` and any
-    other ``extra=`` field, and ``error`` with the traceback for exceptions.
+    ``trace_id`` and ``span_id`` of the current span when there is one, ``correlation_id``
+    when one is set (``nexus.obs.correlation``; an ``extra={"correlation_id": …}`` wins),
+    ``event_id`` and any other ``extra=`` field, and ``error`` with the traceback for exceptions.
     """
 
     def __init__(self, service: str) -> None:
@@ -85,8 +88,11 @@ class JsonFormatter(logging.Formatter):
         if context.is_valid:
             line["trace_id"] = format(context.trace_id, "032x")
             line["span_id"] = format(context.span_id, "016x")
+        correlation_id = current_correlation_id()
+        if correlation_id is not None:
+            line["correlation_id"] = correlation_id
         for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and key not in line:
+            if key not in _STANDARD_ATTRS and (key not in line or key == "correlation_id"):
                 line[key] = value
         if record.exc_info:
             line["error"] = redact(self.formatException(record.exc_info))
