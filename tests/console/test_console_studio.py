@@ -29,6 +29,9 @@ async def _signed_in(console: Console, pages: list[Any], client: str) -> Any:
     page = await console.page()
     pages.append(page)
     await console.sign_in(page, username, password)
+    # The first page drawn before going elsewhere: the shell does not stop a page still drawing,
+    # which would otherwise draw over the next one.
+    await page.get_by_role("heading", name="Dashboard").wait_for()
     return page
 
 
@@ -143,6 +146,20 @@ async def test_a_client_edits_a_json_blob_sees_each_change_meets_a_conflict_and_
     await page.get_by_role("link", name="Harbour notes").wait_for()
     await shot(page, "studio-blobs")
 
+    # A text blob's change is drawn as line hunks: the removed line read from the version before.
+    await _create(page, console, "text/markdown", CHAPTER, {"title": "Draft"})
+    edited = CHAPTER.replace("was dark", "was lit") + "Dawn came.\n"
+    await page.get_by_label("Content", exact=True).fill(edited)
+    await page.get_by_role("button", name="Save new version").click()
+    await page.get_by_text("Version 2 of 2").wait_for()
+    removed = _lines(page, "Version 1 → 2", "del")
+    await removed.first.wait_for()
+    assert await removed.all_inner_texts() == ["− The lighthouse was dark, and Tomas had not come back."]
+    assert await _lines(page, "Version 1 → 2", "add").all_inner_texts() == [
+        "+ The lighthouse was lit, and Tomas had not come back.",
+        "+ Dawn came.",
+    ]
+
 
 async def test_a_chapter_is_expanded_by_the_bundled_provider_seen_in_its_lineage_and_what_it_triggered(
     console: Console, pages: list[Any]
@@ -220,6 +237,7 @@ async def test_an_administrator_sees_every_clients_blobs(console: Console, pages
     page = await console.page()
     pages.append(page)
     await console.sign_in(page, "admin", console.up.admin_password, admin=True)
+    await page.get_by_role("heading", name="Overview").wait_for()
     await page.goto(console.url + "/#/studio")
     await page.get_by_role("heading", name="Studio").wait_for()
     await page.get_by_label("Owner (client)").fill("inkwell")

@@ -424,6 +424,9 @@ function editCard(blob, isLatest, latest) {
   metadata.value = pretty(blob.metadata || {});
   const file = h("input", { type: "file", name: "file" });
   const baseNote = h("p", { class: "muted" });
+  const warning = isLatest
+    ? null
+    : h("p", { class: "studio-warning" }, `You are reading version ${blob.version}; the latest is ${latest}. Saving from here is refused unless you start from the latest.`);
   const status = h("div", { "aria-live": "polite" });
   const describeBase = () => {
     baseNote.textContent = `Saving writes a new version on top of version ${base.version}. If someone saved another version meanwhile, nothing is overwritten: you are told, and shown it.`;
@@ -434,7 +437,7 @@ function editCard(blob, isLatest, latest) {
     "form",
     { class: "card studio-form", "aria-labelledby": "studio-edit-title" },
     h("h2", { id: "studio-edit-title" }, isLatest ? "Edit" : `Edit from version ${blob.version}`),
-    !isLatest ? h("p", { class: "studio-warning" }, `You are reading version ${blob.version}; the latest is ${latest}. Saving from here is refused unless you start from the latest.`) : null,
+    warning,
     baseNote,
     binary
       ? field("Replace the content with a file", file, "The file's type becomes the content type.")
@@ -488,6 +491,7 @@ function editCard(blob, isLatest, latest) {
         await showConflict(status, blob, base, problem, () => {
           describeBase();
           form.querySelector("h2").textContent = "Edit";
+          if (warning) warning.remove();
         });
       } else {
         replace(status, problem instanceof ApiError ? errorBox(problem) : h("p", { class: "error", role: "alert" }, problem.message));
@@ -516,7 +520,7 @@ async function showConflict(status, blob, base, problem, rebased) {
       "div",
       { class: "studio-conflict", role: "alert" },
       h("h3", {}, `Conflict: the blob is at version ${current.version} now`),
-      h("p", {}, `Your edit was made on version ${base.version}, and version ${current.version} was saved meanwhile, so yours was not saved (nothing was overwritten). The studio said: ${problem.message}`),
+      h("p", {}, `Your edit was made on version ${base.version}, but the blob is at version ${current.version}: someone saved it meanwhile, so yours was not saved (nothing was overwritten). The studio said: ${problem.message}`),
       h("p", {}, "The current version is below; your draft is still in the form. Compare, then save your draft on top of it, or open the current version."),
       h("h4", {}, `Current version ${current.version}`),
       h("pre", { class: "studio-content", tabindex: "0" }, shownContent),
@@ -680,7 +684,7 @@ function applyOperation(doc, op) {
     }
     return [node, parts.at(-1)];
   };
-  const put = (parts, value, insert) => {
+  const place = (parts, value, insert) => {
     const [node, key] = walk(parts);
     if (Array.isArray(node)) {
       const index = key === "-" ? node.length : Number(key);
@@ -697,11 +701,11 @@ function applyOperation(doc, op) {
   };
   const path = ["", ...pointerParts(op.path)];
   const clone = (v) => (v === undefined ? v : structuredClone(v));
-  if (op.op === "add") put(path, clone(op.value), true);
+  if (op.op === "add") place(path, clone(op.value), true);
   else if (op.op === "remove") take(path);
-  else if (op.op === "replace") put(path, clone(op.value), false);
-  else if (op.op === "move") put(path, take(["", ...pointerParts(op.from)]), true);
-  else if (op.op === "copy") put(path, clone(resolve(root[""], op.from)), true);
+  else if (op.op === "replace") place(path, clone(op.value), false);
+  else if (op.op === "move") place(path, take(["", ...pointerParts(op.from)]), true);
+  else if (op.op === "copy") place(path, clone(resolve(root[""], op.from)), true);
   return root[""];
 }
 
