@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from nexus.auth import ensure_admin
 from nexus.bus import Bus
 from nexus.eventlog import EventLog
 from nexus.runtime import Service, build_service
-from nexus.services.kam import accounts, console, delivery, operations, requests
+from nexus.services.kam import accounts, console, delivery, metrics, operations, requests
 from nexus.services.kam.context import KamContext
 from nexus.services.kam.settings import KamSettings
 
@@ -42,9 +43,18 @@ async def bootstrap(
         # KAM owns logins, so it records the bootstrap admin at first start (hash only).
         await ensure_admin(service.log, settings.admin_user, settings.admin_password, source="nexus/kam")
 
+    untrack: list[Callable[[], None]] = []
+
     @service.on_startup
     async def load_state(service: Service) -> None:
         await ctx.load()
+        # Requests by status and costs on /metrics, read from the fold while this replica runs.
+        untrack.append(metrics.track(lambda: ctx.state))
+
+    @service.on_shutdown
+    async def stop_metrics(service: Service) -> None:
+        while untrack:
+            untrack.pop()()
 
     @service.background
     async def follow_log(service: Service) -> None:

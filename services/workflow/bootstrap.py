@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from nexus.bus import Bus
 from nexus.eventlog import EventLog
 from nexus.runtime import Service, build_service
-from nexus.services.workflow import api
+from nexus.services.workflow import api, metrics
 from nexus.services.workflow.context import CTX_KEY, WorkflowContext
 from nexus.services.workflow.engine import WorkflowEngine
 from nexus.services.workflow.identity import ServiceIdentity
@@ -93,6 +94,9 @@ async def bootstrap(
         installed = api.install_optional(service, ctx)
         logger.info("workflow modules installed: %s", ", ".join(installed) or "none")
 
+    # Reports the view's executions and queue on /metrics while the replica runs.
+    untrack: list[Callable[[], None]] = []
+
     @service.on_startup
     async def run_engine(_service: Service) -> None:
         # The identity exists before the first step runs: a platform service's worker route
@@ -102,9 +106,12 @@ async def bootstrap(
         )
         view.start_tail()
         await engine.start_processing()
+        untrack.append(metrics.track(view))
 
     @service.on_shutdown
     async def stop_engine(_service: Service) -> None:
+        while untrack:
+            untrack.pop()()
         await engine.stop_processing()
         await view.stop()
         if engine.identity is not None:

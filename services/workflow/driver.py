@@ -21,6 +21,7 @@ import msgspec
 from nexus.eventlog import ConcurrencyError, EventTooLargeError
 from nexus.proto import CloudEvent, RandomPool, new_event
 from nexus.proto.events import workflow as ev
+from nexus.services.workflow import metrics
 from nexus.services.workflow.definitions import CompensationDefinition, StepDefinition, WorkflowDefinition
 from nexus.services.workflow.errors import UnknownWorkflowError
 from nexus.services.workflow.expressions import Condition
@@ -182,6 +183,7 @@ class Driver:
                 self.committed = latest.version
         self.committed = stored[-1].streamversion or self.committed + len(stored)
         self.engine.stats.transitions += len(stored)
+        metrics.count_stored(stored, self.workflow)
         self.engine.view.apply_own(stored, states)
         if self.first_append is not None and not self.first_append.done():
             self.first_append.set_result(None)
@@ -337,6 +339,7 @@ class Driver:
             self.engine.stats.record_dispatch((outcome.sent_at - self.ready_at) * 1000)
         duration = (time.perf_counter() - began) * 1000
         self.ready_at = time.perf_counter()
+        metrics.observe_step(acting.service, acting.type, outcome.ok, duration / 1000)
         if outcome.ok:
             result = outcome.result
             if not action.compensation and step.output_map is not None:

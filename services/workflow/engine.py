@@ -68,6 +68,7 @@ from nexus.eventlog import ConcurrencyError, EventLog
 from nexus.obs import current_correlation_id
 from nexus.proto import PLATFORM_TENANT, CloudEvent, RandomPool, new_event
 from nexus.proto.events import workflow as ev
+from nexus.services.workflow import metrics
 from nexus.services.workflow.context import TransitionCallback
 from nexus.services.workflow.definitions import MAX_RETRIES_LIMIT, WorkflowDefinition
 from nexus.services.workflow.driver import SOURCE, Driver, execution_event
@@ -408,6 +409,7 @@ class WorkflowEngine:
                 stored = await self.log.append(stream_id(execution_id), to_append, expected_version=state.version)
             except ConcurrencyError:
                 continue
+            metrics.count_stored(stored, None)
             new_state = self.view.apply_stored(stored) or fold([*events, *stored])
             self.scheduler.wake(execution_id)
             assert new_state is not None

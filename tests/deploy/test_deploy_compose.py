@@ -57,7 +57,7 @@ def test_the_event_log_runs_on_a_replica_set_and_nothing_has_a_secret() -> None:
     for line in text.splitlines():
         if "PASSWORD:" in line:
             value = line.split(":", 1)[1].strip()
-            assert re.fullmatch(r"\$\{NEXUS_NATS_[A-Z]+_PASSWORD:\?[^}]+\}", value), line
+            assert re.fullmatch(r"\$\{NEXUS_(NATS_[A-Z]+|GRAFANA_ADMIN)_PASSWORD:\?[^}]+\}", value), line
 
 
 def test_every_service_connects_to_nats_as_its_own_identity() -> None:
@@ -108,3 +108,48 @@ def test_production_nats_configuration_is_accepted_by_nats_server(config: Path) 
         [str(find_nats_server()), "-c", str(config), "-t"], env=bare, capture_output=True, text=True, timeout=30
     )
     assert result.returncode != 0 and "NEXUS_NATS_" in result.stdout + result.stderr
+
+
+# -- Prometheus and Grafana ----------------------------------------------------------------------
+
+PORTS = {"kam": 8081, "workflow": 8082, "granulator": 8083, "studio": 8084, "relay": 8085}
+
+
+def test_prometheus_scrapes_every_service_on_its_port_with_a_service_label_and_loads_the_rules() -> None:
+    from nexus.runtime import ServiceSettings
+
+    compose = _compose()
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    scraped: dict[str, int] = {}
+    for job in config["scrape_configs"]:
+        # Every replica is found by DNS (compose answers with each replica's address) and labelled.
+        assert [r["target_label"] for r in job["relabel_configs"]] == ["service"], job["job_name"]
+        for sd in job["dns_sd_configs"]:
+            (name,) = sd["names"]
+            scraped[name] = sd["port"]
+    assert scraped == PORTS
+    for name, port in PORTS.items():
+        # The port Prometheus scrapes is the one the service listens on by default, and the
+        # compose service of that name runs it.
+        assert ServiceSettings.from_env(name, {}).port == port
+        assert name in compose["services"]
+    prometheus = compose["services"]["prometheus"]
+    assert "./deploy/prometheus/rules:/etc/prometheus/rules:ro" in prometheus["volumes"]
+    assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert config["rule_files"] == ["rules/nexus.rules.yml"]
+
+
+def test_grafana_is_provisioned_and_its_admin_password_has_no_default() -> None:
+    compose = _compose()
+    grafana = compose["services"]["grafana"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert "./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
+    assert grafana["ports"] == ["127.0.0.1:3000:3000"]
+    env = grafana["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "${NEXUS_GRAFANA_ADMIN_PASSWORD:?see deploy/nexus.env.example}"
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert "\nNEXUS_GRAFANA_ADMIN_PASSWORD=\n" in (ROOT / "deploy" / "nexus.env.example").read_text()
+    home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith("/var/lib/grafana/dashboards/")
+    assert (ROOT / "deploy" / "grafana" / "dashboards" / home.rsplit("/", 1)[1]).exists()
+    assert "prometheus" in grafana["depends_on"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nexus.bus._dispatch import DEAD_LETTER_HEADERS
+from nexus.bus._monitor import StreamMonitor
 from nexus.bus._port import (
     Bus,
     BusArgumentError,
@@ -63,6 +64,7 @@ __all__ = [
     "RetryableError",
     "StoredMessage",
     "StreamConfigError",
+    "StreamMonitor",
     "StreamSpec",
     "StreamState",
     "nats_credentials",

@@ -27,3 +27,20 @@ INGESTED = Counter(
     "nexus_ingest_processed_total", "External messages the ingest finished with, by outcome.", ["outcome"]
 )
 COMMANDS = Counter("nexus_commands_processed_total", "Commands a service handled, by outcome.", ["service", "outcome"])
+STREAM_MESSAGES = Gauge(
+    "nexus_stream_messages",
+    "Messages a JetStream stream holds now, as the server reports it (NEXUS_DLQ: dead letters awaiting a redrive).",
+    ["stream"],
+)
+STREAM_BYTES = Gauge("nexus_stream_bytes", "Bytes a JetStream stream holds now, as the server reports it.", ["stream"])
+STREAM_CONSUMER_PENDING = Gauge(
+    "nexus_stream_consumer_pending_messages",
+    "Messages of a stream not yet delivered to a durable consumer, as the server reports it (read by the relay "
+    "process, so a consumer whose every replica is down still shows its lag).",
+    ["stream", "consumer"],
+)
+STREAM_CONSUMER_ACK_PENDING = Gauge(
+    "nexus_stream_consumer_ack_pending_messages",
+    "Messages delivered to a durable consumer and not yet acknowledged, as the server reports it.",
+    ["stream", "consumer"],
+)

@@ -8,7 +8,14 @@ or an id). Other modules (relay, consumers) declare theirs in the same default r
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 HTTP_REQUESTS = Counter(
     "nexus_http_requests",
@@ -61,6 +68,96 @@ RELAY_HEALTHY = Gauge(
     "nexus_relay_healthy",
     "1 while the relay makes progress or stands by; 0 from a failed attempt until the next one makes progress.",
 )
+
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class FoldMetric(Generic[S]):
+    """One metric a ``FoldMetrics`` reads from the state a process folds from the log."""
+
+    name: str
+    """The metric's name (a counter's without ``_total``: the exposition adds it)."""
+    documentation: str
+    labels: tuple[str, ...]
+    read: Callable[[S], Mapping[tuple[str, ...], float]]
+    """The samples of one state: label values → value."""
+    kind: Literal["gauge", "counter"] = "gauge"
+    """``counter`` only for a figure that never decreases in the log (a sum of recorded costs)."""
+
+
+class FoldMetrics(Collector, Generic[S]):
+    """Metrics read at scrape time from the state a service folds from the log.
+
+    What the log holds now (requests by status, the queue by priority) is the state itself, not
+    something a process saw happen: counting it as it happens would count again at every start
+    (the fold replays the log) and once per replica. Reading the state when Prometheus scrapes
+    gives the same figure after a restart and on every replica, so a dashboard takes the ``max``
+    over replicas. Several states tracked in one process (replicas side by side in a test) report
+    the largest value per label set: each folds the same log, the furthest along is the truth.
+
+    Register it once per process (``REGISTRY.register``) and ``track`` each state while it serves.
+    """
+
+    def __init__(self, *metrics: FoldMetric[S]) -> None:
+        self.metrics = metrics
+        self._sources: list[Callable[[], S]] = []
+        self._lock = threading.Lock()
+
+    def track(self, source: Callable[[], S]) -> Callable[[], None]:
+        """Report ``source()``'s state from now on; returns the function that stops it."""
+        with self._lock:
+            self._sources.append(source)
+
+        def untrack() -> None:
+            with self._lock:
+                if source in self._sources:
+                    self._sources.remove(source)
+
+        return untrack
+
+    def _family(self, metric: FoldMetric[S]) -> GaugeMetricFamily | CounterMetricFamily:
+        if metric.kind == "counter":
+            return CounterMetricFamily(metric.name, metric.documentation, labels=metric.labels)
+        return GaugeMetricFamily(metric.name, metric.documentation, labels=metric.labels)
+
+    def describe(self) -> Iterator[Metric]:
+        # The names alone: the registry checks them for clashes without reading any state.
+        for metric in self.metrics:
+            yield self._family(metric)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            states = [source() for source in self._sources]
+        for metric in self.metrics:
+            family = self._family(metric)
+            merged: dict[tuple[str, ...], float] = {}
+            for state in states:
+                for labels, value in metric.read(state).items():
+                    merged[labels] = max(value, merged.get(labels, value))
+            for labels, value in sorted(merged.items()):
+                family.add_metric(list(labels), value)
+            yield family
+
+
+def fold_metrics(*metrics: FoldMetric[S]) -> FoldMetrics[S]:
+    """A ``FoldMetrics`` registered in the default registry (so every ``/metrics`` shows it)."""
+    collector = FoldMetrics(*metrics)
+    REGISTRY.register(collector)
+    return collector
+
+
+def counts(values: Iterable[str], known: Sequence[str] = ()) -> dict[tuple[str, ...], float]:
+    """How many times each value occurs, with a zero for each ``known`` value that does not.
+
+    The zeros keep a series for every known status on a fresh platform, so a panel or an alert
+    sees 0 rather than nothing.
+    """
+    result: dict[tuple[str, ...], float] = {(value,): 0.0 for value in known}
+    for value in values:
+        result[(value,)] = result.get((value,), 0.0) + 1
+    return result
 
 
 def render_metrics() -> tuple[bytes, str]:

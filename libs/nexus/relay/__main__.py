@@ -8,7 +8,9 @@ durable consumer). ``nexus up`` runs one such process; scale it like any service
 Like the services, the process serves ``/healthz``, ``/readyz`` and ``/metrics`` (on
 ``NEXUS_RELAY_PORT``, 8085 by default; 0 picks a free one): ``/readyz`` answers 503 while the
 relay keeps failing to publish (``relay`` names the last error), so an orchestrator sees a stuck
-relay instead of a process that is merely alive, and ``nexus_relay_*`` metrics can be scraped.
+relay instead of a process that is merely alive, and ``nexus_relay_*`` metrics can be scraped,
+with the streams' sizes and every durable consumer's lag as the server reports them
+(``nexus_stream_*``, ``nexus.bus.StreamMonitor``).
 
 Settings come from the environment (``NEXUS_NATS_URL``, ``NEXUS_EVENT_LOG_URL``, …); with
 ``NEXUS_NATS_URL`` unset the embedded nats-server is started as for any service. Logs are JSON
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 
+from nexus.bus import StreamMonitor
 from nexus.ingest import ExtIngest
 from nexus.relay._relay import Relay
 from nexus.runtime import Service, ServiceSettings, build_service, run
@@ -41,6 +44,11 @@ async def build(settings: ServiceSettings) -> Service:
             raise RuntimeError(f"the relay keeps failing: {relay.last_error or 'no progress'}")
 
     service.readiness_check("relay", relaying)
+
+    @service.background
+    async def monitor_streams(service: Service) -> None:
+        # The streams' sizes (the DLQ's among them) and every durable's lag, as the server sees them.
+        await StreamMonitor(service.bus).run()
 
     @service.on_startup
     async def start(_: Service) -> None:
