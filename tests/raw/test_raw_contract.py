@@ -195,6 +195,16 @@ class TestFileRaw(StoreIfAbsentContract, RawContract):
         assert [await raw.retrieve(f"g/{i}") for i in (0, 199)] == [b"blob 0", b"blob 199"]
         await raw.close()
 
+    def test_rows_beyond_one_statement(self, tmp_path: Path) -> None:
+        # More rows than one INSERT takes: one transaction of several statements.
+        rows = InlineBlobs(str(tmp_path / "inline.db"))
+        batch: list[Row] = [(f"r/{i:04d}", b"x", "sha", "text/plain", 1.0) for i in range(1200)]
+        assert rows.put(batch) == 1200
+        assert rows.put(batch, replace=False) == 0  # every key holds a row: none written
+        assert len(rows.keys("r/")) == 1200 and rows.keys("r/1") == [f"r/{i}" for i in range(1000, 1200)]
+        assert rows.delete(["r/0000", "r/0001", "missing"]) == 2
+        rows.close()
+
     async def test_one_failure_fails_only_its_store(self, tmp_path: Path) -> None:
         raw = FileRaw(tmp_path, inline_max=0)
         await raw.store("a", b"1")

@@ -64,6 +64,9 @@ class InlineBlobs:
         self._local = threading.local()
         self._readers: builtins.list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._writing = threading.Lock()
+        """One user of the writing connection at a time (a batch, or a delete from another thread):
+        a statement run inside another thread's transaction would share its fate."""
         self._exists = os.path.exists(path)
 
     def _connect(self) -> sqlite3.Connection:
@@ -120,22 +123,24 @@ class InlineBlobs:
         Raises:
             sqlite3.Error: nothing was stored.
         """
-        con = self._write_connection()
-        verb = "REPLACE" if replace else "IGNORE"
-        if len(rows) <= _ROWS_PER_STATEMENT:
-            return int(con.execute(_insert(verb, len(rows)), [value for row in rows for value in row]).rowcount)
-        written = 0
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-                chunk = rows[start : start + _ROWS_PER_STATEMENT]
-                written += con.execute(_insert(verb, len(chunk)), [value for row in chunk for value in row]).rowcount
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        return written
+        with self._writing:
+            con = self._write_connection()
+            verb = "REPLACE" if replace else "IGNORE"
+            if len(rows) <= _ROWS_PER_STATEMENT:
+                return int(con.execute(_insert(verb, len(rows)), [value for row in rows for value in row]).rowcount)
+            written = 0
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                    chunk = rows[start : start + _ROWS_PER_STATEMENT]
+                    statement = _insert(verb, len(chunk))
+                    written += con.execute(statement, [value for row in chunk for value in row]).rowcount
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+            return written
 
     def rows(self, keys: builtins.list[str]) -> dict[str, tuple[int, str, str, float]]:
         """(size, sha256, content type, created) of each of ``keys`` that has a row."""
@@ -155,16 +160,17 @@ class InlineBlobs:
         """Remove the rows of ``keys`` (durable on return); how many there were."""
         if not self._exists:
             return 0
-        con = self._write_connection()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            removed = sum(con.execute("DELETE FROM blobs WHERE key = ?", (key,)).rowcount for key in keys)
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        return removed
+        with self._writing:
+            con = self._write_connection()
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                removed = sum(con.execute("DELETE FROM blobs WHERE key = ?", (key,)).rowcount for key in keys)
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+            return removed
 
     def get(self, key: str) -> bytes | None:
         con = self._read_connection()
@@ -204,7 +210,8 @@ class InlineBlobs:
             readers, self._readers = self._readers, []
         for con in readers:
             con.close()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        with self._writing:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         self._local = threading.local()

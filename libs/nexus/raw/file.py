@@ -71,7 +71,7 @@ from nexus.raw._port import DEFAULT_CONTENT_TYPE, RawBackend, RawPage, RawStat, 
 INLINE_MAX = 64 * 1024
 """Blobs up to this many bytes are rows of the store's database, larger ones files."""
 _TMP_PREFIX = ".nexus-tmp-"
-_BATCH_ITEMS = 512
+_BATCH_ITEMS = 500
 _BATCH_BYTES = 16 * 1024 * 1024
 """A batch stops growing at either bound (it always takes at least one blob)."""
 _WRITE_THREADS = 8
