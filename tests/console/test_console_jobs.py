@@ -61,6 +61,28 @@ output:
   verdict: $.steps.analyze.output.verdict
   tags: $.input.tags
 """
+FAILING_SCHEMA = """
+id: console_failing_input_v1
+type: input
+definition:
+  type: object
+  required: [summary]
+  properties:
+    summary: {type: string}
+"""
+# Its one step calls an endpoint the stub service does not have: the job fails, saying why.
+FAILING = """
+id: console_failing_job
+name: Console failing job
+input_schema_id: console_failing_input_v1
+steps:
+  - id: missing
+    service: gaia
+    endpoint: /no-such-endpoint
+    input_map:
+      title: $.input.summary
+    retry: {max_attempts: 1}
+"""
 PDF = b"%PDF-1.4\n% a report of the console's job test\n"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
 
@@ -74,8 +96,14 @@ async def job_workflow(console: Console) -> str:
     session (a session in a header needs no CSRF token), so every client sees it."""
     token = console.admin.session_token
     assert token
+    documents = (
+        ("/schemas", SCHEMA),
+        ("/workflows", WORKFLOW),
+        ("/schemas", FAILING_SCHEMA),
+        ("/workflows", FAILING),
+    )
     async with aiohttp.ClientSession(headers={"X-Session-Token": token}) as http:
-        for path, document in (("/schemas", SCHEMA), ("/workflows", WORKFLOW)):
+        for path, document in documents:
             async with http.post(f"{console.url}/svc/workflow{path}", data=document) as response:
                 assert response.status == 201, await response.text()
     return "console_job"
@@ -177,7 +205,8 @@ async def test_a_client_runs_a_job_with_files_and_watches_it_live(
     # The recent jobs list names it.
     await page.goto(console.url + "/#/jobs")
     recent = page.get_by_role("table", name="Your recent jobs")
-    await recent.get_by_role("link", name=job_id).wait_for()
+    await recent.get_by_role("row").filter(has_text=job_id).get_by_role("link", name="Seismic check").wait_for()
+    assert "COMPLETED" in await recent.get_by_role("row").filter(has_text=job_id).inner_text()
 
 
 async def test_another_client_gets_not_found_and_an_admin_sees_the_job(console: Console, pages: list[Any]) -> None:
@@ -193,7 +222,8 @@ async def test_another_client_gets_not_found_and_an_admin_sees_the_job(console: 
     await shot(page, "job-not-found")
     await page.goto(console.url + "/#/jobs")
     await page.get_by_role("heading", name="Jobs", exact=True).wait_for()
-    assert await page.get_by_role("link", name=job_id).count() == 0
+    await page.get_by_role("heading", name="Recent jobs").wait_for()
+    assert await page.get_by_text(job_id).count() == 0
 
     admin = await console.page()
     pages.append(admin)
@@ -203,34 +233,7 @@ async def test_another_client_gets_not_found_and_an_admin_sees_the_job(console: 
     await admin.get_by_role("heading", name=re.compile("^Status")).get_by_text("COMPLETED").wait_for()
 
 
-FAILING_SCHEMA = """
-id: console_failing_input_v1
-type: input
-definition:
-  type: object
-  required: [summary]
-  properties:
-    summary: {type: string}
-"""
-FAILING = """
-id: console_failing_job
-name: Console failing job
-input_schema_id: console_failing_input_v1
-steps:
-  - id: missing
-    service: gaia
-    endpoint: /no-such-endpoint
-    input_map:
-      title: $.input.summary
-    retry: {max_attempts: 1}
-"""
-
-
-async def test_a_failing_job_says_failed_and_why(console: Console, pages: list[Any]) -> None:
-    async with aiohttp.ClientSession(headers={"X-Session-Token": console.admin.session_token or ""}) as http:
-        for path, document in (("/schemas", FAILING_SCHEMA), ("/workflows", FAILING)):
-            async with http.post(f"{console.url}/svc/workflow{path}", data=document) as response:
-                assert response.status == 201, await response.text()
+async def test_a_failing_job_says_failed_and_why(console: Console, pages: list[Any], job_workflow: str) -> None:
     username, password = await console.client_user("acme")
     page = await console.page()
     pages.append(page)
@@ -248,3 +251,41 @@ async def test_a_failing_job_says_failed_and_why(console: Console, pages: list[A
     await results.get_by_text("The job failed").wait_for()
     assert "missing" in await results.inner_text()
     await shot(page, "job-failed")
+
+
+async def test_a_job_left_unexecuted_is_listed_and_run_later(
+    console: Console, pages: list[Any], job_workflow: str
+) -> None:
+    username, password = await console.client_user("acme")
+    page = await console.page()
+    pages.append(page)
+    await console.sign_in(page, username, password)
+    # Initiated, then the tab closed before its payload was sent.
+    job_id = await page.evaluate(
+        """() => fetch("/svc/workflow/job/initiate", {
+             method: "POST",
+             headers: {"Content-Type": "application/json",
+                       "X-CSRF-Token": document.cookie.match(/nexus_csrf=([^;]+)/)[1]},
+             body: JSON.stringify({workflowId: "console_failing_job", title: "Left for later"}),
+           }).then(r => r.json()).then(b => b.jobExecutionId)"""
+    )
+    await page.goto(console.url + "/#/jobs")
+    recent = page.get_by_role("table", name="Your recent jobs")
+    row = recent.get_by_role("row").filter(has_text="Left for later")
+    await row.get_by_text("not executed").wait_for()
+    await shot(page, "jobs-recent")
+    await row.get_by_role("link", name="Give Left for later its payload").click()
+    await page.get_by_role("heading", name="Run job: Left for later").wait_for()
+    assert await page.get_by_label("Job title").input_value() == "Left for later"
+    await page.get_by_label("Summary").fill("Later")
+    await page.get_by_role("button", name="Run job").click()
+    await page.wait_for_url(f"**/#/jobs/{job_id}")
+    await page.get_by_role("heading", name=re.compile("^Status")).get_by_text("FAILED").wait_for(timeout=20_000)
+
+    # An admin's list names each job's client.
+    admin = await console.page()
+    pages.append(admin)
+    await console.sign_in(admin, "admin", console.up.admin_password, admin=True)
+    await admin.goto(console.url + "/#/jobs")
+    every = admin.get_by_role("table", name="Recent jobs of every client")
+    await every.get_by_role("row").filter(has_text="Left for later").get_by_text("acme").wait_for()

@@ -2,8 +2,8 @@
 // picks a workflow, fills the form its jobPayloadSchema describes (the eight job types, files
 // uploaded through the presigned URLs the API gives), runs the job, watches it live over
 // /job/{id}/monitor, then reads its results and its audit trail (see app.js for the route
-// contract). The API has no list of jobs: the recent ones are the caller's executions that a job
-// started (their trigger names the job).
+// contract). The caller's jobs are GET /jobs (not in the seed: the platform adds it); a job
+// initiated and never executed can be given its payload later (#/jobs/:id/run).
 
 import { ApiError, get, headersFor, post, withQuery, workflow } from "./api.js";
 import { follow } from "./live.js";
@@ -22,8 +22,8 @@ const TYPE_HINTS = {
   array_files: "one or more files",
 };
 const IN_PROGRESS = "IN PROGRESS";
-/** How many of the caller's latest executions the recent-jobs list looks through. */
-const RECENT_SCAN = 200;
+/** How many of the caller's latest jobs the jobs page lists. */
+const RECENT = 50;
 
 const jobPath = (id) => workflow(`/job/${encodeURIComponent(id)}`);
 
@@ -71,20 +71,24 @@ function shownValue(value) {
 
 // --- #/jobs: the workflows and the caller's recent jobs ----------------------------------------
 
-async function recentJobs(session) {
-  const answer = await get(withQuery(workflow("/executions"), { limit: RECENT_SCAN }));
-  const mine = (answer.executions || []).filter((e) => e.trigger && e.trigger.kind === "job" && e.trigger.job_id);
-  // An admin sees every client's executions; the job pages are about the caller's own jobs.
-  const tenant = session.user.role === "admin" ? "platform" : session.user.client_id;
-  return mine.filter((e) => !tenant || e.tenant === tenant);
+function jobLink(job) {
+  return h("a", { href: `#/jobs/${encodeURIComponent(job.jobExecutionId)}` }, job.title || job.jobExecutionId);
+}
+
+function jobState(job) {
+  if (job.stage === "initiated") {
+    return h("span", {}, h("span", { class: "muted" }, "not executed "), h("a", { href: `#/jobs/${encodeURIComponent(job.jobExecutionId)}/run`, "aria-label": `Give ${job.title || "the job"} its payload` }, "Run it"));
+  }
+  return jobStatusBadge(job.status);
 }
 
 async function jobsPage(main, params, page) {
+  const admin = page.session.user.role === "admin";
   const [listed, recent] = await Promise.all([
     get(workflow("/workflows")),
-    recentJobs(page.session).catch((error) => error),
+    get(withQuery(workflow("/jobs"), { limit: RECENT })).catch((error) => error),
   ]);
-  const tenant = page.session.user.role === "admin" ? "platform" : page.session.user.client_id;
+  const tenant = admin ? "platform" : page.session.user.client_id;
   // A job runs a workflow of the caller's namespace or the platform's (an admin's list shows
   // every client's; those are run by their clients).
   const workflows = (listed.workflows || []).filter((w) => w.tenant === "platform" || w.tenant === tenant);
@@ -110,27 +114,28 @@ async function jobsPage(main, params, page) {
       ? errorBox(recent)
       : table(
           [
-            { title: "Job", value: (e) => h("a", { href: `#/jobs/${encodeURIComponent(e.trigger.job_id)}` }, h("code", {}, e.trigger.job_id)) },
-            { title: "Workflow", value: (e) => e.workflow_id },
-            { title: "Status", value: (e) => badge(e.status) },
-            { title: "Started", value: (e) => when(e.timings && e.timings.created_at) },
-            { title: "Finished", value: (e) => when(e.timings && e.timings.finished_at) },
-          ],
-          recent,
-          { empty: "No job has run yet.", caption: "Your recent jobs" },
+            { title: "Job", value: jobLink },
+            { title: "Workflow", value: (j) => h("code", {}, j.workflowId) },
+            { title: "Status", value: jobState },
+            { title: "Initiated", value: (j) => when(j.createdAt) },
+            admin ? { title: "Client", value: (j) => j.owner } : null,
+            { title: "Id", value: (j) => h("code", { class: "job-id" }, j.jobExecutionId) },
+          ].filter(Boolean),
+          recent.jobs || [],
+          { empty: "No job yet: pick a workflow below to start one.", caption: admin ? "Recent jobs of every client" : "Your recent jobs" },
         );
   replace(
     main,
     h("div", { class: "jobs" },
     heading("Jobs", "Run a workflow with a payload, watch it live, read its results and its audit trail."),
-    h("section", { "aria-labelledby": "jobs-workflows" }, h("h2", { id: "jobs-workflows" }, "Start a job"), picker),
     h(
       "section",
       { "aria-labelledby": "jobs-recent" },
       h("h2", { id: "jobs-recent" }, "Recent jobs"),
-      h("p", { class: "muted" }, `Jobs that were executed, among your ${RECENT_SCAN} latest executions.`),
+      recent instanceof Error || !(recent.total > (recent.jobs || []).length) ? null : h("p", { class: "muted" }, `The latest ${(recent.jobs || []).length} of ${recent.total}.`),
       recentBlock,
     ),
+    h("section", { "aria-labelledby": "jobs-workflows" }, h("h2", { id: "jobs-workflows" }, "Start a job"), picker),
     ),
   );
 }
@@ -298,19 +303,21 @@ function problemsList(error) {
   return h("ul", { class: "job-problems" }, problems.map((p) => h("li", {}, h("code", {}, p.field || p.path || "?"), `: ${p.reason || p.message || ""}`)));
 }
 
-async function newJobPage(main, params) {
-  const workflowId = params.workflow;
+async function newJobPage(main, params, page, existing = null) {
+  const workflowId = existing ? existing.workflowId : params.workflow;
   const described = await get(workflow(`/workflow/${encodeURIComponent(workflowId)}`));
   const fields = described.jobPayloadSchema || {};
   const unknown = Object.entries(fields).filter(([, spec]) => !JOB_TYPES.includes(spec.type));
   const payload = schemaForm(formSchema(fields), { widget: payloadWidget(fields) });
-  const titleInput = h("input", { id: "job-title", name: "title", maxlength: 200, value: described.name || workflowId });
-  const descriptionInput = h("textarea", { id: "job-description", name: "description", rows: 2 });
+  // A job already initiated keeps the title and description it was given.
+  const titleInput = h("input", { id: "job-title", name: "title", maxlength: 200, value: existing ? existing.title : described.name || workflowId, readonly: Boolean(existing) });
+  const descriptionInput = h("textarea", { id: "job-description", name: "description", rows: 2, readonly: Boolean(existing) });
+  if (existing) descriptionInput.value = existing.description || "";
   const error = h("div", { class: "error job-error", role: "alert", hidden: true });
   const progress = h("p", { class: "muted", "aria-live": "polite" });
   // What a failed attempt already did, so trying again neither initiates a second job nor
   // uploads a file twice.
-  const done = { jobId: null, uploads: new Map() };
+  const done = { jobId: existing ? existing.jobExecutionId : null, uploads: new Map() };
 
   async function run() {
     error.hidden = true;
@@ -381,13 +388,34 @@ async function newJobPage(main, params) {
   replace(
     main,
     h("div", { class: "jobs" },
-    heading(`New job: ${described.name || workflowId}`, described.description || `Workflow ${workflowId}, version ${described.version ?? "?"}`),
+    heading(
+      existing ? `Run job: ${existing.title || existing.jobExecutionId}` : `New job: ${described.name || workflowId}`,
+      described.description || `Workflow ${workflowId}, version ${described.version ?? "?"}`,
+    ),
     unknown.length ? h("p", { class: "error", role: "alert" }, `Fields of an unknown type: ${unknown.map(([n]) => n).join(", ")}`) : null,
     form,
     ),
   );
   const first = form.querySelector("input, textarea, select");
   if (first) first.focus();
+}
+
+/** #/jobs/:id/run: the payload of a job initiated and never executed (a failed attempt, a closed tab). */
+async function resumePage(main, params, page) {
+  const id = params.id;
+  const [status, audit] = await Promise.all([get(`${jobPath(id)}/status`), get(`${jobPath(id)}/audit`)]);
+  if (status.executionId) {
+    location.hash = `#/jobs/${encodeURIComponent(id)}`;
+    return;
+  }
+  const initiated = (audit.auditTrail || []).find((e) => e.type === "nexus.workflow.job.initiated");
+  const info = (initiated && initiated.data) || {};
+  await newJobPage(main, {}, page, {
+    jobExecutionId: id,
+    workflowId: status.workflowId,
+    title: info.title || "",
+    description: info.description || "",
+  });
 }
 
 // --- #/jobs/:id: live status, results, audit trail ---------------------------------------------
@@ -448,7 +476,7 @@ async function jobPage(main, params, page) {
       factsOf([
         ["Job", h("code", {}, id)],
         ["Workflow", h("a", { href: `#/jobs/new/${encodeURIComponent(body.workflowId || info.workflow_id || "")}` }, body.workflowId || info.workflow_id || "")],
-        ["Execution", body.executionId ? h("code", {}, body.executionId) : "not executed yet"],
+        ["Execution", body.executionId ? h("code", {}, body.executionId) : h("span", {}, "not executed yet: ", h("a", { href: `#/jobs/${encodeURIComponent(id)}/run` }, "give it its payload"))],
         ["Engine status", body.executionStatus ? badge(body.executionStatus) : body.stage || ""],
         ["Current step", body.currentStep ? h("code", {}, body.currentStep) : ""],
         ["Error", body.error || ""],
@@ -559,5 +587,6 @@ async function jobPage(main, params, page) {
 export const routes = [
   { path: "/jobs", title: "Jobs", roles: ["client", "admin"], nav: "Jobs", view: jobsPage },
   { path: "/jobs/new/:workflow", title: "New job", roles: ["client", "admin"], view: newJobPage },
+  { path: "/jobs/:id/run", title: "Run job", roles: ["client", "admin"], view: resumePage },
   { path: "/jobs/:id", title: "Job", roles: ["client", "admin"], view: jobPage },
 ];
