@@ -64,12 +64,14 @@ def test_the_cli_keeps_the_log_and_backups_private(tmp_path: Path, loose_umask: 
 
 async def test_raw_objects_are_private_under_a_loose_umask(tmp_path: Path, loose_umask: None) -> None:
     raw = FileRaw(tmp_path / "raw", fsync=False)
-    await raw.store("t/acme/uploads/a.json", b"{}")
+    await raw.store("t/acme/uploads/a.json", b"{}")  # small: a row of the store's database
+    await raw.store("t/acme/uploads/b.bin", b"x" * (raw.inline_max + 1))  # large: a file
     assert mode(tmp_path / "raw") == 0o700
     paths = list((tmp_path / "raw").rglob("*"))
-    assert any(p.name == "a.json" for p in paths)
+    assert {"b.bin", "inline.db", "inline.db-wal"} <= {p.name for p in paths}
     for path in paths:
         assert mode(path) == (0o700 if path.is_dir() else 0o600), (path, oct(mode(path)))
+    await raw.close()
 
 
 def test_make_private_dir_creates_and_tightens(tmp_path: Path, loose_umask: None) -> None:
