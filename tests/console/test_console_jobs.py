@@ -240,6 +240,10 @@ async def test_a_failing_job_says_failed_and_why(console: Console, pages: list[A
     await console.sign_in(page, username, password)
     await page.goto(f"{console.url}/#/jobs/new/console_failing_job")
     await page.get_by_role("heading", name="New job: Console failing job").wait_for()
+    # The form on a phone: nothing wider than the screen.
+    await page.set_viewport_size({"width": 390, "height": 844})
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    await shot(page, "job-new-phone")
     # A required field left empty is named before anything is sent.
     await page.get_by_role("button", name="Run job").click()
     await page.get_by_role("alert").get_by_text("summary is required").wait_for()
@@ -277,6 +281,7 @@ async def test_a_job_left_unexecuted_is_listed_and_run_later(
     await row.get_by_role("link", name="Give Left for later its payload").click()
     await page.get_by_role("heading", name="Run job: Left for later").wait_for()
     assert await page.get_by_label("Job title").input_value() == "Left for later"
+    await shot(page, "job-run-later")
     await page.get_by_label("Summary").fill("Later")
     await page.get_by_role("button", name="Run job").click()
     await page.wait_for_url(f"**/#/jobs/{job_id}")
