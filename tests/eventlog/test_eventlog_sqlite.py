@@ -137,7 +137,7 @@ async def test_synchronous_from_the_url(tmp_path: Path) -> None:
         ("sqlite://host/x.db", "no host"),
         ("sqlite:///", "no database file"),
         ("sqlite:///:memory:", "memory://"),
-        ("postgres://x", "unknown scheme"),
+        ("cassandra://x", "unknown scheme"),
     ],
 )
 async def test_bad_urls(url: str, complaint: str) -> None:

@@ -4,8 +4,9 @@ Open one by URL at the composition root::
 
     log = await open_event_log("sqlite:///var/nexus/events.db")
 
-Adapters: ``memory://`` (tests), ``sqlite:///PATH`` (embedded default), ``mongodb://…``
-(production; PyMongo's asyncio API). All pass the same contract suite.
+Adapters: ``memory://`` (tests), ``sqlite:///PATH`` (embedded default), ``postgresql://…``
+(several processes or machines on one log; psycopg 3), ``mongodb://…`` (PyMongo's asyncio
+API). All pass the same contract suite.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ __all__ = [
 
 
 async def open_event_log(url: str, *, max_event_bytes: int | None = None) -> EventLog:
-    """Open the event log named by ``url`` (``memory://``, ``sqlite:///PATH``, ``mongodb://…``).
+    """Open the event log named by ``url`` (``memory://``, ``sqlite:///PATH``, ``postgresql://…``, ``mongodb://…``).
 
     ``max_event_bytes`` is the largest event an append accepts (``EventTooLargeError`` above
     it); by default ``NEXUS_MAX_EVENT_BYTES`` from the environment, else 512 KiB.
@@ -62,10 +63,15 @@ async def open_event_log(url: str, *, max_event_bytes: int | None = None) -> Eve
         from nexus.eventlog.sqlite import SqliteEventLog
 
         return await SqliteEventLog.open(url, max_event_bytes=max_event_bytes)
+    if scheme in ("postgresql", "postgres"):
+        from nexus.eventlog.postgres import PostgresEventLog
+
+        return await PostgresEventLog.open(url, max_event_bytes=max_event_bytes)
     if scheme in ("mongodb", "mongodb+srv"):
         from nexus.eventlog.mongo import MongoEventLog
 
         return await MongoEventLog.open(url, max_event_bytes=max_event_bytes)
     raise EventLogArgumentError(
-        f"NEXUS_EVENT_LOG_URL {url!r}: unknown scheme {scheme!r} (use memory://, sqlite:///PATH or mongodb://HOST/DB)"
+        f"NEXUS_EVENT_LOG_URL: unknown scheme {scheme!r} (use memory://, sqlite:///PATH, "
+        "postgresql://USER@HOST/DB or mongodb://HOST/DB)"
     )
