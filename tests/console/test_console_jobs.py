@@ -83,6 +83,24 @@ steps:
       title: $.input.summary
     retry: {max_attempts: 1}
 """
+# A property with no type: the workflow cannot take a job payload, and its form page says why.
+UNFIT_SCHEMA = """
+id: console_unfit_input_v1
+type: input
+definition:
+  type: object
+  properties:
+    anything: {}
+"""
+UNFIT = """
+id: console_unfit_job
+name: Console unfit job
+input_schema_id: console_unfit_input_v1
+steps:
+  - id: missing
+    service: gaia
+    endpoint: /analyze
+"""
 PDF = b"%PDF-1.4\n% a report of the console's job test\n"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
 
@@ -101,6 +119,8 @@ async def job_workflow(console: Console) -> str:
         ("/workflows", WORKFLOW),
         ("/schemas", FAILING_SCHEMA),
         ("/workflows", FAILING),
+        ("/schemas", UNFIT_SCHEMA),
+        ("/workflows", UNFIT),
     )
     async with aiohttp.ClientSession(headers={"X-Session-Token": token}) as http:
         for path, document in documents:
@@ -238,6 +258,8 @@ async def test_a_failing_job_says_failed_and_why(console: Console, pages: list[A
     page = await console.page()
     pages.append(page)
     await console.sign_in(page, username, password)
+    await page.goto(f"{console.url}/#/jobs/new/console_unfit_job")
+    await page.get_by_role("alert").get_by_text("cannot take a job payload").wait_for()
     await page.goto(f"{console.url}/#/jobs/new/console_failing_job")
     await page.get_by_role("heading", name="New job: Console failing job").wait_for()
     # The form on a phone: nothing wider than the screen.

@@ -305,7 +305,18 @@ function problemsList(error) {
 
 async function newJobPage(main, params, page, existing = null) {
   const workflowId = existing ? existing.workflowId : params.workflow;
-  const described = await get(workflow(`/workflow/${encodeURIComponent(workflowId)}`));
+  let described;
+  try {
+    described = await get(workflow(`/workflow/${encodeURIComponent(workflowId)}`));
+  } catch (failure) {
+    // 404 is the shell's "Not found"; a workflow whose input cannot be a job payload says why.
+    if (!(failure instanceof ApiError) || failure.status !== 400) throw failure;
+    replace(
+      main,
+      h("div", { class: "jobs" }, heading(`New job: ${workflowId}`), errorBox(failure), h("p", {}, h("a", { href: "#/jobs" }, "Back to the jobs"))),
+    );
+    return;
+  }
   const fields = described.jobPayloadSchema || {};
   const unknown = Object.entries(fields).filter(([, spec]) => !JOB_TYPES.includes(spec.type));
   const payload = schemaForm(formSchema(fields), { widget: payloadWidget(fields) });
