@@ -85,7 +85,19 @@ ROWS: dict[tuple[str, str, str], Row] = {
             ("POST", "/recommend-template"): Row(),
             ("POST", "/worker-sessions/{execution_id}/complete"): Row({"execution_id": "exec_1"}),
             ("GET", "/notifications/stream"): Row(stream=True),
+            ("GET", "/console/health"): Row(),
+            ("GET", "/costs"): Row(),
+            ("GET", "/dead-letters"): Row(),
+            ("POST", "/dead-letters/redrive"): Row(),
         }.items()
+    },
+    # The console: its files, and the gateway (to a service nobody runs here: hostile input must
+    # be answered before anything is forwarded, or by the gateway's own 404).
+    ("kam", "GET", "/"): Row(),
+    ("kam", "GET", "/console/{name}"): Row({"name": "app.js"}),
+    **{
+        ("kam", method, "/svc/{service}/{tail}"): Row({"service": "nothing", "tail": "x"})
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
     },
     ("granulator", "POST", "/api/handshake"): Row(),
     ("granulator", "POST", "/api/process"): Row(),
@@ -140,6 +152,7 @@ ROWS: dict[tuple[str, str, str], Row] = {
     ("workflow", "GET", "/job/file/{name}"): Row({"name": "f.txt"}),
     ("workflow", "POST", "/job/execute"): Row(),
     ("workflow", "GET", "/job/{id}/status"): Row({"id": "j"}),
+    ("workflow", "GET", "/jobs"): Row(),
     ("workflow", "GET", "/job/{id}/results"): Row({"id": "j"}),
     ("workflow", "GET", "/job/{id}/audit"): Row({"id": "j"}),
     ("workflow", "GET", "/job/{id}/monitor"): Row({"id": "j"}, stream=True),
