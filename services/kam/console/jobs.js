@@ -31,10 +31,13 @@ const jobPath = (id) => workflow(`/job/${encodeURIComponent(id)}`);
  * The gateway's address for a URL the workflow service built with its own origin (a presigned
  * upload URL, a file URL). The signature covers the upload's id, extension, size limit and
  * expiry, not the host, so the same path and query under /svc/workflow is the same capability.
+ * The path is taken from /job/file/ on, whatever prefix a configured public URL puts before it;
+ * and the file only ever goes to this origin.
  */
 export function throughGateway(url) {
   const parsed = new URL(url, location.origin);
-  return workflow(`${parsed.pathname}${parsed.search}`);
+  const at = parsed.pathname.indexOf("/job/file/");
+  return workflow(`${at >= 0 ? parsed.pathname.slice(at) : parsed.pathname}${parsed.search}`);
 }
 
 function jobStatusBadge(status) {
