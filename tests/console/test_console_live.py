@@ -111,8 +111,9 @@ async def test_an_update_missed_while_the_connection_was_down_arrives_once_after
     # reconnect: a stream opened without Last-Event-ID starts with what happens after it, so
     # its arrival shows the browser resumed from the last id it had. (Playwright's view of a
     # routed request's headers leaves out Last-Event-ID, which Chromium adds itself.)
-    assert len(resumed) == 1, resumed
-    assert await page.evaluate("window.states") == ["open", "reconnecting", "open"]
+    assert resumed, "the browser never tried to reconnect"
+    states = await page.evaluate("window.states")
+    assert states[0] == "open" and "reconnecting" in states and states[-1] == "open", states
     updates = await page.evaluate("window.updates")
     ids = [u["id"] for u in updates]
     assert len(ids) == len(set(ids)), f"an update arrived twice: {updates}"

@@ -14,7 +14,7 @@ import { routes as studio } from "./studio.js";
 
 const ROUTES = [...client, ...admin, ...jobs, ...studio];
 
-const state = { session: null, leave: [] };
+const state = { session: null, leave: [], render: 0 };
 
 /** The signed-in user, or null. `{ user: {id, username, role, client_id, display_name}, ... }` */
 export function session() {
@@ -138,9 +138,17 @@ function loginPage(main) {
   form.querySelector("input").focus();
 }
 
-/** Draw the page the URL names (the login page when nobody is signed in). */
+/**
+ * Draw the page the URL names (the login page when nobody is signed in).
+ *
+ * Each render draws into a frame of its own. A view still loading when the user moves on keeps
+ * drawing into its frame, which is no longer in the page, and a clean-up it registers late runs
+ * at once: a slow page never draws over the next one nor leaves its stream open.
+ */
 export async function render() {
   leave();
+  const token = ++state.render;
+  const current = () => token === state.render;
   const main = document.getElementById("main");
   if (!state.session) {
     try {
@@ -164,22 +172,31 @@ export async function render() {
     return;
   }
   document.title = `${found.route.title || "Nexus"} · Nexus console`;
-  replace(main, h("p", { class: "muted" }, "Loading…"));
-  const page = { onLeave: (fn) => state.leave.push(fn), role, session: state.session };
+  const frame = h("div", { class: "page" }, h("p", { class: "muted" }, "Loading…"));
+  replace(main, frame);
+  const page = {
+    onLeave: (fn) => (current() ? state.leave.push(fn) : fn()),
+    get current() {
+      return current();
+    },
+    role,
+    session: state.session,
+  };
   try {
-    await found.route.view(main, found.params, page);
+    await found.route.view(frame, found.params, page);
   } catch (error) {
+    if (!current()) return;
     if (error instanceof ApiError && error.status === 404) {
-      replace(main, notFound());
+      replace(frame, notFound());
     } else if (error instanceof ApiError && error.status === 401) {
       state.session = null;
       loginPage(main);
     } else {
       console.error(error);
-      replace(main, h("p", { class: "error", role: "alert" }, `Something went wrong: ${error.message}`));
+      replace(frame, h("p", { class: "error", role: "alert" }, `Something went wrong: ${error.message}`));
     }
   }
-  main.focus({ preventScroll: true });
+  if (current()) main.focus({ preventScroll: true });
 }
 
 window.addEventListener("hashchange", render);
