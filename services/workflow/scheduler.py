@@ -23,6 +23,7 @@ from nexus.eventlog import ConcurrencyError
 from nexus.obs import CORRELATION_ID
 from nexus.proto import CloudEvent, new_event
 from nexus.proto.events import workflow as ev
+from nexus.services.workflow import metrics
 from nexus.services.workflow.definitions import WorkflowDefinition
 from nexus.services.workflow.driver import SOURCE, Driver, execution_event
 from nexus.services.workflow.handlers import ExecutionState, stream_id
@@ -218,6 +219,7 @@ class Scheduler:
             )
         except ConcurrencyError:
             return
+        metrics.count_stored(stored, None)
         self.engine.view.apply_stored(stored)
         logger.warning(
             "execution %s failed: %s", state.execution_id, error, extra={"correlation_id": state.correlation_id}
