@@ -1,4 +1,4 @@
-"""Event log (SQLite adapter): append throughput, group commit, and replay.
+"""Event log (SQLite and PostgreSQL adapters): append throughput, group commit, and replay.
 
 The peer is the ``eventsourcing`` library (its SQLite application recorder with its ``Mapper``
 and ``JSONTranscoder``), measured in the same run on the same workload as Nexus: domain event
@@ -14,6 +14,12 @@ run while the writer seals the next chunk) and the rest of the process (callers,
 loop). When the wall time per event is close to the CPU sum, the run got about one core:
 the writer and the inserter only overlap when a second core is free, which a shared machine
 rarely gives.
+
+PostgreSQL rows run the same workloads against a server started for the run from the
+machine's binaries (``nexus.testing._postgres``, fsync on, on loopback), beside the
+``eventsourcing`` library's PostgreSQL application recorder (same Mapper and transcoder) on
+another database of the same server. Where no server can be started, those rows are replaced
+by one row saying why.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ from eventsourcing.persistence import (
 )
 
 from bench._harness import Context, Row, median_rate, target_row
+from nexus.eventlog.postgres import PostgresEventLog
 from nexus.eventlog.sqlite import SqliteEventLog
 from nexus.proto import CloudEvent, encode_event, new_event, parse_rfc3339
+from nexus.testing._postgres import PostgresServer, PostgresUnavailable
 
 SUITE = "eventlog"
 _NOTE = "about 400 bytes of event JSON"
@@ -104,13 +112,10 @@ class _Peer:
     def __init__(self, path: Path) -> None:
         from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
-        self.datastore = SQLiteDatastore(str(path), pool_size=20, max_overflow=20)
-        self.recorder = SQLiteApplicationRecorder(self.datastore)
+        self.datastore: Any = SQLiteDatastore(str(path), pool_size=20, max_overflow=20)
+        self.recorder: Any = SQLiteApplicationRecorder(self.datastore)
         self.recorder.create_table()
-        transcoder = JSONTranscoder()
-        for transcoding in (UUIDAsHex(), DatetimeAsISO(), DecimalAsStr()):
-            transcoder.register(transcoding)
-        self.mapper: Mapper[uuid.UUID] = Mapper(transcoder=transcoder)
+        self.mapper = _mapper()
 
     def append(self, events: list[OrderPlaced]) -> None:
         """Domain events in: mapped to StoredEvents (JSON-encoded), then inserted in one transaction."""
@@ -143,6 +148,33 @@ class _Peer:
 
     def close(self) -> None:
         self.datastore.close()
+
+
+def _mapper() -> Mapper[uuid.UUID]:
+    transcoder = JSONTranscoder()
+    for transcoding in (UUIDAsHex(), DatetimeAsISO(), DecimalAsStr()):
+        transcoder.register(transcoding)
+    return Mapper(transcoder=transcoder)
+
+
+class _PostgresPeer(_Peer):
+    """eventsourcing's PostgreSQL application recorder on its own database, same Mapper and transcoder."""
+
+    def __init__(self, server: PostgresServer, url: str) -> None:
+        from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+
+        self.datastore = PostgresDatastore(
+            dbname=url.rsplit("/", 1)[1],
+            host="127.0.0.1",
+            port=server.port,
+            user="nexus",
+            password=server.password,
+            pool_size=16,
+            max_overflow=4,
+        )
+        self.recorder = PostgresApplicationRecorder(self.datastore)
+        self.recorder.create_table()
+        self.mapper = _mapper()
 
 
 class _CpuSplit:
@@ -214,8 +246,8 @@ async def _appends(ctx: Context, synchronous: str) -> dict[str, Any]:
     return rates
 
 
-async def _peer_appends(ctx: Context) -> dict[str, float]:
-    peer = _Peer(ctx.workdir / "peer-append.db")
+async def _peer_appends(ctx: Context, peer: _Peer | None = None, *, raw: bool = True) -> dict[str, float]:
+    peer = _Peer(ctx.workdir / "peer-append.db") if peer is None else peer
     rates: dict[str, float] = {}
     try:
         for batch in (1, 100, 1000):
@@ -236,7 +268,7 @@ async def _peer_appends(ctx: Context) -> dict[str, float]:
 
             rates[f"batch={batch}"] = await median_rate(work, ctx.repeats)
 
-            if batch == 1000:
+            if batch == 1000 and raw:
                 bodies_per_run = [[encode_event(e) for e in _events(total)] for _ in range(ctx.repeats)]
 
                 async def raw(total: int = total, runs: list[list[bytes]] = bodies_per_run) -> int:
@@ -312,6 +344,136 @@ async def _replay(ctx: Context, total: int) -> tuple[float, float, float]:
     finally:
         await log.close()
         peer.close()
+
+
+async def _postgres_appends(ctx: Context, url: str) -> dict[str, Any]:
+    """The SQLite workloads (one stream per batch; 16 concurrent single-event appenders) on PostgreSQL."""
+    rates: dict[str, Any] = {}
+    log = await PostgresEventLog.open(url)
+    streams = itertools.count()
+    try:
+        for batch in (1, 100, 1000):
+            total = ctx.scale({1: 3000, 100: 50_000, 1000: 200_000}[batch], {1: 300, 100: 5000, 1000: 20_000}[batch])
+            prepared = [_events(total) for _ in range(ctx.repeats)]
+
+            async def work(batch: int = batch, total: int = total, prepared: list[list[CloudEvent]] = prepared) -> int:
+                events = prepared.pop()
+                for start in range(0, total, batch):
+                    await log.append(f"order-{next(streams)}", events[start : start + batch])
+                return total
+
+            cpu = time.process_time()
+            rates[f"batch={batch}"] = await median_rate(work, ctx.repeats)
+            rates[f"cpu batch={batch}"] = (time.process_time() - cpu) * 1e6 / (total * ctx.repeats)
+
+        per_writer = ctx.scale(2000, 200)
+        prepared = [_events(16 * per_writer) for _ in range(ctx.repeats)]
+
+        async def concurrent() -> int:
+            events = prepared.pop()
+
+            async def writer(n: int) -> None:
+                stream = f"writer-{next(streams)}"
+                for event in events[n * per_writer : (n + 1) * per_writer]:
+                    await log.append(stream, [event])
+
+            await asyncio.gather(*(writer(n) for n in range(16)))
+            return 16 * per_writer
+
+        before = (log.transactions, log.appends)
+        cpu = time.process_time()
+        rates["concurrent"] = await median_rate(concurrent, ctx.repeats)
+        rates["cpu concurrent"] = (time.process_time() - cpu) * 1e6 / (16 * per_writer * ctx.repeats)
+        rates["group"] = (log.appends - before[1]) / max(1, log.transactions - before[0])
+    finally:
+        await log.close()
+    return rates
+
+
+async def _postgres_replay(ctx: Context, server: PostgresServer, total: int) -> tuple[float, float]:
+    """Replay rates on PostgreSQL: Nexus into CloudEvents, the peer into domain events."""
+    log = await PostgresEventLog.open(server.create_database())
+    peer = _PostgresPeer(server, server.create_database())
+    try:
+        template = _events(1000)
+        for start in range(0, total, 1000):
+            fresh = [
+                CloudEvent(**{**{f: getattr(e, f) for f in e.__struct_fields__}, "id": str(uuid.uuid4())})
+                for e in template
+            ]
+            await log.append(f"order-{start}", fresh)
+            await asyncio.to_thread(peer.append, _domain_events(fresh, _in_batches(len(fresh), len(fresh))))
+
+        async def ours() -> int:
+            count = 0
+            async for batch in log.iter_all(0, batch_size=5000):
+                count += len(batch)
+            assert count == total, count
+            return count
+
+        async def theirs() -> int:
+            return await asyncio.to_thread(peer.replay)
+
+        return await median_rate(ours, ctx.repeats), await median_rate(theirs, ctx.repeats)
+    finally:
+        await log.close()
+        peer.close()
+
+
+_PG_NOTE = "PostgreSQL on loopback, fsync on, one writer connection; about 400 bytes of event JSON"
+_PG_PEER_NOTE = "; peer: eventsourcing's PostgreSQL application recorder, DomainEvents through its Mapper"
+
+
+async def _postgres_rows(ctx: Context) -> list[Row]:
+    """The PostgreSQL rows, or one row saying why there are none."""
+    try:
+        server = await asyncio.to_thread(PostgresServer, durable=True)
+    except PostgresUnavailable as exc:
+        return [Row(SUITE, "PostgreSQL rows skipped", float("nan"), "", note=f"no PostgreSQL server: {exc}")]
+    try:
+        ours = await _postgres_appends(ctx, server.create_database())
+        peer = await _peer_appends(ctx, _PostgresPeer(server, server.create_database()), raw=False)
+        rows: list[Row] = []
+        for batch in (1, 100, 1000):
+            key = f"batch={batch}"
+            rows.append(
+                target_row(
+                    SUITE,
+                    f"postgres append {key}",
+                    ours[key],
+                    "events/s",
+                    peer=_peer(ours[key], peer[key]),
+                    note=f"{_PG_NOTE}; CPU of this process {ours['cpu ' + key]:.1f} µs per event{_PG_PEER_NOTE}",
+                )
+            )
+        rows.append(
+            target_row(
+                SUITE,
+                "postgres append 16 concurrent single-event appenders",
+                ours["concurrent"],
+                "events/s",
+                peer=_peer(ours["concurrent"], peer["concurrent"]),
+                note=(
+                    f"group commit: {ours['group']:.1f} appends per transaction; CPU of this process "
+                    f"{ours['cpu concurrent']:.1f} µs per event{_PG_PEER_NOTE} (16 threads, pool of 16)"
+                ),
+            )
+        )
+        total = ctx.scale(200_000, 20_000)
+        ours_replay, peer_replay = await _postgres_replay(ctx, server, total)
+        rows.append(
+            target_row(
+                SUITE,
+                f"postgres replay iter_all from 0 over {total:,} events into envelopes",
+                ours_replay,
+                "events/s",
+                peer=_peer(ours_replay, peer_replay),
+                note="CloudEvent objects out; peer: select_notifications pages mapped into domain events",
+            )
+        )
+        return rows
+    finally:
+        await asyncio.to_thread(server.stop)
 
 
 async def run(ctx: Context) -> list[Row]:
@@ -398,4 +560,5 @@ async def run(ctx: Context) -> list[Row]:
         )
     )
     rows.append(target_row(SUITE, "replay, ratio to eventsourcing", ours_replay / peer_replay, "x", at_least=7))
+    rows += await _postgres_rows(ctx)
     return rows

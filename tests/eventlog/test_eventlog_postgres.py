@@ -285,6 +285,27 @@ async def test_a_retry_queued_beside_its_original_is_answered_with_the_same_reco
         assert await log.head() == 3
 
 
+async def test_iter_all_joins_pages_into_batches_and_filters_types(database: str) -> None:
+    # iter_all fetches pages of _REPLAY_PAGE events one ahead of decoding; batches still hold
+    # exactly batch_size events (the last one the rest), in position order.
+    async with opened(database) as log:
+        stored = []
+        for i in range(3):
+            stored += await log.append(f"s{i}", [*evs(1700), *evs(300, "nexus.test.other")])
+        assert postgres_module._REPLAY_PAGE < 5000 < len(stored)
+        batches = [batch async for batch in log.iter_all(0, batch_size=5000)]
+        assert [len(b) for b in batches] == [5000, 1000]
+        assert [e for b in batches for e in b] == stored
+        others = [batch async for batch in log.iter_all(2, types=["nexus.test.other"], batch_size=500)]
+        assert [len(b) for b in others] == [500, 400]
+        assert [e for b in others for e in b] == [e for e in stored if e.type == "nexus.test.other"]
+        # A consumer that stops after the first batch leaves the log usable.
+        async for first in log.iter_all(0, batch_size=10):
+            assert first == stored[:10]
+            break
+        assert len(await log.read_all(5990)) == 11
+
+
 # ---- reopening, two logs, the schema ------------------------------------------------------
 
 

