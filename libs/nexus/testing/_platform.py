@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nexus.auth import issue_key
 from nexus.bus.embedded import load_credentials
-from nexus.cli.commands.demo import _stop, _tail, _wait_ready, demo_environment, free_ports
+from nexus.cli.commands.demo import demo_environment, free_ports, stop_platform, tail_file, wait_ready
 from nexus.config import PlatformSettings
 from nexus.eventlog import open_event_log
 from nexus.runtime import SERVICES
@@ -92,7 +92,7 @@ class RunningPlatform:
 
     def output_tail(self, lines: int = 40) -> str:
         """The last lines the platform wrote (for an assertion's message)."""
-        return _tail(self.output, lines)
+        return tail_file(self.output, lines)
 
 
 @contextlib.asynccontextmanager
@@ -133,12 +133,12 @@ async def running_platform(
                 sys.executable, "-m", "nexus.cli.main", "up", env=environment, stdout=sink, stderr=sink
             )
         try:
-            await _wait_ready(process, {name: f"http://127.0.0.1:{ports[name]}" for name in SERVICES}, ready_timeout)
+            await wait_ready(process, {name: f"http://127.0.0.1:{ports[name]}" for name in SERVICES}, ready_timeout)
         except Exception as exc:
-            raise PlatformError(f"{exc}; its last lines:\n{_tail(output)}") from None
+            raise PlatformError(f"{exc}; its last lines:\n{tail_file(output)}") from None
         yield RunningPlatform(process, data_dir, environment, ports, output)
     finally:
         if process is not None:
-            await _stop(process)
+            await stop_platform(process)
         if own_directory:
             shutil.rmtree(data_dir, ignore_errors=True)

@@ -152,7 +152,7 @@ async def run_demo(out: TextIO, *, ready_timeout: float = 45.0) -> int:
                 sys.executable, "-m", "nexus.cli.main", "up", env=env, stdout=output, stderr=output
             )
         urls = {name: f"http://127.0.0.1:{ports[name]}" for name in SERVICES}
-        await _wait_ready(platform, urls, ready_timeout)
+        await wait_ready(platform, urls, ready_timeout)
         say.line(f"ready in {time.monotonic() - started:.1f} s")
         for name, url in urls.items():
             say.line(f"{name:<11} {url}")
@@ -172,13 +172,13 @@ async def run_demo(out: TextIO, *, ready_timeout: float = 45.0) -> int:
     except (DemoError, CommandError, JobApiError, KamApiError) as exc:
         message = exc.message if isinstance(exc, CommandError) else str(exc)
         print(f"\nnexus demo: {message}", file=sys.stderr, flush=True)
-        tail = _tail(output_path)
+        tail = tail_file(output_path)
         if tail:
             print("last lines of the platform's output:\n" + tail, file=sys.stderr, flush=True)
     finally:
         say.title("Stopping the platform and removing the temporary directory")
         if platform is not None:
-            await _stop(platform)
+            await stop_platform(platform)
         shutil.rmtree(data_dir, ignore_errors=True)
         removed = not await asyncio.to_thread(data_dir.exists)
         say.line("done" if removed else f"could not remove {data_dir}")
@@ -186,7 +186,7 @@ async def run_demo(out: TextIO, *, ready_timeout: float = 45.0) -> int:
     return status
 
 
-async def _wait_ready(platform: asyncio.subprocess.Process, urls: dict[str, str], within: float) -> None:
+async def wait_ready(platform: asyncio.subprocess.Process, urls: dict[str, str], within: float) -> None:
     deadline = time.monotonic() + within
     pending = dict(urls)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
@@ -360,7 +360,7 @@ class _Indented:
         return None
 
 
-async def _stop(platform: asyncio.subprocess.Process) -> None:
+async def stop_platform(platform: asyncio.subprocess.Process) -> None:
     if platform.returncode is None:
         # Ctrl-C, as a user stops `nexus up`: it stops the services and NATS it started.
         with contextlib.suppress(ProcessLookupError):
@@ -373,7 +373,7 @@ async def _stop(platform: asyncio.subprocess.Process) -> None:
             await platform.wait()
 
 
-def _tail(path: Path, lines: int = 25) -> str:
+def tail_file(path: Path, lines: int = 25) -> str:
     try:
         text = path.read_text(errors="replace")
     except OSError:
