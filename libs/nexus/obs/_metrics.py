@@ -97,7 +97,9 @@ class FoldMetrics(Collector, Generic[S]):
     over replicas. Several states tracked in one process (replicas side by side in a test) report
     the largest value per label set: each folds the same log, the furthest along is the truth.
 
-    Register it once per process (``REGISTRY.register``) and ``track`` each state while it serves.
+    Register it once per process (``fold_metrics``) and ``track`` each state while it serves. The
+    reads run where the scrape is rendered: the ``/metrics`` route, on the event loop's thread, so
+    a fold never changes under them; keep each read proportional to what it reports.
     """
 
     def __init__(self, *metrics: FoldMetric[S]) -> None:
