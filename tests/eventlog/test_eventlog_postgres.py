@@ -173,6 +173,29 @@ async def test_two_logs_appending_at_once_commit_in_position_order(
         assert await reader.read_all() == [slow_event, fast_event]
 
 
+async def test_an_append_behind_a_stuck_transaction_fails_in_bounded_time(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_module, "_LOCK_TIMEOUT_S", 1)
+    async with opened(database) as log:
+        await log.append("s", evs(1))
+        async with await psycopg.AsyncConnection.connect(database) as stuck:
+            # Another process took the head and stopped there.
+            await stuck.execute("SELECT position FROM eventlog_head FOR UPDATE")
+            started = asyncio.get_running_loop().time()
+            results = await asyncio.gather(log.append("s", evs(1)), log.append("t", evs(1)), return_exceptions=True)
+            waited = asyncio.get_running_loop().time() - started
+            # Both fail together (not tried again one by one, which would wait twice), and say
+            # that a retry with the same ids is safe.
+            assert all(isinstance(r, EventLogUnavailableError) for r in results), results
+            assert "retry with the same event ids" in str(results[0])
+            assert waited < 5
+            await stuck.rollback()
+        # The log carries on once the head is free.
+        [after] = await log.append("s", evs(1), 1)
+        assert (after.position, after.streamversion) == (2, 2)
+
+
 # ---- LISTEN/NOTIFY --------------------------------------------------------------------------
 
 

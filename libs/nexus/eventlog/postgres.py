@@ -157,6 +157,10 @@ _SCAN_WINDOW: Final = 50_000
 _NOTIFY_TYPES_BYTES: Final = 7000
 """A notification names the committed types up to this size (PostgreSQL's payload limit is
 8000 bytes); a commit of more types notifies without them, which wakes every subscriber."""
+_LOCK_TIMEOUT_S: Final = 30
+"""How long an append waits for the head's lock before failing as unavailable."""
+_IDLE_IN_TRANSACTION_S: Final = 60
+"""The server ends a writing session idle this long inside a transaction (a stopped process)."""
 _DEFAULT_POOL_SIZE: Final = 4
 _CONNECT_TIMEOUT_S: Final = 10
 _RECONNECT_MAX_S: Final = 5.0
@@ -356,6 +360,7 @@ class PostgresEventLog(EventLog):
                 writer = await psycopg.AsyncConnection.connect(options.conninfo)
                 opened.append(writer)
                 await _create_schema(writer, options.shown)
+                await _writer_session(writer)
                 listener = await psycopg.AsyncConnection.connect(options.conninfo, autocommit=True)
                 opened.append(listener)
                 # Listening before open() returns: no commit after it goes unnoticed.
@@ -439,8 +444,8 @@ class PostgresEventLog(EventLog):
         try:
             done = await self._transaction(group)
         except _Refused as refused:
-            if len(group) == 1:
-                _settle([(group[0], None, refused.error)])
+            if len(group) == 1 or not refused.split:
+                _settle([(request, None, refused.error) for request in group])
                 return
             for request in group:
                 await self._commit([request])
@@ -503,13 +508,16 @@ class PostgresEventLog(EventLog):
         except psycopg.Error as exc:
             await self._abandon()
             if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                # The connection, a lock wait or the server failed, not one append's data: the
+                # whole group fails, without being tried again one by one.
                 raise _Refused(
                     EventLogUnavailableError(
                         "the PostgreSQL event log failed during an append; if it was committed, a retry with the "
                         f"same event ids returns it: {_no_secret(exc, self.options.password)}"
-                    )
+                    ),
+                    split=False,
                 ) from None
-            raise _Refused(EventLogUnavailableError(f"PostgreSQL refused the append: {exc}")) from None
+            raise _Refused(EventLogUnavailableError(f"PostgreSQL refused the append: {exc}"), split=True) from None
         except BaseException:
             await self._abandon()
             raise
@@ -600,6 +608,7 @@ class PostgresEventLog(EventLog):
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._writer_con is None or self._writer_con.closed:
             self._writer_con = await psycopg.AsyncConnection.connect(self.options.conninfo)
+            await _writer_session(self._writer_con)
         return self._writer_con
 
     async def _abandon(self) -> None:
@@ -850,9 +859,11 @@ class PostgresEventLog(EventLog):
 class _Refused(Exception):
     """A write transaction failed as a whole; ``error`` is what its appends are told."""
 
-    def __init__(self, error: EventLogError) -> None:
+    def __init__(self, error: EventLogError, *, split: bool) -> None:
         super().__init__(str(error))
         self.error = error
+        self.split = split
+        """Whether one of the appends may be the cause: then each is committed again alone."""
 
 
 async def _scan_types(log: PostgresEventLog, types: list[str], position: int) -> tuple[list[CloudEvent], int, bool]:
@@ -894,8 +905,23 @@ async def _create_schema(con: psycopg.AsyncConnection[Any], shown: str) -> None:
             raise EventLogUnavailableError(
                 f"{shown} has event log schema version {found}; this Nexus reads up to {SCHEMA_VERSION}"
             )
-    # Writes run at READ COMMITTED whatever the server's default: the ordering argument needs it.
+
+
+async def _writer_session(con: psycopg.AsyncConnection[Any]) -> None:
+    """Set up the writing connection's session.
+
+    READ COMMITTED whatever the server's default: the ordering argument (module docstring)
+    needs each statement to see the commits that came before its lock. A bounded wait for the
+    head's lock, so an append fails (EventLogUnavailableError) rather than hangs behind
+    another process's stuck transaction, and a bound on our own time idle inside a
+    transaction, so a stopped process does not hold the head for everyone.
+    """
     await con.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
+    await con.execute(
+        "SELECT set_config('lock_timeout', %s, false), set_config('idle_in_transaction_session_timeout', %s, false)",
+        [f"{_LOCK_TIMEOUT_S}s", f"{_IDLE_IN_TRANSACTION_S}s"],
+    )
+    await con.commit()
 
 
 def _resolve_waiter(waiter: asyncio.Future[None]) -> None:
