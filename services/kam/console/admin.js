@@ -53,7 +53,7 @@ function select(name, options, value, { any = "Any" } = {}) {
 
 /** A live-update indicator that follows a `follow()` handle's state. */
 function liveState() {
-  const element = h("span", { class: "live-state", role: "status" }, "Live updates: connecting…");
+  const element = h("p", { class: "live-state a-live", role: "status" }, "Live updates: connecting…");
   const words = { connecting: "connecting…", open: "on", reconnecting: "reconnecting…", closed: "off" };
   return { element, set: (state) => (element.textContent = `Live updates: ${words[state] || state}`) };
 }
