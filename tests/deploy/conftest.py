@@ -77,3 +77,12 @@ def promtool() -> str:
             f"apt-get install --no-install-recommends {PACKAGE})"
         )
     return found
+
+
+@pytest.fixture(scope="session")
+def prometheus_server(promtool: str) -> str:
+    """The path of the Prometheus server of the same package (run by a test, on a free port)."""
+    found = shutil.which("prometheus") or str(Path(promtool).with_name("prometheus"))
+    if not Path(found).exists():
+        pytest.skip(f"the {PACKAGE} package's server binary is missing beside {promtool}")
+    return found

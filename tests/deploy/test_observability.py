@@ -2,7 +2,9 @@
 
 Checked by Prometheus's own tool (``promtool check rules``, ``promtool check config``, ``promtool
 test rules``) and against a running platform: every metric name a dashboard panel, an alert rule
-or a rule's unit test names is one that ``nexus up``'s processes export on ``/metrics``.
+or a rule's unit test names is one that ``nexus up``'s processes export on ``/metrics``; then
+Debian's Prometheus server scrapes those processes with the rules loaded, answers every panel's
+query without error (the key panels with data), and raises no alert on the healthy platform.
 
 How metric names are found in PromQL: ``metric_names`` is a small tokenizer. It drops string
 literals (label values such as ``"5.."`` are not names), the insides of label matchers ``{…}``
@@ -383,6 +385,115 @@ async def _traffic(up: Any) -> None:
             assert r.status == 201, await r.text()
 
 
+# Panels that must show data on a platform that ran a workflow (others may rightly be empty:
+# no 5xx, nothing queued, no retry, no cost: the traffic runs no KAM request).
+MUST_SHOW = {
+    ("nexus-overview.json", "Replicas up"),
+    ("nexus-overview.json", "Dead letters waiting (NEXUS_DLQ)"),
+    ("nexus-overview.json", "Events appended, relayed and consumed per second"),
+    ("nexus-overview.json", "Consumer lag per durable"),
+    ("nexus-overview.json", "DLQ size"),
+    ("nexus-overview.json", "Stream sizes"),
+    ("nexus-overview.json", "Relay lease and health"),
+    ("nexus-workflows.json", "Executions by status"),
+    ("nexus-workflows.json", "Executions ended by outcome"),
+    ("nexus-workflows.json", "Oldest queued execution"),
+    ("nexus-workflows.json", "Step latency p95 by service"),
+    ("nexus-workflows.json", "Step attempts by service and outcome"),
+    ("nexus-http.json", "Requests per second by route"),
+    ("nexus-http.json", "Latency p95 by route"),
+    ("nexus-http.json", "Client errors (4xx) by route"),
+    ("nexus-granulator.json", "Handshakes by outcome"),
+    ("nexus-granulator.json", "Jobs in progress and capacity"),
+    ("nexus-kam.json", "Requests by state"),
+    ("nexus-kam.json", "KAM requests per second by route"),
+}
+
+
+async def _prometheus_answers_every_panel_and_raises_no_alert(
+    binary: str, urls: dict[str, str], tmp_path: Path
+) -> None:
+    """Run Debian's Prometheus on a free loopback port against the platform's processes.
+
+    The scrape configuration is deploy/prometheus/prometheus.yml's with static targets in place
+    of DNS discovery (the same job names and ``service`` labels) and a 1 s interval; the rules are
+    deploy/'s. Every dashboard query must evaluate without error (promtool only parses: a query can
+    still fail when evaluated, on duplicate series or a many-to-many match), those of ``MUST_SHOW``
+    must return series, and on this healthy platform no alert may be firing or even pending. The
+    server is killed (by its process id) before the function returns, failed or not.
+    """
+    from processes import free_port
+
+    jobs: dict[str, list[dict[str, Any]]] = {"nexus": [], "nexus-relay": []}
+    for name, url in urls.items():
+        target = {"targets": [url.removeprefix("http://")], "labels": {"service": name}}
+        jobs["nexus-relay" if name == "relay" else "nexus"].append(target)
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [{"job_name": job, "static_configs": targets} for job, targets in jobs.items()],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "prometheus.log"
+    with log.open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            stdout=output,
+            stderr=output,
+        )
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def query(expr: str) -> dict[str, Any]:
+                async with http.get(base + "/api/v1/query", params={"query": expr}) as response:
+                    return dict(await response.json())
+
+            async def until(what: str, predicate: Any) -> None:
+                for _ in range(150):
+                    try:
+                        if await predicate():
+                            return
+                    except aiohttp.ClientConnectionError:
+                        pass
+                    await asyncio.sleep(0.2)
+                tail = log.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"Prometheus: {what} did not happen within 30 s; its log ends:\n{tail}")
+
+            async def every_target_up() -> bool:
+                result = (await query('up{job=~"nexus|nexus-relay"} == 1'))["data"]["result"]
+                return {r["metric"]["service"] for r in result} == set(urls)
+
+            await until("every process scraped", every_target_up)
+            # A few more scrapes, so that rate() has samples to work on and the rules ran.
+            await asyncio.sleep(4)
+            failures = []
+            for name, title, expr in dashboard_expressions():
+                for variable, value in _GRAFANA_VARIABLES.items():
+                    expr = expr.replace(variable, value)
+                answer = await query(expr)
+                if answer["status"] != "success":
+                    failures.append(f"{name}: {title}: {expr}: {answer.get('error')}")
+                elif (name, title) in MUST_SHOW and not answer["data"]["result"]:
+                    failures.append(f"{name}: {title}: {expr}: no series")
+            assert not failures, "\n".join(failures)
+            async with http.get(base + "/api/v1/rules") as response:
+                groups = (await response.json())["data"]["groups"]
+            rules = [rule for group in groups for rule in group["rules"]]
+            assert {rule["name"] for rule in rules} == set(ALERT_NAMES)
+            for rule in rules:
+                assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
+                assert rule["state"] == "inactive", f"{rule['name']} is {rule['state']} on a healthy platform"
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
 async def _scrape(url: str) -> str:
     async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as response:
         assert response.status == 200, f"{url}/metrics answered {response.status}"
@@ -391,7 +502,9 @@ async def _scrape(url: str) -> str:
 
 @pytest.mark.nats
 @pytest.mark.slow
-async def test_every_series_a_dashboard_or_an_alert_names_is_exported_by_a_running_platform(tmp_path: Path) -> None:
+async def test_a_running_platform_exports_every_series_named_and_prometheus_answers_every_panel(
+    tmp_path: Path, prometheus_server: str
+) -> None:
     from platform_process import running_platform
 
     async with running_platform(tmp_path) as up:
@@ -414,6 +527,8 @@ async def test_every_series_a_dashboard_or_an_alert_names_is_exported_by_a_runni
             await asyncio.sleep(0.2)
         for page in pages.values():
             exported |= exported_names(page)
+        # Prometheus itself scrapes the platform, evaluates the rules and answers every panel.
+        await _prometheus_answers_every_panel_and_raises_no_alert(prometheus_server, urls, tmp_path)
 
     used = dashboard_metric_names()
     for metric, places in rule_metric_names().items():
