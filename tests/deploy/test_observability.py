@@ -274,6 +274,8 @@ def test_every_dashboard_is_valid_json_with_well_formed_panels() -> None:
         assert dashboard["title"].startswith("Nexus") and dashboard["schemaVersion"] >= 36
         used: set[str] = set()
         ids = set()
+        titles = [panel["title"] for panel in _panels(dashboard["panels"]) if panel["type"] != "row"]
+        assert len(titles) == len(set(titles)), f"{path.name}: two panels with one title"
         for panel in _panels(dashboard["panels"]):
             assert panel["id"] not in ids, f"{path.name}: panel id {panel['id']} twice"
             ids.add(panel["id"])
@@ -339,6 +341,31 @@ def exported_names(text: str) -> set[str]:
         names |= {family.name + suffix for suffix in suffixes[family.type]}
         names |= {sample.name for sample in family.samples}
     return names
+
+
+def test_exported_names_count_declared_families_with_their_series() -> None:
+    page = "\n".join(
+        [
+            "# HELP a_total A counter with no child yet.",
+            "# TYPE a_total counter",
+            "# HELP h_seconds A histogram with no child yet.",
+            "# TYPE h_seconds histogram",
+            "# HELP g A gauge.",
+            "# TYPE g gauge",
+            'g{stream="x"} 1.0',
+            "",
+        ]
+    )
+    assert exported_names(page) == {
+        "a_total",
+        "a_created",
+        "h_seconds_bucket",
+        "h_seconds_sum",
+        "h_seconds_count",
+        "h_seconds_created",
+        "g",
+    }
+    assert sampled_names(page) == {"g"}
 
 
 def sampled_names(text: str) -> set[str]:
