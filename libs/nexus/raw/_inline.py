@@ -22,13 +22,18 @@ from nexus.fs import create_private_file
 _BUSY_MS = 10_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
-    key TEXT PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
     data BLOB NOT NULL,
     sha256 TEXT NOT NULL,
     content_type TEXT NOT NULL,
     created REAL NOT NULL
-) WITHOUT ROWID
+)
 """
+"""A rowid table with an index on the key, not a table keyed by it (WITHOUT ROWID): a blob of a
+few KiB fits in a rowid table's page, where a WITHOUT ROWID row that long spills into an
+overflow page of its own; new rows go at the end of the table, and only the small index entries
+land at random places."""
+_PAGE_SIZE = 8192
 
 _ROWS_PER_STATEMENT = 500
 """Rows per INSERT (5 parameters each: SQLite allows 32,766 per statement since 3.32)."""
@@ -78,6 +83,7 @@ class InlineBlobs:
         if self._writer is None:
             create_private_file(self.path)  # 0600, and SQLite's -wal and -shm files take its mode
             con = self._connect()
+            con.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # a new database only; then fixed by WAL
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'OFF'}")
             con.execute(_SCHEMA)
