@@ -78,13 +78,17 @@ class ServiceSettings:
 def service_urls(env: Mapping[str, str], host: str = "127.0.0.1") -> dict[str, str]:
     """The base URL of every service an ``api_call`` step may name.
 
-    The four platform services at their ``NEXUS_<NAME>_PORT``; ``core`` (seed 004's content
-    service) is the granulator unless ``NEXUS_SERVICE_CORE`` names another; every
-    ``NEXUS_SERVICE_<NAME>=URL`` adds (or overrides) ``<name>``.
+    The four platform services at ``NEXUS_<NAME>_URL`` when it is set (where the service runs on
+    another host: a Kubernetes Service, a compose service), else on this host at their
+    ``NEXUS_<NAME>_PORT``; either way they stay the platform's own services (steps calling them
+    carry a delegated token). ``core`` (seed 004's content service) is the granulator unless
+    ``NEXUS_SERVICE_CORE`` names another; every ``NEXUS_SERVICE_<NAME>=URL`` adds (or overrides)
+    ``<name>`` as an external service.
     """
     target = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     urls = {
-        name: f"http://{target}:{port_from_env(env, port_variable(name), default)}"
+        name: _base_url(env, f"NEXUS_{name.upper()}_URL")
+        or f"http://{target}:{port_from_env(env, port_variable(name), default)}"
         for name, default in DEFAULT_PORTS.items()
     }
     urls["core"] = urls["granulator"]
@@ -95,3 +99,13 @@ def service_urls(env: Mapping[str, str], host: str = "127.0.0.1") -> dict[str, s
                 raise ConfigError(f"{key}={value!r} must be an http:// or https:// base URL")
             urls[name] = value.rstrip("/")
     return urls
+
+
+def _base_url(env: Mapping[str, str], variable: str) -> str | None:
+    """``env[variable]`` as a base URL without its trailing slash, or None when unset or empty."""
+    value = (env.get(variable) or "").strip()
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{variable}={value!r} must be an http:// or https:// base URL")
+    return value.rstrip("/")
