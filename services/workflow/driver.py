@@ -5,6 +5,16 @@ The driver decides with ``handlers.next_action`` (pure) and records every transi
 saw, so a replica that lost the execution stops at its next append). An attempt's work is the
 step type's (``steps/``); the driver records its outcome (``step.completed``,
 ``step.retrying`` with the due time, ``step.failed``) batched with the next step's start.
+
+Tracing: an execution is one trace. ``execution.queued`` records the ``traceparent`` of what
+started it (a request, a command, a triggering event); every driver of the execution, in any
+replica and after any restart, works inside that context, so its appends are spans of the
+trace. Each attempt is a span (``step <id>`` or ``compensate <id>``; attributes: workflow, step,
+attempt, service called, outcome) whose context the step sends on (``traceparent`` header of the
+HTTP call or the task command), so the callee's span is its child. A scheduled retry is an event
+of the attempt's span, a back-off wait a ``sleep`` span, a take-over and the start of
+compensation spans of their own. No span outlives one driver's work: a span open when the
+process dies is never exported, and nothing that outlives it hangs from it.
 """
 
 from __future__ import annotations
@@ -17,8 +27,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 
 from nexus.eventlog import ConcurrencyError, EventTooLargeError
+from nexus.obs import current_traceparent, parent_context
 from nexus.proto import CloudEvent, RandomPool, new_event
 from nexus.proto.events import workflow as ev
 from nexus.services.workflow import metrics
@@ -47,7 +61,7 @@ from nexus.services.workflow.handlers import (
     time_after,
     with_changes,
 )
-from nexus.services.workflow.steps import StepInput, step_type, traceparent_for
+from nexus.services.workflow.steps import StepInput, StepType, step_type, traceparent_for
 
 if TYPE_CHECKING:
     from nexus.services.workflow.engine import WorkflowEngine
@@ -58,6 +72,13 @@ logger = logging.getLogger("nexus.workflow.engine")
 
 SOURCE = "nexus/workflow"
 _T = "nexus.workflow."
+
+_tracer = trace.get_tracer("nexus.workflow")
+
+
+def _mark(name: str, attributes: dict[str, Any]) -> None:
+    """A span of no duration in the current trace: something the driver decided (a take-over, compensation)."""
+    _tracer.start_span(name, attributes=attributes).end()
 
 
 def _now() -> datetime:
@@ -112,10 +133,15 @@ class Driver:
         """Set on a cancel request (by the scheduler): a sleep or a wait ends early and re-decides."""
         self.workflow: WorkflowDefinition | None = None
         self.traceparent = traceparent_for(state.execution_id, engine.ids.hex)
+        """Sent by steps when no tracer is installed (the execution's calls still share one trace id)."""
+        self.origin = parent_context(state.traceparent)
+        """The context of what started the execution, restored for all the driver does."""
         self.ready_at = time.perf_counter()
 
     async def drive(self, takeover: bool) -> None:
         """Run the execution until it is final, waits elsewhere, or is lost; never raises but on cancel."""
+        # The trace of what started the execution, whatever task or process drives it now.
+        token = otel_context.attach(self.origin) if self.origin is not None else None
         try:
             await self.run(takeover)
         except AlreadyExists:
@@ -137,6 +163,8 @@ class Driver:
             first = self.first_append
             if first is not None and not first.done():
                 first.cancel()
+            if token is not None:
+                otel_context.detach(token)
 
     def stage(self, kind: str, struct: type[msgspec.Struct], **data: Any) -> None:
         event = execution_event(self.engine.ids, self.state, kind, struct, **data)
@@ -230,6 +258,16 @@ class Driver:
             # act; so is a limited workflow's start, so the dispatcher counts it before the next pick.
             await self.flush()
             engine.stats.takeovers += 1
+            if takeover:
+                _mark(
+                    "takeover",
+                    {
+                        "nexus.execution.id": self.execution_id,
+                        "nexus.workflow.id": state.workflow_id,
+                        "nexus.workflow.previous_owner": state.owner or "",
+                        "nexus.workflow.owner": engine.replica_id,
+                    },
+                )
         else:
             engine.stats.claimed += 1
         self.ready_at = time.perf_counter()
@@ -316,6 +354,40 @@ class Driver:
             )
         await self.flush()
         self.engine.stats.attempts += 1
+        # Opened after step.started is durable, so a process killed during the attempt loses
+        # only this span, never a parent that an exported span (that append's) points to.
+        with _tracer.start_as_current_span(
+            f"{'compensate' if action.compensation else 'step'} {step.id}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "nexus.execution.id": self.execution_id,
+                "nexus.workflow.id": self.state.workflow_id,
+                "nexus.workflow.step": step.id,
+                "nexus.workflow.step_type": acting.type,
+                "nexus.workflow.attempt": action.attempt,
+                "nexus.workflow.service": acting.service or "",
+                "nexus.workflow.compensation": action.compensation,
+                "nexus.workflow.resumed": isinstance(action, Resume),
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            result = await self._attempt(step, action, acting, runner, request, key, context)
+            span.set_attribute("nexus.workflow.outcome", result)
+            if result in ("failed", "retrying"):
+                span.set_status(StatusCode.ERROR)
+
+    async def _attempt(
+        self,
+        step: StepDefinition,
+        action: Attempting,
+        acting: StepDefinition | CompensationDefinition,
+        runner: StepType,
+        request: Any,
+        key: str,
+        context: dict[str, Any],
+    ) -> str:
+        """Run one attempt inside its span; its outcome (completed, retrying, failed, interrupted)."""
         began = time.perf_counter()
         outcome = await runner.run(
             StepInput(
@@ -327,14 +399,14 @@ class Driver:
                 idempotency_key=key,
                 context=context,
                 execution=self.state,
-                traceparent=self.traceparent,
+                traceparent=current_traceparent() or self.traceparent,
                 wake=self.wake,
                 runtime=self.engine,
             )
         )
         if outcome.interrupted:
             await self.adopt_latest()
-            return
+            return "interrupted"
         if outcome.sent_at:
             self.engine.stats.record_dispatch((outcome.sent_at - self.ready_at) * 1000)
         duration = (time.perf_counter() - began) * 1000
@@ -346,8 +418,7 @@ class Driver:
                 try:
                     result = step.output_map.evaluate(result)
                 except Exception as exc:
-                    self.fail_attempt(step, action, f"output_map cannot be evaluated: {exc}", retryable=False)
-                    return
+                    return self.fail_attempt(step, action, f"output_map cannot be evaluated: {exc}", retryable=False)
             self.stage(
                 "step.completed",
                 ev.StepCompleted,
@@ -357,25 +428,33 @@ class Driver:
                 duration_ms=round(duration, 3),
                 compensation=action.compensation,
             )
-            return
-        self.fail_attempt(step, action, outcome.error, retryable=outcome.retryable)
+            return "completed"
+        return self.fail_attempt(step, action, outcome.error, retryable=outcome.retryable)
 
-    def fail_attempt(self, step: StepDefinition, action: Attempting, error: str, *, retryable: bool) -> None:
+    def fail_attempt(self, step: StepDefinition, action: Attempting, error: str, *, retryable: bool) -> str:
+        """Stage the attempt's failure: ``retrying`` (with its due time) or ``failed``; which one it was."""
         policy = step.compensation.retry if action.compensation and step.compensation else step.retry
+        span = trace.get_current_span()
         if retryable and action.attempt < policy.max_attempts:
             delay = policy.delay_ms(action.attempt, self.engine.random.random()) / 1000
+            retry_at = time_after(_now(), delay)
+            span.add_event(
+                "retry scheduled",
+                {"nexus.workflow.retry_at": retry_at, "nexus.workflow.delay_seconds": delay, "error": error[:500]},
+            )
             self.stage(
                 "step.retrying",
                 ev.StepRetrying,
                 step_id=step.id,
                 attempt=action.attempt,
                 error=error,
-                retry_at=time_after(_now(), delay),
+                retry_at=retry_at,
                 compensation=action.compensation,
             )
-            return
+            return "retrying"
         if retryable:
             error = f"{error} (gave up after {action.attempt} attempts)"
+        span.add_event("step failed", {"error": error[:500]})
         self.stage(
             "step.failed",
             ev.StepFailed,
@@ -385,6 +464,7 @@ class Driver:
             on_failure="fail" if action.compensation else step.on_failure,
             compensation=action.compensation,
         )
+        return "failed"
 
     # -- waits and ends -----------------------------------------------------------------------
 
@@ -397,7 +477,18 @@ class Driver:
         remaining = (until - _now()).total_seconds()
         if remaining > 0:
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
+            # The back-off wait (or the wait for a deadline) as a span of the execution's trace.
+            with (
+                _tracer.start_as_current_span(
+                    "sleep",
+                    attributes={
+                        "nexus.execution.id": self.execution_id,
+                        "nexus.workflow.until": until.isoformat(),
+                        "nexus.workflow.seconds": round(remaining, 3),
+                    },
+                ),
+                contextlib.suppress(TimeoutError),
+            ):
                 async with asyncio.timeout(remaining):
                     await self.wake.wait()
         await self.adopt_latest()
@@ -416,6 +507,16 @@ class Driver:
         error = state.error or ""
         if action.reason == "timed_out":
             error = error or f"execution passed its deadline {state.deadline}"
+        _mark(
+            "compensation",
+            {
+                "nexus.execution.id": self.execution_id,
+                "nexus.workflow.id": state.workflow_id,
+                "nexus.workflow.reason": action.reason,
+                "nexus.workflow.steps": list(action.plan),
+                "error": error[:500],
+            },
+        )
         if not action.plan:
             self.end(action.reason, error)
             return

@@ -65,7 +65,7 @@ import aiohttp
 
 from nexus.bus import Bus
 from nexus.eventlog import ConcurrencyError, EventLog
-from nexus.obs import current_correlation_id
+from nexus.obs import current_correlation_id, current_traceparent
 from nexus.proto import PLATFORM_TENANT, CloudEvent, RandomPool, new_event
 from nexus.proto.events import workflow as ev
 from nexus.services.workflow import metrics
@@ -330,6 +330,10 @@ class WorkflowEngine:
             # A start inside a caller's correlation (nexus.obs.correlation) joins it.
             correlationid=correlation_id or current_correlation_id() or execution_id,
             causationid=causation_id,
+            # The request, command or triggering event that starts it: every step, retry and
+            # compensation of the execution, in any replica and after a restart, is a span of
+            # this trace (the driver restores it from this event).
+            traceparent=current_traceparent(),
             tenant=tenant,
         )
         if self.scheduler.has_free_slot_now(workflow, execution_id):

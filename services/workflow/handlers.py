@@ -105,6 +105,9 @@ class ExecutionState:
     idempotency_key: str | None = None
     trigger: dict[str, Any] | None = None
     correlation_id: str | None = None
+    traceparent: str | None = None
+    """The trace of what started the execution (``execution.queued``'s envelope): every driver
+    of it, in any replica and after any restart, continues that trace."""
     tenant: str = PLATFORM_TENANT
     """The client that owns the execution."""
     workflow_tenant: str = PLATFORM_TENANT
@@ -239,6 +242,7 @@ def apply(state: ExecutionState | None, event: CloudEvent) -> ExecutionState:
             "tenant": data.get("tenant") or PLATFORM_TENANT,
             "workflow_tenant": data.get("workflow_tenant") or PLATFORM_TENANT,
             "correlation_id": event.correlationid,
+            "traceparent": event.traceparent,
             "created_at": event.time,
             "status": "QUEUED",
             "max_retries": data.get("max_retries"),

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 from prometheus_client import Counter, Histogram
 
-from nexus.obs import FoldMetric, counts, fold_metrics
+from nexus.obs import FoldMetric, counts, exemplar, fold_metrics
 from nexus.proto import CloudEvent
 from nexus.services.workflow.context import STATUSES
 from nexus.services.workflow.definitions import WorkflowDefinition
@@ -61,7 +61,8 @@ _RETRYING = "nexus.workflow.step.retrying"
 
 def observe_step(service: str, step_type: str, ok: bool, seconds: float) -> None:
     """Count one step attempt that ran to an outcome (an interrupted one is not counted)."""
-    STEP_DURATION.labels(service or "none", step_type, "ok" if ok else "error").observe(seconds)
+    # Observed inside the attempt's span: the exemplar points at its trace.
+    STEP_DURATION.labels(service or "none", step_type, "ok" if ok else "error").observe(seconds, exemplar())
 
 
 def count_stored(events: Iterable[CloudEvent], workflow: WorkflowDefinition | None) -> None:

@@ -58,10 +58,13 @@ from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from nexus.auth import AUTH, KeyInfo
 from nexus.bus import RetryableError
 from nexus.eventlog import ConcurrencyError, EventLog
+from nexus.obs import parent_context
 from nexus.proto import PLATFORM_TENANT, CloudEvent, new_event
 from nexus.proto.events.jobs import TriggerFired, TriggerLink, TriggerRefused, TriggerRegistered, TriggerRemoved
 from nexus.replay import tail
@@ -90,6 +93,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("nexus.workflow.triggers")
+_tracer = trace.get_tracer("nexus.workflow.triggers")
 
 TRIGGERS_STREAM = "triggers"
 TRIGGER_REGISTERED = "nexus.workflow.trigger.registered"
@@ -507,53 +511,70 @@ class TriggerEngine:
                 continue
             # A platform trigger works for the tenant whose event it reacts to.
             tenant = trigger.tenant if trigger.tenant != PLATFORM_TENANT else (event_tenant or PLATFORM_TENANT)
-            try:
-                execution_id = await self.ctx.engine.start(
-                    trigger.spec.workflow_id,
-                    workflow_input,
-                    priority=trigger.spec.priority,
-                    idempotency_key=event.id,
-                    correlation_id=event.correlationid or event.id,
-                    causation_id=event.id,
-                    trigger={
-                        "kind": "trigger",
-                        "trigger_id": trigger.id,
-                        "trigger_tenant": trigger.tenant,
-                        "event_id": event.id,
-                        "event_type": event.type,
-                        "depth": depth,
-                        "chain": [msgspec.to_builtins(link) for link in links],
-                    },
+            # The start is a span of the triggering event's trace (the ingest's, for an external
+            # event): the execution records it, so the whole execution joins that trace.
+            with _tracer.start_as_current_span(
+                f"trigger {trigger.id}",
+                context=parent_context(event.traceparent),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "nexus.trigger.id": trigger.id,
+                    "nexus.workflow.id": trigger.spec.workflow_id,
+                    "nexus.event.id": event.id,
+                    "nexus.event.type": event.type,
+                },
+            ):
+                try:
+                    execution_id = await self.ctx.engine.start(
+                        trigger.spec.workflow_id,
+                        workflow_input,
+                        priority=trigger.spec.priority,
+                        idempotency_key=event.id,
+                        correlation_id=event.correlationid or event.id,
+                        causation_id=event.id,
+                        trigger={
+                            "kind": "trigger",
+                            "trigger_id": trigger.id,
+                            "trigger_tenant": trigger.tenant,
+                            "event_id": event.id,
+                            "event_type": event.type,
+                            "depth": depth,
+                            "chain": [msgspec.to_builtins(link) for link in links],
+                        },
+                        tenant=tenant,
+                    )
+                except (InputValidationError, UnknownWorkflowError, InactiveWorkflowError) as exc:
+                    # The event can never start this workflow: say so and go on with the others.
+                    logger.warning(
+                        "trigger %s did not start %s for event %s: %s",
+                        trigger.id,
+                        trigger.spec.workflow_id,
+                        event.id,
+                        exc,
+                    )
+                    continue
+                except Exception as exc:
+                    raise RetryableError(f"trigger {trigger.id}: {exc}") from exc
+                fired = TriggerFired(
+                    trigger_id=trigger.id,
+                    event_id=event.id,
+                    workflow_id=trigger.spec.workflow_id,
+                    execution_id=execution_id,
+                    tenant=trigger.tenant,
+                    depth=depth,
+                )
+                record = new_event(
+                    TRIGGER_FIRED,
+                    fired,
+                    source=SOURCE,
+                    subject=trigger.id,
+                    causationid=event.id,
+                    correlationid=event.correlationid or event.id,
                     tenant=tenant,
                 )
-            except (InputValidationError, UnknownWorkflowError, InactiveWorkflowError) as exc:
-                # The event can never start this workflow: say so and go on with the others.
-                logger.warning(
-                    "trigger %s did not start %s for event %s: %s", trigger.id, trigger.spec.workflow_id, event.id, exc
-                )
-                continue
-            except Exception as exc:
-                raise RetryableError(f"trigger {trigger.id}: {exc}") from exc
-            fired = TriggerFired(
-                trigger_id=trigger.id,
-                event_id=event.id,
-                workflow_id=trigger.spec.workflow_id,
-                execution_id=execution_id,
-                tenant=trigger.tenant,
-                depth=depth,
-            )
-            record = new_event(
-                TRIGGER_FIRED,
-                fired,
-                source=SOURCE,
-                subject=trigger.id,
-                causationid=event.id,
-                correlationid=event.correlationid or event.id,
-                tenant=tenant,
-            )
-            with contextlib.suppress(ConcurrencyError):
-                await self.log.append(record_stream, [record], expected_version=0)
-                self.fired += 1
+                with contextlib.suppress(ConcurrencyError):
+                    await self.log.append(record_stream, [record], expected_version=0)
+                    self.fired += 1
             started.append(execution_id)
         return started
 

@@ -105,6 +105,10 @@ class ExtIngest:
             extevent=event_token,
             # Whose event it is follows from the source's binding, never from the producer.
             tenant=await self.sources.tenant_of(source_token),
+            # The log records the ingest's own trace (its append span, child of the consume span
+            # that continued the producer's ``traceparent`` header), so a trigger the event fires
+            # and every consumer of it join one trace with its ingest.
+            traceparent=None,
             # Log-assigned attributes a producer may have sent are the log's to set.
             streamid=None,
             streamversion=None,

@@ -23,11 +23,20 @@ from nexus.obs._metrics import (
     FoldMetric,
     FoldMetrics,
     counts,
+    exemplar,
     fold_metrics,
     render_metrics,
 )
 from nexus.obs._ratelog import Backoff, RateLimitedLog
-from nexus.obs._tracing import EXPORTERS, current_traceparent, extract_context, setup_tracing
+from nexus.obs._tracing import (
+    EXPORTERS,
+    current_trace_id,
+    current_traceparent,
+    extract_context,
+    link_to,
+    parent_context,
+    setup_tracing,
+)
 from nexus.proto._correlation import (
     CORRELATION_ID,
     CorrelationProvider,
@@ -60,9 +69,13 @@ __all__ = [
     "correlation",
     "counts",
     "current_correlation_id",
+    "current_trace_id",
     "current_traceparent",
+    "exemplar",
     "extract_context",
     "fold_metrics",
+    "link_to",
+    "parent_context",
     "redact",
     "render_metrics",
     "set_correlation_provider",

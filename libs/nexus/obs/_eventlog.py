@@ -1,20 +1,26 @@
-"""An EventLog decorator that counts and times appends and traces them."""
+"""An EventLog decorator that counts and times appends, traces them, and stamps their trace."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 
+import msgspec
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
 from nexus.eventlog import ANY, ConcurrencyError, DuplicateEventError, EventLog
-from nexus.obs._metrics import EVENT_LOG_APPEND_DURATION, EVENT_LOG_APPENDS, EVENTS_APPENDED
+from nexus.obs._metrics import EVENT_LOG_APPEND_DURATION, EVENT_LOG_APPENDS, EVENTS_APPENDED, exemplar
 from nexus.proto import CloudEvent
 
 
 class InstrumentedEventLog(EventLog):
     """Wraps any EventLog: every ``append`` opens an ``append`` span, is timed and counted.
+
+    An event appended without a ``traceparent`` gets the ``append`` span's: the relay's publish
+    and every consumer's handling of the event then continue the trace of the operation that
+    appended it, in whatever process they run (an event that already names its cause, such as
+    an execution's ``queued`` naming the request that started it, keeps its own).
 
     Reads pass straight through. Services get one from the runtime's composition root, so
     their handlers need nothing more than the EventLog port.
@@ -41,6 +47,13 @@ class InstrumentedEventLog(EventLog):
             set_status_on_exception=False,
         ) as span:
             started = time.perf_counter()
+            context = span.get_span_context()
+            if context.is_valid and any(event.traceparent is None for event in events):
+                traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+                events = [
+                    msgspec.structs.replace(event, traceparent=traceparent) if event.traceparent is None else event
+                    for event in events
+                ]
             outcome = "error"
             try:
                 stored = await self.inner.append(stream_id, events, expected_version)
@@ -58,7 +71,7 @@ class InstrumentedEventLog(EventLog):
                 span.set_status(StatusCode.ERROR, type(exc).__name__)
                 raise
             finally:
-                EVENT_LOG_APPEND_DURATION.observe(time.perf_counter() - started)
+                EVENT_LOG_APPEND_DURATION.observe(time.perf_counter() - started, exemplar())
                 EVENT_LOG_APPENDS.labels(outcome=outcome).inc()
             EVENTS_APPENDED.inc(len(stored))
             if stored:

@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from opentelemetry import trace
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 HTTP_REQUESTS = Counter(
@@ -162,6 +164,24 @@ def counts(values: Iterable[str], known: Sequence[str] = ()) -> dict[tuple[str, 
     return result
 
 
-def render_metrics() -> tuple[bytes, str]:
-    """The default registry in the Prometheus text format, with its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+def render_metrics(accept: str = "") -> tuple[bytes, str]:
+    """The default registry in the format the scraper's ``Accept`` header asks for, with its content type.
+
+    ``application/openmetrics-text`` (Prometheus asks for it first) carries the histograms'
+    exemplars, so a dashboard can go from a slow bucket to a trace; anything else gets the
+    Prometheus text format, which has no exemplars.
+    """
+    encode, content_type = choose_encoder(accept)
+    return encode(REGISTRY), content_type
+
+
+def exemplar() -> dict[str, str] | None:
+    """The exemplar of an observation made now: the current trace's id, when it is sampled.
+
+    Pass it to ``Histogram.observe`` (``HISTOGRAM.observe(seconds, exemplar())``). An unsampled
+    trace is exported nowhere, so pointing at it would lead a dashboard to nothing.
+    """
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid and context.trace_flags.sampled:
+        return {"trace_id": format(context.trace_id, "032x")}
+    return None

@@ -15,7 +15,10 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
+from opentelemetry import context as otel_context
+
 from nexus.eventlog import EventLog, EventLogClosedError
+from nexus.obs import parent_context
 from nexus.proto import CloudEvent
 
 __all__ = ["tail"]
@@ -70,6 +73,10 @@ async def tail(
             async for event in subscription:
                 if event.position is not None:
                     last = event.position
+                # What the handler does (an append, a call, a log line) continues the trace of
+                # the operation that appended the event.
+                parent = parent_context(event.traceparent)
+                token = otel_context.attach(parent) if parent is not None else None
                 try:
                     result = apply(event)
                     if inspect.isawaitable(result):
@@ -78,6 +85,9 @@ async def tail(
                     raise
                 except Exception:
                     _log.exception("%s: handling event %s at position %s failed", name, event.id, event.position)
+                finally:
+                    if token is not None:
+                        otel_context.detach(token)
                 if callable(types):
                     now = _types(types())
                     if now is not wanted and now != wanted:

@@ -17,7 +17,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
-from nexus.obs import HTTP_REQUEST_DURATION, HTTP_REQUESTS, RateLimitedLog, extract_context
+from nexus.obs import HTTP_REQUEST_DURATION, HTTP_REQUESTS, RateLimitedLog, exemplar, extract_context
 
 logger = logging.getLogger("nexus.runtime.http")
 
@@ -271,6 +271,7 @@ def observe_middleware(tracer: trace.Tracer) -> Any:
         route = route_template(request)
         started = time.perf_counter()
         status = 500
+        traced: dict[str, str] | None = None  # the request's trace id: the duration's exemplar
         try:
             if request.path in _UNTRACED:
                 response = await handler(request)
@@ -289,6 +290,7 @@ def observe_middleware(tracer: trace.Tracer) -> Any:
                     span.set_attribute("http.response.status_code", response.status)
                     if response.status >= 500:
                         span.set_status(StatusCode.ERROR)
+                    traced = exemplar()
             status = response.status
             return response
         except web.HTTPException as exc:
@@ -297,7 +299,7 @@ def observe_middleware(tracer: trace.Tracer) -> Any:
         finally:
             labels = {"method": request.method, "route": route, "status": str(status)}
             HTTP_REQUESTS.labels(**labels).inc()
-            HTTP_REQUEST_DURATION.labels(**labels).observe(time.perf_counter() - started)
+            HTTP_REQUEST_DURATION.labels(**labels).observe(time.perf_counter() - started, traced)
 
     return observe
 

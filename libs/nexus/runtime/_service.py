@@ -416,12 +416,14 @@ class Service:
         @self.route(
             "GET",
             "/metrics",
-            summary="Prometheus metrics (text exposition format)",
+            summary="Prometheus metrics (text exposition format; OpenMetrics, with exemplars, when asked for)",
             content_type="text/plain; version=0.0.4",
             tags=["platform"],
         )
         async def metrics(request: web.Request) -> web.Response:
-            body, content_type = render_metrics()
+            # A scraper that accepts OpenMetrics (Prometheus does) gets the latency
+            # histograms' exemplars: the trace id of an observation in each bucket.
+            body, content_type = render_metrics(request.headers.get("Accept", ""))
             response = web.Response(body=body)
             response.headers["Content-Type"] = content_type
             return response
