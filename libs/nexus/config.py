@@ -23,7 +23,7 @@ class PlatformSettings:
     raw_url: str
     """``NEXUS_RAW_URL``: ``file://PATH`` (default, under the data dir), ``memory://``, ``mongodb://…``."""
     nats_url: str | None
-    """``NEXUS_NATS_URL``: an existing NATS server; unset starts the embedded one."""
+    """``NEXUS_NATS_URL``: an existing NATS server (a cluster's, comma-separated); unset starts the embedded one."""
     nats_port: int
     """``NEXUS_NATS_PORT``: port of the embedded nats-server (default 4222)."""
     nats_sync: str
@@ -39,6 +39,15 @@ class PlatformSettings:
     unset, the ``nexus`` commands use the operator identity kept in ``<data dir>/nats/credentials.json``."""
     nats_password: str | None = field(default=None, repr=False)
     """``NEXUS_NATS_PASSWORD``: that identity's password (no default; required with ``NEXUS_NATS_USER``)."""
+    nats_cluster: int = 1
+    """``NEXUS_NATS_CLUSTER``: how many embedded nats-servers ``nexus up`` starts: 1 (default), or 3 as one
+    JetStream cluster on loopback whose streams keep 3 copies (``nexus up --nats-cluster 3`` does the same)."""
+    nats_cluster_port: int = 6222
+    """``NEXUS_NATS_CLUSTER_PORT``: route port of the first node of that cluster (node n: this + n - 1; 0 picks
+    free ports); its client ports follow ``NEXUS_NATS_PORT`` likewise."""
+    nats_replicas: int | None = None
+    """``NEXUS_NATS_REPLICAS``: copies of each Nexus stream and bucket in a JetStream cluster (1-5; ``nexus up``
+    sets it for its processes); unset, new streams get one copy and existing ones keep theirs."""
     bus_accelerator: str = "auto"
     """``NEXUS_BUS_ACCELERATOR``: ``auto`` (the bus's fast path on the nats-py versions it was tested
     with, after its start-up check), ``on`` (on any version that passes the check) or ``off``
@@ -61,6 +70,14 @@ class PlatformSettings:
         accelerator = env.get("NEXUS_BUS_ACCELERATOR", "auto").lower()
         if accelerator not in ("auto", "on", "off"):
             raise ConfigError(f"NEXUS_BUS_ACCELERATOR={accelerator!r}: use 'auto', 'on' or 'off'")
+        nats_cluster = env_int(env, "NEXUS_NATS_CLUSTER", 1)
+        if nats_cluster not in (1, 3):
+            raise ConfigError(
+                f"NEXUS_NATS_CLUSTER={nats_cluster}: use 1 (one nats-server) or 3 (a JetStream cluster that "
+                "survives the loss of one node)"
+            )
+        replicas = env.get("NEXUS_NATS_REPLICAS")
+        nats_replicas = env_int(env, "NEXUS_NATS_REPLICAS", 1, low=1, high=5) if replicas else None
         nats_user = env.get("NEXUS_NATS_USER") or None
         nats_password = env.get("NEXUS_NATS_PASSWORD") or None
         if nats_user and not nats_password:
@@ -74,6 +91,9 @@ class PlatformSettings:
             nats_url=env.get("NEXUS_NATS_URL") or None,
             nats_port=port_from_env(env, "NEXUS_NATS_PORT", 4222),
             nats_sync=nats_sync,
+            nats_cluster=nats_cluster,
+            nats_cluster_port=port_from_env(env, "NEXUS_NATS_CLUSTER_PORT", 6222),
+            nats_replicas=nats_replicas,
             nats_user=nats_user,
             nats_password=nats_password,
             bus_accelerator=accelerator,

@@ -119,7 +119,12 @@ async def open_bus(settings: PlatformSettings, *, name: str = "nexus") -> JetStr
     if settings.nats_url:
         user, password = (settings.nats_user, settings.nats_password)
         return await JetStreamBus.connect(
-            settings.nats_url, name=name, user=user, password=password, accelerator=accelerator
+            settings.nats_url,
+            name=name,
+            user=user,
+            password=password,
+            accelerator=accelerator,
+            replicas=settings.nats_replicas,
         )
     server = EmbeddedNats(
         settings.data_dir / "nats", port=settings.nats_port, sync_always=settings.nats_sync == "always"

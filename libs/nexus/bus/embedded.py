@@ -17,6 +17,12 @@ clients are refused. Each identity may publish and subscribe only on the subject
 (``IDENTITIES``, the one table the production configuration in ``deploy/nats/`` is checked
 against). ``add_producer`` gives an external producer a credential that publishes only on
 ``nexus.ext.<source>.>``, and a running server picks it up by a configuration reload.
+
+``EmbeddedNatsCluster`` starts several of them (``nexus up --nats-cluster 3``) as one JetStream
+cluster on loopback: each node has its own store under ``<store dir>/node-<n>``, all share the
+credentials and permissions kept in ``<store dir>``, and the route connections between them
+authenticate with a password of their own (a process that could open a route would otherwise
+join the cluster and read every subject, whatever the client permissions say).
 """
 
 from __future__ import annotations
@@ -29,13 +35,17 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
+
+import nats
+from nats.errors import Error as NatsError
 
 from nexus.bus._port import BusError
 from nexus.bus._subjects import matches_any
@@ -44,7 +54,9 @@ from nexus.fs import make_private_dir
 __all__ = [
     "IDENTITIES",
     "OPERATOR",
+    "ClusterRoutes",
     "EmbeddedNats",
+    "EmbeddedNatsCluster",
     "EmbeddedNatsError",
     "NatsPermissions",
     "add_producer",
@@ -157,6 +169,9 @@ def _subjects(subjects: tuple[str, ...]) -> str:
 
 # -- credentials under the data directory ------------------------------------------------------
 
+ROUTE_USER = "route"
+"""The user the nodes of an embedded cluster authenticate as on each other's route port."""
+
 CREDENTIALS_FILE = "credentials.json"
 AUTHORIZATION_FILE = "authorization.conf"
 PID_FILE = "nats-server.pid"
@@ -180,9 +195,10 @@ def _write_private(path: Path, text: str) -> None:
 def load_credentials(store_dir: str | os.PathLike[str], *, create: bool = False) -> dict[str, dict[str, str]]:
     """The NATS credentials kept in ``<store_dir>/credentials.json``.
 
-    Returns ``{"users": {identity: password}, "producers": {source: password}}``. With
-    ``create``, identities missing from the file (all of them at first start) get a new random
-    password and the file is written (0600, its directory 0700).
+    Returns ``{"users": {identity: password}, "producers": {source: password}, "routes":
+    {ROUTE_USER: password}}``. With ``create``, identities missing from the file (all of them at
+    first start) get a new random password, and so does the route user of a cluster, and the
+    file is written (0600, its directory 0700).
 
     Raises:
         EmbeddedNatsError: the file is unreadable, or missing and ``create`` is false.
@@ -193,24 +209,28 @@ def load_credentials(store_dir: str | os.PathLike[str], *, create: bool = False)
         data = json.loads(path.read_text())
         users = dict(data.get("users") or {})
         producers = dict(data.get("producers") or {})
+        routes = dict(data.get("routes") or {})
     except FileNotFoundError:
         if not create:
             raise EmbeddedNatsError(
                 f"no NATS credentials at {path}: start Nexus once (nexus up) or set NEXUS_NATS_USER "
                 "and NEXUS_NATS_PASSWORD"
             ) from None
-        users, producers = {}, {}
+        users, producers, routes = {}, {}, {}
     except (OSError, ValueError, AttributeError) as exc:
         raise EmbeddedNatsError(f"cannot read the NATS credentials at {path}: {exc}") from exc
     missing = [name for name in IDENTITIES if not isinstance(users.get(name), str) or not users[name]]
-    if missing and create:
+    no_route = not isinstance(routes.get(ROUTE_USER), str) or not routes[ROUTE_USER]
+    if (missing or no_route) and create:
         for name in missing:
             users[name] = secrets.token_urlsafe(32)
+        if no_route:
+            routes[ROUTE_USER] = secrets.token_urlsafe(32)
         make_private_dir(directory)
-        _write_private(path, json.dumps({"users": users, "producers": producers}, indent=2) + "\n")
+        _write_private(path, json.dumps({"users": users, "producers": producers, "routes": routes}, indent=2) + "\n")
     elif missing:
         raise EmbeddedNatsError(f"the NATS credentials at {path} lack {', '.join(missing)}")
-    return {"users": users, "producers": producers}
+    return {"users": users, "producers": producers, "routes": routes}
 
 
 def _write_authorization(store_dir: Path, credentials: Mapping[str, Mapping[str, str]]) -> Path:
@@ -274,13 +294,19 @@ def revoke_producer(store_dir: str | os.PathLike[str], source: str) -> bool:
 
 
 def reload_running(store_dir: str | os.PathLike[str]) -> bool:
-    """Ask the nats-server running on ``store_dir`` to reload its configuration (SIGHUP).
+    """Ask the nats-servers running on ``store_dir`` to reload their configuration (SIGHUP).
 
-    The pid comes from the server's pid file, and is signalled only if that process is a
-    nats-server started with this store's configuration (a stale pid file must not hang up an
-    unrelated process). Returns whether a server was signalled.
+    That is the single server, or every node of a cluster (``<store_dir>/node-<n>``), which
+    include the same authorization file. A pid comes from the server's pid file, and is
+    signalled only if that process is a nats-server started with that store's configuration (a
+    stale pid file must not hang up an unrelated process). Returns whether a server was signalled.
     """
     directory = Path(store_dir).resolve()
+    signalled = [_reload_one(node) for node in (directory, *sorted(directory.glob(f"{NODE_PREFIX}*")))]
+    return any(signalled)
+
+
+def _reload_one(directory: Path) -> bool:
     try:
         pid = int((directory / PID_FILE).read_text().strip())
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -297,6 +323,8 @@ def reload_running(store_dir: str | os.PathLike[str]) -> bool:
 
 
 CONFIG_FILE = "nats-server.conf"
+NODE_PREFIX = "node-"
+"""A cluster node's store is ``<store dir>/node-<n>``."""
 
 
 class EmbeddedNatsError(BusError):
@@ -321,6 +349,35 @@ def find_nats_server() -> Path:
     )
 
 
+@dataclass(frozen=True)
+class ClusterRoutes:
+    """One node's place in an embedded JetStream cluster (nats-server ``cluster {}``)."""
+
+    name: str
+    """The cluster's name, the same on every node."""
+    port: int
+    """This node's route port on 127.0.0.1."""
+    peers: tuple[int, ...]
+    """The route port of every node, this one included (nats-server ignores a route to itself)."""
+    password: str = field(repr=False)
+    """The password of ``ROUTE_USER``: a node accepts routes only with it, and offers it to the others."""
+
+    def render(self) -> list[str]:
+        """The ``cluster {}`` block. Explicit routes carry their credentials in the URL (nats-server
+        uses the cluster's ``authorization`` only for routes it discovers), so the generated
+        configuration holds the password: it is written 0600, like the credentials beside it."""
+        user, password = quote(ROUTE_USER, safe=""), quote(self.password, safe="")
+        routes = [f"nats-route://{user}:{password}@127.0.0.1:{port}" for port in self.peers]
+        return [
+            "cluster {",
+            f"  name: {json.dumps(self.name)}",
+            f'  listen: "127.0.0.1:{self.port}"',
+            f"  authorization {{ user: {json.dumps(ROUTE_USER)}, password: {json.dumps(self.password)} }}",
+            f"  routes: {_subjects(tuple(routes))}",
+            "}",
+        ]
+
+
 class EmbeddedNats:
     """A ``nats-server`` child process with JetStream and authorization, listening on 127.0.0.1 only.
 
@@ -337,6 +394,10 @@ class EmbeddedNats:
             JetStream fsyncs lazily and the relay re-publishes a lost tail.
         http_port: HTTP monitoring port; None (default) leaves monitoring off.
         startup_timeout: seconds to wait for the server to accept connections.
+        server_name: the server's name (a JetStream cluster needs one per node).
+        cluster: this node's routes in a cluster (``EmbeddedNatsCluster`` builds them).
+        credentials_dir: where ``credentials.json`` and the authorization file are kept
+            (default ``store_dir``; the nodes of a cluster share their parent's).
     """
 
     def __init__(
@@ -347,12 +408,18 @@ class EmbeddedNats:
         sync_always: bool = False,
         http_port: int | None = None,
         startup_timeout: float = 15.0,
+        server_name: str | None = None,
+        cluster: ClusterRoutes | None = None,
+        credentials_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.port = port
         self.sync_always = sync_always
         self.http_port = http_port
         self.startup_timeout = startup_timeout
+        self.server_name = server_name
+        self.cluster = cluster
+        self.credentials_dir = Path(credentials_dir) if credentials_dir is not None else self.store_dir
         self._process: asyncio.subprocess.Process | None = None
         self._url: str | None = None
         self._credentials: dict[str, dict[str, str]] | None = None
@@ -381,7 +448,7 @@ class EmbeddedNats:
         """
         if identity not in IDENTITIES:
             raise KeyError(f"unknown NATS identity {identity!r}; known: {', '.join(IDENTITIES)}")
-        credentials = self._credentials or load_credentials(self.store_dir)
+        credentials = self._credentials or load_credentials(self.credentials_dir)
         return identity, credentials["users"][identity]
 
     def client_url(self, identity: str = OPERATOR) -> str:
@@ -398,17 +465,22 @@ class EmbeddedNats:
         jetstream = {"store_dir": str(self.store_dir.resolve())}
         if self.sync_always:
             jetstream["sync_interval"] = "always"
+        # nats-server resolves an include relative to the including file, and only so.
+        authorization = os.path.relpath(self.credentials_dir.resolve() / AUTHORIZATION_FILE, self.store_dir.resolve())
         lines = [
+            *([f"server_name: {json.dumps(self.server_name)}"] if self.server_name else []),
             f'listen: "127.0.0.1:{self.port if self.port else -1}"',
             f"ports_file_dir: {json.dumps(str(ports_dir))}",
             f"pid_file: {json.dumps(str((self.store_dir / PID_FILE).resolve()))}",
             # Users and permissions are in their own file, which `nexus keys create --producer`
             # rewrites before it asks the running server to reload.
-            f"include {json.dumps(AUTHORIZATION_FILE)}",
+            f"include {json.dumps(authorization)}",
             "jetstream: {",
             *(f"  {key}: {json.dumps(value)}" for key, value in jetstream.items()),
             "}",
         ]
+        if self.cluster is not None:
+            lines += self.cluster.render()
         if self.http_port is not None:
             lines.append(f'http: "127.0.0.1:{self.http_port}"')
         return "\n".join(lines) + "\n"
@@ -421,8 +493,8 @@ class EmbeddedNats:
         """
         binary = find_nats_server()
         make_private_dir(self.store_dir)
-        self._credentials = load_credentials(self.store_dir, create=True)
-        _write_authorization(self.store_dir, self._credentials)
+        self._credentials = load_credentials(self.credentials_dir, create=True)
+        _write_authorization(self.credentials_dir, self._credentials)
         ports_dir = Path(tempfile.mkdtemp(prefix="nexus-nats-ports-"))
         config = self.store_dir / CONFIG_FILE
         _write_private(config, self._config(ports_dir))
@@ -478,7 +550,14 @@ class EmbeddedNats:
             tail = log_path.read_text(errors="replace")[-2000:]
         except OSError:
             tail = ""
-        if "address already in use" in tail:
+        in_use = [line for line in tail.splitlines() if "address already in use" in line]
+        if self.cluster is not None and any(f":{self.cluster.port}" in line for line in in_use):
+            return EmbeddedNatsError(
+                f"route port {self.cluster.port} on 127.0.0.1 is already in use, so the embedded nats-server "
+                f"{self.server_name or ''} cannot join its cluster: stop the process that holds it, or set "
+                "NEXUS_NATS_CLUSTER_PORT to a free port (0 picks free ones)"
+            )
+        if in_use:
             return EmbeddedNatsError(
                 f"port {self.port} on 127.0.0.1 is already in use, so the embedded nats-server cannot start: "
                 "stop the process that holds it, set NEXUS_NATS_PORT to a free port (0 picks one), "
@@ -520,6 +599,196 @@ class EmbeddedNats:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+CLUSTER_NAME = "nexus"
+"""The name of the embedded cluster (every node's ``cluster { name }``)."""
+
+CLUSTER_SIZES = (1, 3)
+"""The sizes ``nexus up`` runs: one server, or three nodes of which one may be lost."""
+
+
+class EmbeddedNatsCluster:
+    """``size`` embedded nats-servers as one JetStream cluster on 127.0.0.1 (``nexus up --nats-cluster 3``).
+
+    Node ``n`` (1 to ``size``) is an ``EmbeddedNats`` named ``nexus-<n>`` with its store, generated
+    configuration, pid file and log in ``<store_dir>/node-<n>``; every node uses the users,
+    permissions and producer credentials kept in ``store_dir`` (the same ``credentials.json``
+    as the single server, so the ``nexus`` commands and ``add_producer`` work unchanged), and the
+    routes between the nodes authenticate as ``ROUTE_USER``. ``url`` is the comma-separated list
+    of the nodes' URLs: a client given it (``NEXUS_NATS_URL``) connects to any node and moves to
+    another when its node dies. Streams should be created with ``replicas`` copies, so that a
+    majority of each stream's copies survives the loss of a node.
+
+    ``start`` returns once every node accepts connections and the JetStream cluster has elected
+    its meta leader (streams can be created). A node that dies is started again by
+    ``nodes[i].start()``, on the same ports and store; it catches up from the others.
+
+    Args:
+        store_dir: the directory of the credentials and of the nodes' stores (created 0700).
+        size: the number of nodes, one of ``CLUSTER_SIZES`` beyond 1 (3).
+        port: node 1's client port; node ``n`` listens on ``port + n - 1``. 0 picks free ports.
+        route_port: node 1's route port, the others following likewise. 0 picks free ports.
+        sync_always: fsync every JetStream write on every node (``NEXUS_NATS_SYNC=always``).
+        startup_timeout: seconds to wait for each node to accept connections, and again for the
+            cluster to elect its JetStream meta leader.
+    """
+
+    def __init__(
+        self,
+        store_dir: str | os.PathLike[str],
+        *,
+        size: int = 3,
+        port: int = 0,
+        route_port: int = 0,
+        sync_always: bool = False,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        if size < 2:
+            raise ValueError(f"a cluster has at least 2 nodes, not {size} (use EmbeddedNats for one server)")
+        self.store_dir = Path(store_dir)
+        self.size = size
+        self.port = port
+        self.route_port = route_port
+        self.sync_always = sync_always
+        self.startup_timeout = startup_timeout
+        self.nodes: list[EmbeddedNats] = []
+        """The nodes, in order, once ``start`` has chosen their ports."""
+
+    @property
+    def replicas(self) -> int:
+        """The copies each stream should have: every node, up to JetStream's usual 3."""
+        return min(self.size, 3)
+
+    @property
+    def urls(self) -> list[str]:
+        """``nats://127.0.0.1:<port>`` of every running node."""
+        urls = [node.url for node in self.nodes if node.process is not None]
+        if not urls:
+            raise EmbeddedNatsError("the embedded NATS cluster is not running")
+        return urls
+
+    @property
+    def url(self) -> str:
+        """The nodes' URLs, comma-separated (``NEXUS_NATS_URL``), without credentials."""
+        return ",".join(self.urls)
+
+    def credentials(self, identity: str = OPERATOR) -> tuple[str, str]:
+        """(user, password) of a platform identity, the same on every node.
+
+        Raises:
+            KeyError: ``identity`` is not one of ``IDENTITIES``.
+        """
+        if identity not in IDENTITIES:
+            raise KeyError(f"unknown NATS identity {identity!r}; known: {', '.join(IDENTITIES)}")
+        return identity, load_credentials(self.store_dir)["users"][identity]
+
+    def client_url(self, identity: str = OPERATOR) -> str:
+        """Every running node's URL with an identity's credentials, comma-separated; never print or log it."""
+        return ",".join(node.client_url(identity) for node in self.nodes if node.process is not None)
+
+    def _build(self, route_ports: Sequence[int], password: str) -> list[EmbeddedNats]:
+        return [
+            EmbeddedNats(
+                self.store_dir / f"{NODE_PREFIX}{n}",
+                port=self.port + n - 1 if self.port else 0,
+                sync_always=self.sync_always,
+                startup_timeout=self.startup_timeout,
+                server_name=f"{CLUSTER_NAME}-{n}",
+                cluster=ClusterRoutes(CLUSTER_NAME, route_ports[n - 1], tuple(route_ports), password),
+                credentials_dir=self.store_dir,
+            )
+            for n in range(1, self.size + 1)
+        ]
+
+    async def start(self) -> str:
+        """Start every node, wait for the JetStream cluster to be usable; return ``url``.
+
+        Raises:
+            EmbeddedNatsError: a node could not start (the binary is missing, a port is in
+                use), or the cluster elected no JetStream leader in time.
+        """
+        make_private_dir(self.store_dir)
+        # Once, before any node starts: the nodes must not each invent the passwords.
+        credentials = load_credentials(self.store_dir, create=True)
+        _write_authorization(self.store_dir, credentials)
+        password = credentials["routes"][ROUTE_USER]
+        # Free route ports are found by binding port 0: a node's routes must name the others'
+        # ports before any of them runs. Another process may take one in between; then the
+        # cluster is started again on new ones (configured ports are never changed).
+        attempts = 1 if (self.route_port or self.nodes) else 3
+        for attempt in range(attempts):
+            if not self.nodes or attempt:
+                ports = [self.route_port + i for i in range(self.size)] if self.route_port else _free_ports(self.size)
+                self.nodes = self._build(ports, password)
+            results = await asyncio.gather(*(node.start() for node in self.nodes), return_exceptions=True)
+            failed = [result for result in results if isinstance(result, BaseException)]
+            if not failed:
+                break
+            await self.stop()
+            route_busy = any(isinstance(e, EmbeddedNatsError) and "route port" in str(e) for e in failed)
+            if not route_busy or attempt == attempts - 1:
+                raise failed[0]
+        try:
+            await self.wait_jetstream()
+        except BaseException:
+            await self.stop()
+            raise
+        return self.url
+
+    async def wait_jetstream(self) -> None:
+        """Wait until the cluster answers JetStream requests (it has elected its meta leader).
+
+        Raises:
+            EmbeddedNatsError: it did not within ``startup_timeout`` seconds.
+        """
+        user, password = self.credentials()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.startup_timeout
+        last = "no answer"
+        while loop.time() < deadline:
+            try:
+                client = await nats.connect(
+                    servers=self.urls, user=user, password=password, connect_timeout=2, allow_reconnect=False
+                )
+            except (NatsError, OSError, TimeoutError) as exc:
+                last = repr(exc)
+            else:
+                try:
+                    await client.jetstream(timeout=2).account_info()
+                    return
+                except (NatsError, TimeoutError) as exc:
+                    # 503 "JetStream system temporarily unavailable" until a meta leader is elected.
+                    last = repr(exc)
+                finally:
+                    await client.close()
+            await asyncio.sleep(0.2)
+        raise EmbeddedNatsError(
+            f"the embedded NATS cluster elected no JetStream leader within {self.startup_timeout:g} s ({last}); "
+            f"see the nodes' logs under {self.store_dir}"
+        )
+
+    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - grace period before SIGKILL
+        """Stop every node at once (SIGTERM, then SIGKILL after ``timeout`` seconds). Safe to call twice."""
+        await asyncio.gather(*(node.stop(timeout) for node in self.nodes))
+
+    async def __aenter__(self) -> EmbeddedNatsCluster:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct ports of 127.0.0.1 that nothing listens on right now."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def _read_client_port(ports_file: Path) -> int | None:

@@ -151,13 +151,14 @@ def redact_url(url: str) -> str:
     return ",".join(redacted)
 
 
-def _stream_config(spec: StreamSpec) -> StreamConfig:
+def _stream_config(spec: StreamSpec, replicas: int | None) -> StreamConfig:
     return StreamConfig(
         name=spec.name,
         subjects=list(spec.subjects),
         retention=RetentionPolicy(spec.retention),
         storage=StorageType(spec.storage),
         duplicate_window=spec.duplicate_window,
+        num_replicas=replicas or 1,
     )
 
 
@@ -503,9 +504,12 @@ class JetStreamBus(Bus):
         tracer_provider: trace.TracerProvider | None = None,
         owned: Sequence[Any] = (),
         accelerator: str = "auto",
+        replicas: int | None = None,
     ) -> None:
         self.nc = nc
         self.ack_timeout = ack_timeout
+        self.replicas = replicas
+        """Copies of each Nexus stream and bucket in a JetStream cluster (None: one for new ones, others kept)."""
         self.accelerated = _wire.choose(accelerator, nc)
         """Whether the accelerator (``_wire``) runs under this connection; else nats-py's public API."""
         self._wire: Wire | None = None
@@ -547,6 +551,7 @@ class JetStreamBus(Bus):
         password: str | None = None,
         reconnect: bool = True,
         accelerator: str = "auto",
+        replicas: int | None = None,
     ) -> JetStreamBus:
         """Connect to ``url`` and (by default) create or update the Nexus streams.
 
@@ -567,6 +572,10 @@ class JetStreamBus(Bus):
             accelerator: ``NEXUS_BUS_ACCELERATOR``: ``auto`` runs the accelerator (``_wire``) on
                 the nats-py versions it was tested with, ``on`` on any that passes its check,
                 ``off`` never; without it the bus uses nats-py's public API only.
+            replicas: ``NEXUS_NATS_REPLICAS``: copies of each Nexus stream and key-value bucket
+                in a JetStream cluster (3 on a 3-node cluster: a stream survives the loss of a
+                node); an existing stream with another count is changed to it. None creates
+                single-copy streams and leaves existing ones as they are (the commands use it).
 
         Raises:
             BusUnavailableError: the server cannot be reached, or refused the credentials.
@@ -609,7 +618,12 @@ class JetStreamBus(Bus):
             raise BusUnavailableError(f"cannot connect to NATS at {redact_url(url)}: {reason}") from exc
         try:
             bus = cls(
-                nc, ack_timeout=ack_timeout, window=window, tracer_provider=tracer_provider, accelerator=accelerator
+                nc,
+                ack_timeout=ack_timeout,
+                window=window,
+                tracer_provider=tracer_provider,
+                accelerator=accelerator,
+                replicas=replicas,
             )
             await bus._pipeline.start()
             await nc.subscribe(f"{bus._reply_prefix}.*", cb=bus._on_reply)
@@ -656,13 +670,13 @@ class JetStreamBus(Bus):
             raise BusUnavailableError(f"JetStream did not answer about stream {spec.name}: {exc!r}") from exc
         if info is None:
             try:
-                await self.js.add_stream(_stream_config(spec))
+                await self.js.add_stream(_stream_config(spec, self.replicas))
                 logger.info("created stream %s", spec.name)
                 return
             except APIError as exc:
                 raise StreamConfigError(f"cannot create stream {spec.name}: {exc.description}") from exc
         current = info.config
-        wrong = _differences(spec, current)
+        wrong = _differences(spec, current, self.replicas)
         if not wrong:
             return
         if "retention" in wrong or "storage" in wrong:
@@ -676,6 +690,9 @@ class JetStreamBus(Bus):
         kept = [s for s in current.subjects or [] if not matches_any(spec.subjects, s)]
         updated.subjects = sorted(set(kept) | set(spec.subjects))
         updated.duplicate_window = spec.duplicate_window
+        if self.replicas is not None:
+            # A clustered JetStream moves a stream to more (or fewer) copies in place.
+            updated.num_replicas = self.replicas
         try:
             await self.js.update_stream(updated)
         except APIError as exc:
@@ -965,7 +982,9 @@ class JetStreamBus(Bus):
             try:
                 kv = await self.js.key_value(bucket)
             except BucketNotFoundError:
-                config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, ttl=ttl)
+                config = KeyValueConfig(
+                    bucket=bucket, history=1, storage=StorageType.FILE, ttl=ttl, replicas=self.replicas or 1
+                )
                 kv = await self.js.create_key_value(config)
         return _Bucket(kv, bucket)
 
@@ -1030,8 +1049,10 @@ def _consumer_state(stream: str, info: ConsumerInfo) -> ConsumerState:
     )
 
 
-def _differences(spec: StreamSpec, current: StreamConfig) -> list[str]:
+def _differences(spec: StreamSpec, current: StreamConfig, replicas: int | None) -> list[str]:
     wrong = []
+    if replicas is not None and (current.num_replicas or 1) != replicas:
+        wrong.append("replicas")
     if not set(spec.subjects) <= set(current.subjects or []):
         wrong.append("subjects")
     if _value(current.retention) != spec.retention:
