@@ -9,6 +9,8 @@
     GET  /job/{id}/results           → {results, data}
     GET  /job/{id}/audit             → {auditTrail}, read from the event log
     GET  /job/{id}/monitor           → Server-Sent Events until a final status
+    GET  /api/opus/job/{id}/monitor  → the same stream at the seed's own path
+    POST /job/{id}/monitor/token     → {accessToken, url}: opens the monitor from a browser
     POST /job/batch                  {workflowId, jobs: [...]} → {total, successful, failed, results}
     GET  /jobs                       → {jobs, total, limit, offset}: the caller's jobs, newest first
 
@@ -19,6 +21,10 @@ naming the execution the engine started. Every request carries an API key (``x-s
 checked against the KeyView folded from the log; a job belongs to the client that initiated it,
 and another client's key is answered 404 exactly as for a job that does not exist. Errors keep
 seed 000's shape, ``{"success": false, "error": …}``, authentication's included.
+
+A browser's ``EventSource`` sends no header: the monitor also takes the session cookie, or a
+short-lived ``?access_token=`` minted by ``POST /job/{id}/monitor/token`` for the caller and
+that one stream (``streamtokens.py``); a long-lived key in a URL is refused.
 
 The seed has no list of jobs; ``GET /jobs`` adds one (the console's job pages show it), answered
 from ``JobIndex``, a fold of the job events that every replica keeps from the log, so a job
@@ -50,11 +56,15 @@ from nexus.replay import EventFold, LiveFold
 from nexus.runtime import EventStream, HTTPError, Owned, Service, read_json
 from nexus.services.workflow.context import FINAL_STATUSES, WorkflowContext
 from nexus.services.workflow.errors import InactiveWorkflowError, InputValidationError, UnknownWorkflowError
+from nexus.services.workflow.streamtokens import StreamTokenGranted, StreamTokens, mint_for
+from nexus.services.workflow.streamtokens import install as install_stream_tokens
 
 __all__ = [
     "JOBS_PER_TENANT",
+    "JOB_API",
     "JOB_EXECUTED",
     "JOB_INITIATED",
+    "JobApi",
     "JobIndex",
     "JobRecord",
     "JobSummary",
@@ -102,6 +112,7 @@ def fail(status: int, message: str, **extra: Any) -> web.HTTPException:
         409: web.HTTPConflict,
         410: web.HTTPGone,
         413: web.HTTPRequestEntityTooLarge,
+        503: web.HTTPServiceUnavailable,
     }
     cls = classes.get(status, web.HTTPInternalServerError)
     if cls is web.HTTPRequestEntityTooLarge:
@@ -341,8 +352,10 @@ def status_body(job: JobRecord, state: Any) -> dict[str, Any]:
 class JobApi:
     """The job routes over one WorkflowContext."""
 
-    def __init__(self, ctx: WorkflowContext) -> None:
+    def __init__(self, ctx: WorkflowContext, stream_tokens: StreamTokens | None = None) -> None:
         self.ctx = ctx
+        self.stream_tokens = stream_tokens
+        """Mints the monitor's ``?access_token=`` (None: ``POST /job/{id}/monitor/token`` answers 503)."""
         self.index = LiveFold(ctx.log, JobIndex(), types=(JOB_INITIATED, JOB_EXECUTED), name="jobs")
         """The jobs of every tenant (``GET /jobs``); the job events are appended through it, so
         a job is listed as soon as its initiate answers (read-your-writes)."""
@@ -353,6 +366,7 @@ class JobApi:
         return (job.owner or PLATFORM_TENANT) if job is not None else None
 
     def _payload_schema(self, workflow_id: str, tenant: str) -> tuple[Any, dict[str, PayloadField]]:
+        """The workflow ``tenant`` may run and its jobPayloadSchema (404/400 in seed 000's shape)."""
         workflow = self.ctx.registry.get_workflow(workflow_id, tenant=tenant)
         if workflow is None:
             raise fail(404, f"workflow {workflow_id!r} is not registered")
@@ -381,9 +395,20 @@ class JobApi:
             }
         )
 
-    async def _initiate(self, auth: KeyInfo, workflow_id: str, title: str, description: str) -> str:
+    async def _initiate(
+        self,
+        auth: KeyInfo,
+        workflow_id: str,
+        title: str,
+        description: str,
+        *,
+        job_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> str:
+        """Record ``job.initiated``; a given ``job_id`` (derived from what caused the job) that
+        exists already is answered as it is, so a cause redelivered initiates one job."""
         self._payload_schema(workflow_id, auth.tenant)
-        job_id = new_event_id()
+        job_id = job_id or new_event_id()
         data = JobInitiated(
             job_id=job_id,
             workflow_id=workflow_id,
@@ -392,9 +417,52 @@ class JobApi:
             key_id=auth.key_id,
             owner=auth.tenant,
         )
-        event = new_event(JOB_INITIATED, data, source=SOURCE, subject=job_id, correlationid=job_id, tenant=auth.tenant)
-        await self.index.append(job_stream(job_id), [event], expected_version=0)
+        event = new_event(
+            JOB_INITIATED,
+            data,
+            source=SOURCE,
+            subject=job_id,
+            correlationid=job_id,
+            causationid=causation_id,
+            tenant=auth.tenant,
+        )
+        try:
+            await self.index.append(job_stream(job_id), [event], expected_version=0)
+        except ConcurrencyError:
+            if causation_id is None:
+                raise
         return job_id
+
+    async def start_job(
+        self,
+        auth: KeyInfo,
+        workflow_id: str,
+        title: str,
+        description: str,
+        instance: Any,
+        *,
+        job_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> tuple[JobRecord, str]:
+        """Initiate a job and execute it with ``instance`` (seed 000's steps 2 and 6 at once);
+        the job and its execution id. Raises seed 000's 4xx as ``/job/execute`` does."""
+        job_id = await self._initiate(auth, workflow_id, title, description, job_id=job_id, causation_id=causation_id)
+        job = await load_job(self.ctx.log, job_id)
+        if job is None or job.owner != auth.tenant or job.workflow_id != workflow_id:
+            raise fail(409, f"job {job_id} exists for another workflow or client")
+        return job, await self._execute(job, instance)
+
+    async def initiate_job(self, auth: KeyInfo, workflow_id: str, title: str, description: str) -> str:
+        """Seed 000's step 2 for a module that starts jobs itself (``POST /job/initiate``'s work)."""
+        return await self._initiate(auth, workflow_id, title, description)
+
+    async def execute_job(self, job: JobRecord, instance: Any) -> str:
+        """Seed 000's step 6 for a module that starts jobs itself (``POST /job/execute``'s work)."""
+        return await self._execute(job, instance)
+
+    def payload_schema(self, workflow_id: str, tenant: str) -> dict[str, PayloadField]:
+        """The jobPayloadSchema of a workflow ``tenant`` may run (seed 000's 404/400 otherwise)."""
+        return self._payload_schema(workflow_id, tenant)[1]
 
     async def initiate(self, request: web.Request) -> web.Response:
         body = await read_body(request)
@@ -514,6 +582,18 @@ class JobApi:
                 if body["status"] != IN_PROGRESS:
                     break
         return sse.response
+
+    async def monitor_token(self, request: web.Request) -> web.Response:
+        """A short-lived token that opens this job's monitor at the seed's path from a browser."""
+        job = await _job_for(request, self.ctx)
+        if self.stream_tokens is None:
+            raise fail(503, "stream tokens are not set up on this service")
+        path = f"/api/opus/job/{job.job_id}/monitor"
+        try:
+            granted = mint_for(request, self.stream_tokens, path, self.ctx.settings.public_url)
+        except HTTPError as exc:
+            raise fail(exc.status, exc.message) from None
+        return web.json_response(msgspec.to_builtins(granted), status=201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         auth: KeyInfo = request[AUTH]
@@ -656,9 +736,14 @@ class JobList(msgspec.Struct, frozen=True, kw_only=True):
     offset: int
 
 
+JOB_API = web.AppKey("nexus.workflow.job_api", JobApi)
+"""The job routes' handler, for the modules that start jobs themselves (anomalies)."""
+
+
 def install(service: Service, ctx: WorkflowContext) -> None:
-    """Add the job routes to the workflow service."""
-    api = JobApi(ctx)
+    """Add the job routes (and the stream tokens their monitor takes) to the workflow service."""
+    api = JobApi(ctx, install_stream_tokens(service, ctx))
+    service.app[JOB_API] = api
 
     async def follow_jobs(app: web.Application) -> AsyncIterator[None]:
         # Loaded before the service answers, then kept current from the log (every replica's jobs).
@@ -720,10 +805,29 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         responses={409: "The job is still in progress"},
     )(api.results)
     route("GET", "/job/{id}/audit", summary="A job's audit trail, from the event log", owned=owned_job)(api.audit)
+    stream_query = {"access_token": "a stream token (POST /job/{id}/monitor/token), for a browser's EventSource"}
     route(
         "GET",
         "/job/{id}/monitor",
         summary="Server-Sent Events: the job's status at each change, until a final one",
         owned=owned_job,
         content_type="text/event-stream",
+        query=stream_query,
     )(api.monitor)
+    route(
+        "GET",
+        "/api/opus/job/{id}/monitor",
+        summary="The job's monitor at seed 000's path (same stream as /job/{id}/monitor)",
+        owned=owned_job,
+        content_type="text/event-stream",
+        query=stream_query,
+    )(api.monitor)
+    route(
+        "POST",
+        "/job/{id}/monitor/token",
+        summary="A token of a few minutes that opens this job's monitor as ?access_token= (browsers)",
+        owned=owned_job,
+        response=StreamTokenGranted,
+        status=201,
+        responses={403: "A delegated token cannot mint one"},
+    )(api.monitor_token)

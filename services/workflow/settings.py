@@ -76,6 +76,14 @@ class WorkflowSettings(ServiceSettings):
     """``NEXUS_TRIGGER_RATE``: starts per second each trigger may make, on average."""
     trigger_burst: int = 100
     """``NEXUS_TRIGGER_BURST``: starts a trigger may make at once before ``rate`` applies."""
+    anomaly_workflow: str = ""
+    """``NEXUS_ANOMALY_WORKFLOW``: the workflow an anomaly runs when it names none (``workflowId``);
+    empty: an anomaly must name its workflow."""
+    anomaly_events: tuple[str, ...] = ("anomaly_detected",)
+    """``NEXUS_ANOMALY_EVENTS``: the event names (``nexus.ext.<source>.<event>``, comma-separated)
+    whose external events become jobs; ``none``: no external event does."""
+    stream_token_ttl_seconds: float = 300.0
+    """``NEXUS_STREAM_TOKEN_TTL_SECONDS``: how long a stream's ``?access_token=`` is valid (1-900)."""
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
@@ -116,7 +124,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
         trigger_max_depth=env_int(env, "NEXUS_TRIGGER_MAX_DEPTH", 8, low=1),
         trigger_rate=env_float(env, "NEXUS_TRIGGER_RATE", 10.0, above=0),
         trigger_burst=env_int(env, "NEXUS_TRIGGER_BURST", 100, low=1),
+        anomaly_workflow=(env.get("NEXUS_ANOMALY_WORKFLOW") or "").strip(),
+        anomaly_events=_names(env.get("NEXUS_ANOMALY_EVENTS"), ("anomaly_detected",)),
+        stream_token_ttl_seconds=env_float(env, "NEXUS_STREAM_TOKEN_TTL_SECONDS", 300.0, low=1, high=900),
     )
+
+
+def _names(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list of names (``none``: empty; unset: ``default``)."""
+    if raw is None or not raw.strip():
+        return default
+    if raw.strip().lower() == "none":
+        return ()
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
 def _signing_key(env: Mapping[str, str]) -> str:

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from nexus.auth import AUTH, can_see
 from nexus.eventlog import ConcurrencyError
-from nexus.proto import PLATFORM_TENANT, new_event
+from nexus.proto import PLATFORM_TENANT, CloudEvent, new_event
 from nexus.proto.events.jobs import UploadCompleted, UploadIssued
 from nexus.raw import RawBackend, tenant_key
 from nexus.runtime import Service
@@ -262,19 +262,31 @@ class Uploads:
             if declared is not None and declared > grant.max_bytes:
                 raise UploadError(413, f"the file is {declared} bytes; this URL accepts at most {grant.max_bytes}")
             data = await _read_limited(request, grant.max_bytes)
-            issued = msgspec.convert(events[0].data, UploadIssued)
-            key = tenant_key(issued.tenant, f"{RAW_PREFIX}{upload_id}.{extension}")
             content_type = request.headers.get("Content-Type", "application/octet-stream")
-            stat = await self._raw().store(key, data, content_type)
+            done = await self._complete(request, events[0], extension, data, content_type)
         except UploadError as exc:
             return _error(exc)
-        file_url = self._file_url(request, upload_id, extension)
+        return web.json_response({"success": True, "fileUrl": done.file_url, "size": done.size, "sha256": done.sha256})
+
+    async def _complete(
+        self, request: web.Request, issued_event: CloudEvent, extension: str, data: bytes, content_type: str
+    ) -> UploadCompleted:
+        """Store an issued upload's bytes in its client's Raw namespace and record the use.
+
+        Raises:
+            UploadError: 410 when the upload was completed already (of two racing uses only one
+                is recorded).
+        """
+        issued = msgspec.convert(issued_event.data, UploadIssued)
+        upload_id = issued.upload_id
+        key = tenant_key(issued.tenant, f"{RAW_PREFIX}{upload_id}.{extension}")
+        stat = await self._raw().store(key, data, content_type)
         done = UploadCompleted(
             upload_id=upload_id,
             raw_ref=f"raw://{key}",
             size=stat.size,
             sha256=stat.sha256,
-            file_url=file_url,
+            file_url=self._file_url(request, upload_id, extension),
             content_type=content_type,
         )
         event = new_event(
@@ -282,16 +294,63 @@ class Uploads:
             done,
             source="nexus/workflow",
             subject=upload_id,
-            causationid=events[0].id,
-            correlationid=events[0].correlationid,
+            causationid=issued_event.id,
+            correlationid=issued_event.correlationid,
             tenant=issued.tenant,
         )
         try:
             # Appended at version 1: of two racing PUTs only one records the use.
             await self.ctx.log.append(upload_stream(upload_id), [event], expected_version=1)
         except ConcurrencyError:
-            return _error(UploadError(410, "the upload URL was already used; ask for a new one"))
-        return web.json_response({"success": True, "fileUrl": file_url, "size": stat.size, "sha256": stat.sha256})
+            raise UploadError(410, "the upload URL was already used; ask for a new one") from None
+        return done
+
+    async def store(
+        self, request: web.Request, tenant: str, job_id: str, extension: object, data: bytes, content_type: str
+    ) -> UploadCompleted:
+        """Upload a file the service received itself (an anomaly's multipart upload) through the
+        same records as the presigned path: ``upload.issued`` then ``upload.completed`` in stream
+        ``upload-<id>``, the bytes in the tenant's Raw namespace, the same signed file URL.
+
+        Raises:
+            UploadError: 400 for a bad extension, 413 for a file over the size limit, 503 without Raw.
+        """
+        self._raw()
+        if len(data) > self.presigner.max_bytes:
+            raise UploadError(413, f"the file is {len(data)} bytes; at most {self.presigner.max_bytes} are accepted")
+        grant, _ = self.presigner.issue(normalise_extension(extension))
+        issued = UploadIssued(
+            upload_id=grant.upload_id,
+            file_extension=grant.extension,
+            max_bytes=grant.max_bytes,
+            expires_at=grant.expires_at,
+            job_id=job_id,
+            tenant=tenant,
+        )
+        event = new_event(
+            UPLOAD_ISSUED,
+            issued,
+            source="nexus/workflow",
+            subject=grant.upload_id,
+            correlationid=job_id or None,
+            tenant=tenant,
+        )
+        [stored] = await self.ctx.log.append(upload_stream(grant.upload_id), [event], expected_version=0)
+        return await self._complete(request, stored, grant.extension, data, content_type)
+
+    async def completed(self, upload_id: str, tenant: str) -> UploadCompleted | None:
+        """The completed upload ``upload_id`` of ``tenant``, or None (no such upload, not yet
+        uploaded, or another tenant's: the caller cannot tell which)."""
+        if not re.fullmatch(r"[0-9a-f]{32}", upload_id):
+            return None
+        events = await self.ctx.log.read_stream(upload_stream(upload_id))
+        if not events or events[0].type != UPLOAD_ISSUED:
+            return None
+        issued = msgspec.convert(events[0].data, UploadIssued)
+        if issued.tenant != tenant:
+            return None
+        done = next((e for e in events if e.type == UPLOAD_COMPLETED), None)
+        return msgspec.convert(done.data, UploadCompleted) if done is not None else None
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -328,6 +387,8 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 
 
 PRESIGNER = web.AppKey("nexus.workflow.presigner", Presigner)
+UPLOADS = web.AppKey("nexus.workflow.uploads", Uploads)
+"""The upload routes' handler, for the modules that attach files themselves (anomalies)."""
 
 
 class UploadRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -361,6 +422,7 @@ def install(service: Service, ctx: WorkflowContext, *, presigner: Presigner | No
         )
     service.app[PRESIGNER] = presigner
     uploads = Uploads(ctx, presigner)
+    service.app[UPLOADS] = uploads
     service.route(
         "POST",
         "/job/file/upload",
