@@ -175,6 +175,13 @@ ROWS: dict[tuple[str, str, str], Row] = {
     ("workflow", "GET", "/job/{id}/results"): Row(params={"id": "job"}),
     ("workflow", "GET", "/job/{id}/audit"): Row(params={"id": "job"}),
     ("workflow", "GET", "/job/{id}/monitor"): Row(params={"id": "job"}),
+    ("workflow", "GET", "/api/opus/job/{id}/monitor"): Row(params={"id": "job"}),
+    ("workflow", "POST", "/job/{id}/monitor/token"): Row(params={"id": "job"}),
+    # A stream token adds no right: the stream's own owner check applies when it is opened.
+    ("workflow", "POST", "/stream-tokens"): Row(body=lambda ids: {"path": f"/job/{ids['job']}/monitor"}),
+    ("workflow", "POST", "/anomalies"): Row(
+        body=lambda ids: {"anomaly": {"title": "beta's"}, "workflowId": ids["workflow"]}, cross=404
+    ),
     ("workflow", "POST", "/job/file/upload"): Row(
         body=lambda ids: {"fileExtension": "pdf", "jobExecutionId": ids["job"]}, cross=404
     ),
