@@ -40,6 +40,9 @@ class TestSqliteEventLog(EventLogContract):
         return log
 
     def record_subscription_reads(self, log: EventLog, monkeypatch: pytest.MonkeyPatch) -> list[int] | None:
+        # An idle subscriber looks again only every few seconds (other processes' commits wake
+        # it): made frequent here, so the contract sees where each later read starts.
+        monkeypatch.setattr(sqlite_module, "_WATCHED_POLL_S", sqlite_module._EXTERNAL_POLL_S)
         return _record_scans(monkeypatch)
 
 

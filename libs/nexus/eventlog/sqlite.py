@@ -72,6 +72,7 @@ from nexus.eventlog._errors import (
     EventLogUnavailableError,
 )
 from nexus.eventlog._port import ANY, GENESIS_HASH, NO_STREAM, EventLog
+from nexus.eventlog._watch import WakeChannel
 from nexus.fs import create_private_file, make_private_dir
 from nexus.proto import CloudEvent
 
@@ -106,12 +107,18 @@ _MAX_EVENTS_PER_TRANSACTION = 50_000
 """The writer stops draining the queue here, so one transaction's fsync never waits on a huge backlog."""
 _STREAM_CACHE_SIZE = 100_000
 _EXTERNAL_POLL_S = 0.05
-"""How often an idle subscriber looks for events another process appended to the same file.
+"""How often an idle subscriber looks for events another process appended to the same file,
+where commits cannot be watched (``_watch.WakeChannel``: Linux's inotify).
 
-Appends of this process wake subscribers at once; another process's (``make run`` relays from a
-process of its own) are only seen by looking. One look is an indexed read of the positions past
-the last one seen, tens of microseconds, so 20 a second per idle subscriber cost nothing worth
-measuring and keep the relay's delay behind another process's append to about 50 ms."""
+Appends of this process wake subscribers at once. Another process's (``make run`` relays from a
+process of its own) are announced on the wake channel: after each commit the writer writes a
+byte to its own file in ``<log>-wake/``, and every other process watching the directory wakes
+its subscribers. Without a watch, only looking finds them: 20 indexed reads a second per idle
+subscriber, which across the platform's processes kept an idle ``make run`` at several percent
+of a core."""
+_WATCHED_POLL_S = 2.0
+"""An idle subscriber's look for other processes' events where the file is watched: only a
+safety net (a watch that missed a write), so an idle platform rests."""
 _SUBSCRIBE_PAGE = 1000
 _SCAN_WINDOW = 50_000
 """Positions one read of a filtered subscription looks at, at most (see ``_scan_types``)."""
@@ -270,6 +277,9 @@ class SqliteEventLog(EventLog):
         self._waiters: dict[asyncio.Future[None], frozenset[str] | None] = {}
         """Each waiting subscriber and the types it follows (None: every type)."""
         self._waiters_lock = threading.Lock()
+        # Commits announced to and by the other processes using the file (else: polling).
+        self._wake = WakeChannel(options.path)
+        self._watched: bool | None = None
         # Runs the insert statements of long appends while the writer seals the next chunk.
         self._inserter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nexus-eventlog-insert")
         self._writer = threading.Thread(target=self._write_loop, name="nexus-eventlog-writer", daemon=True)
@@ -369,6 +379,8 @@ class SqliteEventLog(EventLog):
                 self._settle(outcomes)
                 self._writer_cpu += time.thread_time() - started
                 self._wake_subscribers(outcomes)
+                # Readable now: tell the other processes' subscribers.
+                self._wake.notify()
 
     def _run_call(self, call: _Call) -> None:
         result, error = None, None
@@ -469,6 +481,8 @@ class SqliteEventLog(EventLog):
             self._data_version = data_version
             self._streams.clear()
             self._next_position = None
+            # Whatever types it stored, a subscriber may follow them: every one looks.
+            self._wake_subscribers()
         if self._next_position is None:
             self._next_position = self._con.execute("SELECT coalesce(max(position), 0) + 1 FROM events").fetchone()[0]
 
@@ -758,6 +772,10 @@ class SqliteEventLog(EventLog):
         wanted = check_types(types)
         names = sorted(wanted) if wanted is not None else []
         position = max(from_position, 1)
+        if self._watched is None:
+            # Another process's commit wakes every subscriber: its types are not known here.
+            self._watched = self._wake.watch(self._wake_subscribers)
+        poll = _WATCHED_POLL_S if self._watched else _EXTERNAL_POLL_S
         while True:
             self._check_open()
             # Registered before reading, so a commit between the read and the wait wakes us.
@@ -776,9 +794,10 @@ class SqliteEventLog(EventLog):
                     yield event
                 if more:
                     continue
-                # Another process may append to the same file: look again now and then.
+                # Another process may append to the same file: its commits wake us through
+                # the watch; a look now and then is the fallback.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_EXTERNAL_POLL_S):
+                    async with asyncio.timeout(poll):
                         await asyncio.shield(waiter)
             finally:
                 self._drop_waiter(waiter)
@@ -830,6 +849,7 @@ class SqliteEventLog(EventLog):
             self._queue.put(_STOP)
         await asyncio.to_thread(self._writer.join)
         self._inserter.shutdown(wait=False)  # idle: the writer waits for every insert it submits
+        self._wake.close()
         self._wake_subscribers()
         await asyncio.to_thread(self._executor.shutdown, True)
         with self._readers_lock:
