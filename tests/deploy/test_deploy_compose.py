@@ -57,7 +57,7 @@ def test_the_event_log_runs_on_a_replica_set_and_nothing_has_a_secret() -> None:
     for line in text.splitlines():
         if "PASSWORD:" in line:
             value = line.split(":", 1)[1].strip()
-            assert re.fullmatch(r"\$\{NEXUS_(NATS_[A-Z]+|GRAFANA_ADMIN)_PASSWORD:\?[^}]+\}", value), line
+            assert re.fullmatch(r"\$\{NEXUS_(NATS_[A-Z]+|GRAFANA_ADMIN|POSTGRES)_PASSWORD:\?[^}]+\}", value), line
 
 
 def test_every_service_connects_to_nats_as_its_own_identity() -> None:
@@ -153,3 +153,108 @@ def test_grafana_is_provisioned_and_its_admin_password_has_no_default() -> None:
     assert home.startswith("/var/lib/grafana/dashboards/")
     assert (ROOT / "deploy" / "grafana" / "dashboards" / home.rsplit("/", 1)[1]).exists()
     assert "prometheus" in grafana["depends_on"]
+
+
+# -- the PostgreSQL variant ----------------------------------------------------------------------
+
+MONGO_URL = "mongodb://mongo-1:27017,mongo-2:27017,mongo-3:27017/nexus?replicaSet=nexus"
+
+
+def _env_example() -> dict[str, str]:
+    """The example's variables, commented-out ones included (``# NAME=value``)."""
+    found = {}
+    for line in (ROOT / "deploy" / "nexus.env.example").read_text().splitlines():
+        match = re.fullmatch(r"#? ?(NEXUS_[A-Z_]+)=(.*)", line)
+        if match:
+            found[match[1]] = match[2]
+    return found
+
+
+def test_the_postgresql_variant_is_a_profile_whose_password_has_no_default() -> None:
+    compose = _compose()
+    postgres = compose["services"]["postgres"]
+    # Started only with --profile postgres; data on its own volume, where PostgreSQL 18's image keeps it.
+    assert postgres["profiles"] == ["postgres"]
+    assert postgres["image"].startswith("postgres:18")
+    assert postgres["volumes"] == ["postgres:/var/lib/postgresql"] and "postgres" in compose["volumes"]
+    assert "ports" not in postgres, "PostgreSQL stays on the compose network"
+    env = postgres["environment"]
+    assert env["POSTGRES_PASSWORD"] == "${NEXUS_POSTGRES_PASSWORD:?see deploy/nexus.env.example}"
+    assert _env_example()["NEXUS_POSTGRES_PASSWORD"] == ""
+    # The services wait until it accepts connections, when it runs at all.
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert f"--username {env['POSTGRES_USER']} --dbname {env['POSTGRES_DB']}" in " ".join(
+        postgres["healthcheck"]["test"]
+    )
+    assert compose["x-nexus"]["depends_on"]["postgres"] == {"condition": "service_healthy", "required": False}
+
+
+def test_the_event_log_url_is_mongodb_unless_the_operator_names_postgresql() -> None:
+    from nexus.eventlog.postgres import PostgresOptions
+
+    env = _compose()["x-nexus"]["environment"]
+    # Compose takes NEXUS_EVENT_LOG_URL from deploy/nexus.env when it is set there, else MongoDB.
+    assert env["NEXUS_EVENT_LOG_URL"] == f"${{NEXUS_EVENT_LOG_URL:-{MONGO_URL}}}"
+    assert env["NEXUS_RAW_URL"] == f"${{NEXUS_RAW_URL:-{MONGO_URL}}}"
+    # The example's PostgreSQL URL names the compose service, its user and database, and the
+    # password by reference; with a (test) password in place it is a URL the event log accepts.
+    postgres = _compose()["services"]["postgres"]["environment"]
+    url = _env_example()["NEXUS_EVENT_LOG_URL"]
+    user, database = postgres["POSTGRES_USER"], postgres["POSTGRES_DB"]
+    assert url == f"postgresql://{user}:${{NEXUS_POSTGRES_PASSWORD}}@postgres:5432/{database}"
+    options = PostgresOptions.from_url(url.replace("${NEXUS_POSTGRES_PASSWORD}", "test-only_Pa55"))
+    assert "host=postgres" in options.conninfo and f"dbname={database}" in options.conninfo
+    assert "test-only_Pa55" not in options.shown
+
+
+# -- every variable is one the platform reads ----------------------------------------------------
+
+
+def test_every_variable_compose_gives_a_service_is_one_the_platform_reads() -> None:
+    from nexus.runtime import DEFAULT_PORTS
+
+    sources = "\n".join(
+        path.read_text() for folder in ("libs", "services") for path in sorted((ROOT / folder).rglob("*.py"))
+    )
+    compose = _compose()
+    names = set(compose["x-nexus"]["environment"])
+    for service in compose["services"].values():
+        if service.get("build"):
+            names |= set(service["environment"])
+    built = {f"NEXUS_{name.upper()}_URL" for name in DEFAULT_PORTS}  # service_urls builds these names
+    unread = sorted(
+        n
+        for n in names
+        if not re.search(rf"\b{n}\b", sources) and n not in built and not n.startswith("NEXUS_SERVICE_")
+    )
+    assert not unread, f"set in docker-compose.yml but read nowhere in libs/ or services/: {unread}"
+
+
+def _interpolated(value: str) -> str:
+    """Compose's interpolation with nothing set: ``${X:-default}`` gives the default, and a
+    required ``${X:?…}`` a test value (compose itself would refuse to start)."""
+    value = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", "test-only", value)
+
+
+def test_the_services_reach_each_other_by_their_compose_names() -> None:
+    from nexus.services.kam.settings import load_settings as kam_settings
+    from nexus.services.workflow.settings import load_settings as workflow_settings
+
+    compose = _compose()
+
+    def env_of(name: str) -> dict[str, str]:
+        return {k: _interpolated(v) for k, v in compose["services"][name]["environment"].items()}
+
+    expected = {name: f"http://{name}:{port}" for name, port in PORTS.items() if name != "relay"}
+    workflow = workflow_settings(env_of("workflow"))
+    # api_call steps call the platform services by their compose names, as platform services.
+    assert {k: workflow.services[k] for k in expected} == expected
+    assert set(expected) <= workflow.platform_services
+    assert workflow.platform.event_log_url == MONGO_URL
+    # KAM's console reaches them too, and the relay for its status page.
+    assert kam_settings(env_of("kam")).services == {
+        **expected,
+        "core": expected["granulator"],
+        "relay": f"http://relay:{PORTS['relay']}",
+    }
