@@ -413,6 +413,20 @@ def test_manifest_env_loads_with_each_services_settings(name: str) -> None:
         assert settings.replica_id == env["NEXUS_GRANULATOR_REPLICA_ID"]  # type: ignore[attr-defined]
 
 
+def test_a_platform_service_url_is_checked_and_unset_means_this_host() -> None:
+    from nexus.config import ConfigError
+    from nexus.runtime import service_urls
+
+    # Unset (one machine): this host at the service's port, as before.
+    assert service_urls({"NEXUS_GRANULATOR_PORT": "9083"})["granulator"] == "http://127.0.0.1:9083"
+    # Set: that URL, without its trailing slash, for the service and for `core`.
+    urls = service_urls({"NEXUS_GRANULATOR_URL": "https://granulator.nexus.svc:8083/"})
+    assert urls["granulator"] == urls["core"] == "https://granulator.nexus.svc:8083"
+    # Anything but an http(s) base URL is refused, naming the variable.
+    with pytest.raises(ConfigError, match="NEXUS_STUDIO_URL"):
+        service_urls({"NEXUS_STUDIO_URL": "studio:8084"})
+
+
 def test_the_platform_urls_name_the_services_the_manifests_define() -> None:
     config = _find("ConfigMap", "nexus-config")["data"]
     for name, port in DEFAULT_PORTS.items():
