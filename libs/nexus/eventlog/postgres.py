@@ -458,7 +458,8 @@ class PostgresEventLog(EventLog):
             _settle([(request, None, error) for request in group])
             return
         _settle(done.outcomes)
-        self._wake(_stored_types(done))
+        if done.positions:  # a group of retries alone wrote nothing: nobody to wake
+            self._wake(set(done.types))
 
     async def _transaction(self, requests: list[_Append]) -> _Group:
         """One write transaction for ``requests``: placed under the head's lock, inserted, committed.
@@ -941,10 +942,6 @@ async def _writer_session(con: psycopg.AsyncConnection[Any]) -> None:
 def _resolve_waiter(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _stored_types(group: _Group) -> set[str]:
-    return set(group.types)
 
 
 def _settle(outcomes: list[tuple[_Append, list[CloudEvent] | None, BaseException | None]]) -> None:
