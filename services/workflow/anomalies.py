@@ -382,17 +382,23 @@ class AnomalyIntake:
             urls.append(done.file_url)
         return urls
 
-    async def submit(self, caller: KeyInfo, sub: Submission, extra_files: Sequence[str] = ()) -> dict[str, Any]:
+    async def submit(self, caller: KeyInfo, sub: Submission) -> dict[str, Any]:
         """Map ``sub`` onto its workflow's payload and start the job; the answer's body."""
         workflow_id = self._workflow(sub.workflow_id)
         schema = self.jobs.payload_schema(workflow_id, caller.tenant)
-        files = [*await self._file_urls(sub.anomaly.get(_FILES), caller.tenant), *extra_files]
+        files = await self._file_urls(sub.anomaly.get(_FILES), caller.tenant)
         instance = _mapped(sub, schema, files)
         title, description = _title(sub.anomaly)
         job, execution_id = await self.jobs.start_job(caller, workflow_id, title, description, instance)
         return _answer(job.job_id, workflow_id, execution_id, instance)
 
     async def api(self, request: web.Request) -> web.Response:
+        """An anomaly becomes a job of its workflow (202 with its ``jobExecutionId``, the mapped
+        ``jobPayloadSchemaInstance`` and the monitor's URL). JSON: ``{"anomaly", "workflowId"?,
+        "mapping"?}``, ``anomaly.files`` naming uploads from ``POST /job/file/upload``; or
+        ``multipart/form-data`` with a part ``anomaly`` (that JSON) and one part per file. Each
+        type of payload field takes the anomaly's values as seed 000's step 5 says
+        (``map_anomaly``); what does not fit is a 400 naming the field, before any job exists."""
         if request.content_type.startswith("multipart/"):
             return await self.upload(request)
         try:

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from anomaly_platform import SEED_ANOMALY, Platform, running, wait_status
 
+from nexus.auth import KeyInfo
 from nexus.eventlog.memory import MemoryEventLog
 from nexus.ingest import ExtIngest, ingested_id, register_producer
 from nexus.proto import CloudEvent, encode_event, new_event
@@ -228,3 +229,19 @@ async def test_the_event_names_that_are_anomalies_are_a_setting(tmp_path: Path, 
         assert intake.events == (frozenset() if events == "none" else {"quake_detected"})
         (stored,) = await platform.log.append("ext-gaia", [_ingested(SEED_ANOMALY)])
         assert await intake.on_event(stored) is None
+
+
+async def test_a_job_initiated_before_a_crash_is_executed_when_its_event_is_offered_again(tmp_path: Path) -> None:
+    async with running(tmp_path, ENV) as platform, aiohttp.ClientSession() as session:
+        jobs = platform.service.app[JOB_API]
+        event = _ingested(SEED_ANOMALY)
+        job_id = job_id_for_event(event.id)
+        # The replica recorded job.initiated for the event, then died before executing it.
+        producer = KeyInfo(key_id="producer:gaia", kind="client", owner="alpha")
+        await jobs._initiate(producer, "gaia_anomaly_review", "t", "", job_id=job_id, causation_id=event.id)
+        await platform.log.append("ext-gaia", [event])
+        final = await wait_status(session, platform, job_id)
+        assert final["status"] == "COMPLETED"
+        async with session.get(f"{platform.url}/job/{job_id}/audit", headers=platform.headers()) as resp:
+            types = [e["type"] for e in (await resp.json())["auditTrail"]]
+        assert types.count("nexus.workflow.job.initiated") == 1 and types.count("nexus.workflow.job.executed") == 1
