@@ -466,8 +466,20 @@ def test_no_credential_is_committed() -> None:
 # -- NATS ----------------------------------------------------------------------------------------
 
 
-def _nats_env() -> dict[str, str]:
-    return {f"NEXUS_NATS_{identity.upper()}_PASSWORD": "test-only" for identity in IDENTITIES}
+def _nats_env(pod: str = "nats-0") -> dict[str, str]:
+    """The environment Kubernetes gives a NATS pod (test credentials; ``$(VAR)`` expanded from the
+    variables defined before it, as the kubelet does)."""
+    values = _test_secrets()
+    env: dict[str, str] = {}
+    for e in _container(_find("StatefulSet", "nats"))["env"]:
+        if "value" in e:
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), e["value"])
+        elif "secretKeyRef" in e["valueFrom"]:
+            env[e["name"]] = values[e["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            assert e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            env[e["name"]] = pod
+    return env
 
 
 def test_the_nats_configuration_has_the_platform_users_and_nats_server_accepts_it() -> None:
@@ -477,9 +489,14 @@ def test_the_nats_configuration_has_the_platform_users_and_nats_server_accepts_i
     variables = {name: f"$NEXUS_NATS_{name.upper()}_PASSWORD" for name in IDENTITIES}
     assert render_authorization(variables) in text
     settings = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-    assert settings.count("authorization {") == 1 and "no_auth_user" not in settings
+    # One client authorization block (the cluster's own, for the routes, is indented inside it).
+    assert settings.count("\nauthorization {") == 1 and "no_auth_user" not in settings
+    assert re.search(
+        r"cluster \{[^}]*authorization \{\s*user: route\s*password: \$NEXUS_NATS_ROUTE_PASSWORD\s*\}", settings
+    )
+    # nats-server accepts it with the environment the StatefulSet gives each pod.
     server = str(find_nats_server())
-    env = {"PATH": "/usr/bin:/bin", "POD_NAME": "nats-0", **_nats_env()}
+    env = {"PATH": "/usr/bin:/bin", **_nats_env()}
     result = subprocess.run([server, "-c", str(conf), "-t"], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
     # The node's name comes from the pod: without POD_NAME the file does not load.
@@ -494,20 +511,27 @@ def test_the_nats_statefulset_is_a_three_node_cluster_that_loses_one_node_at_a_t
     assert spec["replicas"] == 3
     headless = _find("Service", spec["serviceName"])
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
-    # The routes in nats.conf name exactly the StatefulSet's pods under the headless Service.
+    # The routes are exactly the StatefulSet's pods under the headless Service, each dialled with
+    # the routes' password (no password is written in the manifest: Kubernetes expands it).
     conf = (K8S / "nats" / "nats.conf").read_text()
-    routes = re.findall(r"nats-route://([\w.-]+):6222", conf)
-    assert routes == [f"{nats['metadata']['name']}-{i}.{spec['serviceName']}" for i in range(3)]
-    assert "server_name: $POD_NAME" in conf and "store_dir: /data/jetstream" in conf
+    routes = re.findall(r"^\s+\$(NEXUS_NATS_ROUTE_\d)$", conf, re.MULTILINE)
+    assert routes == [f"NEXUS_NATS_ROUTE_{i}" for i in range(3)]
     container = _container(nats)
+    env = {e["name"]: e for e in container["env"]}
+    for i, route in enumerate(routes):
+        host = f"{nats['metadata']['name']}-{i}.{spec['serviceName']}"
+        assert env[route]["value"] == f"nats-route://route:$(NEXUS_NATS_ROUTE_PASSWORD)@{host}:6222"
+    expanded = _nats_env()
+    assert expanded["NEXUS_NATS_ROUTE_1"].startswith(f"nats-route://route:{expanded['NEXUS_NATS_ROUTE_PASSWORD']}@")
+    assert "server_name: $POD_NAME" in conf and "store_dir: /data/jetstream" in conf
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert mounts["/data"] == spec["volumeClaimTemplates"][0]["metadata"]["name"]
     assert mounts["/var/run/nats"] in {v["name"] for v in spec["template"]["spec"]["volumes"] if "emptyDir" in v}
     assert "pid_file: /var/run/nats/nats.pid" in conf
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["nats-server", "-sl=ldm=/var/run/nats/nats.pid"]
-    # Each identity's password, from the Secret; probes on the monitoring port.
-    assert set(_secret_refs(container)) == set(_nats_env())
-    assert all(v == k for k, v in _secret_refs(container).items())
+    # Each identity's password and the routes', from the Secret; probes on the monitoring port.
+    passwords = {f"NEXUS_NATS_{identity.upper()}_PASSWORD" for identity in IDENTITIES} | {"NEXUS_NATS_ROUTE_PASSWORD"}
+    assert _secret_refs(container) == {name: name for name in passwords}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"client": 4222, "cluster": 6222, "monitor": 8222}
     assert "listen: 0.0.0.0:4222" in conf and "http: 0.0.0.0:8222" in conf and "listen: 0.0.0.0:6222" in conf
