@@ -3,13 +3,19 @@
 ``GET /users/{user_id}/updates`` streams them as Server-Sent Events; ``GET /users/{user_id}/ws``
 is a WebSocket that receives the same updates as JSON messages. Each replica follows the event
 log, so a user connected to any replica sees transitions driven by every replica. An event
-concerns a user when its data names ``user_id`` (a phase trigger) or it belongs to an execution
-whose input names ``user_id`` (learned from the execution's ``queued`` event). Users are per
-tenant: the tenant of a phase trigger or an execution is the envelope's ``tenant``, and a
-connection follows one user of the caller's tenant.
+concerns a user when it is in the user's phase stream (a phase trigger, its work: claims routed,
+smart prompts, submissions, decisions, payouts, ledger entries, and every ``phase.updated``) or
+it belongs to an execution whose input names ``user_id`` (learned from the execution's
+``queued`` event).
+
+A user belongs to the client that created it: the tenant of a phase stream is the envelope's
+``tenant`` (and the stream's name), and a connection follows one user of the caller's tenant
+only; another client's user of the same id is another user, and an unknown one is a 404.
 
 Each update is counted in ``nexus_workflow_user_transitions_total{workflow, status}`` on
-``/metrics`` (seed 001's "phase transition metrics").
+``/metrics`` (seed 001's "phase transition metrics"); the open connections are
+``nexus_workflow_live_connections{transport}``, and ``GET /api/v1/workflow/stats`` gives them
+with the queue's statistics (seed 001's ``getConnectedClientsCount`` and ``getQueueStats``).
 """
 
 from __future__ import annotations
@@ -24,23 +30,28 @@ from typing import Any
 
 import msgspec
 from aiohttp import WSMsgType, web
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from nexus.auth import AUTH
 from nexus.proto import PLATFORM_TENANT, CloudEvent
 from nexus.replay import tail
-from nexus.runtime import EventStream, HTTPError, Service
+from nexus.runtime import EventStream, HTTPError, Service, json_response
 from nexus.services.workflow.context import WorkflowContext
-from nexus.services.workflow.phases import user_has_phases
+from nexus.services.workflow.phases import user_has_phases, user_of_stream
 
 logger = logging.getLogger("nexus.workflow.live")
 
-__all__ = ["TRANSITIONS", "UserHub", "install", "update_of"]
+__all__ = ["CONNECTIONS", "TRANSITIONS", "UserHub", "install", "update_of"]
 
 TRANSITIONS = Counter(
     "nexus_workflow_user_transitions",
     "Transitions of executions (and phase triggers) that concern a user, by workflow and status.",
     ["workflow", "status"],
+)
+CONNECTIONS = Gauge(
+    "nexus_workflow_live_connections",
+    "Users' live-update connections open on this replica, by transport (sse, websocket): sum over replicas.",
+    ["transport"],
 )
 
 _EXECUTION_PREFIX = "nexus.workflow."
@@ -61,9 +72,11 @@ def update_of(event: CloudEvent, user_id: str, workflow_id: str | None) -> dict[
         "event_id": event.id,
         "position": event.position,
     }
-    if event.type == _PHASE_TRIGGERED:
-        update["phase"] = data.get("phase")
-        update["sync_id"] = data.get("sync_id")
+    if (event.streamid or "").startswith("phases-"):
+        # The phase's own record: every field but the bulky ones (evidence, metadata).
+        update.update({k: v for k, v in data.items() if k not in ("user_id", "evidence", "metadata")})
+        if event.type == _PHASE_TRIGGERED:
+            update.setdefault("sync_id", "")
         return update
     update["execution_id"] = data.get("execution_id") or (event.streamid or "").removeprefix("execution-")
     update["workflow_id"] = workflow_id
@@ -84,24 +97,38 @@ class UserHub:
         self._listeners: dict[User, set[asyncio.Queue[dict[str, Any]]]] = {}
         # Execution id → (tenant, user id, workflow id), for executions whose input names a user.
         self._executions: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
+        self._transports: dict[int, str] = {}
 
-    def listen(self, user: User) -> asyncio.Queue[dict[str, Any]]:
+    def listen(self, user: User, transport: str = "sse") -> asyncio.Queue[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(_QUEUE_SIZE)
         self._listeners.setdefault(user, set()).add(queue)
+        self._transports[id(queue)] = transport
+        CONNECTIONS.labels(transport).inc()
         return queue
 
     def unlisten(self, user: User, queue: asyncio.Queue[dict[str, Any]]) -> None:
         listeners = self._listeners.get(user)
-        if listeners is not None:
+        if listeners is not None and queue in listeners:
             listeners.discard(queue)
+            CONNECTIONS.labels(self._transports.pop(id(queue), "sse")).dec()
             if not listeners:
                 del self._listeners[user]
 
-    def connections(self, user: User | None = None) -> int:
-        """Open connections (of one user, or of all)."""
+    def connections(self, user: User | None = None, *, tenant: str | None = None) -> int:
+        """Open connections: of one user, of one tenant's users, or of all."""
         if user is not None:
             return len(self._listeners.get(user, ()))
-        return sum(len(v) for v in self._listeners.values())
+        return sum(len(v) for (owner, _), v in self._listeners.items() if tenant is None or owner == tenant)
+
+    def by_transport(self, tenant: str | None = None) -> dict[str, int]:
+        """Open connections by transport (``sse``, ``websocket``), of one tenant or of all."""
+        counts = {"sse": 0, "websocket": 0}
+        for (owner, _), queues in self._listeners.items():
+            if tenant is None or owner == tenant:
+                for queue in queues:
+                    transport = self._transports.get(id(queue), "sse")
+                    counts[transport] = counts.get(transport, 0) + 1
+        return counts
 
     def route(self, event: CloudEvent) -> tuple[User, dict[str, Any]] | None:
         """The (tenant, user) and update for ``event``, or None when it concerns no user."""
@@ -114,10 +141,11 @@ class UserHub:
                 self._executions[data["execution_id"]] = (tenant, user, str(data.get("workflow_id", "")))
                 if len(self._executions) > _MAX_EXECUTIONS:
                     self._executions.popitem(last=False)
-        if event.type == _PHASE_TRIGGERED and isinstance(data.get("user_id"), str):
-            tenant = event.tenant or PLATFORM_TENANT
-            return (tenant, data["user_id"]), update_of(event, data["user_id"], None)
         stream = event.streamid or ""
+        owner = user_of_stream(stream, event.tenant)
+        if owner is not None:
+            # The stream names the user and its client: the only user these updates go to.
+            return owner, update_of(event, owner[1], None)
         if not stream.startswith("execution-"):
             return None
         known = self._executions.get(data.get("execution_id") or stream.removeprefix("execution-"))
@@ -146,6 +174,17 @@ class Connected(msgspec.Struct, frozen=True, kw_only=True):
 
     type: str
     user_id: str
+
+
+class LiveStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Seed 001's monitoring: connected clients (this replica's) and the queue (the log's)."""
+
+    connected_clients: int
+    """Live-update connections open on this replica (of the caller's users; an admin's: all)."""
+    connections: dict[str, int]
+    """The same, by transport (``sse``, ``websocket``)."""
+    queue: dict[str, Any]
+    """The queue as ``GET /queue/stats`` shows it to the caller."""
 
 
 def _user_of(request: web.Request) -> User:
@@ -192,7 +231,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
     )
     async def sse(request: web.Request) -> web.StreamResponse:
         user = await _known_user(request)
-        queue = hub.listen(user)
+        queue = hub.listen(user, "sse")
 
         async def updates() -> AsyncIterator[dict[str, Any]]:
             while True:
@@ -226,7 +265,7 @@ def install(service: Service, ctx: WorkflowContext) -> None:
         user = await _known_user(request)
         ws = web.WebSocketResponse(heartbeat=30.0)
         await ws.prepare(request)
-        queue = hub.listen(user)
+        queue = hub.listen(user, "websocket")
 
         async def forward() -> None:
             while True:
@@ -247,6 +286,27 @@ def install(service: Service, ctx: WorkflowContext) -> None:
                 await sender
             hub.unlisten(user, queue)
         return ws
+
+    @service.route(
+        "GET",
+        "/api/v1/workflow/stats",
+        summary="Connected live-update clients and the queue's statistics (the caller's; an admin's: all)",
+        response=LiveStats,
+        tags=["phases"],
+        auth="client",
+        query={"tenant": "admins only: one tenant's figures (default: the whole platform)"},
+    )
+    async def stats(request: web.Request) -> web.Response:
+        info = request[AUTH]
+        tenant = (request.query.get("tenant") or None) if info.is_admin else info.tenant
+        if tenant is not None and tenant != info.tenant:
+            await service.audit_admin(info, "GET", "/api/v1/workflow/stats", "stats", tenant, 200)
+        body = LiveStats(
+            connected_clients=hub.connections(tenant=tenant),
+            connections=hub.by_transport(tenant),
+            queue=ctx.engine.queue_stats(tenant),
+        )
+        return json_response(body)
 
     async def follow(app: web.Application) -> Any:
         async def run() -> None:

@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from nexus.config import ConfigError, env_float, env_int, port_from_env
@@ -76,6 +77,20 @@ class WorkflowSettings(ServiceSettings):
     """``NEXUS_TRIGGER_RATE``: starts per second each trigger may make, on average."""
     trigger_burst: int = 100
     """``NEXUS_TRIGGER_BURST``: starts a trigger may make at once before ``rate`` applies."""
+    phase_auto_submit_confidence: Decimal = Decimal("0.85")
+    """``NEXUS_PHASE_AUTO_SUBMIT_CONFIDENCE``: phase 4 submits a matched claim whose (adjusted)
+    confidence is at least this (0-1), triggering phase 5 for it."""
+    phase_prompt_confidence: Decimal = Decimal("0.50")
+    """``NEXUS_PHASE_PROMPT_CONFIDENCE``: from this confidence up to the auto-submit one, phase 4
+    asks the user to confirm (a smart prompt); below it the claim is held. Must be lower than
+    the auto-submit threshold."""
+    phase_rejection_penalty: Decimal = Decimal("0.05")
+    """``NEXUS_PHASE_REJECTION_PENALTY``: how much each rejection of a claim type (phase 6)
+    lowers the confidence later claims of that type are routed with."""
+    phase_max_penalty: Decimal = Decimal("0.25")
+    """``NEXUS_PHASE_MAX_PENALTY``: the most the rejections of one claim type lower it."""
+    phase_fee_rate: Decimal = Decimal("0.20")
+    """``NEXUS_PHASE_FEE_RATE``: the platform's fee on a payout (phase 7), 0-1, exact decimal."""
     anomaly_workflow: str = ""
     """``NEXUS_ANOMALY_WORKFLOW``: the workflow an anomaly runs when it names none (``workflowId``);
     empty: an anomaly must name its workflow."""
@@ -127,7 +142,37 @@ def load_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
         anomaly_workflow=(env.get("NEXUS_ANOMALY_WORKFLOW") or "").strip(),
         anomaly_events=_names(env.get("NEXUS_ANOMALY_EVENTS"), ("anomaly_detected",)),
         stream_token_ttl_seconds=env_float(env, "NEXUS_STREAM_TOKEN_TTL_SECONDS", 300.0, low=1, high=900),
+        **_phase_rules(env),
     )
+
+
+def _fraction(env: Mapping[str, str], name: str, default: str) -> Decimal:
+    """A decimal setting from 0 to 1, read exactly (``0.85``, not the binary float nearest it)."""
+    raw = (env.get(name) or "").strip() or default
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ConfigError(f"{name}={raw!r} is not a decimal number") from None
+    if not value.is_finite() or not Decimal(0) <= value <= Decimal(1):
+        raise ConfigError(f"{name}={raw!r} must be a decimal from 0 to 1")
+    return value
+
+
+def _phase_rules(env: Mapping[str, str]) -> dict[str, Decimal]:
+    """Seed 001's phase thresholds and rates (``NEXUS_PHASE_*``), checked against each other."""
+    rules = {
+        "phase_auto_submit_confidence": _fraction(env, "NEXUS_PHASE_AUTO_SUBMIT_CONFIDENCE", "0.85"),
+        "phase_prompt_confidence": _fraction(env, "NEXUS_PHASE_PROMPT_CONFIDENCE", "0.50"),
+        "phase_rejection_penalty": _fraction(env, "NEXUS_PHASE_REJECTION_PENALTY", "0.05"),
+        "phase_max_penalty": _fraction(env, "NEXUS_PHASE_MAX_PENALTY", "0.25"),
+        "phase_fee_rate": _fraction(env, "NEXUS_PHASE_FEE_RATE", "0.20"),
+    }
+    if rules["phase_prompt_confidence"] >= rules["phase_auto_submit_confidence"]:
+        raise ConfigError(
+            "NEXUS_PHASE_PROMPT_CONFIDENCE must be lower than NEXUS_PHASE_AUTO_SUBMIT_CONFIDENCE "
+            f"({rules['phase_prompt_confidence']} >= {rules['phase_auto_submit_confidence']})"
+        )
+    return rules
 
 
 def _names(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:

@@ -194,7 +194,8 @@ async def test_a_clients_trigger_fires_only_on_its_own_events(platform: Starter)
 async def test_phase_users_audit_and_live_updates_are_per_tenant(platform: Starter) -> None:
     p = await platform()
     # Acme's user u-1 goes through a phase; rival has no u-1.
-    status, body = await p.call(ACME, "POST", "/api/v1/workflow/phase/7", {"user_id": "u-1", "shop": "north"})
+    payout = {"user_id": "u-1", "claim_id": "c-1", "amount": "10.00", "shop": "north"}
+    status, body = await p.call(ACME, "POST", "/api/v1/workflow/phase/7", payout)
     assert status == 202, body
     await _until(lambda: [s for s in p.engine.list(workflow_id="phase_7", tenant=ACME) if s.status == "COMPLETED"])
     status, audit = await p.call(ACME, "GET", "/api/v1/workflow/phases/u-1/audit")
@@ -212,9 +213,13 @@ async def test_phase_users_audit_and_live_updates_are_per_tenant(platform: Start
     async with aiohttp.ClientSession(headers=p.headers(ACME)) as http:
         acme_ws = await http.ws_connect(p.url + "/users/u-1/ws")
         assert (await acme_ws.receive_json())["type"] == "connected"
-        assert (await p.call(RIVAL, "POST", "/api/v1/workflow/phase/7", {"user_id": "u-1"}))[0] == 202
+        rival_payout = {"user_id": "u-1", "claim_id": "c-1", "amount": "1.00"}
+        assert (await p.call(RIVAL, "POST", "/api/v1/workflow/phase/7", rival_payout))[0] == 202
         status, rival_audit = await p.call(RIVAL, "GET", "/api/v1/workflow/phases/u-1/audit")
-        assert status == 200 and rival_audit["auditTrail"][0]["data"]["metadata"] == {}
+        assert status == 200 and rival_audit["auditTrail"][0]["data"]["metadata"] == {
+            "claim_id": "c-1",
+            "amount": "1.00",
+        }
         await _until(lambda: [s for s in p.engine.list(workflow_id="phase_7", tenant=RIVAL) if s.status == "COMPLETED"])
         # Acme's socket got nothing of rival's user (a ping is answered: the socket is alive).
         await acme_ws.send_str("ping")
