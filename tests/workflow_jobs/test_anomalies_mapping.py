@@ -151,3 +151,10 @@ def test_mapping_never_raises_anything_but_a_payload_error_and_its_result_is_val
     assert set(instance) <= set(fields)
     assert all(name in instance for name, field in fields.items() if field.required)
     assert map_anomaly(anomaly, fields, files=files, mapping=mapping) == instance  # deterministic
+
+
+def test_the_job_apis_check_refuses_an_integer_too_large_for_a_float() -> None:
+    # JSON carries integers of any size; the payload check answered them with an OverflowError (a 500).
+    fields = schema(x="float")
+    with pytest.raises(PayloadError, match="finite number"):
+        check_instance(fields, {"x": {"value": 10**400, "type": "float"}})

@@ -209,13 +209,21 @@ def is_date(value: Any) -> bool:
     return False
 
 
+def _finite(number: float) -> bool:
+    """Whether a number is finite as a float (an integer too large for one is not)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
+
+
 def check_value(kind: str, value: Any) -> str | None:
     """Why ``value`` is not a valid value of job type ``kind``, or None when it is."""
     if kind == "str":
         ok = isinstance(value, str)
         expected = "a string"
     elif kind == "float":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
         expected = "a finite number"
     elif kind == "bool":
         ok = isinstance(value, bool)
