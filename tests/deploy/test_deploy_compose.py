@@ -88,7 +88,8 @@ def test_production_nats_has_the_embedded_users_and_permissions_and_no_secret(co
     # as environment references; no anonymous access.
     assert render_authorization(_password_variables()) in text
     settings = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-    assert settings.count("authorization {") == 1 and "no_auth_user" not in settings
+    # One client authorization block at the top level (the routes' own is indented in cluster {}).
+    assert settings.count("\nauthorization {") == 1 and "no_auth_user" not in settings
     assert not re.search(r"password:\s*[\"']", settings), "a literal password in the production configuration"
     # TLS is documented in the file.
     assert "tls {" in text
@@ -98,6 +99,9 @@ def test_production_nats_has_the_embedded_users_and_permissions_and_no_secret(co
 def test_production_nats_configuration_is_accepted_by_nats_server(config: Path) -> None:
     # nats-server -t parses the file (variables resolved from the environment) without starting.
     env = {**os.environ, **{variable[1:]: "test-only" for variable in _password_variables().values()}}
+    # The routes' password, and their URLs as docker-compose.yml builds them.
+    env |= {"NEXUS_NATS_ROUTE_PASSWORD": "test-only"}
+    env |= {f"NEXUS_NATS_ROUTE_{n}": f"nats-route://route:test-only@nats-{n}:6222" for n in (1, 2, 3)}
     result = subprocess.run(
         [str(find_nats_server()), "-c", str(config), "-t"], env=env, capture_output=True, text=True, timeout=30
     )
