@@ -168,6 +168,11 @@ ROWS: dict[tuple[str, str, str], Row] = {
     ("workflow", "GET", "/api/v1/workflow/phases/{user_id}/audit"): Row({"user_id": "u"}),
     ("workflow", "GET", "/users/{user_id}/updates"): Row({"user_id": "u"}, stream=True),
     ("workflow", "GET", "/users/{user_id}/ws"): Row({"user_id": "u"}, stream=True),
+    ("workflow", "POST", "/api/v1/users/{user_id}/claims/{claim_id}/confirm"): Row({"user_id": "u", "claim_id": "c"}),
+    ("workflow", "GET", "/api/v1/users/{user_id}/claims"): Row({"user_id": "u"}),
+    ("workflow", "GET", "/api/v1/users/{user_id}/ledger"): Row({"user_id": "u"}),
+    ("workflow", "GET", "/api/v1/users/{user_id}/claims/{claim_id}/proof"): Row({"user_id": "u", "claim_id": "c"}),
+    ("workflow", "GET", "/api/v1/workflow/stats"): Row(),
 }
 
 # "Billion laughs" (444 bytes of YAML that PyYAML's safe_load expands to gigabytes).

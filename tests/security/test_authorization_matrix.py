@@ -198,6 +198,15 @@ ROWS: dict[tuple[str, str, str], Row] = {
     ("workflow", "GET", "/api/v1/workflow/phases/{user_id}/audit"): Row(params={"user_id": "user"}, cross=404),
     ("workflow", "GET", "/users/{user_id}/updates"): Row(params={"user_id": "user"}, cross=404),
     ("workflow", "GET", "/users/{user_id}/ws"): Row(params={"user_id": "user"}, cross=404),
+    ("workflow", "POST", "/api/v1/users/{user_id}/claims/{claim_id}/confirm"): Row(
+        params={"user_id": "user", "claim_id": "claim"}, cross=404
+    ),
+    ("workflow", "GET", "/api/v1/users/{user_id}/claims"): Row(params={"user_id": "user"}, cross=404),
+    ("workflow", "GET", "/api/v1/users/{user_id}/ledger"): Row(params={"user_id": "user"}, cross=404),
+    ("workflow", "GET", "/api/v1/users/{user_id}/claims/{claim_id}/proof"): Row(
+        params={"user_id": "user", "claim_id": "claim"}, cross=404
+    ),
+    ("workflow", "GET", "/api/v1/workflow/stats"): Row(),
     # -- granulator
     ("granulator", "POST", "/api/handshake"): Row(body=lambda ids: dict(HANDSHAKE)),
     ("granulator", "POST", "/api/process"): Row(
@@ -296,6 +305,9 @@ async def _create_alphas_resources(platform: Platform) -> None:
         ids["trigger"] = (await call("POST", f"{wf}/triggers", trigger, 201))["id"]
         ids["user"] = "user-of-alpha"
         await call("POST", f"{wf}/api/v1/workflow/phase/1", {"user_id": ids["user"]}, 202)
+        ids["claim"] = "claim-of-alpha"
+        prompted = {"user_id": ids["user"], "matches": [{"claim_id": ids["claim"], "confidence": 0.6}]}
+        await call("POST", f"{wf}/api/v1/workflow/phase/4", prompted, 202)
         ids["handshake"] = (await call("POST", f"{gr}/api/handshake", HANDSHAKE))["handshake_id"]
         st = platform.url("studio")
         chapter = {
