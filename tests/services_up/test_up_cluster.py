@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,32 @@ async def test_a_cluster_with_nexus_nats_url_set_is_refused_before_anything_star
     env = {**os.environ, "NEXUS_DATA_DIR": str(tmp_path), "NEXUS_NATS_URL": "nats://127.0.0.1:1"}
     code, out, err = await nexus("up", "--nats-cluster", "3", env=env)
     assert code == 2 and "NEXUS_NATS_URL" in err and "--nats-cluster" in err, out + err
+    assert not (tmp_path / "nats").exists()
+
+
+async def test_a_cluster_port_in_use_is_named_before_anything_starts(tmp_path: Path) -> None:
+    # The cluster's client ports follow NEXUS_NATS_PORT, its route ports NEXUS_NATS_CLUSTER_PORT:
+    # a taken one is named with the variable that moves it.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for variable, what in (
+            ("NEXUS_NATS_PORT", "nats-server 2 of the cluster"),
+            ("NEXUS_NATS_CLUSTER_PORT", "the routes of nats-server 2"),
+        ):
+            env = {
+                **os.environ,
+                "NEXUS_DATA_DIR": str(tmp_path),
+                "NEXUS_NATS_PORT": "0",
+                "NEXUS_NATS_CLUSTER_PORT": "0",
+            }
+            env.pop("NEXUS_NATS_URL", None)
+            env[variable] = str(port - 1)
+            code, out, err = await nexus("up", "--nats-cluster", "3", env=env)
+            assert code == 2, out + err
+            assert f"port {port} on 127.0.0.1 is already in use, so {what} cannot start" in err, err
+            assert variable in err
     assert not (tmp_path / "nats").exists()
 
 
