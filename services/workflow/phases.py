@@ -485,11 +485,15 @@ class PhaseReactor:
         self.handled += 1
         self.position = max(self.position, event.position or 0)
 
+    async def _done(self, key: str) -> bool:
+        """Whether the reaction recorded under ``key`` is in the log already (a replay, another replica)."""
+        return await self.ctx.log.get_event(_event_id(f"{key}/0")) is not None
+
     async def _ended(self, event: CloudEvent) -> None:
         data = event.data if isinstance(event.data, dict) else {}
         phase = phase_of_workflow(str(data.get("workflow_id", "")))
         execution_id = str(data.get("execution_id", ""))
-        if phase is None or not execution_id:
+        if phase is None or not execution_id or await self._done(f"ended/{event.id}"):
             return
         state = self.ctx.engine.get(execution_id) or await self.ctx.engine.load(execution_id)
         given = state.input if state is not None and isinstance(state.input, dict) else {}
@@ -572,7 +576,7 @@ class PhaseReactor:
     async def _learn(self, event: CloudEvent) -> None:
         data = event.data if isinstance(event.data, dict) else {}
         located = user_of_stream(event.streamid or "", event.tenant)
-        if data.get("decision") != "rejected" or located is None:
+        if data.get("decision") != "rejected" or located is None or await self._done(f"learn/{event.id}"):
             return
         tenant, user_id = located
         learned = LearningRejection(
@@ -586,7 +590,7 @@ class PhaseReactor:
             "nexus.workflow.learning.rejection",
             learned,
             source=SOURCE,
-            id=_event_id(f"learn/{event.id}"),
+            id=_event_id(f"learn/{event.id}/0"),
             time=event.time,
             subject=learned.claim_type,
             correlationid=event.correlationid,
@@ -601,7 +605,7 @@ class PhaseReactor:
         data = event.data if isinstance(event.data, dict) else {}
         located = user_of_stream(event.streamid or "", event.tenant)
         claim_id = data.get("claim_id")
-        if located is None or not isinstance(claim_id, str):
+        if located is None or not isinstance(claim_id, str) or await self._done(f"proved/{event.id}"):
             return
         tenant, user_id = located
         mine = claim_events(await self.desk.events(tenant, user_id), claim_id)

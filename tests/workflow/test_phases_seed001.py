@@ -29,8 +29,8 @@ from nexus.cli.commands.proof import verify_packet
 from nexus.cli.main import main as nexus_main
 from nexus.config import ConfigError
 from nexus.eventlog.memory import MemoryEventLog
-from nexus.ingest import ingested_id
-from nexus.proto import new_event
+from nexus.ingest import ExtIngest, ingested_id, register_producer
+from nexus.proto import encode_event, new_event
 from nexus.raw.memory import MemoryRaw
 from nexus.runtime import Service
 from nexus.services.workflow import api
@@ -72,6 +72,7 @@ class Platform:
     service: Service
     core: Core
     keys: dict[str, str]
+    bus: MemoryBus
 
     def headers(self, tenant: str) -> dict[str, str]:
         return {"X-API-Key": self.keys[tenant]}
@@ -144,7 +145,7 @@ async def platform(tmp_path: Path) -> AsyncIterator[Starter]:
         cleanup.append(stop)
         keys = {t: (await issue_key(log, "client", t)).secret for t in (ACME, RIVAL)}
         keys["ops"] = (await issue_key(log, "client", "ops", scopes=("admin",))).secret
-        return Platform(str(server.make_url("")).rstrip("/"), log, engine, service, core, keys)
+        return Platform(str(server.make_url("")).rstrip("/"), log, engine, service, core, keys, bus)
 
     yield start
     for step in reversed(cleanup):
@@ -551,3 +552,51 @@ async def test_updates_go_only_to_the_users_client_and_the_connections_and_queue
         assert all(m["user_id"] == "u-1" and m.get("claim_id") != "rc" for m in messages)
         await acme_ws.close()
         await rival_ws.close()
+
+
+async def test_a_payout_published_on_nexus_ext_is_ingested_and_runs_phase_7_for_the_sources_client(
+    platform: Starter,
+) -> None:
+    p = await platform()
+    await p.phase(ACME, 1, {"user_id": "u-e"})
+    # The source "stripe" is bound to acme (nexus keys create --producer stripe --client acme).
+    await register_producer(p.log, "stripe", ACME)
+    ingest = ExtIngest(p.bus, p.log)
+    await ingest.start()
+    try:
+        payout = new_event(
+            "payout.received",
+            {"user_id": "u-e", "claim_id": "c-1", "amount": "99.99", "tenant": "rival"},
+            source="https://stripe.example/webhooks",
+        )
+        await p.bus.publish("nexus.ext.stripe.payout_received", encode_event(payout))
+        paid = await _until(lambda: p.of_type(ACME, "u-e", "claim.paid"))
+    finally:
+        await ingest.stop()
+    assert [(d["amount"], d["fee"], d["net"]) for d in paid] == [("99.99", "20.00", "79.99")]  # 19.998
+    await _until(lambda: p.executions("phase_7", status="COMPLETED"))
+    # What the producer claimed about the tenant changes nothing: rival has no such user.
+    assert await p.stream(RIVAL, "u-e") == []
+
+
+async def test_a_phase_whose_workflow_cannot_start_still_updates_its_user(platform: Starter) -> None:
+    # One start per phase trigger at a time, and the bucket barely refills: the second is refused.
+    p = await platform(NEXUS_TRIGGER_RATE="0.001", NEXUS_TRIGGER_BURST="1")
+    await p.phase(ACME, 6, {"user_id": "u-r", "claim_id": "c-1", "reason": "late"})
+    await p.phase(ACME, 6, {"user_id": "u-r", "claim_id": "c-2", "reason": "late"})
+
+    async def workflow_updates() -> list[Any]:
+        found = await _matching(p.of_type(ACME, "u-r", "phase.updated"), lambda u: u["part"] == "workflow")
+        return found if len(found) == 2 else []
+
+    updates = await _until(workflow_updates)
+    # The first phase 6 ran; the second's workflow was refused, and its user was told so.
+    assert sorted((u["phase"], u["status"]) for u in updates) == [(6, "completed"), (6, "failed")]
+    [refused] = [u for u in updates if u["status"] == "failed"]
+    assert "was not started" in refused["message"] and "rate" in refused["message"]
+    # The work itself was done for both: the rejections are recorded.
+    assert [d["claim_id"] for d in await p.of_type(ACME, "u-r", "claim.decided")] == ["c-1", "c-2"]
+
+
+async def _matching(values: Awaitable[list[dict[str, Any]]], check: Callable[[dict[str, Any]], bool]) -> list[Any]:
+    return [v for v in await values if check(v)]
