@@ -50,14 +50,21 @@ __all__ = [
     "CENT",
     "CLAIM_EVENTS",
     "MAX_MATCHES",
+    "PACKET_FORMAT",
     "ROUNDING",
     "Claim",
     "ClaimConflict",
     "PhaseInputError",
     "PhaseRules",
     "UserClaims",
+    "check_input",
+    "confirmation",
+    "decimal_of",
     "fee_of",
     "phase_update",
+    "proof_packet",
+    "proved",
+    "submission",
     "work",
 ]
 
@@ -157,8 +164,6 @@ class Claim:
     rejections: list[str] = field(default_factory=list)
     payout: dict[str, str] = field(default_factory=dict)
     proof_root: str = ""
-    events: list[str] = field(default_factory=list)
-    """Ids of the claim's events, in stream order."""
 
     def view(self) -> dict[str, Any]:
         return {
@@ -193,8 +198,6 @@ class UserClaims:
         if (event.type not in CLAIM_EVENTS and event.type != PROVED) or not isinstance(claim_id, str):
             return
         claim = self.claims.setdefault(claim_id, Claim(claim_id))
-        if event.type != PROVED:
-            claim.events.append(event.id)
         if isinstance(data.get("claim_type"), str):
             claim.claim_type = data["claim_type"]
         if event.type == ROUTED:
