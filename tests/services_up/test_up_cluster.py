@@ -26,6 +26,7 @@ from processes import alive, descendants, free_port
 
 from nexus.bus.embedded import load_credentials
 from nexus.config import ConfigError, PlatformSettings
+from nexus.runtime._supervisor import check_port_free
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
@@ -51,17 +52,28 @@ async def test_a_cluster_with_nexus_nats_url_set_is_refused_before_anything_star
     assert not (tmp_path / "nats").exists()
 
 
+def _taken_after_a_free_one() -> tuple[socket.socket, int]:
+    """A listening socket on port p whose port p - 1 is free (node 1 can bind it, node 2 cannot)."""
+    for _ in range(50):
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        port = int(taken.getsockname()[1])
+        if check_port_free("127.0.0.1", port - 1):
+            taken.listen()
+            return taken, port
+        taken.close()
+    raise AssertionError("no port p with p - 1 free")
+
+
 async def test_a_cluster_port_in_use_is_named_before_anything_starts(tmp_path: Path) -> None:
     # The cluster's client ports follow NEXUS_NATS_PORT, its route ports NEXUS_NATS_CLUSTER_PORT:
     # a taken one is named with the variable that moves it.
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        for variable, what in (
-            ("NEXUS_NATS_PORT", "nats-server 2 of the cluster"),
-            ("NEXUS_NATS_CLUSTER_PORT", "the routes of nats-server 2"),
-        ):
+    for variable, what in (
+        ("NEXUS_NATS_PORT", "nats-server 2 of the cluster"),
+        ("NEXUS_NATS_CLUSTER_PORT", "the routes of nats-server 2"),
+    ):
+        taken, port = _taken_after_a_free_one()
+        with taken:
             env = {
                 **os.environ,
                 "NEXUS_DATA_DIR": str(tmp_path),
@@ -71,9 +83,9 @@ async def test_a_cluster_port_in_use_is_named_before_anything_starts(tmp_path: P
             env.pop("NEXUS_NATS_URL", None)
             env[variable] = str(port - 1)
             code, out, err = await nexus("up", "--nats-cluster", "3", env=env)
-            assert code == 2, out + err
-            assert f"port {port} on 127.0.0.1 is already in use, so {what} cannot start" in err, err
-            assert variable in err
+        assert code == 2, out + err
+        assert f"port {port} on 127.0.0.1 is already in use, so {what} cannot start" in err, err
+        assert variable in err
     assert not (tmp_path / "nats").exists()
 
 
