@@ -100,6 +100,11 @@ logger = logging.getLogger("nexus.bus")
 
 QUIET_INTERVAL = 10.0
 """Seconds between two log lines of the same repeated error (the lines in between are counted)."""
+_IDLE_PULL_S = 15.0
+"""The longest an idle consumer's pull request lasts. How long it lasts delays nothing (a message
+goes to an open request at once); it is how often an idle consumer asks again. Requests lost
+with a connection are asked again on reconnecting; one lost otherwise is noticed within this
+time plus two seconds."""
 
 _quiet = RateLimitedLog(logger, interval=QUIET_INTERVAL)
 
@@ -593,6 +598,13 @@ class JetStreamBus(Bus):
         if user is not None or password is not None:
             credentials = {"user": user, "password": password}
         nc = NatsClient()
+        buses: list[JetStreamBus] = []
+
+        async def on_reconnected() -> None:
+            await _on_reconnected()
+            for bus in buses:
+                bus._ask_again()
+
         try:
             async with asyncio.timeout(None if reconnect else 2 * connect_timeout + 1):
                 await nc.connect(
@@ -607,7 +619,7 @@ class JetStreamBus(Bus):
                     # The client's own flusher coalesces our fire-and-forget publishes into few writes.
                     pending_size=64 * 1024 * 1024,
                     error_cb=on_error if not reconnect else _log_error,
-                    reconnected_cb=_on_reconnected,
+                    reconnected_cb=on_reconnected,
                     **credentials,
                 )
         except (OSError, NatsError, TimeoutError) as exc:
@@ -625,6 +637,7 @@ class JetStreamBus(Bus):
                 accelerator=accelerator,
                 replicas=replicas,
             )
+            buses.append(bus)
             await bus._pipeline.start()
             await nc.subscribe(f"{bus._reply_prefix}.*", cb=bus._on_reply)
             if ensure_streams:
@@ -998,6 +1011,12 @@ class JetStreamBus(Bus):
         except (NatsError, TimeoutError) as exc:
             raise BusUnavailableError(f"NATS did not answer a ping: {exc!r}") from exc
 
+    def _ask_again(self) -> None:
+        """After a reconnect: the server forgot the open pull requests; every consumer asks again now."""
+        for consumer in self._consumers:
+            if isinstance(consumer, _JetStreamConsumer):
+                consumer.ask_again()
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -1130,9 +1149,13 @@ class _JetStreamConsumer(Consumer):
         self._lag = CONSUMER_LAG.labels(spec.name)
         self._pending_reported: int | None = None
         self._acked = CONSUMER_PROCESSED.labels(spec.name, "ack")
-        # Open pull requests expire quickly so that a stopping replica is not handed messages
-        # after it has stopped asking (they would wait out ack_wait before anyone got them).
+        # A pull request lasts ``_expires`` while messages come; each one that ends empty lasts
+        # twice as long as the last, up to _IDLE_PULL_S, so an idle consumer asks a few times
+        # a minute instead of twice a second (every ask costs the server and this process).
+        # A stopping replica withdraws its open request by unsubscribing its inbox: the server
+        # hands messages only to requests whose reply subject still has interest.
         self._expires = _seconds(spec.extra.get("pull_expires_seconds"), 0.5)
+        self._pull_expires = self._expires
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.name}"
         # A pull that ended in an error status (503: no consumer answers; 409: deleted, limits…)
         # makes the loop check the consumer, recreate it (and its stream) if it is gone, and
@@ -1220,6 +1243,12 @@ class _JetStreamConsumer(Consumer):
                 self._check = True
             elif status in ("404", "408"):
                 self._failing = False
+                # Ended empty: the next request waits longer; one that delivered starts short.
+                self._pull_expires = (
+                    min(max(self._pull_expires * 2, self._expires), _IDLE_PULL_S)
+                    if self._received == 0
+                    else self._expires
+                )
             if status != "100":
                 self._pull_open = False
                 self._wake.set()
@@ -1235,8 +1264,9 @@ class _JetStreamConsumer(Consumer):
         self._requested = self.spec.batch
         self._received = 0
         self._pull_open = True
-        self._pull_deadline = asyncio.get_running_loop().time() + self._expires + 2.0
-        request = {"batch": self.spec.batch, "expires": int(self._expires * 1e9)}
+        expires = self._pull_expires
+        self._pull_deadline = asyncio.get_running_loop().time() + expires + 2.0
+        request = {"batch": self.spec.batch, "expires": int(expires * 1e9)}
         await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._inbox)
 
     async def _run(self) -> None:
@@ -1264,7 +1294,7 @@ class _JetStreamConsumer(Consumer):
                 self._wake.clear()
                 # asyncio.timeout, not wait_for: no task per wait, and this loop waits often.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._expires + 2.5):
+                    async with asyncio.timeout(self._pull_expires + 2.5):
                         await self._wake.wait()
                 continue
             item = self._queue.popleft()
@@ -1382,14 +1412,29 @@ class _JetStreamConsumer(Consumer):
                 await asyncio.shield(self._task)
             return
         self._stopping = True
+        # No interest in the inbox any more: the server drops the open pull request and hands
+        # its messages to the other replicas (the loop does not wait for it to expire).
+        await self._withdraw()
+        self._pull_open = False
         self._wake.set()
         await _wait_for_loop(self.spec.name, self._task)
-        if self._sub is not None:
-            self._wire.forget(self._sub)
-            with contextlib.suppress(NatsError):
-                await self._sub.unsubscribe()
         with contextlib.suppress(NatsError, TimeoutError):
             await self._nc.flush(timeout=2)
+
+    def ask_again(self) -> None:
+        """Send a new pull request now (the open one was lost with the connection)."""
+        self._pull_open = False
+        self._pull_expires = self._expires
+        self._wake.set()
+
+    async def _withdraw(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            self._wire.forget(sub)
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+            with contextlib.suppress(NatsError, TimeoutError):
+                await self._nc.flush(timeout=2)
 
 
 class _PublicConsumer(Consumer):
