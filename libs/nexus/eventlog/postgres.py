@@ -38,11 +38,14 @@ not tell a committed gap from one that is about to be filled without waiting.)
 
 **Group commit.** One writer task per open log owns the writing connection. Callers encode
 and digest their events (``chain.content_bytes``) and queue the append; the writer takes every
-queued append and commits them in ONE transaction of four round trips, whatever the group's
-size: (1) begin and lock the head; (2) look up the group's event ids (idempotency) and the last
-version and hash of the group's streams it has not cached; (3) insert every placed event, move
-the head and notify, in one statement; (4) commit. (psycopg's pipeline mode saves two round
-trips but measured no faster here: its client side costs about what it saves on loopback.)
+queued append and commits them in ONE transaction of two round trips, whatever the group's
+size: (1) begin, lock the head, then look up the group's event ids (idempotency) and the last
+version and hash of the group's streams it has not cached; (2) insert every placed event, move
+the head and notify in one statement, and commit. Each round trip is one simple-protocol query
+of several statements, its values inlined as quoted literals (``psycopg.sql.Literal``); a
+group of large bodies is sent with parameters instead, and committed in a third round trip.
+(psycopg's pipeline mode also saves round trips, but its client side measured as costly as
+the round trips it saves on loopback.)
 Each append is decided on its own (a ConcurrencyError or a DuplicateEventError fails
 that append alone); should the store refuse the group's insert (a constraint, a trigger),
 the group is committed again one append per transaction, so only the refused append fails.
@@ -95,6 +98,7 @@ from nexus.proto import CloudEvent
 
 try:
     import psycopg
+    from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
     from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 except ImportError:  # pragma: no cover - psycopg is a declared dependency
@@ -128,12 +132,22 @@ _SCHEMA: Final = (
     "INSERT INTO eventlog_head (one, position) VALUES (true, 0) ON CONFLICT DO NOTHING",
 )
 
-_BEGIN_AND_LOCK_HEAD: Final = b"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT position FROM eventlog_head FOR UPDATE"
-_LOOKUP: Final = (
-    "SELECT NULL::text, NULL::bigint, body FROM eventlog_events WHERE event_id = ANY(%s::text[]) "
-    "UNION ALL SELECT s.id, e.version, e.body FROM unnest(%s::text[]) AS s(id) CROSS JOIN LATERAL "
+_BEGIN_LOCK_LOOKUP: Final = (
+    "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT position FROM eventlog_head FOR UPDATE; "
+    "SELECT NULL::text, NULL::bigint, body FROM eventlog_events WHERE event_id = ANY({ids}::text[]) "
+    "UNION ALL SELECT s.id, e.version, e.body FROM unnest(CASE WHEN (SELECT position FROM eventlog_head) = {cached} "
+    "THEN {unknown}::text[] ELSE {streams}::text[] END) AS s(id) CROSS JOIN LATERAL "
     "(SELECT version, body FROM eventlog_events WHERE stream_id = s.id ORDER BY version DESC LIMIT 1) AS e"
 )
+"""Round trip 1 of a write transaction, three statements in one simple-protocol query: begin,
+lock the head, then (a statement of its own, so its snapshot includes every commit before the
+lock) the group's ids already stored and the last event of each stream not cached, or of every
+stream of the group when the head is not the one this log last committed (another process
+wrote: the cache may be stale)."""
+_WRITE_LITERAL_BYTES: Final = 256 * 1024
+"""A group whose bodies are smaller than this is written and committed in one round trip, its
+values inlined as quoted literals (a simple-protocol query cannot carry parameters); a larger
+one is sent with parameters (binary, not hex-quoted), and committed in a round trip of its own."""
 _WRITE: Final = (
     "WITH inserted AS (INSERT INTO eventlog_events (position, stream_id, version, event_id, type, body) "
     "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::bytea[])), "
@@ -472,22 +486,23 @@ class PostgresEventLog(EventLog):
             con = await self._connection()
             streams = sorted({r.stream_id for r in requests})
             ids = [e.id for r in requests for e in r.events]
-            # Round trip 1: the transaction and the head's lock (one simple-protocol query). The
-            # reads below are a statement of their own, so their snapshot is taken after the
-            # lock was granted and includes every commit before it.
-            cursor = await con.execute(_BEGIN_AND_LOCK_HEAD)
-            cursor.nextset()  # past BEGIN's result, to the SELECT's
+            # Round trip 1: begin, lock the head, look up (see _BEGIN_LOCK_LOOKUP).
+            cursor = await con.execute(
+                sql.SQL(_BEGIN_LOCK_LOOKUP).format(
+                    ids=sql.Literal(ids),
+                    cached=sql.Literal(-1 if self._cached_head is None else self._cached_head),
+                    unknown=sql.Literal([s for s in streams if s not in self._streams]),
+                    streams=sql.Literal(streams),
+                )
+            )
+            cursor.nextset()  # past BEGIN's result, to the head's
             head_row = await cursor.fetchone()
             if head_row is None:
                 raise EventLogUnavailableError("the eventlog_head row is missing: the database is damaged")
             head = int(head_row[0])
             if head != self._cached_head:
-                # Another process committed since our last transaction: the cache may be stale.
-                self._streams.clear()
-            unknown = [s for s in streams if s not in self._streams]
-            # Round trip 2: the group's ids already stored, and the last event of each stream
-            # not cached.
-            cursor = await con.execute(_LOOKUP, [ids, unknown], binary=True)
+                self._streams.clear()  # the lookup read every stream of the group again
+            cursor.nextset()
             stored_bodies, states = [], []
             for stream_id, version, body in await cursor.fetchall():
                 if stream_id is None:
@@ -501,23 +516,25 @@ class PostgresEventLog(EventLog):
             for request in requests:
                 position = self._place(request, group, found, state, position)
             if group.positions:
-                # Round trips 3 and 4: the rows, the head and the notification in one
-                # statement, then the commit.
-                await con.execute(
-                    _WRITE,
-                    [
-                        group.positions,
-                        group.streams,
-                        group.versions,
-                        group.ids,
-                        group.types,
-                        group.bodies,
-                        position - 1,
-                        CHANNEL,
-                        self._notice(group),
-                    ],
-                )
-                await con.execute(b"COMMIT")
+                # Round trip 2: the rows, the head and the notification in one statement, and
+                # the commit (a large group: 2 and 3).
+                values = [
+                    group.positions,
+                    group.streams,
+                    group.versions,
+                    group.ids,
+                    group.types,
+                    group.bodies,
+                    position - 1,
+                    CHANNEL,
+                    self._notice(group),
+                ]
+                if sum(map(len, group.bodies)) < _WRITE_LITERAL_BYTES:
+                    literal = sql.SQL(_WRITE.replace("%s", "{}")).format(*map(sql.Literal, values))
+                    await con.execute(literal + sql.SQL("; COMMIT"))
+                else:
+                    await con.execute(_WRITE, values)
+                    await con.execute(b"COMMIT")
             else:
                 await con.execute(b"ROLLBACK")  # nothing to write: let the head's lock go
         except psycopg.Error as exc:
@@ -926,7 +943,7 @@ async def _writer_session(con: psycopg.AsyncConnection[Any]) -> None:
     """Set up the writing connection's session.
 
     The connection is in autocommit mode: the writer begins its transactions itself, at READ
-    COMMITTED whatever the server's default (``_BEGIN_AND_LOCK_HEAD``), since the ordering
+    COMMITTED whatever the server's default (``_BEGIN_LOCK_LOOKUP``), since the ordering
     argument (module docstring) needs each statement to see the commits that came before its
     lock, and in the same round trip as the lock. A bounded wait for the
     head's lock, so an append fails (EventLogUnavailableError) rather than hangs behind
