@@ -39,10 +39,12 @@ from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
+from opentelemetry import trace
 
 from nexus.auth import AUTH, KeyInfo
 from nexus.bus import BusError
 from nexus.eventlog import NO_STREAM, ConcurrencyError, DuplicateEventError
+from nexus.obs import current_traceparent, parent_context
 from nexus.proto import CMD_PREFIX, CloudEvent, cmd_subject, encode_event, new_event
 from nexus.proto.commands import TENANT_HEADER, WorkflowStartCommand
 from nexus.proto.events.studio import BlobOrigin, StudioRunStarted
@@ -76,6 +78,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("nexus.studio.triggers")
+_tracer = trace.get_tracer("nexus.studio.triggers")
 
 MAX_CHAIN = 4
 """How many runs deep a chain of provider runs may go (a run's write triggering another provider,
@@ -174,6 +177,9 @@ class Start:
     requested_by: str = ""
     queued_at: float = field(default_factory=time.perf_counter)
     attempt: int = 0
+    traceparent: str | None = field(default_factory=current_traceparent)
+    """The trace of what caused the start (the blob's write, a trigger request): the start
+    command is sent in it, so the execution is part of that trace."""
 
 
 class TriggerBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -333,7 +339,18 @@ class Triggers:
         while True:
             start = await self._queue.get()
             try:
-                await self.start(start)
+                with _tracer.start_as_current_span(
+                    "studio.start",
+                    context=parent_context(start.traceparent),
+                    attributes={
+                        "nexus.blob.id": start.blob_id,
+                        "nexus.provider.id": start.provider_id,
+                        "nexus.workflow.id": start.workflow_id,
+                        "nexus.studio.trigger": start.trigger,
+                        "nexus.studio.attempt": start.attempt + 1,
+                    },
+                ):
+                    await self.start(start)
             except asyncio.CancelledError:
                 raise
             except _Refused as exc:
