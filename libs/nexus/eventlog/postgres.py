@@ -55,9 +55,15 @@ the lock is the one it last committed (else another process wrote, and the cache
 **Tailing without a busy poll.** Every write transaction sends ``NOTIFY nexus_eventlog`` with
 the committed event types (PostgreSQL delivers it at commit). Each open log keeps one
 connection listening; a notification wakes the subscribers following one of its types, and a
-commit of the same process wakes them directly. A subscriber also looks once every
-``_SAFETY_POLL_S`` (a notification lost with a dropped listening connection is not waited for
-forever); that look is one indexed read.
+commit of the same process wakes them directly. Subscribers following only other types look
+``_LAZY_WAKE_S`` later, once for all the commits meanwhile, to move past them. A subscriber
+also looks once every ``_SAFETY_POLL_S`` (a notification lost with a dropped listening
+connection is not waited for forever); that look is one indexed read.
+
+**Bounded waits.** An append waits at most ``_LOCK_TIMEOUT_S`` for the head's lock (another
+process's stuck transaction) and then fails as unavailable, saying that a retry with the same
+event ids is safe; the server ends a writing session idle inside a transaction for
+``_IDLE_IN_TRANSACTION_S`` (a stopped process does not hold the head for everyone).
 
 Private by default: the password in the URL is never logged or shown (``url`` holds the URL
 with the password masked), and errors name the server, never the credentials.
