@@ -440,3 +440,16 @@ def test_mask_password() -> None:
 async def test_an_unreachable_server_is_unavailable() -> None:
     with pytest.raises(EventLogUnavailableError, match="cannot open"):
         await open_event_log("postgresql://nexus:pw@127.0.0.1:1/nexus?connect_timeout=2")
+
+
+def test_without_server_binaries_the_setup_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reason the PostgreSQL tests and bench rows are skipped with, where no server can be had.
+    from nexus.testing import _postgres
+
+    monkeypatch.setattr(_postgres, "_binaries", lambda: None)
+    with pytest.raises(PostgresUnavailable, match="no PostgreSQL server binaries"):
+        _postgres.find_binaries(install=False)
+    # Not root: Debian's package cannot be installed, and the message says how to get it.
+    monkeypatch.setattr(_postgres.os, "geteuid", lambda: 1000)
+    with pytest.raises(PostgresUnavailable, match="apt-get install postgresql"):
+        _postgres.find_binaries(install=True)
