@@ -5,6 +5,13 @@ Correlation: within ``with correlation(request_id):`` every event ``new_event`` 
 installs where the id comes from outside such a block (seed 003's ``CorrelationProvider``).
 A workflow execution's driver runs inside its execution's correlation id.
 
+Traces: an event appended without a ``traceparent`` carries its append span's
+(``InstrumentedEventLog``), so whoever handles it later (the relay, a consumer, a log tail:
+``parent_context(event.traceparent)``) continues the trace of what appended it; a workflow
+execution records the trace of what started it and every step of it is a span of that trace.
+Latency histograms take ``exemplar()`` (the sampled trace's id), shown to a scraper that asks
+for OpenMetrics (``render_metrics(accept)``).
+
 A service gets all three from ``nexus.runtime``; use this package directly to add a metric
 (declare it in the default registry: it then appears on the service's ``/metrics``), to open a
 span (``opentelemetry.trace.get_tracer(__name__)``), or to log (``logging.getLogger(__name__)``
@@ -30,10 +37,8 @@ from nexus.obs._metrics import (
 from nexus.obs._ratelog import Backoff, RateLimitedLog
 from nexus.obs._tracing import (
     EXPORTERS,
-    current_trace_id,
     current_traceparent,
     extract_context,
-    link_to,
     parent_context,
     setup_tracing,
 )
@@ -69,12 +74,10 @@ __all__ = [
     "correlation",
     "counts",
     "current_correlation_id",
-    "current_trace_id",
     "current_traceparent",
     "exemplar",
     "extract_context",
     "fold_metrics",
-    "link_to",
     "parent_context",
     "redact",
     "render_metrics",

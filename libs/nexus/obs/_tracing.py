@@ -91,17 +91,3 @@ def parent_context(traceparent: str | None) -> Context | None:
         return None
     context = _propagator.extract(carrier={"traceparent": traceparent})
     return context if trace.get_current_span(context).get_span_context().is_valid else None
-
-
-def link_to(traceparent: str | None) -> trace.Link | None:
-    """A span link to the span a ``traceparent`` names (for work that covers a batch of events)."""
-    context = parent_context(traceparent)
-    if context is None:
-        return None
-    return trace.Link(trace.get_current_span(context).get_span_context())
-
-
-def current_trace_id() -> str | None:
-    """The current span's trace id as 32 hex digits (exemplars, error bodies), or None."""
-    context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid and context.trace_flags.sampled else None
