@@ -12,6 +12,7 @@ repository, and a NATS configuration that nats-server accepts with the platform'
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import re
 import secrets
@@ -143,14 +144,22 @@ def _example_keys() -> list[str]:
     return keys
 
 
+def _password_recipe() -> str:
+    """The Python expression the example gives for a password."""
+    text = (K8S / "nexus-secrets.env.example").read_text()
+    (recipe,) = re.findall(r"python3 -c \"import secrets; print\((.+)\)\"", text)
+    return recipe
+
+
 def _test_secrets() -> dict[str, str]:
-    """A value for each key of the example, of the form the platform expects (test-only)."""
+    """A value for each key of the example, made as the example says (test-only)."""
     values = {}
     for key in _example_keys():
+        password = str(eval(_password_recipe(), {"secrets": secrets}))  # the example's own recipe
         if key.endswith("_URL"):
-            values[key] = f"postgresql://nexus:{secrets.token_urlsafe(12)}@db.test:5432/nexus"
+            values[key] = f"postgresql://nexus:{password}@db.test:5432/nexus"
         else:
-            values[key] = secrets.token_urlsafe(32)
+            values[key] = password
     return values
 
 
@@ -505,6 +514,22 @@ def test_the_nats_configuration_has_the_platform_users_and_nats_server_accepts_i
     assert result.returncode != 0 and "POD_NAME" in result.stdout + result.stderr
 
 
+def test_passwords_made_as_the_example_says_are_ones_nats_server_accepts() -> None:
+    # nats-server reads a variable's value as a configuration value: a random password such as
+    # "2024-x…" or "-x…" is taken for a date or a number and the server refuses to start. The
+    # example's recipe starts every password with a letter; a few rounds of it all pass, and the
+    # failure it avoids is real.
+    conf = str(K8S / "nats" / "nats.conf")
+    server = str(find_nats_server())
+    for _ in range(5):
+        env = {"PATH": "/usr/bin:/bin", **_nats_env()}
+        result = subprocess.run([server, "-c", conf, "-t"], env=env, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
+    env["NEXUS_NATS_KAM_PASSWORD"] = "2024-x" + secrets.token_urlsafe(16)
+    result = subprocess.run([server, "-c", conf, "-t"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "NEXUS_NATS_KAM_PASSWORD" in result.stdout + result.stderr
+
+
 def test_the_nats_statefulset_is_a_three_node_cluster_that_loses_one_node_at_a_time() -> None:
     nats = _find("StatefulSet", "nats")
     spec = nats["spec"]
@@ -543,3 +568,146 @@ def test_the_nats_statefulset_is_a_three_node_cluster_that_loses_one_node_at_a_t
     # A quorum of two keeps JetStream writing: one node may be disrupted at a time.
     budget = _find("PodDisruptionBudget", "nats")
     assert budget["spec"] == {"maxUnavailable": 1, "selector": spec["selector"]}
+
+
+# -- the NATS configuration, running ---------------------------------------------------------------
+
+
+class _Node:
+    """One nats-server on loopback from deploy/k8s/nats/nats.conf, as a pod would run it.
+
+    The file is used as it is, except where a pod has a machine of its own: its two absolute
+    paths (the JetStream store and the pid file, which the StatefulSet mounts) move under a
+    temporary directory, and its three listen addresses to free loopback ports. (Not with
+    nats-server's --cluster flag: it would replace the routes' authorization as well.) The
+    environment is the one the StatefulSet gives the pod, with the route URLs on loopback.
+    """
+
+    def __init__(self, directory: Path, pod: str, env: dict[str, str], ports: dict[str, int]) -> None:
+        directory.mkdir(parents=True)
+        self.pid_file = directory / "nats.pid"
+        self.log = directory / "nats.log"
+        conf = (K8S / "nats" / "nats.conf").read_text()
+        for old, new in (
+            ("/data/jetstream", str(directory / "jetstream")),
+            ("/var/run/nats/nats.pid", str(self.pid_file)),
+            ("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{ports['client']}"),
+            ("http: 0.0.0.0:8222", f"http: 127.0.0.1:{ports['monitor']}"),
+            ("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{ports['cluster']}"),
+        ):
+            assert conf.count(old) == 1, old
+            conf = conf.replace(old, new)
+        (directory / "nats.conf").write_text(conf)
+        self.monitor = ports["monitor"]
+        command = [str(find_nats_server()), "-c", str(directory / "nats.conf")]
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, env={**env, "POD_NAME": pod}, stdout=log, stderr=log)
+
+    def get(self, path: str) -> Any:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor}{path}", timeout=5) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def _wait(what: str, check: Callable[[], bool], seconds: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, KeyError):
+            pass  # not listening yet, or not yet reporting that part
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.mark.nats
+@pytest.mark.slow
+def test_the_nats_configuration_runs_as_a_jetstream_cluster_with_authenticated_routes(tmp_path: Path) -> None:
+    from processes import free_port
+
+    from nexus.bus.jetstream import JetStreamBus
+
+    ports = [{"client": free_port(), "cluster": free_port(), "monitor": free_port()} for _ in range(3)]
+    env = {"PATH": "/usr/bin:/bin", **_nats_env()}
+    secret = env["NEXUS_NATS_ROUTE_PASSWORD"]
+    for i, node_ports in enumerate(ports):
+        env[f"NEXUS_NATS_ROUTE_{i}"] = f"nats-route://route:{secret}@127.0.0.1:{node_ports['cluster']}"
+    nodes: list[_Node] = []
+    try:
+        for i in range(3):
+            nodes.append(_Node(tmp_path / f"nats-{i}", f"nats-{i}", env, ports[i]))
+        # The three form one cluster with a JetStream meta group of three (the readiness probe's
+        # endpoint answers on each).
+        for node in nodes:
+            _wait("the JetStream cluster", lambda node=node: node.get("/jsz")["meta_cluster"]["cluster_size"] == 3)
+            _wait("readiness", lambda node=node: node.get("/healthz?js-server-only=true")["status"] == "ok")
+            _wait("a JetStream leader", lambda node=node: bool(node.get("/jsz")["meta_cluster"].get("leader")))
+        _wait(
+            "every route", lambda: {r["remote_name"] for r in nodes[0].get("/routez")["routes"]} == {"nats-1", "nats-2"}
+        )
+        # A service connects as its identity to the three (NEXUS_NATS_URL) and creates the
+        # platform's streams with three copies (NEXUS_NATS_REPLICAS).
+        urls = ",".join(f"nats://127.0.0.1:{p['client']}" for p in ports)
+        password = env["NEXUS_NATS_WORKFLOW_PASSWORD"]
+
+        async def connect() -> None:
+            bus = await JetStreamBus.connect(
+                urls, name="k8s-test", user="workflow", password=password, replicas=3, reconnect=False
+            )
+            await bus.close()
+
+        asyncio.run(connect())
+
+        def streams() -> list[dict[str, Any]]:
+            details: list[dict[str, Any]] = nodes[1].get("/jsz?streams=true&config=true")["account_details"][0][
+                "stream_detail"
+            ]
+            return details
+
+        assert streams() and all(s["config"]["num_replicas"] == 3 for s in streams())
+        # Each stream has a leader and two followers, one per node.
+        _wait("every stream's followers", lambda: all(len(s["cluster"].get("replicas", [])) == 2 for s in streams()))
+        # A server that dials a route with the wrong password, or none, does not join.
+        intruder_env = dict(env)
+        first = ports[0]["cluster"]
+        # (A route URL without credentials is dialled with the server's own cluster password.)
+        intruder_env |= {
+            "NEXUS_NATS_ROUTE_PASSWORD": "wrong",
+            "NEXUS_NATS_ROUTE_0": f"nats-route://route:wrong@127.0.0.1:{first}",
+            "NEXUS_NATS_ROUTE_1": f"nats-route://127.0.0.1:{first}",
+            "NEXUS_NATS_ROUTE_2": f"nats-route://127.0.0.1:{ports[1]['cluster']}",
+        }
+        intruder_ports = {"client": free_port(), "cluster": free_port(), "monitor": free_port()}
+        intruder = _Node(tmp_path / "intruder", "intruder", intruder_env, intruder_ports)
+        nodes.append(intruder)
+        _wait(
+            "the refused route", lambda: "Router connection closed: Authentication Failure" in nodes[0].log.read_text()
+        )
+        assert "intruder" not in {r["remote_name"] for r in nodes[0].get("/routez")["routes"]}
+        assert intruder.get("/routez")["num_routes"] == 0
+        assert nodes[0].get("/jsz")["meta_cluster"]["cluster_size"] == 3
+        # The preStop hook's command puts a node in lame-duck mode (through the pid file).
+        hook = _container(_find("StatefulSet", "nats"))["lifecycle"]["preStop"]["exec"]["command"]
+        hook = [
+            str(find_nats_server()),
+            *(arg.replace("/var/run/nats/nats.pid", str(nodes[2].pid_file)) for arg in hook[1:]),
+        ]
+        subprocess.run(hook, check=True, capture_output=True, timeout=10)
+        _wait("lame-duck mode", lambda: "lame duck mode" in nodes[2].log.read_text().lower())
+    finally:
+        for node in nodes:
+            node.stop()
