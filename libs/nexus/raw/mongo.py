@@ -1,16 +1,32 @@
 """``mongodb://HOST/DB``: blobs in GridFS through PyMongo's asyncio API.
 
 Each blob is one GridFS file named by its key, in the bucket ``raw`` (``?bucket=`` changes it),
-with ``metadata`` holding its sha256, content type and creation time. A store uploads a new
-revision and then removes the older ones: readers always take the newest revision, so a crash
-between the two steps leaves a readable blob and a stale revision that the next store removes.
+with ``metadata`` holding its sha256, content type and creation time.
+
+**Revisions.** A store uploads a new revision, then removes the revisions OLDER than its own,
+in the order (``uploadDate``, ``_id``) that every client sees alike; readers take the newest
+revision in the same order. So two stores of one key racing (content-addressed ``refs/``
+keys collide by design) leave the newer one, never nothing; a crash between the two steps
+leaves a readable blob and a stale revision that the next store removes. A read that races
+an overwrite (its revision removed while its chunks are read) takes the newest revision again:
+it returns the old content or the new one, never an error.
+
+**Failed uploads.** GridFS writes a file's chunks first and its files document last, and
+PyMongo leaves the chunks behind when an upload fails. A store records its upload in
+``<bucket>.uploads`` before writing, aborts a failed upload (removing its chunks), and drops
+the record once the upload is complete; ``sweep_orphans`` (run at open) removes the chunks of
+uploads recorded more than an hour ago that never completed (the process died, or the abort
+failed with the server).
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import datetime
 import hashlib
 import re
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from nexus.hooks import Clock, SystemClock
@@ -18,13 +34,21 @@ from nexus.raw._errors import RawKeyError, RawNotFoundError, RawUnavailableError
 from nexus.raw._port import DEFAULT_CONTENT_TYPE, RawBackend, RawPage, RawStat, check_key, check_list_args
 
 try:
+    from bson import ObjectId
     from gridfs import AsyncGridFSBucket
-    from gridfs.errors import NoFile
+    from gridfs.errors import CorruptGridFile, NoFile
     from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
     from pymongo.errors import PyMongoError
     from pymongo.write_concern import WriteConcern
 except ImportError:  # pragma: no cover - pymongo is a declared dependency
     AsyncMongoClient = None  # type: ignore[assignment,misc]  # pymongo missing: refused at open
+
+_NEWEST_FIRST: Final = [("uploadDate", DESCENDING), ("_id", DESCENDING)]
+"""The order of a key's revisions, newest first, which stores and readers share."""
+_READ_ATTEMPTS: Final = 5
+"""Reads of a key's newest revision, each retried when an overwrite removed it meanwhile."""
+ORPHAN_AGE_S: Final = 3600.0
+"""An upload recorded this long ago and not complete is taken for dead by ``sweep_orphans``."""
 
 
 class MongoRaw(RawBackend):
@@ -38,6 +62,8 @@ class MongoRaw(RawBackend):
         self._bucket_name = bucket
         self._bucket = AsyncGridFSBucket(self._db, bucket_name=bucket)
         self._files = self._db[f"{bucket}.files"]
+        self._chunks = self._db[f"{bucket}.chunks"]
+        self._uploads = self._db[f"{bucket}.uploads"]
         self._clock = clock or SystemClock()
 
     @classmethod
@@ -60,11 +86,20 @@ class MongoRaw(RawBackend):
         try:
             await client.admin.command("ping")
             raw = cls(client, database, bucket, clock=clock, url=url)
-            await raw._files.create_index([("filename", ASCENDING), ("uploadDate", DESCENDING)])
+            await raw.prepare()
         except PyMongoError as exc:
             await client.close()
             raise RawUnavailableError(f"MongoDB at {parts.hostname} is unavailable: {exc}") from None
         return raw
+
+    async def prepare(self) -> None:
+        """Create the index that orders a key's revisions, and sweep orphaned chunks (at open).
+
+        Raises:
+            PyMongoError: the server failed (``open`` reports it as unavailable).
+        """
+        await self._files.create_index([("filename", ASCENDING), ("uploadDate", DESCENDING), ("_id", DESCENDING)])
+        await self.sweep_orphans()
 
     async def store(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> RawStat:
         check_key(key)
@@ -77,31 +112,77 @@ class MongoRaw(RawBackend):
             created=self._clock.now(),
         )
         metadata = {"sha256": stat.sha256, "content_type": content_type, "created": stat.created}
+        file_id = ObjectId()
         try:
-            new_id = await self._bucket.upload_from_stream(key, data, metadata=metadata)
-            async for old in self._files.find({"filename": key, "_id": {"$ne": new_id}}, {"_id": 1}):
-                await self._bucket.delete(old["_id"])
-        except NoFile:
-            pass  # a concurrent store of the same key already removed that revision
+            # Recorded first, so chunks left by a failure that the abort below cannot undo
+            # (the server went away, the process died) are found by sweep_orphans.
+            await self._uploads.insert_one({"_id": file_id, "filename": key})
+            upload = self._bucket.open_upload_stream_with_id(file_id, key, metadata=metadata)
+            try:
+                await upload.write(data)
+                await upload.close()  # the files document: the revision is readable from here
+            except BaseException:
+                # PyMongo leaves the chunks written so far behind: remove them now if we can.
+                with contextlib.suppress(PyMongoError):
+                    await upload.abort()
+                    await self._uploads.delete_one({"_id": file_id})
+                raise
+            await self._remove_older(key, file_id)
+            await self._uploads.delete_one({"_id": file_id})
         except PyMongoError as exc:
             raise RawUnavailableError(f"storing {key!r} in GridFS failed: {exc}") from None
         return stat
 
+    async def _remove_older(self, key: str, file_id: Any) -> None:
+        """Remove the revisions of ``key`` older than ``file_id``'s; newer ones are not ours to touch."""
+        revisions = await self._files.find({"filename": key}, {"_id": 1}).sort(_NEWEST_FIRST).to_list()
+        ids = [doc["_id"] for doc in revisions]
+        if file_id not in ids:
+            return  # a newer store of the key already removed ours
+        for old in ids[ids.index(file_id) + 1 :]:
+            with contextlib.suppress(NoFile):  # a concurrent store removed it first
+                await self._bucket.delete(old)
+
+    async def sweep_orphans(self, older_than_s: float | None = None) -> int:
+        """Remove the chunks of uploads recorded more than ``older_than_s`` (default ``ORPHAN_AGE_S``)
+        ago that never completed.
+
+        Returns how many uploads were swept. An upload still running after ``older_than_s``
+        would lose its chunks, so the age is far beyond any upload's duration.
+
+        Raises:
+            PyMongoError: the server failed.
+        """
+        now = datetime.datetime.now(tz=datetime.UTC)
+        age = ORPHAN_AGE_S if older_than_s is None else older_than_s
+        cutoff = ObjectId.from_datetime(now - datetime.timedelta(seconds=age))
+        swept = 0
+        for upload in await self._uploads.find({"_id": {"$lt": cutoff}}).to_list():
+            file_id = upload["_id"]
+            if await self._files.find_one({"_id": file_id}, {"_id": 1}) is None:
+                await self._chunks.delete_many({"files_id": file_id})
+                swept += 1
+            await self._uploads.delete_one({"_id": file_id})
+        return swept
+
     async def retrieve(self, key: str) -> bytes:
         check_key(key)
-        try:
-            stream = await self._bucket.open_download_stream_by_name(key)
-            return bytes(await stream.read())
-        except NoFile:
-            raise RawNotFoundError(key) from None
-        except PyMongoError as exc:
-            raise RawUnavailableError(f"reading {key!r} from GridFS failed: {exc}") from None
+        for _ in range(_READ_ATTEMPTS):
+            newest = await self._newest(key)
+            if newest is None:
+                raise RawNotFoundError(key)
+            try:
+                stream = await self._bucket.open_download_stream(newest["_id"])
+                return bytes(await stream.read())
+            except (NoFile, CorruptGridFile):
+                continue  # overwritten while we read, and this revision removed: read the newer one
+            except PyMongoError as exc:
+                raise RawUnavailableError(f"reading {key!r} from GridFS failed: {exc}") from None
+        raise RawUnavailableError(f"reading {key!r} from GridFS failed: it was overwritten during each of our reads")
 
     async def _newest(self, key: str) -> dict[str, Any] | None:
         try:
-            newest: dict[str, Any] | None = await self._files.find_one(
-                {"filename": key}, sort=[("uploadDate", DESCENDING)]
-            )
+            newest: dict[str, Any] | None = await self._files.find_one({"filename": key}, sort=_NEWEST_FIRST)
             return newest
         except PyMongoError as exc:
             raise RawUnavailableError(f"looking up {key!r} in GridFS failed: {exc}") from None
@@ -130,16 +211,19 @@ class MongoRaw(RawBackend):
         if cursor is not None:
             condition["$gt"] = cursor
         query = {"filename": condition} if condition else {}
+        names: builtins.list[str] = []
         try:
-            # Distinct names via the (filename, uploadDate) index; revisions collapse into one key.
-            pipeline = [
-                {"$match": query},
-                {"$group": {"_id": "$filename"}},
-                {"$sort": {"_id": 1}},
-                {"$limit": limit + 1},
-            ]
-            cursor_ = await self._files.aggregate(pipeline)
-            names = [doc["_id"] async for doc in cursor_]
+            # Names in order along the (filename, uploadDate, _id) index, the index alone read;
+            # a key's revisions are adjacent and collapse into one name. The scan stops after
+            # limit + 1 names: a page costs its own size, not the bucket's.
+            found = self._files.find(query, {"filename": 1, "_id": 0}).sort("filename", ASCENDING)
+            async for doc in found.batch_size(limit + 1):
+                name = doc["filename"]
+                if not names or names[-1] != name:
+                    names.append(name)
+                    if len(names) > limit:
+                        break
+            await found.close()
         except PyMongoError as exc:
             raise RawUnavailableError(f"listing GridFS failed: {exc}") from None
         page = names[:limit]

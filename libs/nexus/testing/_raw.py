@@ -155,6 +155,28 @@ class RawContract(abc.ABC):
         assert len(await raw.list_all("file-")) == 100
         assert await raw.retrieve("file-42.dat") == b"data-42"
 
+    async def test_racing_stores_of_one_key_leave_one_of_them(self, raw: RawBackend) -> None:
+        # Content-addressed keys (refs/<sha256>) collide by design, so stores of one key race.
+        # Whatever their order, the key ends up holding one of the stored blobs, whole and with
+        # its own stat, never nothing; reads racing them return a stored content, never fail.
+        await raw.store("race/k", b"initial")
+        contents = [f"content {i};".encode() * (i + 1) for i in range(8)]
+        results = await asyncio.gather(
+            *(raw.store("race/k", content, f"text/x-{i}") for i, content in enumerate(contents)),
+            *(raw.retrieve("race/k") for _ in range(8)),
+        )
+        assert all(read in [b"initial", *contents] for read in results[len(contents) :])
+        final = await raw.retrieve("race/k")
+        assert final in contents
+        stat = await raw.stat("race/k")
+        expected = (len(final), hashlib.sha256(final).hexdigest(), f"text/x-{contents.index(final)}")
+        assert (stat.size, stat.sha256, stat.content_type) == expected
+        assert await raw.list_all("race/") == ["race/k"]
+        # The same content from every writer at once (one value stored by several workers).
+        await asyncio.gather(*(raw.store("race/same", b"same value") for _ in range(8)))
+        assert await raw.retrieve("race/same") == b"same value"
+        assert await raw.list_all("race/") == ["race/k", "race/same"]
+
     async def test_references(self, raw: RawBackend) -> None:
         small = {"n": 1}
         assert await put_value(raw, small) == small
