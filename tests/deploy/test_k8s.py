@@ -516,9 +516,9 @@ def test_the_nats_configuration_has_the_platform_users_and_nats_server_accepts_i
 
 def test_passwords_made_as_the_example_says_are_ones_nats_server_accepts() -> None:
     # nats-server reads a variable's value as a configuration value: a random password such as
-    # "2024-x…" or "-x…" is taken for a date or a number and the server refuses to start. The
-    # example's recipe starts every password with a letter; a few rounds of it all pass, and the
-    # failure it avoids is real.
+    # "2024-x…" or "-x…" is taken for a date or a number and the server refuses to start (about
+    # one deployment in ten with token_urlsafe's). The example's recipe makes hexadecimal ones; a
+    # few rounds of it all pass, and the failure it avoids is real.
     conf = str(K8S / "nats" / "nats.conf")
     server = str(find_nats_server())
     for _ in range(5):
