@@ -12,9 +12,9 @@ import nats
 import pytest
 from processes import free_port
 
+from nexus.bus.deadletters import dead_letters, redrive
 from nexus.bus.embedded import EmbeddedNats
 from nexus.bus.jetstream import JetStreamBus
-from nexus.bus.deadletters import dead_letters, redrive
 from nexus.eventlog import open_event_log
 from nexus.proto import STREAM_DLQ, STREAM_EVT
 

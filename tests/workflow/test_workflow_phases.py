@@ -59,8 +59,15 @@ async def _run_phases(svc, stub) -> None:
         payout = {"user_id": "u-1", "sync_id": "s-1", "claim_id": "c-1", "amount": "50.00", "shop": "north"}
         async with http.post(f"{svc.url}/api/v1/workflow/phase/7", json=payout) as r:
             assert r.status == 202, await r.text()
-        while not [s for s in svc.ctx.engine.list(status="COMPLETED") if s.workflow_id == "phase_7"]:
-            await asyncio.sleep(0.05)
+
+        async def phase_7_done() -> None:
+            for _ in range(600):  # 30 s
+                if [s for s in svc.ctx.engine.list(status="COMPLETED") if s.workflow_id == "phase_7"]:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("phase 7 did not complete within 30 s")
+
+        await phase_7_done()
         async with http.get(f"{svc.url}/api/v1/workflow/phases/u-1/audit") as r:
             audit = await r.json()
     by_phase = {s.output["phase"]: s.output for s in done}
