@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -15,7 +16,14 @@ from prometheus_client import REGISTRY
 from nexus.config import ConfigError
 from nexus.eventlog import ConcurrencyError
 from nexus.eventlog.memory import MemoryEventLog
-from nexus.obs import REDACTED, InstrumentedEventLog, setup_logging, setup_tracing
+from nexus.obs import (
+    REDACTED,
+    InstrumentedEventLog,
+    current_traceparent,
+    parent_context,
+    setup_logging,
+    setup_tracing,
+)
 from nexus.proto import new_event
 
 
@@ -82,3 +90,26 @@ def test_setup_tracing_accepts_only_the_documented_exporters() -> None:
         setup_tracing("nexus-test", name, set_global=False).shutdown()
     with pytest.raises(ConfigError, match="NEXUS_OTEL_EXPORTER"):
         setup_tracing("nexus-test", "jaeger", set_global=False)
+
+
+def test_a_recorded_traceparent_becomes_the_parent_it_names() -> None:
+    provider = TracerProvider()
+    with provider.get_tracer("test").start_as_current_span("append") as span:
+        recorded = current_traceparent()
+    assert recorded is not None
+    context = parent_context(recorded)
+    assert context is not None
+    restored = trace.get_current_span(context).get_span_context()
+    assert (restored.trace_id, restored.span_id, restored.is_remote) == (
+        span.get_span_context().trace_id,
+        span.get_span_context().span_id,
+        True,
+    )
+    assert restored.trace_flags == span.get_span_context().trace_flags
+    # Absent, malformed, all-zero ids, upper-case or signed hex: no parent.
+    span_part = "-" + "1" * 16 + "-01"
+    for bad in (None, "", "garbage", "00-" + "0" * 32 + span_part, "00-" + "A" * 32 + span_part):
+        assert parent_context(bad) is None, bad
+    assert parent_context("00-+" + "1" * 31 + "-" + "1" * 16 + "-01") is None
+    # A later version's form goes through the W3C propagator.
+    assert parent_context("01-" + "1" * 32 + "-" + "2" * 16 + "-01-more") is not None

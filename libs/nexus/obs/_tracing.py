@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from opentelemetry import trace
@@ -18,6 +19,7 @@ EXPORTERS = ("none", "console", "otlp")
 """Accepted values of ``NEXUS_OTEL_EXPORTER``."""
 
 _propagator = TraceContextTextMapPropagator()
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 def setup_tracing(
@@ -85,9 +87,19 @@ def parent_context(traceparent: str | None) -> Context | None:
 
     An event's ``traceparent`` (or an execution's recorded one) is turned back into a parent
     with this, so work done later, in another process or after a restart, joins the trace of
-    what caused it.
+    what caused it. Every log tail calls it for every event it hands over, so the common form
+    (``00-<32 hex>-<16 hex>-<2 hex>``) is parsed here directly; anything else goes through the
+    W3C propagator.
     """
     if not traceparent:
         return None
+    if _TRACEPARENT.fullmatch(traceparent):
+        trace_id = int(traceparent[3:35], 16)
+        span_id = int(traceparent[36:52], 16)
+        flags = int(traceparent[53:55], 16)
+        if not trace_id or not span_id:
+            return None
+        span = trace.NonRecordingSpan(trace.SpanContext(trace_id, span_id, True, trace.TraceFlags(flags)))
+        return trace.set_span_in_context(span)
     context = _propagator.extract(carrier={"traceparent": traceparent})
     return context if trace.get_current_span(context).get_span_context().is_valid else None
