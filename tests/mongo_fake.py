@@ -121,6 +121,8 @@ class FakeServer:
         self.hooks: dict[str, list[Hook]] = {}
         """One-shot callbacks run before an operation, by ``"collection.operation"``."""
         self.examined = 0
+        self.trace: list[str] = []
+        """Every operation, in the order the server received them."""
         self.open: set[FakeSession] = set()
 
     def client(self) -> FakeClient:
@@ -138,6 +140,7 @@ class FakeServer:
 
     async def round_trip(self, operation: str, session: FakeSession | None) -> None:
         await asyncio.sleep(0)
+        self.trace.append(operation)
         for hook in self.hooks.pop(operation, []):
             await hook(session)
         if session is not None and session.in_transaction and session.aborted:

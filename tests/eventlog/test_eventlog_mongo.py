@@ -154,6 +154,41 @@ class TestMongoEventLog(EventLogContract):
         assert [e.position for e in got] == list(range(1, total + 1))
         assert await one.head() == await two.head() == total
 
+    async def test_appends_commit_in_groups_with_majority_and_journal(self) -> None:
+        # The commands the driver sends, as the server receives them: each transaction begins
+        # with read concern snapshot and commits with w: majority, j: true (a database's
+        # concerns are not inherited by a transaction), and concurrent appends share commits.
+        from pymongo import AsyncMongoClient
+        from pymongo.monitoring import CommandListener, CommandStartedEvent
+
+        class Commands(CommandListener):
+            def __init__(self) -> None:
+                self.seen: list[CommandStartedEvent] = []
+
+            def started(self, event: CommandStartedEvent) -> None:
+                self.seen.append(event)
+
+            def succeeded(self, event: object) -> None:
+                pass
+
+            def failed(self, event: object) -> None:
+                pass
+
+        if not self.databases:
+            self.databases.append(f"nexus_test_{uuid.uuid4().hex[:12]}")
+        commands = Commands()
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(self.server_url, event_listeners=[commands])
+        log = await MongoEventLog.on_client(self.server_url, client, self.databases[0])
+        try:
+            await asyncio.gather(*(log.append(f"s{i}", [ev(i=i)]) for i in range(50)))
+        finally:
+            await log.close()
+        commits = [c.command for c in commands.seen if c.command_name == "commitTransaction"]
+        firsts = [c.command for c in commands.seen if c.command.get("startTransaction")]
+        assert commits and all(c["writeConcern"] == {"w": "majority", "j": True} for c in commits)
+        assert firsts and all(c["readConcern"]["level"] == "snapshot" for c in firsts)
+        assert log.transactions == len(commits) < 50 and log.appends == 50
+
 
 async def test_a_server_that_does_not_answer_is_unavailable() -> None:
     # Port 1 on the loopback refuses connections: the driver's error is translated.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from nexus.eventlog._common import MAX_EVENT_BYTES_VARIABLE, resolve_max_event_bytes
 from nexus.eventlog._errors import (
+    AppendOutcomeUnknownError,
     ConcurrencyError,
     DuplicateEventError,
     EventLogArgumentError,
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_EVENT_BYTES_VARIABLE",
     "NO_STREAM",
     "STREAM_EXISTS",
+    "AppendOutcomeUnknownError",
     "ConcurrencyError",
     "DuplicateEventError",
     "EventLog",

@@ -54,6 +54,19 @@ class EventLogUnavailableError(EventLogError):
     """The backing store cannot be reached or failed; the operation may be retried."""
 
 
+class AppendOutcomeUnknownError(EventLogUnavailableError):
+    """An append's commit was sent but its outcome is unknown: it may or may not be stored.
+
+    Raised when the store failed or the append's deadline passed after the commit had been
+    sent (the connection dropped, the majority did not acknowledge in time). Retry the append
+    with the same event ids (and the same expected version): the log answers a retry of a
+    stored batch with the stored records, and writes the batch if it was not stored. Only an
+    adapter whose commit is a message to a server raises it (MongoDB); the others always know
+    their outcome. A subclass of EventLogUnavailableError, so a caller that retries an
+    unavailable store with the same ids already does the right thing.
+    """
+
+
 class EventLogClosedError(EventLogError):
     """The log was closed."""
 

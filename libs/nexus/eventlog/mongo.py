@@ -11,22 +11,47 @@ Layout, in the URL's database (``nexus`` when the URL names none):
   indexes on (``stream_id``, ``version``) and on ``event_id``; (``type``, ``_id``) for filters.
 * ``counters``: ``{_id: "position", value: N}``, the last position handed out.
 
-An append is one multi-document transaction (write concern majority + journal, read concern
-majority) that first increments the position counter, then checks the stream's version and
-the batch's ids, then inserts the events. Because the counter is written in the same
-transaction, an aborted append returns its positions (no gap), and two concurrent appends
-conflict on the counter: MongoDB aborts one with a TransientTransactionError and it is
-retried. Readers never trust the order in which documents become visible: a read first takes
-the counter (majority-committed) as its watermark, then reads events at or below it in the
-same causally consistent session, so a position is only served once every lower one is
-committed; a hole below the watermark is waited for and never skipped.
+**Group commit.** One writer task per open log takes every queued append and commits them in
+ONE multi-document transaction, begun with read concern ``snapshot`` and write concern
+``majority`` + journal given to the transaction itself (``start_transaction``: concerns set on
+the database object are not inherited by a transaction, which would otherwise commit with the
+client's default). The transaction (1) looks up the group's event ids (idempotency) and the
+last event of each stream it has not cached, (2) decides each append on its own (a
+ConcurrencyError or DuplicateEventError fails that append alone), (3) only then increments the
+position counter, (4) inserts the placed events and (5) commits. Because every append writes
+the counter, any append committed after the transaction's snapshot makes the counter's update
+fail with a WriteConflict (TransientTransactionError), and the group is decided again on a new
+snapshot: the reads cannot be stale for a committed append. Taking the counter last means a
+transaction holds it for two round trips (the insert and the commit), not for all of them, so
+writers in other processes collide less. An aborted transaction returns its positions (no gap).
+The writer caches each stream's last version and hash; the cache is trusted only when the
+counter, as the transaction increments it, is where this log's last commit left it (no other
+writer committed since), and otherwise the group is decided again without it.
+
+**Bounds.** Each append has a deadline (``append_timeout_s``, 30 s by default), which bounds
+the driver's work (``pymongo.timeout``) and the conflict retries. An append whose encoded
+events exceed ``MAX_APPEND_BYTES`` or that holds more than ``MAX_APPEND_EVENTS`` events is
+refused before anything is sent (one transaction carries it whole, and MongoDB advises keeping
+transactions small); an event larger than a BSON document can hold is refused as
+EventTooLargeError. A failure after the commit was sent (the connection dropped, the majority
+did not acknowledge before the deadline) raises AppendOutcomeUnknownError: the append may be
+stored, and a retry with the same event ids returns it if it is, or writes it if it is not.
+
+Readers never trust the order in which documents become visible: a read first takes the
+counter (majority-committed) as its watermark, then reads events at or below it in the same
+causally consistent session, so a position is only served once every lower one is committed;
+a hole below the watermark is waited for and never skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import random
+import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
 
@@ -41,19 +66,32 @@ from nexus.eventlog._common import (
     encode_contents,
     match_stored,
     resolve_max_event_bytes,
+    stored_size,
 )
 from nexus.eventlog._errors import (
+    AppendOutcomeUnknownError,
     EventLogArgumentError,
     EventLogClosedError,
+    EventLogError,
     EventLogUnavailableError,
+    EventTooLargeError,
 )
 from nexus.eventlog._port import ANY, GENESIS_HASH, EventLog
 from nexus.proto import CloudEvent
 
 try:
+    import pymongo
     from bson.binary import Binary
+    from bson.errors import InvalidDocument
     from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
-    from pymongo.errors import ConfigurationError, DuplicateKeyError, OperationFailure, PyMongoError
+    from pymongo.errors import (
+        BulkWriteError,
+        ConfigurationError,
+        DocumentTooLarge,
+        DuplicateKeyError,
+        OperationFailure,
+        PyMongoError,
+    )
     from pymongo.read_concern import ReadConcern
     from pymongo.write_concern import WriteConcern
 except ImportError:  # pragma: no cover - pymongo is a declared dependency
@@ -63,30 +101,88 @@ REPLICA_SET_NEEDED: Final = (
     "the MongoDB event log needs a replica set (multi-document transactions): start mongod with "
     "--replSet rs0, run rs.initiate() once, and connect to it"
 )
+MAX_APPEND_EVENTS: Final = 10_000
+"""The most events one append (and one group commit) carries in its transaction."""
+MAX_APPEND_BYTES: Final = 16 * 1024 * 1024
+"""The most encoded event bytes one append (and one group commit) carries in its transaction:
+well under what MongoDB keeps in cache for one transaction, and the size a whole transaction
+was held to before MongoDB 4.2."""
+DEFAULT_APPEND_TIMEOUT_S: Final = 30.0
+"""How long an append may take, queued and committed, before it fails (MongoDB aborts a
+transaction that runs for longer than ``transactionLifetimeLimitSeconds``, 60 s by default)."""
+_BSON_MAX_DEFAULT: Final = 16 * 1024 * 1024
+"""``maxBsonObjectSize`` of every MongoDB release; the server's own value is taken at open."""
+_DOCUMENT_OVERHEAD: Final = 1024
+"""Room in an event's document for its fields other than the body (ids, type, version)."""
 _COUNTER_ID: Final = "position"
 _GAP_WAIT_S: Final = 5.0
 """How long a read waits for a hole below the watermark before reporting the store damaged."""
 _POLL_MIN_S: Final = 0.02
 _POLL_MAX_S: Final = 0.5
 _SUBSCRIBE_PAGE: Final = 1000
-_APPEND_ATTEMPTS: Final = 5
+_SETTLE_GRACE_S: Final = 5.0
+"""How much longer than its deadline a caller waits for the writer to settle its append."""
+_BACKOFF_INITIAL_S: Final = 0.005
+_BACKOFF_MAX_S: Final = 0.5
+_STREAM_CACHE_SIZE: Final = 10_000
+_SERVER_LIMIT = re.compile(r"up to (\d+) bytes")
 
 
-class _AlreadyStored(Exception):
-    """Aborts an append's transaction when the whole batch is a retry of stored events."""
+@dataclass
+class _Append:
+    """One caller's append, queued for the writer task."""
 
-    def __init__(self, stored: list[CloudEvent]) -> None:
-        super().__init__("already stored")
-        self.stored = stored
+    stream_id: str
+    events: list[CloudEvent]
+    contents: list[tuple[bytes, bytes]]
+    """Each event's ``chain.content_bytes`` and its hex digest, computed by the caller."""
+    expected_version: int
+    size: int
+    """The append's stored size (an upper bound), counted against ``MAX_APPEND_BYTES``."""
+    deadline: float
+    """Event-loop time by which the append must be settled."""
+    future: asyncio.Future[list[CloudEvent]]
+    taken: bool = False
+    """The writer took it into a transaction: from then on it may be committed."""
+
+
+_Outcome = tuple[_Append, list[CloudEvent] | None, BaseException | None]
+
+
+@dataclass
+class _Group:
+    """One transaction's decisions: the documents to insert and each append's outcome."""
+
+    docs: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[_Outcome] = field(default_factory=list)
+    pending: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """Each written stream's last version and hash once the transaction commits."""
+    deferred: list[_Append] = field(default_factory=list)
+    """Appends sharing an event id with an earlier one of the group: decided in the next group."""
+    head: int = 0
+    """The counter after the commit (when ``docs`` is not empty)."""
 
 
 class MongoEventLog(EventLog):
     """The event log in a MongoDB replica set; open it with ``await MongoEventLog.open(url)``."""
 
-    def __init__(self, url: str, client: Any, database: str, *, max_event_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        client: Any,
+        database: str,
+        *,
+        max_event_bytes: int | None = None,
+        append_timeout_s: float = DEFAULT_APPEND_TIMEOUT_S,
+        max_document_bytes: int = _BSON_MAX_DEFAULT,
+    ) -> None:
         self.url = url
-        self.max_event_bytes = resolve_max_event_bytes(max_event_bytes)
+        # An event is one document: no larger than the server's BSON limit, whatever the setting.
+        self.max_event_bytes = min(resolve_max_event_bytes(max_event_bytes), max_document_bytes - _DOCUMENT_OVERHEAD)
+        self.append_timeout_s = append_timeout_s
         self._client = client
+        # The database's concerns serve the reads outside transactions; a transaction does not
+        # inherit them, so each is begun with its own (see _attempt).
         self._db = client.get_database(
             database,
             write_concern=WriteConcern(w="majority", j=True),
@@ -96,12 +192,25 @@ class MongoEventLog(EventLog):
         self._counters = self._db["counters"]
         self._closed = False
         self._changed = asyncio.Event()
+        # Writer state (the writer task alone touches it).
+        self._queue: collections.deque[_Append] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._streams: dict[str, tuple[int, str]] = {}
+        self._cached_head: int | None = None
+        """The counter as this log's last commit left it: the stream cache holds while it still is."""
+        self._transactions = 0
+        self._appends = 0
+        self._conflicts = 0
+        self._writer = asyncio.create_task(self._write_loop(), name="nexus-eventlog-mongo-writer")
 
     @classmethod
-    async def open(cls, url: str, *, max_event_bytes: int | None = None) -> MongoEventLog:
+    async def open(
+        cls, url: str, *, max_event_bytes: int | None = None, append_timeout_s: float = DEFAULT_APPEND_TIMEOUT_S
+    ) -> MongoEventLog:
         """Connect, check that the server is a replica set, and create the indexes.
 
         ``max_event_bytes``: the per-event size limit (default: ``NEXUS_MAX_EVENT_BYTES``, else 512 KiB).
+        ``append_timeout_s``: how long one append may take, queued and committed.
 
         Raises:
             EventLogArgumentError: the URL or the limit is malformed.
@@ -123,13 +232,40 @@ class MongoEventLog(EventLog):
         except ConfigurationError as exc:
             raise EventLogArgumentError(f"{url!r} is not a usable MongoDB URL: {exc}") from None
         try:
-            with _driver_errors():
-                hello = await client.admin.command("hello")
-                if "setName" not in hello and hello.get("msg") != "isdbgrid":
-                    raise EventLogUnavailableError(
-                        f"MongoDB at {parts.hostname} is a standalone server; " + REPLICA_SET_NEEDED
-                    )
-                log = cls(url, client, database, max_event_bytes=limit)
+            return await cls.on_client(url, client, database, max_event_bytes=limit, append_timeout_s=append_timeout_s)
+        except BaseException:
+            await client.close()
+            raise
+
+    @classmethod
+    async def on_client(
+        cls,
+        url: str,
+        client: Any,
+        database: str,
+        *,
+        max_event_bytes: int | None = None,
+        append_timeout_s: float = DEFAULT_APPEND_TIMEOUT_S,
+    ) -> MongoEventLog:
+        """The log in ``database`` of a connected ``client``: checked to be a replica set, indexed.
+
+        ``open`` calls it; a test hands it a client of its own. The caller closes ``client``
+        if this fails.
+        """
+        host = urlsplit(url).hostname
+        with _driver_errors():
+            hello = await client.admin.command("hello")
+            if "setName" not in hello and hello.get("msg") != "isdbgrid":
+                raise EventLogUnavailableError(f"MongoDB at {host} is a standalone server; " + REPLICA_SET_NEEDED)
+            log = cls(
+                url,
+                client,
+                database,
+                max_event_bytes=max_event_bytes,
+                append_timeout_s=append_timeout_s,
+                max_document_bytes=int(hello.get("maxBsonObjectSize", _BSON_MAX_DEFAULT)),
+            )
+            try:
                 await log._events.create_index(
                     [("stream_id", ASCENDING), ("version", ASCENDING)], unique=True, name="stream_version"
                 )
@@ -137,14 +273,31 @@ class MongoEventLog(EventLog):
                 await log._events.create_index([("type", ASCENDING), ("_id", ASCENDING)], name="type_position")
                 # Created outside any transaction, so appends only ever update it.
                 await log._counters.update_one({"_id": _COUNTER_ID}, {"$setOnInsert": {"value": 0}}, upsert=True)
-        except BaseException:
-            await client.close()
-            raise
+            except BaseException:
+                await log._stop_writer()
+                raise
         return log
 
     def _check_open(self) -> None:
         if self._closed:
             raise EventLogClosedError("the event log is closed")
+
+    # ---- statistics -------------------------------------------------------------------
+
+    @property
+    def transactions(self) -> int:
+        """Write transactions committed by this log since open."""
+        return self._transactions
+
+    @property
+    def appends(self) -> int:
+        """Appends settled by those transactions; ``appends / transactions`` is the group size."""
+        return self._appends
+
+    @property
+    def conflicts(self) -> int:
+        """Transactions retried because another writer committed first (WriteConflict)."""
+        return self._conflicts
 
     # ---- writing ----------------------------------------------------------------------
 
@@ -154,95 +307,314 @@ class MongoEventLog(EventLog):
         self._check_open()
         check_append(stream_id, events, expected_version)
         batch = list(events)
-        # Encoded (and size-checked) once, outside the transaction that a conflict may retry.
+        if len(batch) > MAX_APPEND_EVENTS:
+            raise EventLogArgumentError(
+                f"stream {stream_id!r}: an append of {len(batch)} events is more than one MongoDB transaction "
+                f"carries: at most {MAX_APPEND_EVENTS} events per append; split it into several appends"
+            )
+        # Encoded (and size-checked) here, outside the writer that every concurrent append waits for.
         contents = encode_contents(batch, stream_id=stream_id, limit=self.max_event_bytes)
-        for _ in range(_APPEND_ATTEMPTS):
-            try:
-                with _driver_errors():
-                    async with self._client.start_session() as session:
-                        # with_transaction retries the whole callback on TransientTransactionError
-                        # (a write conflict on the counter) and the commit on an unknown result.
-                        stored: list[CloudEvent] = await session.with_transaction(
-                            lambda s: self._append_in(s, stream_id, batch, contents, expected_version)
-                        )
-            except _AlreadyStored as done:
-                return done.stored
-            except _Raced:
-                # Another client committed the same id or version after our snapshot: decide again.
+        size = sum(stored_size(content, stream_id) for content, _ in contents)
+        if size > MAX_APPEND_BYTES:
+            raise EventLogArgumentError(
+                f"stream {stream_id!r}: an append of {size} bytes of events is more than one MongoDB transaction "
+                f"carries: at most {MAX_APPEND_BYTES} bytes per append; split it, or store large values in Raw"
+            )
+        loop = asyncio.get_running_loop()
+        request = _Append(
+            stream_id,
+            batch,
+            contents,
+            expected_version,
+            size,
+            loop.time() + self.append_timeout_s,
+            loop.create_future(),
+        )
+        self._queue.append(request)
+        self._wakeup.set()
+        try:
+            # The writer settles every append by its deadline; waiting longer is a safety net.
+            async with asyncio.timeout(self.append_timeout_s + _SETTLE_GRACE_S):
+                # Shielded: if the caller is cancelled the append may still be committed, as with any store.
+                return await asyncio.shield(request.future)
+        except TimeoutError:
+            if not request.taken:
+                request.future.cancel()  # still queued: the writer skips it, nothing is written
+                raise EventLogUnavailableError(
+                    f"stream {stream_id!r}: the append was not written within {self.append_timeout_s:g} s; retry it"
+                ) from None
+            request.future.add_done_callback(_consume)
+            raise AppendOutcomeUnknownError(
+                f"stream {stream_id!r}: the append's transaction did not finish within {self.append_timeout_s:g} s"
+            ) from None
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
                 continue
+            group = self._take_group()
+            if not group:
+                continue
+            try:
+                await self._commit(group)
+            except Exception as exc:  # pragma: no cover - a bug; never leave a caller waiting for it
+                _settle([(r, None, EventLogUnavailableError(f"the append failed: {exc!r}")) for r in group])
+
+    def _take_group(self) -> list[_Append]:
+        """The queued appends that one transaction carries, oldest first."""
+        group: list[_Append] = []
+        count = size = 0
+        while self._queue:
+            request = self._queue[0]
+            if request.future.done():  # its caller gave up while it was queued
+                self._queue.popleft()
+                continue
+            if group and (count + len(request.events) > MAX_APPEND_EVENTS or size + request.size > MAX_APPEND_BYTES):
+                break
+            self._queue.popleft()
+            request.taken = True
+            group.append(request)
+            count += len(request.events)
+            size += request.size
+        return group
+
+    async def _commit(self, group: list[_Append]) -> None:
+        """Commit ``group`` in one transaction (again, as needed) and settle every append of it."""
+        settled: list[_Outcome] = []
+        try:
+            done = await self._transaction(group, settled)
+        except EventLogError as exc:
+            _settle(settled + [(r, None, exc) for r in group if not any(r is s[0] for s in settled)])
+            return
+        for request in reversed(done.deferred):
+            request.taken = False  # none of its events were in the transaction
+            self._queue.appendleft(request)
+        if done.deferred:
+            self._wakeup.set()
+        _settle(settled + done.outcomes)
+        if done.docs:
             self._changed.set()
             self._changed = asyncio.Event()
-            return stored
+
+    async def _transaction(self, group: list[_Append], settled: list[_Outcome]) -> _Group:
+        """Run ``group``'s transaction until it commits or its earliest deadline passes.
+
+        Appends that fail on their own (sealing failed, an event too large for a document) are
+        moved from ``group`` to ``settled`` and the rest is tried again.
+
+        Raises:
+            AppendOutcomeUnknownError: the commit was sent and its outcome is unknown.
+            EventLogError: nothing was written.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = min(r.deadline for r in group)
+        use_cache = True
+        attempt = 0
+        why = "no attempt"
+        while group:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if attempt:
+                backoff = random.random() * min(_BACKOFF_INITIAL_S * 1.5**attempt, _BACKOFF_MAX_S)
+                if remaining <= backoff:
+                    break
+                await asyncio.sleep(backoff)
+                remaining = deadline - loop.time()
+            attempt += 1
+            try:
+                with pymongo.timeout(remaining):
+                    async with self._client.start_session() as session:
+                        return await self._attempt(session, group, use_cache, deadline)
+            except _StaleCache:
+                # Another writer committed since our last transaction: decide on stored state.
+                self._forget()
+                use_cache = False
+                attempt = 0
+            except _Raced:
+                why = "a unique index refused an insert that the transaction's snapshot said was free"
+                self._forget()
+            except _Refused as refused:
+                settled.append((refused.request, None, refused.error))
+                group.remove(refused.request)
+                attempt = 0
+            except _CommitUnknown as unknown:
+                self._forget()
+                raise AppendOutcomeUnknownError(
+                    f"MongoDB did not confirm the append's commit ({unknown.cause})"
+                ) from None
+            except PyMongoError as exc:
+                if not exc.has_error_label("TransientTransactionError"):
+                    self._forget()
+                    _raise_translated(exc)
+                # A concurrent writer committed first (WriteConflict): decide again on a new snapshot.
+                self._conflicts += 1
+                why = f"concurrent writers kept conflicting ({exc})"
+        if not group:
+            return _Group()
         raise EventLogUnavailableError(
-            f"stream {stream_id!r}: the append kept colliding with concurrent writers; retry it"
+            f"the append was not written within {self.append_timeout_s:g} s ({why}); nothing was stored, retry it"
         )
 
-    async def _append_in(
-        self,
-        session: Any,
-        stream_id: str,
-        events: list[CloudEvent],
-        contents: list[tuple[bytes, bytes]],
-        expected_version: int,
-    ) -> list[CloudEvent]:
-        # The counter first: it makes concurrent appends conflict before they read anything,
-        # which serialises them (snapshot reads below cannot be stale for a committed append).
+    def _forget(self) -> None:
+        self._streams.clear()
+        self._cached_head = None
+
+    async def _attempt(self, session: Any, group: list[_Append], use_cache: bool, deadline: float) -> _Group:
+        """One transaction: decide every append, then take the counter, insert, and commit."""
+        await session.start_transaction(
+            read_concern=ReadConcern("snapshot"), write_concern=WriteConcern(w="majority", j=True)
+        )
+        done = _Group()
+        # Round trip 1: the group's event ids already stored (a retry is answered, not written).
+        ids = [e.id for r in group for e in r.events]
+        docs = await self._events.find({"event_id": {"$in": ids}}, {"body": 1}, session=session).to_list()
+        found = {e.id: e for e in decode_bodies([bytes(d["body"]) for d in docs])}
+        # Round trip 2 (streams not cached): each stream's last version and hash.
+        streams = sorted({r.stream_id for r in group})
+        cached = {s: self._streams[s] for s in streams if use_cache and s in self._streams}
+        state = await self._stream_states(session, [s for s in streams if s not in cached])
+        state.update(cached)
+        # Every append decided on the snapshot, each on its own.
+        versions = {s: state.get(s, (0, GENESIS_HASH))[0] for s in streams}
+        plan: list[tuple[_Append, int]] = []
+        planned: set[str] = set()
+        for request in group:
+            request_ids = [e.id for e in request.events]
+            if planned.intersection(request_ids):
+                done.deferred.append(request)  # a retry beside its original: answered once that commits
+                continue
+            try:
+                stored = match_stored(request.stream_id, request.events, [found.get(i) for i in request_ids])
+                if stored is not None:
+                    done.outcomes.append((request, stored, None))
+                    continue
+                check_expected(request.stream_id, request.expected_version, versions[request.stream_id])
+            except EventLogError as exc:
+                done.outcomes.append((request, None, exc))
+                continue
+            plan.append((request, versions[request.stream_id]))
+            versions[request.stream_id] += len(request.events)
+            planned.update(request_ids)
+        if not plan:
+            await session.abort_transaction()
+            return done
+        # Round trip 3, the counter, last: from here to the commit, concurrent writers conflict.
+        total = sum(len(r.events) for r, _ in plan)
         counter = await self._counters.find_one_and_update(
             {"_id": _COUNTER_ID},
-            {"$inc": {"value": len(events)}},
+            {"$inc": {"value": total}},
             upsert=True,
             return_document=ReturnDocument.AFTER,
             session=session,
         )
-        first_position = counter["value"] - len(events) + 1
-        found = await self._stored(session, events)
-        stored = match_stored(stream_id, events, found)
-        if stored is not None:
-            raise _AlreadyStored(stored)  # aborts, so the counter increment is undone
-        last = await self._events.find_one(
-            {"stream_id": stream_id},
-            projection={"version": 1, "body": 1},
-            sort=[("version", DESCENDING)],
+        head = int(counter["value"]) - total
+        if cached and head != self._cached_head:
+            raise _StaleCache()
+        position = head + 1
+        hashes = {s: state.get(s, (0, GENESIS_HASH))[1] for s in streams}
+        seal = chain.seal_encoded  # looked up per append so a test can inject a failure
+        for request, version in plan:
+            stream_id, out, prevhash = request.stream_id, [], hashes[request.stream_id]
+            try:
+                for offset, event in enumerate(request.events):
+                    sealed, body = seal(
+                        event,
+                        stream_id=stream_id,
+                        version=version + offset + 1,
+                        position=position + offset,
+                        prevhash=prevhash,
+                        content=request.contents[offset],
+                    )
+                    prevhash = sealed.hash or GENESIS_HASH
+                    out.append(sealed)
+                    done.docs.append(
+                        {
+                            "_id": position + offset,
+                            "stream_id": stream_id,
+                            "version": version + offset + 1,
+                            "event_id": event.id,
+                            "type": event.type,
+                            "body": Binary(body),
+                        }
+                    )
+            except Exception as exc:
+                raise _Refused(request, exc) from None
+            hashes[stream_id] = prevhash
+            position += len(request.events)
+            done.pending[stream_id] = (version + len(request.events), prevhash)
+            done.outcomes.append((request, out, None))
+        # Round trip 4: the events.
+        try:
+            await self._events.insert_many(done.docs, ordered=True, session=session)
+        except (BulkWriteError, DuplicateKeyError) as exc:
+            if _duplicate_keys_only(exc):
+                raise _Raced() from None
+            raise
+        except DocumentTooLarge as exc:
+            raise self._too_large(plan, done.docs, exc) from None
+        # Round trip 5: the commit.
+        await _commit_transaction(session, deadline)
+        done.head = position - 1
+        self._transactions += 1
+        self._appends += len(done.outcomes)
+        if head != self._cached_head:
+            # Another writer committed since our last transaction: streams not in this group
+            # may have moved. This group's were read (or checked) in this transaction.
+            self._streams.clear()
+        self._cached_head = done.head
+        for stream_id, last in done.pending.items():
+            self._streams.pop(stream_id, None)  # re-inserted at the young end: idle streams go first
+            self._streams[stream_id] = last
+        while len(self._streams) > _STREAM_CACHE_SIZE:
+            del self._streams[next(iter(self._streams))]
+        return done
+
+    async def _stream_states(self, session: Any, streams: list[str]) -> dict[str, tuple[int, str]]:
+        """Each stream's last version and hash, in one query (absent streams are left out)."""
+        if not streams:
+            return {}
+        # $sort on the reverse of the (stream_id, version) index then $group with $first: the
+        # server reads one index entry per stream (DISTINCT_SCAN), not every event of it.
+        cursor = await self._events.aggregate(
+            [
+                {"$match": {"stream_id": {"$in": streams}}},
+                {"$sort": {"stream_id": -1, "version": -1}},
+                {"$group": {"_id": "$stream_id", "version": {"$first": "$version"}, "body": {"$first": "$body"}}},
+            ],
             session=session,
         )
-        version = 0 if last is None else last["version"]
-        prevhash = GENESIS_HASH if last is None else decode_bodies([bytes(last["body"])])[0].hash
-        check_expected(stream_id, expected_version, version)
-        out: list[CloudEvent] = []
-        docs: list[dict[str, Any]] = []
-        seal = chain.seal_encoded  # looked up per append so a test can inject a failure
-        for offset, event in enumerate(events):
-            sealed, body = seal(
-                event,
-                stream_id=stream_id,
-                version=version + offset + 1,
-                position=first_position + offset,
-                prevhash=prevhash or GENESIS_HASH,  # a stored event always has its hash
-                content=contents[offset],
-            )
-            prevhash = sealed.hash
-            out.append(sealed)
-            docs.append(
-                {
-                    "_id": first_position + offset,
-                    "stream_id": stream_id,
-                    "version": version + offset + 1,
-                    "event_id": event.id,
-                    "type": event.type,
-                    "body": Binary(body),
-                }
-            )
-        try:
-            await self._events.insert_many(docs, ordered=True, session=session)
-        except DuplicateKeyError:
-            raise _Raced() from None
-        return out
+        rows = await cursor.to_list()
+        lasts = decode_bodies([bytes(row["body"]) for row in rows])
+        return {
+            row["_id"]: (int(row["version"]), last.hash or GENESIS_HASH) for row, last in zip(rows, lasts, strict=True)
+        }
 
-    async def _stored(self, session: Any, events: list[CloudEvent]) -> list[CloudEvent | None]:
-        ids = [e.id for e in events]
-        docs = await self._events.find({"event_id": {"$in": ids}}, {"body": 1}, session=session).to_list()
-        by_id = {e.id: e for e in decode_bodies([bytes(d["body"]) for d in docs])}
-        return [by_id.get(i) for i in ids]
+    def _too_large(self, plan: list[tuple[_Append, int]], docs: list[dict[str, Any]], exc: Exception) -> _Refused:
+        """The append holding the largest document, refused as EventTooLargeError."""
+        match = _SERVER_LIMIT.search(str(exc))
+        limit = int(match.group(1)) if match else self.max_event_bytes
+        largest = max(range(len(docs)), key=lambda i: len(docs[i]["body"]))
+        index = largest
+        for request, _ in plan:
+            if index < len(request.events):
+                event = request.events[index]
+                return _Refused(
+                    request,
+                    EventTooLargeError(
+                        size=len(docs[largest]["body"]),
+                        limit=min(limit, self.max_event_bytes),
+                        event_type=event.type,
+                        stream_id=request.stream_id,
+                        event_id=event.id,
+                    ),
+                )
+            index -= len(request.events)
+        raise AssertionError("unreachable: the document belongs to an append")  # pragma: no cover
 
     # ---- reading ----------------------------------------------------------------------
 
@@ -345,9 +717,10 @@ class MongoEventLog(EventLog):
                 # A read cut short by close() reports the close, not a failing server.
                 self._check_open()
                 raise
-            position = following
-            if batch:
+            if batch or following != position:
+                # The log moved (even if only past events of other types): look again soon.
                 idle = _POLL_MIN_S
+            position = following
             for event in batch:
                 yield event
             if more:
@@ -395,16 +768,96 @@ class MongoEventLog(EventLog):
             await self._db.command("ping")
 
     async def close(self) -> None:
+        """Let the queued appends finish (each within its deadline), then disconnect."""
         if self._closed:
             return
         self._closed = True
         self._changed.set()
+        await self._stop_writer()
         with contextlib.suppress(PyMongoError):
             await self._client.close()
 
+    async def _stop_writer(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+        await self._writer
+
 
 class _Raced(Exception):
-    """A unique index refused an insert that our snapshot said was free."""
+    """A unique index refused an insert that the transaction's snapshot said was free."""
+
+
+class _StaleCache(Exception):
+    """The counter shows a commit by another writer since ours: the stream cache may be stale."""
+
+
+class _Refused(Exception):
+    """One append of a group fails on its own (sealing failed, an event too large for a document)."""
+
+    def __init__(self, request: _Append, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.request = request
+        self.error = error
+
+
+class _CommitUnknown(Exception):
+    """The commit was sent, and whether it was applied is unknown."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def _commit_transaction(session: Any, deadline: float) -> None:
+    """Commit, retrying while the outcome is unknown and the deadline allows.
+
+    PyMongo labels an error ``UnknownTransactionCommitResult`` when the commit may have been
+    applied (the connection dropped, the write concern timed out) and retries the commit with
+    ``w: majority``; ``TransientTransactionError`` means it was not applied.
+
+    Raises:
+        _CommitUnknown: the outcome is still unknown at the deadline.
+        PyMongoError: the commit was not applied.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await session.commit_transaction()
+            return
+        except PyMongoError as exc:
+            if exc.has_error_label("TransientTransactionError"):
+                raise
+            if isinstance(exc, OperationFailure) and not exc.has_error_label("UnknownTransactionCommitResult"):
+                raise  # the server answered: not committed
+            if exc.timeout or loop.time() >= deadline:
+                raise _CommitUnknown(exc) from None
+            await asyncio.sleep(_BACKOFF_INITIAL_S)
+
+
+def _duplicate_keys_only(exc: PyMongoError) -> bool:
+    """``exc`` (from ``insert_many``) reports duplicate keys and nothing else."""
+    if isinstance(exc, DuplicateKeyError):
+        return True
+    errors = (getattr(exc, "details", None) or {}).get("writeErrors") or []
+    return bool(errors) and all(error.get("code") == 11000 for error in errors)
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for request, result, error in outcomes:
+        future = request.future
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert result is not None
+            future.set_result(result)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of an append whose caller stopped waiting (no "never retrieved" warning)."""
+    if not future.cancelled():
+        future.exception()
 
 
 @contextlib.contextmanager
@@ -414,6 +867,8 @@ def _driver_errors() -> Iterator[None]:
         yield
     except PyMongoError as exc:
         _raise_translated(exc)
+    except InvalidDocument as exc:  # DocumentTooLarge among them: not a PyMongoError
+        raise EventLogUnavailableError(f"MongoDB refused a document: {exc}") from None
 
 
 def _raise_translated(exc: PyMongoError) -> NoReturn:
@@ -426,4 +881,4 @@ def _raise_translated(exc: PyMongoError) -> NoReturn:
     raise EventLogUnavailableError(f"MongoDB failed: {exc}") from None
 
 
-__all__ = ["REPLICA_SET_NEEDED", "MongoEventLog"]
+__all__ = ["DEFAULT_APPEND_TIMEOUT_S", "MAX_APPEND_BYTES", "MAX_APPEND_EVENTS", "REPLICA_SET_NEEDED", "MongoEventLog"]
