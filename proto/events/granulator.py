@@ -60,12 +60,17 @@ class GranulatorValidationResult(msgspec.Struct, frozen=True, kw_only=True):
     """The questions derived from the request."""
     passed: bool
     """``accuracy_percentage`` reached the threshold."""
-    feedback: str
-    """What the structure covers and misses, in words."""
+    ai_feedback: str = ""
+    """What the structure covers and misses, in words (seed 002's name). Empty in results
+    recorded before it existed: read ``feedback`` there."""
+    feedback: str = ""
+    """Deprecated: the same text as ``ai_feedback``, kept for readers of earlier results."""
     attempt: int = 1
     """1 for the first generation, 2 for the first retry, …"""
     strategy: str = ""
     """The generation strategy that produced the structure."""
+    validator: str = ""
+    """The validator that scored it (``builtin`` or ``http``); empty in earlier results."""
 
 
 @event_type("nexus.granulator.handshake.accepted")

@@ -8,15 +8,18 @@ from aiohttp import web
 
 from nexus.bus import Bus
 from nexus.eventlog import EventLog
+from nexus.raw import RefPolicy
 from nexus.runtime import Service, build_service
 from nexus.services.granulator import api
 from nexus.services.granulator.generators import BuiltinGenerator, Generator, HttpGenerator
+from nexus.services.granulator.generators.http_validator import HttpValidator
 from nexus.services.granulator.handlers import Limits
 from nexus.services.granulator.model import ValidationConfig
 from nexus.services.granulator.settings import GranulatorSettings
+from nexus.services.granulator.validation import BuiltinValidator, Validator
 from nexus.services.granulator.worker import Granulator
 
-__all__ = ["WORKER_KEY", "bootstrap", "make_generator", "make_worker"]
+__all__ = ["WORKER_KEY", "bootstrap", "make_generator", "make_validator", "make_worker"]
 
 WORKER_KEY: web.AppKey[Granulator] = web.AppKey("granulator_worker", Granulator)
 """``request.app[WORKER_KEY]`` is the replica's Granulator."""
@@ -29,6 +32,15 @@ def make_generator(settings: GranulatorSettings) -> Generator:
             settings.http_url, settings.http_model, key=settings.http_key, timeout_s=settings.http_timeout_s
         )
     return BuiltinGenerator()
+
+
+def make_validator(settings: GranulatorSettings) -> Validator:
+    """The validator ``NEXUS_GRANULATOR_VALIDATOR`` names."""
+    if settings.validator == "http":
+        return HttpValidator(
+            settings.http_url, settings.validator_model, key=settings.http_key, timeout_s=settings.http_timeout_s
+        )
+    return BuiltinValidator()
 
 
 def make_worker(settings: GranulatorSettings, *, log: EventLog, raw: Any, generator: Generator) -> Granulator:
@@ -54,6 +66,9 @@ def make_worker(settings: GranulatorSettings, *, log: EventLog, raw: Any, genera
             threshold=settings.validation_threshold,
             max_retries=settings.validation_max_retries,
         ),
+        validator=make_validator(settings),
+        output_refs=settings.output_refs,
+        ref_policy=RefPolicy.from_env(),
     )
 
 
@@ -88,6 +103,7 @@ async def bootstrap(
     @service.on_shutdown
     async def close_generator(service: Service) -> None:
         await gen.close()
+        await worker.validator.close()
 
     service.worker = worker  # type: ignore[attr-defined]  # for tests and tools; routes use WORKER_KEY
     return service

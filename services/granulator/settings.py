@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from nexus.config import ConfigError, env_float, env_int
 from nexus.runtime import ServiceSettings
 
-__all__ = ["GENERATORS", "GranulatorSettings", "load_settings"]
+__all__ = ["GENERATORS", "OUTPUT_REFS", "VALIDATORS", "GranulatorSettings", "load_settings"]
 
 GENERATORS = ("builtin", "http")
+VALIDATORS = ("builtin", "http")
+OUTPUT_REFS = ("raw", "tiered")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +52,15 @@ class GranulatorSettings(ServiceSettings):
     validation_level: int = 1
     validation_threshold: float = 80.0
     validation_max_retries: int = 2
+    validator: str = "builtin"
+    """``NEXUS_GRANULATOR_VALIDATOR``: ``builtin`` (offline, deterministic) or ``http`` (the
+    OpenAI-compatible endpoint of ``NEXUS_GRANULATOR_HTTP_URL`` writes and grades the questions)."""
+    validator_model: str = ""
+    """``NEXUS_GRANULATOR_VALIDATOR_MODEL``: the model the http validator asks (default: the generator's)."""
+    output_refs: str = "raw"
+    """``NEXUS_GRANULATOR_OUTPUT_REFS``: ``raw`` (outputs over the inline limit as ``raw://``
+    references) or ``tiered`` (seed 002's ``kv://granulator/…`` up to ``NEXUS_REF_KV_MAX``,
+    ``r2://granulator/…`` above)."""
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> GranulatorSettings:
@@ -67,6 +78,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> GranulatorSettings:
     validation = env.get("NEXUS_GRANULATOR_VALIDATION", "off").strip().lower()
     if validation not in ("on", "off", "true", "false", "1", "0"):
         raise ConfigError(f"NEXUS_GRANULATOR_VALIDATION={validation!r}: use on or off")
+    validator = env.get("NEXUS_GRANULATOR_VALIDATOR", "builtin").strip().lower() or "builtin"
+    if validator not in VALIDATORS:
+        raise ConfigError(f"NEXUS_GRANULATOR_VALIDATOR={validator!r}: use one of {', '.join(VALIDATORS)}")
+    validator_model = env.get("NEXUS_GRANULATOR_VALIDATOR_MODEL", "").strip()
+    if validator == "http" and not (http_url and (validator_model or http_model)):
+        raise ConfigError(
+            "NEXUS_GRANULATOR_VALIDATOR=http needs NEXUS_GRANULATOR_HTTP_URL and a model "
+            "(NEXUS_GRANULATOR_VALIDATOR_MODEL or NEXUS_GRANULATOR_HTTP_MODEL)"
+        )
+    output_refs = env.get("NEXUS_GRANULATOR_OUTPUT_REFS", "raw").strip().lower() or "raw"
+    if output_refs not in OUTPUT_REFS:
+        raise ConfigError(f"NEXUS_GRANULATOR_OUTPUT_REFS={output_refs!r}: use one of {', '.join(OUTPUT_REFS)}")
     generate_auth = env.get("NEXUS_GRANULATOR_GENERATE_AUTH", "worker").strip().lower() or "worker"
     if generate_auth not in ("worker", "none"):
         raise ConfigError(f"NEXUS_GRANULATOR_GENERATE_AUTH={generate_auth!r}: use worker or none")
@@ -89,4 +112,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> GranulatorSettings:
         validation_level=env_int(env, "NEXUS_GRANULATOR_VALIDATION_LEVEL", 1, low=1, high=3),
         validation_threshold=env_float(env, "NEXUS_GRANULATOR_VALIDATION_THRESHOLD", 80.0, low=0.0, high=100.0),
         validation_max_retries=env_int(env, "NEXUS_GRANULATOR_VALIDATION_MAX_RETRIES", 2, low=0, high=5),
+        validator=validator,
+        validator_model=validator_model or http_model,
+        output_refs=output_refs,
     )

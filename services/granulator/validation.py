@@ -1,6 +1,12 @@
 """The validation loop (seed 002, phase 6): ask questions of a structure, score it, retry below the threshold.
 
-Questions are derived from the request alone (topic, structure type, depth, sources), more of
+The validator is pluggable like the generator (``NEXUS_GRANULATOR_VALIDATOR``): the ``builtin``
+one below (offline, deterministic) or ``http`` (``generators/http_validator.py``: an
+OpenAI-compatible model writes the questions, then answers them from the structure and grades
+each answer). Either gives seed 002's result: ``accuracy_percentage``, ``questions_asked``,
+``passed`` and ``ai_feedback``.
+
+The builtin validator's questions are derived from the request alone (topic, structure type, depth, sources), more of
 them at higher levels. Each question carries the words an answer must contain; a section
 answers it to the degree its content (title, summary, subsections and their points, not its
 restated key questions) contains them. The accuracy is the mean over questions, so the same
@@ -9,9 +15,12 @@ structure always gets the same score.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import combinations
+
+import msgspec
 
 from nexus.services.granulator import _text
 from nexus.services.granulator.generators._port import OutlineRequest, strategy_for
@@ -23,7 +32,17 @@ from nexus.services.granulator.model import (
     ValidationResult,
 )
 
-__all__ = ["Question", "check_config", "derive_questions", "run_with_validation", "score"]
+__all__ = [
+    "BuiltinValidator",
+    "Grade",
+    "Question",
+    "Validator",
+    "check_config",
+    "derive_questions",
+    "normalise_result",
+    "run_with_validation",
+    "score",
+]
 
 
 @dataclass(frozen=True)
@@ -160,10 +179,66 @@ def _score(structure: Structure, questions: list[Question], threshold: float) ->
         accuracy_percentage=accuracy,
         questions_asked=[q.text for q in questions],
         passed=passed,
+        ai_feedback=feedback,
         feedback=feedback,
         strategy=structure.strategy,
+        validator="builtin",
     )
     return result, missed
+
+
+def normalise_result(result: ValidationResult) -> ValidationResult:
+    """``result`` with both ``ai_feedback`` and ``feedback`` set: a result recorded before
+    ``ai_feedback`` existed carries only ``feedback``."""
+    if result.ai_feedback and result.feedback:
+        return result
+    text = result.ai_feedback or result.feedback
+    return msgspec.structs.replace(result, ai_feedback=text, feedback=text)
+
+
+@dataclass(frozen=True)
+class Grade:
+    """A validator's verdict on one structure."""
+
+    result: ValidationResult
+    """Seed 002's fields (``attempt`` and ``strategy`` are filled in by the loop)."""
+    missed: tuple[str, ...] = ()
+    """Hints for the next attempt: the questions not fully answered (``<question> [missing: …]``)."""
+
+
+class Validator(abc.ABC):
+    """Asks questions of a structure and grades how well it answers them.
+
+    Raises (from every method): GeneratorUnavailableError (transient: the job may be retried)
+    or GeneratorOutputError (the validator's answer is unusable).
+    """
+
+    name: str = ""
+
+    @abc.abstractmethod
+    async def questions(self, request: OutlineRequest, level: int) -> list[Question]:
+        """The questions a structure for ``request`` should answer (more at higher levels);
+        asked once per job, so every attempt is graded on the same questions."""
+
+    @abc.abstractmethod
+    async def grade(self, structure: Structure, questions: list[Question], threshold: float) -> Grade:
+        """Grade ``structure`` against ``questions``; ``passed`` when the accuracy reaches ``threshold``."""
+
+    async def close(self) -> None:  # noqa: B027 - the builtin validator holds nothing to release
+        """Release connections."""
+
+
+class BuiltinValidator(Validator):
+    """Offline and deterministic: questions from the request's words, answers by word coverage."""
+
+    name = "builtin"
+
+    async def questions(self, request: OutlineRequest, level: int) -> list[Question]:
+        return derive_questions(request.input.topic, request.input.structure_type, level)
+
+    async def grade(self, structure: Structure, questions: list[Question], threshold: float) -> Grade:
+        result, missed = _score(structure, questions, threshold)
+        return Grade(result, tuple(missed))
 
 
 Outline = Callable[[OutlineRequest], Awaitable[Structure]]
@@ -176,6 +251,7 @@ async def run_with_validation(
     config: ValidationConfig,
     *,
     on_attempt: OnAttempt | None = None,
+    validator: Validator | None = None,
 ) -> tuple[Structure, ValidationResult | None, int]:
     """Generate, validate, and regenerate with the next strategy until it passes or retries run out.
 
@@ -188,7 +264,8 @@ async def run_with_validation(
         if on_attempt is not None:
             await on_attempt(structure, None)
         return structure, None, 1
-    questions = derive_questions(base.input.topic, base.input.structure_type, config.level)
+    validator = validator or BuiltinValidator()
+    questions = await validator.questions(base, config.level)
     best: tuple[Structure, ValidationResult] | None = None
     hints: tuple[str, ...] = ()
     attempts = 0
@@ -197,14 +274,10 @@ async def run_with_validation(
         attempts = attempt
         request = OutlineRequest(base.input, strategy_for(attempt), attempt, hints)
         structure = await generate(request)
-        result, missed = _score(structure, questions, config.threshold)
-        result = ValidationResult(
-            accuracy_percentage=result.accuracy_percentage,
-            questions_asked=result.questions_asked,
-            passed=result.passed,
-            feedback=result.feedback,
-            attempt=attempt,
-            strategy=request.strategy,
+        grade = await validator.grade(structure, questions, config.threshold)
+        missed = list(grade.missed)
+        result = msgspec.structs.replace(
+            normalise_result(grade.result), attempt=attempt, strategy=request.strategy, validator=validator.name
         )
         if on_attempt is not None:
             await on_attempt(structure, result)

@@ -3,7 +3,9 @@
 Each handshake is one stream, ``granulation-<handshake_id>``, and belongs to the tenant and the
 worker that made it (the envelope's ``tenant``, the accepted event's ``worker_id``): any other
 caller is answered as if it did not exist, and so is a ``raw://`` input outside the tenant's
-namespace. Outputs go to Raw under ``t/<tenant>/granulator/``.
+namespace; a ``kv://`` or ``r2://`` input (seed 002's tiers) is read in the caller's own
+namespace. Outputs go to Raw under ``t/<tenant>/granulator/`` as ``raw://`` references, or, with
+``output_refs="tiered"``, as ``kv://granulator/<handshake>.json`` (``r2://`` above the kv limit).
 
 Any replica can answer any call: it folds the stream (``handlers.fold``) and appends with the
 stream's version as ``expected_version``, so two replicas racing on one handshake cannot both
@@ -15,6 +17,7 @@ replica id is stable).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -31,8 +34,13 @@ from nexus.raw import (
     RawError,
     RawKeyError,
     RawNotFoundError,
+    RefPolicy,
+    default_policy,
     is_ref,
+    is_tier_ref,
+    put_ref,
     put_value,
+    ref_key,
     ref_tenant,
     resolve,
     tenant_key,
@@ -62,7 +70,7 @@ from nexus.services.granulator.model import (
     decode_request,
     normalise_input,
 )
-from nexus.services.granulator.validation import run_with_validation
+from nexus.services.granulator.validation import BuiltinValidator, Validator, normalise_result, run_with_validation
 
 __all__ = ["SOURCE", "Granulator"]
 
@@ -97,6 +105,9 @@ class Granulator:
         inline_limit: Outputs whose JSON is shorter stay inline.
         default_validation: Used when a handshake does not configure validation.
         clock: Seconds since the epoch (tests move it to expire leases).
+        validator: Scores structures in the validation loop (default: the builtin one).
+        output_refs: ``raw`` (``raw://`` references) or ``tiered`` (seed 002's ``kv://``/``r2://``).
+        ref_policy: The tiers' limits and placement (default: ``NEXUS_REF_*``).
     """
 
     def __init__(
@@ -110,7 +121,15 @@ class Granulator:
         inline_limit: int = 1024,
         default_validation: ValidationConfig | None = None,
         clock: Callable[[], float] = time.time,
+        validator: Validator | None = None,
+        output_refs: str = "raw",
+        ref_policy: RefPolicy | None = None,
     ) -> None:
+        if output_refs not in ("raw", "tiered"):
+            raise ValueError(f"output_refs must be raw or tiered, not {output_refs!r}")
+        self.validator = validator or BuiltinValidator()
+        self.output_refs = output_refs
+        self.ref_policy = ref_policy or default_policy()
         self.log = log
         self.raw = raw
         self.generator = generator
@@ -273,7 +292,7 @@ class Granulator:
         previous = self._settled(state)
         if previous is not None:
             return previous
-        self._check_reference(request.data_ref, caller)
+        await self._check_reference(request.data_ref, caller)
         running = self._inflight.get(state.handshake_id)
         if running is not None:
             return await asyncio.shield(running)
@@ -402,26 +421,40 @@ class Granulator:
             "status": state.status,
             "replica_id": state.replica_id,
             "progress": state.progress,
-            "validations": msgspec.to_builtins(state.validations),
+            "validations": msgspec.to_builtins([normalise_result(v) for v in state.validations]),
             "events": [{"type": e.type, "time": e.time, "data": e.data} for e in events],
         }
 
-    @staticmethod
-    def _check_reference(data_ref: Any, caller: Caller) -> None:
-        """A ``raw://`` input must lie in the caller's tenant namespace (an admin reads any).
+    async def _check_reference(self, data_ref: Any, caller: Caller, field: str = "data_ref") -> None:
+        """A ``raw://`` reference must lie in the caller's tenant namespace (an admin reads any); a
+        ``kv://``/``r2://`` one names a key in the caller's namespace and must be stored there:
+        another tenant's reference names nothing in it, and is answered as a missing one.
 
         Raises:
             InvalidRequestError: the reference names a key that is not acceptable.
-            UnknownReferenceError: the key belongs to another tenant.
+            UnknownReferenceError: the key belongs to another tenant, or (a tier reference)
+                nothing is stored in the caller's namespace under it.
+            StorageUnavailableError: Raw could not be asked.
         """
+        if is_tier_ref(data_ref):
+            try:
+                key = ref_key(data_ref, tenant=caller.tenant, policy=self.ref_policy)
+                stored = await self.raw.exists(key)
+            except RawKeyError as exc:
+                raise InvalidRequestError(f"$.{field}: {exc}") from None
+            except RawError as exc:
+                raise StorageUnavailableError(f"$.{field}: Raw could not look up {data_ref}: {exc}") from None
+            if not stored:
+                raise UnknownReferenceError(f"$.{field}: no such reference {data_ref}")
+            return
         if not is_ref(data_ref) or caller.is_admin:
             return
         try:
             owner = ref_tenant(data_ref)
         except RawKeyError as exc:
-            raise InvalidRequestError(f"$.data_ref: {exc}") from None
+            raise InvalidRequestError(f"$.{field}: {exc}") from None
         if owner != caller.tenant:
-            raise UnknownReferenceError(f"$.data_ref: no such reference {data_ref}")
+            raise UnknownReferenceError(f"$.{field}: no such reference {data_ref}")
 
     async def _resolve_input(self, state: HandshakeState, data_ref: Any) -> GranulationInput:
         accepted = state.accepted
@@ -433,7 +466,10 @@ class Granulator:
             fields.update(data_ref)
         elif is_ref(data_ref):
             try:
-                value = await resolve(self.raw, data_ref)
+                # A tier reference is read in the handshake's tenant namespace; a raw:// one was
+                # checked against the caller already (an admin may name any key).
+                tenant = state.tenant if is_tier_ref(data_ref) else None
+                value = await resolve(self.raw, data_ref, tenant=tenant, policy=self.ref_policy)
             except RawKeyError as exc:
                 raise InvalidRequestError(f"$.data_ref: {exc}") from None
             except RawNotFoundError:
@@ -446,7 +482,9 @@ class Granulator:
                 raise InputUnavailableError(f"$.data_ref: {data_ref} holds a {type(value).__name__}, not a JSON object")
             fields.update(value)
         else:
-            raise InvalidRequestError(f"$.data_ref: {data_ref!r} is neither a raw:// reference nor an inline object")
+            raise InvalidRequestError(
+                f"$.data_ref: {data_ref!r} is neither a raw://, kv:// or r2:// reference nor an inline object"
+            )
         fields.pop("validation", None)
         return normalise_input(decode_request(fields, GranulationInput))
 
@@ -483,7 +521,11 @@ class Granulator:
             await self._append(state, items)
 
         structure, validation, attempts = await run_with_validation(
-            self.generator.outline, OutlineRequest(inp), accepted.validation, on_attempt=on_attempt
+            self.generator.outline,
+            OutlineRequest(inp),
+            accepted.validation,
+            on_attempt=on_attempt,
+            validator=self.validator,
         )
         encoded = _json.encode(structure)
         digest = hashlib.sha256(encoded).hexdigest()
@@ -495,11 +537,23 @@ class Granulator:
             m.OUTPUT_BYTES.labels("inline").inc(len(encoded))
         else:
             # In the tenant's namespace: only the tenant (or an admin) can read it back.
-            key = tenant_key(state.tenant, "granulator", f"{state.handshake_id}.json")
             try:
-                output_ref = await put_value(
-                    self.raw, msgspec.json.decode(encoded), key=key, threshold=0, tenant=state.tenant
-                )
+                if self.output_refs == "tiered":
+                    # Past the inline limit already: kv:// up to the policy's kv limit, r2:// above.
+                    stored = await put_ref(
+                        self.raw,
+                        msgspec.json.decode(encoded),
+                        namespace="granulator",
+                        name=f"{state.handshake_id}.json",
+                        tenant=state.tenant,
+                        policy=dataclasses.replace(self.ref_policy, inline_max=0),
+                    )
+                    output_ref = str(stored)
+                else:
+                    key = tenant_key(state.tenant, "granulator", f"{state.handshake_id}.json")
+                    output_ref = await put_value(
+                        self.raw, msgspec.json.decode(encoded), key=key, threshold=0, tenant=state.tenant
+                    )
             except RawError as exc:
                 raise StorageUnavailableError(f"Raw could not store the output: {exc}") from None
             m.OUTPUTS.labels("reference").inc()
@@ -530,6 +584,7 @@ class Granulator:
         request: AcknowledgeRequest = decode_request(body if body is not None else b"", AcknowledgeRequest)
         if request.status not in ACK_STATUSES:
             raise InvalidRequestError(f"$.status: use one of {', '.join(ACK_STATUSES)}, not {request.status!r}")
+        await self._check_reference(request.output_ref, caller, "output_ref")
         for _ in range(5):
             state = await self._state_for(request.handshake_id, request.execution_id, caller)
             if state.status == "rejected":
@@ -580,7 +635,7 @@ class Granulator:
             handshake_body["input"] = {
                 k: v for k, v in body.items() if k in ("topic", "structure_type", "depth", "sources", "audience")
             }
-        self._check_reference(body.get("data_ref"), caller)
+        await self._check_reference(body.get("data_ref"), caller)
         answer = await self.handshake(handshake_body, caller=caller, execution_id=execution_id)
         if not answer["accepted"]:
             return answer
@@ -637,7 +692,7 @@ def _result(completed: ev.GranulatorCompleted, state: HandshakeState) -> dict[st
         "estimated_words": completed.estimated_words,
         "attempts": completed.attempts,
         "generator": completed.generator,
-        "validation": msgspec.to_builtins(completed.validation) if completed.validation else None,
+        "validation": msgspec.to_builtins(normalise_result(completed.validation)) if completed.validation else None,
         "duration_ms": completed.duration_ms,
         "replica_id": completed.replica_id,
     }

@@ -89,7 +89,7 @@ class DeliverableRoutes:
         deliverable_id = request.match_info["deliverable_id"]
         item = self.ctx.state.deliverables[deliverable_id]
         try:
-            key = ref_key(item.storage_ref)
+            key = ref_key(item.storage_ref, tenant=item.client_id)
             if key_tenant(key) != item.client_id:
                 raise RawKeyError(f"{item.storage_ref} is outside the client's namespace")
             data = await self.ctx.service.raw.retrieve(key)

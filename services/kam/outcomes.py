@@ -327,7 +327,7 @@ def client_key(ref: str, client: str) -> str:
         RawKeyError: not a reference, or one outside the client's namespace (a deliverable may
             never name another tenant's or the platform's blobs).
     """
-    key = ref_key(ref)
+    key = ref_key(ref, tenant=client)  # a kv:// or r2:// reference names a key in the client's namespace
     if key_tenant(key) != client:
         raise RawKeyError(f"{ref} is outside client {client!r}'s namespace")
     return key

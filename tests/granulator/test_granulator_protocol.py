@@ -197,7 +197,7 @@ async def test_malformed_requests_get_clear_errors_and_the_service_keeps_running
         status, error = await g.post("/api/process", {"execution_id": "another", "handshake_id": hs["handshake_id"]})
         assert status == 404 and "does not belong" in error["message"]
         status, error = await g.post(
-            "/api/process", {"execution_id": "exec_123", "handshake_id": hs["handshake_id"], "data_ref": "kv://x/y"}
+            "/api/process", {"execution_id": "exec_123", "handshake_id": hs["handshake_id"], "data_ref": "ftp://x/y"}
         )
         assert status == 400 and "data_ref" in error["message"]
         status, error = await g.post(

@@ -14,6 +14,10 @@ only when the key is free (content-addressed keys); a backend may do it in one s
 Every key and prefix is checked in one place (``check_key``, ``check_prefix``) before any
 backend touches it: nothing can name a path outside the store. A tenant's blobs live under
 ``t/<tenant>/`` (``tenant_key``; ``key_tenant`` tells whose a key is).
+
+References (seed 002): ``raw://KEY``, and the tiers ``kv://namespace/key`` and
+``r2://bucket/path`` placed in a tenant's namespace by a ``RefPolicy`` (``put_ref``,
+``resolve``); a value under 1 KB travels inline.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from nexus.raw._refs import (
     REF_SCHEME,
     TENANTS_ROOT,
     is_ref,
+    is_tier_ref,
     key_tenant,
+    put_ref,
     put_value,
     ref_key,
     ref_tenant,
@@ -35,11 +41,14 @@ from nexus.raw._refs import (
     tenant_prefix,
 )
 from nexus.raw._storage import RawStorage
+from nexus.raw._tiers import KV_SCHEME, R2_SCHEME, RefPolicy, default_policy
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "INLINE_LIMIT",
+    "KV_SCHEME",
     "MAX_KEY_LENGTH",
+    "R2_SCHEME",
     "REF_SCHEME",
     "TENANTS_ROOT",
     "RawBackend",
@@ -51,11 +60,15 @@ __all__ = [
     "RawStat",
     "RawStorage",
     "RawUnavailableError",
+    "RefPolicy",
     "check_key",
     "check_prefix",
+    "default_policy",
     "is_ref",
+    "is_tier_ref",
     "key_tenant",
     "open_raw",
+    "put_ref",
     "put_value",
     "ref_key",
     "ref_tenant",

@@ -1,9 +1,11 @@
 """References (seed 002) and tenant namespaces.
 
 ``put_value`` stores a JSON value in Raw when its encoding reaches the threshold (1 KB) and
-returns the reference; ``resolve`` turns a reference back into the value and returns anything
-else unchanged. A string that itself starts with ``raw://`` is always stored, never inlined,
-so an inline value is never mistaken for a reference.
+returns a ``raw://KEY`` reference; ``put_ref`` does the same with seed 002's tiers (inline,
+``kv://namespace/key``, ``r2://bucket/path``; ``nexus.raw._tiers``). ``resolve`` turns any of
+these references back into the value and returns anything else unchanged. A string that itself
+looks like a reference is always stored, never inlined, so an inline value is never mistaken
+for a reference.
 
 A tenant's keys live under ``t/<tenant>/`` (``tenant_key``); every other key belongs to the
 platform (``key_tenant``). Given a ``tenant``, ``put_value`` stores in that namespace and
@@ -20,6 +22,7 @@ import msgspec
 from nexus.proto import PLATFORM_TENANT
 from nexus.raw._errors import RawKeyError, RawNotFoundError
 from nexus.raw._port import RawBackend, check_key
+from nexus.raw._tiers import TIER_SCHEMES, RefPolicy, default_policy
 
 REF_SCHEME = "raw://"
 INLINE_LIMIT = 1024
@@ -33,19 +36,33 @@ _decoder = msgspec.json.Decoder()
 
 
 def is_ref(value: Any) -> bool:
-    """Whether ``value`` is a ``raw://KEY`` reference."""
-    return isinstance(value, str) and value.startswith(REF_SCHEME)
+    """Whether ``value`` is a reference: ``raw://KEY``, ``kv://NS/KEY`` or ``r2://BUCKET/PATH``."""
+    return isinstance(value, str) and (value.startswith(REF_SCHEME) or value.startswith(TIER_SCHEMES))
 
 
-def ref_key(ref: str) -> str:
+def is_tier_ref(value: Any) -> bool:
+    """Whether ``value`` is a ``kv://`` or ``r2://`` reference (relative to a tenant)."""
+    return isinstance(value, str) and value.startswith(TIER_SCHEMES)
+
+
+def ref_key(ref: str, *, tenant: str | None = None, policy: RefPolicy | None = None) -> str:
     """The Raw key a reference points to.
 
+    A ``raw://KEY`` names ``KEY`` whoever asks. A ``kv://`` or ``r2://`` reference names a key
+    in ``tenant``'s namespace (``t/<tenant>/kv/NS/KEY``), or in the platform's when ``tenant``
+    is None or the platform: the same text names another key for another tenant.
+
     Raises:
-        RawKeyError: ``ref`` is not a ``raw://`` reference, or names a key that could leave
-            the store (``raw://../../etc/passwd``); a caller's mistake, never worth a retry.
+        RawKeyError: ``ref`` is not a reference, or names a key that could leave the store
+            (``raw://../../etc/passwd``); a caller's mistake, never worth a retry.
     """
+    if is_tier_ref(ref):
+        placed = (policy or default_policy()).place(ref)
+        if tenant is None or tenant == PLATFORM_TENANT:
+            return placed
+        return check_key(tenant_prefix(tenant) + placed)
     if not is_ref(ref):
-        raise RawKeyError(f"{ref!r} is not a raw:// reference")
+        raise RawKeyError(f"{ref!r} is not a raw://, kv:// or r2:// reference")
     return check_key(ref[len(REF_SCHEME) :])
 
 
@@ -89,13 +106,14 @@ def key_tenant(key: str) -> str:
     return PLATFORM_TENANT
 
 
-def ref_tenant(ref: str) -> str:
-    """The tenant that owns the key a ``raw://`` reference points to.
+def ref_tenant(ref: str, *, tenant: str | None = None, policy: RefPolicy | None = None) -> str:
+    """The tenant that owns the key a reference points to (``tenant`` itself for a tier reference
+    resolved on its behalf: see ``ref_key``).
 
     Raises:
         RawKeyError: ``ref`` is not a reference, or its key is not acceptable.
     """
-    return key_tenant(ref_key(ref))
+    return key_tenant(ref_key(ref, tenant=tenant, policy=policy))
 
 
 async def put_value(
@@ -120,7 +138,7 @@ async def put_value(
         RawKeyError: ``key`` is not acceptable, or lies outside ``tenant``'s namespace.
     """
     encoded = _encoder.encode(value)
-    if len(encoded) < threshold and not is_ref(value):
+    if len(encoded) < threshold and not _looks_like_ref(value):
         return value
     if key is not None:
         check_key(key)
@@ -133,15 +151,64 @@ async def put_value(
     return REF_SCHEME + key
 
 
-async def resolve(raw: RawBackend, value_or_ref: Any, *, tenant: str | None = None) -> Any:
+def _looks_like_ref(value: Any) -> bool:
+    """A string any scheme could take for a reference: stored rather than inlined."""
+    return isinstance(value, str) and (is_ref(value) or value[:5].lower() in ("raw:/", "kv://", "r2://"))
+
+
+async def put_ref(
+    raw: RawBackend,
+    value: Any,
+    *,
+    namespace: str,
+    name: str | None = None,
+    tenant: str | None = None,
+    policy: RefPolicy | None = None,
+) -> Any:
+    """Seed 002's tiers: ``value`` itself under the inline limit, else ``kv://namespace/name`` up
+    to the kv limit, else ``r2://namespace/name`` (the namespace is the bucket), stored in
+    ``raw`` inside ``tenant``'s namespace.
+
+    Args:
+        raw: The platform's Raw.
+        value: Any JSON value.
+        namespace: The reference's namespace (``kv``) or bucket (``r2``): one key segment.
+        name: The key or path inside it (default: the sha256 of the encoding, so equal values
+            share one blob).
+        tenant: The owner; None for the platform.
+        policy: Limits and placement (default: ``NEXUS_REF_*``).
+
+    Raises:
+        RawKeyError: the namespace or name is not acceptable.
+    """
+    policy = policy or default_policy()
+    encoded = _encoder.encode(value)
+    tier = policy.tier(len(encoded))
+    if tier == "inline" and not _looks_like_ref(value):
+        return value
+    if "/" in namespace:
+        raise RawKeyError(f"namespace {namespace!r} is one key segment (no '/')")
+    check_key(namespace)
+    name = name if name is not None else hashlib.sha256(encoded).hexdigest()
+    ref = f"r2://{namespace}/{name}" if tier == "r2" else f"kv://{namespace}/{name}"
+    await raw.store(ref_key(ref, tenant=tenant, policy=policy), encoded, "application/json")
+    return ref
+
+
+async def resolve(
+    raw: RawBackend, value_or_ref: Any, *, tenant: str | None = None, policy: RefPolicy | None = None
+) -> Any:
     """The value a reference points to, or ``value_or_ref`` itself when it is inline.
 
     Args:
         raw: Where the referenced value is.
-        value_or_ref: A ``raw://KEY`` reference or an inline value.
-        tenant: Resolve on behalf of this tenant: a reference into another tenant's
-            namespace is answered as if nothing were stored there. None (an admin, or the
-            platform reading its own references) reads any key.
+        value_or_ref: A ``raw://KEY``, ``kv://NS/KEY`` or ``r2://BUCKET/PATH`` reference, or an
+            inline value.
+        tenant: Resolve on behalf of this tenant: a ``raw://`` reference into another tenant's
+            namespace is answered as if nothing were stored there, and a tier reference names a
+            key in this tenant's namespace. None (an admin, or the platform reading its own
+            references) reads any ``raw://`` key and the platform's tier keys.
+        policy: Where tier references are placed (default: ``NEXUS_REF_*``).
 
     Raises:
         RawKeyError: the reference's key could leave the store (a 400, not a retry).
@@ -149,7 +216,7 @@ async def resolve(raw: RawBackend, value_or_ref: Any, *, tenant: str | None = No
     """
     if not is_ref(value_or_ref):
         return value_or_ref
-    key = ref_key(value_or_ref)
+    key = ref_key(value_or_ref, tenant=tenant, policy=policy)
     if tenant is not None and key_tenant(key) != tenant:
         raise RawNotFoundError(key)
     data = await raw.retrieve(key)

@@ -1,4 +1,9 @@
-"""Pluggable generators: ``builtin`` (offline, deterministic) and ``http`` (OpenAI-compatible)."""
+"""Pluggable generators: ``builtin`` (offline, deterministic) and ``http`` (OpenAI-compatible).
+
+The ``http`` validator is ``generators.http_validator.HttpValidator`` (the builtin one is
+``validation.BuiltinValidator``); it is not imported here, since the validation module itself
+imports this package.
+"""
 
 from nexus.services.granulator.generators._port import STRATEGIES, Generator, OutlineRequest, strategy_for
 from nexus.services.granulator.generators.builtin import BuiltinGenerator

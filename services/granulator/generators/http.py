@@ -88,7 +88,13 @@ class HttpGenerator(Generator):
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self._session
 
-    async def _complete(self, messages: list[dict[str, str]], *, json_mode: bool, **params: Any) -> _Choice:
+    async def chat(self, messages: list[dict[str, str]], *, json_mode: bool, **params: Any) -> _Choice:
+        """One chat completion (the validator asks its questions through it too).
+
+        Raises:
+            GeneratorUnavailableError: the endpoint failed, timed out, or answered 429 or 5xx.
+            GeneratorOutputError: it refused the request (4xx) or answered something else.
+        """
         body: dict[str, Any] = {"model": params.pop("model", None) or self.model, "messages": messages, **params}
         if json_mode:
             body["response_format"] = {"type": "json_object"}
@@ -138,12 +144,12 @@ class HttpGenerator(Generator):
             },
             {"role": "user", "content": "\n".join(lines)},
         ]
-        choice = await self._complete(messages, json_mode=True, temperature=0.2)
+        choice = await self.chat(messages, json_mode=True, temperature=0.2)
         return _parse_structure(choice.message.content or "", request)
 
     async def expand(self, request: ExpandRequest) -> ExpandResult:
         messages = [{"role": "user", "content": request.prompt}]
-        choice = await self._complete(
+        choice = await self.chat(
             messages,
             json_mode=False,
             model=request.model or self.model,
