@@ -19,6 +19,8 @@ exception classes and error labels:
 * ``insert_many`` reports a duplicate key as ``BulkWriteError`` (code 65, the 11000 in its
   ``writeErrors``), ``insert_one`` as ``DuplicateKeyError``; a document over the server's
   ``maxBsonObjectSize`` raises ``DocumentTooLarge`` before anything is sent;
+* a network error (a hook raising ConnectionFailure) inside a transaction, but for the commit,
+  is labelled ``TransientTransactionError``, as the transactions specification has drivers do;
 * a commit fault can be armed (``FakeServer.commit_faults``): applied or not, then an error that
   PyMongo labels ``UnknownTransactionCommitResult``;
 * ``FakeBucket`` is GridFS as PyMongo's ``AsyncGridFSBucket`` does it: chunks first, the files
@@ -46,6 +48,7 @@ from gridfs.errors import CorruptGridFile, NoFile
 from pymongo import ReturnDocument
 from pymongo.errors import (
     BulkWriteError,
+    ConnectionFailure,
     DocumentTooLarge,
     DuplicateKeyError,
     InvalidOperation,
@@ -119,7 +122,7 @@ class FakeServer:
         """Each committed transaction's concerns: ``{"write_concern": …, "read_concern": …}``."""
         self.commit_faults: list[CommitFault] = []
         self.hooks: dict[str, list[Hook]] = {}
-        """One-shot callbacks run before an operation, by ``"collection.operation"``."""
+        """One-shot callbacks, by ``"collection.operation"``: the next of them runs before each such operation."""
         self.examined = 0
         self.trace: list[str] = []
         """Every operation, in the order the server received them."""
@@ -141,8 +144,17 @@ class FakeServer:
     async def round_trip(self, operation: str, session: FakeSession | None) -> None:
         await asyncio.sleep(0)
         self.trace.append(operation)
-        for hook in self.hooks.pop(operation, []):
-            await hook(session)
+        waiting = self.hooks.get(operation)
+        if waiting:
+            hook = waiting.pop(0)  # one per round trip, in the order they were armed
+            try:
+                await hook(session)
+            except ConnectionFailure as exc:
+                if session is not None and session.in_transaction and not operation.endswith("commitTransaction"):
+                    # The transactions specification: a network error inside a transaction
+                    # (but for the commit) is labelled TransientTransactionError.
+                    exc._add_error_label("TransientTransactionError")
+                raise
         if session is not None and session.in_transaction and session.aborted:
             raise _no_such_transaction()
 

@@ -23,6 +23,7 @@ from nexus.eventlog import (
     GENESIS_HASH,
     NO_STREAM,
     AppendOutcomeUnknownError,
+    ConcurrencyError,
     DuplicateEventError,
     EventLog,
     EventLogArgumentError,
@@ -218,9 +219,13 @@ async def test_an_unknown_commit_outcome_is_its_own_error(server: FakeServer) ->
             CommitFault(applied=False, error=ServerSelectionTimeoutError("no primary available")),
         ]
         async with asyncio.timeout(10):
-            with pytest.raises(AppendOutcomeUnknownError, match="no primary") as caught:
-                await log.append("s", batch, NO_STREAM)
-        assert isinstance(caught.value, EventLogUnavailableError)  # callers that retry on "unavailable" do
+            unknown, conflict = await asyncio.gather(
+                log.append("s", batch, NO_STREAM), log.append("t", _evs(1), 5), return_exceptions=True
+            )
+        assert isinstance(unknown, AppendOutcomeUnknownError) and "no primary" in str(unknown), unknown
+        assert isinstance(unknown, EventLogUnavailableError)  # callers that retry on "unavailable" do
+        # An append of the same transaction decided without writing keeps its verdict.
+        assert isinstance(conflict, ConcurrencyError), conflict
         server.commit_faults.clear()
         # Retried with the same ids (and the same expected version): it was stored, and is answered.
         again = await log.append("s", batch, NO_STREAM)
@@ -235,16 +240,27 @@ async def test_a_commit_confirmed_on_retry_succeeds(server: FakeServer, log: Mon
     assert stored[0].position == 1 and await log.head() == 1
 
 
-async def test_a_failure_before_the_commit_is_unavailable_not_unknown(server: FakeServer, log: MongoEventLog) -> None:
-    async def drop(session: FakeSession | None) -> None:
-        raise AutoReconnect("connection reset")
+async def test_a_failure_before_the_commit_is_retried_then_unavailable_not_unknown(server: FakeServer) -> None:
+    log = await _open(server, append_timeout_s=0.5)
+    try:
 
-    server.on("events.insert_many", drop)
-    with pytest.raises(EventLogUnavailableError) as caught:
-        await log.append("s", _evs(1))
-    assert not isinstance(caught.value, AppendOutcomeUnknownError)
-    assert await log.head() == 0
-    assert (await log.append("s", _evs(1)))[0].position == 1
+        async def drop(session: FakeSession | None) -> None:
+            raise AutoReconnect("connection reset")
+
+        # Once: the transaction is tried again (a network error inside it is transient).
+        server.on("events.insert_many", drop)
+        assert (await log.append("s", _evs(1)))[0].position == 1
+        # Until the deadline: nothing was committed, so the error says so, not "unknown".
+        for _ in range(1000):
+            server.on("events.insert_many", drop)
+        with pytest.raises(EventLogUnavailableError, match="nothing was stored") as caught:
+            await log.append("s", _evs(1))
+        assert not isinstance(caught.value, AppendOutcomeUnknownError)
+        assert await log.head() == 1
+        server.hooks.clear()
+        assert (await log.append("s", _evs(1)))[0].position == 2
+    finally:
+        await log.close()
 
 
 async def test_an_append_is_bounded_by_its_timeout(server: FakeServer) -> None:

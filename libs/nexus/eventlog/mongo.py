@@ -159,6 +159,8 @@ class _Group:
     """Each written stream's last version and hash once the transaction commits."""
     deferred: list[_Append] = field(default_factory=list)
     """Appends sharing an event id with an earlier one of the group: decided in the next group."""
+    written: list[_Append] = field(default_factory=list)
+    """The appends whose events the transaction inserts."""
     head: int = 0
     """The counter after the commit (when ``docs`` is not empty)."""
 
@@ -347,6 +349,9 @@ class MongoEventLog(EventLog):
             raise AppendOutcomeUnknownError(
                 f"stream {stream_id!r}: the append's transaction did not finish within {self.append_timeout_s:g} s"
             ) from None
+        except asyncio.CancelledError:
+            request.future.add_done_callback(_consume)  # settled later, for nobody
+            raise
 
     async def _write_loop(self) -> None:
         while True:
@@ -444,8 +449,11 @@ class MongoEventLog(EventLog):
                 attempt = 0
             except _CommitUnknown as unknown:
                 self._forget()
+                # Appends answered without writing (a retry, a conflict) keep their verdict.
+                settled.extend(o for o in unknown.done.outcomes if not any(o[0] is w for w in unknown.done.written))
                 raise AppendOutcomeUnknownError(
-                    f"MongoDB did not confirm the append's commit ({unknown.cause})"
+                    f"MongoDB did not confirm the append's commit ({unknown.cause}); it may be stored: retry it "
+                    "with the same event ids, which returns it if it was"
                 ) from None
             except PyMongoError as exc:
                 if not exc.has_error_label("TransientTransactionError"):
@@ -548,6 +556,7 @@ class MongoEventLog(EventLog):
             position += len(request.events)
             done.pending[stream_id] = (version + len(request.events), prevhash)
             done.outcomes.append((request, out, None))
+            done.written.append(request)
         # Round trip 4: the events.
         try:
             await self._events.insert_many(done.docs, ordered=True, session=session)
@@ -558,7 +567,11 @@ class MongoEventLog(EventLog):
         except DocumentTooLarge as exc:
             raise self._too_large(plan, done.docs, exc) from None
         # Round trip 5: the commit.
-        await _commit_transaction(session, deadline)
+        try:
+            await _commit_transaction(session, deadline)
+        except _CommitUnknown as unknown:
+            unknown.done = done
+            raise
         done.head = position - 1
         self._transactions += 1
         self._appends += len(done.outcomes)
@@ -806,6 +819,8 @@ class _CommitUnknown(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
+        self.done = _Group()
+        """The transaction's decisions (set by ``_attempt``)."""
 
 
 async def _commit_transaction(session: Any, deadline: float) -> None:

@@ -217,13 +217,15 @@ class MongoRaw(RawBackend):
             # a key's revisions are adjacent and collapse into one name. The scan stops after
             # limit + 1 names: a page costs its own size, not the bucket's.
             found = self._files.find(query, {"filename": 1, "_id": 0}).sort("filename", ASCENDING)
-            async for doc in found.batch_size(limit + 1):
-                name = doc["filename"]
-                if not names or names[-1] != name:
-                    names.append(name)
-                    if len(names) > limit:
-                        break
-            await found.close()
+            try:
+                async for doc in found.batch_size(limit + 1):
+                    name = doc["filename"]
+                    if not names or names[-1] != name:
+                        names.append(name)
+                        if len(names) > limit:
+                            break
+            finally:
+                await found.close()
         except PyMongoError as exc:
             raise RawUnavailableError(f"listing GridFS failed: {exc}") from None
         page = names[:limit]
