@@ -72,6 +72,7 @@ logger = logging.getLogger("nexus.workflow.engine")
 
 SOURCE = "nexus/workflow"
 _T = "nexus.workflow."
+_QUEUED = _T + "execution.queued"
 
 _tracer = trace.get_tracer("nexus.workflow")
 
@@ -210,6 +211,11 @@ class Driver:
                 self.state = rebased
                 self.committed = latest.version
         self.committed = stored[-1].streamversion or self.committed + len(stored)
+        if stored[0].type == _QUEUED and stored[0].traceparent != states[0].traceparent:
+            # Started outside any span: the log stamped the append's trace on it; the view
+            # keeps what a replay of the log would fold.
+            states = [with_changes(state, traceparent=stored[0].traceparent) for state in states]
+            self.state = with_changes(self.state, traceparent=stored[0].traceparent)
         self.engine.stats.transitions += len(stored)
         metrics.count_stored(stored, self.workflow)
         self.engine.view.apply_own(stored, states)

@@ -94,3 +94,30 @@ async def test_attempts_retries_and_compensation_are_spans_of_the_execution_trac
     assert origin is not None
     restored = trace.get_current_span(origin).get_span_context()
     assert (restored.trace_id, restored.span_id) == (trace_id, request_id)
+
+
+async def test_an_execution_started_outside_any_span_takes_the_trace_its_append_was_given(
+    workflow_service, stub, spans, monkeypatch
+):
+    provider, exporter = spans
+    svc = await workflow_service()
+    # The log's append spans are recorded (the service's own provider records nothing in tests).
+    monkeypatch.setattr(svc.service.log, "_tracer", provider.get_tracer("log"))
+    status, _ = await svc.post("/workflows", {"id": "plain", "steps": [_step("one", "/echo")]})
+    assert status == 201
+    engine = svc.ctx.engine
+    execution_id = await engine.start("plain", {}, tenant="workflow-tests")
+    final = await svc.wait_final(execution_id)
+    assert final.status == "COMPLETED", final.error
+    # The view holds what a replay of the log folds (nexus replay --verify compares them)...
+    folded = fold(await svc.service.log.read_stream(stream_id(execution_id)))
+    assert folded is not None and folded.traceparent is not None
+    assert engine.get(execution_id).traceparent == folded.traceparent
+    # ...and that trace is the first append's.
+    appends = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.name == "append" and s.attributes["nexus.stream_id"] == stream_id(execution_id)
+    ]
+    first = min(appends, key=lambda s: s.start_time or 0)
+    assert folded.traceparent.startswith(f"00-{first.context.trace_id:032x}-{first.context.span_id:016x}-")
