@@ -42,7 +42,7 @@ __all__ = ["OPTIONAL_MODULES", "WorkflowRoutes", "install", "install_optional"]
 
 logger = logging.getLogger("nexus.workflow.api")
 
-OPTIONAL_MODULES = ("jobapi", "uploads", "anomalies", "triggers", "phases", "live")
+OPTIONAL_MODULES = ("jobapi", "uploads", "anomalies", "triggers", "phases", "live", "pipelines")
 """Modules of the service that add routes of their own when present (``install(service, ctx)``)."""
 
 

@@ -143,6 +143,8 @@ ROWS: dict[tuple[str, str, str], Row] = {
     ("workflow", "GET", "/executions/{execution_id}"): Row({"execution_id": "e"}),
     ("workflow", "POST", "/executions/{execution_id}/cancel"): Row({"execution_id": "e"}),
     ("workflow", "GET", "/executions/{execution_id}/events"): Row({"execution_id": "e"}),
+    ("workflow", "POST", "/api/pipelines/execute"): Row(),
+    ("workflow", "GET", "/api/pipelines/{execution_id}/checkpoint"): Row({"execution_id": "e"}),
     ("workflow", "GET", "/executions/{execution_id}/stream"): Row({"execution_id": "e"}, stream=True),
     ("workflow", "GET", "/queue/stats"): Row(),
     ("workflow", "GET", "/workflow/{workflowId}"): Row({"workflowId": "noop"}),

@@ -83,6 +83,16 @@ class Row:
     body that is valid for the matrix, e.g. a write without its If-Match precondition)."""
 
 
+PIPELINE = {
+    "template": {
+        "name": "matrix_pipeline",
+        "stages": [{"name": "outline", "worker": "granulator", "input": {"topic": "Tea", "structure_type": "article"}}],
+    },
+    "context": {"request_id": 1},
+}
+"""A one-stage pipeline (seed 002's body) on the platform's granulator."""
+
+
 def _ids(key: str, field_name: str = "id") -> Callable[[Any], set[str]]:
     """The ids in a listing: ``body[key]`` (or the body itself when it is a list)."""
     return lambda body: {str(item.get(field_name)) for item in (body if isinstance(body, list) else body[key])}
@@ -207,6 +217,9 @@ ROWS: dict[tuple[str, str, str], Row] = {
         params={"user_id": "user", "claim_id": "claim"}, cross=404
     ),
     ("workflow", "GET", "/api/v1/workflow/stats"): Row(),
+    # -- workflow: seed 002's orchestrator contract
+    ("workflow", "POST", "/api/pipelines/execute"): Row(body=lambda ids: PIPELINE),
+    ("workflow", "GET", "/api/pipelines/{execution_id}/checkpoint"): Row(params={"execution_id": "pipeline"}),
     # -- granulator
     ("granulator", "POST", "/api/handshake"): Row(body=lambda ids: dict(HANDSHAKE)),
     ("granulator", "POST", "/api/process"): Row(
@@ -301,6 +314,7 @@ async def _create_alphas_resources(platform: Platform) -> None:
             "id"
         ]
         ids["job"] = (await call("POST", f"{wf}/job/initiate", {"workflowId": "alpha_wait"}))["jobExecutionId"]
+        ids["pipeline"] = (await call("POST", f"{wf}/api/pipelines/execute", PIPELINE, 202))["execution_id"]
         trigger = {"id": "alpha-trigger", "event_type": "alpha.x", "workflow_id": "alpha_wait"}
         ids["trigger"] = (await call("POST", f"{wf}/triggers", trigger, 201))["id"]
         ids["user"] = "user-of-alpha"
