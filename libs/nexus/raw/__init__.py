@@ -8,7 +8,8 @@
 
 Backends: ``memory.py`` (tests, with a size limit), ``file.py`` (embedded default: small
 blobs as rows of one SQLite database, larger ones as files, concurrent stores committed
-together), ``mongo.py`` (GridFS). All pass the same contract suite. ``store_if_absent`` writes
+together), ``mongo.py`` (GridFS), ``postgres.py`` (rows of a PostgreSQL database, large blobs
+in 1 MiB chunks). All pass the same contract suite. ``store_if_absent`` writes
 only when the key is free (content-addressed keys); a backend may do it in one step.
 
 Every key and prefix is checked in one place (``check_key``, ``check_prefix``) before any
@@ -79,7 +80,8 @@ __all__ = [
 
 
 async def open_raw(url: str, *, clock: Clock | None = None) -> RawBackend:
-    """Open the blob store named by ``url`` (``memory://``, ``file://PATH``, ``mongodb://HOST/DB``).
+    """Open the blob store named by ``url`` (``memory://``, ``file://PATH``, ``mongodb://HOST/DB``,
+    ``postgresql://HOST/DB``).
 
     Raises:
         RawKeyError: the URL is malformed or names an unknown scheme.
@@ -98,6 +100,11 @@ async def open_raw(url: str, *, clock: Clock | None = None) -> RawBackend:
         from nexus.raw.mongo import MongoRaw
 
         return await MongoRaw.open(url, clock=clock)
+    if scheme in ("postgresql", "postgres"):
+        from nexus.raw.postgres import PostgresRaw
+
+        return await PostgresRaw.open(url, clock=clock)
     raise RawKeyError(
-        f"NEXUS_RAW_URL {url!r}: unknown scheme {scheme!r} (use memory://, file://PATH or mongodb://HOST/DB)"
+        f"NEXUS_RAW_URL {url!r}: unknown scheme {scheme!r} "
+        "(use memory://, file://PATH, mongodb://HOST/DB or postgresql://HOST/DB)"
     )
