@@ -51,8 +51,9 @@ def test_the_cli_keeps_the_log_and_backups_private(tmp_path: Path, loose_umask: 
     assert mode(data) == 0o700
     db_files = [p for p in data.iterdir() if p.name.startswith("events.db")]
     assert db_files, list(data.iterdir())
-    for path in db_files:
-        assert mode(path) == 0o600, (path.name, oct(mode(path)))
+    # The database and its WAL, and the wake-up directory (events.db-wake/) with its files.
+    for path in [*db_files, *(data / "events.db-wake").rglob("*")]:
+        assert mode(path) == (0o700 if path.is_dir() else 0o600), (path.name, oct(mode(path)))
     # A backup holds the same data: private as well.
     backup = tmp_path / "backup"
     done = nexus("backup", "create", str(backup), data_dir=data)
