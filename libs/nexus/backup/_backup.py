@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,6 +34,12 @@ MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"
 RAW_INDEX = "raw-index.json"
 RAW_DIR = "raw"
+_READ_LINES = 5000
+"""Lines of ``events.jsonl`` a restore reads at a time."""
+_RUN_EVENTS = 1000
+_RUN_BYTES = 8 * 1024 * 1024
+"""The most events and bytes one append of a restore carries (a stream's longer run is several
+appends): every adapter takes an append this size (MongoDB's transactions stop at 16 MiB)."""
 
 
 class BackupError(Exception):
@@ -104,11 +110,12 @@ async def restore_backup(
     raw: RawBackend,
     *,
     force: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BackupSummary:
     """Restore a backup into ``log`` and ``raw`` after verifying it.
 
     Args:
+        progress: Called with the events restored so far and the backup's count after each append.
         force: Restore into a non-empty log or store: events already there (same id and
             content) are skipped, others are appended after them (new positions), blobs are
             overwritten.
@@ -134,11 +141,10 @@ async def restore_backup(
                 f"the target is not empty (log head {head}, {'some' if blobs else 'no'} blobs); "
                 "restore into an empty log and Raw store, or pass --force to merge into it"
             )
-    lines = (await asyncio.to_thread((target / EVENTS).read_bytes)).splitlines()
-    events = [decode_event(line) for line in lines if line.strip()]
+    total = await asyncio.to_thread(_count_lines, target / EVENTS)
     restored = 0
     empty_log = (await log.head()) == 0
-    for run in _stream_runs(events):
+    async for run in _stream_runs(target / EVENTS):
         stream = run[0].streamid or ""
         fresh = [_unplaced(e) for e in run]
         stored = await log.append(stream, fresh)
@@ -151,7 +157,7 @@ async def restore_backup(
                     )
         restored += len(run)
         if progress is not None:
-            progress(restored)
+            progress(restored, total)
     index = json.loads(await asyncio.to_thread((target / RAW_INDEX).read_bytes))
     for item in index:
         data = await asyncio.to_thread((target / RAW_DIR / check_key(item["key"])).read_bytes)
@@ -159,15 +165,55 @@ async def restore_backup(
     return BackupSummary(str(target), restored, len(index), manifest.root)
 
 
-def _stream_runs(events: list[CloudEvent]) -> list[list[CloudEvent]]:
-    """Consecutive events of the same stream, so each run is one atomic append in order."""
-    runs: list[list[CloudEvent]] = []
-    for event in events:
-        if runs and runs[-1][0].streamid == event.streamid:
-            runs[-1].append(event)
-        else:
-            runs.append([event])
-    return runs
+async def _stream_runs(path: Path) -> AsyncIterator[list[CloudEvent]]:
+    """Consecutive events of the same stream, so each run is one atomic append, in order.
+
+    The file is read ``_READ_LINES`` lines at a time: a backup of a large log is restored in
+    bounded memory. A run is at most ``_RUN_EVENTS`` events and ``_RUN_BYTES`` (a longer one is
+    several appends, placed one after the other all the same): the events of one stream that follow
+    each other in the log may come from many appends, more than one append may carry.
+    """
+    run: list[CloudEvent] = []
+    size = 0
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+        while True:
+            lines = await asyncio.to_thread(_read_lines, fh, _READ_LINES)
+            if not lines:
+                break
+            for line in lines:
+                if not line.strip():
+                    continue
+                event = decode_event(line)
+                if run and (
+                    run[0].streamid != event.streamid or len(run) >= _RUN_EVENTS or size + len(line) > _RUN_BYTES
+                ):
+                    yield run
+                    run, size = [], 0
+                run.append(event)
+                size += len(line)
+    finally:
+        fh.close()
+    if run:
+        yield run
+
+
+def _read_lines(fh: BinaryIO, count: int) -> list[bytes]:
+    lines = []
+    for _ in range(count):
+        line = fh.readline()
+        if not line:
+            break
+        lines.append(line)
+    return lines
+
+
+def _count_lines(path: Path) -> int:
+    count = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            count += block.count(b"\n")
+    return count
 
 
 def _unplaced(event: CloudEvent) -> CloudEvent:

@@ -1,15 +1,23 @@
-"""``nexus backup create|restore DIR``: the log and Raw blobs, with a proof manifest."""
+"""``nexus backup create|restore DIR``: the log and Raw blobs, with a proof manifest.
+
+The two ends need not be the same backends: a backup of a SQLite log and file Raw restores onto
+PostgreSQL (``NEXUS_EVENT_LOG_URL`` / ``NEXUS_RAW_URL``) and back, with the same positions and
+hashes, so ``nexus log verify`` and ``nexus replay --verify`` give the same results after it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nexus.backup import BackupError, create_backup, restore_backup
-from nexus.replay._platform import open_platform
+from nexus.eventlog import EventLogError
+from nexus.raw import RawError
+from nexus.replay._platform import ProgressLine, open_platform
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,8 +45,19 @@ def _create(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     async def run() -> int:
-        async with open_platform() as (log, raw):
-            summary = await restore_backup(args.directory, log, raw, force=args.force)
+        bar = ProgressLine("restore")
+        started = time.monotonic()
+
+        def report(done: int, total: int) -> None:
+            elapsed = time.monotonic() - started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            bar.update(done, total, rate, (total - done) / rate if rate else None, force=done == total)
+
+        try:
+            async with open_platform() as (log, raw):
+                summary = await restore_backup(args.directory, log, raw, force=args.force, progress=report)
+        finally:
+            bar.close()
         print(f"restored {summary.events} events and {summary.blobs} blobs from {summary.directory}")
         print(f"manifest root {summary.manifest_root} verified")
         return 0
@@ -49,6 +68,7 @@ def _restore(args: argparse.Namespace) -> int:
 def _guard(run: Callable[[], Coroutine[Any, Any, int]]) -> int:
     try:
         return asyncio.run(run())
-    except BackupError as exc:
+    except (BackupError, EventLogError, RawError) as exc:
+        # A store that cannot be reached (or refuses an append) is said in one line, not a traceback.
         print(f"nexus backup: {exc}", file=sys.stderr)
         return 1
