@@ -10,7 +10,9 @@ Layout of a backup directory::
 ``restore_backup`` verifies the manifest before it writes anything, and restores into an
 empty log and Raw store only (unless forced). Events are appended stream run by stream run
 with their original ids, in position order, so an empty log assigns them the same
-positions and hashes again; the restore checks that it did.
+positions and hashes again; the restore checks that it did. Nothing in a backup depends on
+the backend it came from: a SQLite log and file Raw restore onto PostgreSQL (or MongoDB) and
+back, and a backup taken again after the restore has the same manifest root.
 """
 
 from __future__ import annotations
