@@ -196,11 +196,13 @@ def install(service: Service, worker: Granulator) -> None:
     async def handshake(request: web.Request) -> Any:
         """Validates stage, input and requirements (memory_mb, timeout_ms); the execution id comes in the body or
         ``X-Execution-ID``. A rejection (over capacity, requirement out of bounds, unknown structure type) is a
-        200 answer with ``accepted: false``, ``code`` and ``reason``."""
+        200 answer with ``accepted: false``, ``code`` and ``reason``. A repeated call with the same
+        ``Idempotency-Key`` answers the recorded outcome (one handshake, one reservation)."""
         return await worker.handshake(
             await _body(request),
             caller=caller_of(request),
             execution_id=request.headers.get("X-Execution-ID", "").strip(),
+            idempotency_key=request.headers.get("Idempotency-Key", "").strip(),
         )
 
     @service.route(
@@ -221,8 +223,9 @@ def install(service: Service, worker: Granulator) -> None:
     )
     @guarded
     async def process(request: web.Request) -> Any:
-        """``data_ref`` is a ``raw://`` reference to a JSON object, an inline object, or absent (the handshake's
-        input). The output is inline under 1 KB, otherwise ``output_ref`` is a ``raw://`` reference."""
+        """``data_ref`` is a ``raw://``, ``kv://`` or ``r2://`` reference to a JSON object, an inline object, or
+        absent (the handshake's input). The output is inline under 1 KB, otherwise ``output_ref`` is a reference
+        (``raw://``, or ``kv://``/``r2://`` with ``NEXUS_GRANULATOR_OUTPUT_REFS=tiered``)."""
         return await worker.process(await _body(request), caller=caller_of(request))
 
     @service.route(

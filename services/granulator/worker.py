@@ -217,15 +217,65 @@ class Granulator:
 
     # -- handshake ----------------------------------------------------------------------------
 
-    async def handshake(self, body: Any, *, caller: Caller, execution_id: str = "") -> dict[str, Any]:
+    async def handshake(
+        self, body: Any, *, caller: Caller, execution_id: str = "", idempotency_key: str = ""
+    ) -> dict[str, Any]:
         """Accept or reject a handshake for ``caller``'s tenant; the outcome is recorded either way.
 
+        With an ``idempotency_key`` (an orchestrator's ``Idempotency-Key``: a workflow step sends
+        the same one when it calls again after a crash), the handshake id is derived from the
+        caller and the key, and a repeated call answers the recorded outcome instead of reserving
+        capacity a second time.
+
         Raises:
-            InvalidRequestError: the body is not a handshake (nothing recorded).
+            InvalidRequestError: the body is not a handshake, or the key is too long (nothing recorded).
         """
         if not isinstance(body, dict):
             raise InvalidRequestError("$: the handshake body must be a JSON object")
-        handshake_id = "hs_" + new_event_id().replace("-", "")
+        if idempotency_key:
+            if len(idempotency_key) > 256:
+                raise InvalidRequestError("Idempotency-Key: at most 256 characters")
+            scope = f"{caller.tenant}\x00{caller.label}\x00{idempotency_key}".encode()
+            handshake_id = "hs_" + hashlib.sha256(scope).hexdigest()[:32]
+            recorded = await self._load(handshake_id)
+            if recorded is not None:
+                return self._handshake_answer(recorded)
+        else:
+            handshake_id = "hs_" + new_event_id().replace("-", "")
+        try:
+            return await self._new_handshake(body, caller, execution_id, handshake_id)
+        except ConcurrencyError:
+            # The same key on another replica a moment ago: answer what it recorded.
+            recorded = await self._load(handshake_id)
+            if recorded is None:
+                raise
+            return self._handshake_answer(recorded)
+
+    def _handshake_answer(self, state: HandshakeState) -> dict[str, Any]:
+        """The answer a recorded handshake was given (for a repeated call with the same key)."""
+        if state.rejected is not None:
+            return {
+                "accepted": False,
+                "handshake_id": state.handshake_id,
+                "execution_id": state.execution_id,
+                "code": state.rejected.code,
+                "reason": state.rejected.reason,
+                "replica_id": state.rejected.replica_id,
+            }
+        accepted = state.accepted
+        assert accepted is not None
+        return {
+            "accepted": True,
+            "handshake_id": state.handshake_id,
+            "execution_id": state.execution_id,
+            "estimate": msgspec.to_builtins(accepted.estimate),
+            "replica_id": accepted.replica_id,
+            "lease_ms": accepted.lease_ms,
+        }
+
+    async def _new_handshake(
+        self, body: dict[str, Any], caller: Caller, execution_id: str, handshake_id: str
+    ) -> dict[str, Any]:
         async with self._reserve:
             # Reservation and its record happen under one lock, so concurrent handshakes on this
             # replica never overshoot its capacity.
