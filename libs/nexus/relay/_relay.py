@@ -332,6 +332,9 @@ class Relay:
                     await self._failed(exc, "cannot take the lease")
                     continue
                 if not acquired:
+                    # The lease answered (another replica holds it): standing by is progress,
+                    # so a failed attempt before it no longer keeps this replica unready.
+                    self._progressed()
                     await self._pause(self.lease_ttl / 3)
                     continue
             RELAY_LEADER.set(1)
