@@ -21,7 +21,8 @@ class PlatformSettings:
     event_log_url: str
     """``NEXUS_EVENT_LOG_URL``: ``sqlite:///PATH`` (default, under the data dir), ``mongodb://…``, ``memory://``."""
     raw_url: str
-    """``NEXUS_RAW_URL``: ``file://PATH`` (default, under the data dir), ``memory://``, ``mongodb://…``."""
+    """``NEXUS_RAW_URL``: ``file://PATH`` (default, under the data dir), ``memory://``, ``postgresql://…``,
+    ``mongodb://…``."""
     nats_url: str | None
     """``NEXUS_NATS_URL``: an existing NATS server (a cluster's, comma-separated); unset starts the embedded one."""
     nats_port: int
