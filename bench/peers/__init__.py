@@ -46,8 +46,8 @@ class PeerUnavailable(Exception):
     """A peer could not be installed or started; the message is the reason shown in its row."""
 
 
-async def _run(*command: str | Path, timeout: float = 900) -> None:  # noqa: ASYNC109
-    """Run an install command; a failure raises :class:`PeerUnavailable` with the tail of its output."""
+async def _run(what: str, *command: str | Path, timeout: float = 900) -> None:  # noqa: ASYNC109
+    """Run an install command; a failure raises :class:`PeerUnavailable` naming ``what`` with the tail of its output."""
     proc = await asyncio.create_subprocess_exec(
         *map(str, command), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
@@ -57,11 +57,11 @@ async def _run(*command: str | Path, timeout: float = 900) -> None:  # noqa: ASY
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise PeerUnavailable(f"`{Path(str(command[0])).name} {command[1]}` took over {timeout:.0f} s") from None
+        raise PeerUnavailable(f"{what} took over {timeout:.0f} s") from None
     if proc.returncode != 0:
         lines = [line for line in out.decode(errors="replace").splitlines() if line.strip()]
         tail = " / ".join(lines[-3:])[-400:]
-        raise PeerUnavailable(f"`{Path(str(command[0])).name} {command[1]}` exited {proc.returncode}: {tail}")
+        raise PeerUnavailable(f"{what} exited {proc.returncode}: {tail}")
 
 
 def _stamp_of(text: str) -> str:
@@ -79,8 +79,11 @@ async def peer_python() -> Path:
     print("   installing the peers' venv (DBOS, Restate's Python SDK, Hypercorn)", file=sys.stderr, flush=True)
     shutil.rmtree(venv, ignore_errors=True)
     DATA.mkdir(parents=True, exist_ok=True)
-    await _run(sys.executable, "-m", "venv", venv)
-    await _run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", REQUIREMENTS)
+    await _run("python -m venv", sys.executable, "-m", "venv", venv)
+    await _run(
+        "pip install -r bench/peers/requirements.txt",
+        *(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", REQUIREMENTS),
+    )
     stamp.write_text(wanted)
     return python
 
@@ -110,6 +113,7 @@ async def restate_server() -> Path:
     shutil.rmtree(prefix, ignore_errors=True)
     prefix.mkdir(parents=True, exist_ok=True)
     await _run(
+        f"npm install @restatedev/restate-server@{RESTATE_SERVER_VERSION}",
         npm,
         "install",
         "--prefix",

@@ -59,7 +59,7 @@ def main() -> int:
     config.keep_alive_max_requests = 2147483647
     config.keep_alive_timeout = 2147483647
     config.accesslog = None
-    asyncio.run(hypercorn.asyncio.serve(restate.app(services=[service]), config))  # type: ignore[arg-type]
+    asyncio.run(hypercorn.asyncio.serve(restate.app(services=[service]), config))
     return 0
 
 
