@@ -16,7 +16,6 @@ so page scripts cannot read it and other sites cannot send it). ``Sessions.authe
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import time
@@ -40,6 +39,8 @@ from nexus.auth import (
     new_session_token,
     parse_session_token,
     presented_session,
+    refuse_unless_open,
+    session_id_or_refuse,
     session_key_info,
 )
 from nexus.proto import PLATFORM_TENANT, new_event
@@ -67,9 +68,6 @@ COOKIE = SESSION_COOKIE
 """The cookie the login sets for the web console."""
 ADMIN_USER_ID = "admin"
 """The user id of the bootstrap admin in sessions (client users' ids start with ``usr_``)."""
-
-# Compared against when the session is unknown, so an unknown id costs the same hash and compare.
-_NO_HASH = "0" * 64
 
 
 def rfc3339(seconds: float) -> str:
@@ -236,22 +234,15 @@ class Sessions:
             CredentialRefused: malformed, unknown, closed or expired token, or its user is gone
                 (the message says which, so a client knows to log in again).
         """
-        session_id = parse_session_token(token)
-        if session_id is None:
-            raise CredentialRefused(
-                f"the session token in {where} is malformed: send the sess_<id>.<secret> token "
-                "that POST /api/auth/login answered"
-            )
-        session = await self._find(session_id)
-        expected = session.hash if session is not None else _NO_HASH
-        matches = hmac.compare_digest(hash_secret(token).encode(), expected.encode())
-        if session is None or not matches:
-            raise CredentialRefused("the session is not known: log in again with POST /api/auth/login")
-        if session.closed is not None:
-            why = "by logout" if session.closed == "logout" else f"({session.closed.replace('_', ' ')})"
-            raise CredentialRefused(f"the session was closed {why}: log in again")
-        if self.clock() >= session.expires_at:
-            raise CredentialRefused(f"the session expired at {rfc3339(session.expires_at)}: log in again")
+        session = await self._find(session_id_or_refuse(token, where))
+        refuse_unless_open(
+            token,
+            session.hash if session is not None else None,
+            session.closed if session is not None else None,
+            session.expires_at if session is not None else 0.0,
+            self.clock(),
+        )
+        assert session is not None  # refused above otherwise
         account = self.account(session.user_id)
         if account is None:
             raise CredentialRefused("the session's user no longer exists")

@@ -86,6 +86,8 @@ from nexus.auth._sessions import (
     new_session_token,
     parse_session_token,
     presented_session,
+    refuse_unless_open,
+    session_id_or_refuse,
     session_key_info,
 )
 from nexus.proto import PLATFORM_TENANT
@@ -140,11 +142,13 @@ __all__ = [
     "parse_secret",
     "parse_session_token",
     "presented_session",
+    "refuse_unless_open",
     "require_api_key",
     "require_client_or_worker",
     "require_scope",
     "require_worker",
     "revoke_key",
+    "session_id_or_refuse",
     "session_key_info",
     "valid_tenant",
     "verify_password",

@@ -31,6 +31,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import msgspec
 from aiohttp import web
@@ -57,6 +58,8 @@ __all__ = [
     "new_session_token",
     "parse_session_token",
     "presented_session",
+    "refuse_unless_open",
+    "session_id_or_refuse",
     "session_key_info",
 ]
 
@@ -135,6 +138,43 @@ def check_csrf(request: web.Request, where: str, csrf_hash: str) -> None:
             status=403,
             error="csrf",
         )
+
+
+def session_id_or_refuse(token: str, where: str) -> str:
+    """The session id of a presented token.
+
+    Raises:
+        CredentialRefused: the token is malformed (the message names where it came from).
+    """
+    session_id = parse_session_token(token)
+    if session_id is None:
+        raise CredentialRefused(
+            f"the session token in {where} is malformed: send the sess_<id>.<secret> token "
+            "that POST /api/auth/login answered"
+        )
+    return session_id
+
+
+def refuse_unless_open(
+    token: str, expected_hash: str | None, closed: str | None, expires_at: float, now: float
+) -> None:
+    """Refuse a token whose session is unknown, another's, closed or expired.
+
+    ``expected_hash`` is the recorded sha256 (None for an unknown session: the same hash and
+    constant-time compare run anyway, so timing does not tell which).
+
+    Raises:
+        CredentialRefused: the message says why, so a client knows to log in again.
+    """
+    matches = hmac.compare_digest(hash_secret(token).encode(), (expected_hash or _NO_HASH).encode())
+    if expected_hash is None or not matches:
+        raise CredentialRefused("the session is not known: log in again with POST /api/auth/login")
+    if closed is not None:
+        why = "by logout" if closed == "logout" else f"({closed.replace('_', ' ')})"
+        raise CredentialRefused(f"the session was closed {why}: log in again")
+    if now >= expires_at:
+        at = datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        raise CredentialRefused(f"the session expired at {at}: log in again")
 
 
 def session_key_info(session_id: str, owner: str, scopes: tuple[str, ...]) -> KeyInfo:
@@ -217,23 +257,17 @@ class SessionView:
             CredentialRefused: malformed, unknown, closed, expired, or recorded before sessions
                 named their tenant; the message says which, so a client knows to log in again.
         """
-        session_id = parse_session_token(token)
-        if session_id is None:
-            raise CredentialRefused(
-                f"the session token in {where} is malformed: send the sess_<id>.<secret> token "
-                "that POST /api/auth/login answered"
-            )
+        session_id = session_id_or_refuse(token, where)
         await self.refresh()
         record = self._sessions.get(session_id)
-        expected = record.hash if record is not None else _NO_HASH
-        matches = hmac.compare_digest(hash_secret(token).encode(), expected.encode())
-        if record is None or not matches:
-            raise CredentialRefused("the session is not known: log in again with POST /api/auth/login")
-        if record.closed is not None:
-            why = "by logout" if record.closed == "logout" else f"({record.closed.replace('_', ' ')})"
-            raise CredentialRefused(f"the session was closed {why}: log in again")
-        if self._clock() >= record.expires_at:
-            raise CredentialRefused("the session expired: log in again")
+        refuse_unless_open(
+            token,
+            record.hash if record is not None else None,
+            record.closed if record is not None else None,
+            record.expires_at if record is not None else 0.0,
+            self._clock(),
+        )
+        assert record is not None  # refused above otherwise
         if record.owner is None:
             raise CredentialRefused("the session was opened by an older KAM and is only good there: log in again")
         return record
