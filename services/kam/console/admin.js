@@ -5,23 +5,12 @@
 // text is always inserted as text (ui.js's h), never as markup.
 
 import { ApiError, get, kam, post, put, withQuery, workflow } from "./api.js";
-import { follow } from "./live.js";
+import { REQUEST_EVENTS, REQUEST_STATUSES as STATUSES, follow } from "./live.js";
 import { badge, barChart, button, errorBox, h, heading, money, notify, replace, schemaForm, table, when } from "./ui.js";
 
-const STATUSES = ["pending", "template_assigned", "executing", "completed", "failed"];
 const URGENCIES = ["low", "normal", "high", "urgent"];
 const TIERS = ["basic", "standard", "premium"];
 const KINDS = ["run", "tokens", "stage"];
-// The request transitions KAM's notification stream sends (nexus.kam.request.*, deliverables).
-const REQUEST_EVENTS = [
-  "nexus.kam.request.created",
-  "nexus.kam.request.updated",
-  "nexus.kam.request.template_assigned",
-  "nexus.kam.request.executing",
-  "nexus.kam.request.completed",
-  "nexus.kam.request.failed",
-  "nexus.kam.deliverable.recorded",
-];
 const HEALTH_SECONDS = 5;
 
 // The requests page's filters, kept while the console is open (the overview's counts set them).

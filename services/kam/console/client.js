@@ -7,20 +7,9 @@
 // cookie, closed when the page is left.
 
 import { ApiError, del, get, kam, post, put, withQuery, workflow } from "./api.js";
-import { follow } from "./live.js";
+import { REQUEST_EVENTS, REQUEST_STATUSES as STATUSES, follow } from "./live.js";
 import { badge, barChart, button, errorBox, h, heading, money, notify, replace, table, when } from "./ui.js";
 
-/** The events of KAM's notification stream (its SSE event names). */
-const REQUEST_EVENTS = [
-  "nexus.kam.request.created",
-  "nexus.kam.request.updated",
-  "nexus.kam.request.template_assigned",
-  "nexus.kam.request.executing",
-  "nexus.kam.request.completed",
-  "nexus.kam.request.failed",
-  "nexus.kam.deliverable.recorded",
-];
-const STATUSES = ["pending", "template_assigned", "executing", "completed", "failed"];
 const URGENCIES = ["low", "normal", "high", "urgent"];
 const STATUS_WORDS = {
   pending: "waiting for an operator to pick a template",

@@ -3,6 +3,20 @@
 // it saw as Last-Event-ID; the platform answers what was missed after it. An update is handed
 // on once: ids already seen (a reconnect racing an update) are dropped here.
 
+/** The events of KAM's notification stream (its SSE event names): a request's transitions. */
+export const REQUEST_EVENTS = [
+  "nexus.kam.request.created",
+  "nexus.kam.request.updated",
+  "nexus.kam.request.template_assigned",
+  "nexus.kam.request.executing",
+  "nexus.kam.request.completed",
+  "nexus.kam.request.failed",
+  "nexus.kam.deliverable.recorded",
+];
+
+/** A request's statuses, in the order a request goes through them. */
+export const REQUEST_STATUSES = ["pending", "template_assigned", "executing", "completed", "failed"];
+
 /**
  * Follow `url`; `onUpdate(type, data, id)` for each event (data parsed as JSON when it is).
  * `types` lists the event names to listen for besides "message". Answers an object with
