@@ -8,7 +8,8 @@ same ``NEXUS_EVENT_LOG_URL`` and ``NEXUS_RAW_URL``. Each process can be killed w
 started again under the same name (a workflow or granulator replica keeps its replica id, so
 it takes its own unfinished work back at once). ``IdempotentStub`` is the HTTP service behind
 the workflow's ``api_call`` steps: it applies a request's effect once per ``Idempotency-Key``,
-answers a repeated key with the first answer, and counts what it received.
+answers a repeated key with the first answer, and counts what it received; it is also the
+granulator's chat-completions endpoint, counting the generations asked for per prompt.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class IdempotentStub:
         """The effect of each key, applied on its first request: the request's body."""
         self.missing_key = 0
         """Requests without a key (each would be an effect nobody can deduplicate)."""
+        self.completions: Counter[str] = Counter()
+        """Chat completions asked for, per prompt: the granulator's generator (an OpenAI-compatible
+        API takes no idempotency key, so each call is an effect of its own)."""
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -58,8 +62,18 @@ class IdempotentStub:
                 self.applied[key] = body
             return web.json_response({"applied": self.applied[key], "key": key})
 
+        async def complete(request: web.Request) -> web.Response:
+            body = await request.json()
+            prompt = body["messages"][-1]["content"]
+            self.completions[prompt] += 1
+            text = f"An expansion of: {prompt}"
+            return web.json_response(
+                {"model": body.get("model", ""), "choices": [{"message": {"content": text}, "finish_reason": "stop"}]}
+            )
+
         app = web.Application()
         app.router.add_post("/step", handle)
+        app.router.add_post("/v1/chat/completions", complete)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         port = free_port()
@@ -155,6 +169,8 @@ class Fleet:
         self.log_url = log_url
         self.raw_url = raw_url
         self.replicas: dict[str, Replica] = {}
+        self.failed_starts: list[str] = []
+        """Starts that ended in an exit and were tried again, as ``name: last log line``."""
 
     def add(self, name: str, module: str, identity: str, extra: dict[str, str] | None = None) -> Replica:
         port = free_port()
@@ -181,9 +197,27 @@ class Fleet:
         self.replicas[name] = replica
         return replica
 
+    async def start(self, replica: Replica, http: aiohttp.ClientSession, attempts: int = 5) -> None:
+        """Start ``replica`` and wait until it is ready, as a supervisor does (``nexus up``, an orchestrator).
+
+        A process that exits while starting (JetStream still electing the leaders of a killed
+        node's streams, say) is started again, up to ``attempts`` times; each such exit is
+        recorded in ``failed_starts``. A process that runs but is never ready fails at once.
+        """
+        for _ in range(attempts):
+            await replica.start()
+            try:
+                await replica.wait_ready(http)
+                return
+            except AssertionError as exc:
+                if replica.process is None or replica.process.returncode is None:
+                    raise
+                self.failed_starts.append(f"{replica.name}: {str(exc).splitlines()[-1][:200]}")
+                await asyncio.sleep(0.5)
+        raise AssertionError(f"{replica.name} did not start in {attempts} attempts: {self.failed_starts}")
+
     async def start_all(self, http: aiohttp.ClientSession) -> None:
-        await asyncio.gather(*(r.start() for r in self.replicas.values()))
-        await asyncio.gather(*(r.wait_ready(http) for r in self.replicas.values()))
+        await asyncio.gather(*(self.start(r, http) for r in self.replicas.values()))
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(r.stop() for r in self.replicas.values()), return_exceptions=True)
