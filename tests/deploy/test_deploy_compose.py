@@ -214,6 +214,10 @@ def test_the_event_log_url_is_mongodb_unless_the_operator_names_postgresql() -> 
 # -- every variable is one the platform reads ----------------------------------------------------
 
 
+OTEL_SDK_VARIABLES = {"OTEL_EXPORTER_OTLP_ENDPOINT"}
+"""Read by the OpenTelemetry SDK's OTLP exporter (NEXUS_OTEL_EXPORTER=otlp), not by Nexus's code."""
+
+
 def test_every_variable_compose_gives_a_service_is_one_the_platform_reads() -> None:
     from nexus.runtime import DEFAULT_PORTS
 
@@ -229,7 +233,10 @@ def test_every_variable_compose_gives_a_service_is_one_the_platform_reads() -> N
     unread = sorted(
         n
         for n in names
-        if not re.search(rf"\b{n}\b", sources) and n not in built and not n.startswith("NEXUS_SERVICE_")
+        if not re.search(rf"\b{n}\b", sources)
+        and n not in built
+        and not n.startswith("NEXUS_SERVICE_")
+        and n not in OTEL_SDK_VARIABLES
     )
     assert not unread, f"set in docker-compose.yml but read nowhere in libs/ or services/: {unread}"
 
@@ -262,3 +269,26 @@ def test_the_services_reach_each_other_by_their_compose_names() -> None:
         "core": expected["granulator"],
         "relay": f"http://relay:{PORTS['relay']}",
     }
+
+
+def test_traces_go_through_the_collector_to_jaeger_which_grafana_reads() -> None:
+    compose = _compose()
+    env = compose["x-nexus"]["environment"]
+    assert env["NEXUS_OTEL_EXPORTER"] == "otlp"
+    collector = yaml.safe_load((ROOT / "deploy/otel/collector.yaml").read_text())
+    # The services' endpoint is the collector's OTLP/HTTP receiver.
+    port = collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].rsplit(":", 1)[1]
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{port}"
+    pipeline = collector["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"] and set(pipeline["processors"]) <= set(collector["processors"])
+    (exporter,) = pipeline["exporters"]
+    assert collector["exporters"][exporter]["endpoint"].startswith("jaeger:")
+    assert "jaeger" in compose["services"] and "otel-collector" in compose["services"]
+    sources = {
+        d["uid"]: d
+        for path in (ROOT / "deploy/grafana/provisioning/datasources").glob("*.yaml")
+        for d in yaml.safe_load(path.read_text())["datasources"]
+    }
+    assert sources["nexus-jaeger"]["url"] == "http://jaeger:16686"
+    links = sources["nexus-prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert links == [{"name": "trace_id", "datasourceUid": "nexus-jaeger"}]
