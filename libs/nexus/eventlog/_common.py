@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final, cast
+from typing import Final, Protocol, TypeVar, cast
 
 import msgspec
 
+from nexus.eventlog import chain
 from nexus.eventlog._errors import ConcurrencyError, DuplicateEventError, EventLogArgumentError, EventTooLargeError
-from nexus.eventlog._port import ANY, DEFAULT_MAX_EVENT_BYTES, NO_STREAM, STREAM_EXISTS
+from nexus.eventlog._port import ANY, DEFAULT_MAX_EVENT_BYTES, GENESIS_HASH, NO_STREAM, STREAM_EXISTS
 from nexus.eventlog.chain import content_bytes, hex_digest, same_content
 from nexus.proto import CloudEvent
 
 _json = msgspec.json.Encoder()
+
+GENESIS: Final = GENESIS_HASH.encode()
+"""``GENESIS_HASH`` as the hex ``bytes`` a writer chains with (``chain.seal_content``)."""
 
 MAX_EVENT_BYTES_VARIABLE: Final = "NEXUS_MAX_EVENT_BYTES"
 _MIN_MAX_EVENT_BYTES: Final = 1024
@@ -181,3 +186,114 @@ def check_types(types: object) -> frozenset[str] | None:
     if not all(isinstance(t, str) for t in wanted):
         raise EventLogArgumentError("types must contain only strings")
     return wanted
+
+
+def check_batch_size(batch_size: int) -> None:
+    """``iter_all``'s ``batch_size``: an integer of at least 1."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise EventLogArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
+# ---- what the writers of the SQL adapters share ----------------------------------------------
+
+
+class _LastHash(msgspec.Struct):
+    hash: str
+
+
+_last_hash = msgspec.json.Decoder(_LastHash)
+
+
+def last_hash(body: bytes) -> bytes:
+    """The ``hash`` of a stored event, from its JSON body, as hex ``bytes``.
+
+    A writer needs only this of a stream's last event to chain the next one: decoding the one
+    attribute is cheaper than decoding the event.
+    """
+    return _last_hash.decode(body).hash.encode()
+
+
+def seal_run(
+    contents: Sequence[tuple[bytes, bytes]], *, stream_key: bytes, version: int, position: int, prevhash: bytes
+) -> list[tuple[bytes, bytes]]:
+    """Each event's ``hash`` and stored body (``chain.seal_content``) for events placed one after
+    another from ``version`` and ``position``, the first chained to ``prevhash``.
+
+    ``contents`` are ``encode_contents``'s; ``stream_key`` is the stream id as a JSON string.
+    ``chain.seal_content`` is looked up on each call, so a test can make sealing fail.
+    """
+    seal = chain.seal_content
+    out = []
+    for offset, (content, digest) in enumerate(contents):
+        prevhash, body = seal(
+            content,
+            digest,
+            stream_key=stream_key,
+            version=version + offset,
+            position=position + offset,
+            prevhash=prevhash,
+        )
+        out.append((prevhash, body))
+    return out
+
+
+def placed_records(
+    events: Sequence[CloudEvent],
+    *,
+    stream_id: str,
+    version: int,
+    position: int,
+    prevhash: bytes,
+    hashes: Sequence[bytes],
+) -> list[CloudEvent]:
+    """The stored records of ``events`` placed from ``version`` and ``position`` after ``prevhash``,
+    each with the hash it was sealed with (``hashes``, as ``seal_run`` returns them)."""
+    out = []
+    previous = prevhash.decode()
+    for offset, (event, raw) in enumerate(zip(events, hashes, strict=True)):
+        hash_ = raw.decode()
+        out.append(
+            msgspec.structs.replace(
+                event,
+                streamid=stream_id,
+                streamversion=version + offset,
+                position=position + offset,
+                prevhash=previous,
+                hash=hash_,
+            )
+        )
+        previous = hash_
+    return out
+
+
+_State = TypeVar("_State")
+
+
+def remember_streams(cache: dict[str, _State], written: Mapping[str, _State], size: int) -> None:
+    """Record each written stream's last version and hash in a writer's cache of at most ``size`` streams.
+
+    A written stream moves to the young end of the (insertion-ordered) dict, so the streams
+    dropped when it is full are those written longest ago.
+    """
+    for stream_id, last in written.items():
+        cache.pop(stream_id, None)
+        cache[stream_id] = last
+    while len(cache) > size:
+        del cache[next(iter(cache))]
+
+
+class _Queued(Protocol):
+    @property
+    def future(self) -> asyncio.Future[list[CloudEvent]]: ...
+
+
+def settle(outcomes: Iterable[tuple[_Queued, list[CloudEvent] | None, BaseException | None]]) -> None:
+    """Answer each queued append (its stored records, or its error) unless its caller stopped waiting."""
+    for request, stored, error in outcomes:
+        if request.future.done():
+            continue
+        if error is not None:
+            request.future.set_exception(error)
+        else:
+            assert stored is not None
+            request.future.set_result(stored)

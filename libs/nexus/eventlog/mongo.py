@@ -65,7 +65,9 @@ from nexus.eventlog._common import (
     check_types,
     encode_contents,
     match_stored,
+    remember_streams,
     resolve_max_event_bytes,
+    settle,
     stored_size,
 )
 from nexus.eventlog._errors import (
@@ -367,7 +369,7 @@ class MongoEventLog(EventLog):
             try:
                 await self._commit(group)
             except Exception as exc:  # pragma: no cover - a bug; never leave a caller waiting for it
-                _settle([(r, None, EventLogUnavailableError(f"the append failed: {exc!r}")) for r in group])
+                settle([(r, None, EventLogUnavailableError(f"the append failed: {exc!r}")) for r in group])
 
     def _take_group(self) -> list[_Append]:
         """The queued appends that one transaction carries, oldest first."""
@@ -393,14 +395,14 @@ class MongoEventLog(EventLog):
         try:
             done = await self._transaction(group, settled)
         except EventLogError as exc:
-            _settle(settled + [(r, None, exc) for r in group if not any(r is s[0] for s in settled)])
+            settle(settled + [(r, None, exc) for r in group if not any(r is s[0] for s in settled)])
             return
         for request in reversed(done.deferred):
             request.taken = False  # none of its events were in the transaction
             self._queue.appendleft(request)
         if done.deferred:
             self._wakeup.set()
-        _settle(settled + done.outcomes)
+        settle(settled + done.outcomes)
         if done.docs:
             self._changed.set()
             self._changed = asyncio.Event()
@@ -580,11 +582,7 @@ class MongoEventLog(EventLog):
             # may have moved. This group's were read (or checked) in this transaction.
             self._streams.clear()
         self._cached_head = done.head
-        for stream_id, last in done.pending.items():
-            self._streams.pop(stream_id, None)  # re-inserted at the young end: idle streams go first
-            self._streams[stream_id] = last
-        while len(self._streams) > _STREAM_CACHE_SIZE:
-            del self._streams[next(iter(self._streams))]
+        remember_streams(self._streams, done.pending, _STREAM_CACHE_SIZE)
         return done
 
     async def _stream_states(self, session: Any, streams: list[str]) -> dict[str, tuple[int, str]]:
@@ -855,18 +853,6 @@ def _duplicate_keys_only(exc: PyMongoError) -> bool:
         return True
     errors = (getattr(exc, "details", None) or {}).get("writeErrors") or []
     return bool(errors) and all(error.get("code") == 11000 for error in errors)
-
-
-def _settle(outcomes: list[_Outcome]) -> None:
-    for request, result, error in outcomes:
-        future = request.future
-        if future.done():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            assert result is not None
-            future.set_result(result)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -77,21 +77,35 @@ import secrets
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import msgspec
 
-from nexus.eventlog import chain
+from nexus._postgres import (
+    DRIVER_MISSING,
+    PostgresUrl,
+    PostgresUrlError,
+    bound_waits,
+    mask_password,
+    no_secret,
+    open_pool,
+)
 from nexus.eventlog._codec import decode_bodies
 from nexus.eventlog._common import (
+    GENESIS,
     check_append,
+    check_batch_size,
     check_expected,
     check_limit,
     check_position,
     check_types,
     encode_contents,
+    last_hash,
     match_stored,
+    placed_records,
+    remember_streams,
     resolve_max_event_bytes,
+    seal_run,
+    settle,
 )
 from nexus.eventlog._errors import (
     EventLogArgumentError,
@@ -99,13 +113,12 @@ from nexus.eventlog._errors import (
     EventLogError,
     EventLogUnavailableError,
 )
-from nexus.eventlog._port import ANY, GENESIS_HASH, EventLog
+from nexus.eventlog._port import ANY, EventLog
 from nexus.proto import CloudEvent
 
 try:
     import psycopg
     from psycopg import sql
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
     from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 except ImportError:  # pragma: no cover - psycopg is a declared dependency
     psycopg = None  # type: ignore[assignment]
@@ -182,18 +195,10 @@ _LOCK_TIMEOUT_S: Final = 30
 """How long an append waits for the head's lock before failing as unavailable."""
 _IDLE_IN_TRANSACTION_S: Final = 60
 """The server ends a writing session idle this long inside a transaction (a stopped process)."""
-_DEFAULT_POOL_SIZE: Final = 4
-_CONNECT_TIMEOUT_S: Final = 10
 _RECONNECT_MAX_S: Final = 5.0
 
 
-class _LastHash(msgspec.Struct):
-    hash: str
-
-
-_last_hash = msgspec.json.Decoder(_LastHash)
 _json = msgspec.json.Encoder()
-_GENESIS: Final = GENESIS_HASH.encode()
 
 
 class _Notice(msgspec.Struct, omit_defaults=True):
@@ -206,17 +211,8 @@ class _Notice(msgspec.Struct, omit_defaults=True):
 _notice_decoder = msgspec.json.Decoder(_Notice)
 
 
-@dataclass(frozen=True)
-class PostgresOptions:
-    """What the URL says: the libpq connection string and the readers' pool size."""
-
-    conninfo: str = field(repr=False)
-    """For libpq (the password inside: never shown)."""
-    shown: str
-    """The URL with the password masked, for messages and ``EventLog.url``."""
-    pool_size: int = _DEFAULT_POOL_SIZE
-    password: str = field(default="", repr=False)
-    """Masked in any driver message that would echo it."""
+class PostgresOptions(PostgresUrl):
+    """What the URL says: the libpq connection string and the readers' pool size (``nexus._postgres``)."""
 
     @classmethod
     def from_url(cls, url: str) -> PostgresOptions:
@@ -225,74 +221,12 @@ class PostgresOptions:
         Raises:
             EventLogArgumentError: another scheme, a bad ``pool_size``, or a URL libpq refuses.
         """
-        shown = mask_password(url)
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("postgresql", "postgres"):
-            raise EventLogArgumentError(f"{shown!r} is not a postgresql:// URL")
-        pool_size = _DEFAULT_POOL_SIZE
-        kept: list[tuple[str, str]] = []
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key == "pool_size":
-                if not value.isdigit() or not 1 <= int(value) <= 100:
-                    raise EventLogArgumentError(f"{shown!r}: pool_size={value!r} is not a number from 1 to 100")
-                pool_size = int(value)
-            else:
-                kept.append((key, value))
-        # Built by hand: urlunsplit drops the "//" of a URL without a host (a unix socket's).
-        query = urlencode(kept)
-        libpq_url = f"postgresql://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
         if psycopg is None:  # pragma: no cover
-            raise EventLogUnavailableError("psycopg is not installed (pip install 'psycopg[binary]' psycopg-pool)")
+            raise EventLogUnavailableError(DRIVER_MISSING)
         try:
-            given = conninfo_to_dict(libpq_url)
-            defaults: dict[str, Any] = {}
-            if "connect_timeout" not in given:
-                defaults["connect_timeout"] = _CONNECT_TIMEOUT_S
-            if "application_name" not in given:
-                defaults["application_name"] = "nexus-eventlog"
-            conninfo = make_conninfo(libpq_url, **defaults)
-        except psycopg.ProgrammingError as exc:
-            raise EventLogArgumentError(
-                f"{shown!r} is not a usable PostgreSQL URL: {_no_secret(exc, _url_password(url))}"
-            ) from None
-        password = str(given.get("password") or "")
-        return cls(conninfo=conninfo, shown=shown, pool_size=pool_size, password=password)
-
-
-def mask_password(url: str) -> str:
-    """``url`` with its password (in the authority or a ``password=`` parameter) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, hostinfo = netloc.rpartition("@")
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:***@{hostinfo}"
-        query = "&".join(
-            f"{key}=***" if key.lower() == "password" else item
-            for item in parts.query.split("&")
-            if item
-            for key in [item.split("=", 1)[0]]
-        )
-        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-    except ValueError:
-        return "postgresql://(a URL that does not parse)"
-
-
-def _url_password(url: str) -> str:
-    with contextlib.suppress(ValueError):
-        parts = urlsplit(url)
-        for key, value in parse_qsl(parts.query):
-            if key.lower() == "password":
-                return value
-        return parts.password or ""
-    return ""
-
-
-def _no_secret(exc: BaseException, password: str) -> str:
-    """The error's text with the password masked, in case a driver echoed it."""
-    text = str(exc)
-    return text.replace(password, "***") if password else text
+            return cls.parse(url, application_name="nexus-eventlog")
+        except PostgresUrlError as exc:
+            raise EventLogArgumentError(str(exc)) from None
 
 
 @dataclass
@@ -386,19 +320,10 @@ class PostgresEventLog(EventLog):
                 opened.append(listener)
                 # Listening before open() returns: no commit after it goes unnoticed.
                 await listener.execute(f"LISTEN {CHANNEL}")
-                pool = AsyncConnectionPool(
-                    options.conninfo,
-                    min_size=1,
-                    max_size=options.pool_size,
-                    kwargs={"autocommit": True},
-                    open=False,
-                    name="nexus-eventlog",
-                    timeout=_CONNECT_TIMEOUT_S,
-                )
-                await pool.open(wait=True, timeout=_CONNECT_TIMEOUT_S)
+                pool = await open_pool(options, name="nexus-eventlog")
             except (psycopg.Error, PoolTimeout) as exc:
                 raise EventLogUnavailableError(
-                    f"cannot open the PostgreSQL event log at {options.shown}: {_no_secret(exc, options.password)}"
+                    f"cannot open the PostgreSQL event log at {options.shown}: {no_secret(exc, options.password)}"
                 ) from None
         except BaseException:
             for con in opened:
@@ -466,7 +391,7 @@ class PostgresEventLog(EventLog):
             done = await self._transaction(group)
         except _Refused as refused:
             if len(group) == 1 or not refused.split:
-                _settle([(request, None, refused.error) for request in group])
+                settle([(request, None, refused.error) for request in group])
                 return
             for request in group:
                 await self._commit([request])
@@ -475,9 +400,9 @@ class PostgresEventLog(EventLog):
             # Not a verdict on any one append (the store is damaged, or a bug): all of them fail,
             # and the writer carries on with the next group.
             error = exc if isinstance(exc, EventLogError) else EventLogUnavailableError(f"the append failed: {exc!r}")
-            _settle([(request, None, error) for request in group])
+            settle([(request, None, error) for request in group])
             return
-        _settle(done.outcomes)
+        settle(done.outcomes)
         if done.positions:  # a group of retries alone wrote nothing: nobody to wake
             self._wake(set(done.types))
 
@@ -517,7 +442,7 @@ class PostgresEventLog(EventLog):
                     states.append((stream_id, version, body))
             stored = decode_bodies(stored_bodies)
             found = {event.id: event for event in stored}
-            state = {row[0]: (int(row[1]), _last_hash.decode(row[2]).hash.encode()) for row in states}
+            state = {row[0]: (int(row[1]), last_hash(row[2])) for row in states}
             position = head + 1
             for request in requests:
                 position = self._place(request, group, found, state, position)
@@ -551,7 +476,7 @@ class PostgresEventLog(EventLog):
                 raise _Refused(
                     EventLogUnavailableError(
                         "the PostgreSQL event log failed during an append; if it was committed, a retry with the "
-                        f"same event ids returns it: {_no_secret(exc, self.options.password)}"
+                        f"same event ids returns it: {no_secret(exc, self.options.password)}"
                     ),
                     split=False,
                 ) from None
@@ -562,11 +487,7 @@ class PostgresEventLog(EventLog):
         if group.positions:
             self._transactions += 1
             self._cached_head = position - 1
-            for stream_id, last in group.pending.items():
-                self._streams.pop(stream_id, None)  # re-inserted at the young end: idle streams go first
-                self._streams[stream_id] = last
-            while len(self._streams) > _STREAM_CACHE_SIZE:
-                del self._streams[next(iter(self._streams))]
+            remember_streams(self._streams, group.pending, _STREAM_CACHE_SIZE)
         self._appends += len(group.outcomes)
         return group
 
@@ -591,48 +512,33 @@ class PostgresEventLog(EventLog):
                 group.outcomes.append((request, stored, None))  # a retry: answered, nothing written
                 return position
             version, prevhash = (
-                group.pending.get(stream_id) or self._streams.get(stream_id) or state.get(stream_id) or (0, _GENESIS)
+                group.pending.get(stream_id) or self._streams.get(stream_id) or state.get(stream_id) or (0, GENESIS)
             )
             check_expected(stream_id, request.expected_version, version)
-            seal = chain.seal_content  # looked up per append so a test can inject a failure
-            stream_key = _json.encode(stream_id)
-            rows: list[tuple[int, int, bytes, bytes]] = []
-            records: list[CloudEvent] = []
-            next_hash = prevhash
-            for offset, (event, (content, digest)) in enumerate(zip(events, request.contents, strict=True)):
-                hash_, body = seal(
-                    content,
-                    digest,
-                    stream_key=stream_key,
-                    version=version + 1 + offset,
-                    position=position + offset,
-                    prevhash=next_hash,
-                )
-                records.append(
-                    msgspec.structs.replace(
-                        event,
-                        streamid=stream_id,
-                        streamversion=version + 1 + offset,
-                        position=position + offset,
-                        prevhash=next_hash.decode(),
-                        hash=hash_.decode(),
-                    )
-                )
-                rows.append((position + offset, version + 1 + offset, hash_, body))
-                next_hash = hash_
+            sealed = seal_run(
+                request.contents,
+                stream_key=_json.encode(stream_id),
+                version=version + 1,
+                position=position,
+                prevhash=prevhash,
+            )
+            hashes = [hash_ for hash_, _ in sealed]
+            records = placed_records(
+                events, stream_id=stream_id, version=version + 1, position=position, prevhash=prevhash, hashes=hashes
+            )
         except Exception as exc:
             group.outcomes.append((request, None, exc))
             return position
-        for (row_position, row_version, _, body), event in zip(rows, events, strict=True):
-            group.positions.append(row_position)
+        for offset, (event, (_, body)) in enumerate(zip(events, sealed, strict=True)):
+            group.positions.append(position + offset)
             group.streams.append(stream_id)
-            group.versions.append(row_version)
+            group.versions.append(version + 1 + offset)
             group.ids.append(event.id)
             group.types.append(event.type)
             group.bodies.append(body)
         for record in records:
             group.placed[record.id] = record
-        group.pending[stream_id] = (version + len(events), next_hash)
+        group.pending[stream_id] = (version + len(events), hashes[-1])
         group.outcomes.append((request, records, None))
         return position + len(events)
 
@@ -741,7 +647,7 @@ class PostgresEventLog(EventLog):
         except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
             self._check_open()
             raise EventLogUnavailableError(
-                f"reading the PostgreSQL event log failed: {_no_secret(exc, self.options.password)}"
+                f"reading the PostgreSQL event log failed: {no_secret(exc, self.options.password)}"
             ) from None
 
     async def _page(self, where: str, params: list[Any], limit: int | None) -> list[CloudEvent]:
@@ -784,8 +690,7 @@ class PostgresEventLog(EventLog):
         waits undecoded, so memory stays bounded.
         """
         check_position("from_position", from_position)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise EventLogArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        check_batch_size(batch_size)
         wanted = check_types(types)
         if wanted is not None and not wanted:
             return
@@ -956,26 +861,12 @@ async def _writer_session(con: psycopg.AsyncConnection[Any]) -> None:
     another process's stuck transaction, and a bound on our own time idle inside a
     transaction, so a stopped process does not hold the head for everyone.
     """
-    await con.execute(
-        "SELECT set_config('lock_timeout', %s, false), set_config('idle_in_transaction_session_timeout', %s, false)",
-        [f"{_LOCK_TIMEOUT_S}s", f"{_IDLE_IN_TRANSACTION_S}s"],
-    )
+    await bound_waits(con, lock_timeout_s=_LOCK_TIMEOUT_S, idle_in_transaction_s=_IDLE_IN_TRANSACTION_S)
 
 
 def _resolve_waiter(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _settle(outcomes: list[tuple[_Append, list[CloudEvent] | None, BaseException | None]]) -> None:
-    for request, stored, error in outcomes:
-        if request.future.done():
-            continue
-        if error is not None:
-            request.future.set_exception(error)
-        else:
-            assert stored is not None
-            request.future.set_result(stored)
 
 
 __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresEventLog", "PostgresOptions", "mask_password"]

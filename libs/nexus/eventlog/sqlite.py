@@ -52,17 +52,22 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
 
-from nexus.eventlog import chain
 from nexus.eventlog._codec import decode_bodies, decode_page
 from nexus.eventlog._common import (
+    GENESIS,
     check_append,
+    check_batch_size,
     check_expected,
     check_limit,
     check_position,
     check_types,
     encode_contents,
+    last_hash,
     match_stored,
+    placed_records,
+    remember_streams,
     resolve_max_event_bytes,
+    seal_run,
 )
 from nexus.eventlog._errors import (
     ConcurrencyError,
@@ -71,7 +76,7 @@ from nexus.eventlog._errors import (
     EventLogError,
     EventLogUnavailableError,
 )
-from nexus.eventlog._port import ANY, GENESIS_HASH, NO_STREAM, EventLog
+from nexus.eventlog._port import ANY, NO_STREAM, EventLog
 from nexus.eventlog._watch import WakeChannel
 from nexus.fs import create_private_file, make_private_dir
 from nexus.proto import CloudEvent
@@ -129,14 +134,6 @@ _T = TypeVar("_T")
 
 
 _json = msgspec.json.Encoder()
-
-
-class _LastHash(msgspec.Struct):
-    hash: str
-
-
-_last_hash_decoder = msgspec.json.Decoder(_LastHash)
-_GENESIS = GENESIS_HASH.encode()
 
 
 @dataclass(frozen=True)
@@ -212,24 +209,14 @@ class _Placed:
     hashes: list[bytes]
 
     def records(self, events: Sequence[CloudEvent]) -> list[CloudEvent]:
-        out = []
-        prevhash, position, version = self.prevhash.decode(), self.position, self.version
-        for event, raw in zip(events, self.hashes, strict=True):
-            hash_ = raw.decode()
-            out.append(
-                msgspec.structs.replace(
-                    event,
-                    streamid=self.stream_id,
-                    streamversion=version,
-                    position=position,
-                    prevhash=prevhash,
-                    hash=hash_,
-                )
-            )
-            prevhash = hash_
-            position += 1
-            version += 1
-        return out
+        return placed_records(
+            events,
+            stream_id=self.stream_id,
+            version=self.version,
+            position=self.position,
+            prevhash=self.prevhash,
+            hashes=self.hashes,
+        )
 
 
 @dataclass
@@ -466,12 +453,7 @@ class SqliteEventLog(EventLog):
             return [(request, None, failure) for request in group]
         self._transactions += 1
         self._appends += len(outcomes)
-        for stream_id, state in pending.items():
-            # Re-inserting moves the stream to the young end, so eviction drops idle streams first.
-            self._streams.pop(stream_id, None)
-            self._streams[stream_id] = state
-        while len(self._streams) > _STREAM_CACHE_SIZE:
-            del self._streams[next(iter(self._streams))]
+        remember_streams(self._streams, pending, _STREAM_CACHE_SIZE)
         return outcomes
 
     def _notice_other_writers(self) -> None:
@@ -491,7 +473,7 @@ class SqliteEventLog(EventLog):
         row = self._con.execute(
             "SELECT version, body FROM events WHERE stream_id = ? ORDER BY version DESC LIMIT 1", (stream_id,)
         ).fetchone()
-        return (0, _GENESIS) if row is None else (row[0], _last_hash_decoder.decode(row[1]).hash.encode())
+        return (0, GENESIS) if row is None else (row[0], last_hash(row[1]))
 
     def _apply(
         self, request: _Append, pending: dict[str, tuple[int, bytes]], savepoint: bool
@@ -513,7 +495,7 @@ class SqliteEventLog(EventLog):
         # version 1, SQLite undoes the statement, and the append is placed again after the
         # stream's stored last event.
         try:
-            return self._place(request, pending, savepoint, (0, _GENESIS), guessed=True)
+            return self._place(request, pending, savepoint, (0, GENESIS), guessed=True)
         except sqlite3.IntegrityError:
             # The stream exists, or another conflict (a used id), which the second attempt
             # meets again and decides as any append does.
@@ -574,7 +556,6 @@ class SqliteEventLog(EventLog):
         """
         con, stream_id, events = self._con, request.stream_id, request.events
         stream_key = _json.encode(stream_id)
-        seal = chain.seal_content  # looked up per append so a test can inject a failure
         position, version, prevhash, hashes = placed.position, placed.version, placed.prevhash, placed.hashes
         in_flight: concurrent.futures.Future[Any] | None = None
         try:
@@ -586,14 +567,15 @@ class SqliteEventLog(EventLog):
                     else request.contents[start : start + _INSERT_ROWS]
                 )
                 flat: list[Any] = []
-                for event, (content, digest) in zip(chunk, contents, strict=True):
-                    prevhash, body = seal(
-                        content, digest, stream_key=stream_key, version=version, position=position, prevhash=prevhash
-                    )
+                sealed = seal_run(
+                    contents, stream_key=stream_key, version=version, position=position, prevhash=prevhash
+                )
+                for event, (hash_, body) in zip(chunk, sealed, strict=True):
                     flat += (position, stream_id, version, event.id, event.type, body)
-                    hashes.append(prevhash)
+                    hashes.append(hash_)
                     position += 1
                     version += 1
+                prevhash = hashes[-1]
                 statement = _INSERT_MANY if len(chunk) == _INSERT_ROWS else _insert_statement(len(chunk))
                 if in_flight is not None:
                     in_flight.result()  # the previous chunk's error surfaces here
@@ -711,8 +693,7 @@ class SqliteEventLog(EventLog):
         most one page waits undecoded, so memory stays bounded.
         """
         check_position("from_position", from_position)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise EventLogArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        check_batch_size(batch_size)
         wanted = check_types(types)
         if wanted is not None and not wanted:
             return

@@ -51,11 +51,9 @@ import builtins
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from nexus.eventlog.postgres import mask_password
+from nexus._postgres import DRIVER_MISSING, PostgresUrl, PostgresUrlError, bound_waits, no_secret, open_pool
 from nexus.hooks import Clock, SystemClock
 from nexus.raw._errors import RawKeyError, RawNotFoundError, RawQuotaError, RawUnavailableError
 from nexus.raw._port import DEFAULT_CONTENT_TYPE, RawBackend, RawPage, RawStat, check_key, check_list_args
@@ -63,7 +61,6 @@ from nexus.raw._port import DEFAULT_CONTENT_TYPE, RawBackend, RawPage, RawStat, 
 try:
     import psycopg
     from psycopg import errors as pg_errors
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
     from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 except ImportError:  # pragma: no cover - psycopg is a declared dependency
     psycopg = None  # type: ignore[assignment]
@@ -128,22 +125,13 @@ _READ_CHUNKS: Final = (
 )
 _CHUNKS_PER_FETCH: Final = 4
 """Chunks a read holds at a time beside the content it has joined so far."""
-_DEFAULT_POOL_SIZE: Final = 4
-_CONNECT_TIMEOUT_S: Final = 10
 _LOCK_TIMEOUT_S: Final = 60
 """How long a store waits for another store of the same key (a large one may take a while)."""
 _IDLE_IN_TRANSACTION_S: Final = 60
 
 
-@dataclass(frozen=True)
-class PostgresRawOptions:
-    """What the URL says: the libpq connection string and the pool's size."""
-
-    conninfo: str = field(repr=False)
-    shown: str
-    """The URL with the password masked, for messages and ``RawBackend.url``."""
-    pool_size: int = _DEFAULT_POOL_SIZE
-    password: str = field(default="", repr=False)
+class PostgresRawOptions(PostgresUrl):
+    """What the URL says: the libpq connection string and the pool's size (``nexus._postgres``)."""
 
     @classmethod
     def from_url(cls, url: str) -> PostgresRawOptions:
@@ -152,46 +140,12 @@ class PostgresRawOptions:
         Raises:
             RawKeyError: another scheme, a bad ``pool_size``, or a URL libpq refuses.
         """
-        shown = mask_password(url)
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("postgresql", "postgres"):
-            raise RawKeyError(f"NEXUS_RAW_URL {shown!r} is not a postgresql:// URL")
-        pool_size = _DEFAULT_POOL_SIZE
-        kept: list[tuple[str, str]] = []
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key == "pool_size":
-                if not value.isdigit() or not 1 <= int(value) <= 100:
-                    raise RawKeyError(f"NEXUS_RAW_URL {shown!r}: pool_size={value!r} is not a number from 1 to 100")
-                pool_size = int(value)
-            else:
-                kept.append((key, value))
-        query = urlencode(kept)
-        # Built by hand: urlunsplit drops the "//" of a URL without a host (a unix socket's).
-        libpq_url = f"postgresql://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
         if psycopg is None:  # pragma: no cover
-            raise RawUnavailableError("psycopg is not installed (pip install 'psycopg[binary]' psycopg-pool)")
-        password = ""
-        with contextlib.suppress(ValueError):
-            password = parts.password or dict(parse_qsl(parts.query)).get("password", "")
+            raise RawUnavailableError(DRIVER_MISSING)
         try:
-            given = conninfo_to_dict(libpq_url)
-            defaults: dict[str, Any] = {}
-            if "connect_timeout" not in given:
-                defaults["connect_timeout"] = _CONNECT_TIMEOUT_S
-            if "application_name" not in given:
-                defaults["application_name"] = "nexus-raw"
-            conninfo = make_conninfo(libpq_url, **defaults)
-        except psycopg.ProgrammingError as exc:
-            raise RawKeyError(
-                f"NEXUS_RAW_URL {shown!r} is not a usable PostgreSQL URL: {_no_secret(exc, password)}"
-            ) from None
-        return cls(conninfo=conninfo, shown=shown, pool_size=pool_size, password=str(given.get("password") or password))
-
-
-def _no_secret(exc: BaseException, password: str) -> str:
-    """The error's text with the password masked, in case a driver echoed it."""
-    text = str(exc)
-    return text.replace(password, "***") if password else text
+            return cls.parse(url, application_name="nexus-raw")
+        except PostgresUrlError as exc:
+            raise RawKeyError(f"NEXUS_RAW_URL {exc}") from None
 
 
 class PostgresRaw(RawBackend):
@@ -222,28 +176,18 @@ class PostgresRaw(RawBackend):
                 a layout of a newer Nexus.
         """
         options = PostgresRawOptions.from_url(url)
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            options.conninfo,
-            min_size=1,
-            max_size=options.pool_size,
-            kwargs={"autocommit": True},
-            configure=_configure,
-            open=False,
-            name="nexus-raw",
-            timeout=_CONNECT_TIMEOUT_S,
-        )
         try:
-            await pool.open(wait=True, timeout=_CONNECT_TIMEOUT_S)
-            async with pool.connection() as con:
-                await _create_schema(con, options.shown)
+            pool = await open_pool(options, name="nexus-raw", configure=_configure)
+            try:
+                async with pool.connection() as con:
+                    await _create_schema(con, options.shown)
+            except BaseException:
+                await pool.close()
+                raise
         except (psycopg.Error, PoolTimeout) as exc:
-            await pool.close()
             raise RawUnavailableError(
-                f"cannot open the PostgreSQL Raw store at {options.shown}: {_no_secret(exc, options.password)}"
+                f"cannot open the PostgreSQL Raw store at {options.shown}: {no_secret(exc, options.password)}"
             ) from None
-        except BaseException:
-            await pool.close()
-            raise
         return cls(options, pool, clock=clock)
 
     # ---- storing ------------------------------------------------------------------------
@@ -375,7 +319,7 @@ class PostgresRaw(RawBackend):
             ) from None
         except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
             raise RawUnavailableError(
-                f"{doing} in the PostgreSQL Raw store at {self.url} failed: {_no_secret(exc, self.options.password)}"
+                f"{doing} in the PostgreSQL Raw store at {self.url} failed: {no_secret(exc, self.options.password)}"
             ) from None
 
     async def close(self) -> None:
@@ -419,10 +363,7 @@ async def _read_chunks(con: psycopg.AsyncConnection[Any], key: str) -> bytes | N
 
 async def _configure(con: psycopg.AsyncConnection[Any]) -> None:
     """Each pooled connection: bounded waits for a key's lock, and for an idle transaction."""
-    await con.execute(
-        "SELECT set_config('lock_timeout', %s, false), set_config('idle_in_transaction_session_timeout', %s, false)",
-        [f"{_LOCK_TIMEOUT_S}s", f"{_IDLE_IN_TRANSACTION_S}s"],
-    )
+    await bound_waits(con, lock_timeout_s=_LOCK_TIMEOUT_S, idle_in_transaction_s=_IDLE_IN_TRANSACTION_S)
 
 
 async def _create_schema(con: psycopg.AsyncConnection[Any], shown: str) -> None:
