@@ -1,14 +1,16 @@
-"""Shared fixtures: a real nats-server on port 0 per test, and an in-memory event log."""
+"""Shared fixtures: a real nats-server on port 0 per test, an in-memory event log, and a
+database of its own per test on the session's PostgreSQL server."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from nexus.bus.embedded import EmbeddedNats
 from nexus.eventlog.memory import MemoryEventLog
+from nexus.testing._postgres import PostgresServer, PostgresUnavailable, shared_server
 
 
 @pytest.fixture
@@ -34,3 +36,23 @@ async def memory_log() -> AsyncIterator[MemoryEventLog]:
     log = MemoryEventLog()
     yield log
     await log.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> PostgresServer:
+    """The session's PostgreSQL server (``nexus.testing._postgres``); the test is skipped, with the
+    reason, where none can be started."""
+    try:
+        return shared_server()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
+
+
+@pytest.fixture
+def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a clean database of the test's own (with the password), emptied after it."""
+    url = postgres_server.create_database()
+    try:
+        yield url
+    finally:
+        postgres_server.release_database(url)

@@ -15,7 +15,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,30 +24,12 @@ from nexus.proof import Manifest
 from nexus.raw import open_raw
 from nexus.raw.postgres import CHUNK_BYTES
 from nexus.replay import CheckpointStore, ProjectionRunner, StreamCatalog, follow
-from nexus.testing._postgres import PostgresServer, PostgresUnavailable, shared_server
 from tests.replay.test_replay_services import run_a_platform
 
 pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]
 BIG = bytes(range(256)) * (CHUNK_BYTES // 256 * 2 + 7)
 """Two chunks and a bit in PostgreSQL: the chunked path crosses the round trip."""
-
-
-@pytest.fixture(scope="session")
-def server() -> PostgresServer:
-    try:
-        return shared_server()
-    except PostgresUnavailable as exc:
-        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
-
-
-@pytest.fixture
-def database(server: PostgresServer) -> Iterator[str]:
-    url = server.create_database()
-    try:
-        yield url
-    finally:
-        server.release_database(url)
 
 
 def nexus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -79,12 +60,12 @@ async def placed(log: EventLog) -> list[tuple[int | None, str, str | None, int |
     return [(e.position, e.id, e.streamid, e.streamversion, e.hash) for e in await log.read_all()]
 
 
-async def test_backup_restore_sqlite_to_postgres_and_back(tmp_path: Path, database: str) -> None:
+async def test_backup_restore_sqlite_to_postgres_and_back(tmp_path: Path, postgres_database: str) -> None:
     sqlite_env = {"NEXUS_DATA_DIR": str(tmp_path / "sqlite")}
     postgres_env = {
         "NEXUS_DATA_DIR": str(tmp_path / "pg-data"),
-        "NEXUS_EVENT_LOG_URL": database,
-        "NEXUS_RAW_URL": database,
+        "NEXUS_EVENT_LOG_URL": postgres_database,
+        "NEXUS_RAW_URL": postgres_database,
     }
     back_env = {"NEXUS_DATA_DIR": str(tmp_path / "sqlite-again")}
     # A run of the services on SQLite and file Raw, a projection's live checkpoint, two blobs.
@@ -125,8 +106,8 @@ async def test_backup_restore_sqlite_to_postgres_and_back(tmp_path: Path, databa
     assert f"restored {head + 1} events and 3 blobs" in restored
     assert ok(nexus(postgres_env, "log", "verify")) == verified
     assert digests(ok(nexus(postgres_env, "replay", "--verify"))) == replayed
-    pg_log = await open_event_log(database)
-    pg_raw = await open_raw(database)
+    pg_log = await open_event_log(postgres_database)
+    pg_raw = await open_raw(postgres_database)
     try:
         assert (await placed(pg_log))[:head] == original
         assert await pg_raw.retrieve("t/acme/reports/big.bin") == BIG

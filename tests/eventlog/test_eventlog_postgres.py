@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,26 +33,9 @@ from nexus.eventlog import postgres as postgres_module
 from nexus.eventlog.postgres import SCHEMA_VERSION, PostgresEventLog, mask_password
 from nexus.proto import CloudEvent
 from nexus.testing import EventLogContract, ev, evs, take
-from nexus.testing._postgres import PostgresServer, PostgresUnavailable, shared_server
+from nexus.testing._postgres import PostgresServer, PostgresUnavailable
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(scope="session")
-def server() -> PostgresServer:
-    try:
-        return shared_server()
-    except PostgresUnavailable as exc:
-        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
-
-
-@pytest.fixture
-def database(server: PostgresServer) -> Iterator[str]:
-    url = server.create_database()
-    try:
-        yield url
-    finally:
-        server.release_database(url)
 
 
 async def open_pg(url: str) -> PostgresEventLog:
@@ -63,8 +46,8 @@ async def open_pg(url: str) -> PostgresEventLog:
 
 class TestPostgresEventLog(EventLogContract):
     @pytest.fixture(autouse=True)
-    def _database(self, database: str) -> None:
-        self.url = database
+    def _database(self, postgres_database: str) -> None:
+        self.url = postgres_database
 
     async def make_log(self, tmp_path: Path) -> EventLog:
         return await open_pg(self.url)
@@ -98,13 +81,13 @@ async def opened(url: str) -> AsyncIterator[PostgresEventLog]:
 # ---- the watermark ------------------------------------------------------------------------
 
 
-async def test_an_open_transaction_holding_a_lower_position_holds_back_every_higher_one(database: str) -> None:
-    async with opened(database) as log:
+async def test_an_open_transaction_holding_a_lower_position_holds_back_every_higher_one(postgres_database: str) -> None:
+    async with opened(postgres_database) as log:
         first = await log.append("s", evs(2))
         # Another connection runs an append's transaction by hand and keeps it open: it holds
         # the head (position 3 is its) and has inserted its event, uncommitted.
         [held] = [chain.seal(ev(n="held"), stream_id="held", version=1, position=3, prevhash=GENESIS_HASH)]
-        async with await psycopg.AsyncConnection.connect(database) as other:
+        async with await psycopg.AsyncConnection.connect(postgres_database) as other:
             await other.execute("SELECT position FROM eventlog_head FOR UPDATE")
             await other.execute(
                 "INSERT INTO eventlog_events (position, stream_id, version, event_id, type, body) "
@@ -132,11 +115,11 @@ async def test_an_open_transaction_holding_a_lower_position_holds_back_every_hig
 
 
 async def test_two_logs_appending_at_once_commit_in_position_order(
-    database: str, monkeypatch: pytest.MonkeyPatch
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Two logs (two processes, as far as the server knows): one is stopped inside its write
     # transaction, after it placed its events; the other's append waits behind it.
-    async with opened(database) as reader:
+    async with opened(postgres_database) as reader:
         paused, resume = threading.Event(), threading.Event()
         real_seal = chain.seal_content
         pausing_thread: list[int] = []
@@ -149,7 +132,7 @@ async def test_two_logs_appending_at_once_commit_in_position_order(
 
         def run_slow_log() -> list[CloudEvent]:
             async def main() -> list[CloudEvent]:
-                async with opened(database) as slow:
+                async with opened(postgres_database) as slow:
                     pausing_thread.append(threading.get_ident())
                     return await slow.append("slow", evs(1))
 
@@ -174,12 +157,12 @@ async def test_two_logs_appending_at_once_commit_in_position_order(
 
 
 async def test_an_append_behind_a_stuck_transaction_fails_in_bounded_time(
-    database: str, monkeypatch: pytest.MonkeyPatch
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(postgres_module, "_LOCK_TIMEOUT_S", 1)
-    async with opened(database) as log:
+    async with opened(postgres_database) as log:
         await log.append("s", evs(1))
-        async with await psycopg.AsyncConnection.connect(database) as stuck:
+        async with await psycopg.AsyncConnection.connect(postgres_database) as stuck:
             # Another process took the head and stopped there.
             await stuck.execute("SELECT position FROM eventlog_head FOR UPDATE")
             started = asyncio.get_running_loop().time()
@@ -200,12 +183,12 @@ async def test_an_append_behind_a_stuck_transaction_fails_in_bounded_time(
 
 
 async def test_a_commit_by_another_log_wakes_a_subscriber_through_notify_not_polling(
-    database: str, monkeypatch: pytest.MonkeyPatch
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No safety poll during the test: only a notification can wake the subscribers.
     monkeypatch.setattr(postgres_module, "_SAFETY_POLL_S", 60.0)
     starts = _record_scans(monkeypatch)
-    async with opened(database) as writer, opened(database) as follower:
+    async with opened(postgres_database) as writer, opened(postgres_database) as follower:
         async with (
             contextlib.aclosing(follower.subscribe(types=["nexus.test.wanted"])) as filtered,
             contextlib.aclosing(follower.subscribe()) as everything,
@@ -226,13 +209,13 @@ async def test_a_commit_by_another_log_wakes_a_subscriber_through_notify_not_pol
 
 
 async def test_a_listener_that_loses_its_connection_reconnects(
-    database: str, server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+    postgres_database: str, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(postgres_module, "_SAFETY_POLL_S", 60.0)
-    async with opened(database) as writer, opened(database) as follower:
+    async with opened(postgres_database) as writer, opened(postgres_database) as follower:
         async with contextlib.aclosing(follower.subscribe()) as tail:
             # The server ends every listening connection (as a restart or a proxy would).
-            async with await psycopg.AsyncConnection.connect(database, autocommit=True) as admin:
+            async with await psycopg.AsyncConnection.connect(postgres_database, autocommit=True) as admin:
                 await admin.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                     "WHERE query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
@@ -245,8 +228,8 @@ async def test_a_listener_that_loses_its_connection_reconnects(
 # ---- group commit ---------------------------------------------------------------------------
 
 
-async def test_group_commit_batches_concurrent_appends_counted_by_the_server(database: str) -> None:
-    async with opened(database) as log:
+async def test_group_commit_batches_concurrent_appends_counted_by_the_server(postgres_database: str) -> None:
+    async with opened(postgres_database) as log:
         await log.append("warm-up", evs(1))
         transactions, appends = log.transactions, log.appends
         # 64 callers append at once; the writer commits them in far fewer transactions.
@@ -256,13 +239,13 @@ async def test_group_commit_batches_concurrent_appends_counted_by_the_server(dat
         ours = log.transactions - transactions
         assert ours < 64 / 2
         # The server's own count: the distinct transactions that wrote those rows.
-        async with await psycopg.AsyncConnection.connect(database) as con:
+        async with await psycopg.AsyncConnection.connect(postgres_database) as con:
             cursor = await con.execute("SELECT count(DISTINCT xmin::text) FROM eventlog_events WHERE position > 1")
             assert await cursor.fetchone() == (ours,)
 
 
-async def test_one_failing_append_does_not_fail_its_group(database: str) -> None:
-    async with opened(database) as log:
+async def test_one_failing_append_does_not_fail_its_group(postgres_database: str) -> None:
+    async with opened(postgres_database) as log:
         await log.append("contended", evs(1))
         stale = log.append("contended", evs(2), 0)  # fails: the stream exists
         fine = [log.append(f"s{i}", evs(2)) for i in range(10)]
@@ -272,10 +255,10 @@ async def test_one_failing_append_does_not_fail_its_group(database: str) -> None
         assert [e.position for e in await log.read_all()] == list(range(1, 22))
 
 
-async def test_a_store_refusing_one_append_of_a_group_fails_that_append_alone(database: str) -> None:
+async def test_a_store_refusing_one_append_of_a_group_fails_that_append_alone(postgres_database: str) -> None:
     # A trigger makes PostgreSQL itself refuse one event type (a real failure of the insert).
-    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as admin:
-        async with opened(database):
+    async with await psycopg.AsyncConnection.connect(postgres_database, autocommit=True) as admin:
+        async with opened(postgres_database):
             pass  # creates the tables
         await admin.execute(
             "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
@@ -285,7 +268,7 @@ async def test_a_store_refusing_one_append_of_a_group_fails_that_append_alone(da
             "CREATE TRIGGER refuse BEFORE INSERT ON eventlog_events FOR EACH ROW "
             "WHEN (NEW.type = 'nexus.test.refused') EXECUTE FUNCTION refuse()"
         )
-    async with opened(database) as log:
+    async with opened(postgres_database) as log:
         before = await log.append("s", evs(2))
         batch = [*evs(2), ev("nexus.test.refused"), *evs(2)]
         results = await asyncio.gather(
@@ -300,18 +283,18 @@ async def test_a_store_refusing_one_append_of_a_group_fails_that_append_alone(da
         assert [e.position for e in await log.read_all()] == list(range(1, 7))
 
 
-async def test_a_retry_queued_beside_its_original_is_answered_with_the_same_records(database: str) -> None:
-    async with opened(database) as log:
+async def test_a_retry_queued_beside_its_original_is_answered_with_the_same_records(postgres_database: str) -> None:
+    async with opened(postgres_database) as log:
         batch = evs(3)
         first, again = await asyncio.gather(log.append("s", batch), log.append("s", batch))
         assert first == again
         assert await log.head() == 3
 
 
-async def test_iter_all_joins_pages_into_batches_and_filters_types(database: str) -> None:
+async def test_iter_all_joins_pages_into_batches_and_filters_types(postgres_database: str) -> None:
     # iter_all fetches pages of _REPLAY_PAGE events one ahead of decoding; batches still hold
     # exactly batch_size events (the last one the rest), in position order.
-    async with opened(database) as log:
+    async with opened(postgres_database) as log:
         stored = []
         for i in range(3):
             stored += await log.append(f"s{i}", [*evs(1700), *evs(300, "nexus.test.other")])
@@ -332,11 +315,11 @@ async def test_iter_all_joins_pages_into_batches_and_filters_types(database: str
 # ---- reopening, two logs, the schema ------------------------------------------------------
 
 
-async def test_reopen_keeps_events_versions_and_the_chain(database: str) -> None:
-    async with opened(database) as log:
+async def test_reopen_keeps_events_versions_and_the_chain(postgres_database: str) -> None:
+    async with opened(postgres_database) as log:
         first = await log.append("s", evs(3))
         await log.append("t", evs(1))
-    async with opened(database) as log:
+    async with opened(postgres_database) as log:
         assert await log.read_all() == [*first, *(await log.read_stream("t"))]
         assert await log.head() == 4
         with pytest.raises(ConcurrencyError):
@@ -347,9 +330,9 @@ async def test_reopen_keeps_events_versions_and_the_chain(database: str) -> None
         assert await log.append("s", first, 0) == first  # a retry from before the reopen
 
 
-async def test_two_logs_on_one_database_keep_versions_and_the_chain_right(database: str) -> None:
+async def test_two_logs_on_one_database_keep_versions_and_the_chain_right(postgres_database: str) -> None:
     # Each log caches its streams' last version and hash; the other's commits must invalidate it.
-    async with opened(database) as one, opened(database) as two:
+    async with opened(postgres_database) as one, opened(postgres_database) as two:
         await one.append("s", evs(1))
         await two.append("s", evs(1), 1)
         with pytest.raises(ConcurrencyError):
@@ -361,19 +344,19 @@ async def test_two_logs_on_one_database_keep_versions_and_the_chain_right(databa
         assert all(e.hash == event_hash(e) for e in stream)
 
 
-async def test_the_schema_version_is_recorded_and_a_newer_one_refused(database: str) -> None:
-    async with opened(database):
+async def test_the_schema_version_is_recorded_and_a_newer_one_refused(postgres_database: str) -> None:
+    async with opened(postgres_database):
         pass
-    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as con:
+    async with await psycopg.AsyncConnection.connect(postgres_database, autocommit=True) as con:
         cursor = await con.execute("SELECT version FROM eventlog_schema")
         assert await cursor.fetchall() == [(SCHEMA_VERSION,)]
         await con.execute("UPDATE eventlog_schema SET version = %s", [SCHEMA_VERSION + 1])
     with pytest.raises(EventLogUnavailableError, match="schema version"):
-        await open_pg(database)
+        await open_pg(postgres_database)
 
 
-async def test_concurrent_first_opens_create_the_tables_once(database: str) -> None:
-    logs = await asyncio.gather(*(open_pg(database) for _ in range(4)))
+async def test_concurrent_first_opens_create_the_tables_once(postgres_database: str) -> None:
+    logs = await asyncio.gather(*(open_pg(postgres_database) for _ in range(4)))
     try:
         stored = await asyncio.gather(*(log.append(f"s{i}", evs(1)) for i, log in enumerate(logs)))
         assert sorted(e[0].position for e in stored) == [1, 2, 3, 4]
@@ -385,17 +368,17 @@ async def test_concurrent_first_opens_create_the_tables_once(database: str) -> N
 # ---- URLs and secrets -----------------------------------------------------------------------
 
 
-async def test_url_forms(database: str, server: PostgresServer) -> None:
-    name = database.rsplit("/", 1)[1]
+async def test_url_forms(postgres_database: str, postgres_server: PostgresServer) -> None:
+    name = postgres_database.rsplit("/", 1)[1]
     for url in (
-        database,
-        database.replace("postgresql://", "postgres://", 1),
-        server.socket_url(name),
-        database + "?pool_size=2&application_name=nexus-test",
+        postgres_database,
+        postgres_database.replace("postgresql://", "postgres://", 1),
+        postgres_server.socket_url(name),
+        postgres_database + "?pool_size=2&application_name=nexus-test",
     ):
         async with opened(url) as log:
             await log.append(f"s-{len(url)}", evs(1))
-    async with opened(database) as log:
+    async with opened(postgres_database) as log:
         assert await log.head() == 4
 
 
@@ -412,20 +395,20 @@ async def test_bad_urls(url: str, complaint: str) -> None:
         await open_event_log(url)
 
 
-async def test_the_password_is_never_shown(database: str, server: PostgresServer) -> None:
-    async with opened(database) as log:
-        assert server.password not in log.url
+async def test_the_password_is_never_shown(postgres_database: str, postgres_server: PostgresServer) -> None:
+    async with opened(postgres_database) as log:
+        assert postgres_server.password not in log.url
         assert "***" in log.url
-        assert server.password not in repr(log.options)
-    wrong = database.replace(server.password, "not-the-password", 1)
+        assert postgres_server.password not in repr(log.options)
+    wrong = postgres_database.replace(postgres_server.password, "not-the-password", 1)
     with pytest.raises(EventLogUnavailableError) as info:
         await open_pg(wrong)
     assert "not-the-password" not in str(info.value)
     assert "password authentication failed" in str(info.value)
-    bad = database.replace("postgresql://", "postgresql://", 1) + "?no_such_option=1"
+    bad = postgres_database.replace("postgresql://", "postgresql://", 1) + "?no_such_option=1"
     with pytest.raises(EventLogArgumentError) as argument:
         await open_pg(bad)
-    assert server.password not in str(argument.value)
+    assert postgres_server.password not in str(argument.value)
 
 
 def test_mask_password() -> None:
