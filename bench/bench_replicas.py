@@ -16,6 +16,15 @@ execution (how many appends each commit carried: every write transaction of the 
 from any process, holds one row lock until it has committed). On a machine with
 few cores a second replica can only add throughput while the cores are not already busy with
 the first replica, the database and the stub; those figures say how much room there was.
+
+What bounds the gain on 2 cores, as measured: one replica is one event loop, one core at most
+(about 4 ms of its CPU per execution), so with the database and the stub it leaves part of the
+second core idle; two replicas fill both cores (every process of the run together spends about
+6 ms of CPU per execution, so 2 cores cap the rate near 2 / 6 ms, some 330 executions/s), and
+each replica's own cost per execution rises a little, since it also folds the other replica's
+events (its view serves any execution) and its appends share the log's single ordered head with
+the other's (every write transaction holds the head's row lock until it commits: commits per
+execution show how well each replica's group commit still batches).
 """
 
 from __future__ import annotations
