@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final, Protocol, TypeVar, cast
+from dataclasses import dataclass
+from typing import Final, TypeVar, cast
 
 import msgspec
 
@@ -282,12 +283,38 @@ def remember_streams(cache: dict[str, _State], written: Mapping[str, _State], si
         del cache[next(iter(cache))]
 
 
-class _Queued(Protocol):
+@dataclass
+class QueuedAppend:
+    """One caller's append, queued for an adapter's writer task (PostgreSQL, MongoDB)."""
+
+    stream_id: str
+    events: list[CloudEvent]
+    contents: list[tuple[bytes, bytes]]
+    """Each event's ``chain.content_bytes`` and its hex digest, computed by the caller."""
+    expected_version: int
+    future: asyncio.Future[list[CloudEvent]]
+
+
+class GroupCommitStats:
+    """The counters of an adapter whose writer commits the queued appends in groups (SQLite,
+    PostgreSQL, MongoDB); the writer counts, and ``bench/`` reports the group size beside the
+    throughput."""
+
+    _transactions: int
+    _appends: int
+
     @property
-    def future(self) -> asyncio.Future[list[CloudEvent]]: ...
+    def transactions(self) -> int:
+        """Write transactions committed by this log since open."""
+        return self._transactions
+
+    @property
+    def appends(self) -> int:
+        """Appends settled by those transactions; ``appends / transactions`` is the group size."""
+        return self._appends
 
 
-def settle(outcomes: Iterable[tuple[_Queued, list[CloudEvent] | None, BaseException | None]]) -> None:
+def settle(outcomes: Iterable[tuple[QueuedAppend, list[CloudEvent] | None, BaseException | None]]) -> None:
     """Answer each queued append (its stored records, or its error) unless its caller stopped waiting."""
     for request, stored, error in outcomes:
         if request.future.done():

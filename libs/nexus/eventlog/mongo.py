@@ -58,6 +58,8 @@ from urllib.parse import urlsplit
 from nexus.eventlog import chain
 from nexus.eventlog._codec import decode_bodies
 from nexus.eventlog._common import (
+    GroupCommitStats,
+    QueuedAppend,
     check_append,
     check_expected,
     check_limit,
@@ -131,19 +133,13 @@ _SERVER_LIMIT = re.compile(r"up to (\d+) bytes")
 
 
 @dataclass
-class _Append:
-    """One caller's append, queued for the writer task."""
+class _Append(QueuedAppend):
+    """One caller's append, queued for the writer task, with what bounds it."""
 
-    stream_id: str
-    events: list[CloudEvent]
-    contents: list[tuple[bytes, bytes]]
-    """Each event's ``chain.content_bytes`` and its hex digest, computed by the caller."""
-    expected_version: int
     size: int
     """The append's stored size (an upper bound), counted against ``MAX_APPEND_BYTES``."""
     deadline: float
     """Event-loop time by which the append must be settled."""
-    future: asyncio.Future[list[CloudEvent]]
     taken: bool = False
     """The writer took it into a transaction: from then on it may be committed."""
 
@@ -167,7 +163,7 @@ class _Group:
     """The counter after the commit (when ``docs`` is not empty)."""
 
 
-class MongoEventLog(EventLog):
+class MongoEventLog(GroupCommitStats, EventLog):
     """The event log in a MongoDB replica set; open it with ``await MongoEventLog.open(url)``."""
 
     def __init__(
@@ -286,17 +282,7 @@ class MongoEventLog(EventLog):
         if self._closed:
             raise EventLogClosedError("the event log is closed")
 
-    # ---- statistics -------------------------------------------------------------------
-
-    @property
-    def transactions(self) -> int:
-        """Write transactions committed by this log since open."""
-        return self._transactions
-
-    @property
-    def appends(self) -> int:
-        """Appends settled by those transactions; ``appends / transactions`` is the group size."""
-        return self._appends
+    # ---- statistics (beside GroupCommitStats') --------------------------------------------
 
     @property
     def conflicts(self) -> int:
@@ -330,9 +316,9 @@ class MongoEventLog(EventLog):
             batch,
             contents,
             expected_version,
-            size,
-            loop.time() + self.append_timeout_s,
-            loop.create_future(),
+            future=loop.create_future(),
+            size=size,
+            deadline=loop.time() + self.append_timeout_s,
         )
         self._queue.append(request)
         self._wakeup.set()

@@ -92,6 +92,8 @@ from nexus._postgres import (
 from nexus.eventlog._codec import decode_bodies
 from nexus.eventlog._common import (
     GENESIS,
+    GroupCommitStats,
+    QueuedAppend,
     check_append,
     check_batch_size,
     check_expected,
@@ -230,18 +232,6 @@ class PostgresOptions(PostgresUrl):
 
 
 @dataclass
-class _Append:
-    """One caller's append, queued for the writer task."""
-
-    stream_id: str
-    events: list[CloudEvent]
-    contents: list[tuple[bytes, bytes]]
-    """Each event's ``chain.content_bytes`` and its hex digest, computed by the caller."""
-    expected_version: int
-    future: asyncio.Future[list[CloudEvent]]
-
-
-@dataclass
 class _Group:
     """The rows and outcomes of one write transaction, built while placing its appends."""
 
@@ -251,7 +241,7 @@ class _Group:
     ids: list[str] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
-    outcomes: list[tuple[_Append, list[CloudEvent] | None, BaseException | None]] = field(default_factory=list)
+    outcomes: list[tuple[QueuedAppend, list[CloudEvent] | None, BaseException | None]] = field(default_factory=list)
     placed: dict[str, CloudEvent] = field(default_factory=dict)
     """Events placed in this transaction, by id (a retry queued beside its original finds them)."""
     pending: dict[str, tuple[int, bytes]] = field(default_factory=dict)
@@ -261,7 +251,7 @@ class _Group:
 _STOP: Final = object()
 
 
-class PostgresEventLog(EventLog):
+class PostgresEventLog(GroupCommitStats, EventLog):
     """The event log in a PostgreSQL database; open it with ``await PostgresEventLog.open(url)``."""
 
     def __init__(
@@ -334,18 +324,6 @@ class PostgresEventLog(EventLog):
             raise
         return cls(options, writer, listener, pool, max_event_bytes=limit)
 
-    # ---- statistics -------------------------------------------------------------------
-
-    @property
-    def transactions(self) -> int:
-        """Write transactions committed by this log since open."""
-        return self._transactions
-
-    @property
-    def appends(self) -> int:
-        """Appends settled by those transactions; ``appends / transactions`` is the group size."""
-        return self._appends
-
     # ---- writing ----------------------------------------------------------------------
 
     async def append(
@@ -358,7 +336,7 @@ class PostgresEventLog(EventLog):
         contents = encode_contents(batch, stream_id=stream_id, limit=self.max_event_bytes)
         future: asyncio.Future[list[CloudEvent]] = asyncio.get_running_loop().create_future()
         self._check_open()
-        self._queue.put_nowait(_Append(stream_id, batch, contents, expected_version, future))
+        self._queue.put_nowait(QueuedAppend(stream_id, batch, contents, expected_version, future))
         # If the caller is cancelled here the append may still be committed, as with any store.
         return await future
 
@@ -366,7 +344,7 @@ class PostgresEventLog(EventLog):
         stop = False
         while not stop:
             item = await self._queue.get()
-            group: list[_Append] = []
+            group: list[QueuedAppend] = []
             size = 0
             while True:
                 if item is _STOP:
@@ -385,7 +363,7 @@ class PostgresEventLog(EventLog):
                 await self._writer_con.close()
             self._writer_con = None
 
-    async def _commit(self, group: list[_Append]) -> None:
+    async def _commit(self, group: list[QueuedAppend]) -> None:
         """Commit ``group`` in one transaction; if the store refuses it, one append per transaction."""
         try:
             done = await self._transaction(group)
@@ -406,7 +384,7 @@ class PostgresEventLog(EventLog):
         if done.positions:  # a group of retries alone wrote nothing: nobody to wake
             self._wake(set(done.types))
 
-    async def _transaction(self, requests: list[_Append]) -> _Group:
+    async def _transaction(self, requests: list[QueuedAppend]) -> _Group:
         """One write transaction for ``requests``: placed under the head's lock, inserted, committed.
 
         Raises:
@@ -493,7 +471,7 @@ class PostgresEventLog(EventLog):
 
     def _place(
         self,
-        request: _Append,
+        request: QueuedAppend,
         group: _Group,
         found: dict[str, CloudEvent],
         state: dict[str, tuple[int, bytes]],

@@ -55,6 +55,7 @@ import msgspec
 from nexus.eventlog._codec import decode_bodies, decode_page
 from nexus.eventlog._common import (
     GENESIS,
+    GroupCommitStats,
     check_append,
     check_batch_size,
     check_expected,
@@ -233,7 +234,7 @@ _Outcome = tuple[_Append, list[CloudEvent] | _Placed | None, BaseException | Non
 """An append with its stored records or its error."""
 
 
-class SqliteEventLog(EventLog):
+class SqliteEventLog(GroupCommitStats, EventLog):
     """The event log in one SQLite file; open it with ``await SqliteEventLog.open(url)``."""
 
     def __init__(
@@ -288,17 +289,7 @@ class SqliteEventLog(EventLog):
         writer = await asyncio.to_thread(_open_writer, options)
         return cls(url, options, writer, max_event_bytes=limit)
 
-    # ---- statistics -------------------------------------------------------------------
-
-    @property
-    def transactions(self) -> int:
-        """Write transactions committed since open (each is one fsync under synchronous=FULL)."""
-        return self._transactions
-
-    @property
-    def appends(self) -> int:
-        """Appends settled by those transactions; ``appends / transactions`` is the group size."""
-        return self._appends
+    # ---- statistics (beside GroupCommitStats': each transaction is one fsync under synchronous=FULL)
 
     @property
     def writer_cpu_seconds(self) -> float:
