@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ class IdempotentStub:
         self.completions: Counter[str] = Counter()
         """Chat completions asked for, per prompt: the granulator's generator (an OpenAI-compatible
         API takes no idempotency key, so each call is an effect of its own)."""
+        self.completion_times: dict[str, list[float]] = {}
+        """When each prompt was asked for (``time.monotonic()``), in order."""
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -66,6 +69,7 @@ class IdempotentStub:
             body = await request.json()
             prompt = body["messages"][-1]["content"]
             self.completions[prompt] += 1
+            self.completion_times.setdefault(prompt, []).append(time.monotonic())
             text = f"An expansion of: {prompt}"
             return web.json_response(
                 {"model": body.get("model", ""), "choices": [{"message": {"content": text}, "finish_reason": "stop"}]}

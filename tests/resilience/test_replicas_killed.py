@@ -1,7 +1,7 @@
 """Replicas on one shared PostgreSQL log, killed mid-work: a Jepsen-style check of what survives.
 
 As processes: a three-node JetStream cluster (streams with three copies), a PostgreSQL event log
-and a file Raw store shared by every process, two replicas each of the workflow service, the
+and a PostgreSQL Raw store shared by every process, two replicas each of the workflow service, the
 granulator and the relay, and a stub HTTP service that honours ``Idempotency-Key``. The test
 starts ``NEXUS_TEST_KILL_EXECUTIONS`` executions (default 1,000; CI may set fewer, the code
 path is the same) of a workflow with an ``api_call`` step to the stub and a ``task`` step to the
@@ -92,14 +92,16 @@ T = "nexus.workflow."
 
 
 @pytest.fixture
-def postgres_url() -> Any:
+def postgres_urls() -> Any:
+    """Two databases of the test server: the event log's and Raw's."""
     try:
         server = shared_server()
     except PostgresUnavailable as exc:
         pytest.skip(f"PostgreSQL cannot be started here: {exc}")
-    url = server.create_database()
-    yield url
-    server.release_database(url)
+    urls = (server.create_database(), server.create_database())
+    yield urls
+    for url in urls:
+        server.release_database(url)
 
 
 async def _within(awaitable: Awaitable[Any], what: str, seconds: float) -> Any:
@@ -202,7 +204,10 @@ def _table(rows: list[tuple[str, int, int, int, str]]) -> str:
 
 
 @pytest.mark.timeout(420)
-async def test_replicas_killed_mid_work_lose_nothing_and_duplicate_nothing(tmp_path: Path, postgres_url: str) -> None:
+async def test_replicas_killed_mid_work_lose_nothing_and_duplicate_nothing(
+    tmp_path: Path, postgres_urls: tuple[str, str]
+) -> None:
+    postgres_url, raw_url = postgres_urls
     began = time.monotonic()
     stub = IdempotentStub()
     await stub.start()
@@ -212,7 +217,7 @@ async def test_replicas_killed_mid_work_lose_nothing_and_duplicate_nothing(tmp_p
     headers = {"x-service-key": issued.secret}
     cluster = EmbeddedNatsCluster(tmp_path / "nats", size=3)
     await cluster.start()
-    fleet = Fleet(tmp_path, cluster, postgres_url, f"file://{tmp_path / 'raw'}")
+    fleet = Fleet(tmp_path, cluster, postgres_url, raw_url)
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
     nc: Any = None
     downstream = Downstream()
@@ -277,7 +282,7 @@ async def test_replicas_killed_mid_work_lose_nothing_and_duplicate_nothing(tmp_p
         run_began = time.monotonic()
         starting = asyncio.create_task(_start_executions(http, workflow_urls, headers))
         progress = Progress(log)
-        kills: list[tuple[str, int]] = []
+        kills: list[tuple[str, int, float]] = []
         restarts: list[asyncio.Task[None]] = []
 
         async def restart(replica: Replica) -> None:
@@ -320,7 +325,7 @@ async def test_replicas_killed_mid_work_lose_nothing_and_duplicate_nothing(tmp_p
                 await progress.poll()
                 if plan and progress.done() >= KILLS_AT[len(kills)] * EXECUTIONS:
                     what = await plan.pop(0)()
-                    kills.append((what, progress.done()))
+                    kills.append((what, progress.done(), time.monotonic()))
                 await asyncio.sleep(0.2)
 
         await _within(run_until_done(), f"{EXECUTIONS} executions ending", 300)
@@ -410,13 +415,25 @@ async def test_replicas_killed_mid_work_lose_nothing_and_duplicate_nothing(tmp_p
         )
         task_keys = {f"{e}:expand" for e in wanted}
         prompts = {e: f"Expand item {n} of the kill test" for n, e in enumerate(execution_ids)}
+        # A generation made again is explained by the kill when the granulator replica was killed
+        # between the first request and the next (it may have died before recording its answer;
+        # the generator's API takes no idempotency key, so nothing can tell it the request again).
+        [granulator_killed] = [at for what, _, at in kills if what.startswith("granulator-")]
+        repeated = [e for e in wanted if stub.completions[prompts[e]] > 1]
+        across_kill = [
+            e
+            for e in repeated
+            if stub.completion_times[prompts[e]][0] < granulator_killed < stub.completion_times[prompts[e]][-1]
+        ]
+        unexplained = sorted(set(repeated) - set(across_kill))
         rows.append(
             _row(
                 "task effect: generations by the granulator",
                 sum(1 for e in wanted if stub.completions[prompts[e]] == 1),
                 sum(1 for e in wanted if stub.completions[prompts[e]] == 0),
-                sum(1 for e in wanted if stub.completions[prompts[e]] > 1),
-                f"{sum(stub.completions.values())} chat completions for {len(stub.completions)} prompts",
+                len(repeated),
+                f"{sum(stub.completions.values())} chat completions for {len(stub.completions)} prompts; "
+                f"{len(across_kill)} repeated across the granulator's kill, {len(unexplained)} otherwise",
             )
         )
         # A re-sent command (the step's timeout, a take-over) is answered again from the
@@ -455,14 +472,14 @@ async def test_replicas_killed_mid_work_lose_nothing_and_duplicate_nothing(tmp_p
             f"PostgreSQL; up in {started_up:.1f} s, ran in {run_seconds:.1f} s "
             f"({EXECUTIONS / run_seconds:.1f} executions/s)",
             "killed (SIGKILL) and restarted, with executions ended at that moment:",
-            *(f"  {what}: at {done}/{EXECUTIONS}" for what, done in kills),
+            *(f"  {what}: at {done}/{EXECUTIONS}" for what, done, _ in kills),
             f"starts that exited and were tried again (as a supervisor does): {len(fleet.failed_starts)}",
             *(f"  {line}" for line in fleet.failed_starts),
             _table(rows),
         ]
         print("\n".join(report))
 
-        assert len(kills) == 4 and all(done < EXECUTIONS for _, done in kills), kills
+        assert len(kills) == 4 and all(done < EXECUTIONS for _, done, _ in kills), kills
         assert not progress.failed, list(progress.failed.items())[:5]
         # The workflow replica was killed with executions in its hands, which were taken over.
         assert takeovers > 0, "no execution was taken over: the workflow replica died idle"
@@ -470,6 +487,10 @@ async def test_replicas_killed_mid_work_lose_nothing_and_duplicate_nothing(tmp_p
         assert stub.missing_key == 0
         for check, ok, lost, duplicated, note in rows:
             expected = head if check == "nexus log verify" else (len(log_ids) if "downstream" in check else EXECUTIONS)
+            if check.startswith("task effect"):
+                # At most what the killed replica had in hand (16 generate loops), and only across its kill.
+                assert lost == 0 and duplicated <= 16 and not unexplained, f"{check}: {note} {unexplained[:5]}"
+                continue
             assert (ok, lost, duplicated) == (expected, 0, 0), f"{check}: {note}\n" + "\n".join(report)
         assert set(seen) <= log_ids, "the downstream consumer received events that are not in the log"
     finally:
