@@ -12,7 +12,7 @@ import msgspec
 
 from nexus.eventlog import chain
 from nexus.eventlog._errors import ConcurrencyError, DuplicateEventError, EventLogArgumentError, EventTooLargeError
-from nexus.eventlog._port import ANY, DEFAULT_MAX_EVENT_BYTES, GENESIS_HASH, NO_STREAM, STREAM_EXISTS
+from nexus.eventlog._port import ANY, DEFAULT_MAX_EVENT_BYTES, GENESIS_HASH, NO_STREAM, STREAM_EXISTS, EventLog
 from nexus.eventlog.chain import content_bytes, hex_digest, same_content
 from nexus.proto import CloudEvent
 
@@ -193,6 +193,34 @@ def check_batch_size(batch_size: int) -> None:
     """``iter_all``'s ``batch_size``: an integer of at least 1."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise EventLogArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
+# ---- what the subscriptions share ---------------------------------------------------------------
+
+
+async def unfiltered_page(log: EventLog, position: int, limit: int) -> tuple[list[CloudEvent], int, bool]:
+    """An unfiltered subscription's next page: the events from ``position``, where the next read
+    starts, and whether to read again at once (something was there) or wait for a commit."""
+    batch = await log.read_all(position, limit)
+    following = (batch[-1].position or position) + 1 if batch else position
+    return batch, following, bool(batch)
+
+
+def after_scan(
+    events: list[CloudEvent], *, full: bool, last: int, position: int, end: int, head: int
+) -> tuple[list[CloudEvent], int, bool]:
+    """A filtered subscription's next page from one scan of positions ``position`` up to ``end``
+    (exclusive) in the snapshot whose head was ``head``: the matching ``events``, where the next
+    read starts, and whether to read again at once.
+
+    A full page (``last``: its last event's position) goes on after its last match at once. A
+    page that is not full looked at every position of the window up to the head, so the next
+    read starts past both, at once only when the window ended below the head.
+    """
+    if full:
+        return events, last + 1, True
+    following = max(position, min(end, head + 1))
+    return events, following, following <= head
 
 
 # ---- what the writers of the SQL adapters share ----------------------------------------------

@@ -71,6 +71,7 @@ from nexus.eventlog._common import (
     resolve_max_event_bytes,
     settle,
     stored_size,
+    unfiltered_page,
 )
 from nexus.eventlog._errors import (
     AppendOutcomeUnknownError,
@@ -705,9 +706,7 @@ class MongoEventLog(GroupCommitStats, EventLog):
             changed = self._changed
             try:
                 if wanted is None:
-                    batch = await self.read_all(position, _SUBSCRIBE_PAGE)
-                    following = (batch[-1].position or position) + 1 if batch else position
-                    more = bool(batch)
+                    batch, following, more = await unfiltered_page(self, position, _SUBSCRIBE_PAGE)
                 else:
                     batch, following, more = await self._scan_types(position, names)
             except EventLogUnavailableError:

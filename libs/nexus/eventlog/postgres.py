@@ -94,6 +94,7 @@ from nexus.eventlog._common import (
     GENESIS,
     GroupCommitStats,
     QueuedAppend,
+    after_scan,
     check_append,
     check_batch_size,
     check_expected,
@@ -108,6 +109,7 @@ from nexus.eventlog._common import (
     resolve_max_event_bytes,
     seal_run,
     settle,
+    unfiltered_page,
 )
 from nexus.eventlog._errors import (
     EventLogArgumentError,
@@ -731,9 +733,7 @@ class PostgresEventLog(GroupCommitStats, EventLog):
             waiter = self._add_waiter(wanted)
             try:
                 if wanted is None:
-                    batch = await self.read_all(position, _SUBSCRIBE_PAGE)
-                    following = (batch[-1].position or position) + 1 if batch else position
-                    more = bool(batch)
+                    batch, following, more = await unfiltered_page(self, position, _SUBSCRIBE_PAGE)
                 elif names:
                     batch, following, more = await _scan_types(self, names, position)
                 else:
@@ -805,10 +805,7 @@ async def _scan_types(log: PostgresEventLog, types: list[str], position: int) ->
     events = decode_bodies([row[1] for row in rows if row[1] is not None])
     count = len(events)
     last = events[-1].position or position if events else 0
-    if count >= _SUBSCRIBE_PAGE:
-        return events, last + 1, True
-    following = max(position, min(end, head + 1))
-    return events, following, following <= head
+    return after_scan(events, full=count >= _SUBSCRIBE_PAGE, last=last, position=position, end=end, head=head)
 
 
 async def _create_schema(con: psycopg.AsyncConnection[Any], shown: str) -> None:

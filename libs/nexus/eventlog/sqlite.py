@@ -56,6 +56,7 @@ from nexus.eventlog._codec import decode_bodies, decode_page
 from nexus.eventlog._common import (
     GENESIS,
     GroupCommitStats,
+    after_scan,
     check_append,
     check_batch_size,
     check_expected,
@@ -69,6 +70,7 @@ from nexus.eventlog._common import (
     remember_streams,
     resolve_max_event_bytes,
     seal_run,
+    unfiltered_page,
 )
 from nexus.eventlog._errors import (
     ConcurrencyError,
@@ -754,9 +756,7 @@ class SqliteEventLog(GroupCommitStats, EventLog):
             waiter = self._add_waiter(wanted)
             try:
                 if wanted is None:
-                    batch = await self.read_all(position, _SUBSCRIBE_PAGE)
-                    following = (batch[-1].position or position) + 1 if batch else position
-                    more = bool(batch)
+                    batch, following, more = await unfiltered_page(self, position, _SUBSCRIBE_PAGE)
                 else:
                     batch, following, more = await self._read(
                         functools.partial(_scan_types, types=names, position=position)
@@ -864,10 +864,7 @@ def _scan_types(con: sqlite3.Connection, *, types: list[str], position: int) -> 
         [position, end, *types, _SUBSCRIBE_PAGE],
     ).fetchone()
     events = _decode_fetched(payload)
-    if count >= _SUBSCRIBE_PAGE:
-        return events, last + 1, True
-    following = max(position, min(end, head + 1))
-    return events, following, following <= head
+    return after_scan(events, full=count >= _SUBSCRIBE_PAGE, last=last, position=position, end=end, head=head)
 
 
 def _decode_fetched(payload: bytes | None) -> list[CloudEvent]:
