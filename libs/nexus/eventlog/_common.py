@@ -1,4 +1,5 @@
-"""Checks shared by every adapter, so they agree on what is a bad argument and a conflict."""
+"""What the adapters share: the checks, so they agree on what is a bad argument and a conflict,
+and the decisions their writers and subscriptions make alike (one place to get them right)."""
 
 from __future__ import annotations
 
@@ -223,7 +224,7 @@ def after_scan(
     return events, following, following <= head
 
 
-# ---- what the writers of the SQL adapters share ----------------------------------------------
+# ---- what the group-committing writers share (SQLite, PostgreSQL, MongoDB) ---------------------
 
 
 class _LastHash(msgspec.Struct):
