@@ -36,7 +36,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import nats
@@ -104,11 +104,33 @@ def postgres_urls() -> Any:
         server.release_database(url)
 
 
+R = TypeVar("R")
+
+
 async def _within(awaitable: Awaitable[Any], what: str, seconds: float) -> Any:
-    try:
-        return await asyncio.wait_for(awaitable, seconds)
-    except TimeoutError:
-        raise AssertionError(f"{what}: not within {seconds:g} s") from None
+    """The awaitable's result, or an AssertionError when ``seconds`` pass first (a TimeoutError
+    raised inside, by a request or a NATS call, is that error, not this deadline)."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise AssertionError(f"{what}: not within {seconds:g} s")
+    return task.result()
+
+
+async def _while_the_cluster_settles(ask: Callable[[], Awaitable[R]], seconds: float = 30.0) -> R:
+    """``ask()``, asked again while JetStream times out (a node was just killed: the cluster
+    elects new leaders for a few seconds)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await ask()
+        except (TimeoutError, nats.errors.NoRespondersError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 async def _start_executions(http: aiohttp.ClientSession, urls: list[str], headers: dict[str, str]) -> list[str]:
@@ -289,7 +311,7 @@ async def test_replicas_killed_mid_work_lose_nothing_and_duplicate_nothing(
             await fleet.start(replica, http)
 
         async def kill_nats_leader() -> str:
-            leader = (await js.stream_info("NEXUS_EVT")).cluster.leader
+            leader = (await _while_the_cluster_settles(lambda: js.stream_info("NEXUS_EVT"))).cluster.leader
             node = cluster.nodes[int(leader.rsplit("-", 1)[1]) - 1]
             await node.kill()
 
@@ -307,8 +329,8 @@ async def test_replicas_killed_mid_work_lose_nothing_and_duplicate_nothing(
             return name
 
         async def kill_relay_leader() -> str:
-            kv = await js.key_value("nexus_relay_lease")
-            owner = (await kv.get("leader")).value.decode()
+            kv = await _while_the_cluster_settles(lambda: js.key_value("nexus_relay_lease"))
+            owner = (await _while_the_cluster_settles(lambda: kv.get("leader"))).value.decode()
             pid = int(owner.rsplit(":", 1)[1])
             [name] = [r.name for r in fleet.replicas.values() if r.module == "nexus.relay" and r.pid == pid]
             return (await kill_replica(name)) + " (lease holder)"

@@ -184,7 +184,15 @@ async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
         )
         # The workflow service's own HTTP plumbing (auth, errors, OpenAPI) with every optional module.
         service = Service(settings, log=log, bus=bus)
-        assert api.install_optional(service, ctx) == ["jobapi", "uploads", "anomalies", "triggers", "phases", "live"]
+        assert api.install_optional(service, ctx) == [
+            "jobapi",
+            "uploads",
+            "anomalies",
+            "triggers",
+            "phases",
+            "live",
+            "pipelines",
+        ]
         key = await issue_key(log, "client", "gaia")
         async with TestServer(service.app, host="127.0.0.1", port=0) as server:
             yield Platform(str(server.make_url("")).rstrip("/"), key.secret, log, calls, engine, service)
