@@ -71,6 +71,7 @@ async def test_nexus_up_runs_everything_restarts_a_dead_service_and_stops_on_ctr
         for name, port in ports.items():
             assert f"{name} " in output and f"http://127.0.0.1:{port}" in output, output
         assert f"nats://127.0.0.1:{env['NEXUS_NATS_PORT']}" in output
+        assert f"console     http://127.0.0.1:{ports['kam']}/" in output, output
         assert str(tmp_path / "data") in output
         # NATS refuses strangers: every identity has a password, kept 0600, printed nowhere.
         store = tmp_path / "data" / "nats"
@@ -95,6 +96,9 @@ async def test_nexus_up_runs_everything_restarts_a_dead_service_and_stops_on_ctr
             for name, port in ports.items():
                 async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
                     assert r.status == 200, name
+            # The console is the page the printed address serves.
+            async with http.get(f"http://127.0.0.1:{ports['kam']}/") as r:
+                assert r.status == 200 and "Nexus console" in await r.text()
 
             # kill -9 KAM: the supervisor restarts it and counts the restart.
             [kam_pid] = [pid for pid, cmd in processes.items() if "nexus.services.kam" in cmd]

@@ -211,6 +211,10 @@ def _connect_host(host: str) -> str:
 def _print_urls(children: list[ChildSpec], nats_url: str, platform: PlatformSettings) -> None:
     lines = ["Nexus is up:"]
     lines += [f"  {child.name:<11} {child.url}" for child in children if child.url]
+    kam = next((child.url for child in children if child.name == "kam" and child.url), None)
+    if kam:
+        # The web console is KAM's page, on the same origin as its API.
+        lines.append(f"  {'console':<11} {kam}/")
     lines += [
         f"  {'NATS':<11} {nats_url}",
         f"  {'data dir':<11} {platform.data_dir.resolve()}",
