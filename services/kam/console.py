@@ -42,6 +42,8 @@ CONSOLE_DIR = Path(__file__).with_name("console")
 """The console's committed files."""
 GATEWAY_SERVICES = ("workflow", "studio")
 """The services ``/svc/<name>/…`` forwards to."""
+GATEWAY_CONNECTIONS = 2000
+"""Connections the gateway keeps to the services at most (an open event stream holds one)."""
 HEALTH_SERVICES = ("workflow", "granulator", "studio", "relay")
 """The processes whose ``/readyz`` the health page asks (KAM answers for itself)."""
 
@@ -73,6 +75,12 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
+SANDBOX_HEADERS = {
+    "Content-Security-Policy": "sandbox; default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+"""Added to every answer the gateway forwards (replacing the service's own)."""
+_SANDBOXED = frozenset(name.lower() for name in SANDBOX_HEADERS)
 GATEWAY: web.AppKey[Gateway] = web.AppKey("kam_gateway")
 
 
@@ -117,9 +125,14 @@ class Gateway:
         """The shared client session (made on first use, inside the event loop)."""
         if self._http is None:
             # No total timeout: a stream of Server-Sent Events lasts as long as the page is open.
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
+            # `connect` bounds the wait for a free connection too: open streams never make every
+            # other call wait forever. The pool is large, as every open console page holds one.
+            timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=5)
             jar = aiohttp.DummyCookieJar()  # cookies pass through in headers, never kept here
-            self._http = aiohttp.ClientSession(timeout=timeout, auto_decompress=False, cookie_jar=jar)
+            connector = aiohttp.TCPConnector(limit=GATEWAY_CONNECTIONS)
+            self._http = aiohttp.ClientSession(
+                timeout=timeout, auto_decompress=False, cookie_jar=jar, connector=connector
+            )
         return self._http
 
     async def close(self) -> None:
@@ -133,13 +146,18 @@ class Gateway:
         base = self.urls.get(service)
         if base is None:
             raise HTTPError(404, f"the gateway serves {', '.join(GATEWAY_SERVICES)}, not {service!r}")
-        prefix = f"/svc/{service}"
-        rest = request.raw_path[len(prefix) :] or "/"
+        prefix = f"/svc/{service}/"
+        # The target as sent: a request in absolute form (``GET http://host/svc/...``) or with the
+        # service's name percent-encoded is routed here too, and cutting it at a fixed length
+        # would let it name another host. Only the plain form is forwarded.
+        if not request.raw_path.startswith(prefix):
+            raise HTTPError(404, f"the gateway forwards only /svc/<service>/<path>, not {request.raw_path[:80]!r}")
+        rest = request.raw_path[len(prefix) - 1 :]
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP)
         headers["X-Forwarded-For"] = request.remote or ""
         headers["X-Forwarded-Proto"] = request.scheme
         headers["X-Forwarded-Host"] = request.host
-        headers["X-Forwarded-Prefix"] = prefix
+        headers["X-Forwarded-Prefix"] = prefix.rstrip("/")
         body = request.content if request.can_read_body else None
         try:
             upstream = await self.http().request(
@@ -156,8 +174,12 @@ class Gateway:
         async with upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for name, value in upstream.headers.items():
-                if name.lower() not in _HOP:
+                if name.lower() not in _HOP and name.lower() not in _SANDBOXED:
                     response.headers.add(name, value)
+            # Whatever the service answers (an uploaded file with the uploader's content type
+            # among it) is never a page of this origin: opened in a tab it runs no script and
+            # reads no cookie; the console's own fetches and event streams are unaffected.
+            response.headers.update(SANDBOX_HEADERS)
             if upstream.headers.get("Content-Length") is not None and "Content-Encoding" not in upstream.headers:
                 response.content_length = int(upstream.headers["Content-Length"])
             await response.prepare(request)

@@ -35,6 +35,12 @@ from nexus.services.workflow.context import WorkflowContext
 from nexus.services.workflow.jobapi import SeedError, base_url, load_job, read_body, seed_error
 
 UPLOAD_STREAM_PREFIX = "upload-"
+UNTRUSTED_CONTENT_HEADERS = {
+    "Content-Security-Policy": "sandbox; default-src 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+"""Headers on a file whose content type its uploader chose: opened in a browser it runs no
+script and reads no cookie of the platform's origin."""
 _EXTENSION = re.compile(r"^[A-Za-z0-9]{1,16}$")
 
 
@@ -364,7 +370,11 @@ class Uploads:
             data = await self._raw().retrieve(info.raw_ref.removeprefix("raw://"))
         except UploadError as exc:
             return _error(exc)
-        return web.Response(body=data, content_type=info.content_type.split(";")[0])
+        # The uploader chose the content type: opened in a browser the file runs no script and
+        # reads no cookie of this origin (an HTML upload is not a page of the platform).
+        return web.Response(
+            body=data, content_type=info.content_type.split(";")[0], headers=dict(UNTRUSTED_CONTENT_HEADERS)
+        )
 
 
 def _split(name: str) -> tuple[str, str]:

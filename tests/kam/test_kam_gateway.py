@@ -7,6 +7,7 @@ port; every call goes over real HTTP, through the gateway as the console's are.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,3 +176,40 @@ async def test_health_shows_each_process_and_is_for_admins(platform: Platform) -
     assert services["studio"]["status"] == "unreachable"  # nobody listens there in this test
     assert health.body["status"] == "degraded" and health.body["log_head"] > 0
     assert (await kam.call("GET", "/api/console/health", token=platform.acme)).status == 403
+
+
+async def _raw_request(url: str, target: str) -> tuple[int, bytes]:
+    """Send ``GET <target>`` as written (no client normalises it); answers (status, body)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_the_gateway_forwards_only_the_plain_form_of_its_path(platform: Platform) -> None:
+    kam = platform.kam
+    workflow = f"127.0.0.1:{platform.workflow.port}"
+    # A request in absolute form, whose text after /svc/workflow would name another host as the
+    # URL's user: refused, never forwarded (the workflow service's healthz is not answered).
+    status, body = await _raw_request(kam.url, f"http://attacker@{workflow}/svc/workflow/healthz")
+    assert status == 404 and b'"ok"' not in body, body
+    # The service's name percent-encoded: the cut would fall in the wrong place. Refused too.
+    status, body = await _raw_request(kam.url, "/svc/workflo%77/healthz")
+    assert status == 404 and b'"ok"' not in body, body
+    # The plain form is forwarded.
+    status, body = await _raw_request(kam.url, "/svc/workflow/healthz")
+    assert status == 200 and b'"ok"' in body, body
+
+
+async def test_what_the_gateway_forwards_is_never_a_page_of_the_consoles_origin(platform: Platform) -> None:
+    kam = platform.kam
+    async with kam.http.get(f"{kam.url}/svc/workflow/healthz") as answer:
+        assert answer.status == 200
+        # An uploaded file served with the uploader's content type, opened in a tab, would run
+        # as this origin: every forwarded answer is sandboxed (no script, no cookie) instead.
+        assert answer.headers["Content-Security-Policy"].startswith("sandbox")
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"

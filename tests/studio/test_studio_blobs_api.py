@@ -439,6 +439,9 @@ async def test_content_streams_in_and_out_as_it_is(studio: Studio_) -> None:
     async with http.get(base + f"/blobs/{made['id']}/content", headers={"X-API-Key": acme.key}) as r:
         assert r.status == 200 and r.headers["Content-Type"] == "application/pdf" and r.headers["ETag"] == '"1"'
         assert await r.read() == data
+        # The writer chose the type: in a browser the content is sandboxed (no script, no cookie).
+        assert r.headers["Content-Security-Policy"].startswith("sandbox")
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
 
     # A new version streamed in, chunked (no Content-Length), at the version it replaces.
     async def chunks() -> AsyncIterator[bytes]:

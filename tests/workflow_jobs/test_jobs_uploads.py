@@ -82,6 +82,9 @@ async def test_a_presigned_put_needs_no_key_and_stores_the_file_once(service) ->
         # The file URL serves it back; the same URL with a forged signature does not.
         async with session.get(stored["fileUrl"]) as resp:
             assert resp.status == 200 and await resp.read() == body
+            # The uploader chose the type: in a browser the file is sandboxed (no script, no cookie).
+            assert resp.headers["Content-Security-Policy"].startswith("sandbox")
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
         async with session.get(_with_query(stored["fileUrl"], sig="x" * 43)) as resp:
             assert resp.status == 403
         # Single use: the second PUT is refused and the stored file is untouched.
