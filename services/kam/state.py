@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from nexus.auth import KAM_ACCOUNTS_STREAM as ACCOUNTS_STREAM_NAME
 from nexus.auth import SESSIONS_STREAM as SESSIONS_STREAM_NAME
 from nexus.proto import CloudEvent, type_of
 from nexus.proto.events.kam import (
@@ -54,7 +55,7 @@ __all__ = [
     "request_stream",
 ]
 
-ACCOUNTS_STREAM = "kam-accounts"
+ACCOUNTS_STREAM = ACCOUNTS_STREAM_NAME
 SESSIONS_STREAM = SESSIONS_STREAM_NAME
 TEMPLATES_STREAM = "kam-templates"
 LEDGER_STREAM = "kam-ledger"

@@ -19,7 +19,10 @@ from inprocess import build, memory_bus
 from processes import free_port
 
 from nexus.auth import issue_key
+from nexus.proto import new_event
+from nexus.proto.events.kam import KamUserPasswordChanged
 from nexus.runtime import Service
+from nexus.services.kam.state import ACCOUNTS_STREAM, PASSWORD_CHANGED
 
 WORKFLOW = """
 id: gateway_probe
@@ -213,3 +216,22 @@ async def test_what_the_gateway_forwards_is_never_a_page_of_the_consoles_origin(
         # as this origin: every forwarded answer is sandboxed (no script, no cookie) instead.
         assert answer.headers["Content-Security-Policy"].startswith("sandbox")
         assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_a_session_older_than_its_users_password_change_is_refused_everywhere(platform: Platform) -> None:
+    kam = platform.kam
+    user = next(u for u in kam.ctx.state.users.values() if u.client_id == "acme")
+    url = f"http://127.0.0.1:{platform.workflow.port}/workflows"
+    async with kam.http.get(url, headers={"X-Session-Token": platform.acme}) as before:
+        assert before.status == 200, await before.text()
+    # The password changed, and the events closing its sessions were lost (a crash between the
+    # change and the closes): the workflow service refuses the older session as KAM does.
+    data = KamUserPasswordChanged(user_id=user.user_id, password_hash=user.password_hash, reason="changed")
+    await kam.ctx.append(ACCOUNTS_STREAM, [new_event(PASSWORD_CHANGED, data, source="test")])
+    async with kam.http.get(url, headers={"X-Session-Token": platform.acme}) as after:
+        assert after.status == 401 and "password changed" in (await after.json())["message"]
+    # A rehash at login (the same password) closes nothing.
+    rehash = KamUserPasswordChanged(user_id=user.user_id, password_hash=user.password_hash, reason="rehashed")
+    await kam.ctx.append(ACCOUNTS_STREAM, [new_event(PASSWORD_CHANGED, rehash, source="test")])
+    async with kam.http.get(url, headers={"X-Session-Token": platform.globex}) as other:
+        assert other.status == 200

@@ -70,6 +70,7 @@ from nexus.auth._passwords import (
 from nexus.auth._ratelimit import SlidingWindowLimiter
 
 # Login sessions (opened by KAM) as every service checks them, with the CSRF rule for cookies.
+from nexus.auth._sessions import ACCOUNTS_STREAM as KAM_ACCOUNTS_STREAM
 from nexus.auth._sessions import (
     CSRF_COOKIE,
     CSRF_HEADER,
@@ -101,6 +102,7 @@ __all__ = [
     "AUTH",
     "CSRF_COOKIE",
     "CSRF_HEADER",
+    "KAM_ACCOUNTS_STREAM",
     "KEYS_STREAM",
     "KEY_ISSUED",
     "KEY_REVOKED",

@@ -40,9 +40,10 @@ from nexus.auth._keys import KeyInfo, hash_secret
 from nexus.auth._middleware import CredentialRefused
 from nexus.eventlog import EventLog
 from nexus.proto import CloudEvent
-from nexus.proto.events.kam import KamSessionClosed, KamSessionOpened
+from nexus.proto.events.kam import KamSessionClosed, KamSessionOpened, KamUserPasswordChanged
 
 __all__ = [
+    "ACCOUNTS_STREAM",
     "CSRF_COOKIE",
     "CSRF_HEADER",
     "SAFE_METHODS",
@@ -65,6 +66,8 @@ __all__ = [
 
 SESSIONS_STREAM = "kam-sessions"
 """The stream of ``nexus.kam.session.opened`` and ``…closed``."""
+ACCOUNTS_STREAM = "kam-accounts"
+"""KAM's clients and users, among them ``nexus.kam.user.password.changed``."""
 SESSION_TOKEN_PREFIX = "sess_"
 SESSION_HEADERS = ("x-bitware-session-token", "X-Session-Token")
 """Headers a session token may come in (case-insensitive), in the order they are looked at."""
@@ -78,6 +81,7 @@ SESSION_KEY_PREFIX = "session:"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 """Methods that change nothing, so a cookie alone may authenticate them."""
 
+_PASSWORD_CHANGED = "nexus.kam.user.password.changed"
 _OPENED = "nexus.kam.session.opened"
 _CLOSED = "nexus.kam.session.closed"
 _TOKEN = re.compile(r"sess_([0-9a-f]{16})\.([A-Za-z0-9_-]{43})")
@@ -196,6 +200,8 @@ class SessionRecord:
     expires_at: float
     csrf_hash: str
     closed: str | None = None
+    opened_at: str = ""
+    """When the login was recorded (the event's time, RFC 3339)."""
 
 
 class SessionView:
@@ -214,6 +220,8 @@ class SessionView:
         self._clock = clock
         self._sessions: dict[str, SessionRecord] = {}
         self._version = 0
+        self._password_changed: dict[str, str] = {}
+        self._accounts_version = 0
         self._lock = asyncio.Lock()
 
     def apply(self, event: CloudEvent) -> None:
@@ -230,6 +238,7 @@ class SessionView:
                     scopes=tuple(opened.scopes),
                     expires_at=opened.expires_at,
                     csrf_hash=opened.csrf_hash,
+                    opened_at=event.time or "",
                 ),
             )
         elif event.type == _CLOSED:
@@ -241,10 +250,22 @@ class SessionView:
             self._version = max(self._version, event.streamversion)
 
     async def refresh(self) -> None:
-        """Fold what was appended to the stream since the last refresh (one reader at a time)."""
+        """Fold what was appended to the two streams since the last refresh (one reader at a time).
+
+        Password changes are folded too: a session opened before its user's last change is
+        refused even if the events closing it were lost (a crash between the change and the
+        closes), as KAM itself refuses it.
+        """
         async with self._lock:
             for event in await self._log.read_stream(SESSIONS_STREAM, self._version + 1):
                 self.apply(event)
+            for event in await self._log.read_stream(ACCOUNTS_STREAM, self._accounts_version + 1):
+                if event.type == _PASSWORD_CHANGED:
+                    changed = msgspec.convert(event.data, KamUserPasswordChanged)
+                    if changed.reason != "rehashed":
+                        self._password_changed[changed.user_id] = event.time or ""
+                if event.streamversion:
+                    self._accounts_version = max(self._accounts_version, event.streamversion)
 
     def get(self, session_id: str) -> SessionRecord | None:
         """The session ``session_id`` as last folded, or None."""
@@ -268,6 +289,9 @@ class SessionView:
             self._clock(),
         )
         assert record is not None  # refused above otherwise
+        changed = self._password_changed.get(record.user_id, "")
+        if changed and record.opened_at < changed:
+            raise CredentialRefused("the session was closed (password changed): log in again")
         if record.owner is None:
             raise CredentialRefused("the session was opened by an older KAM and is only good there: log in again")
         return record
