@@ -514,7 +514,9 @@ async def _prometheus_answers_every_panel_and_raises_no_alert(
             assert {rule["name"] for rule in rules} == set(ALERT_NAMES)
             for rule in rules:
                 assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
-                assert rule["state"] == "inactive", f"{rule['name']} is {rule['state']} on a healthy platform"
+                # Seconds-old Prometheus: a rate over a counter with one sample can hold a rule
+                # pending for a moment (each alert waits minutes with `for:`); none may fire.
+                assert rule["state"] != "firing", f"{rule['name']} is firing on a healthy platform"
     finally:
         if process.returncode is None:
             process.kill()
